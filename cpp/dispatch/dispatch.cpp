@@ -1,0 +1,148 @@
+// The kernel tables of the ISAs built into this binary, and the choice among them.
+#include <atomic>
+#include <cstdlib>
+#include <string>
+#include <vector>
+
+#include "codl/dispatch.h"
+
+namespace codl {
+namespace {
+
+constexpr const char* kIsaNames[kNumIsaLevels] = {"scalar", "avx2", "avx512", "sve"};
+
+const KernelTable kScalarTable{IsaLevel::scalar, &ref::pack_kernels};
+#if CODL_HAVE_AVX2
+const KernelTable kAvx2Table{IsaLevel::avx2, &avx2::pack_kernels};
+#endif
+#if CODL_HAVE_AVX512
+const KernelTable kAvx512Table{IsaLevel::avx512, &avx512::pack_kernels};
+#endif
+#if CODL_HAVE_SVE
+const KernelTable kSveTable{IsaLevel::sve, &sve::pack_kernels};
+#endif
+
+const KernelTable* table_of(IsaLevel isa) {
+    switch (isa) {
+        case IsaLevel::scalar: return &kScalarTable;
+#if CODL_HAVE_AVX2
+        case IsaLevel::avx2: return &kAvx2Table;
+#endif
+#if CODL_HAVE_AVX512
+        case IsaLevel::avx512: return &kAvx512Table;
+#endif
+#if CODL_HAVE_SVE
+        case IsaLevel::sve: return &kSveTable;
+#endif
+        default: return nullptr;
+    }
+}
+
+std::atomic<const KernelTable*>& active() {
+    static std::atomic<const KernelTable*> table{table_of(best_isa())};
+    return table;
+}
+
+std::string missing_features(IsaLevel isa) {
+    const CpuFeatures& f = cpu_features();
+    std::string missing;
+    auto need = [&missing](bool have, const char* name) {
+        if (!have) missing += missing.empty() ? name : std::string(", ") + name;
+    };
+    switch (isa) {
+        case IsaLevel::scalar: break;
+        case IsaLevel::avx2:
+            need(f.avx2, "avx2");
+            need(f.fma, "fma");
+            need(f.os_saves_ymm, "OS support for YMM state");
+            break;
+        case IsaLevel::avx512:
+            need(f.avx512f, "avx512f");
+            need(f.avx512bw, "avx512bw");
+            need(f.avx512dq, "avx512dq");
+            need(f.avx512vl, "avx512vl");
+            need(f.os_saves_zmm, "OS support for ZMM state");
+            break;
+        case IsaLevel::sve: need(f.sve, "sve"); break;
+    }
+    return missing;
+}
+
+}  // namespace
+
+const char* isa_name(IsaLevel isa) { return kIsaNames[static_cast<int>(isa)]; }
+
+bool parse_isa(const std::string& name, IsaLevel* isa) {
+    for (int i = 0; i < kNumIsaLevels; ++i) {
+        if (name == kIsaNames[i]) {
+            *isa = static_cast<IsaLevel>(i);
+            return true;
+        }
+    }
+    return false;
+}
+
+bool isa_built(IsaLevel isa) { return table_of(isa) != nullptr; }
+
+bool cpu_supports(IsaLevel isa) { return missing_features(isa).empty(); }
+
+std::vector<IsaLevel> built_isas() {
+    std::vector<IsaLevel> out;
+    for (int i = 0; i < kNumIsaLevels; ++i) {
+        if (isa_built(static_cast<IsaLevel>(i))) out.push_back(static_cast<IsaLevel>(i));
+    }
+    return out;
+}
+
+const KernelTable* kernel_table(IsaLevel isa) { return table_of(isa); }
+
+IsaLevel best_isa() {
+    for (IsaLevel isa : {IsaLevel::avx512, IsaLevel::avx2, IsaLevel::sve}) {
+        if (isa_built(isa) && cpu_supports(isa)) return isa;
+    }
+    return IsaLevel::scalar;
+}
+
+std::string select_isa(IsaLevel isa) {
+    if (!isa_built(isa)) {
+        std::string built;
+        for (IsaLevel b : built_isas()) built += std::string(built.empty() ? "" : ", ") + isa_name(b);
+        return std::string("the ") + isa_name(isa) + " kernels are not built into this codl (built: " +
+               built + ")";
+    }
+    const std::string missing = missing_features(isa);
+    if (!missing.empty()) {
+        return std::string("this CPU cannot run the ") + isa_name(isa) + " kernels: it lacks " + missing;
+    }
+    active().store(table_of(isa));
+    return "";
+}
+
+std::string select_isa_from_environment() {
+    const char* forced = std::getenv("CODL_CPU_DISPATCH");
+    if (forced == nullptr || *forced == '\0') return select_isa(best_isa());
+    IsaLevel isa;
+    if (!parse_isa(forced, &isa)) {
+        return std::string("CODL_CPU_DISPATCH=") + forced +
+               " is not a dispatch level; expected one of scalar, avx2, avx512, sve";
+    }
+    const std::string error = select_isa(isa);
+    return error.empty() ? "" : "CODL_CPU_DISPATCH=" + std::string(forced) + ": " + error;
+}
+
+IsaLevel active_isa() { return active().load()->isa; }
+
+const KernelTable& active_table() { return *active().load(); }
+
+std::string compiler_description() {
+#if defined(__clang__)
+    return "Clang " __clang_version__;
+#elif defined(__GNUC__)
+    return "GCC " + std::to_string(__GNUC__) + "." + std::to_string(__GNUC_MINOR__) + "." +
+           std::to_string(__GNUC_PATCHLEVEL__);
+#else
+    return "unknown";
+#endif
+}
+
+}  // namespace codl

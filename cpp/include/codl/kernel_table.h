@@ -1,0 +1,63 @@
+// The function table that runtime dispatch selects from. Each ISA translation unit fills one
+// PackKernels; a family an ISA does not speed up points back at the scalar reference.
+//
+// Translation units compiled with ISA flags include this header, so it holds declarations and
+// constants only: an inline function here could be emitted with AVX2 instructions and then be
+// picked by the linker for scalar callers.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+
+namespace codl {
+
+enum class IsaLevel : int { scalar = 0, avx2 = 1, avx512 = 2, sve = 3 };
+constexpr int kNumIsaLevels = 4;
+
+// Packed layouts (docs/kernels.md has the pictures):
+//  signs:    bit (i % 8) of byte i / 8 is signbit(x[i]); unused high bits of the last byte are 0.
+//  ternary2: 2-bit codes c + 1 in {0, 1, 2}. Whole blocks of 128 values fill 32 bytes, byte j
+//            holding values j, j+32, j+64, j+96 of the block in bits 0-1, 2-3, 4-5, 6-7, so a
+//            SIMD unpack is a shift and a mask per 32 contiguous values. The tail (n % 128
+//            values) packs 4 consecutive values per byte the same way; padding codes are 0.
+//  ternary3: 5 trits per byte (1.6 bits per value). v = sum_k (c_k + 1) * 3^(4-k) is stored as
+//            ceil(v * 256 / 243), so trit k decodes as ((uint8)(byte * 3^k) * 3) >> 8 with no
+//            division (the fixed-point idea of llama.cpp's TQ1_0). Whole blocks of 160 values
+//            fill 32 bytes, byte j holding values j + 32k of the block; the tail packs 5
+//            consecutive values per byte; padding codes are 0.
+constexpr std::size_t kTernary2BlockValues = 128;
+constexpr std::size_t kTernary3BlockValues = 160;
+constexpr std::size_t kTernaryBlockBytes = 32;
+
+struct PackKernels {
+    void (*pack_signs_f32)(const float* x, std::size_t n, std::uint8_t* bits);
+    void (*unpack_signs_f32)(const std::uint8_t* bits, std::size_t n, float* out);
+    // Return false when a code is outside {-1, 0, 1}; out is then unspecified.
+    bool (*pack_ternary2)(const std::int8_t* codes, std::size_t n, std::uint8_t* packed);
+    // Returns false when a 2-bit field holds 0b11, which no code maps to.
+    bool (*unpack_ternary2)(const std::uint8_t* packed, std::size_t n, std::int8_t* codes);
+    bool (*pack_ternary3)(const std::int8_t* codes, std::size_t n, std::uint8_t* packed);
+    // Every byte decodes to five valid trits, so there is nothing to report.
+    void (*unpack_ternary3)(const std::uint8_t* packed, std::size_t n, std::int8_t* codes);
+};
+
+struct KernelTable {
+    IsaLevel isa;
+    const PackKernels* pack;
+};
+
+namespace ref {
+extern const PackKernels pack_kernels;
+}
+namespace avx2 {
+extern const PackKernels pack_kernels;
+}
+namespace avx512 {
+extern const PackKernels pack_kernels;
+}
+namespace sve {
+extern const PackKernels pack_kernels;
+int vector_bits();  // the SVE vector length this process runs with
+}
+
+}  // namespace codl

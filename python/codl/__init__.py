@@ -1,0 +1,45 @@
+"""codl: co-design for deep learning on CPUs.
+
+Submodules load on first use (PEP 562), so ``import codl.data`` does not pay for the C++
+extension and ``import codl`` stays cheap until a kernel is needed.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+__version__ = "0.1.0"
+
+_LAZY_SUBMODULES = ("bench", "cli", "data", "kernels")
+_LAZY_ATTRIBUTES = {
+    "info": "codl._info",
+    "get_num_threads": "codl._ops",
+    "set_num_threads": "codl._ops",
+    "get_dispatch_level": "codl._ops",
+    "set_dispatch_level": "codl._ops",
+}
+
+__all__ = [*_LAZY_SUBMODULES, *_LAZY_ATTRIBUTES, "__version__"]
+
+if TYPE_CHECKING:
+    from codl import bench, cli, data, kernels
+    from codl._info import info
+    from codl._ops import (
+        get_dispatch_level,
+        get_num_threads,
+        set_dispatch_level,
+        set_num_threads,
+    )
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY_SUBMODULES:
+        return importlib.import_module(f"codl.{name}")
+    if name in _LAZY_ATTRIBUTES:
+        return getattr(importlib.import_module(_LAZY_ATTRIBUTES[name]), name)
+    raise AttributeError(f"module 'codl' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)

@@ -1,0 +1,44 @@
+// A small test harness: named test functions, CHECK that records failures with their place,
+// and a closing "N passed, N failed" line. Tests that need an ISA the CPU lacks say so.
+#pragma once
+
+#include <cstdio>
+#include <functional>
+#include <string>
+#include <vector>
+
+#include "codl/dispatch.h"
+
+namespace codl_test {
+
+struct TestCase {
+    std::string name;
+    std::function<void()> body;
+};
+
+std::vector<TestCase>& registry();
+void record_failure(const char* file, int line, const std::string& what);
+
+struct Register {
+    Register(const char* name, std::function<void()> body) {
+        registry().push_back({name, std::move(body)});
+    }
+};
+
+// The ISAs built into this binary that this CPU can run; the others are reported as not run.
+std::vector<codl::IsaLevel> runnable_isas();
+
+}  // namespace codl_test
+
+#define CODL_CONCAT_(a, b) a##b
+#define CODL_CONCAT(a, b) CODL_CONCAT_(a, b)
+#define TEST_CASE(name)                                                                   \
+    static void CODL_CONCAT(test_, __LINE__)();                                           \
+    static codl_test::Register CODL_CONCAT(register_, __LINE__)(name, CODL_CONCAT(test_, __LINE__)); \
+    static void CODL_CONCAT(test_, __LINE__)()
+
+#define CHECK_MSG(cond, msg)                                                              \
+    do {                                                                                  \
+        if (!(cond)) codl_test::record_failure(__FILE__, __LINE__, std::string(#cond) + " -- " + (msg)); \
+    } while (0)
+#define CHECK(cond) CHECK_MSG(cond, "")
