@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
 
-_LAZY_SUBMODULES = ("bench", "cli", "data", "kernels")
+_LAZY_SUBMODULES = ("bench", "cli", "data", "demo", "kernels")
 _LAZY_ATTRIBUTES = {
     "info": "codl._info",
     "get_num_threads": "codl._ops",
@@ -23,7 +23,7 @@ _LAZY_ATTRIBUTES = {
 __all__ = [*_LAZY_SUBMODULES, *_LAZY_ATTRIBUTES, "__version__"]
 
 if TYPE_CHECKING:
-    from codl import bench, cli, data, kernels
+    from codl import bench, cli, data, demo, kernels
     from codl._info import info
     from codl._ops import (
         get_dispatch_level,

@@ -1,0 +1,5 @@
+import sys
+
+from codl.cli import main
+
+sys.exit(main())

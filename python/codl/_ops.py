@@ -1,0 +1,104 @@
+"""The one caller of the extension ``codl._C``.
+
+It checks tensors once (type, device, dtype, contiguity), hands them to the core as NumPy views
+that share the tensor's memory (no copy), and passes the thread count. Every other module calls
+this one, never ``_C`` directly.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from codl import _C
+
+_num_threads: int | None = None
+
+
+def set_num_threads(num_threads: int | None) -> None:
+    """Use ``num_threads`` threads in codl's kernels; ``None`` follows ``torch.get_num_threads()``."""
+    global _num_threads
+    if num_threads is not None and (
+        isinstance(num_threads, bool) or not isinstance(num_threads, int) or num_threads < 1
+    ):
+        raise ValueError(f"num_threads: expected a positive int or None, received {num_threads!r}")
+    _num_threads = num_threads
+
+
+def get_num_threads() -> int:
+    """Threads codl's kernels use: the value set by :func:`set_num_threads`, else torch's."""
+    return _num_threads if _num_threads is not None else torch.get_num_threads()
+
+
+def get_dispatch_level() -> str:
+    """The ISA whose kernels run now: ``scalar``, ``avx2``, ``avx512`` or ``sve``."""
+    return _C.get_dispatch()
+
+
+def set_dispatch_level(level: str) -> None:
+    """Run the kernels of ``level``; ValueError if it is not built or the CPU cannot run it.
+
+    ``CODL_CPU_DISPATCH`` does the same for a whole process, at import.
+    """
+    _C.set_dispatch(level)
+
+
+def native_info() -> dict[str, object]:
+    return dict(_C.native_info())
+
+
+def buffer_address(tensor: torch.Tensor) -> int:
+    """The address the core sees for ``tensor`` (equal to ``tensor.data_ptr()``: no copy)."""
+    return int(_C.buffer_address(as_buffer(tensor, "tensor", tensor.dtype)))
+
+
+def as_buffer(tensor: object, name: str, dtype: torch.dtype, *, writable: bool = False) -> np.ndarray:
+    """A NumPy view of a contiguous CPU tensor; TypeError/ValueError say what was wrong."""
+    if not isinstance(tensor, torch.Tensor):
+        raise TypeError(f"{name}: expected a torch.Tensor, received {type(tensor).__name__}")
+    if tensor.device.type != "cpu":
+        raise ValueError(f"{name}: expected a CPU tensor, received one on {tensor.device}")
+    if tensor.dtype != dtype:
+        raise TypeError(f"{name}: expected dtype {dtype}, received {tensor.dtype}")
+    if not tensor.is_contiguous():
+        raise ValueError(
+            f"{name}: expected a contiguous tensor, received strides {tuple(tensor.stride())} "
+            f"for shape {tuple(tensor.shape)} (call .contiguous() first)"
+        )
+    if writable and tensor.requires_grad:
+        raise ValueError(f"{name}: an output tensor must not require grad")
+    return tensor.detach().numpy()
+
+
+def pack_signs_f32(x: torch.Tensor, out: torch.Tensor) -> None:
+    _C.pack_signs_f32(
+        as_buffer(x, "x", torch.float32),
+        as_buffer(out, "out", torch.uint8, writable=True),
+        get_num_threads(),
+    )
+
+
+def unpack_signs_f32(packed: torch.Tensor, out: torch.Tensor) -> None:
+    _C.unpack_signs_f32(
+        as_buffer(packed, "packed", torch.uint8),
+        as_buffer(out, "out", torch.float32, writable=True),
+        get_num_threads(),
+    )
+
+
+def pack_ternary(codes: torch.Tensor, out: torch.Tensor, fmt: str) -> None:
+    pack = _C.pack_ternary2 if fmt == "2bit" else _C.pack_ternary3
+    pack(
+        as_buffer(codes, "codes", torch.int8),
+        as_buffer(out, "out", torch.uint8, writable=True),
+        get_num_threads(),
+    )
+
+
+def unpack_ternary(packed: torch.Tensor, out: torch.Tensor, fmt: str) -> None:
+    unpack = _C.unpack_ternary2 if fmt == "2bit" else _C.unpack_ternary3
+    unpack(
+        as_buffer(packed, "packed", torch.uint8),
+        as_buffer(out, "out", torch.int8, writable=True),
+        get_num_threads(),
+    )

@@ -1,0 +1,30 @@
+// Argument checks shared by the bindings: every buffer that crosses into the core is checked
+// for element type, C-contiguity, writability and length, and a mismatch raises TypeError or
+// ValueError naming what was expected and what came. No data is copied.
+#pragma once
+
+#include <pybind11/pybind11.h>
+
+#include <cstddef>
+#include <string>
+
+namespace codl_bindings {
+
+namespace py = pybind11;
+
+struct Buffer {
+    void* data;
+    std::size_t size;  // elements
+};
+
+// `format` is the struct-module code expected ('f' float32, 'b' int8, 'B' uint8).
+Buffer checked_buffer(const py::buffer& object, const char* name, char format, bool writable);
+
+// Raises ValueError unless buffer holds at least `needed` elements.
+void require_size(const Buffer& buffer, const char* name, std::size_t needed, const char* why);
+
+int checked_threads(int num_threads);
+
+void register_pack(py::module_& m);
+
+}  // namespace codl_bindings
