@@ -1,7 +1,11 @@
 # Type stub of the C++ extension. Call it through codl._ops, not directly.
 from typing import Any
 
-from typing_extensions import Buffer
+import numpy as np
+from typing_extensions import Buffer as _PEP688Buffer
+
+# NumPy arrays are what codl._ops passes; any C-contiguous buffer-protocol object is accepted.
+Buffer = _PEP688Buffer | np.ndarray[Any, Any]
 
 __version__: str
 

@@ -23,14 +23,16 @@ _LAZY_ATTRIBUTES = {
 __all__ = [*_LAZY_SUBMODULES, *_LAZY_ATTRIBUTES, "__version__"]
 
 if TYPE_CHECKING:
-    from codl import bench, cli, data, demo, kernels
-    from codl._info import info
-    from codl._ops import (
-        get_dispatch_level,
-        get_num_threads,
-        set_dispatch_level,
-        set_num_threads,
-    )
+    from codl import bench as bench
+    from codl import cli as cli
+    from codl import data as data
+    from codl import demo as demo
+    from codl import kernels as kernels
+    from codl._info import info as info
+    from codl._ops import get_dispatch_level as get_dispatch_level
+    from codl._ops import get_num_threads as get_num_threads
+    from codl._ops import set_dispatch_level as set_dispatch_level
+    from codl._ops import set_num_threads as set_num_threads
 
 
 def __getattr__(name: str) -> Any:

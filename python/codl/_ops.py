@@ -7,6 +7,9 @@ this one, never ``_C`` directly.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 import numpy as np
 import torch
 
@@ -16,7 +19,7 @@ _num_threads: int | None = None
 
 
 def set_num_threads(num_threads: int | None) -> None:
-    """Use ``num_threads`` threads in codl's kernels; ``None`` follows ``torch.get_num_threads()``."""
+    """Use ``num_threads`` threads in kernels; ``None`` follows ``torch.get_num_threads()``."""
     global _num_threads
     if num_threads is not None and (
         isinstance(num_threads, bool) or not isinstance(num_threads, int) or num_threads < 1
@@ -28,6 +31,20 @@ def set_num_threads(num_threads: int | None) -> None:
 def get_num_threads() -> int:
     """Threads codl's kernels use: the value set by :func:`set_num_threads`, else torch's."""
     return _num_threads if _num_threads is not None else torch.get_num_threads()
+
+
+@contextmanager
+def using_threads(num_threads: int) -> Iterator[None]:
+    """Run codl's kernels and torch's ops with ``num_threads`` threads inside the block."""
+    global _num_threads
+    previous, previous_torch = _num_threads, torch.get_num_threads()
+    set_num_threads(num_threads)
+    torch.set_num_threads(num_threads)
+    try:
+        yield
+    finally:
+        _num_threads = previous
+        torch.set_num_threads(previous_torch)
 
 
 def get_dispatch_level() -> str:
@@ -52,7 +69,9 @@ def buffer_address(tensor: torch.Tensor) -> int:
     return int(_C.buffer_address(as_buffer(tensor, "tensor", tensor.dtype)))
 
 
-def as_buffer(tensor: object, name: str, dtype: torch.dtype, *, writable: bool = False) -> np.ndarray:
+def as_buffer(
+    tensor: object, name: str, dtype: torch.dtype, *, writable: bool = False
+) -> np.ndarray:
     """A NumPy view of a contiguous CPU tensor; TypeError/ValueError say what was wrong."""
     if not isinstance(tensor, torch.Tensor):
         raise TypeError(f"{name}: expected a torch.Tensor, received {type(tensor).__name__}")

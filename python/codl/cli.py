@@ -29,6 +29,10 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     if args.list:
         print("\n".join(bench.available()))
         return 0
+    if args.dispatch:
+        import codl
+
+        codl.set_dispatch_level(args.dispatch)
     results = bench.run(
         args.names, numel=args.numel, repeat=args.repeat, threads=args.threads, progress=True
     )
@@ -53,32 +57,59 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
-    info = sub.add_parser("info", help="show the build, the CPU features and the kernels chosen",
-                          description="Show codl's version, compiler, ISAs built, CPU features "
-                          "detected, the dispatch level selected and the thread count.")
+    info = sub.add_parser(
+        "info",
+        help="show the build, the CPU features and the kernels chosen",
+        description="Show codl's version, compiler, ISAs built, CPU features "
+        "detected, the dispatch level selected and the thread count.",
+    )
     info.add_argument("--json", action="store_true", help="print JSON instead of a table")
     info.set_defaults(run=_cmd_info)
 
-    bench = sub.add_parser("bench", help="time codl against its torch baseline",
-                           description="Run micro-benchmarks: codl and its plain-torch baseline "
-                           "in the same process with the same threads; print a table and write "
-                           "JSON with the ratios.")
+    bench = sub.add_parser(
+        "bench",
+        help="time codl against its torch baseline",
+        description="Run micro-benchmarks: codl and its plain-torch baseline "
+        "in the same process with the same threads; print a table and write "
+        "JSON with the ratios.",
+    )
     bench.add_argument("names", nargs="*", metavar="NAME", help="benchmarks to run (default all)")
     bench.add_argument("--list", action="store_true", help="list the benchmarks and exit")
-    bench.add_argument("--numel", type=int, default=None,
-                       help="values per case (default: each benchmark's own, 16M for pack)")
+    bench.add_argument(
+        "--numel",
+        type=int,
+        default=None,
+        help="values per case (default: each benchmark's own, 16M for pack)",
+    )
     bench.add_argument("--repeat", type=int, default=7, help="timed runs per side (median)")
     bench.add_argument("--threads", type=int, default=2, help="threads for both sides")
-    bench.add_argument("--json", type=Path, default=Path("codl-bench.json"),
-                       help="where to write the results (default ./codl-bench.json)")
+    bench.add_argument(
+        "--dispatch",
+        default=None,
+        metavar="LEVEL",
+        help="run codl's kernels at this level (scalar, avx2, avx512, sve)",
+    )
+    bench.add_argument(
+        "--json",
+        type=Path,
+        default=Path("codl-bench.json"),
+        help="where to write the results (default ./codl-bench.json)",
+    )
     bench.set_defaults(run=_cmd_bench)
 
-    demo = sub.add_parser("demo", help="the main job: show everything codl can do, on real data",
-                          description="Print what codl info knows, then run each capability "
-                          "on Fashion-MNIST (the shipped subset if the full set is absent).")
-    demo.add_argument("--data", type=Path, default=None,
-                      help="folder with the Fashion-MNIST IDX files (default: $CODL_DATA, "
-                      "Debian's dataset-fashion-mnist, then the subset shipped with codl)")
+    demo = sub.add_parser(
+        "demo",
+        help="the main job: show everything codl can do, on real data",
+        description="Print what codl info knows, then run each capability "
+        "on Fashion-MNIST (the shipped subset if the full set is absent).",
+    )
+    demo.add_argument(
+        "--data",
+        type=Path,
+        default=None,
+        help="folder with the Fashion-MNIST IDX files (default: $CODL_DATA, "
+        "Debian's dataset-fashion-mnist, then the subset shipped with codl)",
+    )
     demo.set_defaults(run=_cmd_demo)
     return parser
 

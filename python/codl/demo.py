@@ -11,8 +11,6 @@ from pathlib import Path
 
 import torch
 
-from codl.bench import median_ms
-
 Section = Callable[["DemoContext"], None]
 
 
@@ -28,8 +26,10 @@ class DemoContext:
             from codl.data import load_fashion_mnist
 
             loaded = load_fashion_mnist("test", root=self.root)
-            print(f"data: Fashion-MNIST test split, {loaded.source.num_examples} images "
-                  f"from {loaded.source.kind} ({loaded.source.path})")
+            print(
+                f"data: Fashion-MNIST test split, {loaded.source.num_examples} images "
+                f"from {loaded.source.kind} ({loaded.source.path})"
+            )
             self._test = (loaded.images, loaded.labels)
         return self._test
 
@@ -49,7 +49,8 @@ def section_info(_: DemoContext) -> None:
 
 def section_packing(context: DemoContext) -> None:
     from codl import _ops, kernels
-    from codl.kernels import reference
+    from codl.bench import format_table, run_cases
+    from codl.bench.pack import cases_for
 
     _heading("bit packing kernels on real data")
     images, _ = context.test_split()
@@ -60,42 +61,39 @@ def section_packing(context: DemoContext) -> None:
     delta = 0.7 * deviation.abs().mean()
     codes = (torch.sign(deviation) * (deviation.abs() > delta)).to(torch.int8)
     n = deviation.numel()
-    print(f"  {n:,} values ({images.shape[0]} images of 28x28); ternary sparsity "
-          f"{(codes == 0).float().mean().item():.1%}; threads {_ops.get_num_threads()}, "
-          f"dispatch {_ops.get_dispatch_level()}")
+    print(
+        f"  {n:,} values ({images.shape[0]} images of 28x28); ternary sparsity "
+        f"{(codes == 0).float().mean().item():.1%}; threads {_ops.get_num_threads()}, "
+        f"dispatch {_ops.get_dispatch_level()}"
+    )
 
+    results = run_cases(
+        "pack",
+        cases_for(deviation, codes),
+        repeat=5,
+        threads=_ops.get_num_threads(),
+        progress=False,
+    )
+    print("\n".join("  " + line for line in format_table(results).splitlines()))
+    print("  (every codl result was checked equal to torch's before timing)")
     signs = kernels.pack_signs(deviation)
-    packed2 = kernels.pack_ternary(codes, format="2bit")
-    packed3 = kernels.pack_ternary(codes, format="base3")
-    rows = [
-        ("pack_signs", lambda: kernels.pack_signs(deviation), lambda: reference.pack_signs(deviation),
-         4 * n, signs.numel()),
-        ("unpack_signs", lambda: kernels.unpack_signs(signs, n), lambda: reference.unpack_signs(signs, n),
-         signs.numel(), 4 * n),
-        ("pack_ternary 2bit", lambda: kernels.pack_ternary(codes),
-         lambda: reference.pack_ternary2(codes), n, packed2.numel()),
-        ("unpack_ternary 2bit", lambda: kernels.unpack_ternary(packed2, n),
-         lambda: reference.unpack_ternary2(packed2, n), packed2.numel(), n),
-        ("pack_ternary base3", lambda: kernels.pack_ternary(codes, format="base3"),
-         lambda: reference.pack_ternary3(codes), n, packed3.numel()),
-        ("unpack_ternary base3", lambda: kernels.unpack_ternary(packed3, n, format="base3"),
-         lambda: reference.unpack_ternary3(packed3, n), packed3.numel(), n),
-    ]
-    print(f"  {'kernel':<22} {'bytes in':>11} {'bytes out':>11} {'codl ms':>8} {'torch ms':>9} "
-          f"{'speed-up':>8}  same result")
-    for name, ours, theirs, bytes_in, bytes_out in rows:
-        same = torch.equal(ours(), theirs())
-        codl_ms, torch_ms = median_ms(ours, 5), median_ms(theirs, 5)
-        print(f"  {name:<22} {bytes_in:>11,} {bytes_out:>11,} {codl_ms:>8.2f} {torch_ms:>9.2f} "
-              f"{torch_ms / codl_ms:>7.1f}x  {'yes' if same else 'NO'}")
-        if not same:
-            raise RuntimeError(f"{name}: codl and torch disagree on real data")
-    restored = kernels.unpack_signs(signs, n)
-    assert torch.equal(restored, torch.where(torch.signbit(deviation), -1.0, 1.0))
-    for fmt, packed in (("2bit", packed2), ("base3", packed3)):
-        assert torch.equal(kernels.unpack_ternary(packed, n, format=fmt), codes)
-        print(f"  ternary {fmt:<5}: {8 * packed.numel() / n:.2f} bits per weight, "
-              f"{4 * n / packed.numel():.1f}x smaller than float32, round trip exact")
+    if not torch.equal(
+        kernels.unpack_signs(signs, n), torch.where(torch.signbit(deviation), -1.0, 1.0)
+    ):
+        raise RuntimeError("signs did not survive a round trip")
+    print(
+        f"  signs: 1 bit per value, {4 * n / signs.numel():.0f}x smaller than float32, "
+        "round trip exact"
+    )
+    formats: tuple[kernels.TernaryFormat, ...] = ("2bit", "base3")
+    for fmt in formats:
+        packed = kernels.pack_ternary(codes, format=fmt)
+        if not torch.equal(kernels.unpack_ternary(packed, n, format=fmt), codes):
+            raise RuntimeError(f"ternary {fmt} did not survive a round trip")
+        print(
+            f"  ternary {fmt:<5}: {8 * packed.numel() / n:.2f} bits per weight, "
+            f"{4 * n / packed.numel():.1f}x smaller than float32, round trip exact"
+        )
 
 
 SECTIONS: list[Section] = [section_info, section_packing]

@@ -18,7 +18,6 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-import torch
 from tqdm.auto import tqdm
 
 
@@ -30,7 +29,7 @@ class Case:
     numel: int
     codl: Callable[[], object]
     baseline: Callable[[], object]
-    same_result: Callable[[object, object], bool]
+    same_result: Callable[[Any, Any], bool]
 
 
 @dataclass(frozen=True)
@@ -61,13 +60,9 @@ def run_cases(
     """Times every case, codl and baseline alternately, after checking they agree."""
     from codl import _ops
 
-    previous_torch = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    _ops.set_num_threads(threads)
-    try:
-        results = []
-        case_list = list(cases)
-        for case in tqdm(case_list, desc=f"bench {benchmark}", disable=not progress, leave=False):
+    results = []
+    with _ops.using_threads(threads):
+        for case in tqdm(list(cases), desc=f"bench {benchmark}", disable=not progress, leave=False):
             if not case.same_result(case.codl(), case.baseline()):
                 raise RuntimeError(f"{benchmark}/{case.name}: codl and the baseline disagree")
             codl_ms = median_ms(case.codl, repeat)
@@ -84,10 +79,7 @@ def run_cases(
                     threads=threads,
                 )
             )
-        return results
-    finally:
-        torch.set_num_threads(previous_torch)
-        _ops.set_num_threads(None)
+    return results
 
 
 def _registry() -> dict[str, Callable[..., list[Result]]]:
@@ -140,7 +132,9 @@ def write_json(results: list[Result], path: str | Path) -> Path:
 
 
 def format_table(results: list[Result]) -> str:
-    header = f"{'benchmark':<10} {'case':<24} {'values':>10} {'codl ms':>9} {'torch ms':>9} {'ratio':>7}"
+    header = (
+        f"{'benchmark':<10} {'case':<24} {'values':>10} {'codl ms':>9} {'torch ms':>9} {'ratio':>7}"
+    )
     lines = [header, "-" * len(header)]
     for r in results:
         lines.append(

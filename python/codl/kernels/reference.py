@@ -64,7 +64,9 @@ def unpack_ternary3(packed: torch.Tensor, numel: int) -> torch.Tensor:
     multipliers = torch.tensor([1, 3, 9, 27, 81], dtype=torch.int32)
     whole_bytes = numel // _TERNARY3_BLOCK * _BLOCK_BYTES
     # Trit k of a byte is ((byte * 3^k mod 256) * 3) >> 8.
-    blocks = packed[:whole_bytes].to(torch.int32).view(-1, 1, _BLOCK_BYTES) * multipliers.view(1, 5, 1)
+    blocks = packed[:whole_bytes].to(torch.int32).view(-1, 1, _BLOCK_BYTES) * multipliers.view(
+        1, 5, 1
+    )
     tail = packed[whole_bytes:].to(torch.int32).view(-1, 1) * multipliers
     scaled = torch.cat([blocks.reshape(-1), tail.reshape(-1)])[:numel] & 255
     return ((scaled * 3) >> 8).to(torch.int8) - 1

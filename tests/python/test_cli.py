@@ -1,0 +1,88 @@
+"""The ``codl`` command, run as a user would (a subprocess of the installed console script's
+module), checked against the Python API it reports on."""
+
+from __future__ import annotations
+
+import importlib
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import codl
+
+
+def run_codl(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    result = subprocess.run(
+        [sys.executable, "-m", "codl", *args], capture_output=True, text=True, timeout=300
+    )
+    if check and result.returncode != 0:
+        raise AssertionError(f"codl {' '.join(args)} failed:\n{result.stdout}\n{result.stderr}")
+    return result
+
+
+def test_info_json_matches_the_python_api() -> None:
+    reported = json.loads(run_codl("info", "--json").stdout)
+    expected = codl.info()
+    for key in ("version", "compiler", "isas_built", "isas_runnable", "cpu_features", "dispatch"):
+        assert reported[key] == expected[key], key
+
+
+def test_info_table_names_the_dispatch_level() -> None:
+    out = run_codl("info").stdout
+    dispatch_line = next(line for line in out.splitlines() if line.startswith("dispatch "))
+    assert dispatch_line.split()[-1] == codl.info()["dispatch"]
+
+
+@pytest.mark.parametrize("command", [[], ["info"], ["bench"], ["demo"]])
+def test_every_command_has_help(command: list[str]) -> None:
+    result = run_codl(*command, "--help")
+    assert result.stdout.startswith("usage: codl")
+
+
+def test_bench_writes_json_with_consistent_ratios(tmp_path: Path) -> None:
+    out = tmp_path / "bench.json"
+    result = run_codl("bench", "pack", "--numel", "20000", "--repeat", "2", "--json", str(out))
+    payload = json.loads(out.read_text())
+    cases = {r["case"] for r in payload["results"]}
+    assert cases == {
+        "pack_signs",
+        "unpack_signs",
+        "pack_ternary 2bit",
+        "unpack_ternary 2bit",
+        "pack_ternary base3",
+        "unpack_ternary base3",
+    }
+    for row in payload["results"]:
+        assert row["numel"] == 20000 and row["threads"] == 2
+        assert row["ratio"] == pytest.approx(
+            row["baseline_ms"] / row["codl_ms"], rel=0.05, abs=0.02
+        )
+        assert row["case"] in result.stdout
+    assert payload["machine"]["codl"]["version"] == codl.__version__
+
+
+def test_bench_list_and_unknown_name() -> None:
+    assert run_codl("bench", "--list").stdout.split() == ["pack"]
+    result = run_codl("bench", "no-such-bench", check=False)
+    assert result.returncode == 2
+    assert "unknown benchmark" in result.stderr and "pack" in result.stderr
+
+
+def test_demo_runs_on_the_shipped_subset() -> None:
+    subset = importlib.import_module("codl.data.fashion_mnist").SUBSET_DIR
+    out = run_codl("demo", "--data", str(subset)).stdout
+    assert "1000 images from root" in out
+    assert out.count("round trip exact") == 3
+    assert "checked equal to torch's" in out
+    for case in ("pack_signs", "unpack_ternary base3"):
+        assert case in out
+    assert "1.60 bits per weight" in out and "2.00 bits per weight" in out
+
+
+def test_demo_reports_a_missing_data_folder(tmp_path: Path) -> None:
+    result = run_codl("demo", "--data", str(tmp_path / "absent"), check=False)
+    assert result.returncode == 2
+    assert "absent" in result.stderr
