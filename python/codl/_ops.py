@@ -7,7 +7,7 @@ this one, never ``_C`` directly.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 import numpy as np
@@ -89,35 +89,34 @@ def as_buffer(
     return tensor.detach().numpy()
 
 
-def pack_signs_f32(x: torch.Tensor, out: torch.Tensor) -> None:
-    _C.pack_signs_f32(
-        as_buffer(x, "x", torch.float32),
-        as_buffer(out, "out", torch.uint8, writable=True),
+def _run(
+    kernel: Callable[[np.ndarray, np.ndarray, int], None],
+    source: torch.Tensor,
+    source_name: str,
+    source_dtype: torch.dtype,
+    out: torch.Tensor,
+    out_dtype: torch.dtype,
+) -> None:
+    kernel(
+        as_buffer(source, source_name, source_dtype),
+        as_buffer(out, "out", out_dtype, writable=True),
         get_num_threads(),
     )
+
+
+def pack_signs_f32(x: torch.Tensor, out: torch.Tensor) -> None:
+    _run(_C.pack_signs_f32, x, "x", torch.float32, out, torch.uint8)
 
 
 def unpack_signs_f32(packed: torch.Tensor, out: torch.Tensor) -> None:
-    _C.unpack_signs_f32(
-        as_buffer(packed, "packed", torch.uint8),
-        as_buffer(out, "out", torch.float32, writable=True),
-        get_num_threads(),
-    )
+    _run(_C.unpack_signs_f32, packed, "packed", torch.uint8, out, torch.float32)
 
 
 def pack_ternary(codes: torch.Tensor, out: torch.Tensor, fmt: str) -> None:
     pack = _C.pack_ternary2 if fmt == "2bit" else _C.pack_ternary3
-    pack(
-        as_buffer(codes, "codes", torch.int8),
-        as_buffer(out, "out", torch.uint8, writable=True),
-        get_num_threads(),
-    )
+    _run(pack, codes, "codes", torch.int8, out, torch.uint8)
 
 
 def unpack_ternary(packed: torch.Tensor, out: torch.Tensor, fmt: str) -> None:
     unpack = _C.unpack_ternary2 if fmt == "2bit" else _C.unpack_ternary3
-    unpack(
-        as_buffer(packed, "packed", torch.uint8),
-        as_buffer(out, "out", torch.int8, writable=True),
-        get_num_threads(),
-    )
+    _run(unpack, packed, "packed", torch.uint8, out, torch.int8)

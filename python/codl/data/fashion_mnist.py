@@ -258,17 +258,7 @@ def fashion_mnist(
 def fashion_mnist_source(split: str = "train", root: StrPath | None = None) -> DatasetSource:
     """Say where :func:`fashion_mnist` would load ``split`` from, without keeping the data.
 
-    The files are read and fully validated (so ``num_examples`` is trustworthy), but no
-    tensors are built. Arguments and errors are as for :func:`load_fashion_mnist`.
+    The files are read and fully validated, so ``num_examples`` is trustworthy. Arguments
+    and errors are as for :func:`load_fashion_mnist`.
     """
-    s = _check_split(split)
-    kind, directory, images_file, labels_file = _resolve(s, root)
-    images, _ = _read_split(images_file, labels_file)
-    return DatasetSource(
-        kind=kind,
-        path=directory,
-        split=s,
-        images_file=images_file,
-        labels_file=labels_file,
-        num_examples=int(images.shape[0]),
-    )
+    return load_fashion_mnist(split, root).source
