@@ -16,21 +16,30 @@ import torch
 from codl import _C
 
 _num_threads: int | None = None
+# More threads than this is a mistake, not a machine: each would be a real OS thread.
+MAX_THREADS = 1024
 
 
 def set_num_threads(num_threads: int | None) -> None:
     """Use ``num_threads`` threads in kernels; ``None`` follows ``torch.get_num_threads()``."""
     global _num_threads
     if num_threads is not None and (
-        isinstance(num_threads, bool) or not isinstance(num_threads, int) or num_threads < 1
+        isinstance(num_threads, bool)
+        or not isinstance(num_threads, int)
+        or not 1 <= num_threads <= MAX_THREADS
     ):
-        raise ValueError(f"num_threads: expected a positive int or None, received {num_threads!r}")
+        raise ValueError(
+            f"num_threads: expected an int from 1 to {MAX_THREADS}, or None; "
+            f"received {num_threads!r}"
+        )
     _num_threads = num_threads
 
 
 def get_num_threads() -> int:
     """Threads codl's kernels use: the value set by :func:`set_num_threads`, else torch's."""
-    return _num_threads if _num_threads is not None else torch.get_num_threads()
+    if _num_threads is not None:
+        return _num_threads
+    return max(1, min(torch.get_num_threads(), MAX_THREADS))
 
 
 @contextmanager
@@ -114,7 +123,18 @@ def unpack_signs_f32(packed: torch.Tensor, out: torch.Tensor) -> None:
 
 def pack_ternary(codes: torch.Tensor, out: torch.Tensor, fmt: str) -> None:
     pack = _C.pack_ternary2 if fmt == "2bit" else _C.pack_ternary3
-    _run(pack, codes, "codes", torch.int8, out, torch.uint8)
+    try:
+        _run(pack, codes, "codes", torch.int8, out, torch.uint8)
+    except ValueError as error:
+        if "codes must be" not in str(error):
+            raise
+        flat = codes.reshape(-1)
+        invalid = ((flat < -1) | (flat > 1)).nonzero()
+        first = int(invalid[0, 0])
+        raise ValueError(
+            f"codes: expected values in {{-1, 0, 1}}, received {int(flat[first])} at flat "
+            f"index {first} ({invalid.numel()} invalid in all)"
+        ) from None
 
 
 def unpack_ternary(packed: torch.Tensor, out: torch.Tensor, fmt: str) -> None:

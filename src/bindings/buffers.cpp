@@ -25,7 +25,9 @@ std::string received_format(const py::buffer_info& info) {
 }  // namespace
 
 Buffer checked_buffer(const py::buffer& object, const char* name, char format, bool writable) {
-    py::buffer_info info = object.request(writable);
+    // Request read-only access and check writability here, so the message is ours (the
+    // exporter's own refusal is a BufferError that names no argument).
+    py::buffer_info info = object.request(false);
     const std::string got = info.format;
     // Some exporters prefix a byte-order or size character ('<f', '=b').
     const char code = got.empty() ? '\0' : got.back();

@@ -18,7 +18,7 @@ contiguous. Invalid codes raise ``ValueError``.
 
 from __future__ import annotations
 
-import math
+import numbers
 from collections.abc import Sequence
 from typing import Literal, Union
 
@@ -118,14 +118,20 @@ def _numel_of(tensor: object, name: str) -> int:
 
 
 def _shape(shape: Shape) -> torch.Size:
-    dims = (shape,) if isinstance(shape, int) else tuple(shape)
-    if not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in dims):
-        raise ValueError(f"shape: expected non-negative ints, received {shape!r}")
-    return torch.Size(dims)
+    def is_size(d: object) -> bool:
+        return isinstance(d, numbers.Integral) and not isinstance(d, bool) and int(d) >= 0
+
+    if isinstance(shape, numbers.Integral) and is_size(shape):
+        return torch.Size((int(shape),))
+    if isinstance(shape, (list, tuple, torch.Size)) and all(is_size(d) for d in shape):
+        return torch.Size(int(d) for d in shape)
+    raise ValueError(
+        f"shape: expected a non-negative int or a sequence of them, received {shape!r}"
+    )
 
 
 def _output(out: torch.Tensor | None, size: int | torch.Size, dtype: torch.dtype) -> torch.Tensor:
-    """A new tensor of ``size``, or ``out`` checked to be exactly that."""
+    """A new tensor of ``size``, or ``out`` checked to have exactly that shape and dtype."""
     shape = torch.Size((size,)) if isinstance(size, int) else size
     if out is None:
         return torch.empty(shape, dtype=dtype)
@@ -133,11 +139,8 @@ def _output(out: torch.Tensor | None, size: int | torch.Size, dtype: torch.dtype
         raise TypeError(f"out: expected a torch.Tensor, received {type(out).__name__}")
     if out.dtype != dtype:
         raise TypeError(f"out: expected dtype {dtype}, received {out.dtype}")
-    if out.numel() != math.prod(shape):
-        raise ValueError(
-            f"out: expected {math.prod(shape)} elements (shape {tuple(shape)}), "
-            f"received {out.numel()} (shape {tuple(out.shape)})"
-        )
+    if out.shape != shape:
+        raise ValueError(f"out: expected shape {tuple(shape)}, received {tuple(out.shape)}")
     return out
 
 

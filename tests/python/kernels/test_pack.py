@@ -15,10 +15,14 @@ import threading
 from collections.abc import Callable, Iterator
 from typing import Any
 
-import codl
 import numpy as np
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.extra import numpy as hnp
+
+import codl
 from codl import _ops
 from codl.kernels import (
     pack_signs,
@@ -29,9 +33,6 @@ from codl.kernels import (
     unpack_ternary,
 )
 from codl.kernels import reference as ref
-from hypothesis import given, settings
-from hypothesis import strategies as st
-from hypothesis.extra import numpy as hnp
 
 LEVELS: list[str] = list(_ops.native_info()["isas_runnable"])  # type: ignore[call-overload]
 THREADS = (1, 2, 3)
@@ -287,8 +288,41 @@ def py_decode_base3(byte: int) -> list[int]:
     return [(((byte * 3**k) & 0xFF) * 3 >> 8) - 1 for k in range(5)]
 
 
-PY_LENGTHS = (0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 31, 32, 33, 127, 128, 129, 159, 160, 161, 255, 256,
-              257, 288, 319, 320, 321, 383, 384, 385, 639, 640, 641, 1001)
+PY_LENGTHS = (
+    0,
+    1,
+    2,
+    3,
+    4,
+    5,
+    6,
+    7,
+    8,
+    9,
+    31,
+    32,
+    33,
+    127,
+    128,
+    129,
+    159,
+    160,
+    161,
+    255,
+    256,
+    257,
+    288,
+    319,
+    320,
+    321,
+    383,
+    384,
+    385,
+    639,
+    640,
+    641,
+    1001,
+)
 
 
 def _u8(values: list[int]) -> torch.Tensor:
@@ -358,11 +392,21 @@ def test_known_2bit_tail(level: str) -> None:
 
 
 @pytest.mark.parametrize("blocks", [1, 2, 3])
-@pytest.mark.parametrize(("index", "byte", "shift"), [(7, 7, 0), (32 + 7, 7, 2), (64 + 7, 7, 4),
-                                                      (32 * 3 + 7, 7, 6), (31, 31, 0),
-                                                      (127, 31, 6), (0, 0, 0)])
-def test_known_2bit_block_layout(level: str, blocks: int, index: int, byte: int,
-                                 shift: int) -> None:
+@pytest.mark.parametrize(
+    ("index", "byte", "shift"),
+    [
+        (7, 7, 0),
+        (32 + 7, 7, 2),
+        (64 + 7, 7, 4),
+        (32 * 3 + 7, 7, 6),
+        (31, 31, 0),
+        (127, 31, 6),
+        (0, 0, 0),
+    ],
+)
+def test_known_2bit_block_layout(
+    level: str, blocks: int, index: int, byte: int, shift: int
+) -> None:
     """Value 32k + j of a 128-value block lands in byte j, bits 2k..2k+1."""
     n = 128 * blocks
     codes = torch.full((n,), -1, dtype=torch.int8)
@@ -571,16 +615,24 @@ def test_out_wrong_dtype_unpack() -> None:
 def test_out_wrong_size(size: int) -> None:
     # 9 values need 2 bytes of signs, 3 bytes of 2bit, 2 bytes of base3.
     nine = torch.ones(9, dtype=torch.int8)
-    with pytest.raises(ValueError, match=rf"out: expected 2 elements .*received {size}"):
+    with pytest.raises(ValueError, match=rf"out: expected shape \(2,\), received \({size},\)"):
         pack_signs(torch.ones(9), out=torch.zeros(size, dtype=torch.uint8))
-    with pytest.raises(ValueError, match=rf"out: expected 3 elements .*received {size}"):
+    with pytest.raises(ValueError, match=rf"out: expected shape \(3,\), received \({size},\)"):
         pack_ternary(nine, out=torch.zeros(size, dtype=torch.uint8))
-    with pytest.raises(ValueError, match=rf"out: expected 2 elements .*received {size}"):
+    with pytest.raises(ValueError, match=rf"out: expected shape \(2,\), received \({size},\)"):
         pack_ternary(nine, format="base3", out=torch.zeros(size, dtype=torch.uint8))
-    with pytest.raises(ValueError, match=rf"out: expected 9 elements .*received {size + 7}"):
+    with pytest.raises(ValueError, match=rf"out: expected shape \(9,\), received \({size + 7},\)"):
         unpack_signs(_u8([0, 0]), 9, out=torch.zeros(size + 7, dtype=torch.float32))
-    with pytest.raises(ValueError, match=rf"out: expected 9 elements .*received {size}"):
+    with pytest.raises(ValueError, match=rf"out: expected shape \(9,\), received \({size},\)"):
         unpack_ternary(_u8([0, 0]), 9, format="base3", out=torch.zeros(size, dtype=torch.int8))
+
+
+def test_out_must_have_the_requested_shape() -> None:
+    packed = pack_signs(torch.ones(10))
+    with pytest.raises(ValueError, match=r"out: expected shape \(2, 5\), received \(10,\)"):
+        unpack_signs(packed, (2, 5), out=torch.empty(10))
+    out = torch.empty(2, 5)
+    assert unpack_signs(packed, (2, 5), out=out) is out
 
 
 def test_input_requiring_grad_is_accepted() -> None:
