@@ -17,11 +17,14 @@ from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
 
-import codl.data
 import numpy as np
 import numpy.typing as npt
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import codl.data
 from codl.data import (
     FASHION_MNIST_CLASSES,
     DataFormatError,
@@ -32,8 +35,6 @@ from codl.data import (
     read_idx,
     write_idx,
 )
-from hypothesis import given, settings
-from hypothesis import strategies as st
 
 fm_module: ModuleType = importlib.import_module("codl.data.fashion_mnist")
 
