@@ -14,7 +14,7 @@ namespace codl {
 enum class IsaLevel : int { scalar = 0, avx2 = 1, avx512 = 2, sve = 3 };
 constexpr int kNumIsaLevels = 4;
 
-// Packed layouts (docs/kernels.md has the pictures):
+// Packed layouts (docs/kernels.md draws them):
 //  signs:    bit (i % 8) of byte i / 8 is signbit(x[i]); unused high bits of the last byte are 0.
 //  ternary2: 2-bit codes c + 1 in {0, 1, 2}. Whole blocks of 128 values fill 32 bytes, byte j
 //            holding values j, j+32, j+64, j+96 of the block in bits 0-1, 2-3, 4-5, 6-7, so a
