@@ -50,4 +50,5 @@ PYBIND11_MODULE(_C, m) {
         [](const py::buffer& b) { return reinterpret_cast<std::uintptr_t>(b.request().ptr); },
         py::arg("buffer"), "The address the core would see for this buffer (tests use it to prove no copy).");
     codl_bindings::register_pack(m);
+    codl_bindings::register_ternary(m);
 }

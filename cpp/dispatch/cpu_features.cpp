@@ -46,6 +46,7 @@ CpuFeatures detect() {
         f.avx512dq = (ebx >> 17) & 1;
         f.avx512bw = (ebx >> 30) & 1;
         f.avx512vl = (ebx >> 31) & 1;
+        f.avx512vnni = (ecx >> 11) & 1;
     }
 #elif defined(CODL_ARM64)
     f.arch = "aarch64";
@@ -62,7 +63,7 @@ std::vector<std::string> CpuFeatures::names() const {
     std::vector<std::string> out;
     const std::pair<bool, const char*> all[] = {
         {avx2, "avx2"},         {fma, "fma"},           {avx512f, "avx512f"},
-        {avx512bw, "avx512bw"}, {avx512dq, "avx512dq"}, {avx512vl, "avx512vl"},
+        {avx512bw, "avx512bw"}, {avx512dq, "avx512dq"}, {avx512vl, "avx512vl"}, {avx512vnni, "avx512_vnni"},
         {os_saves_ymm, "os_ymm"}, {os_saves_zmm, "os_zmm"}, {sve, "sve"}};
     for (const auto& [present, name] : all) {
         if (present) out.emplace_back(name);

@@ -11,15 +11,15 @@ namespace {
 
 constexpr const char* kIsaNames[kNumIsaLevels] = {"scalar", "avx2", "avx512", "sve"};
 
-const KernelTable kScalarTable{IsaLevel::scalar, &ref::pack_kernels};
+const KernelTable kScalarTable{IsaLevel::scalar, &ref::pack_kernels, &ref::ternary_kernels};
 #if CODL_HAVE_AVX2
-const KernelTable kAvx2Table{IsaLevel::avx2, &avx2::pack_kernels};
+const KernelTable kAvx2Table{IsaLevel::avx2, &avx2::pack_kernels, &avx2::ternary_kernels};
 #endif
 #if CODL_HAVE_AVX512
-const KernelTable kAvx512Table{IsaLevel::avx512, &avx512::pack_kernels};
+const KernelTable kAvx512Table{IsaLevel::avx512, &avx512::pack_kernels, &avx512::ternary_kernels};
 #endif
 #if CODL_HAVE_SVE
-const KernelTable kSveTable{IsaLevel::sve, &sve::pack_kernels};
+const KernelTable kSveTable{IsaLevel::sve, &sve::pack_kernels, &sve::ternary_kernels};
 #endif
 
 const KernelTable* table_of(IsaLevel isa) {
@@ -61,6 +61,7 @@ std::string missing_features(IsaLevel isa) {
             need(f.avx512bw, "avx512bw");
             need(f.avx512dq, "avx512dq");
             need(f.avx512vl, "avx512vl");
+            need(f.avx512vnni, "avx512_vnni");
             need(f.os_saves_zmm, "OS support for ZMM state");
             break;
         case IsaLevel::sve: need(f.sve, "sve"); break;

@@ -140,3 +140,24 @@ def pack_ternary(codes: torch.Tensor, out: torch.Tensor, fmt: str) -> None:
 def unpack_ternary(packed: torch.Tensor, out: torch.Tensor, fmt: str) -> None:
     unpack = _C.unpack_ternary2 if fmt == "2bit" else _C.unpack_ternary3
     _run(unpack, packed, "packed", torch.uint8, out, torch.int8)
+
+
+def ternary_linear_f32(
+    x: torch.Tensor,
+    packed: torch.Tensor,
+    alpha: torch.Tensor,
+    bias: torch.Tensor | None,
+    out: torch.Tensor,
+) -> None:
+    """out (M, N) = int8-quantized x (M, K) times the packed ternary rows, scaled, plus bias."""
+    rows, in_features = x.shape
+    _C.ternary_linear_f32(
+        as_buffer(x, "x", torch.float32),
+        rows,
+        in_features,
+        as_buffer(packed, "packed", torch.uint8),
+        as_buffer(alpha, "alpha", torch.float32),
+        None if bias is None else as_buffer(bias, "bias", torch.float32),
+        as_buffer(out, "out", torch.float32, writable=True),
+        get_num_threads(),
+    )

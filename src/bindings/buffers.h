@@ -26,5 +26,6 @@ void require_size(const Buffer& buffer, const char* name, std::size_t needed, co
 int checked_threads(int num_threads);
 
 void register_pack(py::module_& m);
+void register_ternary(py::module_& m);
 
 }  // namespace codl_bindings

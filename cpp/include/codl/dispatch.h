@@ -12,7 +12,7 @@ struct CpuFeatures {
     std::string arch;  // "x86_64", "aarch64" or "other"
     // x86: instruction set bits from cpuid, and whether the OS saves the registers (xgetbv).
     bool avx2 = false, fma = false, avx512f = false, avx512bw = false, avx512dq = false,
-         avx512vl = false, os_saves_ymm = false, os_saves_zmm = false;
+         avx512vl = false, avx512vnni = false, os_saves_ymm = false, os_saves_zmm = false;
     // Arm: HWCAP_SVE from getauxval, and the vector length in bits when present.
     bool sve = false;
     int sve_vector_bits = 0;

@@ -41,22 +41,42 @@ struct PackKernels {
     void (*unpack_ternary3)(const std::uint8_t* packed, std::size_t n, std::int8_t* codes);
 };
 
+// Ternary GEMM: int8 activations (one scale per row) times ternary weights in the ternary2
+// layout, one packed row of k_padded / 4 bytes per output feature; k_padded is a multiple of
+// kTernary2BlockValues, so rows are whole blocks and activations are zero beyond k.
+struct TernaryKernels {
+    // q[0..k_padded) = round(x * 127 / max|x|) (zero past k), *scale = max|x| / 127 (1 if the
+    // row is all zero), *sum = sum of q. Returns false if x holds NaN or Inf.
+    bool (*quantize_row_i8)(const float* x, std::size_t k, std::size_t k_padded, std::int8_t* q,
+                            float* scale, std::int32_t* sum);
+    // out[r * out_stride] = sum_k a[r * k_padded + k] * w_code[k] for r < rows, exactly.
+    // a_sums[r] is the sum of row r (kernels that multiply the stored fields c + 1 need it).
+    void (*dot_rows_i8_t2)(const std::int8_t* a, std::size_t rows, std::size_t k_padded,
+                           const std::int32_t* a_sums, const std::uint8_t* w, std::int32_t* out,
+                           std::size_t out_stride);
+};
+
 struct KernelTable {
     IsaLevel isa;
     const PackKernels* pack;
+    const TernaryKernels* ternary;
 };
 
 namespace ref {
 extern const PackKernels pack_kernels;
+extern const TernaryKernels ternary_kernels;
 }
 namespace avx2 {
 extern const PackKernels pack_kernels;
+extern const TernaryKernels ternary_kernels;
 }
 namespace avx512 {
 extern const PackKernels pack_kernels;
+extern const TernaryKernels ternary_kernels;
 }
 namespace sve {
 extern const PackKernels pack_kernels;
+extern const TernaryKernels ternary_kernels;
 int vector_bits();  // the SVE vector length this process runs with
 }
 

@@ -1,0 +1,86 @@
+// SVE ternary GEMM kernels, vector-length agnostic. SDOT multiplies signed int8 activations by
+// the signed codes directly (four products per 32-bit lane), so no row-sum correction is needed.
+// Blocks are 32 bytes; a vector covers one in a single predicated step from 256 bits up.
+#include <arm_sve.h>
+
+#include <cmath>
+#include <cstring>
+
+#include "codl/kernel_table.h"
+
+namespace codl::sve {
+namespace {
+
+bool quantize_row_i8(const float* x, std::size_t k, std::size_t k_padded, std::int8_t* q,
+                     float* scale, std::int32_t* sum) {
+    const std::uint32_t* bits = reinterpret_cast<const std::uint32_t*>(x);
+    svuint32_t largest = svdup_n_u32(0);
+    for (std::size_t i = 0; i < k; i += svcntw()) {
+        const svbool_t pg = svwhilelt_b32_u64(i, k);
+        largest = svmax_u32_m(pg, largest, svand_n_u32_x(pg, svld1_u32(pg, bits + i), 0x7FFFFFFFu));
+    }
+    // max |x| as integer bits (same order for non-negative floats; >= +inf's bits: Inf or NaN).
+    const std::uint32_t max_bits = svmaxv_u32(svptrue_b32(), largest);
+    if (max_bits >= 0x7F800000u) return false;
+    float absmax;
+    std::memcpy(&absmax, &max_bits, sizeof absmax);
+
+    const float inverse = absmax > 0.0f ? 127.0f / absmax : 0.0f;
+    svint32_t totals = svdup_n_s32(0);
+    for (std::size_t i = 0; i < k; i += svcntw()) {
+        const svbool_t pg = svwhilelt_b32_u64(i, k);
+        // FRINTN rounds half to even, as nearbyint does in the reference.
+        const svfloat32_t scaled = svmul_n_f32_x(pg, svld1_f32(pg, x + i), inverse);
+        const svint32_t v = svcvt_s32_f32_x(pg, svrintn_f32_x(pg, scaled));
+        totals = svadd_s32_m(pg, totals, v);
+        svst1b_s32(pg, q + i, v);
+    }
+    for (std::size_t i = k; i < k_padded; ++i) q[i] = 0;
+    *scale = absmax > 0.0f ? absmax / 127.0f : 1.0f;
+    *sum = static_cast<std::int32_t>(svaddv_s32(svptrue_b32(), totals));
+    return true;
+}
+
+// Up to four activation rows share each unpacked weight block. SVE values cannot live in
+// arrays, hence the four named accumulators.
+template <int Rows>
+void dot_tile(const std::int8_t* a, std::size_t k_padded, const std::uint8_t* w, std::int32_t* out,
+              std::size_t out_stride) {
+    svint32_t acc0 = svdup_n_s32(0), acc1 = svdup_n_s32(0), acc2 = svdup_n_s32(0),
+              acc3 = svdup_n_s32(0);
+    for (std::size_t block = 0; block < k_padded / kTernary2BlockValues; ++block) {
+        for (std::size_t j = 0; j < kTernaryBlockBytes; j += svcntb()) {
+            const svbool_t pg = svwhilelt_b8_u64(j, kTernaryBlockBytes);
+            const svuint8_t packed = svld1_u8(pg, w + block * kTernaryBlockBytes + j);
+            for (int plane = 0; plane < 4; ++plane) {
+                // Inactive lanes load activations as 0, so they add nothing to the sums.
+                const svint8_t codes = svreinterpret_s8_u8(
+                    svsub_n_u8_x(pg, svand_n_u8_x(pg, svlsr_n_u8_x(pg, packed, 2 * plane), 3), 1));
+                const std::int8_t* column = a + block * kTernary2BlockValues + 32 * plane + j;
+                acc0 = svdot_s32(acc0, svld1_s8(pg, column), codes);
+                if constexpr (Rows > 1) acc1 = svdot_s32(acc1, svld1_s8(pg, column + k_padded), codes);
+                if constexpr (Rows > 2) acc2 = svdot_s32(acc2, svld1_s8(pg, column + 2 * k_padded), codes);
+                if constexpr (Rows > 3) acc3 = svdot_s32(acc3, svld1_s8(pg, column + 3 * k_padded), codes);
+            }
+        }
+    }
+    const svbool_t all = svptrue_b32();
+    out[0] = static_cast<std::int32_t>(svaddv_s32(all, acc0));
+    if constexpr (Rows > 1) out[out_stride] = static_cast<std::int32_t>(svaddv_s32(all, acc1));
+    if constexpr (Rows > 2) out[2 * out_stride] = static_cast<std::int32_t>(svaddv_s32(all, acc2));
+    if constexpr (Rows > 3) out[3 * out_stride] = static_cast<std::int32_t>(svaddv_s32(all, acc3));
+}
+
+void dot_rows_i8_t2(const std::int8_t* a, std::size_t rows, std::size_t k_padded,
+                    const std::int32_t*, const std::uint8_t* w, std::int32_t* out,
+                    std::size_t out_stride) {
+    std::size_t r = 0;
+    for (; r + 4 <= rows; r += 4) dot_tile<4>(a + r * k_padded, k_padded, w, out + r * out_stride, out_stride);
+    for (; r < rows; ++r) dot_tile<1>(a + r * k_padded, k_padded, w, out + r * out_stride, out_stride);
+}
+
+}  // namespace
+
+const TernaryKernels ternary_kernels = {quantize_row_i8, dot_rows_i8_t2};
+
+}  // namespace codl::sve

@@ -1,0 +1,116 @@
+// AVX2 ternary GEMM kernels. Weights are multiplied as their stored fields c + 1 in {0, 1, 2}
+// (unsigned, as vpmaddubsw wants) and the row sum of the activations is subtracted at the end,
+// the approach of bitnet.cpp's I2_S. One unpacked weight block serves up to four activation
+// rows, so a batch reads and unpacks the weights once.
+#include <immintrin.h>
+
+#include <cmath>
+#include <cstring>
+
+#include "codl/kernel_table.h"
+
+namespace codl::avx2 {
+namespace {
+
+bool quantize_row_i8(const float* x, std::size_t k, std::size_t k_padded, std::int8_t* q,
+                     float* scale, std::int32_t* sum) {
+    // max |x| as integer bits: for non-negative floats the order is the same, and anything at
+    // or above the bits of +inf is Inf or NaN.
+    const __m256i magnitude_mask = _mm256_set1_epi32(0x7FFFFFFF);
+    __m256i largest = _mm256_setzero_si256();
+    std::size_t i = 0;
+    for (; i + 8 <= k; i += 8) {
+        const __m256i bits = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x + i));
+        largest = _mm256_max_epi32(largest, _mm256_and_si256(bits, magnitude_mask));
+    }
+    alignas(32) std::int32_t lanes[8];
+    _mm256_store_si256(reinterpret_cast<__m256i*>(lanes), largest);
+    std::int32_t max_bits = 0;
+    for (std::int32_t lane : lanes) max_bits = lane > max_bits ? lane : max_bits;
+    for (; i < k; ++i) {
+        std::int32_t bits;
+        std::memcpy(&bits, x + i, sizeof bits);
+        bits &= 0x7FFFFFFF;
+        max_bits = bits > max_bits ? bits : max_bits;
+    }
+    if (max_bits >= 0x7F800000) return false;
+    float absmax;
+    std::memcpy(&absmax, &max_bits, sizeof absmax);
+
+    const float inverse = absmax > 0.0f ? 127.0f / absmax : 0.0f;
+    const __m256 scale_by = _mm256_set1_ps(inverse);
+    __m256i totals = _mm256_setzero_si256();
+    // cvtps rounds half to even under the default MXCSR mode, as nearbyint does in the reference.
+    const __m256i restore_order = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
+    i = 0;
+    for (; i + 32 <= k; i += 32) {
+        __m256i v[4];
+        for (int part = 0; part < 4; ++part) {
+            v[part] = _mm256_cvtps_epi32(_mm256_mul_ps(_mm256_loadu_ps(x + i + 8 * part), scale_by));
+            totals = _mm256_add_epi32(totals, v[part]);
+        }
+        // packs work within 128-bit lanes; the permutation puts the 32 values back in order.
+        const __m256i words = _mm256_packs_epi32(v[0], v[1]), words2 = _mm256_packs_epi32(v[2], v[3]);
+        const __m256i bytes = _mm256_permutevar8x32_epi32(_mm256_packs_epi16(words, words2), restore_order);
+        _mm256_storeu_si256(reinterpret_cast<__m256i*>(q + i), bytes);
+    }
+    _mm256_store_si256(reinterpret_cast<__m256i*>(lanes), totals);
+    std::int32_t total = 0;
+    for (std::int32_t lane : lanes) total += lane;
+    for (; i < k_padded; ++i) {
+        const int v = i < k ? static_cast<int>(std::nearbyint(x[i] * inverse)) : 0;
+        q[i] = static_cast<std::int8_t>(v);
+        total += v;
+    }
+    *scale = absmax > 0.0f ? absmax / 127.0f : 1.0f;
+    *sum = total;
+    return true;
+}
+
+std::int32_t horizontal_sum(__m256i v) {
+    const __m128i half = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
+    const __m128i quarter = _mm_add_epi32(half, _mm_shuffle_epi32(half, _MM_SHUFFLE(1, 0, 3, 2)));
+    return _mm_cvtsi128_si32(_mm_add_epi32(quarter, _mm_shuffle_epi32(quarter, _MM_SHUFFLE(2, 3, 0, 1))));
+}
+
+template <int Rows>
+void dot_tile(const std::int8_t* a, std::size_t k_padded, const std::int32_t* a_sums,
+              const std::uint8_t* w, std::int32_t* out, std::size_t out_stride) {
+    const __m256i low_bits = _mm256_set1_epi8(3), ones = _mm256_set1_epi16(1);
+    __m256i acc[Rows];
+    for (int r = 0; r < Rows; ++r) acc[r] = _mm256_setzero_si256();
+    for (std::size_t block = 0; block < k_padded / kTernary2BlockValues; ++block) {
+        const __m256i packed = _mm256_loadu_si256(
+            reinterpret_cast<const __m256i*>(w + block * kTernaryBlockBytes));
+        const __m256i f0 = _mm256_and_si256(packed, low_bits);
+        const __m256i f1 = _mm256_and_si256(_mm256_srli_epi16(packed, 2), low_bits);
+        const __m256i f2 = _mm256_and_si256(_mm256_srli_epi16(packed, 4), low_bits);
+        const __m256i f3 = _mm256_and_si256(_mm256_srli_epi16(packed, 6), low_bits);
+        for (int r = 0; r < Rows; ++r) {
+            const std::int8_t* row = a + r * k_padded + block * kTernary2BlockValues;
+            const auto load = [row](int plane) {
+                return _mm256_loadu_si256(reinterpret_cast<const __m256i*>(row + 32 * plane));
+            };
+            // Each 16-bit lane is at most 4 * 2 * 2 * 127 = 2032 in magnitude: no saturation.
+            const __m256i pairs = _mm256_add_epi16(
+                _mm256_add_epi16(_mm256_maddubs_epi16(f0, load(0)), _mm256_maddubs_epi16(f1, load(1))),
+                _mm256_add_epi16(_mm256_maddubs_epi16(f2, load(2)), _mm256_maddubs_epi16(f3, load(3))));
+            acc[r] = _mm256_add_epi32(acc[r], _mm256_madd_epi16(pairs, ones));
+        }
+    }
+    for (int r = 0; r < Rows; ++r) out[r * out_stride] = horizontal_sum(acc[r]) - a_sums[r];
+}
+
+void dot_rows_i8_t2(const std::int8_t* a, std::size_t rows, std::size_t k_padded,
+                    const std::int32_t* a_sums, const std::uint8_t* w, std::int32_t* out,
+                    std::size_t out_stride) {
+    std::size_t r = 0;
+    for (; r + 4 <= rows; r += 4) dot_tile<4>(a + r * k_padded, k_padded, a_sums + r, w, out + r * out_stride, out_stride);
+    for (; r < rows; ++r) dot_tile<1>(a + r * k_padded, k_padded, a_sums + r, w, out + r * out_stride, out_stride);
+}
+
+}  // namespace
+
+const TernaryKernels ternary_kernels = {quantize_row_i8, dot_rows_i8_t2};
+
+}  // namespace codl::avx2

@@ -1,0 +1,92 @@
+// AVX-512 ternary GEMM kernels, with VNNI: vpdpbusd multiplies the unsigned weight fields
+// c + 1 by the signed activations and accumulates four products per 32-bit lane in one
+// instruction (the row sum of the activations is subtracted at the end). A 64-byte activation
+// chunk spans planes 2p and 2p + 1 of one block, so the block's 32 packed bytes are broadcast to
+// both halves and shifted by a different amount in each.
+#include <immintrin.h>
+
+#include <cmath>
+#include <cstring>
+
+#include "codl/kernel_table.h"
+
+namespace codl::avx512 {
+namespace {
+
+bool quantize_row_i8(const float* x, std::size_t k, std::size_t k_padded, std::int8_t* q,
+                     float* scale, std::int32_t* sum) {
+    // max |x| as integer bits (same order for non-negative floats; >= +inf's bits: Inf or NaN).
+    const __m512i magnitude_mask = _mm512_set1_epi32(0x7FFFFFFF);
+    __m512i largest = _mm512_setzero_si512();
+    std::size_t i = 0;
+    for (; i + 16 <= k; i += 16) {
+        largest = _mm512_max_epi32(largest, _mm512_and_si512(_mm512_loadu_si512(x + i), magnitude_mask));
+    }
+    std::int32_t max_bits = _mm512_reduce_max_epi32(largest);
+    for (; i < k; ++i) {
+        std::int32_t bits;
+        std::memcpy(&bits, x + i, sizeof bits);
+        bits &= 0x7FFFFFFF;
+        max_bits = bits > max_bits ? bits : max_bits;
+    }
+    if (max_bits >= 0x7F800000) return false;
+    float absmax;
+    std::memcpy(&absmax, &max_bits, sizeof absmax);
+
+    const float inverse = absmax > 0.0f ? 127.0f / absmax : 0.0f;
+    const __m512 scale_by = _mm512_set1_ps(inverse);
+    __m512i totals = _mm512_setzero_si512();
+    i = 0;
+    for (; i + 16 <= k; i += 16) {
+        // cvtps rounds half to even (default MXCSR), as nearbyint does in the reference.
+        const __m512i v = _mm512_cvtps_epi32(_mm512_mul_ps(_mm512_loadu_ps(x + i), scale_by));
+        totals = _mm512_add_epi32(totals, v);
+        _mm_storeu_si128(reinterpret_cast<__m128i*>(q + i), _mm512_cvtsepi32_epi8(v));
+    }
+    std::int32_t total = _mm512_reduce_add_epi32(totals);
+    for (; i < k_padded; ++i) {
+        const int v = i < k ? static_cast<int>(std::nearbyint(x[i] * inverse)) : 0;
+        q[i] = static_cast<std::int8_t>(v);
+        total += v;
+    }
+    *scale = absmax > 0.0f ? absmax / 127.0f : 1.0f;
+    *sum = total;
+    return true;
+}
+
+template <int Rows>
+void dot_tile(const std::int8_t* a, std::size_t k_padded, const std::int32_t* a_sums,
+              const std::uint8_t* w, std::int32_t* out, std::size_t out_stride) {
+    const __m512i low_bits = _mm512_set1_epi8(3);
+    // Shift counts per 16-bit lane: planes 0 | 1 in the first register, 2 | 3 in the second.
+    const __m512i shift01 = _mm512_inserti64x4(_mm512_set1_epi16(0), _mm256_set1_epi16(2), 1);
+    const __m512i shift23 = _mm512_inserti64x4(_mm512_set1_epi16(4), _mm256_set1_epi16(6), 1);
+    __m512i acc[Rows];
+    for (int r = 0; r < Rows; ++r) acc[r] = _mm512_setzero_si512();
+    for (std::size_t block = 0; block < k_padded / kTernary2BlockValues; ++block) {
+        const __m512i packed = _mm512_broadcast_i64x4(
+            _mm256_loadu_si256(reinterpret_cast<const __m256i*>(w + block * kTernaryBlockBytes)));
+        const __m512i planes01 = _mm512_and_si512(_mm512_srlv_epi16(packed, shift01), low_bits);
+        const __m512i planes23 = _mm512_and_si512(_mm512_srlv_epi16(packed, shift23), low_bits);
+        for (int r = 0; r < Rows; ++r) {
+            const std::int8_t* row = a + r * k_padded + block * kTernary2BlockValues;
+            acc[r] = _mm512_dpbusd_epi32(acc[r], planes01, _mm512_loadu_si512(row));
+            acc[r] = _mm512_dpbusd_epi32(acc[r], planes23, _mm512_loadu_si512(row + 64));
+        }
+    }
+    for (int r = 0; r < Rows; ++r) out[r * out_stride] = _mm512_reduce_add_epi32(acc[r]) - a_sums[r];
+}
+
+void dot_rows_i8_t2(const std::int8_t* a, std::size_t rows, std::size_t k_padded,
+                    const std::int32_t* a_sums, const std::uint8_t* w, std::int32_t* out,
+                    std::size_t out_stride) {
+    std::size_t r = 0;
+    for (; r + 4 <= rows; r += 4) dot_tile<4>(a + r * k_padded, k_padded, a_sums + r, w, out + r * out_stride, out_stride);
+    for (; r < rows; ++r) dot_tile<1>(a + r * k_padded, k_padded, a_sums + r, w, out + r * out_stride, out_stride);
+}
+
+}  // namespace
+
+const TernaryKernels ternary_kernels = {quantize_row_i8, dot_rows_i8_t2};
+
+}  // namespace codl::avx512

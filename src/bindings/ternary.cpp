@@ -1,0 +1,59 @@
+// Bindings of the ternary linear kernels: check, release the GIL, call the core.
+#include <pybind11/stl.h>
+
+#include <optional>
+#include <string>
+
+#include "buffers.h"
+#include "codl/ternary.h"
+
+namespace codl_bindings {
+namespace {
+
+void require_exact(const Buffer& buffer, const char* name, std::size_t expected, const char* what) {
+    if (buffer.size != expected) {
+        throw py::value_error(std::string(name) + ": expected " + std::to_string(expected) + " elements (" +
+                              what + "), received " + std::to_string(buffer.size));
+    }
+}
+
+}  // namespace
+
+void register_ternary(py::module_& m) {
+    m.def(
+        "ternary_linear_f32",
+        [](const py::buffer& x, std::size_t rows, std::size_t in_features, const py::buffer& packed,
+           const py::buffer& alpha, const std::optional<py::buffer>& bias, const py::buffer& out,
+           int num_threads) {
+            const Buffer input = checked_buffer(x, "x", 'f', false);
+            const Buffer weight = checked_buffer(packed, "packed", 'B', false);
+            const Buffer scales = checked_buffer(alpha, "alpha", 'f', false);
+            const Buffer result = checked_buffer(out, "out", 'f', true);
+            const std::size_t out_features = scales.size;
+            require_exact(input, "x", rows * in_features, "rows * in_features");
+            require_exact(weight, "packed", out_features * codl::ternary_padded_k(in_features) / 4,
+                          "out_features rows of ceil(in_features / 128) * 32 bytes");
+            require_exact(result, "out", rows * out_features, "rows * out_features");
+            const float* bias_data = nullptr;
+            if (bias) {
+                const Buffer b = checked_buffer(*bias, "bias", 'f', false);
+                require_exact(b, "bias", out_features, "out_features");
+                bias_data = static_cast<const float*>(b.data);
+            }
+            checked_threads(num_threads);
+            bool finite;
+            {
+                py::gil_scoped_release release;
+                finite = codl::ternary_linear_f32(
+                    static_cast<const float*>(input.data), rows, in_features,
+                    static_cast<const std::uint8_t*>(weight.data), static_cast<const float*>(scales.data),
+                    out_features, bias_data, static_cast<float*>(result.data), num_threads);
+            }
+            if (!finite) throw py::value_error("x: expected finite values, received NaN or Inf");
+        },
+        py::arg("x"), py::arg("rows"), py::arg("in_features"), py::arg("packed"), py::arg("alpha"),
+        py::arg("bias"), py::arg("out"), py::arg("num_threads") = 1,
+        "out = quantize_int8(x) @ (alpha * codes).T + bias for packed ternary weights.");
+}
+
+}  // namespace codl_bindings

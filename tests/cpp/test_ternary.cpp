@@ -1,0 +1,200 @@
+// The ternary GEMM kernels of every ISA this CPU runs against the scalar reference (integer
+// results bit-exact) and against an independent int64 / double computation on unpacked codes.
+#include <cmath>
+#include <limits>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "codl/pack.h"
+#include "codl/ternary.h"
+#include "harness.h"
+
+namespace {
+
+using codl::IsaLevel;
+
+std::mt19937_64& rng() {
+    static std::mt19937_64 generator(7);
+    return generator;
+}
+
+const codl::TernaryKernels& ref() { return codl::ref::ternary_kernels; }
+const codl::TernaryKernels& of(IsaLevel isa) { return *codl::kernel_table(isa)->ternary; }
+
+std::vector<std::int8_t> random_codes(std::size_t n) {
+    std::vector<std::int8_t> codes(n);
+    for (auto& c : codes) c = static_cast<std::int8_t>(static_cast<int>(rng()() % 3) - 1);
+    return codes;
+}
+
+// n rows of k_padded codes packed row by row (each row is whole ternary2 blocks).
+std::vector<std::uint8_t> pack_rows(const std::vector<std::int8_t>& codes) {
+    std::vector<std::uint8_t> packed(codes.size() / 4);
+    CHECK(codl::ref::pack_kernels.pack_ternary2(codes.data(), codes.size(), packed.data()));
+    return packed;
+}
+
+std::vector<float> random_row(std::size_t k, float magnitude) {
+    std::normal_distribution<float> normal(0.0f, magnitude);
+    std::vector<float> x(k);
+    for (auto& v : x) v = normal(rng());
+    return x;
+}
+
+TEST_CASE("quantize_row_i8 matches the reference bit for bit, ties and padding included") {
+    std::vector<std::size_t> lengths;
+    for (std::size_t k = 0; k <= 300; ++k) lengths.push_back(k);
+    for (std::size_t k : {1000, 4095, 4096, 4097}) lengths.push_back(k);
+    for (IsaLevel isa : codl_test::runnable_isas()) {
+        for (std::size_t k : lengths) {
+            for (float magnitude : {1e-30f, 1.0f, 3e4f}) {
+                std::vector<float> x = random_row(k, magnitude);
+                if (k >= 4) {
+                    // absmax 127 makes the scale 1, so these are exact ties: nearest even.
+                    x[0] = 127.0f; x[1] = 2.5f; x[2] = -3.5f; x[3] = 0.5f;
+                }
+                const std::size_t kp = codl::ternary_padded_k(k);
+                std::vector<std::int8_t> q_ref(kp + 1, 99), q(kp + 1, 99);
+                float s_ref = 0, s = 0;
+                std::int32_t sum_ref = 0, sum = 0;
+                const std::string at = std::string(codl::isa_name(isa)) + " k=" + std::to_string(k);
+                CHECK_MSG(ref().quantize_row_i8(x.data(), k, kp, q_ref.data(), &s_ref, &sum_ref), at);
+                CHECK_MSG(of(isa).quantize_row_i8(x.data(), k, kp, q.data(), &s, &sum), at);
+                CHECK_MSG(q == q_ref && s == s_ref && sum == sum_ref, at);
+                CHECK_MSG(q[kp] == 99, at + " wrote past k_padded");
+                if (k >= 4 && magnitude == 1.0f) {
+                    CHECK_MSG(q[0] == 127 && q[1] == 2 && q[2] == -4 && q[3] == 0, at);
+                }
+            }
+        }
+    }
+}
+
+TEST_CASE("quantize_row_i8 reports NaN and Inf anywhere in the row") {
+    for (IsaLevel isa : codl_test::runnable_isas()) {
+        for (std::size_t k : {1, 7, 16, 33, 300}) {
+            for (float bad : {std::numeric_limits<float>::quiet_NaN(), std::numeric_limits<float>::infinity(),
+                              -std::numeric_limits<float>::infinity()}) {
+                std::vector<float> x = random_row(k, 1.0f);
+                x[rng()() % k] = bad;
+                std::vector<std::int8_t> q(codl::ternary_padded_k(k));
+                float s;
+                std::int32_t sum;
+                CHECK_MSG(!of(isa).quantize_row_i8(x.data(), k, q.size(), q.data(), &s, &sum),
+                          std::string(codl::isa_name(isa)) + " k=" + std::to_string(k));
+            }
+        }
+    }
+}
+
+TEST_CASE("dot_rows_i8_t2 equals the reference and an int64 dot of the unpacked codes") {
+    for (IsaLevel isa : codl_test::runnable_isas()) {
+        for (std::size_t kp : {128, 256, 384, 1152, 4096}) {
+            for (std::size_t rows = 1; rows <= 9; ++rows) {
+                const std::vector<std::int8_t> codes = random_codes(kp);
+                const std::vector<std::uint8_t> packed = pack_rows(codes);
+                std::vector<std::int8_t> a(rows * kp);
+                for (auto& v : a) v = static_cast<std::int8_t>(static_cast<int>(rng()() % 256) - 128);
+                std::vector<std::int32_t> sums(rows, 0);
+                for (std::size_t r = 0; r < rows; ++r) {
+                    for (std::size_t i = 0; i < kp; ++i) sums[r] += a[r * kp + i];
+                }
+                std::vector<std::int32_t> got(rows * 3, -1), want(rows * 3, -1);
+                ref().dot_rows_i8_t2(a.data(), rows, kp, sums.data(), packed.data(), want.data(), 3);
+                of(isa).dot_rows_i8_t2(a.data(), rows, kp, sums.data(), packed.data(), got.data(), 3);
+                const std::string at = std::string(codl::isa_name(isa)) + " k=" + std::to_string(kp) +
+                                       " rows=" + std::to_string(rows);
+                CHECK_MSG(got == want, at);
+                for (std::size_t r = 0; r < rows; ++r) {
+                    std::int64_t exact = 0;
+                    for (std::size_t i = 0; i < kp; ++i) exact += std::int64_t{a[r * kp + i]} * codes[i];
+                    CHECK_MSG(got[r * 3] == exact, at);
+                }
+            }
+        }
+    }
+}
+
+TEST_CASE("ternary_linear_f32: same floats on every ISA and thread count, near a double reference") {
+    const std::size_t m = 11, k = 300, n = 37;
+    const std::size_t kp = codl::ternary_padded_k(k);
+    std::vector<float> x(m * k);
+    for (std::size_t i = 0; i < m; ++i) {
+        const std::vector<float> row = random_row(k, i == 3 ? 0.0f : 1.0f + i);  // row 3 all zero
+        std::copy(row.begin(), row.end(), x.begin() + i * k);
+    }
+    std::vector<std::int8_t> codes(n * kp, 0);
+    for (std::size_t j = 0; j < n; ++j) {
+        const std::vector<std::int8_t> row = random_codes(k);
+        std::copy(row.begin(), row.end(), codes.begin() + j * kp);
+    }
+    const std::vector<std::uint8_t> packed = pack_rows(codes);
+    std::vector<float> alpha(n), bias(n);
+    for (std::size_t j = 0; j < n; ++j) {
+        alpha[j] = 0.01f * (1 + j);
+        bias[j] = 0.5f - 0.03f * j;
+    }
+    // Independent reference: the reference quantizer, then int64 dots and double arithmetic.
+    std::vector<double> expected(m * n);
+    for (std::size_t i = 0; i < m; ++i) {
+        std::vector<std::int8_t> q(kp);
+        float scale;
+        std::int32_t sum;
+        CHECK(ref().quantize_row_i8(x.data() + i * k, k, kp, q.data(), &scale, &sum));
+        for (std::size_t j = 0; j < n; ++j) {
+            std::int64_t dot = 0;
+            for (std::size_t c = 0; c < kp; ++c) dot += std::int64_t{q[c]} * codes[j * kp + c];
+            expected[i * n + j] = double(scale) * alpha[j] * double(dot) + bias[j];
+        }
+    }
+    std::vector<float> first;
+    const IsaLevel original = codl::active_isa();
+    for (IsaLevel isa : codl_test::runnable_isas()) {
+        CHECK(codl::select_isa(isa).empty());
+        for (int threads : {1, 2, 3}) {
+            std::vector<float> y(m * n, -7.0f);
+            CHECK(codl::ternary_linear_f32(x.data(), m, k, packed.data(), alpha.data(), n, bias.data(), y.data(), threads));
+            if (first.empty()) first = y;
+            const std::string at = std::string(codl::isa_name(isa)) + " threads=" + std::to_string(threads);
+            CHECK_MSG(y == first, at);
+            bool close = true;
+            for (std::size_t e = 0; e < m * n; ++e) {
+                close &= std::fabs(y[e] - expected[e]) <= 1e-5 * std::fabs(expected[e]) + 1e-6;
+            }
+            CHECK_MSG(close, at);
+        }
+        const float kept = x[5 * k + 17];
+        x[5 * k + 17] = std::numeric_limits<float>::quiet_NaN();
+        std::vector<float> y(m * n);
+        CHECK(!codl::ternary_linear_f32(x.data(), m, k, packed.data(), alpha.data(), n, nullptr, y.data(), 2));
+        x[5 * k + 17] = kept;
+    }
+    CHECK(codl::select_isa(original).empty());
+}
+
+TEST_CASE("ternary_gemm_i32 over a 4096 x 4096-class shape equals the int64 reference") {
+    const std::size_t m = 6, kp = 1024, n = 70;
+    const std::vector<std::int8_t> codes = random_codes(n * kp);
+    const std::vector<std::uint8_t> packed = pack_rows(codes);
+    std::vector<std::int8_t> a(m * kp);
+    for (auto& v : a) v = static_cast<std::int8_t>(static_cast<int>(rng()() % 255) - 127);
+    const IsaLevel original = codl::active_isa();
+    for (IsaLevel isa : codl_test::runnable_isas()) {
+        CHECK(codl::select_isa(isa).empty());
+        std::vector<std::int32_t> out(m * n);
+        codl::ternary_gemm_i32(a.data(), m, kp, packed.data(), n, out.data(), 2);
+        bool exact = true;
+        for (std::size_t i = 0; i < m; ++i) {
+            for (std::size_t j = 0; j < n; ++j) {
+                std::int64_t dot = 0;
+                for (std::size_t c = 0; c < kp; ++c) dot += std::int64_t{a[i * kp + c]} * codes[j * kp + c];
+                exact &= out[i * n + j] == dot;
+            }
+        }
+        CHECK_MSG(exact, codl::isa_name(isa));
+    }
+    CHECK(codl::select_isa(original).empty());
+}
+
+}  // namespace
