@@ -33,7 +33,7 @@ KEYS = {
     "arch",
 }
 LEVELS = ("scalar", "avx2", "avx512", "sve")
-AVX512_FLAGS = ("avx512f", "avx512bw", "avx512dq", "avx512vl")
+AVX512_FLAGS = ("avx512f", "avx512bw", "avx512dq", "avx512vl", "avx512_vnni")
 
 
 def _cpuinfo_flags() -> set[str] | None:
