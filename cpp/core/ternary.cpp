@@ -15,7 +15,6 @@ namespace {
 
 // Aim for at least this many multiply-adds per thread before waking another.
 constexpr std::size_t kMinMacsPerThread = 1 << 18;
-constexpr std::size_t kRowTile = 4;
 
 std::size_t min_rows(std::size_t macs_per_row) {
     return std::max<std::size_t>(1, kMinMacsPerThread / std::max<std::size_t>(macs_per_row, 1));
@@ -34,18 +33,23 @@ Scratch& scratch() {
     return buffers;
 }
 
-// For each weight row j in [begin, end) and each activation row tile: sink(i, j, dot).
+// Weight rows [begin, end) against all activation rows, in tiles small enough for the L1 cache
+// (a tile of weight rows is reused by every activation chunk): sink(i, j, dot).
 template <typename Sink>
 void gemm_rows(const TernaryKernels& kernels, const std::int8_t* a, std::size_t m,
                std::size_t k_padded, const std::int32_t* sums, const std::uint8_t* w,
                std::size_t begin, std::size_t end, Sink sink) {
-    std::int32_t dots[kRowTile];
-    for (std::size_t j = begin; j < end; ++j) {
-        const std::uint8_t* row = w + j * (k_padded / 4);
-        for (std::size_t i = 0; i < m; i += kRowTile) {
-            const std::size_t rows = std::min(kRowTile, m - i);
-            kernels.dot_rows_i8_t2(a + i * k_padded, rows, k_padded, sums + i, row, dots, 1);
-            for (std::size_t r = 0; r < rows; ++r) sink(i + r, j, dots[r]);
+    constexpr std::size_t kWeightTile = 16, kActivationTile = 64;
+    std::int32_t dots[kActivationTile * kWeightTile];
+    for (std::size_t j = begin; j < end; j += kWeightTile) {
+        const std::size_t columns = std::min(kWeightTile, end - j);
+        for (std::size_t i = 0; i < m; i += kActivationTile) {
+            const std::size_t rows = std::min(kActivationTile, m - i);
+            kernels.dot_i8_t2(a + i * k_padded, rows, k_padded, sums + i, w + j * (k_padded / 4),
+                              columns, dots, kWeightTile);
+            for (std::size_t r = 0; r < rows; ++r) {
+                for (std::size_t c = 0; c < columns; ++c) sink(i + r, j + c, dots[r * kWeightTile + c]);
+            }
         }
     }
 }

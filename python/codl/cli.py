@@ -34,7 +34,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
 
         codl.set_dispatch_level(args.dispatch)
     results = bench.run(
-        args.names, numel=args.numel, repeat=args.repeat, threads=args.threads, progress=True
+        args.names, size=args.size, repeat=args.repeat, threads=args.threads, progress=True
     )
     print(bench.format_table(results))
     path = bench.write_json(results, args.json)
@@ -76,10 +76,11 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("names", nargs="*", metavar="NAME", help="benchmarks to run (default all)")
     bench.add_argument("--list", action="store_true", help="list the benchmarks and exit")
     bench.add_argument(
-        "--numel",
+        "--size",
         type=int,
         default=None,
-        help="values per case (default: each benchmark's own, 16M for pack)",
+        help="problem size: values per case for pack (default 16M), the weight's side for "
+        "ternary (default 4096)",
     )
     bench.add_argument("--repeat", type=int, default=7, help="timed runs per side (median)")
     bench.add_argument("--threads", type=int, default=2, help="threads for both sides")

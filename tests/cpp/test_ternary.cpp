@@ -88,11 +88,12 @@ TEST_CASE("quantize_row_i8 reports NaN and Inf anywhere in the row") {
     }
 }
 
-TEST_CASE("dot_rows_i8_t2 equals the reference and an int64 dot of the unpacked codes") {
+TEST_CASE("dot_i8_t2 equals the reference and an int64 dot of the unpacked codes") {
     for (IsaLevel isa : codl_test::runnable_isas()) {
         for (std::size_t kp : {128, 256, 384, 1152, 4096}) {
             for (std::size_t rows = 1; rows <= 9; ++rows) {
-                const std::vector<std::int8_t> codes = random_codes(kp);
+                const std::size_t w_rows = 1 + rng()() % 11;
+                const std::vector<std::int8_t> codes = random_codes(w_rows * kp);
                 const std::vector<std::uint8_t> packed = pack_rows(codes);
                 std::vector<std::int8_t> a(rows * kp);
                 for (auto& v : a) v = static_cast<std::int8_t>(static_cast<int>(rng()() % 256) - 128);
@@ -100,16 +101,22 @@ TEST_CASE("dot_rows_i8_t2 equals the reference and an int64 dot of the unpacked 
                 for (std::size_t r = 0; r < rows; ++r) {
                     for (std::size_t i = 0; i < kp; ++i) sums[r] += a[r * kp + i];
                 }
-                std::vector<std::int32_t> got(rows * 3, -1), want(rows * 3, -1);
-                ref().dot_rows_i8_t2(a.data(), rows, kp, sums.data(), packed.data(), want.data(), 3);
-                of(isa).dot_rows_i8_t2(a.data(), rows, kp, sums.data(), packed.data(), got.data(), 3);
+                const std::size_t stride = w_rows + 2;  // gaps that must stay untouched
+                std::vector<std::int32_t> got(rows * stride, -1), want(rows * stride, -1);
+                ref().dot_i8_t2(a.data(), rows, kp, sums.data(), packed.data(), w_rows, want.data(), stride);
+                of(isa).dot_i8_t2(a.data(), rows, kp, sums.data(), packed.data(), w_rows, got.data(), stride);
                 const std::string at = std::string(codl::isa_name(isa)) + " k=" + std::to_string(kp) +
-                                       " rows=" + std::to_string(rows);
+                                       " rows=" + std::to_string(rows) + " w_rows=" + std::to_string(w_rows);
                 CHECK_MSG(got == want, at);
                 for (std::size_t r = 0; r < rows; ++r) {
-                    std::int64_t exact = 0;
-                    for (std::size_t i = 0; i < kp; ++i) exact += std::int64_t{a[r * kp + i]} * codes[i];
-                    CHECK_MSG(got[r * 3] == exact, at);
+                    for (std::size_t c = 0; c < w_rows; ++c) {
+                        std::int64_t exact = 0;
+                        for (std::size_t i = 0; i < kp; ++i) {
+                            exact += std::int64_t{a[r * kp + i]} * codes[c * kp + i];
+                        }
+                        CHECK_MSG(got[r * stride + c] == exact, at);
+                    }
+                    CHECK_MSG(got[r * stride + w_rows] == -1 && got[r * stride + w_rows + 1] == -1, at);
                 }
             }
         }
@@ -117,7 +124,7 @@ TEST_CASE("dot_rows_i8_t2 equals the reference and an int64 dot of the unpacked 
 }
 
 TEST_CASE("ternary_linear_f32: same floats on every ISA and thread count, near a double reference") {
-    const std::size_t m = 11, k = 300, n = 37;
+    const std::size_t m = 70, k = 300, n = 37;  // more rows than one activation tile
     const std::size_t kp = codl::ternary_padded_k(k);
     std::vector<float> x(m * k);
     for (std::size_t i = 0; i < m; ++i) {

@@ -44,7 +44,7 @@ def test_every_command_has_help(command: list[str]) -> None:
 
 def test_bench_writes_json_with_consistent_ratios(tmp_path: Path) -> None:
     out = tmp_path / "bench.json"
-    result = run_codl("bench", "pack", "--numel", "20000", "--repeat", "2", "--json", str(out))
+    result = run_codl("bench", "pack", "--size", "20000", "--repeat", "2", "--json", str(out))
     payload = json.loads(out.read_text())
     cases = {r["case"] for r in payload["results"]}
     assert cases == {
@@ -65,7 +65,7 @@ def test_bench_writes_json_with_consistent_ratios(tmp_path: Path) -> None:
 
 
 def test_bench_list_and_unknown_name() -> None:
-    assert run_codl("bench", "--list").stdout.split() == ["pack"]
+    assert run_codl("bench", "--list").stdout.split() == ["pack", "ternary"]
     result = run_codl("bench", "no-such-bench", check=False)
     assert result.returncode == 2
     assert "unknown benchmark" in result.stderr and "pack" in result.stderr

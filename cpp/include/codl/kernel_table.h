@@ -49,11 +49,12 @@ struct TernaryKernels {
     // row is all zero), *sum = sum of q. Returns false if x holds NaN or Inf.
     bool (*quantize_row_i8)(const float* x, std::size_t k, std::size_t k_padded, std::int8_t* q,
                             float* scale, std::int32_t* sum);
-    // out[r * out_stride] = sum_k a[r * k_padded + k] * w_code[k] for r < rows, exactly.
-    // a_sums[r] is the sum of row r (kernels that multiply the stored fields c + 1 need it).
-    void (*dot_rows_i8_t2)(const std::int8_t* a, std::size_t rows, std::size_t k_padded,
-                           const std::int32_t* a_sums, const std::uint8_t* w, std::int32_t* out,
-                           std::size_t out_stride);
+    // out[r * out_stride + c] = sum_k a[r * k_padded + k] * code_c[k], exactly, for r < rows and
+    // c < w_rows, where weight row c starts at w + c * k_padded / 4. a_sums[r] is the sum of
+    // activation row r (kernels that multiply the stored fields c + 1 subtract it).
+    void (*dot_i8_t2)(const std::int8_t* a, std::size_t rows, std::size_t k_padded,
+                      const std::int32_t* a_sums, const std::uint8_t* w, std::size_t w_rows,
+                      std::int32_t* out, std::size_t out_stride);
 };
 
 struct KernelTable {

@@ -35,18 +35,21 @@ int code_at(const std::uint8_t* w, std::size_t i) {
     return ((byte >> (2 * (in_block / kTernaryBlockBytes))) & 3) - 1;
 }
 
-void dot_rows_i8_t2(const std::int8_t* a, std::size_t rows, std::size_t k_padded,
-                    const std::int32_t*, const std::uint8_t* w, std::int32_t* out,
-                    std::size_t out_stride) {
+void dot_i8_t2(const std::int8_t* a, std::size_t rows, std::size_t k_padded, const std::int32_t*,
+               const std::uint8_t* w, std::size_t w_rows, std::int32_t* out, std::size_t out_stride) {
     for (std::size_t r = 0; r < rows; ++r) {
-        std::int32_t total = 0;
-        for (std::size_t i = 0; i < k_padded; ++i) total += a[r * k_padded + i] * code_at(w, i);
-        out[r * out_stride] = total;
+        for (std::size_t c = 0; c < w_rows; ++c) {
+            std::int32_t total = 0;
+            for (std::size_t i = 0; i < k_padded; ++i) {
+                total += a[r * k_padded + i] * code_at(w + c * (k_padded / 4), i);
+            }
+            out[r * out_stride + c] = total;
+        }
     }
 }
 
 }  // namespace
 
-const TernaryKernels ternary_kernels = {quantize_row_i8, dot_rows_i8_t2};
+const TernaryKernels ternary_kernels = {quantize_row_i8, dot_i8_t2};
 
 }  // namespace codl::ref

@@ -14,7 +14,7 @@ import platform
 import statistics
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +42,7 @@ class Result:
     ratio: float  # baseline / codl
     dispatch: str
     threads: int
+    notes: dict[str, float] = field(default_factory=dict)  # e.g. bandwidth achieved
 
 
 def median_ms(fn: Callable[[], object], repeat: int) -> float:
@@ -83,9 +84,9 @@ def run_cases(
 
 
 def _registry() -> dict[str, Callable[..., list[Result]]]:
-    from codl.bench import pack
+    from codl.bench import pack, ternary
 
-    return {"pack": pack.run}
+    return {"pack": pack.run, "ternary": ternary.run}
 
 
 def available() -> list[str]:
@@ -95,7 +96,7 @@ def available() -> list[str]:
 def run(
     names: Iterable[str] | None = None,
     *,
-    numel: int | None = None,
+    size: int | None = None,
     repeat: int = 7,
     threads: int = 2,
     progress: bool = True,
@@ -108,7 +109,7 @@ def run(
         raise ValueError(f"unknown benchmark(s) {unknown}; available: {sorted(registry)}")
     results: list[Result] = []
     for name in chosen:
-        results += registry[name](numel=numel, repeat=repeat, threads=threads, progress=progress)
+        results += registry[name](size=size, repeat=repeat, threads=threads, progress=progress)
     return results
 
 
@@ -141,6 +142,10 @@ def format_table(results: list[Result]) -> str:
             f"{r.benchmark:<10} {r.case:<24} {r.numel:>10} {r.codl_ms:>9.3f} "
             f"{r.baseline_ms:>9.3f} {r.ratio:>6.1f}x"
         )
+    for r in results:
+        if r.notes:
+            shown = ", ".join(f"{key} {value:g}" for key, value in r.notes.items())
+            lines.append(f"{r.benchmark}/{r.case}: {shown}")
     if results:
         lines.append(f"dispatch {results[0].dispatch}, {results[0].threads} threads on both sides")
     return "\n".join(lines)

@@ -76,5 +76,6 @@ def cases_for(x: torch.Tensor, codes: torch.Tensor) -> list[Case]:
     ]
 
 
-def run(*, numel: int | None, repeat: int, threads: int, progress: bool) -> list[Result]:
-    return run_cases("pack", cases(numel or DEFAULT_NUMEL), repeat, threads, progress)
+def run(*, size: int | None, repeat: int, threads: int, progress: bool) -> list[Result]:
+    """``size``: values per case (default 16M)."""
+    return run_cases("pack", cases(size or DEFAULT_NUMEL), repeat, threads, progress)

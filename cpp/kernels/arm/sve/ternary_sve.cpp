@@ -71,16 +71,18 @@ void dot_tile(const std::int8_t* a, std::size_t k_padded, const std::uint8_t* w,
     if constexpr (Rows > 3) out[3 * out_stride] = static_cast<std::int32_t>(svaddv_s32(all, acc3));
 }
 
-void dot_rows_i8_t2(const std::int8_t* a, std::size_t rows, std::size_t k_padded,
-                    const std::int32_t*, const std::uint8_t* w, std::int32_t* out,
-                    std::size_t out_stride) {
-    std::size_t r = 0;
-    for (; r + 4 <= rows; r += 4) dot_tile<4>(a + r * k_padded, k_padded, w, out + r * out_stride, out_stride);
-    for (; r < rows; ++r) dot_tile<1>(a + r * k_padded, k_padded, w, out + r * out_stride, out_stride);
+void dot_i8_t2(const std::int8_t* a, std::size_t rows, std::size_t k_padded, const std::int32_t*,
+               const std::uint8_t* w, std::size_t w_rows, std::int32_t* out, std::size_t out_stride) {
+    for (std::size_t c = 0; c < w_rows; ++c) {
+        const std::uint8_t* row = w + c * (k_padded / 4);
+        std::size_t r = 0;
+        for (; r + 4 <= rows; r += 4) dot_tile<4>(a + r * k_padded, k_padded, row, out + r * out_stride + c, out_stride);
+        for (; r < rows; ++r) dot_tile<1>(a + r * k_padded, k_padded, row, out + r * out_stride + c, out_stride);
+    }
 }
 
 }  // namespace
 
-const TernaryKernels ternary_kernels = {quantize_row_i8, dot_rows_i8_t2};
+const TernaryKernels ternary_kernels = {quantize_row_i8, dot_i8_t2};
 
 }  // namespace codl::sve

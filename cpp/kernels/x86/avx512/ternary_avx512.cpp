@@ -54,39 +54,72 @@ bool quantize_row_i8(const float* x, std::size_t k, std::size_t k_padded, std::i
     return true;
 }
 
-template <int Rows>
+// R activation rows x C weight rows, two accumulators each (one per plane pair) so that
+// consecutive vpdpbusd do not wait on each other's latency.
+template <int R, int C>
 void dot_tile(const std::int8_t* a, std::size_t k_padded, const std::int32_t* a_sums,
               const std::uint8_t* w, std::int32_t* out, std::size_t out_stride) {
     const __m512i low_bits = _mm512_set1_epi8(3);
     // Shift counts per 16-bit lane: planes 0 | 1 in the first register, 2 | 3 in the second.
     const __m512i shift01 = _mm512_inserti64x4(_mm512_set1_epi16(0), _mm256_set1_epi16(2), 1);
     const __m512i shift23 = _mm512_inserti64x4(_mm512_set1_epi16(4), _mm256_set1_epi16(6), 1);
-    __m512i acc[Rows];
-    for (int r = 0; r < Rows; ++r) acc[r] = _mm512_setzero_si512();
+    const std::size_t row_bytes = k_padded / 4;
+    __m512i acc01[R][C], acc23[R][C];
+    for (int r = 0; r < R; ++r) {
+        for (int c = 0; c < C; ++c) acc01[r][c] = acc23[r][c] = _mm512_setzero_si512();
+    }
     for (std::size_t block = 0; block < k_padded / kTernary2BlockValues; ++block) {
-        const __m512i packed = _mm512_broadcast_i64x4(
-            _mm256_loadu_si256(reinterpret_cast<const __m256i*>(w + block * kTernaryBlockBytes)));
-        const __m512i planes01 = _mm512_and_si512(_mm512_srlv_epi16(packed, shift01), low_bits);
-        const __m512i planes23 = _mm512_and_si512(_mm512_srlv_epi16(packed, shift23), low_bits);
-        for (int r = 0; r < Rows; ++r) {
+        __m512i planes01[C], planes23[C];
+        for (int c = 0; c < C; ++c) {
+            const __m512i packed = _mm512_broadcast_i64x4(_mm256_loadu_si256(
+                reinterpret_cast<const __m256i*>(w + c * row_bytes + block * kTernaryBlockBytes)));
+            planes01[c] = _mm512_and_si512(_mm512_srlv_epi16(packed, shift01), low_bits);
+            planes23[c] = _mm512_and_si512(_mm512_srlv_epi16(packed, shift23), low_bits);
+        }
+        for (int r = 0; r < R; ++r) {
             const std::int8_t* row = a + r * k_padded + block * kTernary2BlockValues;
-            acc[r] = _mm512_dpbusd_epi32(acc[r], planes01, _mm512_loadu_si512(row));
-            acc[r] = _mm512_dpbusd_epi32(acc[r], planes23, _mm512_loadu_si512(row + 64));
+            const __m512i first = _mm512_loadu_si512(row), second = _mm512_loadu_si512(row + 64);
+            for (int c = 0; c < C; ++c) {
+                acc01[r][c] = _mm512_dpbusd_epi32(acc01[r][c], planes01[c], first);
+                acc23[r][c] = _mm512_dpbusd_epi32(acc23[r][c], planes23[c], second);
+            }
         }
     }
-    for (int r = 0; r < Rows; ++r) out[r * out_stride] = _mm512_reduce_add_epi32(acc[r]) - a_sums[r];
+    for (int r = 0; r < R; ++r) {
+        for (int c = 0; c < C; ++c) {
+            out[r * out_stride + c] =
+                _mm512_reduce_add_epi32(_mm512_add_epi32(acc01[r][c], acc23[r][c])) - a_sums[r];
+        }
+    }
 }
 
-void dot_rows_i8_t2(const std::int8_t* a, std::size_t rows, std::size_t k_padded,
-                    const std::int32_t* a_sums, const std::uint8_t* w, std::int32_t* out,
-                    std::size_t out_stride) {
+// Runs tile shape <R, C> over all weight rows, finishing the remainder one weight row at a time.
+template <int R, int C>
+void dot_rows(const std::int8_t* a, std::size_t k_padded, const std::int32_t* a_sums,
+              const std::uint8_t* w, std::size_t w_rows, std::int32_t* out, std::size_t out_stride) {
+    const std::size_t row_bytes = k_padded / 4;
+    std::size_t c = 0;
+    for (; c + C <= w_rows; c += C) dot_tile<R, C>(a, k_padded, a_sums, w + c * row_bytes, out + c, out_stride);
+    for (; c < w_rows; ++c) dot_tile<R, 1>(a, k_padded, a_sums, w + c * row_bytes, out + c, out_stride);
+}
+
+void dot_i8_t2(const std::int8_t* a, std::size_t rows, std::size_t k_padded,
+               const std::int32_t* a_sums, const std::uint8_t* w, std::size_t w_rows,
+               std::int32_t* out, std::size_t out_stride) {
     std::size_t r = 0;
-    for (; r + 4 <= rows; r += 4) dot_tile<4>(a + r * k_padded, k_padded, a_sums + r, w, out + r * out_stride, out_stride);
-    for (; r < rows; ++r) dot_tile<1>(a + r * k_padded, k_padded, a_sums + r, w, out + r * out_stride, out_stride);
+    for (; r + 4 <= rows; r += 4) {
+        dot_rows<4, 2>(a + r * k_padded, k_padded, a_sums + r, w, w_rows, out + r * out_stride, out_stride);
+    }
+    switch (rows - r) {
+        case 3: dot_rows<3, 2>(a + r * k_padded, k_padded, a_sums + r, w, w_rows, out + r * out_stride, out_stride); break;
+        case 2: dot_rows<2, 3>(a + r * k_padded, k_padded, a_sums + r, w, w_rows, out + r * out_stride, out_stride); break;
+        case 1: dot_rows<1, 4>(a + r * k_padded, k_padded, a_sums + r, w, w_rows, out + r * out_stride, out_stride); break;
+        default: break;
+    }
 }
 
 }  // namespace
 
-const TernaryKernels ternary_kernels = {quantize_row_i8, dot_rows_i8_t2};
+const TernaryKernels ternary_kernels = {quantize_row_i8, dot_i8_t2};
 
 }  // namespace codl::avx512

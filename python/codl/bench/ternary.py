@@ -1,0 +1,125 @@
+"""Ternary linear layers (``codl::ternary_linear``) against torch float32 ``x @ W.T`` and torch
+dynamic int8 (``quantize_dynamic``) on a square weight, at batch 1, 8 and 64.
+
+Hot cache: the same weight every call. Cold cache: calls rotate through enough copies of the
+weight to overflow the last-level cache, so every call reads its weight from memory.
+"""
+
+from __future__ import annotations
+
+import itertools
+import time
+from collections.abc import Callable
+from dataclasses import replace
+from functools import partial
+from pathlib import Path
+
+import torch
+
+from codl.bench import Case, Result, run_cases
+from codl.ternary.packed import PackedTernaryWeight, pack_weight, ternary_linear
+
+DEFAULT_SIDE = 4096
+BATCHES = (1, 8, 64)
+
+
+def last_level_cache_bytes() -> int:
+    """The largest cache of CPU 0 (sysfs), or 32 MiB when the system does not say."""
+    sizes = []
+    for index in Path("/sys/devices/system/cpu/cpu0/cache").glob("index*"):
+        try:
+            text = (index / "size").read_text().strip()
+        except OSError:
+            continue
+        scale = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}.get(text[-1:], 1)
+        sizes.append(int(text.rstrip("KMG")) * scale)
+    return max(sizes, default=32 << 20)
+
+
+def memory_bandwidth_bytes_per_s(megabytes: int = 256) -> float:
+    """Read+write bandwidth of a large copy (bytes moved per second), the bound at batch 1."""
+    source = torch.ones(megabytes << 18)  # float32: megabytes MiB
+    target = torch.empty_like(source)
+    target.copy_(source)
+    best = float("inf")
+    for _ in range(5):
+        start = time.perf_counter()
+        target.copy_(source)
+        best = min(best, time.perf_counter() - start)
+    return 2 * source.numel() * 4 / best
+
+
+def copies_to_overflow(bytes_each: int) -> int:
+    return max(2, -(-2 * last_level_cache_bytes() // bytes_each) + 1)
+
+
+def rotating(functions: list[Callable[[], torch.Tensor]]) -> Callable[[], torch.Tensor]:
+    cycle = itertools.cycle(functions)
+    return lambda: next(cycle)()
+
+
+def close(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """Both sides approximate the same product; int8 rounding keeps them within a few percent."""
+    return bool((a - b).norm() <= 0.05 * b.norm())
+
+
+def cases(side: int, cold: bool) -> list[Case]:
+    generator = torch.Generator().manual_seed(0)
+    codes = torch.randint(-1, 2, (side, side), dtype=torch.int8, generator=generator)
+    alpha = torch.rand(side, generator=generator) + 0.5
+    weight = pack_weight(codes, alpha)
+    dense = weight.dequantize()
+    linear = torch.nn.Linear(side, side, bias=False)
+    with torch.no_grad():
+        linear.weight.copy_(dense)
+    int8_count = copies_to_overflow(side * side) if cold else 1
+    int8_models = torch.ao.quantization.quantize_dynamic(  # type: ignore[no-untyped-call]
+        torch.nn.Sequential(*(linear for _ in range(int8_count))), {torch.nn.Linear}, torch.qint8
+    )
+    int8_layers = list(int8_models)
+    ternary_count = copies_to_overflow(weight.nbytes()) if cold else 1
+    ternaries = [weight] + [
+        PackedTernaryWeight(weight.packed.clone(), weight.alpha.clone(), side)
+        for _ in range(ternary_count - 1)
+    ]
+    denses = (
+        [dense] + [dense.clone() for _ in range(copies_to_overflow(4 * side * side) - 1)]
+        if cold
+        else [dense]
+    )
+    result = []
+    label = "cold" if cold else "hot"
+    for batch in BATCHES:
+        x = torch.randn(batch, side, generator=generator)
+        ours = rotating([partial(ternary_linear, x, w) for w in ternaries])
+        float32 = rotating([partial(torch.matmul, x, d.T) for d in denses])
+        dynamic = rotating([partial(layer, x) for layer in int8_layers])
+        result.append(
+            Case(f"batch {batch} vs float32 {label}", batch * side * side, ours, float32, close)
+        )
+        result.append(
+            Case(f"batch {batch} vs int8 {label}", batch * side * side, ours, dynamic, close)
+        )
+    return result
+
+
+def run(*, size: int | None, repeat: int, threads: int, progress: bool) -> list[Result]:
+    """``size``: side of the square weight (default 4096)."""
+    side = size or DEFAULT_SIDE
+    results = run_cases("ternary", cases(side, cold=False), repeat, threads, progress)
+    results += run_cases("ternary", cases(side, cold=True), repeat, threads, progress)
+    weight_bytes = pack_weight(torch.zeros(side, side, dtype=torch.int8), 1.0).nbytes()
+    bandwidth = memory_bandwidth_bytes_per_s()
+    noted = []
+    for result in results:
+        notes: dict[str, float] = {}
+        if result.case.startswith("batch 1 vs float32"):
+            achieved = weight_bytes / (result.codl_ms * 1e-3)
+            notes = {
+                "weight_memory_x_smaller_than_float32": round(4 * side * side / weight_bytes, 2),
+                "weight_GB_per_s": round(achieved / 1e9, 2),
+                "copy_GB_per_s": round(bandwidth / 1e9, 2),
+                "fraction_of_copy_bandwidth": round(achieved / bandwidth, 2),
+            }
+        noted.append(replace(result, notes=notes))
+    return noted
