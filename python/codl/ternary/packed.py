@@ -146,3 +146,36 @@ def ternary_linear(
         x.contiguous(), weight.packed, weight.alpha, weight.in_features, bias
     )
     return result
+
+
+def ternary_conv2d(
+    x: torch.Tensor,
+    weight: PackedTernaryWeight,
+    bias: torch.Tensor | None,
+    kernel_size: tuple[int, int],
+    stride: tuple[int, int] = (1, 1),
+    padding: tuple[int, int] = (0, 0),
+    dilation: tuple[int, int] = (1, 1),
+) -> torch.Tensor:
+    """2-D convolution (groups=1) with a packed ternary weight, through im2col.
+
+    ``weight`` holds the kernel flattened to (out_channels, in_channels * kh * kw), as
+    ``pack_weight(codes.reshape(out_channels, -1), alpha)`` makes it; each output pixel's patch
+    is one int8-quantized row of :func:`ternary_linear`.
+    """
+    if not isinstance(x, torch.Tensor) or x.dim() != 4:
+        received = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
+        raise ValueError(f"x: expected a 4-D (N, C, H, W) tensor, received {received}")
+    batch, channels, height, width = x.shape
+    patch = channels * kernel_size[0] * kernel_size[1]
+    if patch != weight.in_features:
+        raise ValueError(
+            f"x: expected {weight.in_features // (kernel_size[0] * kernel_size[1])} input "
+            f"channels for this weight, received {channels}"
+        )
+    out_h = (height + 2 * padding[0] - dilation[0] * (kernel_size[0] - 1) - 1) // stride[0] + 1
+    out_w = (width + 2 * padding[1] - dilation[1] * (kernel_size[1] - 1) - 1) // stride[1] + 1
+    columns = torch.nn.functional.unfold(x, kernel_size, dilation, padding, stride)
+    rows = columns.transpose(1, 2).reshape(batch * out_h * out_w, patch)
+    y = ternary_linear(rows, weight, bias)
+    return y.reshape(batch, out_h, out_w, weight.out_features).permute(0, 3, 1, 2)

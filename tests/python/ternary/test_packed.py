@@ -10,7 +10,7 @@ import torch
 
 import codl
 from codl import _ops
-from codl.ternary.packed import PackedTernaryWeight, pack_weight, ternary_linear
+from codl.ternary.packed import PackedTernaryWeight, pack_weight, ternary_conv2d, ternary_linear
 
 LEVELS = list(_ops.native_info()["isas_runnable"])  # type: ignore[call-overload]
 
@@ -169,3 +169,45 @@ def test_bad_inputs_raise_clear_errors() -> None:
         pack_weight(torch.zeros(0, 16, dtype=torch.int8), 1.0)
     with pytest.raises(ValueError, match="packed: expected 32 bytes per row for in_features=16"):
         PackedTernaryWeight(torch.zeros(4, 16, dtype=torch.uint8), torch.ones(4), 16)
+
+
+@pytest.mark.parametrize(
+    ("kernel", "stride", "padding", "dilation"),
+    [
+        ((3, 3), (1, 1), (1, 1), (1, 1)),
+        ((5, 5), (1, 1), (2, 2), (1, 1)),
+        ((3, 2), (2, 1), (0, 1), (2, 1)),
+    ],
+)
+def test_ternary_conv2d_matches_conv2d_with_the_quantized_reference(
+    level: str,
+    kernel: tuple[int, int],
+    stride: tuple[int, int],
+    padding: tuple[int, int],
+    dilation: tuple[int, int],
+) -> None:
+    generator = torch.Generator().manual_seed(3)
+    codes = torch.randint(-1, 2, (8, 3, *kernel), dtype=torch.int8, generator=generator)
+    alpha = torch.rand(8, generator=generator) + 0.5
+    bias = torch.randn(8, generator=generator)
+    x = torch.randn(2, 3, 12, 11, generator=generator)
+    weight = pack_weight(codes.reshape(8, -1), alpha)
+    y = ternary_conv2d(x, weight, bias, kernel, stride, padding, dilation)
+    dense = torch.nn.functional.conv2d(
+        x, alpha[:, None, None, None] * codes.to(torch.float32), bias, stride, padding, dilation
+    )
+    assert y.shape == dense.shape
+    patches = torch.nn.functional.unfold(x, kernel, dilation, padding, stride).transpose(1, 2)
+    expected = quantized_reference(patches, codes.reshape(8, -1), alpha, bias)
+    expected = expected.permute(0, 2, 1).reshape(dense.shape)
+    torch.testing.assert_close(y.to(torch.float64), expected, rtol=1e-5, atol=1e-5)
+    assert (y - dense).norm() <= 0.02 * dense.norm()
+
+
+def test_ternary_conv2d_rejects_mismatched_channels() -> None:
+    codes = torch.ones(4, 3 * 9, dtype=torch.int8)
+    weight = pack_weight(codes, 1.0)
+    with pytest.raises(ValueError, match="expected 3 input channels for this weight, received 2"):
+        ternary_conv2d(torch.randn(1, 2, 8, 8), weight, None, (3, 3))
+    with pytest.raises(ValueError, match=r"expected a 4-D \(N, C, H, W\) tensor"):
+        ternary_conv2d(torch.randn(2, 8, 8), weight, None, (3, 3))
