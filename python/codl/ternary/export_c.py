@@ -121,8 +121,8 @@ static inline void codl_relu(const float* x, int size, float* y) {
     for (int i = 0; i < size; ++i) y[i] = x[i] > 0.0f ? x[i] : 0.0f;
 }
 
-static inline void codl_max_pool2d(const float* x, int c, int h, int w, int kh, int kw, int sy, int sx,
-                            int oh, int ow, float* y) {
+static inline void codl_max_pool2d(const float* x, int c, int h, int w, int kh, int kw,
+                                   int sy, int sx, int oh, int ow, float* y) {
     for (int ch = 0; ch < c; ++ch)
         for (int oy = 0; oy < oh; ++oy)
             for (int ox = 0; ox < ow; ++ox) {
