@@ -11,13 +11,15 @@ from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
 
-_LAZY_SUBMODULES = ("bench", "cli", "data", "demo", "kernels")
+_LAZY_SUBMODULES = ("bench", "cli", "data", "demo", "kernels", "nn", "ternary")
 _LAZY_ATTRIBUTES = {
     "info": "codl._info",
     "get_num_threads": "codl._ops",
     "set_num_threads": "codl._ops",
     "get_dispatch_level": "codl._ops",
     "set_dispatch_level": "codl._ops",
+    "quantize_": "codl.ternary",
+    "TernaryConfig": "codl.ternary",
 }
 
 __all__ = [*_LAZY_SUBMODULES, *_LAZY_ATTRIBUTES, "__version__"]
@@ -28,11 +30,15 @@ if TYPE_CHECKING:
     from codl import data as data
     from codl import demo as demo
     from codl import kernels as kernels
+    from codl import nn as nn
+    from codl import ternary as ternary
     from codl._info import info as info
     from codl._ops import get_dispatch_level as get_dispatch_level
     from codl._ops import get_num_threads as get_num_threads
     from codl._ops import set_dispatch_level as set_dispatch_level
     from codl._ops import set_num_threads as set_num_threads
+    from codl.ternary import TernaryConfig as TernaryConfig
+    from codl.ternary import quantize_ as quantize_
 
 
 def __getattr__(name: str) -> Any:

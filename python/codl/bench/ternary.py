@@ -7,6 +7,7 @@ weight to overflow the last-level cache, so every call reads its weight from mem
 
 from __future__ import annotations
 
+import copy
 import itertools
 import time
 from collections.abc import Callable
@@ -103,17 +104,58 @@ def cases(side: int, cold: bool) -> list[Case]:
     return result
 
 
+def model_cases() -> list[Case]:
+    """Whole-model inference: the frozen ternary LeNet-5 (codl's kernels) against its float
+    twin in torch, at batch 1 and 64 (images per second = batch / time)."""
+    import codl
+    from codl.ternary.freeze import freeze
+    from codl.ternary.lenet import LeNet5
+
+    torch.manual_seed(0)
+    float_model = LeNet5().eval()
+    ternary_model = codl.quantize_(copy.deepcopy(float_model), codl.TernaryConfig())
+    frozen = freeze(ternary_model)
+    result = []
+    for batch in (1, 64):
+        images = torch.randn(batch, 1, 28, 28, generator=torch.Generator().manual_seed(batch))
+        with torch.no_grad():
+            reference = ternary_model.eval()(images)
+
+        def agrees(
+            ours: torch.Tensor, _: torch.Tensor, reference: torch.Tensor = reference
+        ) -> bool:
+            # The float twin computes another function; check codl against the ternary model.
+            return close(ours, reference)
+
+        result.append(
+            Case(
+                f"LeNet-5 batch {batch} vs float",
+                batch,
+                partial(torch.no_grad()(frozen), images),
+                partial(torch.no_grad()(float_model), images),
+                agrees,
+            )
+        )
+    return result
+
+
 def run(*, size: int | None, repeat: int, threads: int, progress: bool) -> list[Result]:
     """``size``: side of the square weight (default 4096)."""
     side = size or DEFAULT_SIDE
     results = run_cases("ternary", cases(side, cold=False), repeat, threads, progress)
     results += run_cases("ternary", cases(side, cold=True), repeat, threads, progress)
+    results += run_cases("ternary", model_cases(), repeat, threads, progress)
     weight_bytes = pack_weight(torch.zeros(side, side, dtype=torch.int8), 1.0).nbytes()
     bandwidth = memory_bandwidth_bytes_per_s()
     noted = []
     for result in results:
         notes: dict[str, float] = {}
-        if result.case.startswith("batch 1 vs float32"):
+        if result.case.startswith("LeNet-5"):
+            notes = {
+                "codl_images_per_s": round(result.numel / (result.codl_ms * 1e-3), 1),
+                "float_images_per_s": round(result.numel / (result.baseline_ms * 1e-3), 1),
+            }
+        elif result.case.startswith("batch 1 vs float32"):
             achieved = weight_bytes / (result.codl_ms * 1e-3)
             notes = {
                 "weight_memory_x_smaller_than_float32": round(4 * side * side / weight_bytes, 2),

@@ -1,0 +1,350 @@
+"""Ternary-weight layers trained with the straight-through estimator, and their frozen form.
+
+:class:`TernaryLinear` and :class:`TernaryConv2d` subclass :class:`torch.nn.Linear` and
+:class:`torch.nn.Conv2d`: ``.weight`` stays the latent float :class:`~torch.nn.Parameter` (so
+optimizers, ``state_dict`` keys and initialisation are exactly those of the float layers), and
+every forward pass uses the ternarized weight ``alpha * codes`` computed from it by
+:func:`codl.ternary.ternarize`. The gradient reaches the latent weight through the
+straight-through estimator (Y. Bengio, N. Leonard and A. Courville, "Estimating or Propagating
+Gradients Through Stochastic Neurons for Conditional Computation", arXiv:1308.3432, 2013), as in
+Ternary Weight Networks (F. Li, B. Zhang and B. Liu, arXiv:1605.04711, 2016): ``dL/dW`` is
+``dL/dW_ternary`` unchanged.
+
+:meth:`TernaryLinear.freeze` turns a trained layer into a :class:`FrozenTernaryLinear`, which
+keeps only the 2-bit packed codes, the per-row scales and the bias, and runs the packed ternary
+kernel (:func:`codl.ternary.packed.ternary_linear`).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Literal, Union
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from codl.ternary.ternarize import (
+    Granularity,
+    Method,
+    TernaryResult,
+    check_ternary_options,
+    ternarize,
+)
+
+if TYPE_CHECKING:
+    from codl.ternary.config import TernaryConfig
+    from codl.ternary.packed import PackedTernaryWeight
+
+__all__ = [
+    "FrozenTernaryLinear",
+    "TernaryConv2d",
+    "TernaryLinear",
+    "straight_through_ternary",
+]
+
+IntOrPair = Union[int, tuple[int, int]]
+PaddingMode = Literal["zeros", "reflect", "replicate", "circular"]
+
+
+def straight_through_ternary(
+    weight: torch.Tensor, method: Method, rho: float | None, granularity: Granularity
+) -> torch.Tensor:
+    """Return ``alpha * codes`` of ``weight`` in the forward pass, with the identity as its
+    derivative with respect to ``weight`` (straight-through estimator).
+
+    The usual spelling ``w + (w_t - w).detach()`` rounds twice, so its values can differ from
+    ``w_t`` in the last bit; ``w_t + (w - w.detach())`` adds an exact zero and gives ``w_t``
+    bit for bit with the same gradient.
+    """
+    ternary = ternarize(weight, method, rho, granularity).dequantize(weight.dtype)
+    return ternary + (weight - weight.detach())
+
+
+def _ternary_settings(
+    config: TernaryConfig | None,
+) -> tuple[Method, float | None, Granularity]:
+    if config is None:
+        # Imported here: codl.ternary.config imports this module's classes lazily too.
+        from codl.ternary.config import TernaryConfig
+
+        config = TernaryConfig()
+    return config.method, config.rho, config.granularity
+
+
+def _check_positive(**sizes: int) -> None:
+    for name, size in sizes.items():
+        if isinstance(size, bool) or not isinstance(size, int):
+            raise TypeError(f"{name} must be an int, got {type(size).__name__}")
+        if size <= 0:
+            raise ValueError(f"{name} must be a positive int, got {size!r}")
+
+
+class TernaryLinear(nn.Linear):
+    """A linear layer ``y = x W_t^T + b`` whose weight is ternarized on the fly.
+
+    ``W_t = alpha * codes`` with ``codes, alpha = ternarize(self.weight, method, rho,
+    granularity)``; ``self.weight`` is the latent float weight that the optimizer updates.
+
+    Args:
+        in_features, out_features, bias: as :class:`torch.nn.Linear`.
+        method: ``"twn"`` or ``"threshold"`` (see :func:`codl.ternary.ternarize`).
+        rho: the fixed threshold for ``method="threshold"``; ``None`` for ``"twn"``.
+        granularity: ``"row"`` (one scale per output feature, the default: it is what the
+            packed kernel stores) or ``"tensor"``.
+        device, dtype: as :class:`torch.nn.Linear`.
+    """
+
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        bias: bool = True,
+        method: Method = "twn",
+        rho: float | None = None,
+        granularity: Granularity = "row",
+        *,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> None:
+        check_ternary_options(method, rho, granularity)
+        _check_positive(in_features=in_features, out_features=out_features)
+        super().__init__(in_features, out_features, bias, device=device, dtype=dtype)
+        self.method: Method = method
+        self.rho: float | None = rho
+        self.granularity: Granularity = granularity
+
+    @classmethod
+    def from_float(cls, module: nn.Linear, config: TernaryConfig | None = None) -> TernaryLinear:
+        """A new :class:`TernaryLinear` with a copy of ``module``'s weight and bias.
+
+        ``config`` (a :class:`codl.TernaryConfig`, default ``TernaryConfig()``) gives
+        ``method``, ``rho`` and ``granularity``. The copy owns new parameters: build the
+        optimizer after converting. Raises ``ValueError`` if the weight is not finite.
+        """
+        if not isinstance(module, nn.Linear):
+            raise TypeError(f"expected an nn.Linear, got {type(module).__name__}")
+        method, rho, granularity = _ternary_settings(config)
+        converted = cls(
+            module.in_features,
+            module.out_features,
+            bias=module.bias is not None,
+            method=method,
+            rho=rho,
+            granularity=granularity,
+            device=module.weight.device,
+            dtype=module.weight.dtype,
+        )
+        _copy_parameters(module, converted)
+        # Fail at conversion time, not at the first forward, if the weight cannot be ternarized.
+        converted.ternary_weight()
+        return converted
+
+    def ternary_weight(self) -> TernaryResult:
+        """The ternarization of the current latent weight (codes, scale, sparsity, threshold)."""
+        return ternarize(self.weight, self.method, self.rho, self.granularity)
+
+    def forward(self, input: torch.Tensor) -> torch.Tensor:
+        weight = straight_through_ternary(self.weight, self.method, self.rho, self.granularity)
+        return F.linear(input, weight, self.bias)
+
+    def freeze(self) -> FrozenTernaryLinear:
+        """An inference-only :class:`FrozenTernaryLinear` with the current ternary weight packed
+        in 2 bits per code and one float32 scale per row (a per-tensor scale is repeated per
+        row), and a float32 copy of the bias. This layer is left unchanged."""
+        from codl.ternary.packed import pack_weight
+
+        result = self.ternary_weight()
+        scale_per_row = result.scale.expand(self.out_features).contiguous()
+        packed = pack_weight(result.codes.contiguous(), scale_per_row)
+        bias = None if self.bias is None else self.bias.detach().to(torch.float32)
+        return FrozenTernaryLinear(packed, bias)
+
+    def extra_repr(self) -> str:
+        return f"{super().extra_repr()}, {_ternary_repr(self.method, self.rho, self.granularity)}"
+
+
+class TernaryConv2d(nn.Conv2d):
+    """A 2-D convolution whose weight is ternarized on the fly (see :class:`TernaryLinear`).
+
+    The rows of the weight for ``granularity="row"`` are the output channels: each has
+    ``in_channels * kh * kw`` values, the row of the im2col GEMM.
+
+    Args:
+        in_channels, out_channels, kernel_size, stride, padding, dilation, bias, padding_mode,
+            device, dtype: as :class:`torch.nn.Conv2d`.
+        groups: must be 1 (grouped and depthwise convolutions are not ternarized: their
+            weights are not one GEMM matrix); ``ValueError`` otherwise.
+        method, rho, granularity: as :class:`TernaryLinear`.
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: IntOrPair,
+        stride: IntOrPair = 1,
+        padding: str | IntOrPair = 0,
+        dilation: IntOrPair = 1,
+        groups: int = 1,
+        bias: bool = True,
+        method: Method = "twn",
+        rho: float | None = None,
+        granularity: Granularity = "row",
+        *,
+        padding_mode: PaddingMode = "zeros",
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> None:
+        check_ternary_options(method, rho, granularity)
+        if groups != 1:
+            raise ValueError(
+                f"TernaryConv2d supports groups=1 only (its weight must be one "
+                f"(out_channels, in_channels*kh*kw) matrix), got groups={groups!r}"
+            )
+        _check_positive(in_channels=in_channels, out_channels=out_channels)
+        super().__init__(
+            in_channels,
+            out_channels,
+            kernel_size,
+            stride=stride,
+            padding=padding,
+            dilation=dilation,
+            groups=groups,
+            bias=bias,
+            padding_mode=padding_mode,
+            device=device,
+            dtype=dtype,
+        )
+        self.method: Method = method
+        self.rho: float | None = rho
+        self.granularity: Granularity = granularity
+
+    @classmethod
+    def from_float(cls, module: nn.Conv2d, config: TernaryConfig | None = None) -> TernaryConv2d:
+        """A new :class:`TernaryConv2d` with a copy of ``module``'s weight, bias and geometry
+        (see :meth:`TernaryLinear.from_float`). ``ValueError`` if ``module.groups != 1``."""
+        if not isinstance(module, nn.Conv2d):
+            raise TypeError(f"expected an nn.Conv2d, got {type(module).__name__}")
+        method, rho, granularity = _ternary_settings(config)
+        # nn.Conv2d stores its geometry as tuples (or a padding string); _pair narrows torch's
+        # declared tuple[int, ...] to the pairs a 2-D convolution has.
+        converted = cls(
+            module.in_channels,
+            module.out_channels,
+            _pair(module.kernel_size),
+            stride=_pair(module.stride),
+            padding=module.padding if isinstance(module.padding, str) else _pair(module.padding),
+            dilation=_pair(module.dilation),
+            groups=module.groups,
+            bias=module.bias is not None,
+            method=method,
+            rho=rho,
+            granularity=granularity,
+            padding_mode=module.padding_mode,
+            device=module.weight.device,
+            dtype=module.weight.dtype,
+        )
+        _copy_parameters(module, converted)
+        # Fail at conversion time, not at the first forward, if the weight cannot be ternarized.
+        converted.ternary_weight()
+        return converted
+
+    def ternary_weight(self) -> TernaryResult:
+        """The ternarization of the current latent weight (rows = output channels)."""
+        return ternarize(self.weight, self.method, self.rho, self.granularity)
+
+    def forward(self, input: torch.Tensor) -> torch.Tensor:
+        weight = straight_through_ternary(self.weight, self.method, self.rho, self.granularity)
+        # _conv_forward handles padding_mode (reflect, circular, ...) as nn.Conv2d does.
+        output: torch.Tensor = self._conv_forward(input, weight, self.bias)
+        return output
+
+    def freeze(self) -> nn.Module:
+        """An inference-only :class:`codl.ternary.FrozenTernaryConv2d`: the current ternary
+        kernel packed row by row (``in_channels * kh * kw`` codes per output channel) with a
+        float32 scale per channel, run through im2col and codl's int8 kernel."""
+        from codl.ternary.freeze import freeze
+
+        return freeze(self)
+
+    def extra_repr(self) -> str:
+        # torch leaves _ConvNd.extra_repr unannotated.
+        geometry: str = super().extra_repr()  # type: ignore[no-untyped-call]
+        return f"{geometry}, {_ternary_repr(self.method, self.rho, self.granularity)}"
+
+
+class FrozenTernaryLinear(nn.Module):
+    """Inference-only ternary linear layer: 2-bit packed codes, per-row scales and a bias.
+
+    Built by :meth:`TernaryLinear.freeze`. The forward pass is
+    :func:`codl.ternary.packed.ternary_linear`, which quantizes the activations to int8 per row
+    (absmax), so its output matches the float ternary layer to about 1e-2 relative error.
+    It has no trainable parameters.
+
+    Args:
+        weight: a :class:`codl.ternary.PackedTernaryWeight` (from
+            :func:`codl.ternary.pack_weight`), kept as the plain attribute ``weight`` (not a
+            parameter or buffer), the form :func:`codl.ternary.export_c.export_c` recognises.
+        bias: ``None`` or a float tensor of shape ``(out_features,)``, stored as a float32
+            buffer (so it is in ``state_dict``).
+    """
+
+    bias: torch.Tensor | None
+
+    def __init__(self, weight: PackedTernaryWeight, bias: torch.Tensor | None = None) -> None:
+        from codl.ternary.packed import PackedTernaryWeight
+
+        if not isinstance(weight, PackedTernaryWeight):
+            raise TypeError(
+                f"weight must be a codl.ternary.PackedTernaryWeight, got {type(weight).__name__}"
+            )
+        super().__init__()
+        self.weight = weight
+        self.in_features = int(weight.in_features)
+        self.out_features = int(weight.out_features)
+        if bias is not None:
+            if not isinstance(bias, torch.Tensor) or not bias.is_floating_point():
+                got = bias.dtype if isinstance(bias, torch.Tensor) else type(bias).__name__
+                raise TypeError(f"bias must be a floating-point tensor, got {got}")
+            if tuple(bias.shape) != (self.out_features,):
+                raise ValueError(
+                    f"bias must have shape ({self.out_features},) to match the packed weight, "
+                    f"got {tuple(bias.shape)}"
+                )
+            bias = bias.detach().to(torch.float32).clone()
+        self.register_buffer("bias", bias)
+
+    def forward(self, input: torch.Tensor) -> torch.Tensor:
+        from codl.ternary.packed import ternary_linear
+
+        output: torch.Tensor = ternary_linear(input, self.weight, self.bias)
+        return output
+
+    def extra_repr(self) -> str:
+        return (
+            f"in_features={self.in_features}, out_features={self.out_features}, "
+            f"bias={self.bias is not None}, weight_bytes={self.weight.nbytes()}"
+        )
+
+
+def _pair(value: tuple[int, ...] | int) -> tuple[int, int]:
+    if isinstance(value, int):
+        return (value, value)
+    first, second = value
+    return (first, second)
+
+
+def _copy_parameters(source: nn.Linear | nn.Conv2d, target: nn.Linear | nn.Conv2d) -> None:
+    with torch.no_grad():
+        target.weight.copy_(source.weight)
+        if source.bias is not None and target.bias is not None:
+            target.bias.copy_(source.bias)
+    target.weight.requires_grad_(source.weight.requires_grad)
+    if source.bias is not None and target.bias is not None:
+        target.bias.requires_grad_(source.bias.requires_grad)
+    target.train(source.training)
+
+
+def _ternary_repr(method: str, rho: float | None, granularity: str) -> str:
+    rho_text = "" if rho is None else f", rho={rho}"
+    return f"method={method}{rho_text}, granularity={granularity}"
