@@ -60,9 +60,6 @@ template <int R, int C>
 void dot_tile(const std::int8_t* a, std::size_t k_padded, const std::int32_t* a_sums,
               const std::uint8_t* w, std::int32_t* out, std::size_t out_stride) {
     const __m512i low_bits = _mm512_set1_epi8(3);
-    // Shift counts per 16-bit lane: planes 0 | 1 in the first register, 2 | 3 in the second.
-    const __m512i shift01 = _mm512_inserti64x4(_mm512_set1_epi16(0), _mm256_set1_epi16(2), 1);
-    const __m512i shift23 = _mm512_inserti64x4(_mm512_set1_epi16(4), _mm256_set1_epi16(6), 1);
     const std::size_t row_bytes = k_padded / 4;
     __m512i acc01[R][C], acc23[R][C];
     for (int r = 0; r < R; ++r) {
@@ -73,8 +70,13 @@ void dot_tile(const std::int8_t* a, std::size_t k_padded, const std::int32_t* a_
         for (int c = 0; c < C; ++c) {
             const __m512i packed = _mm512_broadcast_i64x4(_mm256_loadu_si256(
                 reinterpret_cast<const __m256i*>(w + c * row_bytes + block * kTernaryBlockBytes)));
-            planes01[c] = _mm512_and_si512(_mm512_srlv_epi16(packed, shift01), low_bits);
-            planes23[c] = _mm512_and_si512(_mm512_srlv_epi16(packed, shift23), low_bits);
+            // Planes 0 | 1 in one register and 2 | 3 in the other: immediate shifts and a blend
+            // of 256-bit halves (variable 16-bit shifts are slow on some cores).
+            const __m512i by2 = _mm512_srli_epi16(packed, 2);
+            planes01[c] = _mm512_and_si512(_mm512_mask_blend_epi64(0xF0, packed, by2), low_bits);
+            planes23[c] = _mm512_and_si512(
+                _mm512_mask_blend_epi64(0xF0, _mm512_srli_epi16(packed, 4), _mm512_srli_epi16(packed, 6)),
+                low_bits);
         }
         for (int r = 0; r < R; ++r) {
             const std::int8_t* row = a + r * k_padded + block * kTernary2BlockValues;
