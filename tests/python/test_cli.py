@@ -80,6 +80,11 @@ def test_demo_runs_on_the_shipped_subset() -> None:
     for case in ("pack_signs", "unpack_ternary base3"):
         assert case in out
     assert "1.60 bits per weight" in out and "2.00 bits per weight" in out
+    ternary = out[out.index("== ternary weights") :]
+    assert "4096x4096 layer at batch 1" in ternary and "15.9x smaller" in ternary
+    float_accuracy = float(ternary.split("accuracy: float ")[1].split("%")[0])
+    frozen_accuracy = float(ternary.split("): accuracy ")[1].split("%")[0])
+    assert float_accuracy > 70.0 and frozen_accuracy > 70.0  # chance is 10%
 
 
 def test_demo_reports_a_missing_data_folder(tmp_path: Path) -> None:

@@ -185,6 +185,32 @@ def train_and_compare(
 ) -> TrainingReport:
     """Train :class:`LeNet5` in float and as a ternary twin; compare their test accuracy.
 
+    The report of :func:`train_models` (which also returns the two trained models).
+    """
+    report, _, _ = train_models(
+        epochs,
+        data,
+        seed,
+        progress,
+        batch_size=batch_size,
+        learning_rate=learning_rate,
+        config=config,
+    )
+    return report
+
+
+def train_models(
+    epochs: int = 2,
+    data: DataChoice = "full",
+    seed: int = 0,
+    progress: bool = True,
+    *,
+    batch_size: int = 128,
+    learning_rate: float = 2e-3,
+    config: TernaryConfig | None = None,
+) -> tuple[TrainingReport, nn.Module, nn.Module]:
+    """Train :class:`LeNet5` in float and as a ternary twin; compare their test accuracy.
+
     Both models start from the same weights (seeded by ``seed``); the twin is
     ``quantize_(copy, config)`` before training, and both see the same batches with Adam.
 
@@ -201,7 +227,8 @@ def train_and_compare(
             0.1-0.5 points, where ternarizing all four layers gave 0.5-1.05 points.
 
     Returns:
-        A :class:`TrainingReport` (accuracies in percent, ``gap`` in points).
+        A :class:`TrainingReport` (accuracies in percent, ``gap`` in points), the trained float
+        model and the trained ternary model (both in eval mode).
     """
     if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs <= 0:
         raise ValueError(f"epochs must be a positive int, got {epochs!r}")
@@ -240,7 +267,7 @@ def train_and_compare(
 
     float_accuracy, float_seconds = results["float"]
     ternary_accuracy, ternary_seconds = results["ternary"]
-    return TrainingReport(
+    report = TrainingReport(
         float_accuracy=float_accuracy,
         ternary_accuracy=ternary_accuracy,
         gap=float_accuracy - ternary_accuracy,
@@ -257,6 +284,7 @@ def train_and_compare(
         learning_rate=learning_rate,
         seed=seed,
     )
+    return report, float_model.eval(), ternary_model.eval()
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
