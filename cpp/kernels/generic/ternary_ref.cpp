@@ -14,6 +14,7 @@ bool quantize_row_i8(const float* x, std::size_t k, std::size_t k_padded, std::i
         finite = finite && std::isfinite(x[i]);
         absmax = std::fmax(absmax, std::fabs(x[i]));
     }
+    if (!finite) return false;  // converting NaN or Inf to int below would be undefined
     // All ISAs compute the same float products and round half to even (the default mode), so
     // the int8 rows agree bit for bit.
     const float inverse = absmax > 0.0f ? 127.0f / absmax : 0.0f;
@@ -25,7 +26,7 @@ bool quantize_row_i8(const float* x, std::size_t k, std::size_t k_padded, std::i
     }
     *scale = absmax > 0.0f ? absmax / 127.0f : 1.0f;
     *sum = total;
-    return finite;
+    return true;
 }
 
 // Code of value i of a packed row made of whole ternary2 blocks.
