@@ -49,6 +49,29 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_export_c(args: argparse.Namespace) -> int:
+    import torch
+
+    from codl.ternary import export_c, freeze
+    from codl.ternary.lenet import train_models
+
+    report, _, ternary_model = train_models(epochs=args.epochs, data=args.data, progress=True)
+    frozen = freeze(ternary_model)
+    example = torch.zeros(1, 1, 28, 28)
+    paths = export_c(frozen, example, args.directory, name=args.name)
+    print(
+        f"ternary LeNet-5 trained on {report['data']} data: {report['ternary_accuracy']:.2f}% "
+        f"test accuracy (float twin {report['float_accuracy']:.2f}%)"
+    )
+    for path in paths:
+        print(f"wrote {path} ({path.stat().st_size:,} bytes)")
+    print(
+        f"build: cc -std=c11 -O2 -c {args.directory / (args.name + '.c')} (call "
+        f"{args.name}_forward on normalised 28x28 images: (pixel / 255 - 0.2860) / 0.3530)"
+    )
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="codl",
@@ -97,6 +120,24 @@ def build_parser() -> argparse.ArgumentParser:
         help="where to write the results (default ./codl-bench.json)",
     )
     bench.set_defaults(run=_cmd_bench)
+
+    export = sub.add_parser(
+        "export-c",
+        help="train a ternary LeNet-5, freeze it and write it as portable C",
+        description="Train the ternary LeNet-5 on Fashion-MNIST, freeze it (2-bit packed "
+        "weights, BatchNorm folded) and write a C header of its weights plus a C11 reference "
+        "of its layers that computes what codl's kernels compute.",
+    )
+    export.add_argument("directory", type=Path, help="folder to write the C files into")
+    export.add_argument("--epochs", type=int, default=2, help="training epochs (default 2)")
+    export.add_argument(
+        "--data",
+        choices=["full", "subset"],
+        default="subset",
+        help="full Fashion-MNIST or the shipped subset (default)",
+    )
+    export.add_argument("--name", default="codl_lenet", help="C symbol prefix and file name")
+    export.set_defaults(run=_cmd_export_c)
 
     demo = sub.add_parser(
         "demo",

@@ -36,7 +36,7 @@ def test_info_table_names_the_dispatch_level() -> None:
     assert dispatch_line.split()[-1] == codl.info()["dispatch"]
 
 
-@pytest.mark.parametrize("command", [[], ["info"], ["bench"], ["demo"]])
+@pytest.mark.parametrize("command", [[], ["info"], ["bench"], ["demo"], ["export-c"]])
 def test_every_command_has_help(command: list[str]) -> None:
     result = run_codl(*command, "--help")
     assert result.stdout.startswith("usage: codl")
@@ -91,3 +91,17 @@ def test_demo_reports_a_missing_data_folder(tmp_path: Path) -> None:
     result = run_codl("demo", "--data", str(tmp_path / "absent"), check=False)
     assert result.returncode == 2
     assert "absent" in result.stderr
+
+
+def test_export_c_writes_compilable_c(tmp_path: Path) -> None:
+    import shutil
+
+    out = run_codl("export-c", str(tmp_path), "--epochs", "1", "--name", "lenet").stdout
+    assert "test accuracy" in out
+    for name in ("lenet.h", "lenet_weights.h", "lenet.c"):
+        assert (tmp_path / name).stat().st_size > 0
+    gcc = shutil.which("gcc")
+    assert gcc is not None
+    subprocess.run(
+        [gcc, "-std=c11", "-O2", "-Wall", "-Werror", "-c", "lenet.c"], cwd=tmp_path, check=True
+    )
