@@ -151,13 +151,11 @@ class TernaryLinear(nn.Linear):
         """An inference-only :class:`FrozenTernaryLinear` with the current ternary weight packed
         in 2 bits per code and one float32 scale per row (a per-tensor scale is repeated per
         row), and a float32 copy of the bias. This layer is left unchanged."""
-        from codl.ternary.packed import pack_weight
+        from codl.ternary.freeze import freeze
 
-        result = self.ternary_weight()
-        scale_per_row = result.scale.expand(self.out_features).contiguous()
-        packed = pack_weight(result.codes.contiguous(), scale_per_row)
-        bias = None if self.bias is None else self.bias.detach().to(torch.float32)
-        return FrozenTernaryLinear(packed, bias)
+        frozen = freeze(self)
+        assert isinstance(frozen, FrozenTernaryLinear)
+        return frozen
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, {_ternary_repr(self.method, self.rho, self.granularity)}"
