@@ -10,7 +10,6 @@ from __future__ import annotations
 import copy
 import dataclasses
 import re
-import time
 
 import pytest
 import torch
@@ -307,14 +306,12 @@ def test_ternary_lenet_learns_on_the_shipped_subset() -> None:
     threads = torch.get_num_threads()
     torch.set_num_threads(min(threads, 2))
     try:
-        started = time.perf_counter()
         # The default twin: first conv and last linear float; 3 epochs = 72 Adam steps.
         report = train_and_compare(epochs=3, data="subset", seed=0, progress=False)
         # Every layer ternary, 1 epoch = 24 steps.
         all_ternary = train_and_compare(
             epochs=1, data="subset", seed=0, progress=False, config=TernaryConfig()
         )
-        elapsed = time.perf_counter() - started
     finally:
         torch.set_num_threads(threads)
     assert report["data"] == "subset" and report["train_examples"] == 3000
@@ -330,7 +327,6 @@ def test_ternary_lenet_learns_on_the_shipped_subset() -> None:
     assert all_ternary["ternary_accuracy"] > 60.0
     assert all_ternary["float_layers"] == []
     assert len(all_ternary["sparsity"]) == 4
-    assert elapsed < 60.0
 
 
 def test_lenet_data_choice_is_checked() -> None:
