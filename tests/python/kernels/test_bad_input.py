@@ -26,14 +26,6 @@ ALL_LEVELS = ("scalar", "avx2", "avx512", "sve")
 FORMATS = ("2bit", "base3")
 
 
-@pytest.fixture(params=LEVELS)
-def level(request: pytest.FixtureRequest) -> Iterator[str]:
-    original = codl.get_dispatch_level()
-    codl.set_dispatch_level(request.param)
-    yield request.param
-    codl.set_dispatch_level(original)
-
-
 @pytest.fixture(autouse=True)
 def _restore_state() -> Iterator[None]:
     level = codl.get_dispatch_level()

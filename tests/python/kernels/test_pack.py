@@ -76,12 +76,6 @@ class _DispatchLevel:
         codl.set_dispatch_level(self.original)
 
 
-@pytest.fixture(params=LEVELS)
-def level(request: pytest.FixtureRequest) -> Iterator[str]:
-    with _DispatchLevel(request.param) as name:
-        yield name
-
-
 @pytest.fixture(params=THREADS)
 def threads(request: pytest.FixtureRequest) -> Iterator[int]:
     codl.set_num_threads(request.param)

@@ -3,8 +3,6 @@ computations, on every dispatch level this CPU runs."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import pytest
 import torch
 
@@ -13,14 +11,6 @@ from codl import _ops
 from codl.ternary.packed import PackedTernaryWeight, pack_weight, ternary_conv2d, ternary_linear
 
 LEVELS = list(_ops.native_info()["isas_runnable"])  # type: ignore[call-overload]
-
-
-@pytest.fixture(params=LEVELS)
-def level(request: pytest.FixtureRequest) -> Iterator[str]:
-    before = codl.get_dispatch_level()
-    codl.set_dispatch_level(request.param)
-    yield request.param
-    codl.set_dispatch_level(before)
 
 
 def random_weight(
