@@ -66,6 +66,13 @@ struct KernelTable {
 namespace ref {
 extern const PackKernels pack_kernels;
 extern const TernaryKernels ternary_kernels;
+// Scalar pieces of quantize_row_i8 that the SIMD variants finish their rows with:
+// the largest of `so_far` and the bits of |x[i]| for i < n (>= 0x7F800000 means Inf or NaN),
+std::int32_t max_magnitude_bits(const float* x, std::size_t n, std::int32_t so_far);
+// and q[i] = round_half_even(x[i] * inverse) for begin <= i < k, 0 up to k_padded; returns
+// the sum of what it wrote.
+std::int32_t quantize_tail(const float* x, std::size_t begin, std::size_t k, std::size_t k_padded,
+                           float inverse, std::int8_t* q);
 }
 namespace avx2 {
 extern const PackKernels pack_kernels;

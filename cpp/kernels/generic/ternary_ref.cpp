@@ -1,5 +1,6 @@
 // Scalar reference of the ternary GEMM kernels: the oracle of every test.
 #include <cmath>
+#include <cstring>
 
 #include "codl/kernel_table.h"
 
@@ -8,24 +9,12 @@ namespace {
 
 bool quantize_row_i8(const float* x, std::size_t k, std::size_t k_padded, std::int8_t* q,
                      float* scale, std::int32_t* sum) {
-    float absmax = 0.0f;
-    bool finite = true;
-    for (std::size_t i = 0; i < k; ++i) {
-        finite = finite && std::isfinite(x[i]);
-        absmax = std::fmax(absmax, std::fabs(x[i]));
-    }
-    if (!finite) return false;  // converting NaN or Inf to int below would be undefined
-    // All ISAs compute the same float products and round half to even (the default mode), so
-    // the int8 rows agree bit for bit.
-    const float inverse = absmax > 0.0f ? 127.0f / absmax : 0.0f;
-    std::int32_t total = 0;
-    for (std::size_t i = 0; i < k_padded; ++i) {
-        const int v = i < k ? static_cast<int>(std::nearbyint(x[i] * inverse)) : 0;
-        q[i] = static_cast<std::int8_t>(v);
-        total += v;
-    }
+    const std::int32_t max_bits = max_magnitude_bits(x, k, 0);
+    if (max_bits >= 0x7F800000) return false;  // converting NaN or Inf to int would be undefined
+    float absmax;
+    std::memcpy(&absmax, &max_bits, sizeof absmax);
+    *sum = quantize_tail(x, 0, k, k_padded, absmax > 0.0f ? 127.0f / absmax : 0.0f, q);
     *scale = absmax > 0.0f ? absmax / 127.0f : 1.0f;
-    *sum = total;
     return true;
 }
 
@@ -50,6 +39,31 @@ void dot_i8_t2(const std::int8_t* a, std::size_t rows, std::size_t k_padded, con
 }
 
 }  // namespace
+
+// max |x| compared as integer bits: for non-negative floats the order is the float order, and
+// every Inf or NaN is at or above the bits of +inf.
+std::int32_t max_magnitude_bits(const float* x, std::size_t n, std::int32_t so_far) {
+    for (std::size_t i = 0; i < n; ++i) {
+        std::int32_t bits;
+        std::memcpy(&bits, x + i, sizeof bits);
+        bits &= 0x7FFFFFFF;
+        so_far = bits > so_far ? bits : so_far;
+    }
+    return so_far;
+}
+
+// Every ISA computes the same float products and rounds half to even (the default mode), so
+// the int8 rows agree bit for bit.
+std::int32_t quantize_tail(const float* x, std::size_t begin, std::size_t k, std::size_t k_padded,
+                           float inverse, std::int8_t* q) {
+    std::int32_t total = 0;
+    for (std::size_t i = begin; i < k_padded; ++i) {
+        const int v = i < k ? static_cast<int>(std::nearbyint(x[i] * inverse)) : 0;
+        q[i] = static_cast<std::int8_t>(v);
+        total += v;
+    }
+    return total;
+}
 
 const TernaryKernels ternary_kernels = {quantize_row_i8, dot_i8_t2};
 

@@ -4,7 +4,6 @@
 // rows, so a batch reads and unpacks the weights once.
 #include <immintrin.h>
 
-#include <cmath>
 #include <cstring>
 
 #include "codl/kernel_table.h"
@@ -27,12 +26,7 @@ bool quantize_row_i8(const float* x, std::size_t k, std::size_t k_padded, std::i
     _mm256_store_si256(reinterpret_cast<__m256i*>(lanes), largest);
     std::int32_t max_bits = 0;
     for (std::int32_t lane : lanes) max_bits = lane > max_bits ? lane : max_bits;
-    for (; i < k; ++i) {
-        std::int32_t bits;
-        std::memcpy(&bits, x + i, sizeof bits);
-        bits &= 0x7FFFFFFF;
-        max_bits = bits > max_bits ? bits : max_bits;
-    }
+    max_bits = ref::max_magnitude_bits(x + i, k - i, max_bits);
     if (max_bits >= 0x7F800000) return false;
     float absmax;
     std::memcpy(&absmax, &max_bits, sizeof absmax);
@@ -57,11 +51,7 @@ bool quantize_row_i8(const float* x, std::size_t k, std::size_t k_padded, std::i
     _mm256_store_si256(reinterpret_cast<__m256i*>(lanes), totals);
     std::int32_t total = 0;
     for (std::int32_t lane : lanes) total += lane;
-    for (; i < k_padded; ++i) {
-        const int v = i < k ? static_cast<int>(std::nearbyint(x[i] * inverse)) : 0;
-        q[i] = static_cast<std::int8_t>(v);
-        total += v;
-    }
+    total += ref::quantize_tail(x, i, k, k_padded, inverse, q);
     *scale = absmax > 0.0f ? absmax / 127.0f : 1.0f;
     *sum = total;
     return true;

@@ -5,7 +5,6 @@
 // both halves and shifted by a different amount in each.
 #include <immintrin.h>
 
-#include <cmath>
 #include <cstring>
 
 #include "codl/kernel_table.h"
@@ -23,12 +22,7 @@ bool quantize_row_i8(const float* x, std::size_t k, std::size_t k_padded, std::i
         largest = _mm512_max_epi32(largest, _mm512_and_si512(_mm512_loadu_si512(x + i), magnitude_mask));
     }
     std::int32_t max_bits = _mm512_reduce_max_epi32(largest);
-    for (; i < k; ++i) {
-        std::int32_t bits;
-        std::memcpy(&bits, x + i, sizeof bits);
-        bits &= 0x7FFFFFFF;
-        max_bits = bits > max_bits ? bits : max_bits;
-    }
+    max_bits = ref::max_magnitude_bits(x + i, k - i, max_bits);
     if (max_bits >= 0x7F800000) return false;
     float absmax;
     std::memcpy(&absmax, &max_bits, sizeof absmax);
@@ -44,11 +38,7 @@ bool quantize_row_i8(const float* x, std::size_t k, std::size_t k_padded, std::i
         _mm_storeu_si128(reinterpret_cast<__m128i*>(q + i), _mm512_cvtsepi32_epi8(v));
     }
     std::int32_t total = _mm512_reduce_add_epi32(totals);
-    for (; i < k_padded; ++i) {
-        const int v = i < k ? static_cast<int>(std::nearbyint(x[i] * inverse)) : 0;
-        q[i] = static_cast<std::int8_t>(v);
-        total += v;
-    }
+    total += ref::quantize_tail(x, i, k, k_padded, inverse, q);
     *scale = absmax > 0.0f ? absmax / 127.0f : 1.0f;
     *sum = total;
     return true;
