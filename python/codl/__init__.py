@@ -11,7 +11,18 @@ from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
 
-_LAZY_SUBMODULES = ("bench", "cli", "data", "demo", "kernels", "nn", "ternary")
+_LAZY_SUBMODULES = (
+    "bench",
+    "cli",
+    "data",
+    "demo",
+    "kernels",
+    "linalg",
+    "models",
+    "nn",
+    "optim",
+    "ternary",
+)
 _LAZY_ATTRIBUTES = {
     "info": "codl._info",
     "get_num_threads": "codl._ops",
@@ -30,7 +41,10 @@ if TYPE_CHECKING:
     from codl import data as data
     from codl import demo as demo
     from codl import kernels as kernels
+    from codl import linalg as linalg
+    from codl import models as models
     from codl import nn as nn
+    from codl import optim as optim
     from codl import ternary as ternary
     from codl._info import info as info
     from codl._ops import get_dispatch_level as get_dispatch_level
