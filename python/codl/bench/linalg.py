@@ -1,0 +1,140 @@
+"""Kronecker-factor linear algebra: codl.linalg's batched calls against the torch loops that
+K-FAC implementations run (codl.linalg.reference).
+
+The factor mixes are those of the K-FAC issue: ResNet-20's (many small and mid-sized factors)
+and ResNet-50's large ones. Each matrix is a sample covariance ``X Xᵀ / m`` like a real
+factor, damped by ``1e-3`` of its mean eigenvalue.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import replace
+
+import torch
+
+from codl import linalg
+from codl.bench import Case, Result, median_ms, run_cases
+from codl.linalg import reference
+
+# ResNet-20 on CIFAR-10: input factors A (k*k*c_in + bias) and output factors G (c_out).
+RESNET20_A = [27] + [144] * 6 + [145] + [288] * 5 + [289] + [576] * 5 + [65]
+RESNET20_G = [16] * 7 + [32] * 6 + [64] * 6 + [10]
+RESNET50_LARGE = [512, 1024, 2048, 2304, 4608]
+
+
+def factor_like(n: int, generator: torch.Generator) -> torch.Tensor:
+    samples = torch.randn(n, 2 * n, generator=generator)
+    return samples @ samples.T / (2 * n)
+
+
+def factors(sizes: list[int], seed: int = 0) -> tuple[list[torch.Tensor], list[float]]:
+    generator = torch.Generator().manual_seed(seed)
+    mats = [factor_like(n, generator) for n in sizes]
+    return mats, [1e-3 * float(m.diagonal().mean()) for m in mats]
+
+
+def inverses_agree(ours: list[torch.Tensor], theirs: list[torch.Tensor]) -> bool:
+    # Both are float32 inverses of well-conditioned matrices: they agree to a few ulps times n.
+    return all(
+        float((a - b).norm()) <= 1e-3 * float(b.norm()) for a, b in zip(ours, theirs, strict=True)
+    )
+
+
+def eigenvalues_agree(
+    ours: tuple[list[torch.Tensor], list[torch.Tensor]],
+    theirs: tuple[list[torch.Tensor], list[torch.Tensor]],
+) -> bool:
+    return all(
+        float((a - b).abs().max()) <= 1e-4 * float(b.abs().max())
+        for a, b in zip(ours[0], theirs[0], strict=True)
+    )
+
+
+def cubic_flops(sizes: list[int]) -> float:
+    # potrf + potri is n³/3 + 2n³/3 = n³ flops (LAPACK Working Note 41).
+    return float(sum(n**3 for n in sizes))
+
+
+def sgemm_gflops(threads: int, side: int = 2048) -> float:
+    """The machine's practical float32 peak: torch's (MKL or OpenBLAS) square GEMM rate."""
+    from codl import _ops
+
+    with _ops.using_threads(threads):
+        a, b = torch.randn(side, side), torch.randn(side, side)
+        best = float("inf")
+        a @ b
+        for _ in range(3):
+            start = time.perf_counter()
+            a @ b
+            best = min(best, time.perf_counter() - start)
+    return 2 * side**3 / best / 1e9
+
+
+def cases(cap: int | None) -> list[tuple[Case, list[int], list[torch.Tensor], list[float]]]:
+    def capped(sizes: list[int]) -> list[int]:
+        return [min(n, cap) for n in sizes] if cap else sizes
+
+    mix = capped(RESNET20_A + RESNET20_G)
+    large = capped(RESNET50_LARGE)
+    out = []
+    for label, sizes in (("ResNet-20 mix", mix), ("ResNet-50 large", large)):
+        mats, dampings = factors(sizes)
+        out.append(
+            (
+                Case(
+                    f"inverse {label}",
+                    sum(n * n for n in sizes),
+                    lambda m=mats, d=dampings: linalg.damped_inverse(m, d),
+                    lambda m=mats, d=dampings: reference.damped_inverse(m, d),
+                    inverses_agree,
+                ),
+                sizes,
+                mats,
+                dampings,
+            )
+        )
+    mats, dampings = factors(mix)
+    out.append(
+        (
+            Case(
+                "eigen ResNet-20 mix",
+                sum(n * n for n in mix),
+                lambda m=mats: linalg.sym_eig(m),
+                lambda m=mats: reference.sym_eig(m),
+                eigenvalues_agree,
+            ),
+            mix,
+            mats,
+            dampings,
+        )
+    )
+    return out
+
+
+def run(*, size: int | None, repeat: int, threads: int, progress: bool) -> list[Result]:
+    """``size``: cap on the matrix side (default: the full sizes; tests pass a small cap)."""
+    from codl import _ops
+
+    chosen = cases(size)
+    results = run_cases("linalg", [case for case, *_ in chosen], repeat, threads, progress)
+    peak = sgemm_gflops(threads)
+    noted = []
+    for result, (case, sizes, mats, dampings) in zip(results, chosen, strict=True):
+        notes: dict[str, float] = {}
+        if case.name.startswith("inverse"):
+            with _ops.using_threads(threads):
+                bucketed_ms = median_ms(
+                    lambda m=mats, d=dampings: reference.damped_inverse_bucketed(m, d), repeat
+                )
+            flops = cubic_flops(sizes)
+            notes = {
+                "bucketed_torch_ms": round(bucketed_ms, 3),
+                "ratio_vs_bucketed": round(bucketed_ms / result.codl_ms, 2),
+                "codl_GFLOP_per_s": round(flops / (result.codl_ms * 1e-3) / 1e9, 1),
+                "torch_GFLOP_per_s": round(flops / (result.baseline_ms * 1e-3) / 1e9, 1),
+                "sgemm_peak_GFLOP_per_s": round(peak, 1),
+                "fraction_of_sgemm_peak": round(flops / (result.codl_ms * 1e-3) / 1e9 / peak, 2),
+            }
+        noted.append(replace(result, notes=notes))
+    return noted
