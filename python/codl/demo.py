@@ -98,8 +98,9 @@ def section_packing(context: DemoContext) -> None:
 
 def section_ternary(context: DemoContext) -> None:
     from codl.bench import median_ms
+    from codl.data import load_split
     from codl.ternary import freeze, pack_weight, ternary_linear
-    from codl.ternary.lenet import load_split, train_models
+    from codl.ternary.lenet import train_models
 
     _heading("ternary weights {-a, 0, +a}: training, packing, inference")
     side = 4096

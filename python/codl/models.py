@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import torch
 from torch import nn
 
 
@@ -26,6 +25,3 @@ class FashionCNN(nn.Sequential):
             nn.ReLU(),
             nn.Linear(256, num_classes),
         )
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return super().forward(x)

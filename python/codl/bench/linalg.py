@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import replace
+from functools import partial
 
 import torch
 
@@ -85,8 +86,8 @@ def cases(cap: int | None) -> list[tuple[Case, list[int], list[torch.Tensor], li
                 Case(
                     f"inverse {label}",
                     sum(n * n for n in sizes),
-                    lambda m=mats, d=dampings: linalg.damped_inverse(m, d),
-                    lambda m=mats, d=dampings: reference.damped_inverse(m, d),
+                    partial(linalg.damped_inverse, mats, dampings),
+                    partial(reference.damped_inverse, mats, dampings),
                     inverses_agree,
                 ),
                 sizes,
@@ -100,8 +101,8 @@ def cases(cap: int | None) -> list[tuple[Case, list[int], list[torch.Tensor], li
             Case(
                 "eigen ResNet-20 mix",
                 sum(n * n for n in mix),
-                lambda m=mats: linalg.sym_eig(m),
-                lambda m=mats: reference.sym_eig(m),
+                partial(linalg.sym_eig, mats),
+                partial(reference.sym_eig, mats),
                 eigenvalues_agree,
             ),
             mix,
@@ -125,7 +126,7 @@ def run(*, size: int | None, repeat: int, threads: int, progress: bool) -> list[
         if case.name.startswith("inverse"):
             with _ops.using_threads(threads):
                 bucketed_ms = median_ms(
-                    lambda m=mats, d=dampings: reference.damped_inverse_bucketed(m, d), repeat
+                    partial(reference.damped_inverse_bucketed, mats, dampings), repeat
                 )
             flops = cubic_flops(sizes)
             notes = {

@@ -12,22 +12,26 @@ from __future__ import annotations
 
 from codl.data.fashion_mnist import (
     FASHION_MNIST_CLASSES,
+    DataChoice,
     DatasetSource,
     FashionMNIST,
     fashion_mnist,
     fashion_mnist_source,
     load_fashion_mnist,
+    load_split,
 )
 from codl.data.idx import DataFormatError, read_idx, write_idx
 
 __all__ = [
     "FASHION_MNIST_CLASSES",
+    "DataChoice",
     "DataFormatError",
     "DatasetSource",
     "FashionMNIST",
     "fashion_mnist",
     "fashion_mnist_source",
     "load_fashion_mnist",
+    "load_split",
     "read_idx",
     "write_idx",
 ]

@@ -34,6 +34,7 @@ __all__ = [
     "ENV_VAR",
     "FASHION_MNIST_CLASSES",
     "SUBSET_DIR",
+    "DataChoice",
     "DatasetSource",
     "FashionMNIST",
     "SourceKind",
@@ -41,6 +42,7 @@ __all__ = [
     "fashion_mnist",
     "fashion_mnist_source",
     "load_fashion_mnist",
+    "load_split",
 ]
 
 logger = logging.getLogger("codl.data")
@@ -262,3 +264,30 @@ def fashion_mnist_source(split: str = "train", root: StrPath | None = None) -> D
     and errors are as for :func:`load_fashion_mnist`.
     """
     return load_fashion_mnist(split, root).source
+
+
+DataChoice = Literal["full", "subset"]
+# Mean and standard deviation of the training pixels (scaled to [0, 1]).
+_PIXEL_MEAN = 0.2860
+_PIXEL_STD = 0.3530
+
+
+def load_split(split: str, data: DataChoice) -> tuple[torch.Tensor, torch.Tensor, str]:
+    """Images as normalised float32 (N, 1, 28, 28), labels int64 (N,), and the source kind.
+
+    ``data="full"`` takes codl's usual search (``$CODL_DATA``, then Debian's
+    ``dataset-fashion-mnist``) and raises ``FileNotFoundError`` if only the shipped subset is
+    found, rather than reporting subset figures as full ones; ``"subset"`` reads the subset.
+    """
+    if data not in ("full", "subset"):
+        raise ValueError(f"data must be 'full' or 'subset', got {data!r}")
+    loaded = load_fashion_mnist(split, root=SUBSET_DIR if data == "subset" else None)
+    if data == "full" and loaded.source.kind == "subset":
+        raise FileNotFoundError(
+            "data='full' needs the full Fashion-MNIST files ($CODL_DATA or "
+            "/usr/share/datasets/fashion-mnist), found only the shipped subset"
+        )
+    images = loaded.images.to(torch.float32).div_(255.0).sub_(_PIXEL_MEAN).div_(_PIXEL_STD)
+    # Reading the subset through root= reports kind "root"; name it for what it is.
+    kind = "subset" if data == "subset" else loaded.source.kind
+    return images.unsqueeze(1), loaded.labels, kind

@@ -16,13 +16,14 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import torch
 
 from codl import _ops
 from codl.linalg import _interim
 
-_ops = _interim.kernels(_ops)  # type: ignore[assignment]  # until the C++ kernels land
+_ops = _interim.kernels(_ops)  # until the C++ kernels land
 
 __all__ = [
     "LinAlgError",
@@ -37,8 +38,13 @@ __all__ = [
 
 _FLOAT_TYPES = (torch.float32, torch.float64)
 
+if TYPE_CHECKING:  # torch's stubs do not declare it; it is a RuntimeError subclass
+    _TorchLinAlgError = RuntimeError
+else:
+    _TorchLinAlgError = torch.linalg.LinAlgError
 
-class LinAlgError(torch.linalg.LinAlgError):
+
+class LinAlgError(_TorchLinAlgError):
     """Some matrices of a batch failed; ``failures`` maps their index to the reason.
 
     ``results`` holds the outputs in input order, ``None`` where the matrix failed.

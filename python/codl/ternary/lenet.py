@@ -23,26 +23,21 @@ import copy
 import json
 import math
 import time
-from typing import Any, Literal, TypedDict
+from typing import Any, TypedDict
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
-from codl.data.fashion_mnist import SUBSET_DIR, load_fashion_mnist
+from codl.data.fashion_mnist import DataChoice, load_split
 from codl.ternary.config import LayerSparsity, TernaryConfig, quantize_, sparsity_report
 
-__all__ = ["DEFAULT_CONFIG", "LeNet5", "TrainingReport", "load_split", "train_and_compare"]
+__all__ = ["DEFAULT_CONFIG", "LeNet5", "TrainingReport", "train_and_compare"]
 
-DataChoice = Literal["full", "subset"]
 
 #: The ternary twin's default settings (see :func:`train_and_compare`).
 DEFAULT_CONFIG = TernaryConfig(skip_first_and_last=True)
-
-# Mean and standard deviation of the Fashion-MNIST training pixels (in [0, 1]).
-_PIXEL_MEAN = 0.2860
-_PIXEL_STD = 0.3530
 
 
 class LeNet5(nn.Module):
@@ -104,27 +99,6 @@ class TrainingReport(TypedDict):
     batch_size: int
     learning_rate: float
     seed: int
-
-
-def load_split(split: str, data: DataChoice) -> tuple[torch.Tensor, torch.Tensor, str]:
-    """Images as normalised float32 (N, 1, 28, 28), labels int64 (N,), and the source kind.
-
-    ``data="full"`` takes codl's usual search (``$CODL_DATA``, then Debian's
-    ``dataset-fashion-mnist``) and raises ``FileNotFoundError`` if only the shipped subset is
-    found, rather than reporting subset figures as full ones; ``"subset"`` reads the subset.
-    """
-    if data not in ("full", "subset"):
-        raise ValueError(f"data must be 'full' or 'subset', got {data!r}")
-    loaded = load_fashion_mnist(split, root=SUBSET_DIR if data == "subset" else None)
-    if data == "full" and loaded.source.kind == "subset":
-        raise FileNotFoundError(
-            "data='full' needs the full Fashion-MNIST files ($CODL_DATA or "
-            "/usr/share/datasets/fashion-mnist), found only the shipped subset"
-        )
-    images = loaded.images.to(torch.float32).div_(255.0).sub_(_PIXEL_MEAN).div_(_PIXEL_STD)
-    # Reading the subset through root= reports kind "root"; name it for what it is.
-    kind = "subset" if data == "subset" else loaded.source.kind
-    return images.unsqueeze(1), loaded.labels, kind
 
 
 def _evaluate(model: nn.Module, images: torch.Tensor, labels: torch.Tensor) -> float:

@@ -30,3 +30,17 @@ def test_format_table_lists_every_case() -> None:
     rows = [bench.Result("pack", "pack_signs", 8, 1.0, 10.0, 10.0, "avx2", 2)]
     table = bench.format_table(rows)
     assert "pack_signs" in table and "10.0x" in table and "avx2" in table
+
+
+def test_linalg_benchmark_runs_small_and_reports_ratios() -> None:
+    results = bench.run(["linalg"], size=24, repeat=1, threads=1, progress=False)
+    assert [r.case for r in results] == [
+        "inverse ResNet-20 mix",
+        "inverse ResNet-50 large",
+        "eigen ResNet-20 mix",
+    ]
+    for result in results:
+        assert result.ratio == pytest.approx(
+            result.baseline_ms / result.codl_ms, rel=0.05, abs=0.02
+        )
+    assert results[0].notes["ratio_vs_bucketed"] > 0
