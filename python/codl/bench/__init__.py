@@ -84,9 +84,9 @@ def run_cases(
 
 
 def _registry() -> dict[str, Callable[..., list[Result]]]:
-    from codl.bench import linalg, pack, ternary
+    from codl.bench import kfac, linalg, pack, ternary
 
-    return {"linalg": linalg.run, "pack": pack.run, "ternary": ternary.run}
+    return {"kfac": kfac.run, "linalg": linalg.run, "pack": pack.run, "ternary": ternary.run}
 
 
 def available() -> list[str]:

@@ -1,0 +1,204 @@
+"""Training benchmarks of the K-FAC issue: time to accuracy and large mini-batches.
+
+Every run trains :class:`codl.models.FashionCNN` on Fashion-MNIST with one optimizer and
+records test accuracy against training wall-clock (evaluation excluded) and epochs. The
+optimizers compared are torch's SGD with momentum and Adam, and codl's K-FAC, all with the
+same learning-rate schedule (:func:`codl.optim.warmup_polynomial_decay` in the spirit of Osawa
+et al. 2018: linear warm-up, then polynomial decay).
+
+``benchmarks/time_to_accuracy.py`` and ``benchmarks/large_batch.py`` run these and write JSON
+and PNG plots; ``codl demo`` runs a short one on the shipped subset.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm.auto import tqdm
+
+from codl.models import FashionCNN
+
+OPTIMIZERS = ("sgd", "adam", "kfac")
+
+
+@dataclass
+class Point:
+    epoch: float
+    seconds: float  # training wall-clock so far, evaluation excluded
+    test_accuracy: float
+    train_loss: float
+
+
+@dataclass
+class Run:
+    optimizer: str
+    learning_rate: float
+    seed: int
+    batch_size: int
+    points: list[Point] = field(default_factory=list)
+    diverged: bool = False
+
+    def best_accuracy(self) -> float:
+        return max((p.test_accuracy for p in self.points), default=0.0)
+
+    def time_to(self, accuracy: float) -> float | None:
+        """Seconds of training until the test accuracy first reached ``accuracy``."""
+        return next((p.seconds for p in self.points if p.test_accuracy >= accuracy), None)
+
+    def epochs_to(self, accuracy: float) -> float | None:
+        return next((p.epoch for p in self.points if p.test_accuracy >= accuracy), None)
+
+
+def evaluate(model: nn.Module, images: torch.Tensor, labels: torch.Tensor) -> float:
+    was_training = model.training
+    model.eval()
+    correct = 0
+    with torch.no_grad():
+        for start in range(0, len(images), 2000):
+            logits = model(images[start : start + 2000])
+            correct += int((logits.argmax(dim=1) == labels[start : start + 2000]).sum())
+    model.train(was_training)
+    return 100.0 * correct / len(images)
+
+
+def make_optimizer(
+    name: str, model: nn.Module, learning_rate: float, options: dict[str, Any] | None = None
+) -> torch.optim.Optimizer:
+    options = dict(options or {})
+    if name == "sgd":
+        return torch.optim.SGD(
+            model.parameters(), lr=learning_rate, momentum=options.pop("momentum", 0.9), **options
+        )
+    if name == "adam":
+        return torch.optim.Adam(model.parameters(), lr=learning_rate, **options)
+    if name == "kfac":
+        from codl.optim import KFAC
+
+        return KFAC(model, lr=learning_rate, **options)
+    raise ValueError(f"optimizer: expected one of {OPTIMIZERS}, received {name!r}")
+
+
+def train(
+    optimizer_name: str,
+    learning_rate: float,
+    train_data: tuple[torch.Tensor, torch.Tensor],
+    test_data: tuple[torch.Tensor, torch.Tensor],
+    *,
+    batch_size: int = 128,
+    epochs: float = 3.0,
+    seed: int = 0,
+    evaluations_per_epoch: int = 4,
+    warmup_epochs: float = 0.0,
+    time_budget: float | None = None,
+    stop_at_accuracy: float | None = None,
+    optimizer_options: dict[str, Any] | None = None,
+    model_factory: Callable[[], nn.Module] = FashionCNN,
+    progress: bool = True,
+) -> Run:
+    """Train one model; evaluate ``evaluations_per_epoch`` times an epoch on the test split."""
+    from codl.optim import warmup_polynomial_decay
+
+    images, labels = train_data
+    torch.manual_seed(seed)
+    model = model_factory()
+    optimizer = make_optimizer(optimizer_name, model, learning_rate, optimizer_options)
+    steps_per_epoch = math.ceil(len(images) / batch_size)
+    total_steps = max(1, round(epochs * steps_per_epoch))
+    schedule = warmup_polynomial_decay(
+        optimizer,
+        warmup_steps=round(warmup_epochs * steps_per_epoch),
+        total_steps=total_steps,
+    )
+    evaluate_every = max(1, steps_per_epoch // evaluations_per_epoch)
+    generator = torch.Generator().manual_seed(seed)
+    run = Run(optimizer_name, learning_rate, seed, batch_size)
+    seconds = 0.0
+    order = torch.randperm(len(images), generator=generator)
+    running_loss = 0.0
+    model.train()
+    description = f"{optimizer_name} lr={learning_rate:g} seed={seed} batch={batch_size}"
+    for step in tqdm(range(total_steps), desc=description, disable=not progress, leave=False):
+        position = (step % steps_per_epoch) * batch_size
+        if step > 0 and step % steps_per_epoch == 0:
+            order = torch.randperm(len(images), generator=generator)
+        batch = order[position : position + batch_size]
+        start = time.perf_counter()
+        loss = F.cross_entropy(model(images[batch]), labels[batch])
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()  # type: ignore[no-untyped-call]
+        optimizer.step()
+        schedule.step()
+        seconds += time.perf_counter() - start
+        value = float(loss)
+        if not math.isfinite(value):
+            run.diverged = True
+            break
+        running_loss = value if step == 0 else 0.9 * running_loss + 0.1 * value
+        if (step + 1) % evaluate_every == 0 or step + 1 == total_steps:
+            accuracy = evaluate(model, *test_data)
+            run.points.append(Point((step + 1) / steps_per_epoch, seconds, accuracy, running_loss))
+            if stop_at_accuracy is not None and accuracy >= stop_at_accuracy:
+                break
+        if time_budget is not None and seconds >= time_budget:
+            break
+    return run
+
+
+def save_runs(runs: Sequence[Run], path: str | Path, **extra: Any) -> Path:
+    from codl.bench import machine
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    payload = {"machine": machine(), **extra, "runs": [asdict(r) for r in runs]}
+    path.write_text(json.dumps(payload, indent=2) + "\n")
+    return path
+
+
+def plot_accuracy(runs: Sequence[Run], path: str | Path, title: str, target: float | None) -> Path:
+    """Test accuracy against wall-clock (left) and against epochs (right), one line per run."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    colours = {"sgd": "tab:blue", "adam": "tab:orange", "kfac": "tab:green"}
+    labels = {"sgd": "SGD+momentum (torch)", "adam": "Adam (torch)", "kfac": "K-FAC (codl)"}
+    figure, (by_time, by_epoch) = plt.subplots(1, 2, figsize=(12, 4.5), sharey=True)
+    shown: set[str] = set()
+    for run in runs:
+        label = None if run.optimizer in shown else labels.get(run.optimizer, run.optimizer)
+        shown.add(run.optimizer)
+        style = {"color": colours.get(run.optimizer), "alpha": 0.8, "linewidth": 1.2}
+        by_time.plot(
+            [p.seconds for p in run.points],
+            [p.test_accuracy for p in run.points],
+            label=label,
+            **style,
+        )
+        by_epoch.plot([p.epoch for p in run.points], [p.test_accuracy for p in run.points], **style)
+    for axis, xlabel in ((by_time, "training wall-clock (s)"), (by_epoch, "epochs")):
+        axis.set_xlabel(xlabel)
+        axis.grid(alpha=0.3)
+        if target is not None:
+            axis.axhline(target, color="grey", linestyle="--", linewidth=0.8)
+    accuracies = [p.test_accuracy for run in runs for p in run.points]
+    if accuracies:
+        by_time.set_ylim(max(min(accuracies), 80.0), max(accuracies) + 0.5)
+    by_time.set_ylabel("test accuracy (%)")
+    by_time.legend(loc="lower right")
+    figure.suptitle(title)
+    figure.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+    return path
