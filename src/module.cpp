@@ -51,4 +51,5 @@ PYBIND11_MODULE(_C, m) {
         py::arg("buffer"), "The address the core would see for this buffer (tests use it to prove no copy).");
     codl_bindings::register_pack(m);
     codl_bindings::register_ternary(m);
+    codl_bindings::register_sym_eig(m);
 }

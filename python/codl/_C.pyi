@@ -29,3 +29,9 @@ def ternary_linear_f32(
     out: Buffer,
     num_threads: int = 1,
 ) -> None: ...
+def sym_eig(
+    mats: list[Buffer],
+    eigenvalues_out: list[Buffer],
+    eigenvectors_out: list[Buffer],
+    num_threads: int = 1,
+) -> list[int]: ...

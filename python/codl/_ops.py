@@ -161,3 +161,50 @@ def ternary_linear_f32(
         as_buffer(out, "out", torch.float32, writable=True),
         get_num_threads(),
     )
+
+
+# --- sym_eig
+_EIG_DTYPES = (torch.float32, torch.float64)
+
+
+def sym_eig(
+    mats: list[torch.Tensor],
+    eigenvalues_out: list[torch.Tensor],
+    eigenvectors_out: list[torch.Tensor],
+) -> list[int]:
+    """Eigenvalues (ascending) into ``eigenvalues_out[i]`` and eigenvectors (columns) into
+    ``eigenvectors_out[i]`` for each symmetric ``mats[i]`` (lower triangle used), in one call.
+
+    Returns one status per matrix: 0 ok, 1 the iteration did not converge, 2 NaN or Inf in the
+    input (the outputs of a failed matrix are NaN). All tensors share one dtype, float32 or
+    float64. Each eigenvector's largest-magnitude component is positive.
+    """
+    if not len(mats) == len(eigenvalues_out) == len(eigenvectors_out):
+        raise ValueError(
+            "eigenvalues_out, eigenvectors_out: expected one per matrix "
+            f"({len(mats)}), received {len(eigenvalues_out)} and {len(eigenvectors_out)}"
+        )
+    if not mats:
+        return []
+    first = mats[0]
+    if not isinstance(first, torch.Tensor):
+        raise TypeError(f"mats[0]: expected a torch.Tensor, received {type(first).__name__}")
+    if first.dtype not in _EIG_DTYPES:
+        raise TypeError(
+            f"mats[0]: expected dtype torch.float32 or torch.float64, received {first.dtype}"
+        )
+    dtype = first.dtype
+    return list(
+        _C.sym_eig(
+            [as_buffer(m, f"mats[{i}]", dtype) for i, m in enumerate(mats)],
+            [
+                as_buffer(w, f"eigenvalues_out[{i}]", dtype, writable=True)
+                for i, w in enumerate(eigenvalues_out)
+            ],
+            [
+                as_buffer(v, f"eigenvectors_out[{i}]", dtype, writable=True)
+                for i, v in enumerate(eigenvectors_out)
+            ],
+            get_num_threads(),
+        )
+    )

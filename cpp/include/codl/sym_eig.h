@@ -1,0 +1,110 @@
+// Batched symmetric eigendecomposition: eigenvalues ascending and eigenvectors as columns, the
+// convention of torch.linalg.eigh (A = V diag(w) V^T), for a list of float32 or float64
+// matrices of mixed sizes in one call.
+//
+// Method, per matrix: scale by a power of two (exact) so the largest entry is near 1; reduce
+// to tridiagonal form with Householder reflectors (lower triangle, as eigh's default UPLO='L',
+// each step's rank-2 update fused with the next step's symmetric matrix-vector product so the
+// trailing matrix is streamed once per step); form Q^T explicitly, one row at a time; run the
+// implicit QL iteration with Wilkinson shifts on the tridiagonal matrix in double precision,
+// recording its rotations and applying them in batches to column strips of Q^T (each strip
+// stays in cache while thousands of rotations stream past); sort ascending and fix signs.
+//
+// Sign convention: each eigenvector's largest-magnitude component (the first one on ties) is
+// positive, so results are reproducible; torch.linalg.eigh fixes no sign.
+//
+// Results are bit-identical for every thread count: each matrix is computed by the same
+// sequence of operations whichever thread runs it, and the parts of a large matrix that run in
+// parallel split rows or column strips whose arithmetic does not depend on the split.
+//
+// This header holds declarations only (ISA translation units include it).
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+
+#include "codl/kernel_table.h"
+
+namespace codl {
+
+// Per-matrix outcome. The values cross into Python (codl.linalg reads them): keep them.
+enum class SymEigStatus : std::int32_t {
+    ok = 0,
+    no_convergence = 1,  // the QL iteration hit its cap (30 n sweeps); outputs are NaN
+    non_finite = 2,      // the input holds NaN or Inf; outputs are NaN
+};
+
+// One problem: `matrix` is n x n row-major (only its lower triangle is used, but every entry
+// is checked for NaN/Inf); `eigenvalues` receives n values, `eigenvectors` n x n row-major
+// with eigenvector i in column i. Outputs must not overlap the input or each other.
+template <typename T>
+struct SymEigProblem {
+    const T* matrix;
+    std::size_t n;
+    T* eigenvalues;
+    T* eigenvectors;
+};
+
+// A run of consecutive QL rotations: rotation r (0 <= r < count) acts on rows (top - r,
+// top - r + 1) of Z^T with cosine c[first + r] and sine s[first + r]:
+//   lo' = c lo - s hi,  hi' = s lo + c hi   (lo = row top - r, hi = row top - r + 1).
+struct RotationRun {
+    std::uint32_t top;
+    std::uint32_t count;
+    std::size_t first;
+};
+
+// The inner loops, one table per ISA (sym_eig_kernels(isa) picks it).
+template <typename T>
+struct SymEigOps {
+    // One row of the fused tridiagonalization step, a[0..len) being row i of the trailing
+    // matrix from its diagonal on (upper storage) and v, w, u, y indexed alike (so v[0] is the
+    // entry of row i): a[j] -= vi w[j] + wi v[j]; then y[j] += ui a[j] for j >= 1; returns
+    // sum_{j >= 0} a[j] u[j].
+    T (*update_row_symv)(T* a, std::size_t len, const T* v, const T* w, T vi, T wi, const T* u,
+                         T ui, T* y);
+    // a -= tau (a . v) v, a and v of length len (a row times a Householder reflector).
+    void (*reflect_row)(T* a, std::size_t len, const T* v, T tau);
+    // Applies the runs, in order, to columns [0, width) of rows of Z^T that start at z with
+    // stride `stride` (elements). width is at most kSymEigStripWidth.
+    void (*rotate_strip)(T* z, std::size_t stride, std::size_t width, const RotationRun* runs,
+                         std::size_t num_runs, const T* c, const T* s);
+};
+
+// Column strips of Z^T are this many elements wide (a multiple of every ISA's vector length);
+// the strip of one matrix of n rows stays in L2 while rotations stream past.
+constexpr std::size_t kSymEigStripWidth = 64;
+
+struct SymEigKernels {
+    SymEigOps<float> f32;
+    SymEigOps<double> f64;
+};
+
+// Decomposes problems[0..count) with up to num_threads threads (the active ISA's kernels),
+// writing status[i] for each.
+void sym_eig_f32(const SymEigProblem<float>* problems, std::size_t count, SymEigStatus* status,
+                 int num_threads = 1);
+void sym_eig_f64(const SymEigProblem<double>* problems, std::size_t count, SymEigStatus* status,
+                 int num_threads = 1);
+
+// The same with a given kernel table (tests run every ISA's kernels through it).
+void sym_eig_f32_with(const SymEigKernels& kernels, const SymEigProblem<float>* problems,
+                      std::size_t count, SymEigStatus* status, int num_threads = 1);
+void sym_eig_f64_with(const SymEigKernels& kernels, const SymEigProblem<double>* problems,
+                      std::size_t count, SymEigStatus* status, int num_threads = 1);
+
+// The table of an ISA built into this binary, else nullptr. (Kept out of KernelTable so this
+// family plugs in without touching the shared dispatch table.)
+const SymEigKernels* sym_eig_kernels(IsaLevel isa);
+
+namespace ref {
+extern const SymEigKernels sym_eig_kernels;
+}
+namespace avx2 {
+extern const SymEigKernels sym_eig_kernels;
+}
+namespace avx512 {
+extern const SymEigKernels sym_eig_kernels;
+}
+
+}  // namespace codl

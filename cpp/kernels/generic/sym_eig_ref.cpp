@@ -1,0 +1,54 @@
+// Scalar reference of the eigendecomposition's inner loops: plain loops in the order the
+// header states, the oracle the SIMD variants are tested against.
+#include "codl/sym_eig.h"
+
+namespace codl {
+namespace {
+
+template <typename T>
+T update_row_symv(T* a, std::size_t len, const T* v, const T* w, T vi, T wi, const T* u, T ui, T* y) {
+    T dot = 0;
+    for (std::size_t j = 0; j < len; ++j) {
+        a[j] = a[j] - vi * w[j] - wi * v[j];
+        dot += a[j] * u[j];
+        if (j > 0) y[j] += ui * a[j];
+    }
+    return dot;
+}
+
+template <typename T>
+void reflect_row(T* a, std::size_t len, const T* v, T tau) {
+    T dot = 0;
+    for (std::size_t j = 0; j < len; ++j) dot += a[j] * v[j];
+    const T scale = tau * dot;
+    for (std::size_t j = 0; j < len; ++j) a[j] -= scale * v[j];
+}
+
+template <typename T>
+void rotate_strip(T* z, std::size_t stride, std::size_t width, const RotationRun* runs,
+                  std::size_t num_runs, const T* c, const T* s) {
+    for (std::size_t r = 0; r < num_runs; ++r) {
+        const RotationRun& run = runs[r];
+        for (std::uint32_t k = 0; k < run.count; ++k) {
+            T* lo = z + (run.top - k) * stride;
+            T* hi = lo + stride;
+            const T ck = c[run.first + k], sk = s[run.first + k];
+            for (std::size_t j = 0; j < width; ++j) {
+                const T x = lo[j], y = hi[j];
+                lo[j] = ck * x - sk * y;
+                hi[j] = sk * x + ck * y;
+            }
+        }
+    }
+}
+
+}  // namespace
+
+namespace ref {
+const SymEigKernels sym_eig_kernels{
+    {update_row_symv<float>, reflect_row<float>, rotate_strip<float>},
+    {update_row_symv<double>, reflect_row<double>, rotate_strip<double>},
+};
+}  // namespace ref
+
+}  // namespace codl
