@@ -136,6 +136,19 @@ void parallel_for(std::size_t n, std::size_t align, std::size_t min_chunk, int n
     }
 }
 
+void parallel_tasks(std::size_t count, int num_threads, const std::function<void(std::size_t)>& fn) {
+    if (count == 0) return;
+    const std::size_t workers = std::min<std::size_t>(count, static_cast<std::size_t>(std::max(num_threads, 1)));
+    std::atomic<std::size_t> next{0};
+    // One chunk per worker; each drains the shared counter. Run serially (pool busy, nested call),
+    // the first chunk takes every task.
+    parallel_for(workers, 1, 1, static_cast<int>(workers), [&](std::size_t begin, std::size_t end) {
+        for (std::size_t w = begin; w < end; ++w) {
+            for (std::size_t task; (task = next.fetch_add(1)) < count;) fn(task);
+        }
+    });
+}
+
 int pool_threads_started() { return pool().started(); }
 
 }  // namespace codl

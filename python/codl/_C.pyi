@@ -1,4 +1,5 @@
 # Type stub of the C++ extension. Call it through codl._ops, not directly.
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -35,3 +36,18 @@ def sym_eig(
     eigenvectors_out: list[Buffer],
     num_threads: int = 1,
 ) -> list[int]: ...
+def damped_cholesky(
+    mats: Sequence[Buffer], dampings: list[float], outs: Sequence[Buffer], num_threads: int = 1
+) -> list[tuple[int, int]]: ...
+def damped_inverse(
+    mats: Sequence[Buffer], dampings: list[float], outs: Sequence[Buffer], num_threads: int = 1
+) -> list[tuple[int, int]]: ...
+def cholesky_solve(
+    factors: Sequence[Buffer],
+    rhs: Sequence[Buffer],
+    outs: Sequence[Buffer],
+    side: str,
+    num_threads: int = 1,
+) -> None: ...
+def pack_symmetric(mat: Buffer, out: Buffer) -> None: ...
+def unpack_symmetric(packed: Buffer, n: int, out: Buffer) -> None: ...

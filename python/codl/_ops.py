@@ -7,7 +7,7 @@ this one, never ``_C`` directly.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 
 import numpy as np
@@ -207,4 +207,106 @@ def sym_eig(
             ],
             get_num_threads(),
         )
+    )
+
+
+# --- linalg: batched damped Cholesky / inverse / solve, symmetric packing
+_LINALG_DTYPES = (torch.float32, torch.float64)
+
+
+def _linalg_dtype(tensor: object, name: str) -> torch.dtype:
+    if not isinstance(tensor, torch.Tensor):
+        raise TypeError(f"{name}: expected a torch.Tensor, received {type(tensor).__name__}")
+    if tensor.dtype not in _LINALG_DTYPES:
+        raise TypeError(
+            f"{name}: expected dtype torch.float32 or torch.float64, received {tensor.dtype}"
+        )
+    return tensor.dtype
+
+
+def _matrix_buffers(
+    tensors: list[torch.Tensor], name: str, dtype: torch.dtype, *, writable: bool = False
+) -> list[np.ndarray]:
+    return [as_buffer(t, f"{name}[{i}]", dtype, writable=writable) for i, t in enumerate(tensors)]
+
+
+def _damped(
+    kernel: Callable[
+        [Sequence[np.ndarray], list[float], Sequence[np.ndarray], int], list[tuple[int, int]]
+    ],
+    mats: list[torch.Tensor],
+    dampings: list[float],
+    outs: list[torch.Tensor],
+) -> list[tuple[int, int]]:
+    if not len(mats) == len(dampings) == len(outs):
+        raise ValueError(
+            f"dampings, outs: expected one per matrix ({len(mats)}), "
+            f"received {len(dampings)} and {len(outs)}"
+        )
+    if not mats:
+        return []
+    dtype = _linalg_dtype(mats[0], "mats[0]")
+    return [
+        (int(code), int(pivot))
+        for code, pivot in kernel(
+            _matrix_buffers(mats, "mats", dtype),
+            [float(d) for d in dampings],
+            _matrix_buffers(outs, "outs", dtype, writable=True),
+            get_num_threads(),
+        )
+    ]
+
+
+def damped_cholesky(
+    mats: list[torch.Tensor], dampings: list[float], outs: list[torch.Tensor]
+) -> list[tuple[int, int]]:
+    """``outs[i] = L`` with ``L Lᵀ = mats[i] + dampings[i] I`` (lower triangle read, upper zero).
+
+    Returns ``(status, pivot)`` per matrix: 0 ok; 1 not positive definite (``pivot`` is the
+    first row whose pivot was not > 0); 2 NaN or Inf in the lower triangle. Failed outputs are
+    NaN.
+    """
+    return _damped(_C.damped_cholesky, mats, dampings, outs)
+
+
+def damped_inverse(
+    mats: list[torch.Tensor], dampings: list[float], outs: list[torch.Tensor]
+) -> list[tuple[int, int]]:
+    """``outs[i] = (mats[i] + dampings[i] I)⁻¹`` (both triangles); statuses as damped_cholesky."""
+    return _damped(_C.damped_inverse, mats, dampings, outs)
+
+
+def cholesky_solve(
+    factors: list[torch.Tensor], rhs: list[torch.Tensor], outs: list[torch.Tensor], side: str
+) -> None:
+    """``outs[i] = (L Lᵀ)⁻¹ rhs[i]`` (side ``"left"``, rhs n x m) or ``rhs[i] (L Lᵀ)⁻¹``
+    (side ``"right"``, rhs m x n), ``L = factors[i]`` as damped_cholesky writes it."""
+    if not len(factors) == len(rhs) == len(outs):
+        raise ValueError(
+            f"rhs, outs: expected one per factor ({len(factors)}), "
+            f"received {len(rhs)} and {len(outs)}"
+        )
+    if not factors:
+        return
+    dtype = _linalg_dtype(factors[0], "factors[0]")
+    _C.cholesky_solve(
+        _matrix_buffers(factors, "factors", dtype),
+        _matrix_buffers(rhs, "rhs", dtype),
+        _matrix_buffers(outs, "outs", dtype, writable=True),
+        side,
+        get_num_threads(),
+    )
+
+
+def pack_symmetric(mat: torch.Tensor, out: torch.Tensor) -> None:
+    """``out`` (n(n+1)/2 values) = the upper triangle of ``mat``, row by row."""
+    dtype = _linalg_dtype(mat, "mat")
+    _C.pack_symmetric(as_buffer(mat, "mat", dtype), as_buffer(out, "out", dtype, writable=True))
+
+
+def unpack_symmetric(packed: torch.Tensor, n: int, out: torch.Tensor) -> None:
+    """``out`` (n x n, both triangles) from :func:`pack_symmetric`'s layout."""
+    dtype = _linalg_dtype(packed, "packed")
+    _C.unpack_symmetric(
+        as_buffer(packed, "packed", dtype), n, as_buffer(out, "out", dtype, writable=True)
     )

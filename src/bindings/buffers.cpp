@@ -6,6 +6,7 @@ namespace {
 const char* describe_format(char format) {
     switch (format) {
         case 'f': return "float32";
+        case 'd': return "float64";
         case 'b': return "int8";
         case 'B': return "uint8";
         default: return "?";

@@ -57,10 +57,13 @@ struct TernaryKernels {
                       std::int32_t* out, std::size_t out_stride);
 };
 
+struct LinalgKernels;  // codl/linalg.h
+
 struct KernelTable {
     IsaLevel isa;
     const PackKernels* pack;
     const TernaryKernels* ternary;
+    const LinalgKernels* linalg;
 };
 
 namespace ref {

@@ -13,6 +13,11 @@ namespace codl {
 void parallel_for(std::size_t n, std::size_t align, std::size_t min_chunk, int num_threads,
                   const std::function<void(std::size_t, std::size_t)>& fn);
 
+// Runs fn(task) for every task in [0, count) on up to `num_threads` threads, each thread
+// claiming the next unclaimed task when it finishes one (dynamic scheduling: list costly tasks
+// first). Which thread runs a task varies from run to run; tasks must not depend on it.
+void parallel_tasks(std::size_t count, int num_threads, const std::function<void(std::size_t)>& fn);
+
 // Number of worker threads the pool has started so far (for reports and tests).
 int pool_threads_started();
 
