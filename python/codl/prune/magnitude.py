@@ -1,0 +1,235 @@
+"""Magnitude pruning: zero the weights of smallest absolute value, and keep them zero.
+
+Unlike ``torch.nn.utils.prune``, which reparametrises a weight as ``weight_orig * weight_mask``
+(two dense tensors: the file grows), codl writes the zeros into the weight itself, so a sparse
+encoder (the ``.codl`` format) stores only the kept entries. A :class:`Pruner` remembers the
+masks and re-applies them after each optimizer step during fine-tuning, the "prune, then
+retrain with the connections removed" loop of S. Han, J. Pool, J. Tran and W. Dally,
+"Learning both weights and connections for efficient neural networks", NeurIPS 2015 (§3.2), and
+of Deep Compression (S. Han, H. Mao and W. Dally, arXiv:1510.00149, ICLR 2016, §2). A gradual
+:class:`~codl.prune.AGPSchedule` (Zhu & Gupta 2017) raises the sparsity during training.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any, Literal
+
+import torch
+from torch import nn
+
+from codl.prune.schedule import AGPSchedule, check_sparsity
+
+__all__ = [
+    "PRUNABLE_TYPES",
+    "Pruner",
+    "Scope",
+    "magnitude_",
+    "magnitude_mask",
+    "prunable_weights",
+]
+
+Scope = Literal["global", "layer"]
+
+#: Modules whose ``weight`` :func:`magnitude_` prunes by default.
+PRUNABLE_TYPES: tuple[type[nn.Module], ...] = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
+
+
+def _check_weight(weight: object, name: str = "weight") -> torch.Tensor:
+    if not isinstance(weight, torch.Tensor):
+        raise TypeError(f"{name}: expected a torch.Tensor, received {type(weight).__name__}")
+    if not weight.is_floating_point():
+        raise TypeError(f"{name}: expected a floating-point tensor, received {weight.dtype}")
+    if weight.numel() == 0:
+        raise ValueError(
+            f"{name}: expected a non-empty tensor, received shape {tuple(weight.shape)}"
+        )
+    if not bool(torch.isfinite(weight).all()):
+        raise ValueError(f"{name}: expected finite values, received NaN or Inf")
+    return weight.detach()
+
+
+def _pruned_count(numel: int, sparsity: float) -> int:
+    # Rounded like torch.nn.utils.prune, so sparsity * numel entries (to the nearest one) go.
+    return min(numel, round(sparsity * numel))
+
+
+def _mask_of_flat(magnitudes: torch.Tensor, pruned: int) -> torch.Tensor:
+    """Keep all but the ``pruned`` smallest entries; ties go by position (a stable sort), so
+    exactly ``pruned`` entries are dropped even when many magnitudes are equal (zeros)."""
+    mask = torch.ones(magnitudes.numel(), dtype=torch.bool, device=magnitudes.device)
+    if pruned > 0:
+        order = torch.argsort(magnitudes.reshape(-1), stable=True)
+        mask[order[:pruned]] = False
+    return mask
+
+
+def magnitude_mask(weight: torch.Tensor, sparsity: float) -> torch.Tensor:
+    """Boolean mask of ``weight``'s shape, ``True`` where an entry is kept.
+
+    Exactly ``round(sparsity * weight.numel())`` entries, those of smallest ``|w|``, are
+    ``False`` (ties broken by position). ``sparsity`` must lie in [0, 1).
+    """
+    tensor = _check_weight(weight)
+    fraction = check_sparsity(sparsity)
+    flat = _mask_of_flat(tensor.abs(), _pruned_count(tensor.numel(), fraction))
+    return flat.reshape(tensor.shape)
+
+
+def _global_masks(weights: Mapping[str, torch.Tensor], sparsity: float) -> dict[str, torch.Tensor]:
+    """One threshold over all tensors: the same count as per-layer pruning, spent where the
+    magnitudes are smallest (Han et al. 2015 prune per layer; a global rank is what later
+    work found better for unequal layers, e.g. Blalock et al., MLSys 2020)."""
+    magnitudes = torch.cat([w.detach().abs().reshape(-1).float() for w in weights.values()])
+    flat = _mask_of_flat(magnitudes, _pruned_count(magnitudes.numel(), sparsity))
+    masks = {}
+    offset = 0
+    for name, weight in weights.items():
+        masks[name] = flat[offset : offset + weight.numel()].reshape(weight.shape)
+        offset += weight.numel()
+    return masks
+
+
+class Pruner:
+    """Masks over some weights of a model, kept applied while the model trains.
+
+    Call :meth:`step` after every ``optimizer.step()`` (or :meth:`attach` the pruner to the
+    optimizer once): it advances the schedule, re-ranks the weights when the target sparsity
+    rises, and writes zeros into the pruned entries. A gradient hook also zeroes the gradient of
+    pruned entries, so plain SGD never moves them; optimizers with momentum or weight decay
+    would (their state still holds old updates), which is why :meth:`step` re-zeroes too.
+    """
+
+    def __init__(
+        self,
+        weights: Mapping[str, nn.Parameter],
+        sparsity: float,
+        scope: Scope = "global",
+        schedule: AGPSchedule | None = None,
+    ) -> None:
+        self.final_sparsity = check_sparsity(sparsity)
+        if scope not in ("global", "layer"):
+            raise ValueError(f"scope: expected 'global' or 'layer', received {scope!r}")
+        if schedule is not None and not isinstance(schedule, AGPSchedule):
+            raise TypeError(
+                f"schedule: expected an AGPSchedule or None, received {type(schedule).__name__}"
+            )
+        if not weights:
+            raise ValueError("weights: expected at least one weight to prune, received none")
+        self.scope: Scope = scope
+        self.schedule = schedule
+        self.weights = dict(weights)
+        self.step_count = 0
+        self.target_sparsity = -1.0
+        self.masks: dict[str, torch.Tensor] = {}
+        self._hooks = [
+            weight.register_hook(self._gradient_hook(name))  # type: ignore[no-untyped-call]
+            for name, weight in self.weights.items()
+        ]
+        self._update(force=True)
+
+    def _gradient_hook(self, name: str) -> Callable[[torch.Tensor], torch.Tensor]:
+        def hook(grad: torch.Tensor) -> torch.Tensor:
+            mask = self.masks.get(name)
+            return grad if mask is None else grad * mask
+
+        return hook
+
+    def sparsity_at(self, step: int) -> float:
+        """The target sparsity at ``step``: the final one without a schedule."""
+        if self.schedule is None:
+            return self.final_sparsity
+        return self.schedule(step, self.final_sparsity)
+
+    def _update(self, force: bool = False) -> None:
+        target = self.sparsity_at(self.step_count)
+        if force or target != self.target_sparsity:
+            self.target_sparsity = target
+            # Ranking |w| of the already masked weights keeps old zeros pruned: they are the
+            # smallest magnitudes, so the pruned set only grows while the sparsity rises.
+            if self.scope == "global":
+                self.masks = _global_masks(self.weights, target)
+            else:
+                self.masks = {
+                    name: _mask_of_flat(w.detach().abs(), _pruned_count(w.numel(), target)).reshape(
+                        w.shape
+                    )
+                    for name, w in self.weights.items()
+                }
+        self.apply_masks()
+
+    @torch.no_grad()
+    def apply_masks(self) -> None:
+        """Write zeros into every pruned entry (the tensors really hold zeros)."""
+        for name, weight in self.weights.items():
+            weight.mul_(self.masks[name].to(weight.dtype))
+
+    def step(self) -> None:
+        """Advance one optimizer step: raise the sparsity if the schedule says so, re-zero."""
+        self.step_count += 1
+        self._update()
+
+    def attach(self, optimizer: torch.optim.Optimizer) -> Any:
+        """Run :meth:`step` after every ``optimizer.step()``; returns the hook's handle."""
+
+        def after_step(*_: object) -> None:
+            self.step()
+
+        return optimizer.register_step_post_hook(after_step)
+
+    def sparsity(self) -> float:
+        """The fraction of zeros over all masked weights now."""
+        zeros = sum(int((w == 0).sum()) for w in self.weights.values())
+        total = sum(w.numel() for w in self.weights.values())
+        return zeros / total
+
+    def layer_sparsity(self) -> dict[str, float]:
+        """The fraction of pruned entries of each weight."""
+        return {name: 1.0 - float(mask.float().mean()) for name, mask in self.masks.items()}
+
+    def remove(self) -> None:
+        """Drop the gradient hooks; the zeros stay in the weights."""
+        for handle in self._hooks:
+            handle.remove()
+        self._hooks = []
+
+
+def prunable_weights(
+    model: nn.Module, include: Callable[[str, nn.Module], bool] | None = None
+) -> dict[str, nn.Parameter]:
+    """``{"<module>.weight": parameter}`` of the modules :func:`magnitude_` prunes."""
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model: expected a torch.nn.Module, received {type(model).__name__}")
+    chosen = {}
+    for name, module in model.named_modules():
+        wanted = (
+            include(name, module) if include is not None else isinstance(module, PRUNABLE_TYPES)
+        )
+        weight = getattr(module, "weight", None)
+        if wanted and isinstance(weight, nn.Parameter):
+            chosen[f"{name}.weight" if name else "weight"] = weight
+    return chosen
+
+
+def magnitude_(
+    model: nn.Module,
+    sparsity: float,
+    scope: Scope = "global",
+    schedule: AGPSchedule | None = None,
+    *,
+    include: Callable[[str, nn.Module], bool] | None = None,
+) -> Pruner:
+    """Prune ``model``'s weights by magnitude, in place; returns the :class:`Pruner`.
+
+    Args:
+        model: pruned in place: the weights of every ``Linear`` and ``Conv1d/2d/3d`` (or of
+            the modules ``include(name, module)`` accepts) hold zeros where pruned.
+        sparsity: the final fraction of zeros, in [0, 1).
+        scope: ``"global"``: one magnitude threshold across all chosen weights (the same total
+            count, spent on the smallest weights of the whole model); ``"layer"``: each weight
+            pruned to ``sparsity`` on its own.
+        schedule: ``None`` prunes to ``sparsity`` now (one shot); an :class:`AGPSchedule`
+            starts at its initial sparsity and rises as :meth:`Pruner.step` is called.
+    """
+    weights = prunable_weights(model, include)
+    return Pruner(weights, sparsity, scope, schedule)
