@@ -41,6 +41,10 @@ from codl.optim.preconditioner import KFACPreconditioner
 __all__ = ["KFAC"]
 
 
+def _as_float(loss: Any) -> float:
+    return float(loss.detach()) if isinstance(loss, torch.Tensor) else float(loss)
+
+
 class KFAC(torch.optim.Optimizer):
     """K-FAC natural-gradient descent with momentum (Martens & Grosse 2015, Grosse & Martens
     2016; the KL-clipped momentum-SGD form of Ba et al. 2017 and kfac-pytorch).
@@ -185,7 +189,7 @@ class KFAC(torch.optim.Optimizer):
                 p.add_(d, alpha=-lr)
 
         if adapt and loss is not None:
-            self._adapt_damping(float(loss), closure, snapshot)  # type: ignore[arg-type]
+            self._adapt_damping(_as_float(loss), closure, snapshot)  # type: ignore[arg-type]
         return loss
 
     def _adapt_damping(
@@ -196,7 +200,7 @@ class KFAC(torch.optim.Optimizer):
     ) -> None:
         precond = self.preconditioner
         with precond.hooks_disabled(), torch.enable_grad():
-            new_loss = float(closure())
+            new_loss = _as_float(closure())
         deltas = {p: p.detach() - before for p, (_, before) in snapshot.items()}
         actual = new_loss - old_loss
         model = 0.5 * precond.curvature(deltas)  # type: ignore[arg-type]

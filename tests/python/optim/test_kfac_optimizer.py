@@ -1,0 +1,409 @@
+"""KFAC as an optimizer: state round trip, NaN guards, inverse retries, hyperparameter callables,
+KL clipping, adaptive damping, the LR schedule and bad input."""
+
+from __future__ import annotations
+
+import io
+import math
+from typing import Any, Callable
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import codl.linalg
+from codl.optim import (
+    KFAC,
+    KFACPreconditioner,
+    KFACWarning,
+    warmup_polynomial_decay,
+    warmup_polynomial_decay_factor,
+)
+
+
+def _small_cnn() -> nn.Module:
+    return nn.Sequential(
+        nn.Conv2d(1, 4, 3, padding=1),
+        nn.BatchNorm2d(4),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+        nn.Flatten(),
+        nn.Linear(4 * 4 * 4, 16),
+        nn.LayerNorm(16),
+        nn.ReLU(),
+        nn.Linear(16, 5),
+    )
+
+
+def _batches(count: int, seed: int = 0) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    generator = torch.Generator().manual_seed(seed)
+    return [
+        (
+            torch.randn(12, 1, 8, 8, generator=generator),
+            torch.randint(0, 5, (12,), generator=generator),
+        )
+        for _ in range(count)
+    ]
+
+
+def _train(
+    model: nn.Module, optimizer: KFAC, batches: list[tuple[torch.Tensor, torch.Tensor]]
+) -> None:
+    for x, y in batches:
+        optimizer.zero_grad()
+        out = model(x)
+        if optimizer.preconditioner.fisher == "true":
+            optimizer.preconditioner.sample_fisher(out)
+        F.cross_entropy(out, y).backward()
+        optimizer.step()
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        {"method": "inverse"},
+        {"method": "eigen", "fisher": "true"},
+        {"method": "inverse", "weight_decay": 1e-3, "nesterov": True, "max_factor_rows": 100},
+    ],
+)
+def test_state_dict_round_trip_is_bit_exact(options: dict[str, Any]) -> None:
+    torch.manual_seed(0)
+    model = _small_cnn()
+    make = lambda m: KFAC(  # noqa: E731
+        m, lr=0.05, factor_update_steps=2, inv_update_steps=4, kl_clip=1e-2, **options
+    )
+    optimizer = make(model)
+    batches = _batches(12)
+    # 7 steps: factors last updated at step 6, inverses at step 4 (older than the factors).
+    _train(model, optimizer, batches[:7])
+    buffer = io.BytesIO()
+    torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict()}, buffer)
+    _train(model, optimizer, batches[7:])
+
+    torch.manual_seed(123)  # the fresh copy starts elsewhere: everything must come from the file
+    resumed = _small_cnn()
+    resumed_optimizer = make(resumed)
+    buffer.seek(0)
+    saved = torch.load(buffer, weights_only=True)
+    resumed.load_state_dict(saved["model"])
+    resumed_optimizer.load_state_dict(saved["optimizer"])
+    _train(resumed, resumed_optimizer, batches[7:])
+
+    for (name, a), b in zip(model.state_dict().items(), resumed.state_dict().values()):
+        assert torch.equal(a, b), name
+    for name, block in optimizer.preconditioner.blocks.items():
+        other = resumed_optimizer.preconditioner.blocks[name]
+        for key, factor in block.factors.items():
+            assert torch.equal(factor, other.factors[key]), (name, key)
+
+
+def test_load_state_dict_rejects_other_models() -> None:
+    optimizer = KFAC(_small_cnn())
+    other = KFAC(nn.Sequential(nn.Linear(3, 2)))
+    with pytest.raises(ValueError, match="layers"):
+        other.preconditioner.load_state_dict(optimizer.preconditioner.state_dict())
+    with pytest.raises(ValueError, match="kfac"):
+        optimizer.load_state_dict(torch.optim.SGD(_small_cnn().parameters()).state_dict())
+
+
+# --------------------------------------------------------------------------------------------
+# NaN / Inf guards and inverse retries
+# --------------------------------------------------------------------------------------------
+
+
+def _two_layers() -> nn.Sequential:
+    torch.manual_seed(1)
+    return nn.Sequential(nn.Linear(4, 6), nn.Tanh(), nn.Linear(6, 3))
+
+
+def test_nan_gradient_skips_the_layer_and_keeps_its_factors() -> None:
+    model = _two_layers()
+    precond = KFACPreconditioner(model, factor_update_steps=1, inv_update_steps=1)
+    x = torch.randn(8, 4)
+    model(x).pow(2).mean().backward()
+    precond.step()
+    factors_before = {k: v.clone() for k, v in precond.blocks["0"].factors.items()}
+
+    model.zero_grad()
+    model(torch.randn(8, 4)).pow(2).mean().backward()
+    assert model[0].weight.grad is not None
+    model[0].weight.grad[1, 2] = float("nan")
+    with pytest.warns(KFACWarning, match=r"layer '0': its gradient holds NaN"):
+        precond.step()
+    assert model[0].weight.grad is None and model[0].bias.grad is None  # update skipped
+    for key, factor in precond.blocks["0"].factors.items():
+        assert torch.equal(factor, factors_before[key])
+    assert model[2].weight.grad is not None and bool(torch.isfinite(model[2].weight.grad).all())
+
+
+def test_overflowing_statistics_skip_the_layer_before_the_ema() -> None:
+    model = _two_layers()
+    precond = KFACPreconditioner(model, factor_update_steps=1, inv_update_steps=1)
+    model(torch.randn(8, 4)).pow(2).mean().backward()
+    precond.step()
+    factors_before = {k: v.clone() for k, v in precond.blocks["0"].factors.items()}
+    model.zero_grad()
+    x = torch.randn(8, 4)
+    x[3, 1] = 1e20  # x² overflows float32 in A; the gradient gᵀx stays finite (tanh saturates)
+    model(x).pow(2).mean().backward()
+    assert bool(torch.isfinite(model[0].weight.grad).all())  # type: ignore[arg-type]
+    with pytest.warns(KFACWarning, match=r"layer '0': its new factor statistics"):
+        precond.step()
+    for key, factor in precond.blocks["0"].factors.items():
+        assert torch.equal(factor, factors_before[key])
+
+
+def test_failed_inversion_is_retried_with_larger_damping(monkeypatch: pytest.MonkeyPatch) -> None:
+    model = nn.Sequential(nn.Linear(4, 3))  # A is 5x5, G 3x3
+    precond = KFACPreconditioner(model, factor_update_steps=1, inv_update_steps=1, damping=1e-2)
+    model(torch.randn(5, 4, generator=torch.Generator().manual_seed(2))).sum().backward()
+    original = codl.linalg.damped_inverse
+    calls: list[list[float]] = []
+
+    def flaky(mats: list[torch.Tensor], damping: list[float]) -> list[torch.Tensor]:
+        calls.append(list(damping))
+        # The G factor (3x3) "fails" until its damping is at least 100x the first one.
+        failures = {
+            i: "not positive definite after damping (pivot 0)"
+            for i, (m, d) in enumerate(zip(mats, damping))
+            if m.shape[0] == 3 and d < 50 * calls[0][1]
+        }
+        results = original(mats, damping)
+        if failures:
+            raise codl.linalg.LinAlgError(
+                failures, [None if i in failures else r for i, r in enumerate(results)]
+            )
+        return results
+
+    monkeypatch.setattr(codl.linalg, "damped_inverse", flaky)
+    a = precond.blocks["0"]
+    with pytest.warns(KFACWarning, match=r"layer '0': factor G .*retrying with damping"):
+        precond.step()
+    first_g_damping = calls[0][1]
+    assert [len(c) for c in calls] == [2, 1, 1]  # both, then only G twice
+    assert calls[1][0] == pytest.approx(10 * first_g_damping)
+    assert calls[2][0] == pytest.approx(100 * first_g_damping)
+    g = a.factors["G"].double()
+    expected = torch.linalg.inv(g + 100 * first_g_damping * torch.eye(3, dtype=torch.float64))
+    assert torch.allclose(a.inverses["G_inv"].double(), expected, rtol=1e-4, atol=1e-6)
+
+
+# --------------------------------------------------------------------------------------------
+# hyperparameters
+# --------------------------------------------------------------------------------------------
+
+
+def test_hyperparameter_callables_are_read_each_step() -> None:
+    model = nn.Sequential(nn.Linear(3, 2))
+    seen: list[int] = []
+
+    def damping(step: int) -> float:
+        seen.append(step)
+        return 1e-1 if step < 2 else 1e-3
+
+    precond = KFACPreconditioner(
+        model,
+        damping=damping,
+        factor_update_steps=lambda step: 1 if step < 2 else 3,
+        inv_update_steps=1,
+        kl_clip=None,
+    )
+    a_history = []
+    for step in range(7):
+        x = torch.randn(4, 3, generator=torch.Generator().manual_seed(step))
+        model.zero_grad()
+        model(x).sum().backward()
+        precond.step()
+        a_history.append(precond.blocks["0"].factors["A"].clone())
+    updated = [s for s in range(1, 7) if not torch.equal(a_history[s], a_history[s - 1])]
+    assert updated == [1, 3, 6]  # every step before 2, then every 3rd step
+    assert sorted(set(seen)) == list(range(7))
+    # The last inverse update (step 6) used damping(6) = 1e-3, π-split.
+    block = precond.blocks["0"]
+    a, g = block.factors["A"].double(), block.factors["G"].double()
+    pi = math.sqrt(float(a.diagonal().mean()) / float(g.diagonal().mean()))
+    expected = torch.linalg.inv(g + math.sqrt(1e-3) / pi * torch.eye(2, dtype=torch.float64))
+    assert torch.allclose(block.inverses["G_inv"].double(), expected, rtol=1e-4)
+
+
+def test_kl_clip_scales_by_nu() -> None:
+    torch.manual_seed(3)
+    model = nn.Sequential(nn.Linear(4, 3))
+    x = torch.randn(6, 4)
+    clipped = KFACPreconditioner(model, factor_update_steps=1, kl_clip=1e-6, lr=0.5)
+    free = KFACPreconditioner(
+        model, factor_update_steps=1, kl_clip=None, skip_modules=["*"]
+    )  # only to compare: skip_modules="*" registers nothing
+    assert not free.blocks
+    model(x).pow(2).mean().backward()
+    raw = [p.grad.clone() for p in model.parameters()]  # type: ignore[union-attr]
+    unclipped_model = nn.Sequential(nn.Linear(4, 3))
+    unclipped_model.load_state_dict(model.state_dict())
+    unclipped = KFACPreconditioner(unclipped_model, factor_update_steps=1, kl_clip=None)
+    unclipped_model(x).pow(2).mean().backward()
+    clipped.step()
+    unclipped.step()
+    preconditioned = [p.grad for p in unclipped_model.parameters()]
+    vg = sum(float((v * g).sum()) for v, g in zip(preconditioned, raw)) * 0.5**2  # type: ignore[operator]
+    nu = min(1.0, math.sqrt(1e-6 / abs(vg)))
+    assert nu < 1
+    for p, v in zip(model.parameters(), preconditioned):
+        assert torch.allclose(p.grad, v * nu, rtol=1e-6, atol=0)  # type: ignore[arg-type, operator]
+
+
+def _regression(lr: float, steps: int) -> tuple[KFAC, Callable[[], torch.Tensor], list[float]]:
+    torch.manual_seed(4)
+    model = nn.Sequential(nn.Linear(6, 1))
+    x = torch.randn(64, 6) * torch.tensor([3.0, 1, 1, 0.5, 0.2, 2])
+    y = x @ torch.randn(6, 1) + 0.1 * torch.randn(64, 1)
+    optimizer = KFAC(
+        model,
+        lr=lr,
+        momentum=0.0,
+        damping=1e-2,
+        factor_update_steps=1,
+        inv_update_steps=1,
+        kl_clip=None,
+        adaptive_damping=True,
+        damping_adaptation_interval=1,
+    )
+
+    def closure() -> torch.Tensor:
+        optimizer.zero_grad()
+        loss = F.mse_loss(model(x), y)
+        loss.backward()
+        return loss
+
+    dampings = []
+    for _ in range(steps):
+        optimizer.step(closure)
+        dampings.append(optimizer.damping)
+    return optimizer, closure, dampings
+
+
+def test_adaptive_damping_decreases_when_the_model_is_trusted() -> None:
+    optimizer, _, dampings = _regression(lr=0.05, steps=4)
+    assert optimizer.last_rho is not None and optimizer.last_rho > 0.75
+    assert dampings == sorted(dampings, reverse=True) and dampings[-1] < 1e-2
+    assert dampings[0] == pytest.approx(1e-2 * 19 / 20)
+
+
+def test_adaptive_damping_increases_when_the_step_overshoots() -> None:
+    optimizer, _, dampings = _regression(lr=30.0, steps=3)
+    assert optimizer.last_rho is not None and optimizer.last_rho < 0.25
+    assert dampings == sorted(dampings) and dampings[-1] > 1e-2
+    assert dampings[0] == pytest.approx(1e-2 * 20 / 19)
+
+
+def test_kfac_follows_torch_lr_schedulers() -> None:
+    model = nn.Sequential(nn.Linear(3, 2))
+    optimizer = KFAC(model, lr=0.1, momentum=0.0, kl_clip=None)
+    scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=1, gamma=0.5)
+    x = torch.randn(4, 3)
+    for expected_lr in (0.1, 0.05):
+        before = model[0].weight.detach().clone()
+        optimizer.zero_grad()
+        model(x).sum().backward()
+        optimizer.step()  # momentum 0, no KL clip: the change is -lr x the preconditioned .grad
+        assert optimizer.param_groups[0]["lr"] == expected_lr
+        change = model[0].weight.detach() - before
+        assert torch.allclose(change, -expected_lr * model[0].weight.grad, atol=1e-7)  # type: ignore[operator]
+        scheduler.step()
+
+
+# --------------------------------------------------------------------------------------------
+# the large-batch schedule
+# --------------------------------------------------------------------------------------------
+
+
+def test_warmup_polynomial_decay_values() -> None:
+    f = warmup_polynomial_decay_factor(10, 4, start_factor=0.2, end_factor=0.1, decay_power=2.0)
+    assert f(0) == pytest.approx(0.2)
+    assert f(2) == pytest.approx(0.2 + 0.8 * 0.5)
+    assert f(4) == pytest.approx(1.0)
+    assert f(7) == pytest.approx(0.1 + 0.9 * 0.25)
+    assert f(10) == pytest.approx(0.1) and f(50) == pytest.approx(0.1)
+
+
+@pytest.mark.parametrize("name", ["sgd", "adam", "kfac"])
+def test_warmup_polynomial_decay_drives_any_optimizer(name: str) -> None:
+    model = nn.Sequential(nn.Linear(2, 2))
+    optimizer: torch.optim.Optimizer
+    if name == "sgd":
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.4)
+    elif name == "adam":
+        optimizer = torch.optim.Adam(model.parameters(), lr=0.4)
+    else:
+        optimizer = KFAC(model, lr=0.4)
+    scheduler = warmup_polynomial_decay(optimizer, total_steps=6, warmup_steps=2)
+    lrs = []
+    for _ in range(7):
+        lrs.append(optimizer.param_groups[0]["lr"])
+        model(torch.ones(1, 2)).sum().backward()
+        optimizer.step()
+        optimizer.zero_grad()
+        scheduler.step()
+    expected = [0.0, 0.2, 0.4, 0.4 * 0.75**2, 0.4 * 0.5**2, 0.4 * 0.25**2, 0.0]
+    assert lrs == pytest.approx(expected)
+
+
+# --------------------------------------------------------------------------------------------
+# bad input
+# --------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "name"),
+    [
+        ({"lr": -1.0}, ValueError, "lr"),
+        ({"lr": "fast"}, TypeError, "lr"),
+        ({"momentum": 1.0}, ValueError, "momentum"),
+        ({"weight_decay": -0.1}, ValueError, "weight_decay"),
+        ({"damping": 0.0}, ValueError, "damping"),
+        ({"damping": float("nan")}, ValueError, "damping"),
+        ({"factor_decay": 1.0}, ValueError, "factor_decay"),
+        ({"factor_update_steps": 0}, ValueError, "factor_update_steps"),
+        ({"inv_update_steps": 2.5}, TypeError, "inv_update_steps"),
+        ({"kl_clip": -1.0}, ValueError, "kl_clip"),
+        ({"method": "newton"}, ValueError, "method"),
+        ({"fisher": "exact"}, ValueError, "fisher"),
+        ({"loss_reduction": "max"}, ValueError, "loss_reduction"),
+        ({"max_factor_rows": 0}, ValueError, "max_factor_rows"),
+        ({"skip_modules": [3]}, TypeError, "skip_modules"),
+        ({"pi_damping": 1}, TypeError, "pi_damping"),
+        ({"damping_bounds": (1.0, 0.5)}, ValueError, "damping_bounds"),
+        ({"adaptive_damping": True, "damping": lambda s: 0.1}, TypeError, "damping"),
+    ],
+)
+def test_bad_hyperparameters_name_the_argument(
+    kwargs: dict[str, Any], error: type[Exception], name: str
+) -> None:
+    with pytest.raises(error, match=name):
+        KFAC(nn.Sequential(nn.Linear(2, 2)), **kwargs)
+
+
+def test_bad_callable_value_names_the_hyperparameter_and_step() -> None:
+    model = nn.Sequential(nn.Linear(2, 2))
+    optimizer = KFAC(model, damping=lambda step: -1.0)
+    model(torch.ones(3, 2)).sum().backward()
+    with pytest.raises(ValueError, match=r"damping\(0\)"):
+        optimizer.step()
+
+
+def test_bad_model_and_schedule_arguments() -> None:
+    with pytest.raises(TypeError, match="model"):
+        KFACPreconditioner("model")  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="model"):
+        KFAC([nn.Parameter(torch.ones(1))])  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="warmup_steps"):
+        warmup_polynomial_decay_factor(10, 10)
+    with pytest.raises(TypeError, match="total_steps"):
+        warmup_polynomial_decay_factor(10.0)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="end_factor"):
+        warmup_polynomial_decay_factor(10, end_factor=2.0)
+    with pytest.raises(TypeError, match="optimizer"):
+        warmup_polynomial_decay("sgd", 10)  # type: ignore[arg-type]
+    precond = KFACPreconditioner(nn.Linear(2, 2))
+    with pytest.raises(RuntimeError, match="empirical"):
+        precond.sample_fisher(torch.ones(2, requires_grad=True))
