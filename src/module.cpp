@@ -52,5 +52,6 @@ PYBIND11_MODULE(_C, m) {
     codl_bindings::register_pack(m);
     codl_bindings::register_ternary(m);
     codl_bindings::register_sym_eig(m);
+    codl_bindings::register_format(m);
     codl_bindings::register_linalg(m);
 }

@@ -28,6 +28,7 @@ int checked_threads(int num_threads);
 void register_pack(py::module_& m);
 void register_ternary(py::module_& m);
 void register_sym_eig(py::module_& m);
+void register_format(py::module_& m);
 void register_linalg(py::module_& m);
 
 }  // namespace codl_bindings

@@ -1,0 +1,409 @@
+// The .codl format's DEFLATE codec (zlib, and libdeflate where the build found it) and the
+// per-tensor decode path. CODL_HAVE_ZLIB / CODL_HAVE_LIBDEFLATE come from CMakeLists.txt;
+// without either, the codec reports no_codec and the Python reader inflates with its zlib.
+#include <algorithm>
+#include <climits>
+#include <cstring>
+#include <memory>
+
+#include "codl/codl_format.h"
+#include "codl/pack.h"
+
+#if CODL_HAVE_ZLIB
+#include <zlib.h>
+#endif
+#if CODL_HAVE_LIBDEFLATE
+#include <libdeflate.h>
+#endif
+
+namespace codl::format {
+namespace {
+
+// zlib counts in `uInt`: feed it at most this much per call.
+constexpr std::size_t kZlibChunk = std::size_t{1} << 30;
+
+Backend resolve(Backend backend) {
+    if (backend != Backend::best) return backend;
+#if CODL_HAVE_LIBDEFLATE
+    return Backend::libdeflate;
+#else
+    return Backend::zlib;
+#endif
+}
+
+#if CODL_HAVE_ZLIB
+std::size_t zlib_deflate(const std::uint8_t* in, std::size_t n, std::uint8_t* out, std::size_t capacity,
+                         int level) {
+    z_stream zs{};
+    // windowBits -15: a raw RFC 1951 stream, no zlib header or Adler-32 trailer.
+    if (deflateInit2(&zs, std::min(level, 9), Z_DEFLATED, -15, 9, Z_DEFAULT_STRATEGY) != Z_OK) return 0;
+    std::size_t in_left = n, out_used = 0;
+    int ret = Z_OK;
+    while (ret == Z_OK) {
+        const std::size_t in_chunk = std::min(in_left, kZlibChunk);
+        const std::size_t out_chunk = std::min(capacity - out_used, kZlibChunk);
+        zs.next_in = const_cast<Bytef*>(in + (n - in_left));
+        zs.avail_in = static_cast<uInt>(in_chunk);
+        zs.next_out = out + out_used;
+        zs.avail_out = static_cast<uInt>(out_chunk);
+        ret = deflate(&zs, in_chunk == in_left ? Z_FINISH : Z_NO_FLUSH);
+        in_left -= in_chunk - zs.avail_in;
+        out_used += out_chunk - zs.avail_out;
+        if (ret == Z_BUF_ERROR && out_used < capacity) ret = Z_OK;  // needs another round
+        if (out_used == capacity && ret != Z_STREAM_END) break;
+    }
+    deflateEnd(&zs);
+    return ret == Z_STREAM_END ? out_used : 0;
+}
+
+Status zlib_inflate(const std::uint8_t* in, std::size_t n, std::uint8_t* out, std::size_t raw_size) {
+    z_stream zs{};
+    if (inflateInit2(&zs, -15) != Z_OK) return Status::inflate_corrupt;
+    std::size_t in_left = n, out_left = raw_size;
+    const std::uint8_t* ip = in;
+    std::uint8_t* op = out;
+    std::uint8_t probe;  // once out is full: one byte more means the stream is too long
+    Status status;
+    for (;;) {
+        const bool probing = out_left == 0;
+        const std::size_t in_chunk = std::min(in_left, kZlibChunk);
+        const std::size_t out_chunk = probing ? 1 : std::min(out_left, kZlibChunk);
+        zs.next_in = const_cast<Bytef*>(ip);
+        zs.avail_in = static_cast<uInt>(in_chunk);
+        zs.next_out = probing ? &probe : op;
+        zs.avail_out = static_cast<uInt>(out_chunk);
+        const int ret = inflate(&zs, Z_NO_FLUSH);
+        const std::size_t used_in = in_chunk - zs.avail_in, used_out = out_chunk - zs.avail_out;
+        ip += used_in;
+        in_left -= used_in;
+        if (probing && used_out) {
+            status = Status::inflate_too_long;
+            break;
+        }
+        op += used_out;
+        out_left -= used_out;
+        if (ret == Z_STREAM_END) {
+            status = out_left ? Status::inflate_too_short : in_left ? Status::inflate_trailing : Status::ok;
+            break;
+        }
+        if (ret != Z_OK && ret != Z_BUF_ERROR) {
+            status = Status::inflate_corrupt;
+            break;
+        }
+        if (used_in == 0 && used_out == 0) {  // no progress: the input ran out mid-stream
+            status = Status::inflate_too_short;
+            break;
+        }
+    }
+    inflateEnd(&zs);
+    return status;
+}
+#endif
+
+#if CODL_HAVE_LIBDEFLATE
+struct DecompressorDeleter {
+    void operator()(libdeflate_decompressor* d) const { libdeflate_free_decompressor(d); }
+};
+struct CompressorDeleter {
+    void operator()(libdeflate_compressor* c) const { libdeflate_free_compressor(c); }
+};
+
+Status libdeflate_inflate(const std::uint8_t* in, std::size_t n, std::uint8_t* out, std::size_t raw_size) {
+    // One decompressor per thread, reused: it is a few KB of tables.
+    thread_local std::unique_ptr<libdeflate_decompressor, DecompressorDeleter> decompressor(
+        libdeflate_alloc_decompressor());
+    if (!decompressor) return Status::inflate_corrupt;
+    std::size_t used_in = 0, produced = 0;
+    const libdeflate_result result = libdeflate_deflate_decompress_ex(decompressor.get(), in, n, out, raw_size,
+                                                                      &used_in, &produced);
+    switch (result) {
+        case LIBDEFLATE_SUCCESS:
+            if (produced != raw_size) return Status::inflate_too_short;
+            return used_in == n ? Status::ok : Status::inflate_trailing;
+        case LIBDEFLATE_INSUFFICIENT_SPACE: return Status::inflate_too_long;
+        default: return Status::inflate_corrupt;
+    }
+}
+#endif
+
+[[maybe_unused]] std::uint32_t software_crc32(const std::uint8_t* data, std::size_t n, std::uint32_t crc) {
+    static const auto table = [] {
+        struct Table {
+            std::uint32_t v[256];
+        } t{};
+        for (std::uint32_t i = 0; i < 256; ++i) {
+            std::uint32_t c = i;
+            for (int k = 0; k < 8; ++k) c = (c & 1) ? 0xEDB88320u ^ (c >> 1) : c >> 1;
+            t.v[i] = c;
+        }
+        return t;
+    }();
+    crc = ~crc;
+    for (std::size_t i = 0; i < n; ++i) crc = table.v[(crc ^ data[i]) & 0xFF] ^ (crc >> 8);
+    return ~crc;
+}
+
+// Uninitialised scratch: it is always filled completely before it is read.
+std::unique_ptr<std::uint8_t[]> scratch(std::size_t n) {
+    return std::unique_ptr<std::uint8_t[]>(new std::uint8_t[std::max<std::size_t>(n, 1)]);
+}
+
+bool multiply_overflows(std::uint64_t a, std::uint64_t b, std::uint64_t* product) {
+    return __builtin_mul_overflow(a, b, product);
+}
+
+}  // namespace
+
+const char* status_message(Status status) {
+    switch (status) {
+        case Status::ok: return "ok";
+        case Status::crc_mismatch: return "CRC32 mismatch (the stored bytes are corrupt)";
+        case Status::inflate_corrupt: return "not a valid raw DEFLATE stream";
+        case Status::inflate_too_long: return "the DEFLATE stream inflates to more than its recorded size";
+        case Status::inflate_too_short: return "the DEFLATE stream ends before its recorded size";
+        case Status::inflate_trailing: return "bytes follow the end of the DEFLATE stream";
+        case Status::positions_truncated: return "a position's varint is cut short";
+        case Status::positions_range: return "a position falls outside the tensor";
+        case Status::positions_trailing: return "bytes follow the last position";
+        case Status::index_range: return "a codebook index is not below the codebook size";
+        case Status::ternary_code: return "a 2-bit ternary field holds 0b11, which is no code";
+        case Status::size_mismatch: return "the stream's size disagrees with the tensor's";
+        case Status::no_codec: return "codl was built without zlib: no DEFLATE codec in the core";
+        case Status::bad_request: return "impossible decode request";
+    }
+    return "unknown status";
+}
+
+const char* field_name(Field field) {
+    switch (field) {
+        case Field::none: return "";
+        case Field::positions: return "positions";
+        case Field::values: return "values";
+        case Field::table: return "table";
+    }
+    return "";
+}
+
+bool backend_available(Backend backend) {
+    switch (resolve(backend)) {
+#if CODL_HAVE_ZLIB
+        case Backend::zlib: return true;
+#endif
+#if CODL_HAVE_LIBDEFLATE
+        case Backend::libdeflate: return true;
+#endif
+        default: return false;
+    }
+}
+
+const char* backend_name(Backend backend) {
+    if (!backend_available(backend)) return "none";
+    return resolve(backend) == Backend::libdeflate ? "libdeflate" : "zlib";
+}
+
+std::size_t deflate_bound(std::size_t n) {
+    // Above both zlib's conservative bound for any parameters (n + n/8 + n/64 + 5) and
+    // libdeflate's (n + 5 bytes per block of at least ~10 KB + 9).
+    return n + (n >> 3) + (n >> 6) + 64;
+}
+
+// Parameters go unused in a build without a codec.
+std::size_t deflate_raw([[maybe_unused]] const std::uint8_t* in, std::size_t n, [[maybe_unused]] std::uint8_t* out,
+                        std::size_t capacity, int level, Backend backend) {
+    if (capacity < deflate_bound(n) || level < 0 || level > 12 || !backend_available(backend)) return 0;
+    switch (resolve(backend)) {
+#if CODL_HAVE_LIBDEFLATE
+        case Backend::libdeflate: {
+            std::unique_ptr<libdeflate_compressor, CompressorDeleter> compressor(libdeflate_alloc_compressor(level));
+            if (!compressor) return 0;
+            return libdeflate_deflate_compress(compressor.get(), in, n, out, capacity);
+        }
+#endif
+#if CODL_HAVE_ZLIB
+        case Backend::zlib: return zlib_deflate(in, n, out, capacity, level);
+#endif
+        default: return 0;
+    }
+}
+
+Status inflate_raw([[maybe_unused]] const std::uint8_t* in, [[maybe_unused]] std::size_t n,
+                   [[maybe_unused]] std::uint8_t* out, [[maybe_unused]] std::size_t raw_size, Backend backend) {
+    if (!backend_available(backend)) return Status::no_codec;
+    switch (resolve(backend)) {
+#if CODL_HAVE_LIBDEFLATE
+        case Backend::libdeflate: return libdeflate_inflate(in, n, out, raw_size);
+#endif
+#if CODL_HAVE_ZLIB
+        case Backend::zlib: return zlib_inflate(in, n, out, raw_size);
+#endif
+        default: return Status::no_codec;
+    }
+}
+
+std::uint32_t crc32(const std::uint8_t* data, std::size_t n, std::uint32_t crc) {
+#if CODL_HAVE_LIBDEFLATE
+    return libdeflate_crc32(crc, data, n);  // carry-less multiply: several GB/s
+#elif CODL_HAVE_ZLIB
+    uLong c = crc;
+    for (std::size_t done = 0; done < n;) {
+        const std::size_t chunk = std::min(n - done, kZlibChunk);
+        c = ::crc32(c, data + done, static_cast<uInt>(chunk));
+        done += chunk;
+    }
+    return static_cast<std::uint32_t>(c);
+#else
+    return software_crc32(data, n, crc);
+#endif
+}
+
+Status decode_tensor(const TensorRecord& r, void* out, Field* failed, Backend backend) {
+    *failed = Field::none;
+    auto fail = [&](Field field, Status status) {
+        *failed = field;
+        return status;
+    };
+    // Sizes the header implies, checked before anything is allocated or inflated.
+    if (r.count > r.numel || (!r.sparse && r.count != r.numel)) return fail(Field::values, Status::size_mismatch);
+    if (r.sparse) {
+        std::uint64_t most = 0;  // each position takes 1 to kMaxVarintBytes bytes
+        if (r.positions.raw_size < r.count ||
+            (!multiply_overflows(r.count, kMaxVarintBytes, &most) && r.positions.raw_size > most)) {
+            return fail(Field::positions, Status::size_mismatch);
+        }
+    }
+    std::uint64_t values_bytes = 0, table_bytes = 0, out_bytes = 0;
+    switch (r.encoding) {
+        case Encoding::raw:
+            if (r.itemsize == 0 || r.itemsize > 8 || (r.itemsize & (r.itemsize - 1))) return Status::bad_request;
+            if (multiply_overflows(r.count, r.itemsize, &values_bytes) ||
+                multiply_overflows(r.numel, r.itemsize, &out_bytes)) {
+                return fail(Field::values, Status::size_mismatch);
+            }
+            break;
+        case Encoding::codebook:
+        case Encoding::linear: {
+            const bool codebook = r.encoding == Encoding::codebook;
+            if (r.width < 1 || r.width > 8 || r.bits < 1 || r.bits > r.width) return Status::bad_request;
+            if (r.count >> 60) return fail(Field::values, Status::size_mismatch);
+            values_bytes = packed_field_bytes(r.count, r.width);
+            if (codebook) {
+                const std::uint64_t entries = r.table.raw_size / 4;
+                if (r.table.raw_size % 4 || entries == 0 || entries > (std::uint64_t{1} << r.bits)) {
+                    return fail(Field::table, Status::size_mismatch);
+                }
+                table_bytes = r.table.raw_size;
+            } else {
+                if (r.numel > 0 && (r.rows == 0 || r.numel % r.rows)) return Status::bad_request;
+                if (multiply_overflows(r.rows, 4, &table_bytes)) return fail(Field::table, Status::size_mismatch);
+            }
+            if (multiply_overflows(r.numel, 4, &out_bytes)) return fail(Field::values, Status::size_mismatch);
+            break;
+        }
+        case Encoding::ternary:
+            if (r.sparse) return Status::bad_request;
+            if (r.numel > 0 && (r.rows == 0 || r.numel % r.rows)) return Status::bad_request;
+            values_bytes = packed_ternary2_bytes(r.numel);
+            if (multiply_overflows(r.rows, 4, &table_bytes) || multiply_overflows(r.numel, 4, &out_bytes)) {
+                return fail(Field::table, Status::size_mismatch);
+            }
+            break;
+        default: return Status::bad_request;
+    }
+    if (r.values.raw_size != values_bytes) return fail(Field::values, Status::size_mismatch);
+    if (r.encoding != Encoding::raw && r.table.raw_size != table_bytes) return fail(Field::table, Status::size_mismatch);
+
+    // Every stream is checked and inflated before the output is touched.
+    struct Inflated {
+        const std::uint8_t* data = nullptr;
+        std::unique_ptr<std::uint8_t[]> owned;
+    };
+    auto inflate_stream = [&](const Stream& s, Field field, Inflated* result, std::uint8_t* destination) -> Status {
+        if (!r.compressed) {
+            if (s.size != s.raw_size) return fail(field, Status::size_mismatch);
+            result->data = s.data;
+            return Status::ok;
+        }
+        if (crc32(s.data, s.size) != s.crc32) return fail(field, Status::crc_mismatch);
+        if (destination == nullptr) {
+            result->owned = scratch(s.raw_size);
+            destination = result->owned.get();
+        }
+        const Status status = inflate_raw(s.data, s.size, destination, s.raw_size, backend);
+        if (status != Status::ok) return fail(field, status);
+        result->data = destination;
+        return Status::ok;
+    };
+
+    Inflated positions, values, table;
+    Status status;
+    if (r.sparse && (status = inflate_stream(r.positions, Field::positions, &positions, nullptr)) != Status::ok) {
+        return status;
+    }
+    if (r.encoding != Encoding::raw &&
+        (status = inflate_stream(r.table, Field::table, &table, nullptr)) != Status::ok) {
+        return status;
+    }
+    // Dense raw values without a shuffle inflate straight into the output.
+    const bool direct = r.encoding == Encoding::raw && !r.sparse && !r.shuffle && r.compressed;
+    if ((status = inflate_stream(r.values, Field::values, &values, direct ? static_cast<std::uint8_t*>(out) : nullptr)) !=
+        Status::ok) {
+        return status;
+    }
+
+    const std::uint8_t* pos = r.sparse ? positions.data : nullptr;
+    const std::size_t pos_size = r.sparse ? r.positions.raw_size : 0;
+    switch (r.encoding) {
+        case Encoding::raw: {
+            const std::uint8_t* v = values.data;
+            std::unique_ptr<std::uint8_t[]> unshuffled;
+            if (r.shuffle && r.itemsize > 1) {
+                std::uint8_t* target = static_cast<std::uint8_t*>(out);
+                if (r.sparse) {
+                    unshuffled = scratch(values_bytes);
+                    target = unshuffled.get();
+                }
+                unshuffle_bytes(v, r.count, r.itemsize, target);
+                v = target;
+            }
+            if (!r.sparse) {
+                if (v != out) std::memcpy(out, v, out_bytes);
+                return Status::ok;
+            }
+            status = scatter_raw(v, r.itemsize, r.count, pos, pos_size, r.numel, static_cast<std::uint8_t*>(out));
+            return status == Status::ok ? status : fail(Field::positions, status);
+        }
+        case Encoding::codebook: {
+            // The codebook is copied out of the byte stream: it need not be float-aligned.
+            float codebook[256];
+            std::memcpy(codebook, table.data, table_bytes);
+            status = dequantize_codebook_f32(values.data, r.width, r.count, codebook, table_bytes / 4, pos,
+                                             pos_size, r.numel, static_cast<float*>(out));
+            return status == Status::ok ? status : fail(status == Status::index_range ? Field::values : Field::positions, status);
+        }
+        case Encoding::linear: {
+            std::unique_ptr<float[]> scales(new float[std::max<std::uint64_t>(r.rows, 1)]);
+            std::memcpy(scales.get(), table.data, table_bytes);
+            status = dequantize_linear_f32(values.data, r.width, r.bits, r.count, scales.get(), r.rows, pos,
+                                           pos_size, r.numel, static_cast<float*>(out));
+            return status == Status::ok ? status : fail(Field::positions, status);
+        }
+        case Encoding::ternary: {
+            if (r.numel == 0) return Status::ok;
+            std::unique_ptr<std::int8_t[]> codes(new std::int8_t[r.numel]);
+            if (!unpack_ternary2(values.data, r.numel, codes.get())) return fail(Field::values, Status::ternary_code);
+            const std::uint64_t row_size = r.numel / r.rows;
+            float* o = static_cast<float*>(out);
+            for (std::uint64_t row = 0; row < r.rows; ++row) {
+                float alpha;
+                std::memcpy(&alpha, table.data + 4 * row, 4);
+                const std::int8_t* c = codes.get() + row * row_size;
+                float* orow = o + row * row_size;
+                for (std::uint64_t j = 0; j < row_size; ++j) orow[j] = static_cast<float>(c[j]) * alpha;
+            }
+            return Status::ok;
+        }
+    }
+    return Status::bad_request;
+}
+
+}  // namespace codl::format
