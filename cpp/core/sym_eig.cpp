@@ -21,6 +21,10 @@ constexpr int kMaxSweepsPerEigenvalue = 30;
 // Matrices at least this large run alone with the threads working inside them; smaller ones
 // run one per thread.
 constexpr std::size_t kInnerParallelSize = 1024;
+// Divide and conquer above this size (its GEMMs beat QL's rotations), QL below and at the
+// leaves of the recursion.
+constexpr std::size_t kDivideAndConquerSize = 64;
+constexpr std::size_t kDivideAndConquerLeaf = 32;
 
 // Scratch kept per thread so repeated calls do not allocate once warm.
 template <typename T>
@@ -32,12 +36,23 @@ struct Workspace {
     std::vector<T> cosines, sines;
     std::vector<RotationRun> runs;
     std::vector<std::size_t> order;
+    // Divide and conquer: S^T, sorted rows, gathered GEMM operands, and O(n) vectors.
+    std::vector<T> dc_s, dc_pre, dc_ua, dc_ub, dc_gather;
+    std::vector<double> dc_z, dc_d, dc_zs, dc_dk, dc_z2, dc_tau, dc_zhat, dc_u, saved_d, saved_e;
+    std::vector<std::size_t> dc_perm, dc_kept, dc_deflated, dc_origin, dc_left, dc_right;
+    std::vector<int> dc_kind;
 };
 
 template <typename T>
 Workspace<T>& workspace() {
     thread_local Workspace<T> instance;
     return instance;
+}
+
+// sqrt(x^2 + y^2) without std::hypot's cost where the squares neither overflow nor underflow.
+double fast_hypot(double x, double y) {
+    const double squares = x * x + y * y;
+    return squares > 1e-290 && squares < 1e290 ? std::sqrt(squares) : std::hypot(x, y);
 }
 
 // Row i of the n x n row-major buffer.
@@ -133,13 +148,14 @@ void form_q_transposed(const SymEigOps<T>& ops, const T* reflectors, const T* ta
 
 // Applies the recorded rotations to Z^T strip by strip, then forgets them.
 template <typename T>
-void flush_rotations(const SymEigOps<T>& ops, T* z, std::size_t n, Workspace<T>& ws, int threads) {
+void flush_rotations(const SymEigOps<T>& ops, T* z, std::size_t n, std::size_t stride, Workspace<T>& ws,
+                     int threads) {
     if (ws.runs.empty()) return;
     const std::size_t strips = (n + kSymEigStripWidth - 1) / kSymEigStripWidth;
     parallel_for(strips, 1, 1, threads, [&](std::size_t begin, std::size_t end) {
         for (std::size_t strip = begin; strip < end; ++strip) {
             const std::size_t column = strip * kSymEigStripWidth;
-            ops.rotate_strip(z + column, n, std::min(kSymEigStripWidth, n - column), ws.runs.data(),
+            ops.rotate_strip(z + column, stride, std::min(kSymEigStripWidth, n - column), ws.runs.data(),
                              ws.runs.size(), ws.cosines.data(), ws.sines.data());
         }
     });
@@ -148,12 +164,12 @@ void flush_rotations(const SymEigOps<T>& ops, T* z, std::size_t n, Workspace<T>&
     ws.sines.clear();
 }
 
-// Implicit QL with Wilkinson shifts (the tql2 / tqli scheme) on d[0..n), e[0..n-1) (e[i]
-// couples i and i + 1), the rotations applied to the rows of Z^T. False if it did not converge.
+// Implicit QL with Wilkinson shifts (the tql2 / tqli scheme) on d[0..n), e[0..n) (e[i]
+// couples i and i + 1; e[n - 1] is scratch), the rotations applied to the n rows of Z^T (n
+// columns, row stride `stride`). False if it did not converge.
 template <typename T>
-bool tridiagonal_ql(const SymEigOps<T>& ops, T* z, std::size_t n, Workspace<T>& ws, int threads) {
-    double* d = ws.diagonal.data();
-    double* e = ws.offdiagonal.data();
+bool tridiagonal_ql(const SymEigOps<T>& ops, double* d, double* e, std::size_t n, T* z, std::size_t stride,
+                    Workspace<T>& ws, int threads) {
     const double eps = std::numeric_limits<double>::epsilon();
     // Enough rotations per flush that each strip is reused many times, bounded in memory.
     const std::size_t capacity = std::max<std::size_t>(32 * n, 4096);
@@ -168,17 +184,22 @@ bool tridiagonal_ql(const SymEigOps<T>& ops, T* z, std::size_t n, Workspace<T>& 
                 if (std::fabs(e[m]) <= eps * dd) break;
             }
             if (m == l) break;
-            if (--sweeps_left < 0) return false;
-            if (ws.cosines.size() + (m - l) > capacity) flush_rotations(ops, z, n, ws, threads);
+            if (--sweeps_left < 0) {
+                ws.runs.clear();
+                ws.cosines.clear();
+                ws.sines.clear();
+                return false;
+            }
+            if (ws.cosines.size() + (m - l) > capacity) flush_rotations(ops, z, n, stride, ws, threads);
             double g = (d[l + 1] - d[l]) / (2.0 * e[l]);
-            double r = std::hypot(g, 1.0);
+            double r = fast_hypot(g, 1.0);
             g = d[m] - d[l] + e[l] / (g + std::copysign(r, g));
             double s = 1, c = 1, p = 0;
             RotationRun run{static_cast<std::uint32_t>(m - 1), 0, ws.cosines.size()};
             bool underflow = false;
             for (std::size_t i = m; i-- > l;) {
                 const double f = s * e[i], b = c * e[i];
-                r = std::hypot(f, g);
+                r = fast_hypot(f, g);
                 e[i + 1] = r;
                 if (r == 0) {
                     // The sweep splits the matrix early: undo the shift's progress and retry.
@@ -205,9 +226,299 @@ bool tridiagonal_ql(const SymEigOps<T>& ops, T* z, std::size_t n, Workspace<T>& 
             e[m] = 0;
         }
     }
-    flush_rotations(ops, z, n, ws, threads);
+    flush_rotations(ops, z, n, stride, ws, threads);
     return true;
 }
+
+
+// ---- Divide and conquer on the tridiagonal matrix (Cuppen; deflation and the secular
+// equation as in LAPACK's stedc/laed4, eigenvectors through Loewner's formula as Gu and
+// Eisenstat, so they are orthogonal to working precision). Eigenvectors are kept as rows of
+// S^T (row stride n) so that every update streams contiguous rows, and the O(n^3) part of each
+// merge is one GEMM per half.
+
+template <typename T>
+void parallel_gemm(const SymEigOps<T>& ops, std::size_t m, std::size_t n, std::size_t k, const T* a,
+                   std::size_t lda, const T* b, std::size_t ldb, T* c, std::size_t ldc, int threads) {
+    if (m == 0 || n == 0) return;
+    const std::size_t min_rows = std::max<std::size_t>(6, (std::size_t{1} << 19) / std::max<std::size_t>(n * k, 1));
+    parallel_for(m, 6, min_rows, threads, [&](std::size_t begin, std::size_t end) {
+        ops.gemm(end - begin, n, k, a + begin * lda, lda, b, ldb, c + begin * ldc, ldc);
+    });
+}
+
+// One root of 1 + rho sum_j z_j^2 / (d_j - lambda) = 0, d ascending and distinct, rho > 0: the
+// i-th, in (d_i, d_{i+1}) (or (d_{k-1}, d_{k-1} + rho |z|^2) for the last), returned as an
+// origin index and an offset tau from d[origin] so that d_j - lambda = (d_j - d_origin) - tau
+// is accurate near the poles. Two-pole rational steps (the "middle way" of LAPACK's laed4)
+// safeguarded by bisection.
+void secular_root(const double* d, const double* z2, std::size_t k, double rho, std::size_t i,
+                  std::size_t* origin_out, double* tau_out) {
+    const double eps = std::numeric_limits<double>::epsilon();
+    const bool last = i + 1 == k;
+    std::size_t origin = i;
+    double lo, hi;
+    if (!last) {
+        const double half = (d[i + 1] - d[i]) / 2;
+        double f = 1;
+        for (std::size_t j = 0; j < k; ++j) f += rho * z2[j] / ((d[j] - d[i]) - half);
+        if (f >= 0) {
+            lo = 0;
+            hi = half;
+        } else {
+            origin = i + 1;
+            lo = -half;
+            hi = 0;
+        }
+    } else {
+        double total = 0;
+        for (std::size_t j = 0; j < k; ++j) total += z2[j];
+        lo = 0;
+        hi = rho * total;
+    }
+    const double base = d[origin];
+    double tau = (lo + hi) / 2;
+    for (int iteration = 0; iteration < 200; ++iteration) {
+        double psi = 0, dpsi = 0, phi = 0, dphi = 0;
+        for (std::size_t j = 0; j <= i; ++j) {
+            const double t = z2[j] / ((d[j] - base) - tau);
+            psi += t;
+            dpsi += t / ((d[j] - base) - tau);
+        }
+        for (std::size_t j = i + 1; j < k; ++j) {
+            const double t = z2[j] / ((d[j] - base) - tau);
+            phi += t;
+            dphi += t / ((d[j] - base) - tau);
+        }
+        psi *= rho;
+        dpsi *= rho;
+        phi *= rho;
+        dphi *= rho;
+        const double f = 1 + psi + phi;
+        if (std::fabs(f) <= 8 * static_cast<double>(k) * eps * (1 + std::fabs(psi) + std::fabs(phi))) break;
+        if (f < 0) {
+            lo = tau;
+        } else {
+            hi = tau;
+        }
+        if (hi - lo <= 2 * eps * std::max(std::fabs(lo), std::fabs(hi))) break;
+        const double di = (d[i] - base) - tau;
+        double eta;
+        if (!last) {
+            const double dn = (d[i + 1] - base) - tau;
+            const double a = f - di * dpsi - dn * dphi, b = di * di * dpsi, c = dn * dn * dphi;
+            const double qb = a * (di + dn) + b + c, qc = a * di * dn + b * dn + c * di;
+            const double root = std::sqrt(std::max(qb * qb - 4 * a * qc, 0.0));
+            eta = qb > 0 ? 2 * qc / (qb + root) : (a != 0 ? (qb - root) / (2 * a) : 0.0);
+        } else {
+            const double a = f - di * dpsi, b = di * di * dpsi;
+            eta = a != 0 ? di + b / a : 0.0;
+        }
+        double next = tau + eta;
+        if (!(next > lo && next < hi)) next = (lo + hi) / 2;
+        if (next == tau) break;
+        tau = next;
+    }
+    *origin_out = origin;
+    *tau_out = tau;
+}
+
+template <typename T>
+struct DivideAndConquer {
+    const SymEigOps<T>& ops;
+    double* d;
+    double* e;
+    std::size_t n;
+    T* s;  // rows are eigenvectors (S^T), row stride n
+    Workspace<T>& ws;
+    int threads;
+
+    T* row_of(std::size_t r) { return s + r * n; }
+
+    bool solve(std::size_t lo, std::size_t hi) {
+        const std::size_t m = hi - lo;
+        if (m <= kDivideAndConquerLeaf) {
+            for (std::size_t r = lo; r < hi; ++r) {
+                std::fill(row_of(r) + lo, row_of(r) + hi, T(0));
+                row_of(r)[r] = 1;
+            }
+            e[hi - 1] = 0;
+            return tridiagonal_ql(ops, d + lo, e + lo, m, row_of(lo) + lo, n, ws, 1);
+        }
+        const std::size_t mid = lo + m / 2;
+        const double rho = e[mid - 1];
+        d[mid - 1] -= std::fabs(rho);
+        d[mid] -= std::fabs(rho);
+        e[mid - 1] = 0;
+        if (!solve(lo, mid) || !solve(mid, hi)) return false;
+        return merge(lo, mid, hi, rho);
+    }
+
+    bool merge(std::size_t lo, std::size_t mid, std::size_t hi, double rho) {
+        const std::size_t m = hi - lo, m1 = mid - lo;
+        const double eps = std::numeric_limits<double>::epsilon();
+        std::vector<double>& z = ws.dc_z;
+        std::vector<double>& dd = ws.dc_d;
+        std::vector<std::size_t>& perm = ws.dc_perm;
+        std::vector<int>& kind = ws.dc_kind;  // 1: lives in the first half, 3: second, 2: both
+        z.resize(m);
+        dd.resize(m);
+        perm.resize(m);
+        kind.resize(m);
+        const double sign = rho >= 0 ? 1.0 : -1.0;
+        double norm2 = 0;
+        for (std::size_t j = 0; j < m; ++j) {
+            z[j] = j < m1 ? static_cast<double>(row_of(lo + j)[mid - 1]) : sign * static_cast<double>(row_of(lo + j)[mid]);
+            norm2 += z[j] * z[j];
+        }
+        const double r = std::fabs(rho) * norm2;
+        const double inv_norm = 1.0 / std::sqrt(norm2);
+        std::iota(perm.begin(), perm.end(), std::size_t{0});
+        std::stable_sort(perm.begin(), perm.end(), [&](std::size_t x, std::size_t y) { return d[lo + x] < d[lo + y]; });
+        T* pre = ws.dc_pre.data();  // sorted copies of the rows, m wide
+        std::vector<double>& zs = ws.dc_zs;
+        zs.resize(m);
+        double dmax = 0, zmax = 0;
+        for (std::size_t c = 0; c < m; ++c) {
+            dd[c] = d[lo + perm[c]];
+            zs[c] = z[perm[c]] * inv_norm;
+            kind[c] = perm[c] < m1 ? 1 : 3;
+            // A child's rows are zero outside its own block (the buffer holds stale values there).
+            const T* source = row_of(lo + perm[c]);
+            T* target = pre + c * m;
+            if (perm[c] < m1) {
+                std::copy(source + lo, source + mid, target);
+                std::fill(target + m1, target + m, T(0));
+            } else {
+                std::fill(target, target + m1, T(0));
+                std::copy(source + mid, source + hi, target + m1);
+            }
+            dmax = std::max(dmax, std::fabs(dd[c]));
+            zmax = std::max(zmax, std::fabs(zs[c]));
+        }
+        const double tol = 8 * eps * std::max(dmax, r * zmax);
+        std::vector<std::size_t>& kept = ws.dc_kept;
+        std::vector<std::size_t>& deflated = ws.dc_deflated;
+        kept.clear();
+        deflated.clear();
+        std::size_t previous = m;  // none
+        for (std::size_t c = 0; c < m; ++c) {
+            if (r * std::fabs(zs[c]) <= tol) {
+                deflated.push_back(c);
+                continue;
+            }
+            if (previous != m) {
+                const double t = fast_hypot(zs[previous], zs[c]);
+                const double cs = zs[c] / t, sn = zs[previous] / t;
+                if (std::fabs((dd[c] - dd[previous]) * cs * sn) <= tol) {
+                    // Close poles: a rotation zeroes z[previous], whose pair then deflates.
+                    T* x = pre + previous * m;
+                    T* y = pre + c * m;
+                    const T tc = static_cast<T>(cs), ts = static_cast<T>(sn);
+                    for (std::size_t j = 0; j < m; ++j) {
+                        const T xj = x[j], yj = y[j];
+                        x[j] = tc * xj - ts * yj;
+                        y[j] = ts * xj + tc * yj;
+                    }
+                    const double dp = dd[previous] * cs * cs + dd[c] * sn * sn;
+                    dd[c] = dd[previous] * sn * sn + dd[c] * cs * cs;
+                    dd[previous] = dp;
+                    zs[c] = t;
+                    zs[previous] = 0;
+                    if (kind[previous] != kind[c]) kind[previous] = kind[c] = 2;
+                    deflated.push_back(previous);
+                    previous = c;
+                    continue;
+                }
+                kept.push_back(previous);
+            }
+            previous = c;
+        }
+        if (previous != m) kept.push_back(previous);
+
+        const std::size_t k = kept.size();
+        std::vector<double>& dk = ws.dc_dk;
+        std::vector<double>& z2 = ws.dc_z2;
+        std::vector<double>& taus = ws.dc_tau;
+        std::vector<std::size_t>& origins = ws.dc_origin;
+        dk.resize(k);
+        z2.resize(k);
+        taus.resize(k);
+        origins.resize(k);
+        for (std::size_t j = 0; j < k; ++j) {
+            dk[j] = dd[kept[j]];
+            z2[j] = zs[kept[j]] * zs[kept[j]];
+        }
+        for (std::size_t i = 0; i < k; ++i) {
+            if (k == 1) {
+                origins[0] = 0;
+                taus[0] = r * z2[0];
+            } else {
+                secular_root(dk.data(), z2.data(), k, r, i, &origins[i], &taus[i]);
+            }
+        }
+        // d_j - lambda_i, accurately.
+        auto delta = [&](std::size_t j, std::size_t i) { return (dk[j] - dk[origins[i]]) - taus[i]; };
+        // Loewner: the z for which the computed roots are exact eigenvalues.
+        std::vector<double>& zhat = ws.dc_zhat;
+        zhat.resize(k);
+        for (std::size_t j = 0; j < k; ++j) {
+            double product = -delta(j, j);
+            for (std::size_t i = 0; i < k; ++i) {
+                if (i != j) product *= -delta(j, i) / (dk[i] - dk[j]);
+            }
+            zhat[j] = std::copysign(std::sqrt(std::fabs(product) / r), zs[kept[j]]);
+        }
+        // Gather the kept rows by the half they live in, so each half is one GEMM over only
+        // the rows that are nonzero there.
+        std::vector<std::size_t>& left = ws.dc_left;
+        std::vector<std::size_t>& right = ws.dc_right;
+        left.clear();
+        right.clear();
+        for (std::size_t j = 0; j < k; ++j) {
+            if (kind[kept[j]] != 3) left.push_back(j);
+            if (kind[kept[j]] != 1) right.push_back(j);
+        }
+        T* u_left = ws.dc_ua.data();
+        T* u_right = ws.dc_ub.data();
+        std::vector<double>& u = ws.dc_u;
+        u.resize(k);
+        for (std::size_t i = 0; i < k; ++i) {
+            double norm = 0;
+            for (std::size_t j = 0; j < k; ++j) {
+                u[j] = zhat[j] / delta(j, i);
+                norm += u[j] * u[j];
+            }
+            const double inv = 1.0 / std::sqrt(norm);
+            for (std::size_t q = 0; q < left.size(); ++q) u_left[i * left.size() + q] = static_cast<T>(u[left[q]] * inv);
+            for (std::size_t q = 0; q < right.size(); ++q) u_right[i * right.size() + q] = static_cast<T>(u[right[q]] * inv);
+        }
+        T* gathered = ws.dc_gather.data();
+        // Left columns [lo, mid): rows i of the result = sum_q u_left[i][q] pre[kept[left[q]]].
+        for (std::size_t q = 0; q < left.size(); ++q) {
+            std::copy(pre + kept[left[q]] * m, pre + kept[left[q]] * m + m1, gathered + q * m1);
+        }
+        parallel_gemm(ops, k, m1, left.size(), u_left, left.size(), gathered, m1, row_of(lo) + lo, n, threads);
+        for (std::size_t q = 0; q < right.size(); ++q) {
+            std::copy(pre + kept[right[q]] * m + m1, pre + kept[right[q]] * m + m, gathered + q * (m - m1));
+        }
+        parallel_gemm(ops, k, m - m1, right.size(), u_right, right.size(), gathered, m - m1, row_of(lo) + mid, n,
+                      threads);
+        if (left.empty()) {
+            for (std::size_t i = 0; i < k; ++i) std::fill(row_of(lo + i) + lo, row_of(lo + i) + mid, T(0));
+        }
+        if (right.empty()) {
+            for (std::size_t i = 0; i < k; ++i) std::fill(row_of(lo + i) + mid, row_of(lo + i) + hi, T(0));
+        }
+        for (std::size_t i = 0; i < k; ++i) d[lo + i] = dk[origins[i]] + taus[i];
+        for (std::size_t q = 0; q < deflated.size(); ++q) {
+            const std::size_t c = deflated[q];
+            d[lo + k + q] = dd[c];
+            std::copy(pre + c * m, pre + c * m + m, row_of(lo + k + q) + lo);
+        }
+        return true;
+    }
+};
 
 template <typename T>
 void fill_nan(const SymEigProblem<T>& p) {
@@ -249,21 +560,36 @@ SymEigStatus decompose(const SymEigOps<T>& ops, const SymEigProblem<T>& p, int t
         for (std::size_t i = j; i < n; ++i) work[j * n + i] = static_cast<T>(a[i * n + j] * scale);
     }
     tridiagonalize(ops, work, n, ws);
-    T* z = p.eigenvectors;  // Z^T is built in the output, then transposed through `work`
+    T* z = p.eigenvectors;  // Q^T is built in the output; Z^T ends in `work`, then transposed
     form_q_transposed(ops, work, ws.taus.data(), n, z, threads);
-    if (!tridiagonal_ql(ops, z, n, ws, threads)) {
-        ws.runs.clear();
-        ws.cosines.clear();
-        ws.sines.clear();
-        fill_nan(p);
-        return SymEigStatus::no_convergence;
+    double* d = ws.diagonal.data();
+    double* e = ws.offdiagonal.data();
+    bool solved = false;
+    if (n > kDivideAndConquerSize) {
+        ws.saved_d.assign(d, d + n);
+        ws.saved_e.assign(e, e + n);
+        for (auto* buffer : {&ws.dc_s, &ws.dc_pre, &ws.dc_ua, &ws.dc_ub, &ws.dc_gather}) buffer->resize(n * n);
+        DivideAndConquer<T> dc{ops, d, e, n, ws.dc_s.data(), ws, threads};
+        solved = dc.solve(0, n);
+        if (solved) {
+            // Z^T = S^T Q^T.
+            parallel_gemm(ops, n, n, n, ws.dc_s.data(), n, z, n, work, n, threads);
+        } else {
+            std::copy(ws.saved_d.begin(), ws.saved_d.end(), d);
+            std::copy(ws.saved_e.begin(), ws.saved_e.end(), e);
+        }
+    }
+    if (!solved) {
+        if (!tridiagonal_ql(ops, d, e, n, z, n, ws, threads)) {
+            fill_nan(p);
+            return SymEigStatus::no_convergence;
+        }
+        std::copy(z, z + n * n, work);
     }
 
-    const double* d = ws.diagonal.data();
     ws.order.resize(n);
     std::iota(ws.order.begin(), ws.order.end(), std::size_t{0});
     std::stable_sort(ws.order.begin(), ws.order.end(), [d](std::size_t x, std::size_t y) { return d[x] < d[y]; });
-    std::copy(z, z + n * n, work);
     for (std::size_t i = 0; i < n; ++i) {
         const T* vector = work + ws.order[i] * n;
         std::size_t largest_at = 0;

@@ -69,6 +69,11 @@ struct SymEigOps {
     // stride `stride` (elements). width is at most kSymEigStripWidth.
     void (*rotate_strip)(T* z, std::size_t stride, std::size_t width, const RotationRun* runs,
                          std::size_t num_runs, const T* c, const T* s);
+    // c (m x n) = a (m x k) b (k x n), row-major with row strides lda, ldb, ldc. Each element
+    // is accumulated over k in order, in one lane, so splitting the rows among threads gives
+    // the same bits.
+    void (*gemm)(std::size_t m, std::size_t n, std::size_t k, const T* a, std::size_t lda,
+                 const T* b, std::size_t ldb, T* c, std::size_t ldc);
 };
 
 // Column strips of Z^T are this many elements wide (a multiple of every ISA's vector length);

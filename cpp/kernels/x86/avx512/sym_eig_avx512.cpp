@@ -1,6 +1,8 @@
 // AVX-512 inner loops of the eigendecomposition (the shared bodies are in sym_eig_simd.inc).
 #include <immintrin.h>
 
+#include <algorithm>
+
 #include "codl/sym_eig.h"
 
 namespace codl {
