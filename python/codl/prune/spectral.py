@@ -194,8 +194,8 @@ def spectral_select(
         denominator = float(column[j]) + ridge
         if gram_residual is not None:
             gram_column = gram_residual[:, j].clone()
-            gram_residual -= torch.outer(gram_column, column) / denominator
-        residual -= torch.outer(column, column) / denominator
+            gram_residual.addr_(gram_column, column, alpha=-1.0 / denominator)
+        residual.addr_(column, column, alpha=-1.0 / denominator)
     kept = sorted(chosen)
     index = torch.tensor(kept, dtype=torch.long)
     (inverse,) = linalg.damped_inverse([sigma[index][:, index].contiguous()], ridge)

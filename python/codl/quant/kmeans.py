@@ -1,0 +1,297 @@
+"""Weight sharing by k-means: ``2^b`` shared values per layer and ``b``-bit indices.
+
+S. Han, H. Mao and W. J. Dally, "Deep Compression: compressing deep neural networks with
+pruning, trained quantization and Huffman coding", ICLR 2016 (arXiv:1510.00149), §3:
+
+* §3.1: the ``n`` weights of a layer are partitioned into ``k = 2^b`` clusters ``C_1..C_k``
+  minimising the within-cluster sum of squares ``Σ_i Σ_{w ∈ C_i} |w - c_i|²`` (their eq. 2),
+  by Lloyd's algorithm in one dimension. Pruned weights (zeros of a mask) are left out: they
+  are stored as positions, not as indices.
+* §3.2: centroid initialisation. *Linear* (equally spaced between the smallest and the largest
+  kept weight) is their recommendation, as it keeps a few centroids on the rare large weights
+  that matter most; *density* (equal-count quantiles) and *random* (Forgy: k weights at random,
+  the seeded choice) are the alternatives they compare.
+* §3.3: fine-tuning the shared values. The gradient of a centroid is the sum of the gradients
+  of the weights that share it, ``∂L/∂c_k = Σ_{i,j} ∂L/∂W_ij 1(I_ij = k)`` (their eq. 3).
+  :class:`KMeansQuantizer` does this without changing the model's parameters: a gradient hook
+  gives every member of a cluster the cluster's summed gradient, so any optimizer moves all
+  members by the same amount (same value, same gradient, same optimizer state), and
+  :meth:`KMeansQuantizer.step` writes the shared values back exactly after each step.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any, Literal
+
+import torch
+from torch import nn
+
+__all__ = [
+    "Init",
+    "KMeansQuantizer",
+    "check_bits",
+    "kmeans_",
+    "kmeans_dequantize",
+    "kmeans_quantize",
+]
+
+Init = Literal["linear", "density", "random"]
+
+#: Lloyd iterations at most; 1-D k-means on a layer converges in a few dozen.
+MAX_ITERATIONS = 100
+
+
+def check_bits(bits: object, name: str = "bits", low: int = 1, high: int = 8) -> int:
+    """``bits`` as an int in [low, high]; TypeError or ValueError naming ``name`` otherwise."""
+    if isinstance(bits, bool) or not isinstance(bits, int):
+        raise TypeError(f"{name}: expected an int in {low}..{high}, received {type(bits).__name__}")
+    if not low <= bits <= high:
+        raise ValueError(f"{name}: expected an int in {low}..{high}, received {bits}")
+    return bits
+
+
+def _check_weight_and_mask(weight: object, mask: object) -> tuple[torch.Tensor, torch.Tensor]:
+    if not isinstance(weight, torch.Tensor):
+        raise TypeError(f"weight: expected a torch.Tensor, received {type(weight).__name__}")
+    if not weight.is_floating_point():
+        raise TypeError(f"weight: expected a floating-point tensor, received {weight.dtype}")
+    if weight.numel() == 0:
+        raise ValueError(f"weight: expected a non-empty tensor, received {tuple(weight.shape)}")
+    if not bool(torch.isfinite(weight).all()):
+        raise ValueError("weight: expected finite values, received NaN or Inf")
+    if mask is None:
+        return weight.detach(), torch.ones(weight.shape, dtype=torch.bool)
+    if not isinstance(mask, torch.Tensor):
+        raise TypeError(f"mask: expected a torch.Tensor or None, received {type(mask).__name__}")
+    if mask.dtype != torch.bool:
+        raise TypeError(f"mask: expected dtype torch.bool (True = kept), received {mask.dtype}")
+    if mask.shape != weight.shape:
+        raise ValueError(
+            f"mask: expected shape {tuple(weight.shape)} like weight, received {tuple(mask.shape)}"
+        )
+    return weight.detach(), mask.detach().cpu()
+
+
+def _assign(values: torch.Tensor, centroids: torch.Tensor) -> torch.Tensor:
+    """Index of the nearest centroid of each value (centroids ascending; a tie goes low)."""
+    boundaries = (centroids[:-1] + centroids[1:]) / 2
+    return torch.searchsorted(boundaries, values, right=False)
+
+
+def _initial_centroids(values: torch.Tensor, k: int, init: str, seed: int) -> torch.Tensor:
+    if init == "linear":
+        return torch.linspace(float(values.min()), float(values.max()), k, dtype=torch.float64)
+    if init == "density":
+        levels = (torch.arange(k, dtype=torch.float64) + 0.5) / k
+        return torch.quantile(values, levels).sort().values
+    generator = torch.Generator().manual_seed(seed)
+    picks = torch.randperm(values.numel(), generator=generator)[:k]
+    return values[picks].sort().values
+
+
+def _lloyd(values: torch.Tensor, k: int, init: str, seed: int) -> torch.Tensor:
+    """Sorted centroids of 1-D k-means on ``values`` (float64), empty clusters dropped."""
+    distinct: torch.Tensor = torch.unique(values)
+    if distinct.numel() <= k:
+        return distinct  # every value its own centroid: exact
+    centroids = _initial_centroids(values, k, init, seed)
+    assignment = _assign(values, centroids)
+    for _ in range(MAX_ITERATIONS):
+        counts = torch.bincount(assignment, minlength=centroids.numel()).double()
+        sums = torch.zeros_like(centroids).index_add_(0, assignment, values)
+        occupied = counts > 0
+        # An empty cluster keeps its centroid this round; it is dropped at the end if still empty.
+        centroids = torch.where(occupied, sums / counts.clamp(min=1), centroids).sort().values
+        updated = _assign(values, centroids)
+        if torch.equal(updated, assignment):
+            break
+        assignment = updated
+    used = torch.bincount(assignment, minlength=centroids.numel()) > 0
+    return centroids[used]
+
+
+def kmeans_quantize(
+    weight: torch.Tensor,
+    bits: int,
+    mask: torch.Tensor | None = None,
+    seed: int = 0,
+    *,
+    init: Init = "linear",
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Cluster the kept entries of ``weight`` into at most ``2^bits`` shared values.
+
+    Args:
+        weight: any floating-point tensor.
+        bits: 1..8; the codebook holds at most ``2^bits`` centroids (fewer when the kept
+            entries hold fewer distinct values or a cluster ends empty).
+        mask: bool tensor of ``weight``'s shape, ``True`` = kept (e.g. from
+            :func:`codl.prune.magnitude_mask`); only kept entries are clustered.
+        seed: seeds the ``"random"`` initialisation (the others are deterministic).
+        init: ``"linear"`` (Deep Compression's recommendation), ``"density"`` or ``"random"``.
+
+    Returns:
+        ``(codebook, indices)``: float32 centroids in ascending order, and int64 indices of
+        ``weight``'s shape. Each kept entry's index is its nearest centroid in the float32
+        codebook; entries outside the mask hold index 0 (meaningless: decode with the mask,
+        :func:`kmeans_dequantize`).
+    """
+    tensor, keep = _check_weight_and_mask(weight, mask)
+    levels = 1 << check_bits(bits)
+    if init not in ("linear", "density", "random"):
+        raise ValueError(f"init: expected 'linear', 'density' or 'random', received {init!r}")
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        raise TypeError(f"seed: expected an int, received {type(seed).__name__}")
+    indices = torch.zeros(tensor.shape, dtype=torch.int64)
+    values = tensor.cpu().double()[keep]
+    if values.numel() == 0:
+        return torch.zeros(1, dtype=torch.float32), indices
+    codebook = _lloyd(values, levels, init, seed).float()
+    # Assign against the float32 codebook that will be stored, so the index is the nearest of
+    # the values a decoder sees (rounding the centroids could move a boundary by an ulp).
+    codebook = torch.unique(codebook)
+    indices[keep] = _assign(values, codebook.double())
+    return codebook, indices
+
+
+def kmeans_dequantize(
+    codebook: torch.Tensor, indices: torch.Tensor, mask: torch.Tensor | None = None
+) -> torch.Tensor:
+    """``codebook[indices]`` as float32, zero outside ``mask``."""
+    if not isinstance(codebook, torch.Tensor) or codebook.dim() != 1 or codebook.numel() == 0:
+        raise ValueError("codebook: expected a non-empty 1-D tensor")
+    if not isinstance(indices, torch.Tensor) or indices.dtype != torch.int64:
+        raise TypeError("indices: expected an int64 tensor")
+    if indices.numel() and (int(indices.min()) < 0 or int(indices.max()) >= codebook.numel()):
+        raise ValueError(f"indices: expected values in [0, {codebook.numel()}), found others")
+    values = codebook.float()[indices]
+    if mask is not None:
+        if mask.shape != indices.shape or mask.dtype != torch.bool:
+            raise ValueError(f"mask: expected a bool tensor of shape {tuple(indices.shape)}")
+        values = torch.where(mask, values, torch.zeros((), dtype=torch.float32))
+    return values
+
+
+class KMeansQuantizer:
+    """Shared weights of some layers, kept shared while the model trains (Deep Compression §3.3).
+
+    After construction every chosen weight holds only its codebook values (zeros stay zeros).
+    Call :meth:`step` after every ``optimizer.step()`` (or :meth:`attach`) during fine-tuning.
+    ``codebooks[name]`` is the current codebook (the centroid values after fine-tuning),
+    ``indices[name]`` and ``masks[name]`` what the format stores.
+    """
+
+    def __init__(
+        self,
+        weights: Mapping[str, nn.Parameter],
+        bits: int | Mapping[str, int],
+        *,
+        masks: Mapping[str, torch.Tensor] | None = None,
+        seed: int = 0,
+        init: Init = "linear",
+    ) -> None:
+        if not weights:
+            raise ValueError("weights: expected at least one weight to quantize, received none")
+        self.weights = dict(weights)
+        self.bits: dict[str, int] = {}
+        for name in self.weights:
+            chosen: object = bits.get(name) if isinstance(bits, Mapping) else bits
+            if chosen is None:
+                raise ValueError(f"bits: expected a width for {name!r}, received none")
+            self.bits[name] = check_bits(chosen, f"bits[{name!r}]")
+        self.masks: dict[str, torch.Tensor] = {}
+        self.codebooks: dict[str, torch.Tensor] = {}
+        self.indices: dict[str, torch.Tensor] = {}
+        for name, weight in self.weights.items():
+            given = None if masks is None else masks.get(name)
+            # Zeros are pruned weights unless a mask says otherwise: they stay exact zeros.
+            mask = given if given is not None else weight.detach() != 0
+            codebook, indices = kmeans_quantize(weight, self.bits[name], mask, seed, init=init)
+            self.masks[name] = mask
+            self.codebooks[name] = codebook
+            self.indices[name] = indices
+        self._hooks = [
+            weight.register_hook(self._gradient_hook(name))  # type: ignore[no-untyped-call]
+            for name, weight in self.weights.items()
+        ]
+        self.apply_codebooks()
+
+    def _gradient_hook(self, name: str) -> Callable[[torch.Tensor], torch.Tensor]:
+        def hook(grad: torch.Tensor) -> torch.Tensor:
+            mask = self.masks[name]
+            indices = self.indices[name]
+            kept = indices[mask]
+            # Deep Compression eq. 3: each centroid's gradient is the sum over its members.
+            sums = torch.zeros(self.codebooks[name].numel(), dtype=torch.float64)
+            sums.index_add_(0, kept, grad.detach()[mask].double())
+            shared = torch.zeros_like(grad)
+            shared[mask] = sums[kept].to(grad.dtype)
+            return shared
+
+        return hook
+
+    @torch.no_grad()
+    def apply_codebooks(self) -> None:
+        """Write ``codebook[index]`` into every kept entry and zero the others."""
+        for name, weight in self.weights.items():
+            values = kmeans_dequantize(self.codebooks[name], self.indices[name], self.masks[name])
+            weight.copy_(values.to(weight.dtype))
+
+    @torch.no_grad()
+    def step(self) -> None:
+        """Read the centroids back from the updated weights (all members moved alike: their
+        mean is that common value) and write them out again, exactly shared."""
+        for name, weight in self.weights.items():
+            mask = self.masks[name]
+            kept = self.indices[name][mask]
+            codebook = self.codebooks[name]
+            counts = torch.bincount(kept, minlength=codebook.numel())
+            sums = torch.zeros(codebook.numel(), dtype=torch.float64)
+            sums.index_add_(0, kept, weight.detach()[mask].double())
+            updated = torch.where(counts > 0, sums / counts.clamp(min=1), codebook.double())
+            self.codebooks[name] = updated.float()
+        self.apply_codebooks()
+
+    def attach(self, optimizer: torch.optim.Optimizer) -> Any:
+        """Run :meth:`step` after every ``optimizer.step()``; returns the hook's handle."""
+
+        def after_step(*_: object) -> None:
+            self.step()
+
+        return optimizer.register_step_post_hook(after_step)
+
+    def remove(self) -> None:
+        """Drop the gradient hooks; the weights keep their shared values."""
+        for handle in self._hooks:
+            handle.remove()
+        self._hooks = []
+
+
+def kmeans_(
+    model: nn.Module,
+    bits: int | Mapping[str, int],
+    *,
+    include: Callable[[str, nn.Module], bool] | None = None,
+    masks: Mapping[str, torch.Tensor] | None = None,
+    seed: int = 0,
+    init: Init = "linear",
+) -> KMeansQuantizer:
+    """k-means weight sharing on every Linear/Conv weight of ``model`` (in place).
+
+    ``bits``: one width for all, or ``{"<module>.weight": bits}`` (Deep Compression used 8 bits
+    for convolutions, 5 for fully connected layers). Zeros (pruned weights) stay zero unless
+    ``masks`` says otherwise. Returns the :class:`KMeansQuantizer` that keeps the sharing
+    during fine-tuning (:func:`codl.prune.fine_tune` with ``callbacks=[quantizer]``).
+    """
+    from codl.prune.magnitude import prunable_weights  # one definition of "the layer weights"
+
+    weights = prunable_weights(model, include)
+    if isinstance(bits, Mapping):
+        unknown = set(bits) - set(weights)
+        if unknown:
+            raise ValueError(
+                f"bits: {sorted(unknown)} are not quantizable weights; "
+                f"expected names among {sorted(weights)}"
+            )
+        weights = {name: weight for name, weight in weights.items() if name in bits}
+    return KMeansQuantizer(weights, bits, masks=masks, seed=seed, init=init)

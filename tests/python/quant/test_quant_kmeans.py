@@ -1,0 +1,166 @@
+"""codl.quant k-means weight sharing (Deep Compression §3): codebooks against an independent
+Lloyd iteration in float64, nearest-centroid indices, masks, fine-tuning that keeps weights
+shared and zeros zero, the summed centroid gradient (their eq. 3), and bad input."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from codl.prune import fine_tune, magnitude_, magnitude_mask
+from codl.quant import kmeans_, kmeans_dequantize, kmeans_quantize
+
+
+def _reference_lloyd(values: torch.Tensor, k: int, iterations: int = 100) -> torch.Tensor:
+    """Plain Lloyd with linear initialisation, distances computed densely (n x k)."""
+    centroids = torch.linspace(float(values.min()), float(values.max()), k, dtype=torch.float64)
+    for _ in range(iterations):
+        assignment = (values[:, None] - centroids[None, :]).abs().argmin(dim=1)
+        updated = centroids.clone()
+        for j in range(k):
+            members = values[assignment == j]
+            if members.numel():
+                updated[j] = members.mean()
+        if torch.equal(updated, centroids):
+            break
+        centroids = updated
+    assignment = (values[:, None] - centroids[None, :]).abs().argmin(dim=1)
+    used = torch.bincount(assignment, minlength=k) > 0
+    return centroids[used].sort().values
+
+
+@pytest.mark.parametrize("bits", [1, 2, 3, 5])
+def test_codebook_matches_a_dense_lloyd_and_indices_are_nearest(bits: int) -> None:
+    weight = torch.randn(40, 30, generator=torch.Generator().manual_seed(bits))
+    codebook, indices = kmeans_quantize(weight, bits)
+    assert codebook.dtype == torch.float32 and codebook.dim() == 1
+    assert codebook.numel() <= 2**bits
+    assert torch.equal(codebook, codebook.sort().values)
+    assert indices.dtype == torch.int64 and indices.shape == weight.shape
+    expected = _reference_lloyd(weight.double().reshape(-1), 2**bits)
+    torch.testing.assert_close(codebook.double(), expected, rtol=1e-6, atol=1e-6)
+    distances = (weight.double().reshape(-1, 1) - codebook.double()[None, :]).abs()
+    chosen = distances.gather(1, indices.reshape(-1, 1)).squeeze(1)
+    assert bool((chosen <= distances.min(dim=1).values + 1e-12).all())
+    decoded = kmeans_dequantize(codebook, indices)
+    assert torch.equal(decoded, codebook[indices])
+
+
+def test_only_kept_entries_are_clustered() -> None:
+    generator = torch.Generator().manual_seed(11)
+    weight = torch.randn(50, 20, generator=generator)
+    mask = magnitude_mask(weight, 0.6)
+    poisoned = torch.where(mask, weight, torch.full_like(weight, 1000.0))
+    codebook, indices = kmeans_quantize(poisoned, 4, mask)
+    reference, _ = kmeans_quantize(weight[mask], 4)
+    torch.testing.assert_close(codebook, reference)
+    assert bool((indices[~mask] == 0).all())
+    decoded = kmeans_dequantize(codebook, indices, mask)
+    assert bool((decoded[~mask] == 0).all())
+    assert float((decoded - weight)[mask].abs().max()) < float(weight[mask].abs().max()) / 8
+
+
+def test_few_distinct_values_are_exact() -> None:
+    weight = torch.tensor([[0.5, -0.25, 0.5], [1.0, -0.25, 1.0]])
+    codebook, indices = kmeans_quantize(weight, 3)
+    assert codebook.tolist() == [-0.25, 0.5, 1.0]
+    assert torch.equal(kmeans_dequantize(codebook, indices), weight)
+
+
+@pytest.mark.parametrize("init", ["linear", "density", "random"])
+def test_every_init_gives_a_lloyd_fixed_point(init: str) -> None:
+    weight = torch.randn(2000, generator=torch.Generator().manual_seed(12))
+    codebook, indices = kmeans_quantize(weight, 4, init=init, seed=3)  # type: ignore[arg-type]
+    for j in range(codebook.numel()):
+        members = weight[indices == j].double()
+        assert members.numel() > 0
+        assert float(codebook[j]) == pytest.approx(float(members.mean()), abs=1e-6)
+
+
+def _mlp() -> nn.Sequential:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(12, 24), nn.ReLU(), nn.Linear(24, 3))
+
+
+def test_fine_tuning_keeps_weights_shared_and_zeros_zero() -> None:
+    model = _mlp()
+    magnitude_(model, 0.5).remove()
+    quantizer = kmeans_(model, 3)
+    zeros = {name: (w == 0).clone() for name, w in quantizer.weights.items()}
+    indices = {name: i.clone() for name, i in quantizer.indices.items()}
+    codebooks = {name: c.clone() for name, c in quantizer.codebooks.items()}
+    images = torch.randn(256, 12, generator=torch.Generator().manual_seed(13))
+    labels = torch.randint(0, 3, (256,), generator=torch.Generator().manual_seed(14))
+    fine_tune(model, images, labels, epochs=2, batch_size=32, lr=1e-2, callbacks=[quantizer])
+    for name, weight in quantizer.weights.items():
+        assert torch.equal(weight == 0, zeros[name])
+        nonzero = weight.detach()[weight != 0]
+        assert torch.unique(nonzero).numel() <= 8
+        assert torch.equal(quantizer.indices[name], indices[name])
+        mask = quantizer.masks[name]
+        expected = kmeans_dequantize(quantizer.codebooks[name], indices[name], mask)
+        assert torch.equal(weight.detach(), expected)
+        assert not torch.equal(quantizer.codebooks[name], codebooks[name])  # centroids trained
+
+
+def test_centroid_update_is_the_summed_gradient() -> None:
+    """With SGD, c_k ← c_k - lr Σ_{i in cluster k} ∂L/∂W_i (Deep Compression eq. 3)."""
+    model = _mlp()
+    quantizer = kmeans_(model, 2)
+    plain = _mlp()
+    plain.load_state_dict(model.state_dict())  # the shared weights, without hooks
+    inputs = torch.randn(16, 12, generator=torch.Generator().manual_seed(15))
+    plain(inputs).square().sum().backward()
+    lr = 1e-3
+    optimizer = torch.optim.SGD(model.parameters(), lr=lr)
+    model(inputs).square().sum().backward()
+    optimizer.step()
+    before = {name: c.clone() for name, c in quantizer.codebooks.items()}
+    quantizer.step()
+    for index, name in ((0, "0.weight"), (2, "2.weight")):
+        grad = plain[index].weight.grad
+        assert grad is not None
+        idx = quantizer.indices[name]
+        mask = quantizer.masks[name]
+        for k in range(before[name].numel()):
+            member = mask & (idx == k)
+            expected = float(before[name][k]) - lr * float(grad[member].double().sum())
+            assert float(quantizer.codebooks[name][k]) == pytest.approx(
+                expected, rel=1e-5, abs=1e-6
+            )
+
+
+def test_per_layer_bits() -> None:
+    model = _mlp()
+    quantizer = kmeans_(model, {"0.weight": 2})
+    assert list(quantizer.weights) == ["0.weight"]
+    assert quantizer.codebooks["0.weight"].numel() <= 4
+    assert torch.unique(model[2].weight.detach()).numel() > 16  # untouched
+
+
+@pytest.mark.parametrize("bits", [0, 9, -1])
+def test_bits_out_of_range(bits: int) -> None:
+    with pytest.raises(ValueError, match="bits"):
+        kmeans_quantize(torch.randn(8), bits)
+
+
+def test_bad_input() -> None:
+    with pytest.raises(TypeError, match="bits"):
+        kmeans_quantize(torch.randn(8), 2.5)  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="bits"):
+        kmeans_quantize(torch.randn(8), True)
+    with pytest.raises(TypeError, match="weight"):
+        kmeans_quantize(torch.arange(8), 2)
+    with pytest.raises(ValueError, match="weight"):
+        kmeans_quantize(torch.tensor([1.0, float("inf")]), 2)
+    with pytest.raises(TypeError, match="mask"):
+        kmeans_quantize(torch.randn(8), 2, torch.ones(8))
+    with pytest.raises(ValueError, match="mask"):
+        kmeans_quantize(torch.randn(8), 2, torch.ones(4, dtype=torch.bool))
+    with pytest.raises(ValueError, match="init"):
+        kmeans_quantize(torch.randn(8), 2, init="kmeans++")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="indices"):
+        kmeans_dequantize(torch.zeros(2), torch.tensor([0, 2]))
+    with pytest.raises(ValueError, match="bits"):
+        kmeans_(_mlp(), {"9.weight": 3})
