@@ -91,24 +91,33 @@ def _initial_centroids(values: torch.Tensor, k: int, init: str, seed: int) -> to
 
 
 def _lloyd(values: torch.Tensor, k: int, init: str, seed: int) -> torch.Tensor:
-    """Sorted centroids of 1-D k-means on ``values`` (float64), empty clusters dropped."""
-    distinct: torch.Tensor = torch.unique(values)
+    """Sorted centroids of 1-D k-means on ``values`` (float64), empty clusters dropped.
+
+    In one dimension every cluster is a run of the sorted values, so after one sort each Lloyd
+    iteration costs O(k log n): the cluster edges are binary searches of the midpoints between
+    centroids, and the cluster sums are differences of a prefix sum.
+    """
+    ordered = values.sort().values
+    distinct: torch.Tensor = torch.unique_consecutive(ordered)
     if distinct.numel() <= k:
         return distinct  # every value its own centroid: exact
+    prefix = torch.cat([torch.zeros(1, dtype=torch.float64), ordered.cumsum(0)])
     centroids = _initial_centroids(values, k, init, seed)
-    assignment = _assign(values, centroids)
+    edges = None
     for _ in range(MAX_ITERATIONS):
-        counts = torch.bincount(assignment, minlength=centroids.numel()).double()
-        sums = torch.zeros_like(centroids).index_add_(0, assignment, values)
-        occupied = counts > 0
-        # An empty cluster keeps its centroid this round; it is dropped at the end if still empty.
-        centroids = torch.where(occupied, sums / counts.clamp(min=1), centroids).sort().values
-        updated = _assign(values, centroids)
-        if torch.equal(updated, assignment):
+        # A value on a midpoint goes to the lower centroid, as in _assign.
+        cuts = torch.searchsorted(ordered, (centroids[:-1] + centroids[1:]) / 2, right=True)
+        updated = torch.cat([torch.zeros(1, dtype=cuts.dtype), cuts, torch.tensor([len(ordered)])])
+        if edges is not None and torch.equal(updated, edges):
             break
-        assignment = updated
-    used = torch.bincount(assignment, minlength=centroids.numel()) > 0
-    return centroids[used]
+        edges = updated
+        counts = (edges[1:] - edges[:-1]).double()
+        sums = prefix[edges[1:]] - prefix[edges[:-1]]
+        # An empty cluster keeps its centroid this round; it is dropped at the end if still empty.
+        centroids = torch.where(counts > 0, sums / counts.clamp(min=1), centroids).sort().values
+    cuts = torch.searchsorted(ordered, (centroids[:-1] + centroids[1:]) / 2, right=True)
+    edges = torch.cat([torch.zeros(1, dtype=cuts.dtype), cuts, torch.tensor([len(ordered)])])
+    return centroids[edges[1:] > edges[:-1]]
 
 
 def kmeans_quantize(
