@@ -16,6 +16,7 @@ _LAZY_SUBMODULES = (
     "cli",
     "data",
     "demo",
+    "formats",
     "kernels",
     "linalg",
     "models",
@@ -31,6 +32,10 @@ _LAZY_ATTRIBUTES = {
     "set_dispatch_level": "codl._ops",
     "quantize_": "codl.ternary",
     "TernaryConfig": "codl.ternary",
+    "save": "codl.formats",
+    "load": "codl.formats",
+    "load_into": "codl.formats",
+    "FormatError": "codl.formats",
 }
 
 __all__ = [*_LAZY_SUBMODULES, *_LAZY_ATTRIBUTES, "__version__"]
@@ -40,6 +45,7 @@ if TYPE_CHECKING:
     from codl import cli as cli
     from codl import data as data
     from codl import demo as demo
+    from codl import formats as formats
     from codl import kernels as kernels
     from codl import linalg as linalg
     from codl import models as models
@@ -51,6 +57,10 @@ if TYPE_CHECKING:
     from codl._ops import get_num_threads as get_num_threads
     from codl._ops import set_dispatch_level as set_dispatch_level
     from codl._ops import set_num_threads as set_num_threads
+    from codl.formats import FormatError as FormatError
+    from codl.formats import load as load
+    from codl.formats import load_into as load_into
+    from codl.formats import save as save
     from codl.ternary import TernaryConfig as TernaryConfig
     from codl.ternary import quantize_ as quantize_
 

@@ -310,3 +310,130 @@ def unpack_symmetric(packed: torch.Tensor, n: int, out: torch.Tensor) -> None:
     _C.unpack_symmetric(
         as_buffer(packed, "packed", dtype), n, as_buffer(out, "out", dtype, writable=True)
     )
+
+
+# --- format
+from typing import Union  # noqa: E402 (this section's own import; py39 has no X | Y aliases)
+
+# The .codl format's core (codl.formats calls these). Byte arguments are anything exposing a
+# contiguous uint8 buffer (bytes, memoryview slices of a file, uint8 tensors as NumPy views).
+ByteBuffer = Union[bytes, bytearray, memoryview, np.ndarray]
+
+
+def _bytes_view(data: ByteBuffer | torch.Tensor, name: str) -> ByteBuffer:
+    if isinstance(data, torch.Tensor):
+        return as_buffer(data, name, torch.uint8)
+    return data
+
+
+def format_codec() -> str:
+    """The DEFLATE library of the core: ``"libdeflate"``, ``"zlib"`` or ``"none"``."""
+    return str(_C.format_codec())
+
+
+def format_backends() -> list[str]:
+    return list(_C.format_backends())
+
+
+def deflate(data: ByteBuffer | torch.Tensor, level: int, backend: str = "best") -> bytes:
+    """Raw DEFLATE (RFC 1951) of ``data`` at ``level`` (0-12; zlib stops at 9)."""
+    return bytes(_C.format_deflate(_bytes_view(data, "data"), level, backend))
+
+
+def inflate_into(data: ByteBuffer, out: torch.Tensor, backend: str = "best") -> str | None:
+    """Inflate exactly ``out.numel()`` bytes into the uint8 ``out``; None, or what was wrong."""
+    result: str | None = _C.format_inflate(
+        data, as_buffer(out, "out", torch.uint8, writable=True), backend
+    )
+    return result
+
+
+def crc32(data: ByteBuffer | torch.Tensor, crc: int = 0) -> int:
+    return int(_C.format_crc32(_bytes_view(data, "data"), crc))
+
+
+def pack_fields(values: torch.Tensor, width: int) -> torch.Tensor:
+    """uint8 ``values`` (each below ``2**width``) packed at ``width`` bits, LSB first."""
+    out = torch.empty((values.numel() * width + 7) // 8, dtype=torch.uint8)
+    _C.format_pack_fields(
+        as_buffer(values, "values", torch.uint8),
+        width,
+        as_buffer(out, "out", torch.uint8, writable=True),
+    )
+    return out
+
+
+def unpack_fields(packed: ByteBuffer | torch.Tensor, count: int, width: int) -> torch.Tensor:
+    out = torch.empty(count, dtype=torch.uint8)
+    _C.format_unpack_fields(
+        _bytes_view(packed, "packed"), width, as_buffer(out, "out", torch.uint8, writable=True)
+    )
+    return out
+
+
+def encode_positions(positions: torch.Tensor) -> bytes:
+    """LEB128 gaps of strictly increasing int64 ``positions``."""
+    return bytes(_C.format_encode_positions(as_buffer(positions, "positions", torch.int64)))
+
+
+def decode_positions(data: ByteBuffer, count: int, numel: int) -> tuple[torch.Tensor, str | None]:
+    out = torch.empty(count, dtype=torch.int64)
+    error: str | None = _C.format_decode_positions(
+        data, numel, as_buffer(out, "out", torch.int64, writable=True)
+    )
+    return out, error
+
+
+def shuffle_bytes(data: torch.Tensor, itemsize: int, *, inverse: bool = False) -> torch.Tensor:
+    """Byte-plane shuffle of a uint8 tensor of ``itemsize``-byte elements (or its inverse)."""
+    out = torch.empty_like(data)
+    _C.format_shuffle(
+        as_buffer(data, "data", torch.uint8),
+        itemsize,
+        as_buffer(out, "out", torch.uint8, writable=True),
+        inverse,
+    )
+    return out
+
+
+StreamArgument = tuple[ByteBuffer, int, int]  # stored bytes, inflated size, CRC32 of the bytes
+
+
+def decode_tensor(
+    encoding: str,
+    *,
+    numel: int,
+    count: int,
+    sparse: bool,
+    itemsize: int,
+    shuffle: bool,
+    bits: int,
+    width: int,
+    rows: int,
+    compressed: bool,
+    positions: StreamArgument | None,
+    values: StreamArgument,
+    table: StreamArgument | None,
+    out: torch.Tensor,
+    backend: str = "best",
+) -> tuple[str, str] | None:
+    """Decode one tensor's streams into ``out`` (uint8 bytes of the result); None on success,
+    else (the stream at fault, what was wrong with it). GIL released while it runs."""
+    result: tuple[str, str] | None = _C.format_decode_tensor(
+        encoding,
+        numel,
+        count,
+        sparse,
+        itemsize,
+        shuffle,
+        bits,
+        width,
+        rows,
+        compressed,
+        positions,
+        values,
+        table,
+        as_buffer(out, "out", torch.uint8, writable=True),
+        backend,
+    )
+    return result

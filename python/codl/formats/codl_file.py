@@ -1,0 +1,627 @@
+"""Writing and reading ``.codl`` files (the layout is specified in ``docs/format.md``).
+
+Reading never unpickles and never executes anything from the file: the header is JSON, checked
+field by field; every offset and length is checked against the file's size before anything is
+allocated; every stream's CRC32 is checked and it is inflated into a buffer of exactly the size
+the header implies, failing if the stream wants more or ends short. Whatever is wrong raises
+:class:`FormatError` naming the tensor and the field.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import struct
+import sys
+import zlib
+from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Final, Union
+
+import torch
+from torch import nn
+
+from codl import _ops
+from codl.formats import codec
+from codl.formats.encodings import DTYPES, ENCODINGS, EncodedTensor, encode
+from codl.formats.spec import Plan, plan_to_json, resolve_plan
+
+__all__ = [
+    "MAGIC",
+    "VERSION",
+    "FormatError",
+    "TensorInfo",
+    "inspect",
+    "load",
+    "load_into",
+    "read_header",
+    "save",
+]
+
+#: The first 8 bytes of every .codl file (PNG-style: a non-ASCII byte, then the name, then
+#: CR LF, ^Z, so text-mode transfers and truncations show).
+MAGIC: Final = b"\x89CODL\r\n\x1a"
+#: (major, minor): readers accept their major version and any minor one.
+VERSION: Final = (1, 0)
+#: magic, major, minor, then the header's stored length, inflated length and CRC32 of the
+#: stored bytes (u32 each): little-endian, 24 bytes. The JSON header is itself a raw DEFLATE
+#: stream (names and offsets repeat: it shrinks ~6x, which matters for small models).
+_PREAMBLE: Final = struct.Struct("<8sHHIII")
+#: The largest inflated header a reader accepts (a million tensors' worth).
+_MAX_HEADER_BYTES: Final = 1 << 28
+#: DEFLATE cannot expand data by more than 1032:1 (a 258-byte match costs at least 2 bits);
+#: a stream claiming more is rejected before its buffer is allocated.
+_MAX_DEFLATE_RATIO: Final = 1032
+_MAX_DIMS: Final = 64
+#: Default bound on the decoded size of a whole file, as a multiple of its size (at least
+#: 1 GiB): a 99.9%-sparse tensor legitimately decodes to ~2000x its stored size.
+_DEFAULT_EXPANSION: Final = 4096
+_MIN_DEFAULT_LIMIT: Final = 1 << 30
+
+Source = Union[str, "os.PathLike[str]", bytes, bytearray, memoryview]
+
+
+class FormatError(ValueError):
+    """A ``.codl`` file is malformed or corrupt. ``tensor`` and ``field`` say where (None when
+    the problem is not one tensor's)."""
+
+    def __init__(self, message: str, *, tensor: str | None = None, field: str | None = None):
+        where = []
+        if tensor is not None:
+            where.append(f"tensor {tensor!r}")
+        if field is not None:
+            where.append(f"field {field!r}")
+        prefix = ", ".join(where)
+        super().__init__(f"{prefix}: {message}" if prefix else message)
+        self.tensor = tensor
+        self.field = field
+
+
+@dataclass(frozen=True)
+class TensorInfo:
+    """What the header says about one tensor (``codl inspect`` prints these)."""
+
+    name: str
+    dtype: str
+    shape: tuple[int, ...]
+    encoding: str
+    sparse: bool
+    count: int  # stored values: numel, or the kept ones when sparse
+    bits: int  # bits per value of the quantized encodings, else 8 * itemsize
+    width: int  # bits per stored field (codebook/linear)
+    shuffle: bool
+    stored_bytes: int  # compressed bytes of its streams
+    streams: dict[str, dict[str, int]]
+
+    @property
+    def numel(self) -> int:
+        return math.prod(self.shape)
+
+    @property
+    def sparsity(self) -> float:
+        return 1.0 - self.count / self.numel if self.numel else 0.0
+
+    @property
+    def dense_bytes(self) -> int:
+        """Bytes of the tensor as torch holds it (its dtype, dense)."""
+        return self.numel * _itemsize(self.dtype)
+
+
+def _itemsize(dtype: str) -> int:
+    return torch.empty((), dtype=DTYPES[dtype]).element_size()
+
+
+# ---------------------------------------------------------------------------------------- save
+def _state_dict(
+    model_or_state_dict: nn.Module | Mapping[str, torch.Tensor],
+) -> dict[str, torch.Tensor]:
+    items: Mapping[str, Any]
+    if isinstance(model_or_state_dict, nn.Module):
+        items = model_or_state_dict.state_dict()
+    elif isinstance(model_or_state_dict, Mapping):
+        items = model_or_state_dict
+    else:
+        raise TypeError(
+            "model_or_state_dict: expected an nn.Module or a dict of tensors, received "
+            f"{type(model_or_state_dict).__name__}"
+        )
+    tensors: dict[str, torch.Tensor] = {}
+    for name, value in items.items():
+        if not isinstance(name, str):
+            raise TypeError(f"state_dict: expected str keys, received {name!r}")
+        if not isinstance(value, torch.Tensor):
+            raise TypeError(
+                f"state_dict[{name!r}]: expected a tensor, received {type(value).__name__}"
+            )
+        if value.layout != torch.strided or value.is_quantized:
+            raise TypeError(
+                f"state_dict[{name!r}]: expected a dense tensor, received {value.layout}"
+            )
+        tensors[name] = value.detach().cpu()
+    return tensors
+
+
+def _header_entry(t: EncodedTensor, offsets: dict[str, int]) -> dict[str, Any]:
+    return {
+        "name": t.name,
+        "dtype": t.dtype,
+        "shape": list(t.shape),
+        "encoding": t.encoding,
+        "sparse": t.sparse,
+        "count": t.count,
+        "bits": t.bits,
+        "width": t.width,
+        "shuffle": t.shuffle,
+        "streams": {
+            role: {
+                "offset": offsets[role],
+                "length": len(s.data),
+                "raw_length": s.raw_length,
+                "crc32": s.crc32,
+            }
+            for role, s in t.streams.items()
+        },
+    }
+
+
+def encode_state_dict(
+    model_or_state_dict: nn.Module | Mapping[str, torch.Tensor],
+    plan: Plan | None = None,
+    *,
+    level: int = codec.DEFAULT_LEVEL,
+    metadata: Mapping[str, str] | None = None,
+) -> tuple[bytes, dict[str, torch.Tensor]]:
+    """The bytes of a ``.codl`` file and the state_dict a reader will get back from it."""
+    if isinstance(level, bool) or not isinstance(level, int) or not 0 <= level <= 12:
+        raise ValueError(f"level: expected an int from 0 to 12, received {level!r}")
+    if sys.byteorder != "little":
+        raise RuntimeError("the .codl format is little-endian; this host is not")
+    tensors = _state_dict(model_or_state_dict)
+    specs = resolve_plan(plan, tensors)
+    meta: dict[str, Any] = {"codl_version": _codl_version()}
+    if plan is not None:
+        meta["plan"] = plan_to_json(plan)
+    for key, value in (metadata or {}).items():
+        if not isinstance(key, str) or not isinstance(value, str):
+            raise TypeError(f"metadata: expected str keys and values, received {key!r}: {value!r}")
+        meta[key] = value
+    entries, chunks, previews = [], [], {}
+    offset = 0
+    for name, tensor in tensors.items():
+        encoded = encode(name, tensor, specs[name], level=level)
+        offsets = {}
+        for role, stream in encoded.streams.items():
+            offsets[role] = offset
+            chunks.append(stream.data)
+            offset += len(stream.data)
+        entries.append(_header_entry(encoded, offsets))
+        assert encoded.preview is not None
+        previews[name] = encoded.preview
+    header = json.dumps(
+        {"tensors": entries, "data_length": offset, "metadata": meta},
+        separators=(",", ":"),
+        ensure_ascii=True,
+    ).encode("ascii")
+    if len(header) > _MAX_HEADER_BYTES:
+        raise ValueError(
+            f"state_dict: its header would take {len(header)} bytes, above the format's limit"
+        )
+    stored = codec.deflate(header, level)
+    preamble = _PREAMBLE.pack(
+        MAGIC, *VERSION, len(stored), len(header), zlib.crc32(stored) & 0xFFFFFFFF
+    )
+    return b"".join([preamble, stored, *chunks]), previews
+
+
+def save(
+    model_or_state_dict: nn.Module | Mapping[str, torch.Tensor],
+    path: str | os.PathLike[str],
+    plan: Plan | None = None,
+    *,
+    level: int = codec.DEFAULT_LEVEL,
+    metadata: Mapping[str, str] | None = None,
+) -> None:
+    """Write a model's state_dict (or a dict of tensors) as a ``.codl`` file.
+
+    Without ``plan`` every tensor is stored losslessly (DEFLATE of its bytes, floats byte-plane
+    shuffled first). A ``plan`` (see :mod:`codl.formats.spec`) prunes and quantizes the tensors
+    it names; :func:`load` then returns exactly :func:`codl.formats.decode_preview`'s values.
+    ``level`` is the DEFLATE level (0-12; zlib stops at 9); ``metadata`` is stored as strings.
+    """
+    data, _ = encode_state_dict(model_or_state_dict, plan, level=level, metadata=metadata)
+    target = Path(path)
+    partial = target.with_name(target.name + ".partial")
+    partial.write_bytes(data)
+    partial.replace(target)  # readers never see half a file
+
+
+def _codl_version() -> str:
+    import codl
+
+    return codl.__version__
+
+
+# ---------------------------------------------------------------------------------------- read
+def _fail(message: str, tensor: str | None = None, field: str | None = None) -> FormatError:
+    return FormatError(message, tensor=tensor, field=field)
+
+
+def _int(
+    entry: Mapping[str, Any], key: str, tensor: str | None, low: int = 0, high: int = 1 << 63
+) -> int:
+    value = entry.get(key)
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise _fail(f"expected an integer, received {value!r}", tensor, key)
+    if not low <= value <= high:
+        raise _fail(f"expected a value in [{low}, {high}], received {value}", tensor, key)
+    return value
+
+
+def _bool(entry: Mapping[str, Any], key: str, tensor: str | None) -> bool:
+    value = entry.get(key)
+    if not isinstance(value, bool):
+        raise _fail(f"expected true or false, received {value!r}", tensor, key)
+    return value
+
+
+@dataclass(frozen=True)
+class _Stream:
+    offset: int  # in the file
+    length: int
+    raw_length: int
+    crc32: int
+
+
+@dataclass(frozen=True)
+class _Record:
+    info: TensorInfo
+    positions: _Stream | None
+    values: _Stream
+    table: _Stream | None
+    rows: int
+    out_bytes: int
+
+
+def _read_preamble(data: memoryview) -> tuple[dict[str, Any], int]:
+    if len(data) < _PREAMBLE.size:
+        raise _fail(
+            f"file of {len(data)} bytes is shorter than the {_PREAMBLE.size}-byte preamble",
+            field="preamble",
+        )
+    magic, major, minor, header_length, header_raw_length, header_crc = _PREAMBLE.unpack_from(data)
+    if magic != MAGIC:
+        raise _fail(
+            f"expected the magic {MAGIC!r}, received {bytes(magic)!r}: not a .codl file",
+            field="magic",
+        )
+    if major != VERSION[0]:
+        raise _fail(
+            f"expected format version {VERSION[0]}.x, received {major}.{minor}", field="version"
+        )
+    if header_length > len(data) - _PREAMBLE.size:
+        raise _fail(
+            f"header of {header_length} bytes does not fit in the {len(data)}-byte file",
+            field="header_length",
+        )
+    if header_raw_length > min(_MAX_HEADER_BYTES, _MAX_DEFLATE_RATIO * header_length + 64):
+        raise _fail(
+            f"{header_raw_length} bytes cannot come from a {header_length}-byte header",
+            field="header_raw_length",
+        )
+    start = _PREAMBLE.size
+    stored = data[start : start + header_length]
+    if zlib.crc32(stored) & 0xFFFFFFFF != header_crc:
+        raise _fail("CRC32 mismatch: the header is corrupt", field="header_crc32")
+    header_bytes, error = codec.inflate_python(stored, header_raw_length)
+    if error is not None:
+        raise _fail(error, field="header")
+    try:
+        header = json.loads(header_bytes.decode("utf-8"))
+    except (ValueError, RecursionError) as error:  # bad UTF-8 or JSON, ints of 4300+ digits
+        raise _fail(f"the header is not valid JSON ({error})", field="header") from None
+    if not isinstance(header, dict):
+        raise _fail("expected a JSON object", field="header")
+    return header, start + header_length
+
+
+def _check_stream(
+    streams: Mapping[str, Any], role: str, name: str, data_start: int, data_length: int
+) -> _Stream:
+    where = f"streams.{role}"
+    entry = streams.get(role)
+    if not isinstance(entry, dict):
+        raise _fail("expected an object with offset, length, raw_length, crc32", name, where)
+    offset = _int(entry, "offset", name)
+    length = _int(entry, "length", name)
+    raw_length = _int(entry, "raw_length", name)
+    crc = _int(entry, "crc32", name, high=0xFFFFFFFF)
+    if offset > data_length or length > data_length - offset:
+        raise _fail(
+            f"bytes [{offset}, {offset + length}) fall outside the {data_length}-byte data section",
+            name,
+            f"{where}.offset",
+        )
+    if raw_length > _MAX_DEFLATE_RATIO * length + 64:
+        raise _fail(
+            f"{raw_length} bytes cannot come from {length} bytes of DEFLATE",
+            name,
+            f"{where}.raw_length",
+        )
+    return _Stream(data_start + offset, length, raw_length, crc)
+
+
+def _expect_raw_length(stream: _Stream, expected: int, name: str, role: str, what: str) -> None:
+    if stream.raw_length != expected:
+        raise _fail(
+            f"expected {expected} bytes ({what}), received {stream.raw_length}",
+            name,
+            f"streams.{role}.raw_length",
+        )
+
+
+def _check_tensor(
+    entry: object, index: int, data_start: int, data_length: int, seen: set[str]
+) -> _Record:
+    if not isinstance(entry, dict):
+        raise _fail("expected an object", field=f"tensors[{index}]")
+    name = entry.get("name")
+    if not isinstance(name, str):
+        raise _fail(f"expected a string, received {name!r}", field=f"tensors[{index}].name")
+    if name in seen:
+        raise _fail("the name appears twice", name, "name")
+    seen.add(name)
+    dtype = entry.get("dtype")
+    if dtype not in DTYPES:
+        raise _fail(f"expected one of {sorted(DTYPES)}, received {dtype!r}", name, "dtype")
+    shape = entry.get("shape")
+    if (
+        not isinstance(shape, list)
+        or len(shape) > _MAX_DIMS
+        or not all(
+            isinstance(d, int) and not isinstance(d, bool) and 0 <= d < 1 << 62 for d in shape
+        )
+    ):
+        raise _fail(
+            f"expected a list of at most {_MAX_DIMS} sizes, received {shape!r}", name, "shape"
+        )
+    numel = math.prod(shape)
+    if numel >= 1 << 62:
+        raise _fail(f"{numel} elements is more than any file can hold", name, "shape")
+    encoding = entry.get("encoding")
+    if encoding not in ENCODINGS:
+        raise _fail(f"expected one of {ENCODINGS}, received {encoding!r}", name, "encoding")
+    sparse = _bool(entry, "sparse", name)
+    shuffle = _bool(entry, "shuffle", name)
+    count = _int(entry, "count", name, high=numel)
+    if not sparse and count != numel:
+        raise _fail(
+            f"expected {numel} (the tensor's size) for a dense tensor, received {count}",
+            name,
+            "count",
+        )
+    streams = entry.get("streams")
+    if not isinstance(streams, dict):
+        raise _fail("expected an object", name, "streams")
+    roles = (
+        {"values"}
+        | ({"positions"} if sparse else set())
+        | (set() if encoding == "raw" else {"table"})
+    )
+    if set(streams) != roles:
+        raise _fail(
+            f"expected streams {sorted(roles)}, received {sorted(streams)}", name, "streams"
+        )
+    checked = {role: _check_stream(streams, role, name, data_start, data_length) for role in roles}
+    positions = checked.get("positions")
+    if positions is not None and not count <= positions.raw_length <= 10 * count:
+        raise _fail(
+            f"{count} positions take 1 to 10 bytes each, received {positions.raw_length} bytes",
+            name,
+            "streams.positions.raw_length",
+        )
+    itemsize = _itemsize(dtype)
+    bits, width, rows = 8 * itemsize, 0, 0
+    values, table = checked["values"], checked.get("table")
+    if encoding == "raw":
+        if shuffle and (itemsize == 1 or not DTYPES[dtype].is_floating_point):
+            raise _fail(
+                f"byte-plane shuffle is for floats of 2+ bytes, not {dtype}", name, "shuffle"
+            )
+        _expect_raw_length(
+            values, count * itemsize, name, "values", f"{count} x {itemsize}-byte {dtype}"
+        )
+        out_bytes = numel * itemsize
+    else:
+        if not DTYPES[dtype].is_floating_point:
+            raise _fail(f"encoding {encoding!r} decodes to floats, not {dtype}", name, "dtype")
+        if shuffle:
+            raise _fail("byte-plane shuffle is only for raw values", name, "shuffle")
+        if not shape:
+            raise _fail(f"encoding {encoding!r} needs at least one dimension", name, "shape")
+        assert table is not None
+        out_bytes = numel * 4
+        rows = shape[0]
+        if encoding == "ternary":
+            bits = _int(entry, "bits", name, 2, 2)
+            if sparse:
+                raise _fail("ternary tensors are stored dense (zeros are codes)", name, "sparse")
+            _expect_raw_length(values, (numel + 3) // 4, name, "values", f"{numel} 2-bit codes")
+            _expect_raw_length(table, 4 * rows, name, "table", f"{rows} float32 row scales")
+        else:
+            bits = _int(entry, "bits", name, 1, 8)
+            width = _int(entry, "width", name, bits, 8)
+            _expect_raw_length(
+                values, (count * width + 7) // 8, name, "values", f"{count} fields of {width} bits"
+            )
+            if encoding == "codebook":
+                entries = table.raw_length // 4
+                if table.raw_length % 4 or not 1 <= entries <= 1 << bits:
+                    raise _fail(
+                        f"expected 1 to {1 << bits} float32 centroids, received "
+                        f"{table.raw_length} bytes",
+                        name,
+                        "streams.table.raw_length",
+                    )
+            else:
+                _expect_raw_length(table, 4 * rows, name, "table", f"{rows} float32 channel scales")
+    stored = sum(s.length for s in checked.values())
+    stream_info = {
+        role: {
+            "offset": s.offset - data_start,
+            "length": s.length,
+            "raw_length": s.raw_length,
+            "crc32": s.crc32,
+        }
+        for role, s in checked.items()
+    }
+    info = TensorInfo(
+        name,
+        dtype,
+        tuple(shape),
+        encoding,
+        sparse,
+        count,
+        bits,
+        width,
+        shuffle,
+        stored,
+        stream_info,
+    )
+    return _Record(info, positions, values, table, rows, out_bytes)
+
+
+def _read(data: memoryview) -> tuple[list[_Record], dict[str, Any]]:
+    header, data_start = _read_preamble(data)
+    data_length = _int(header, "data_length", None)
+    if data_length != len(data) - data_start:
+        raise _fail(
+            f"expected {data_length} bytes after the header, the file has {len(data) - data_start} "
+            "(truncated, or bytes appended)",
+            field="data_length",
+        )
+    metadata = header.get("metadata", {})
+    if not isinstance(metadata, dict):
+        raise _fail("expected an object", field="metadata")
+    tensors = header.get("tensors")
+    if not isinstance(tensors, list):
+        raise _fail("expected a list", field="tensors")
+    seen: set[str] = set()
+    records = [
+        _check_tensor(entry, i, data_start, data_length, seen) for i, entry in enumerate(tensors)
+    ]
+    return records, metadata
+
+
+def _as_memoryview(source: Source) -> memoryview:
+    if isinstance(source, (bytes, bytearray, memoryview)):
+        view = memoryview(source)
+        return view.cast("B") if view.format != "B" or view.ndim != 1 else view
+    return memoryview(Path(source).read_bytes())
+
+
+def read_header(source: Source) -> tuple[list[TensorInfo], dict[str, Any]]:
+    """The checked header of a ``.codl`` file: per-tensor info and the metadata."""
+    records, metadata = _read(_as_memoryview(source))
+    return [r.info for r in records], metadata
+
+
+def inspect(source: Source) -> list[TensorInfo]:
+    """Per-tensor info of a ``.codl`` file (its header only; nothing is inflated)."""
+    return read_header(source)[0]
+
+
+def _decode(record: _Record, data: memoryview) -> torch.Tensor:
+    info = record.info
+    quantized = info.encoding != "raw"
+    out_dtype = torch.float32 if quantized else DTYPES[info.dtype]
+    out = torch.empty(info.numel, dtype=out_dtype)
+    compressed = codec.core_codec() != "none"
+
+    def argument(stream: _Stream | None, role: str) -> tuple[memoryview | bytes, int, int] | None:
+        if stream is None:
+            return None
+        stored = data[stream.offset : stream.offset + stream.length]
+        if compressed:
+            return stored, stream.raw_length, stream.crc32
+        # A core without DEFLATE: check and inflate here, hand the core the plain bytes.
+        if zlib.crc32(stored) & 0xFFFFFFFF != stream.crc32:
+            raise _fail(
+                "CRC32 mismatch (the stored bytes are corrupt)", info.name, f"streams.{role}"
+            )
+        inflated, error = codec.inflate_python(stored, stream.raw_length)
+        if error is not None:
+            raise _fail(error, info.name, f"streams.{role}")
+        return inflated, stream.raw_length, stream.crc32
+
+    failure = _ops.decode_tensor(
+        info.encoding,
+        numel=info.numel,
+        count=info.count,
+        sparse=info.sparse,
+        itemsize=out.element_size(),
+        shuffle=info.shuffle,
+        bits=info.bits,
+        width=info.width,
+        rows=record.rows,
+        compressed=compressed,
+        positions=argument(record.positions, "positions"),
+        values=argument(record.values, "values"),  # type: ignore[arg-type]
+        table=argument(record.table, "table"),
+        out=out.view(torch.uint8),
+    )
+    if failure is not None:
+        role, message = failure
+        raise _fail(message, info.name, f"streams.{role}" if role else None)
+    result = out.reshape(info.shape)
+    if quantized and DTYPES[info.dtype] != torch.float32:
+        result = result.to(DTYPES[info.dtype])
+    return result
+
+
+def load(
+    source: Source, *, max_bytes: int | None = None, num_threads: int | None = None
+) -> dict[str, torch.Tensor]:
+    """The state_dict stored in a ``.codl`` file (a path, or the file's bytes).
+
+    Quantized tensors come back dequantized, bit-exact against the values the writer computed
+    (:func:`codl.formats.decode_preview`), in their original dtype. ``max_bytes`` bounds the
+    decoded size of the whole file (default: 4096 times the file's size, at least 1 GiB), so a
+    forged header cannot make the reader allocate without limit. Tensors decode in parallel on
+    ``num_threads`` threads (default :func:`codl.get_num_threads`). Raises :class:`FormatError`
+    if anything in the file is malformed or corrupt.
+    """
+    data = _as_memoryview(source)
+    records, _ = _read(data)
+    limit = (
+        max(_MIN_DEFAULT_LIMIT, _DEFAULT_EXPANSION * len(data)) if max_bytes is None else max_bytes
+    )
+    total = sum(r.out_bytes for r in records)
+    if total > limit:
+        raise _fail(
+            f"the tensors decode to {total} bytes, above the limit of {limit} (pass max_bytes= "
+            "to allow more)",
+            field="shape",
+        )
+    threads = _ops.get_num_threads() if num_threads is None else num_threads
+    if threads <= 1 or len(records) <= 1:
+        return {r.info.name: _decode(r, data) for r in records}
+    # The core releases the GIL while it inflates and decodes, so tensors decode in parallel;
+    # largest first, so the pool does not wait on one big tensor at the end.
+    order = sorted(records, key=lambda r: -r.out_bytes)
+    with ThreadPoolExecutor(max_workers=threads) as pool:
+        decoded = dict(
+            zip([r.info.name for r in order], pool.map(lambda r: _decode(r, data), order))
+        )
+    return {r.info.name: decoded[r.info.name] for r in records}
+
+
+def load_into(model: nn.Module, source: Source, *, strict: bool = True) -> Any:
+    """Load a ``.codl`` file into ``model`` with ``model.load_state_dict(..., strict=strict)``:
+    strict by default, so missing and unexpected keys raise as torch reports them; returns
+    torch's ``(missing_keys, unexpected_keys)``."""
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model: expected an nn.Module, received {type(model).__name__}")
+    return model.load_state_dict(load(source), strict=strict)

@@ -1,0 +1,227 @@
+"""Turning one tensor into the streams of the ``.codl`` format, and the values a reader gets.
+
+:func:`quantize` applies a :class:`~codl.formats.spec.CompressionSpec` with torch ops (magnitude
+pruning from :mod:`codl.prune`, k-means and linear codes from :mod:`codl.quant`, TWN codes from
+:mod:`codl.ternary`) and computes the values :func:`codl.load` will return, independently of the
+C++ decoder. :func:`encode` packs and DEFLATE-compresses the streams.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Final
+
+import torch
+
+from codl import _ops
+from codl.formats import codec
+from codl.formats.spec import CompressionSpec
+
+__all__ = [
+    "DTYPES",
+    "ENCODINGS",
+    "EncodedTensor",
+    "Quantized",
+    "StoredStream",
+    "decode_preview",
+    "dtype_name",
+    "encode",
+    "quantize",
+]
+
+#: dtypes the format stores, by the name the header uses.
+DTYPES: Final[dict[str, torch.dtype]] = {
+    "float32": torch.float32,
+    "float64": torch.float64,
+    "float16": torch.float16,
+    "bfloat16": torch.bfloat16,
+    "int64": torch.int64,
+    "int32": torch.int32,
+    "int16": torch.int16,
+    "int8": torch.int8,
+    "uint8": torch.uint8,
+    "bool": torch.bool,
+}
+ENCODINGS: Final[tuple[str, ...]] = ("raw", "codebook", "linear", "ternary")
+_NAMES: Final[dict[torch.dtype, str]] = {v: k for k, v in DTYPES.items()}
+
+
+def dtype_name(dtype: torch.dtype, where: str) -> str:
+    if dtype not in _NAMES:
+        raise TypeError(f"{where}: expected one of the dtypes {sorted(DTYPES)}, received {dtype}")
+    return _NAMES[dtype]
+
+
+def _bytes_of(tensor: torch.Tensor) -> torch.Tensor:
+    """The tensor's memory as a flat uint8 tensor (little-endian, as the format stores it)."""
+    return tensor.contiguous().reshape(-1).view(torch.uint8)
+
+
+@dataclass
+class Quantized:
+    """One tensor as the format stores it, before packing (all torch tensors).
+
+    ``values`` depends on ``encoding``: the kept elements in the tensor's dtype (raw), uint8
+    codebook indices (codebook), uint8 fields ``code + 2^(bits-1)`` (linear), int8 codes in
+    {-1, 0, 1} (ternary). ``table`` is the float32 codebook, per-channel scales or per-row
+    scales. ``preview`` is what the reader returns: dense, in the original dtype.
+    """
+
+    encoding: str
+    values: torch.Tensor
+    preview: torch.Tensor
+    bits: int = 0
+    positions: torch.Tensor | None = None
+    table: torch.Tensor | None = None
+
+
+def quantize(tensor: torch.Tensor, spec: CompressionSpec | None, name: str = "tensor") -> Quantized:
+    """Apply ``spec`` (None: lossless) to ``tensor``; errors name ``name``."""
+    original = tensor.detach().cpu().contiguous()
+    if spec is None or spec.lossless:
+        return Quantized("raw", original.reshape(-1), original)
+    if not original.is_floating_point() or original.dim() == 0:
+        raise ValueError(f"{name}: expected a floating-point tensor of >= 1 dims to compress")
+    if not bool(torch.isfinite(original).all()):
+        raise ValueError(
+            f"{name}: expected finite values to prune or quantize, received NaN or Inf"
+        )
+    from codl.prune import magnitude_mask
+
+    weight = original.float()
+    mask = magnitude_mask(weight, spec.prune) if spec.prune > 0 else None
+    positions = None if mask is None else mask.reshape(-1).nonzero().reshape(-1)
+    dtype = original.dtype
+
+    def kept(flat: torch.Tensor) -> torch.Tensor:
+        return flat if positions is None else flat[positions]
+
+    if spec.method is None:  # pruned, values kept exactly
+        zero = torch.zeros((), dtype=dtype)
+        assert mask is not None and positions is not None
+        preview = torch.where(mask, original, zero)
+        return Quantized("raw", original.reshape(-1)[positions], preview, positions=positions)
+    assert spec.bits is not None
+    if spec.method == "kmeans":
+        from codl.quant import kmeans_dequantize, kmeans_quantize
+
+        codebook, indices = kmeans_quantize(weight, spec.bits, mask)
+        preview = kmeans_dequantize(codebook, indices, mask).to(dtype)
+        values = kept(indices.reshape(-1)).to(torch.uint8)
+        return Quantized(
+            "codebook", values, preview, spec.bits, positions, codebook.float().contiguous()
+        )
+    if spec.method == "linear":
+        from codl.quant import linear_dequantize, linear_quantize
+
+        masked = weight if mask is None else weight * mask
+        codes, scales = linear_quantize(masked, spec.bits, axis=0)
+        preview = linear_dequantize(codes, scales, axis=0).to(dtype)
+        offset = 1 << (spec.bits - 1)
+        values = (kept(codes.reshape(-1)).to(torch.int16) + offset).to(torch.uint8)
+        return Quantized("linear", values, preview, spec.bits, positions, scales.contiguous())
+    # ternary: TWN codes per row; pruned entries are zero before ternarizing, so they stay 0.
+    from codl.ternary import ternarize
+
+    masked = weight if mask is None else weight * mask
+    result = ternarize(masked, "twn", granularity="row")
+    scale = result.scale.float().reshape(-1).contiguous()
+    preview = result.dequantize(torch.float32).to(dtype)
+    return Quantized("ternary", result.codes.reshape(-1).contiguous(), preview, 2, None, scale)
+
+
+def decode_preview(
+    tensor: torch.Tensor, spec: CompressionSpec | dict[str, object] | None
+) -> torch.Tensor:
+    """What :func:`codl.load` returns for ``tensor`` saved with ``spec``, bit for bit."""
+    resolved = None if spec is None else CompressionSpec.of(spec)
+    return quantize(tensor, resolved).preview
+
+
+@dataclass(frozen=True)
+class StoredStream:
+    """A DEFLATE stream as written: the compressed bytes, their inflated size and CRC32."""
+
+    data: bytes
+    raw_length: int
+    crc32: int
+
+    @classmethod
+    def of(cls, raw: torch.Tensor | bytes, level: int) -> StoredStream:
+        data = codec.deflate(raw, level)
+        size = raw.numel() if isinstance(raw, torch.Tensor) else len(raw)
+        return cls(data, size, codec.crc32(data))
+
+
+@dataclass
+class EncodedTensor:
+    """One tensor ready to be written: its header fields and its compressed streams."""
+
+    name: str
+    dtype: str
+    shape: tuple[int, ...]
+    encoding: str
+    count: int
+    sparse: bool
+    bits: int = 0
+    width: int = 0
+    shuffle: bool = False
+    streams: dict[str, StoredStream] = field(default_factory=dict)
+    preview: torch.Tensor | None = None
+
+
+def _smaller_packing(values: torch.Tensor, bits: int, level: int) -> tuple[int, StoredStream]:
+    """Fields packed at ``bits`` bits, or one byte each (DEFLATE's Huffman codes then see whole
+    symbols and often beat the tighter packing): whichever compresses smaller."""
+    candidates = [bits] if bits == 8 else [bits, 8]
+    best: tuple[int, StoredStream] | None = None
+    for width in candidates:
+        stream = StoredStream.of(_ops.pack_fields(values, width), level)
+        if best is None or len(stream.data) < len(best[1].data):
+            best = (width, stream)
+    assert best is not None
+    return best
+
+
+def encode(
+    name: str,
+    tensor: torch.Tensor,
+    spec: CompressionSpec | None,
+    *,
+    level: int = codec.DEFAULT_LEVEL,
+    shuffle: bool = True,
+) -> EncodedTensor:
+    """Quantize ``tensor`` by ``spec`` and compress its streams."""
+    dtype = dtype_name(tensor.dtype, name)
+    q = quantize(tensor, spec, name)
+    count = q.values.numel()
+    encoded = EncodedTensor(
+        name,
+        dtype,
+        tuple(int(d) for d in tensor.shape),
+        q.encoding,
+        count,
+        q.positions is not None,
+        bits=q.bits,
+        preview=q.preview,
+    )
+    if q.positions is not None:
+        encoded.streams["positions"] = StoredStream.of(_ops.encode_positions(q.positions), level)
+    if q.encoding == "raw":
+        raw = _bytes_of(q.values)
+        itemsize = q.values.element_size()
+        encoded.shuffle = shuffle and q.values.is_floating_point() and itemsize > 1
+        if encoded.shuffle:
+            raw = _ops.shuffle_bytes(raw, itemsize)
+        encoded.streams["values"] = StoredStream.of(raw, level)
+        return encoded
+    if q.encoding == "ternary":
+        from codl import kernels
+
+        packed = kernels.pack_ternary(q.values, format="2bit")
+        encoded.streams["values"] = StoredStream.of(packed, level)
+    else:
+        encoded.width, encoded.streams["values"] = _smaller_packing(q.values, q.bits, level)
+    assert q.table is not None
+    encoded.streams["table"] = StoredStream.of(_bytes_of(q.table), level)
+    return encoded
