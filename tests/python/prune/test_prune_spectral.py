@@ -82,7 +82,7 @@ def test_error_and_fold_equal_the_dense_formulas() -> None:
 
 
 def test_error_is_the_regularised_least_squares_residual() -> None:
-    """L(J) = mean ||φ_F - Â φ_J||² + λ||Â||²_F on the samples Σ came from (paper eq. 3)."""
+    """L(J) = mean ||φ_F - Â φ_J||² + λ||Â||²_F on the samples Σ came from."""
     generator = torch.Generator().manual_seed(4)
     phi = torch.relu(torch.randn(500, 6, generator=generator, dtype=torch.float64))
     phi = phi @ torch.rand(6, 16, generator=generator, dtype=torch.float64)
