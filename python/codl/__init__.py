@@ -22,6 +22,8 @@ _LAZY_SUBMODULES = (
     "models",
     "nn",
     "optim",
+    "prune",
+    "quant",
     "ternary",
 )
 _LAZY_ATTRIBUTES = {
@@ -51,6 +53,8 @@ if TYPE_CHECKING:
     from codl import models as models
     from codl import nn as nn
     from codl import optim as optim
+    from codl import prune as prune
+    from codl import quant as quant
     from codl import ternary as ternary
     from codl._info import info as info
     from codl._ops import get_dispatch_level as get_dispatch_level
