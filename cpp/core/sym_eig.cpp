@@ -122,26 +122,38 @@ void tridiagonalize(const SymEigOps<T>& ops, T* a, std::size_t n, Workspace<T>& 
     e[n - 1] = 0;
 }
 
-// Row i of Q^T = e_i^T H_{n-2} ... H_0 (only H_{i-1} .. H_0 change it), into z.
+// Rows [i0, i0 + count) of Q^T, row i being e_i^T H_{n-2} ... H_0 (only H_{i-1} .. H_0 change
+// it): reflector k applies to the rows below it, so the block shares each reflector's loads
+// once k < i0.
 template <typename T>
-void form_q_row(const SymEigOps<T>& ops, const T* reflectors, const T* taus, std::size_t n,
-                std::size_t i, T* z) {
-    std::fill(z, z + n, T(0));
-    z[i] = 1;
-    for (std::size_t k = i; k-- > 0;) {
-        if (taus[k] != 0) ops.reflect_row(z + k + 1, n - k - 1, reflectors + k * n + k + 1, taus[k]);
+void form_q_rows(const SymEigOps<T>& ops, const T* reflectors, const T* taus, std::size_t n,
+                 std::size_t i0, std::size_t count, T* z) {
+    for (std::size_t r = 0; r < count; ++r) {
+        std::fill(z + r * n, z + (r + 1) * n, T(0));
+        z[r * n + i0 + r] = 1;
+    }
+    for (std::size_t k = i0 + count - 1; k-- > 0;) {
+        if (taus[k] == 0) continue;
+        // Rows i > k of the block, i.e. from max(i0, k + 1) on.
+        const std::size_t first = std::max(i0, k + 1) - i0;
+        ops.reflect_rows(z + first * n + k + 1, n, count - first, n - k - 1, reflectors + k * n + k + 1, taus[k]);
     }
 }
 
 template <typename T>
 void form_q_transposed(const SymEigOps<T>& ops, const T* reflectors, const T* taus, std::size_t n,
                        T* z, int threads) {
-    // Rows are independent, so any split gives the same bits; interleave for balance (row i
-    // costs about i (n - i / 2)).
+    // Blocks of four rows; blocks are independent, so any split gives the same bits.
+    // Interleave them among the threads for balance (row i costs about i (n - i / 2)).
+    constexpr std::size_t kRows = 4;
+    const std::size_t blocks = (n + kRows - 1) / kRows;
     const std::size_t parts = static_cast<std::size_t>(std::max(threads, 1));
     parallel_for(parts, 1, 1, threads, [&](std::size_t begin, std::size_t end) {
         for (std::size_t part = begin; part < end; ++part) {
-            for (std::size_t i = part; i < n; i += parts) form_q_row(ops, reflectors, taus, n, i, z + i * n);
+            for (std::size_t b = part; b < blocks; b += parts) {
+                const std::size_t i0 = b * kRows;
+                form_q_rows(ops, reflectors, taus, n, i0, std::min(kRows, n - i0), z + i0 * n);
+            }
         }
     });
 }
@@ -280,15 +292,18 @@ void secular_root(const double* d, const double* z2, std::size_t k, double rho, 
     double tau = (lo + hi) / 2;
     for (int iteration = 0; iteration < 200; ++iteration) {
         double psi = 0, dpsi = 0, phi = 0, dphi = 0;
+        // One division per term (the loop's cost): t = z^2 / delta, t / delta = t * (1 / delta).
         for (std::size_t j = 0; j <= i; ++j) {
-            const double t = z2[j] / ((d[j] - base) - tau);
+            const double inverse = 1.0 / ((d[j] - base) - tau);
+            const double t = z2[j] * inverse;
             psi += t;
-            dpsi += t / ((d[j] - base) - tau);
+            dpsi += t * inverse;
         }
         for (std::size_t j = i + 1; j < k; ++j) {
-            const double t = z2[j] / ((d[j] - base) - tau);
+            const double inverse = 1.0 / ((d[j] - base) - tau);
+            const double t = z2[j] * inverse;
             phi += t;
-            dphi += t / ((d[j] - base) - tau);
+            dphi += t * inverse;
         }
         psi *= rho;
         dpsi *= rho;

@@ -63,8 +63,9 @@ struct SymEigOps {
     // sum_{j >= 0} a[j] u[j].
     T (*update_row_symv)(T* a, std::size_t len, const T* v, const T* w, T vi, T wi, const T* u,
                          T ui, T* y);
-    // a -= tau (a . v) v, a and v of length len (a row times a Householder reflector).
-    void (*reflect_row)(T* a, std::size_t len, const T* v, T tau);
+    // For each of `count` (1 to 4) rows a_r = a + r lda of length len: a_r -= tau (a_r . v) v
+    // (rows times a Householder reflector; several rows share each load of v).
+    void (*reflect_rows)(T* a, std::size_t lda, std::size_t count, std::size_t len, const T* v, T tau);
     // Applies the runs, in order, to columns [0, width) of rows of Z^T that start at z with
     // stride `stride` (elements). width is at most kSymEigStripWidth.
     void (*rotate_strip)(T* z, std::size_t stride, std::size_t width, const RotationRun* runs,

@@ -17,11 +17,14 @@ T update_row_symv(T* a, std::size_t len, const T* v, const T* w, T vi, T wi, con
 }
 
 template <typename T>
-void reflect_row(T* a, std::size_t len, const T* v, T tau) {
-    T dot = 0;
-    for (std::size_t j = 0; j < len; ++j) dot += a[j] * v[j];
-    const T scale = tau * dot;
-    for (std::size_t j = 0; j < len; ++j) a[j] -= scale * v[j];
+void reflect_rows(T* a, std::size_t lda, std::size_t count, std::size_t len, const T* v, T tau) {
+    for (std::size_t r = 0; r < count; ++r) {
+        T* row = a + r * lda;
+        T dot = 0;
+        for (std::size_t j = 0; j < len; ++j) dot += row[j] * v[j];
+        const T scale = tau * dot;
+        for (std::size_t j = 0; j < len; ++j) row[j] -= scale * v[j];
+    }
 }
 
 template <typename T>
@@ -60,8 +63,8 @@ void gemm(std::size_t m, std::size_t n, std::size_t k, const T* a, std::size_t l
 
 namespace ref {
 const SymEigKernels sym_eig_kernels{
-    {update_row_symv<float>, reflect_row<float>, rotate_strip<float>, gemm<float>},
-    {update_row_symv<double>, reflect_row<double>, rotate_strip<double>, gemm<double>},
+    {update_row_symv<float>, reflect_rows<float>, rotate_strip<float>, gemm<float>},
+    {update_row_symv<double>, reflect_rows<double>, rotate_strip<double>, gemm<double>},
 };
 }  // namespace ref
 
