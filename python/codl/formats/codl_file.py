@@ -374,7 +374,7 @@ def _check_tensor(
         raise _fail("the name appears twice", name, "name")
     seen.add(name)
     dtype = entry.get("dtype")
-    if dtype not in DTYPES:
+    if not isinstance(dtype, str) or dtype not in DTYPES:
         raise _fail(f"expected one of {sorted(DTYPES)}, received {dtype!r}", name, "dtype")
     shape = entry.get("shape")
     if (
@@ -391,7 +391,7 @@ def _check_tensor(
     if numel >= 1 << 62:
         raise _fail(f"{numel} elements is more than any file can hold", name, "shape")
     encoding = entry.get("encoding")
-    if encoding not in ENCODINGS:
+    if not isinstance(encoding, str) or encoding not in ENCODINGS:
         raise _fail(f"expected one of {ENCODINGS}, received {encoding!r}", name, "encoding")
     sparse = _bool(entry, "sparse", name)
     shuffle = _bool(entry, "shuffle", name)
