@@ -53,7 +53,7 @@ VALID = _small_model_file()
 
 
 def split(blob: bytes) -> tuple[dict[str, Any], bytes]:
-    _, _, _, length, raw_length, _ = PREAMBLE.unpack_from(blob)
+    _, _, _, length, _, _ = PREAMBLE.unpack_from(blob)
     header = json.loads(zlib.decompress(blob[24 : 24 + length], wbits=-15))
     return header, blob[24 + length :]
 
@@ -77,7 +77,9 @@ def tensor_entry(header: dict[str, Any], name: str) -> dict[str, Any]:
     return next(e for e in header["tensors"] if e["name"] == name)
 
 
-def expect_error(blob: bytes, match: str, tensor: str | None = None, field: str | None = None) -> None:
+def expect_error(
+    blob: bytes, match: str, tensor: str | None = None, field: str | None = None
+) -> None:
     with pytest.raises(FormatError, match=match) as info:
         load(blob, max_bytes=FUZZ_LIMIT)
     assert info.value.tensor == tensor
@@ -100,7 +102,9 @@ def test_format_error_is_a_value_error_exported_by_codl() -> None:
 def test_not_a_codl_file() -> None:
     expect_error(b"", "shorter than the 24-byte preamble", field="preamble")
     expect_error(b"PK\x03\x04" + bytes(40), "not a .codl file", field="magic")
-    expect_error(b"\x89CODL\r\n\x1a\x02\x00" + VALID[10:], r"version 1\.x, received 2\.0", field="version")
+    expect_error(
+        b"\x89CODL\r\n\x1a\x02\x00" + VALID[10:], r"version 1\.x, received 2\.0", field="version"
+    )
 
 
 def test_truncated_or_extended_files() -> None:
@@ -114,7 +118,7 @@ def test_corrupt_header() -> None:
     blob = bytearray(VALID)
     blob[30] ^= 0x10
     expect_error(bytes(blob), "the header is corrupt", field="header_crc32")
-    _, _, _, length, raw_length, crc = PREAMBLE.unpack_from(VALID)
+    _, _, _, length, _, crc = PREAMBLE.unpack_from(VALID)
     bomb = VALID[:12] + struct.pack("<III", length, 2000 * length, crc) + VALID[24:]
     expect_error(bomb, "cannot come from", field="header_raw_length")
     not_json = seal({}, b"")[:24]  # a header that inflates to something that is not JSON
@@ -141,8 +145,8 @@ def test_stream_damage_names_the_tensor_and_the_stream() -> None:
 @pytest.mark.parametrize(
     ("edit", "match", "field"),
     [
-        (lambda e: e["streams"]["values"].update(offset=10**9), "outside the", "streams.values.offset"),
-        (lambda e: e["streams"]["values"].update(length=10**6), "outside the", "streams.values.offset"),
+        (lambda e: e["streams"]["values"].update(offset=10**9), "outside", "streams.values.offset"),
+        (lambda e: e["streams"]["values"].update(length=10**6), "outside", "streams.values.offset"),
         (lambda e: e["streams"]["values"].update(raw_length=10**12), "cannot come from", None),
         (lambda e: e["streams"]["table"].update(raw_length=4 * 300), "centroids", None),
         (lambda e: e.update(count=81), r"in \[0, 80\]", "count"),
