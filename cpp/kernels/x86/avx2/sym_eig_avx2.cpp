@@ -26,6 +26,12 @@ struct F32 {
         const __m128 quarter = _mm_add_ps(half, _mm_movehl_ps(half, half));
         return _mm_cvtss_f32(_mm_add_ss(quarter, _mm_movehdup_ps(quarter)));
     }
+    // The first `count` (< width) lanes; the others read as zero and are not written.
+    static V load_n(const T* p, std::size_t count) { return _mm256_maskload_ps(p, mask(count)); }
+    static void store_n(T* p, V v, std::size_t count) { _mm256_maskstore_ps(p, mask(count), v); }
+    static __m256i mask(std::size_t count) {
+        return _mm256_cmpgt_epi32(_mm256_set1_epi32(static_cast<int>(count)), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+    }
 };
 
 struct F64 {
@@ -43,6 +49,11 @@ struct F64 {
     static T sum(V v) {
         const __m128d half = _mm_add_pd(_mm256_castpd256_pd128(v), _mm256_extractf128_pd(v, 1));
         return _mm_cvtsd_f64(_mm_add_sd(half, _mm_unpackhi_pd(half, half)));
+    }
+    static V load_n(const T* p, std::size_t count) { return _mm256_maskload_pd(p, mask(count)); }
+    static void store_n(T* p, V v, std::size_t count) { _mm256_maskstore_pd(p, mask(count), v); }
+    static __m256i mask(std::size_t count) {
+        return _mm256_cmpgt_epi64(_mm256_set1_epi64x(static_cast<long long>(count)), _mm256_setr_epi64x(0, 1, 2, 3));
     }
 };
 

@@ -22,6 +22,10 @@ struct F32 {
     static V mul(V a, V b) { return _mm512_mul_ps(a, b); }
     static V add(V a, V b) { return _mm512_add_ps(a, b); }
     static T sum(V v) { return _mm512_reduce_add_ps(v); }
+    // The first `count` (< width) lanes; the others read as zero and are not written.
+    static V load_n(const T* p, std::size_t count) { return _mm512_maskz_loadu_ps(mask(count), p); }
+    static void store_n(T* p, V v, std::size_t count) { _mm512_mask_storeu_ps(p, mask(count), v); }
+    static __mmask16 mask(std::size_t count) { return static_cast<__mmask16>((1u << count) - 1); }
 };
 
 struct F64 {
@@ -37,6 +41,9 @@ struct F64 {
     static V mul(V a, V b) { return _mm512_mul_pd(a, b); }
     static V add(V a, V b) { return _mm512_add_pd(a, b); }
     static T sum(V v) { return _mm512_reduce_add_pd(v); }
+    static V load_n(const T* p, std::size_t count) { return _mm512_maskz_loadu_pd(mask(count), p); }
+    static void store_n(T* p, V v, std::size_t count) { _mm512_mask_storeu_pd(p, mask(count), v); }
+    static __mmask8 mask(std::size_t count) { return static_cast<__mmask8>((1u << count) - 1); }
 };
 
 }  // namespace
