@@ -63,7 +63,6 @@ class LayerBlock:
         self.fisher_grads: list[torch.Tensor] = []
         self.factors: dict[str, torch.Tensor] = {}
         self.inverses: dict[str, torch.Tensor] = {}
-        self.scratch: dict[str, torch.Tensor] = {}
 
     # ---- parameters -------------------------------------------------------------------------
     def params(self) -> list[nn.Parameter]:
@@ -98,7 +97,7 @@ class LayerBlock:
     def statistics(
         self, true_fisher: bool, loss_reduction: str, max_factor_rows: int | None
     ) -> dict[str, torch.Tensor]:
-        """This step's factor statistics (into reused scratch buffers)."""
+        """This step's factor statistics."""
         raise NotImplementedError
 
     def update_factors(
@@ -193,52 +192,82 @@ class KroneckerBlock(LayerBlock):
         """Output-gradient rows of one record as a (out_features, R) matrix, examples used."""
         raise NotImplementedError
 
-    def _scratch(self, key: str, n: int, like: torch.Tensor) -> torch.Tensor:
-        buffer = self.scratch.get(key)
-        if buffer is None or buffer.shape[0] != n or buffer.dtype != like.dtype:
-            buffer = torch.empty(n, n, dtype=like.dtype, device=like.device)
-            self.scratch[key] = buffer
-        return buffer
-
-    def statistics(
-        self, true_fisher: bool, loss_reduction: str, max_factor_rows: int | None
-    ) -> dict[str, torch.Tensor]:
-        return {
-            "A": self.a_statistic(max_factor_rows),
-            "G": self.g_statistic(true_fisher, loss_reduction, max_factor_rows),
-        }
-
-    def a_statistic(self, max_factor_rows: int | None) -> torch.Tensor:
+    def a_terms(self, max_factor_rows: int | None) -> list[tuple[torch.Tensor, float]]:
+        """A's row blocks (k, R) of this step and the weight of each block's Gram product."""
         rows_t = [self.activation_rows_t(x, max_factor_rows)[0] for x in self.inputs]
         total = sum(r.shape[1] for r in rows_t)
-        stat = self._scratch("A", self.a_size, rows_t[0])
-        n = self.in_features
-        gram = stat[:n, :n]
-        for index, r in enumerate(rows_t):
-            # In place, scaled: no temporary kxk product (addmm's beta=0 ignores the old data).
-            gram.addmm_(r, r.mT, beta=0.0 if index == 0 else 1.0, alpha=1.0 / total)
-        if self.bias is not None:
-            column = torch.stack([r.sum(dim=1) for r in rows_t]).sum(dim=0).div_(total)
-            stat[:n, n] = column
-            stat[n, :n] = column
-            stat[n, n] = 1.0
-        return stat
+        return [(r, 1.0 / total) for r in rows_t]
 
-    def g_statistic(
+    def g_terms(
         self, true_fisher: bool, loss_reduction: str, max_factor_rows: int | None
-    ) -> torch.Tensor:
+    ) -> list[tuple[torch.Tensor, float]]:
         records = self.fisher_grads if true_fisher else self.grads
         parts = []
         examples = 0
         for g in records:
             rows_t, used = self.grad_rows_t(g, max_factor_rows)
             scale = _grad_scale(g.shape[0] if g.dim() > 1 else 1, loss_reduction, true_fisher)
-            parts.append((rows_t, scale))
+            parts.append((rows_t, scale * scale))
             examples += used
-        stat = self._scratch("G", self.out_features, parts[0][0])
-        for index, (r, scale) in enumerate(parts):
-            stat.addmm_(r, r.mT, beta=0.0 if index == 0 else 1.0, alpha=scale * scale / examples)
-        return stat
+        return [(r, weight / examples) for r, weight in parts]
+
+    @staticmethod
+    def _bounded(terms: list[tuple[torch.Tensor, float]]) -> bool:
+        """True if the rows are finite and small enough that no Gram entry can overflow:
+        ``|Σ_rows x_i x_j| <= R·max|x|²``. One pass over the rows instead of a checked copy of
+        the k x k statistic, so the EMA can then run in place."""
+        for rows, weight in terms:
+            if rows.numel() == 0:
+                continue
+            limit = torch.finfo(rows.dtype).max / 4
+            peak = float(rows.abs().max())
+            if not peak * peak * rows.shape[1] * max(1.0, weight) < limit:
+                return False
+        return True
+
+    def update_factors(
+        self,
+        decay: float,
+        true_fisher: bool,
+        loss_reduction: str,
+        max_factor_rows: int | None,
+    ) -> bool:
+        a_terms = self.a_terms(max_factor_rows)
+        g_terms = self.g_terms(true_fisher, loss_reduction, max_factor_rows)
+        if not (self._bounded(a_terms) and self._bounded(g_terms)):
+            return False
+        self._ema_gram("A", self.a_size, a_terms, decay, bias_row=self.bias is not None)
+        self._ema_gram("G", self.out_features, g_terms, decay, bias_row=False)
+        return True
+
+    def _ema_gram(
+        self,
+        key: str,
+        size: int,
+        terms: list[tuple[torch.Tensor, float]],
+        decay: float,
+        *,
+        bias_row: bool,
+    ) -> None:
+        """``F ← decay·F + (1 - decay)·Σ w·R Rᵀ`` in place (addmm's beta/alpha): no k x k
+        temporary, one pass over the factor. The first update takes the statistic as is."""
+        factor = self.factors.get(key)
+        keep, new = decay, 1.0 - decay
+        if factor is None:
+            factor = torch.zeros(size, size, dtype=terms[0][0].dtype)
+            self.factors[key] = factor
+            keep, new = 0.0, 1.0
+        k = terms[0][0].shape[0]
+        gram = factor[:k, :k]
+        for index, (rows, weight) in enumerate(terms):
+            gram.addmm_(rows, rows.mT, beta=keep if index == 0 else 1.0, alpha=new * weight)
+        if bias_row:
+            # The homogeneous coordinate: E[x] in the last row/column, E[1·1] = 1 in the corner.
+            column = torch.stack([rows.sum(dim=1).mul_(weight) for rows, weight in terms])
+            edge = factor[:k, k]
+            edge.mul_(keep).add_(column.sum(dim=0), alpha=new)
+            factor[k, :k] = edge
+            factor[k, k] = keep * float(factor[k, k]) + new
 
     # -- gradient matrix --
     def grad_matrix(self, grads: Sequence[torch.Tensor]) -> torch.Tensor:
@@ -444,7 +473,25 @@ class EmbeddingBlock(KroneckerBlock):
         self.in_features = module.num_embeddings
         self.a_size = self.in_features
 
-    def a_statistic(self, max_factor_rows: int | None) -> torch.Tensor:
+    def update_factors(
+        self,
+        decay: float,
+        true_fisher: bool,
+        loss_reduction: str,
+        max_factor_rows: int | None,
+    ) -> bool:
+        return LayerBlock.update_factors(self, decay, true_fisher, loss_reduction, max_factor_rows)
+
+    def statistics(
+        self, true_fisher: bool, loss_reduction: str, max_factor_rows: int | None
+    ) -> dict[str, torch.Tensor]:
+        terms = self.g_terms(true_fisher, loss_reduction, max_factor_rows)
+        g = torch.zeros(self.out_features, self.out_features, dtype=self.weight.dtype)
+        for rows, weight in terms:
+            g.addmm_(rows, rows.mT, alpha=weight)
+        return {"A": self.a_statistic(), "G": g}
+
+    def a_statistic(self) -> torch.Tensor:
         counts = torch.zeros(self.in_features, dtype=torch.int64)
         total = 0
         for idx in self.inputs:
