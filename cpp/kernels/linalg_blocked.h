@@ -5,9 +5,14 @@
 // Each including TU defines CODL_LINALG_NAMESPACE (its ISA namespace) and, before including,
 // the tile types F32Tile / F64Tile in codl::CODL_LINALG_NAMESPACE::(anonymous):
 //   static constexpr std::size_t mr, nr;        // register tile: mr rows x nr columns of C
-//   static void run(std::size_t k, const T* a, const T* b, T* c, std::ptrdiff_t ldc, bool add);
-// computing acc = sum_p a[p * mr + i] * b[p * nr + j] (p ascending, one accumulator per
-// element) and then c[i * ldc + j] = add ? c[i * ldc + j] + acc : acc.
+//   static void run(std::size_t k, const T* a, std::ptrdiff_t a_rs, std::ptrdiff_t a_cs,
+//                   const T* b, T alpha, T* c, std::ptrdiff_t ldc, bool add);
+// computing acc = sum_p a[i * a_rs + p * a_cs] * b[p * nr + j] (p ascending, one accumulator
+// per element), acc *= alpha unless alpha is 1, then c[i * ldc + j] = add ? c[..] + acc : acc;
+//   static bool pack_b(std::size_t k, const T* b, std::ptrdiff_t rs, std::ptrdiff_t cs, T* panel);
+// panel[p * nr + j] = b[p * rs + j * cs] for a full panel, or false to leave it to plain loops;
+//   static bool unpack_b(std::size_t k, const T* panel, T* b, std::ptrdiff_t rs, std::ptrdiff_t cs);
+// the inverse.
 // Everything here has internal linkage: the same template compiled with AVX-512 flags must never
 // be merged by the linker with its scalar twin.
 //
@@ -25,7 +30,10 @@
 #include <algorithm>
 #include <cmath>
 #include <cstddef>
+#include <cstdint>
+#include <cstring>
 #include <limits>
+#include <type_traits>
 #include <vector>
 
 #include "codl/linalg.h"
@@ -45,7 +53,7 @@ using std::size_t;
 constexpr size_t kNoFailure = std::numeric_limits<size_t>::max();
 // Unblocked below this many rows; recursion splits land on multiples of it.
 constexpr size_t kBase = 16;
-// Columns of a right-hand side handled per contiguous copy in the unblocked solves.
+// Columns of a right-hand side per thread in a parallel solve are a multiple of this.
 constexpr size_t kChunk = 64;
 // Diagonal blocks of a symmetric rank-k update at most this large are done as one full GEMM.
 constexpr size_t kSyrkBase = 64;
@@ -91,13 +99,25 @@ Workspace<T>& workspace() {
 
 constexpr size_t round_up(size_t x, size_t to) { return (x + to - 1) / to * to; }
 
-// ---- GEMM: C += alpha A B, packed panels and the ISA's register tile --------------------------
+// ---- GEMM: C += alpha A B, B packed into panels, A read in place by the ISA's register tile ---
+
+// panel[p * nr + j] = b(p, j) for p < kc, j < cols, zero for cols <= j < nr. The tile may do the
+// common layouts (rows or columns of B contiguous) with vector loads and in-register transposes.
+template <class T, class Tile>
+void pack_b(size_t kc, size_t cols, View<const T> b, T* panel) {
+    constexpr size_t nr = Tile::nr;
+    if (cols == nr && Tile::pack_b(kc, b.p, b.rs, b.cs, panel)) return;
+    for (size_t p = 0; p < kc; ++p) {
+        for (size_t j = 0; j < cols; ++j) panel[p * nr + j] = b(p, j);
+        for (size_t j = cols; j < nr; ++j) panel[p * nr + j] = T(0);
+    }
+}
 
 template <class T>
 void gemm(size_t m, size_t n, size_t k, T alpha, View<const T> a, View<const T> b, View<T> c) {
     using Tile = typename TileOf<T>::type;
     constexpr size_t mr = Tile::mr, nr = Tile::nr;
-    // kc x mr of A stays in L1 while kc x nc of B streams from L2.
+    // A's kc x mr strip stays in L1 while B's kc x nc block streams from L2.
     constexpr size_t kc_max = 256;
     constexpr size_t nc_max = round_up(sizeof(T) == 4 ? 512 : 256, nr);
     if (m == 0 || n == 0 || k == 0) return;
@@ -114,8 +134,7 @@ void gemm(size_t m, size_t n, size_t k, T alpha, View<const T> a, View<const T> 
     Workspace<T>& ws = workspace<T>();
     const size_t b_size = kc_max * round_up(std::min(n, nc_max), nr);
     if (ws.b.size() < b_size) ws.b.resize(b_size);
-    if (ws.a.size() < kc_max * mr) ws.a.resize(kc_max * mr);
-    T* pa = ws.a.data();
+    if (ws.a.size() < (kc_max + 16) * mr) ws.a.resize((kc_max + 16) * mr);
     T* pb = ws.b.data();
     T edge[mr * nr];
     for (size_t pc = 0; pc < k; pc += kc_max) {
@@ -123,26 +142,49 @@ void gemm(size_t m, size_t n, size_t k, T alpha, View<const T> a, View<const T> 
         for (size_t jc = 0; jc < n; jc += nc_max) {
             const size_t nc = std::min(nc_max, n - jc);
             for (size_t jr = 0; jr < nc; jr += nr) {
-                const size_t cols = std::min(nr, nc - jr);
-                T* panel = pb + jr * kc;
-                for (size_t p = 0; p < kc; ++p) {
-                    for (size_t j = 0; j < cols; ++j) panel[p * nr + j] = b(pc + p, jc + jr + j);
-                    for (size_t j = cols; j < nr; ++j) panel[p * nr + j] = T(0);
-                }
+                pack_b<T, Tile>(kc, std::min(nr, nc - jr), b.at(pc, jc + jr), pb + jr * kc);
             }
             for (size_t ir = 0; ir < m; ir += mr) {
                 const size_t rows = std::min(mr, m - ir);
-                for (size_t p = 0; p < kc; ++p) {
-                    for (size_t i = 0; i < rows; ++i) pa[p * mr + i] = alpha * a(ir + i, pc + p);
-                    for (size_t i = rows; i < mr; ++i) pa[p * mr + i] = T(0);
+                // A strip that meets one B panel only is read where it lies. Otherwise it is
+                // copied, contiguous along A's own fast direction: rows of a large matrix sit at
+                // multiples of 4 KiB and would fight for the same L1 sets. The last, short strip
+                // is padded with zero rows so the tile never reads past A.
+                const T* strip = &a(ir, pc);
+                ptrdiff_t strip_rs = a.rs, strip_cs = a.cs;
+                T* pa = ws.a.data();
+                if (rows < mr || (nc > nr && a.cs != 1 && a.cs != -1)) {
+                    for (size_t p = 0; p < kc; ++p) {
+                        for (size_t i = 0; i < rows; ++i) pa[p * mr + i] = a(ir + i, pc + p);
+                        for (size_t i = rows; i < mr; ++i) pa[p * mr + i] = T(0);
+                    }
+                    strip = pa;
+                    strip_rs = 1;
+                    strip_cs = static_cast<ptrdiff_t>(mr);
+                } else if (nc > nr) {
+                    // Row by row; a row stride of kc_max + 16 keeps the rows off the same sets.
+                    constexpr size_t stride = kc_max + 16;
+                    for (size_t i = 0; i < mr; ++i) {
+                        const T* src = &a(ir + i, pc);
+                        T* dst = pa + i * stride;
+                        if (a.cs == 1) {
+                            for (size_t p = 0; p < kc; ++p) dst[p] = src[p];
+                        } else {
+                            for (size_t p = 0; p < kc; ++p) dst[p] = *(src - static_cast<ptrdiff_t>(p));
+                        }
+                    }
+                    strip = pa;
+                    strip_rs = static_cast<ptrdiff_t>(stride);
+                    strip_cs = 1;
                 }
                 for (size_t jr = 0; jr < nc; jr += nr) {
                     const size_t cols = std::min(nr, nc - jr);
                     if (rows == mr && cols == nr && c.cs == 1) {
-                        Tile::run(kc, pa, pb + jr * kc, &c(ir, jc + jr), c.rs, true);
+                        Tile::run(kc, strip, strip_rs, strip_cs, pb + jr * kc, alpha, &c(ir, jc + jr), c.rs, true);
                     } else {
-                        // Same arithmetic as a full tile (acc, then C + acc), element by element.
-                        Tile::run(kc, pa, pb + jr * kc, edge, static_cast<ptrdiff_t>(nr), false);
+                        // Same arithmetic as a full tile (alpha acc, then C + it), element by element.
+                        Tile::run(kc, strip, strip_rs, strip_cs, pb + jr * kc, alpha, edge,
+                                  static_cast<ptrdiff_t>(nr), false);
                         for (size_t i = 0; i < rows; ++i) {
                             for (size_t j = 0; j < cols; ++j) c(ir + i, jc + jr + j) += edge[i * nr + j];
                         }
@@ -203,74 +245,69 @@ void load_lower(View<const T> l, size_t k, T* out) {
     }
 }
 
-// tmp (rows x width, row stride kChunk) <-> B, reading/writing along B's contiguous direction.
+// A rows x width block of B <-> panel (row stride nr, zero beyond width): the GEMM's B packing,
+// and its inverse, so transposed blocks go through the tile's in-register transposes.
 template <class T>
-void gather(View<const T> b, size_t rows, size_t width, T* tmp) {
-    if (b.cs == 1 || b.cs == -1 || b.rs == 0) {
-        for (size_t i = 0; i < rows; ++i)
-            for (size_t j = 0; j < width; ++j) tmp[i * kChunk + j] = b(i, j);
-    } else {
-        for (size_t j = 0; j < width; ++j)
-            for (size_t i = 0; i < rows; ++i) tmp[i * kChunk + j] = b(i, j);
-    }
+void load_panel(size_t rows, size_t width, View<const T> b, T* panel) {
+    pack_b<T, typename TileOf<T>::type>(rows, width, b, panel);
 }
 template <class T>
-void scatter(const T* tmp, size_t rows, size_t width, View<T> b) {
-    if (b.cs == 1 || b.cs == -1 || b.rs == 0) {
-        for (size_t i = 0; i < rows; ++i)
-            for (size_t j = 0; j < width; ++j) b(i, j) = tmp[i * kChunk + j];
-    } else {
-        for (size_t j = 0; j < width; ++j)
-            for (size_t i = 0; i < rows; ++i) b(i, j) = tmp[i * kChunk + j];
-    }
+void store_panel(size_t rows, size_t width, const T* panel, View<T> b) {
+    using Tile = typename TileOf<T>::type;
+    constexpr size_t nr = Tile::nr;
+    if (width == nr && Tile::unpack_b(rows, panel, b.p, b.rs, b.cs)) return;
+    for (size_t i = 0; i < rows; ++i)
+        for (size_t j = 0; j < width; ++j) b(i, j) = panel[i * nr + j];
 }
 
 // B (k x m) = L^-1 B, L lower k x k. Column by column the same forward substitution as LAPACK
-// (b_i - sum_{p<i} l_ip x_p, p ascending, then / l_ii).
+// (b_i - sum_{p<i} l_ip x_p, p ascending, then / l_ii), nr columns at a time.
 template <class T>
 void trsm_base(View<const T> l, View<T> b, size_t k, size_t m) {
+    constexpr size_t w = TileOf<T>::type::nr;
     T lc[kBase * kBase];
-    T tmp[kBase * kChunk];
+    T tmp[kBase * w];
     load_lower(l, k, lc);
-    for (size_t c0 = 0; c0 < m; c0 += kChunk) {
-        const size_t w = std::min(kChunk, m - c0);
+    for (size_t c0 = 0; c0 < m; c0 += w) {
+        const size_t width = std::min(w, m - c0);
         const View<T> block = b.at(0, c0);
-        gather<T>(block, k, w, tmp);
+        load_panel<T>(k, width, block, tmp);
         for (size_t j = 0; j < k; ++j) {
-            T* xj = tmp + j * kChunk;
+            T* xj = tmp + j * w;
             const T d = lc[j * kBase + j];
             for (size_t x = 0; x < w; ++x) xj[x] /= d;
             for (size_t p = j + 1; p < k; ++p) {
                 const T f = lc[p * kBase + j];
-                T* xp = tmp + p * kChunk;
+                T* xp = tmp + p * w;
                 for (size_t x = 0; x < w; ++x) xp[x] -= f * xj[x];
             }
         }
-        scatter<T>(tmp, k, w, block);
+        store_panel<T>(k, width, tmp, block);
     }
 }
 
 // B (k x m) = L B, L lower, in place (rows from the bottom up, each needing only rows above it).
 template <class T>
 void trmm_base(View<const T> l, View<T> b, size_t k, size_t m) {
+    constexpr size_t w = TileOf<T>::type::nr;
     T lc[kBase * kBase];
-    T tmp[kBase * kChunk];
+    T tmp[kBase * w];
     load_lower(l, k, lc);
-    for (size_t c0 = 0; c0 < m; c0 += kChunk) {
-        const size_t w = std::min(kChunk, m - c0);
+    for (size_t c0 = 0; c0 < m; c0 += w) {
+        const size_t width = std::min(w, m - c0);
         const View<T> block = b.at(0, c0);
-        gather<T>(block, k, w, tmp);
+        load_panel<T>(k, width, block, tmp);
         for (size_t i = k; i-- > 0;) {
-            T* xi = tmp + i * kChunk;
+            T* xi = tmp + i * w;
             const T d = lc[i * kBase + i];
             for (size_t x = 0; x < w; ++x) xi[x] *= d;
             for (size_t p = 0; p < i; ++p) {
                 const T f = lc[i * kBase + p];
-                const T* xp = tmp + p * kChunk;
+                const T* xp = tmp + p * w;
                 for (size_t x = 0; x < w; ++x) xi[x] += f * xp[x];
             }
         }
-        scatter<T>(tmp, k, w, block);
+        store_panel<T>(k, width, tmp, block);
     }
 }
 
@@ -436,17 +473,22 @@ void fill_nan(T* out, size_t n) {
 // out = lower triangle of input + damping I; false if the lower triangle holds NaN or Inf.
 template <class T>
 bool load_damped(const T* input, T* out, size_t n, T damping) {
-    bool finite = true;
+    // NaN and Inf are the values whose exponent bits are all ones; an integer test vectorizes.
+    using Bits = std::conditional_t<sizeof(T) == 4, std::uint32_t, std::uint64_t>;
+    constexpr Bits exponent = static_cast<Bits>(sizeof(T) == 4 ? 0x7F800000ull : 0x7FF0000000000000ull);
+    Bits bad = 0;
     for (size_t i = 0; i < n; ++i) {
         const T* row = input + i * n;
         T* dst = out + i * n;
         for (size_t j = 0; j <= i; ++j) {
-            finite &= std::isfinite(row[j]);
+            Bits bits;
+            std::memcpy(&bits, row + j, sizeof bits);
+            bad |= static_cast<Bits>((bits & exponent) == exponent);
             dst[j] = row[j];
         }
         dst[i] += damping;
     }
-    return finite;
+    return bad == 0;
 }
 
 template <class T>
@@ -471,16 +513,24 @@ LinalgResult damped_cholesky(const T* input, T* out, size_t n, T damping, int th
     return result;
 }
 
-// Copies the lower triangle onto the upper one, in square tiles so both sides stay in cache.
+// Copies the lower triangle onto the upper one: bands of nr rows, each block left of the
+// diagonal transposed through a B panel (the tile's in-register transposes).
 template <class T>
 void mirror_lower(T* a, size_t n) {
-    constexpr size_t tile = 32;
-    for (size_t i0 = 0; i0 < n; i0 += tile) {
-        for (size_t j0 = 0; j0 <= i0; j0 += tile) {
-            const size_t i1 = std::min(n, i0 + tile), j1 = std::min(n, j0 + tile);
-            for (size_t i = i0; i < i1; ++i)
-                for (size_t j = j0; j < std::min(j1, i); ++j) a[j * n + i] = a[i * n + j];
+    constexpr size_t w = TileOf<T>::type::nr;
+    constexpr size_t depth = 256;
+    T panel[depth * w];
+    const ptrdiff_t ld = static_cast<ptrdiff_t>(n);
+    for (size_t i0 = 0; i0 < n; i0 += w) {
+        const size_t rows = std::min(w, n - i0);
+        // Block rows i0.. (width `rows`) x columns j0.. (depth) -> upper rows j0.., columns i0..
+        for (size_t j0 = 0; j0 < i0; j0 += depth) {
+            const size_t cols = std::min(depth, i0 - j0);
+            load_panel<T>(cols, rows, View<const T>{a + i0 * n + j0, 1, ld}, panel);
+            store_panel<T>(cols, rows, panel, View<T>{a + j0 * n + i0, ld, 1});
         }
+        for (size_t i = i0; i < i0 + rows; ++i)
+            for (size_t j = i0; j < i; ++j) a[j * n + i] = a[i * n + j];
     }
 }
 

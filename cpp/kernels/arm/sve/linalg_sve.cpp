@@ -9,19 +9,25 @@ namespace {
 template <class T>
 struct LoopTile {
     static constexpr std::size_t mr = 4, nr = 16;
-    static void run(std::size_t k, const T* a, const T* b, T* c, std::ptrdiff_t ldc, bool add) {
+    static void run(std::size_t k, const T* a, std::ptrdiff_t a_rs, std::ptrdiff_t a_cs, const T* b, T alpha, T* c,
+                    std::ptrdiff_t ldc, bool add) {
         T acc[mr][nr] = {};
-        for (std::size_t p = 0; p < k; ++p) {
+        for (std::size_t p = 0; p < k; ++p, a += a_cs, b += nr) {
             for (std::size_t i = 0; i < mr; ++i) {
-                const T ai = a[p * mr + i];
-                for (std::size_t j = 0; j < nr; ++j) acc[i][j] += ai * b[p * nr + j];
+                const T ai = a[static_cast<std::ptrdiff_t>(i) * a_rs];
+                for (std::size_t j = 0; j < nr; ++j) acc[i][j] += ai * b[j];
             }
         }
         for (std::size_t i = 0; i < mr; ++i) {
             T* row = c + static_cast<std::ptrdiff_t>(i) * ldc;
-            for (std::size_t j = 0; j < nr; ++j) row[j] = add ? row[j] + acc[i][j] : acc[i][j];
+            for (std::size_t j = 0; j < nr; ++j) {
+                const T v = alpha == T(1) ? acc[i][j] : acc[i][j] * alpha;
+                row[j] = add ? row[j] + v : v;
+            }
         }
     }
+    static bool pack_b(std::size_t, const T*, std::ptrdiff_t, std::ptrdiff_t, T*) { return false; }
+    static bool unpack_b(std::size_t, const T*, T*, std::ptrdiff_t, std::ptrdiff_t) { return false; }
 };
 using F32Tile = LoopTile<float>;
 using F64Tile = LoopTile<double>;
