@@ -1,4 +1,5 @@
-"""The ``codl`` command: ``codl info``, ``codl bench [NAME ...]``, ``codl demo``."""
+"""The ``codl`` command: ``codl info``, ``codl bench [NAME ...]``, ``codl demo``, ``codl compress``,
+``codl inspect``."""
 
 from __future__ import annotations
 
@@ -72,6 +73,94 @@ def _cmd_export_c(args: argparse.Namespace) -> int:
     return 0
 
 
+def _read_state_dict(path: Path) -> dict[str, object]:
+    """A state_dict from a .safetensors file or a .pt file (torch.load, weights_only=True)."""
+    import torch
+
+    from codl.formats.safetensors_io import read_safetensors
+
+    if path.suffix == ".safetensors":
+        return dict(read_safetensors(path))
+    import pickle
+
+    try:
+        loaded = torch.load(path, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError) as error:
+        raise ValueError(
+            f"{path}: not a state_dict torch.load(weights_only=True) reads: {error}"
+        ) from None
+    if isinstance(loaded, dict) and isinstance(loaded.get("state_dict"), dict):
+        loaded = loaded["state_dict"]  # a training checkpoint
+    if not isinstance(loaded, dict):
+        raise ValueError(
+            f"{path}: expected a state_dict (a dict of tensors), found {type(loaded).__name__}"
+        )
+    return dict(loaded)
+
+
+def _cmd_compress(args: argparse.Namespace) -> int:
+    import codl
+    from codl.formats import inspect
+
+    state = _read_state_dict(args.input)
+    plan = None
+    if args.prune or args.bits is not None or args.method is not None:
+        plan = {"*": {"prune": args.prune, "bits": args.bits, "method": args.method}}
+    codl.save(state, args.output, plan=plan, level=args.level)  # type: ignore[arg-type]
+    infos = inspect(args.output)
+    before = sum(i.dense_bytes for i in infos)
+    after = args.output.stat().st_size
+    print(
+        f"wrote {args.output}: {len(infos)} tensors, {before:,} -> {after:,} bytes "
+        f"({before / after:.1f}x; the input file was {args.input.stat().st_size:,} bytes)"
+    )
+    return 0
+
+
+def _cmd_inspect(args: argparse.Namespace) -> int:
+    from codl.formats import read_header
+
+    infos, metadata = read_header(args.file)
+    if args.json:
+        rows = [
+            {
+                "tensor": i.name,
+                "dtype": i.dtype,
+                "shape": list(i.shape),
+                "encoding": i.encoding,
+                "sparsity": i.sparsity,
+                "bits": i.bits,
+                "bytes_before": i.dense_bytes,
+                "bytes_after": i.stored_bytes,
+            }
+            for i in infos
+        ]
+        print(json.dumps({"tensors": rows, "metadata": metadata}, indent=2))
+        return 0
+    width = max([len("tensor"), *(len(i.name) for i in infos)])
+    header = (
+        f"{'tensor':<{width}}  {'shape':<18} {'encoding':<9} {'sparsity':>8} {'bits':>4} "
+        f"{'bytes before':>13} {'bytes after':>12} {'ratio':>8}"
+    )
+    print(header)
+    print("-" * len(header))
+    for i in infos:
+        shape = "x".join(map(str, i.shape)) or "scalar"
+        ratio = f"{i.dense_bytes / i.stored_bytes:.1f}x" if i.stored_bytes else "-"
+        print(
+            f"{i.name:<{width}}  {shape:<18} {i.encoding:<9} {i.sparsity:>8.1%} {i.bits:>4} "
+            f"{i.dense_bytes:>13,} {i.stored_bytes:>12,} {ratio:>8}"
+        )
+    before = sum(i.dense_bytes for i in infos)
+    after = args.file.stat().st_size
+    print("-" * len(header))
+    print(
+        f"{'total (file, header included)':<{width + 52}} {before:>13,} {after:>12,} "
+        f"{before / after:>7.1f}x"
+    )
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="codl",
@@ -138,6 +227,41 @@ def build_parser() -> argparse.ArgumentParser:
     )
     export.add_argument("--name", default="codl_lenet", help="C symbol prefix and file name")
     export.set_defaults(run=_cmd_export_c)
+
+    compress = sub.add_parser(
+        "compress",
+        help="prune, quantize and DEFLATE-pack a state_dict into a .codl file",
+        description="Read a state_dict (.pt through torch.load(weights_only=True), or "
+        ".safetensors) and write it as a .codl file. Without --prune/--bits every tensor is "
+        "stored losslessly; with them, every weight of 2+ dimensions is magnitude-pruned and "
+        "quantized, and the other tensors stay lossless.",
+    )
+    compress.add_argument(
+        "input", type=Path, metavar="IN", help="a .pt state_dict or a .safetensors file"
+    )
+    compress.add_argument("-o", "--output", type=Path, required=True, metavar="OUT.codl")
+    compress.add_argument(
+        "--prune", type=float, default=0.0, help="fraction of weights removed, [0, 1)"
+    )
+    compress.add_argument("--bits", type=int, default=None, help="bits per kept weight (1-8)")
+    compress.add_argument(
+        "--method",
+        choices=["kmeans", "linear", "ternary"],
+        default=None,
+        help="quantizer (default kmeans when --bits is given)",
+    )
+    compress.add_argument("--level", type=int, default=9, help="DEFLATE level, 0-12 (default 9)")
+    compress.set_defaults(run=_cmd_compress)
+
+    inspect = sub.add_parser(
+        "inspect",
+        help="show what a .codl file holds, tensor by tensor",
+        description="Print a table of a .codl file's tensors (shape, encoding, sparsity, bits, "
+        "bytes before and after, ratio) and the totals; only the header is read.",
+    )
+    inspect.add_argument("file", type=Path, metavar="FILE.codl")
+    inspect.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    inspect.set_defaults(run=_cmd_inspect)
 
     demo = sub.add_parser(
         "demo",
