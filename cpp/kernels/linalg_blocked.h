@@ -4,15 +4,18 @@
 //
 // Each including TU defines CODL_LINALG_NAMESPACE (its ISA namespace) and, before including,
 // the tile types F32Tile / F64Tile in codl::CODL_LINALG_NAMESPACE::(anonymous):
+//   static constexpr bool fused;                // the ISA has FMA (used by the unblocked loops)
 //   static constexpr std::size_t mr, nr;        // register tile: mr rows x nr columns of C
 //   static void run(std::size_t k, const T* a, std::ptrdiff_t a_rs, std::ptrdiff_t a_cs,
 //                   const T* b, T alpha, T* c, std::ptrdiff_t ldc, bool add);
 // computing acc = sum_p a[i * a_rs + p * a_cs] * b[p * nr + j] (p ascending, one accumulator
 // per element), acc *= alpha unless alpha is 1, then c[i * ldc + j] = add ? c[..] + acc : acc;
-//   static bool pack_b(std::size_t k, const T* b, std::ptrdiff_t rs, std::ptrdiff_t cs, T* panel);
-// panel[p * nr + j] = b[p * rs + j * cs] for a full panel, or false to leave it to plain loops;
-//   static bool unpack_b(std::size_t k, const T* panel, T* b, std::ptrdiff_t rs, std::ptrdiff_t cs);
-// the inverse.
+//   static bool pack_b(std::size_t k, std::size_t cols, const T* b, std::ptrdiff_t rs,
+//                      std::ptrdiff_t cs, T* panel);
+// panel[p * nr + j] = j < cols ? b[p * rs + j * cs] : 0, or false to leave it to plain loops;
+//   static bool unpack_b(std::size_t k, std::size_t cols, const T* panel, T* b, std::ptrdiff_t rs,
+//                        std::ptrdiff_t cs);
+// the inverse for j < cols.
 // Everything here has internal linkage: the same template compiled with AVX-512 flags must never
 // be merged by the linker with its scalar twin.
 //
@@ -55,8 +58,6 @@ constexpr size_t kNoFailure = std::numeric_limits<size_t>::max();
 constexpr size_t kBase = 16;
 // Columns of a right-hand side per thread in a parallel solve are a multiple of this.
 constexpr size_t kChunk = 64;
-// Diagonal blocks of a symmetric rank-k update at most this large are done as one full GEMM.
-constexpr size_t kSyrkBase = 64;
 // A parallel step gives each thread at least this many multiply-adds.
 constexpr double kMinMacsPerThread = 1 << 19;
 
@@ -106,15 +107,18 @@ constexpr size_t round_up(size_t x, size_t to) { return (x + to - 1) / to * to; 
 template <class T, class Tile>
 void pack_b(size_t kc, size_t cols, View<const T> b, T* panel) {
     constexpr size_t nr = Tile::nr;
-    if (cols == nr && Tile::pack_b(kc, b.p, b.rs, b.cs, panel)) return;
+    if (Tile::pack_b(kc, cols, b.p, b.rs, b.cs, panel)) return;
     for (size_t p = 0; p < kc; ++p) {
         for (size_t j = 0; j < cols; ++j) panel[p * nr + j] = b(p, j);
         for (size_t j = cols; j < nr; ++j) panel[p * nr + j] = T(0);
     }
 }
 
+// lower_only: tiles wholly above C's diagonal may be skipped (callers that ignore C's strict
+// upper triangle; every element computed has the same arithmetic either way).
 template <class T>
-void gemm(size_t m, size_t n, size_t k, T alpha, View<const T> a, View<const T> b, View<T> c) {
+void gemm(size_t m, size_t n, size_t k, T alpha, View<const T> a, View<const T> b, View<T> c,
+          bool lower_only = false) {
     using Tile = typename TileOf<T>::type;
     constexpr size_t mr = Tile::mr, nr = Tile::nr;
     // A's kc x mr strip stays in L1 while B's kc x nc block streams from L2.
@@ -128,6 +132,7 @@ void gemm(size_t m, size_t n, size_t k, T alpha, View<const T> a, View<const T> 
         return;
     }
     if (c.cs == -1) {
+        lower_only = false;
         c = {&c(0, n - 1), c.rs, 1};
         b = {&b(0, n - 1), b.rs, -b.cs};
     }
@@ -177,7 +182,9 @@ void gemm(size_t m, size_t n, size_t k, T alpha, View<const T> a, View<const T> 
                     strip_rs = static_cast<ptrdiff_t>(stride);
                     strip_cs = 1;
                 }
-                for (size_t jr = 0; jr < nc; jr += nr) {
+                // Panels whose first column lies right of the strip's last row are skipped.
+                const size_t panels_end = lower_only ? std::min(nc, ir + rows > jc ? ir + rows - jc : 0) : nc;
+                for (size_t jr = 0; jr < panels_end; jr += nr) {
                     const size_t cols = std::min(nr, nc - jr);
                     if (rows == mr && cols == nr && c.cs == 1) {
                         Tile::run(kc, strip, strip_rs, strip_cs, pb + jr * kc, alpha, &c(ir, jc + jr), c.rs, true);
@@ -195,18 +202,11 @@ void gemm(size_t m, size_t n, size_t k, T alpha, View<const T> a, View<const T> 
     }
 }
 
-// C (lower triangle of n x n) += alpha A A^T, A n x k. Diagonal blocks up to kSyrkBase are done as
-// full GEMMs, writing their strict upper part too (callers never read it).
+// C (lower triangle of n x n) += alpha A A^T, A n x k: one GEMM that skips the tiles above the
+// diagonal; tiles across it also write part of C's strict upper triangle (callers never read it).
 template <class T>
 void syrk_lower(size_t n, size_t k, T alpha, View<const T> a, View<T> c) {
-    if (n <= kSyrkBase) {
-        gemm<T>(n, n, k, alpha, a, a.t(), c);
-        return;
-    }
-    const size_t n1 = round_up(n / 2, kBase);
-    syrk_lower<T>(n1, k, alpha, a, c);
-    gemm<T>(n - n1, n1, k, alpha, a.at(n1, 0), a.t(), c.at(n1, 0));
-    syrk_lower<T>(n - n1, k, alpha, a.at(n1, 0), c.at(n1, n1));
+    gemm<T>(n, n, k, alpha, a, a.t(), c, true);
 }
 
 template <class T>
@@ -255,44 +255,59 @@ template <class T>
 void store_panel(size_t rows, size_t width, const T* panel, View<T> b) {
     using Tile = typename TileOf<T>::type;
     constexpr size_t nr = Tile::nr;
-    if (width == nr && Tile::unpack_b(rows, panel, b.p, b.rs, b.cs)) return;
+    if (Tile::unpack_b(rows, width, panel, b.p, b.rs, b.cs)) return;
     for (size_t i = 0; i < rows; ++i)
         for (size_t j = 0; j < width; ++j) b(i, j) = panel[i * nr + j];
 }
 
-// B (k x m) = L^-1 B, L lower k x k. Column by column the same forward substitution as LAPACK
-// (b_i - sum_{p<i} l_ip x_p, p ascending, then / l_ii), nr columns at a time.
+// a * b + c, fused where the ISA has FMA (then the same instruction as the GEMM tile's).
+template <class T>
+inline T madd(T a, T b, T c) {
+    if constexpr (TileOf<T>::type::fused) {
+        return std::fma(a, b, c);
+    } else {
+        return a * b + c;
+    }
+}
+
+// B (k x m) = L^-1 B, L lower k x k: forward substitution (b_i - sum_{p<i} l_ip x_p, p ascending,
+// times 1 / l_ii), nr columns at a time in a panel.
 template <class T>
 void trsm_base(View<const T> l, View<T> b, size_t k, size_t m) {
     constexpr size_t w = TileOf<T>::type::nr;
-    T lc[kBase * kBase];
+    T lc[kBase * kBase], inverse[kBase];
     T tmp[kBase * w];
     load_lower(l, k, lc);
+    for (size_t j = 0; j < k; ++j) inverse[j] = T(1) / lc[j * kBase + j];
     for (size_t c0 = 0; c0 < m; c0 += w) {
         const size_t width = std::min(w, m - c0);
         const View<T> block = b.at(0, c0);
         load_panel<T>(k, width, block, tmp);
         for (size_t j = 0; j < k; ++j) {
             T* xj = tmp + j * w;
-            const T d = lc[j * kBase + j];
-            for (size_t x = 0; x < w; ++x) xj[x] /= d;
+            const T d = inverse[j];
+            for (size_t x = 0; x < w; ++x) xj[x] *= d;
             for (size_t p = j + 1; p < k; ++p) {
-                const T f = lc[p * kBase + j];
+                const T f = -lc[p * kBase + j];
                 T* xp = tmp + p * w;
-                for (size_t x = 0; x < w; ++x) xp[x] -= f * xj[x];
+                for (size_t x = 0; x < w; ++x) xp[x] = madd(f, xj[x], xp[x]);
             }
         }
         store_panel<T>(k, width, tmp, block);
     }
 }
 
-// B (k x m) = L B, L lower, in place (rows from the bottom up, each needing only rows above it).
+// B (k x m) = +-L B, L lower, in place (rows from the bottom up, each needing only rows above it).
 template <class T>
-void trmm_base(View<const T> l, View<T> b, size_t k, size_t m) {
+void trmm_base(View<const T> l, View<T> b, size_t k, size_t m, bool negate) {
     constexpr size_t w = TileOf<T>::type::nr;
     T lc[kBase * kBase];
     T tmp[kBase * w];
     load_lower(l, k, lc);
+    if (negate) {
+        for (size_t i = 0; i < k; ++i)
+            for (size_t j = 0; j <= i; ++j) lc[i * kBase + j] = -lc[i * kBase + j];
+    }
     for (size_t c0 = 0; c0 < m; c0 += w) {
         const size_t width = std::min(w, m - c0);
         const View<T> block = b.at(0, c0);
@@ -304,7 +319,7 @@ void trmm_base(View<const T> l, View<T> b, size_t k, size_t m) {
             for (size_t p = 0; p < i; ++p) {
                 const T f = lc[i * kBase + p];
                 const T* xp = tmp + p * w;
-                for (size_t x = 0; x < w; ++x) xi[x] += f * xp[x];
+                for (size_t x = 0; x < w; ++x) xi[x] = madd(f, xp[x], xi[x]);
             }
         }
         store_panel<T>(k, width, tmp, block);
@@ -390,27 +405,27 @@ void trsm(View<const T> l, View<T> b, size_t k, size_t m, int threads) {
     trsm<T>(l.at(k1, k1), b.at(k1, 0), k - k1, m, 1);
 }
 
-// B (k x m) = L B, L lower k x k, in place.
+// B (k x m) = L B (or -L B), L lower k x k, in place.
 template <class T>
-void trmm(View<const T> l, View<T> b, size_t k, size_t m, int threads) {
+void trmm(View<const T> l, View<T> b, size_t k, size_t m, int threads, bool negate = false) {
     if (k == 0 || m == 0) return;
     const double macs = 0.5 * static_cast<double>(k) * static_cast<double>(k) * static_cast<double>(m);
     if (threads > 1 && macs >= 2 * kMinMacsPerThread) {
         const size_t per = std::max<size_t>(
             kChunk, static_cast<size_t>(kMinMacsPerThread / (macs / static_cast<double>(m))));
         parallel_for(m, kChunk, per, threads, [&](size_t begin, size_t end) {
-            trmm<T>(l, b.at(0, begin), k, end - begin, 1);
+            trmm<T>(l, b.at(0, begin), k, end - begin, 1, negate);
         });
         return;
     }
     if (k <= kBase) {
-        trmm_base<T>(l, b, k, m);
+        trmm_base<T>(l, b, k, m, negate);
         return;
     }
     const size_t k1 = split(k);
-    trmm<T>(l.at(k1, k1), b.at(k1, 0), k - k1, m, 1);
-    gemm<T>(k - k1, m, k1, T(1), l.at(k1, 0), b, b.at(k1, 0));
-    trmm<T>(l, b, k1, m, 1);
+    trmm<T>(l.at(k1, k1), b.at(k1, 0), k - k1, m, 1, negate);
+    gemm<T>(k - k1, m, k1, negate ? T(-1) : T(1), l.at(k1, 0), b, b.at(k1, 0));
+    trmm<T>(l, b, k1, m, 1, negate);
 }
 
 // A = L L^T in place (lower triangle); returns the first failing pivot or kNoFailure.
@@ -439,11 +454,9 @@ void trtri(View<T> l, size_t n, int threads) {
     const size_t n1 = split(n), n2 = n - n1;
     const View<T> l21 = l.at(n1, 0);
     trtri<T>(l.at(n1, n1), n2, threads);
-    trmm<T>(l.at(n1, n1), l21, n2, n1, threads);
-    // (X22 L21) L11^-1: L11^T Z^T = (X22 L21)^T, an upper solve, i.e. a lower one read backwards.
+    trmm<T>(l.at(n1, n1), l21, n2, n1, threads, true);
+    // (-X22 L21) L11^-1: L11^T Z^T = (-X22 L21)^T, an upper solve, i.e. a lower one read backwards.
     trsm<T>(l.t().reversed(n1, n1), l21.t().reversed_rows(n1), n1, n2, threads);
-    for (size_t i = 0; i < n2; ++i)
-        for (size_t j = 0; j < n1; ++j) l21(i, j) = -l21(i, j);
     trtri<T>(l, n1, threads);
 }
 

@@ -8,6 +8,7 @@ namespace {
 
 template <class T>
 struct LoopTile {
+    static constexpr bool fused = true;
     static constexpr std::size_t mr = 4, nr = 16;
     static void run(std::size_t k, const T* a, std::ptrdiff_t a_rs, std::ptrdiff_t a_cs, const T* b, T alpha, T* c,
                     std::ptrdiff_t ldc, bool add) {
@@ -26,8 +27,8 @@ struct LoopTile {
             }
         }
     }
-    static bool pack_b(std::size_t, const T*, std::ptrdiff_t, std::ptrdiff_t, T*) { return false; }
-    static bool unpack_b(std::size_t, const T*, T*, std::ptrdiff_t, std::ptrdiff_t) { return false; }
+    static bool pack_b(std::size_t, std::size_t, const T*, std::ptrdiff_t, std::ptrdiff_t, T*) { return false; }
+    static bool unpack_b(std::size_t, std::size_t, const T*, T*, std::ptrdiff_t, std::ptrdiff_t) { return false; }
 };
 using F32Tile = LoopTile<float>;
 using F64Tile = LoopTile<double>;

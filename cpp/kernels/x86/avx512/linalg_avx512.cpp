@@ -59,7 +59,20 @@ inline void transpose8(__m512d r[8]) {
     }
 }
 
+// A block of W consecutive rows p0 .. p0 + W - 1 of a B whose rows are contiguous, ascending
+// (rs = 1) or descending (rs = -1): the offset of its lowest address, and where a vector lane q
+// (in address order) belongs.
+template <size_t W>
+inline ptrdiff_t first(size_t p0, ptrdiff_t rs) {
+    return rs > 0 ? static_cast<ptrdiff_t>(p0) : -static_cast<ptrdiff_t>(p0 + W - 1);
+}
+template <size_t W>
+inline size_t row(size_t p0, size_t q, ptrdiff_t rs) {
+    return rs > 0 ? p0 + q : p0 + W - 1 - q;
+}
+
 struct F32Tile {
+    static constexpr bool fused = true;
     static constexpr size_t mr = 8, nr = 32;
     static void run(size_t k, const float* a, ptrdiff_t a_rs, ptrdiff_t a_cs, const float* b, float alpha,
                     float* c, ptrdiff_t ldc, bool add) {
@@ -82,53 +95,69 @@ struct F32Tile {
             }
         }
     }
-    static bool pack_b(size_t k, const float* b, ptrdiff_t rs, ptrdiff_t cs, float* panel) {
+    // Panel packing for any width cols <= nr: masked loads/stores where B's rows are contiguous,
+    // 16 x 16 in-register transposes where its columns are.
+    static bool pack_b(size_t k, size_t cols, const float* b, ptrdiff_t rs, ptrdiff_t cs, float* panel) {
+        const __mmask16 m0 = mask(cols), m1 = mask(cols > 16 ? cols - 16 : 0);
         if (cs == 1) {
             for (size_t p = 0; p < k; ++p, b += rs, panel += nr) {
-                _mm512_storeu_ps(panel, _mm512_loadu_ps(b));
-                _mm512_storeu_ps(panel + 16, _mm512_loadu_ps(b + 16));
+                _mm512_storeu_ps(panel, _mm512_maskz_loadu_ps(m0, b));
+                _mm512_storeu_ps(panel + 16, _mm512_maskz_loadu_ps(m1, b + 16));
             }
             return true;
         }
-        if (rs != 1) return false;
+        if (rs != 1 && rs != -1) return false;  // rows contiguous, ascending or descending
         size_t p0 = 0;
         for (; p0 + 16 <= k; p0 += 16) {
             for (size_t j0 = 0; j0 < nr; j0 += 16) {
                 __m512 r[16];
-                for (size_t j = 0; j < 16; ++j) r[j] = _mm512_loadu_ps(b + static_cast<ptrdiff_t>(j0 + j) * cs + p0);
+                for (size_t j = 0; j < 16; ++j) {
+                    r[j] = j0 + j < cols ? _mm512_loadu_ps(b + static_cast<ptrdiff_t>(j0 + j) * cs + first<16>(p0, rs))
+                                         : _mm512_setzero_ps();
+                }
                 transpose16(r);
-                for (size_t q = 0; q < 16; ++q) _mm512_storeu_ps(panel + (p0 + q) * nr + j0, r[q]);
+                for (size_t q = 0; q < 16; ++q) _mm512_storeu_ps(panel + row<16>(p0, q, rs) * nr + j0, r[q]);
             }
         }
-        for (; p0 < k; ++p0)
-            for (size_t j = 0; j < nr; ++j) panel[p0 * nr + j] = b[static_cast<ptrdiff_t>(j) * cs + static_cast<ptrdiff_t>(p0)];
+        for (; p0 < k; ++p0) {
+            for (size_t j = 0; j < nr; ++j) {
+                panel[p0 * nr + j] = j < cols ? b[static_cast<ptrdiff_t>(j) * cs + static_cast<ptrdiff_t>(p0) * rs] : 0.0f;
+            }
+        }
         return true;
     }
-    static bool unpack_b(size_t k, const float* panel, float* b, ptrdiff_t rs, ptrdiff_t cs) {
+    static bool unpack_b(size_t k, size_t cols, const float* panel, float* b, ptrdiff_t rs, ptrdiff_t cs) {
+        const __mmask16 m0 = mask(cols), m1 = mask(cols > 16 ? cols - 16 : 0);
         if (cs == 1) {
             for (size_t p = 0; p < k; ++p, b += rs, panel += nr) {
-                _mm512_storeu_ps(b, _mm512_loadu_ps(panel));
-                _mm512_storeu_ps(b + 16, _mm512_loadu_ps(panel + 16));
+                _mm512_mask_storeu_ps(b, m0, _mm512_loadu_ps(panel));
+                _mm512_mask_storeu_ps(b + 16, m1, _mm512_loadu_ps(panel + 16));
             }
             return true;
         }
-        if (rs != 1) return false;
+        if (rs != 1 && rs != -1) return false;  // rows contiguous, ascending or descending
         size_t p0 = 0;
         for (; p0 + 16 <= k; p0 += 16) {
-            for (size_t j0 = 0; j0 < nr; j0 += 16) {
+            for (size_t j0 = 0; j0 < cols; j0 += 16) {
                 __m512 r[16];
-                for (size_t q = 0; q < 16; ++q) r[q] = _mm512_loadu_ps(panel + (p0 + q) * nr + j0);
+                for (size_t q = 0; q < 16; ++q) r[q] = _mm512_loadu_ps(panel + row<16>(p0, q, rs) * nr + j0);
                 transpose16(r);
-                for (size_t j = 0; j < 16; ++j) _mm512_storeu_ps(b + static_cast<ptrdiff_t>(j0 + j) * cs + p0, r[j]);
+                for (size_t j = 0; j < 16 && j0 + j < cols; ++j) {
+                    _mm512_storeu_ps(b + static_cast<ptrdiff_t>(j0 + j) * cs + first<16>(p0, rs), r[j]);
+                }
             }
         }
         for (; p0 < k; ++p0)
-            for (size_t j = 0; j < nr; ++j) b[static_cast<ptrdiff_t>(j) * cs + static_cast<ptrdiff_t>(p0)] = panel[p0 * nr + j];
+            for (size_t j = 0; j < cols; ++j) b[static_cast<ptrdiff_t>(j) * cs + static_cast<ptrdiff_t>(p0) * rs] = panel[p0 * nr + j];
         return true;
+    }
+    static __mmask16 mask(size_t count) {
+        return _cvtu32_mask16(count >= 16 ? 0xFFFFu : (1u << count) - 1u);
     }
 };
 
 struct F64Tile {
+    static constexpr bool fused = true;
     static constexpr size_t mr = 8, nr = 16;
     static void run(size_t k, const double* a, ptrdiff_t a_rs, ptrdiff_t a_cs, const double* b, double alpha,
                     double* c, ptrdiff_t ldc, bool add) {
@@ -151,50 +180,61 @@ struct F64Tile {
             }
         }
     }
-    static bool pack_b(size_t k, const double* b, ptrdiff_t rs, ptrdiff_t cs, double* panel) {
+    static bool pack_b(size_t k, size_t cols, const double* b, ptrdiff_t rs, ptrdiff_t cs, double* panel) {
+        const __mmask8 m0 = mask(cols), m1 = mask(cols > 8 ? cols - 8 : 0);
         if (cs == 1) {
             for (size_t p = 0; p < k; ++p, b += rs, panel += nr) {
-                _mm512_storeu_pd(panel, _mm512_loadu_pd(b));
-                _mm512_storeu_pd(panel + 8, _mm512_loadu_pd(b + 8));
+                _mm512_storeu_pd(panel, _mm512_maskz_loadu_pd(m0, b));
+                _mm512_storeu_pd(panel + 8, _mm512_maskz_loadu_pd(m1, b + 8));
             }
             return true;
         }
-        if (rs != 1) return false;
+        if (rs != 1 && rs != -1) return false;  // rows contiguous, ascending or descending
         size_t p0 = 0;
         for (; p0 + 8 <= k; p0 += 8) {
             for (size_t j0 = 0; j0 < nr; j0 += 8) {
                 __m512d r[8];
-                for (size_t j = 0; j < 8; ++j) r[j] = _mm512_loadu_pd(b + static_cast<ptrdiff_t>(j0 + j) * cs + p0);
+                for (size_t j = 0; j < 8; ++j) {
+                    r[j] = j0 + j < cols ? _mm512_loadu_pd(b + static_cast<ptrdiff_t>(j0 + j) * cs + first<8>(p0, rs))
+                                         : _mm512_setzero_pd();
+                }
                 transpose8(r);
-                for (size_t q = 0; q < 8; ++q) _mm512_storeu_pd(panel + (p0 + q) * nr + j0, r[q]);
+                for (size_t q = 0; q < 8; ++q) _mm512_storeu_pd(panel + row<8>(p0, q, rs) * nr + j0, r[q]);
             }
         }
-        for (; p0 < k; ++p0)
-            for (size_t j = 0; j < nr; ++j) panel[p0 * nr + j] = b[static_cast<ptrdiff_t>(j) * cs + static_cast<ptrdiff_t>(p0)];
+        for (; p0 < k; ++p0) {
+            for (size_t j = 0; j < nr; ++j) {
+                panel[p0 * nr + j] = j < cols ? b[static_cast<ptrdiff_t>(j) * cs + static_cast<ptrdiff_t>(p0) * rs] : 0.0;
+            }
+        }
         return true;
     }
-    static bool unpack_b(size_t k, const double* panel, double* b, ptrdiff_t rs, ptrdiff_t cs) {
+    static bool unpack_b(size_t k, size_t cols, const double* panel, double* b, ptrdiff_t rs, ptrdiff_t cs) {
+        const __mmask8 m0 = mask(cols), m1 = mask(cols > 8 ? cols - 8 : 0);
         if (cs == 1) {
             for (size_t p = 0; p < k; ++p, b += rs, panel += nr) {
-                _mm512_storeu_pd(b, _mm512_loadu_pd(panel));
-                _mm512_storeu_pd(b + 8, _mm512_loadu_pd(panel + 8));
+                _mm512_mask_storeu_pd(b, m0, _mm512_loadu_pd(panel));
+                _mm512_mask_storeu_pd(b + 8, m1, _mm512_loadu_pd(panel + 8));
             }
             return true;
         }
-        if (rs != 1) return false;
+        if (rs != 1 && rs != -1) return false;  // rows contiguous, ascending or descending
         size_t p0 = 0;
         for (; p0 + 8 <= k; p0 += 8) {
-            for (size_t j0 = 0; j0 < nr; j0 += 8) {
+            for (size_t j0 = 0; j0 < cols; j0 += 8) {
                 __m512d r[8];
-                for (size_t q = 0; q < 8; ++q) r[q] = _mm512_loadu_pd(panel + (p0 + q) * nr + j0);
+                for (size_t q = 0; q < 8; ++q) r[q] = _mm512_loadu_pd(panel + row<8>(p0, q, rs) * nr + j0);
                 transpose8(r);
-                for (size_t j = 0; j < 8; ++j) _mm512_storeu_pd(b + static_cast<ptrdiff_t>(j0 + j) * cs + p0, r[j]);
+                for (size_t j = 0; j < 8 && j0 + j < cols; ++j) {
+                    _mm512_storeu_pd(b + static_cast<ptrdiff_t>(j0 + j) * cs + first<8>(p0, rs), r[j]);
+                }
             }
         }
         for (; p0 < k; ++p0)
-            for (size_t j = 0; j < nr; ++j) b[static_cast<ptrdiff_t>(j) * cs + static_cast<ptrdiff_t>(p0)] = panel[p0 * nr + j];
+            for (size_t j = 0; j < cols; ++j) b[static_cast<ptrdiff_t>(j) * cs + static_cast<ptrdiff_t>(p0) * rs] = panel[p0 * nr + j];
         return true;
     }
+    static __mmask8 mask(size_t count) { return _cvtu32_mask8(count >= 8 ? 0xFFu : (1u << count) - 1u); }
 };
 
 }  // namespace
