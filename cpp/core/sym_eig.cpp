@@ -26,6 +26,23 @@ constexpr std::size_t kInnerParallelSize = 1024;
 constexpr std::size_t kDivideAndConquerSize = 64;
 constexpr std::size_t kDivideAndConquerLeaf = 32;
 
+// The ISA's GEMM: C (m x n) += alpha A (m x k) B (k x n) on strided views.
+template <typename T>
+using GemmFn = void (*)(std::size_t, std::size_t, std::size_t, T, const T*, std::ptrdiff_t, std::ptrdiff_t,
+                        const T*, std::ptrdiff_t, std::ptrdiff_t, T*, std::ptrdiff_t, std::ptrdiff_t);
+
+// What one matrix needs from the kernel tables.
+template <typename T>
+struct Engine {
+    const SymEigOps<T>& ops;
+    GemmFn<T> gemm;
+};
+
+// Reflectors are applied to the rows of S^T in blocks of this many (compact WY).
+constexpr std::size_t kReflectorBlock = 32;
+// Rows of S^T that go through all the blocks together (their slice stays in L2).
+constexpr std::size_t kBackTransformRows = 64;
+
 // Scratch kept per thread so repeated calls do not allocate once warm.
 template <typename T>
 struct Workspace {
@@ -41,6 +58,9 @@ struct Workspace {
     std::vector<double> dc_z, dc_d, dc_zs, dc_dk, dc_z2, dc_tau, dc_zhat, dc_u, saved_d, saved_e;
     std::vector<std::size_t> dc_perm, dc_kept, dc_deflated, dc_origin, dc_left, dc_right;
     std::vector<int> dc_kind;
+    // Back-transformation: per block of reflectors, T (nb x nb) and Y = V T (m x nb); per thread
+    // the block's W = X V.
+    std::vector<T> wy_t, wy_y, wy_gram, wy_w;
 };
 
 template <typename T>
@@ -158,6 +178,61 @@ void form_q_transposed(const SymEigOps<T>& ops, const T* reflectors, const T* ta
     });
 }
 
+// Z^T = X Q^T in place, X = S^T holding the tridiagonal matrix's eigenvectors as rows (LAPACK's
+// ormtr): Q^T = H_{n-2} ... H_0, applied a block of reflectors at a time from the last block to
+// the first. A block B = H_k0 ... H_{k0+nb-1} = I - V T V^T (larft: T upper triangular) acts on
+// columns k0 + 1.. of X as X <- X - (X V) (V T)^T: two GEMMs. Each row of X is transformed on
+// its own, so threads split rows and no row's arithmetic depends on the split. `reflectors`
+// holds v_k in row k from column k + 1 on (v_k[k + 1] = 1) and zeros in columns <= k.
+template <typename T>
+void back_transform(GemmFn<T> gemm, const T* reflectors, const T* taus, std::size_t n, T* x, Workspace<T>& ws,
+                    int threads) {
+    if (n < 3) return;  // reflectors n - 2 and on have length 1: tau = 0
+    constexpr std::size_t nb = kReflectorBlock;
+    const std::size_t count = n - 2;
+    const std::size_t blocks = (count + nb - 1) / nb;
+    const auto ld = static_cast<std::ptrdiff_t>(n);
+    ws.wy_t.assign(blocks * nb * nb, T(0));
+    ws.wy_y.assign(blocks * n * nb, T(0));
+    ws.wy_gram.resize(nb * nb);
+    for (std::size_t b = 0; b < blocks; ++b) {
+        const std::size_t k0 = b * nb, kb = std::min(nb, count - k0), m = n - k0 - 1;
+        const auto skb = static_cast<std::ptrdiff_t>(kb);
+        const T* v = reflectors + k0 * n + k0 + 1;  // V (m x kb): V(i, j) = v[i + j n]
+        T* gram = ws.wy_gram.data();
+        std::fill(gram, gram + kb * kb, T(0));
+        gemm(kb, kb, m, T(1), v, ld, 1, v, 1, ld, gram, skb, 1);
+        // T(0:j, j) = -tau_j T(0:j, 0:j) (V^T V)(0:j, j), T(j, j) = tau_j.
+        T* t = ws.wy_t.data() + b * nb * nb;
+        for (std::size_t j = 0; j < kb; ++j) {
+            const double tau = taus[k0 + j];
+            for (std::size_t i = 0; i < j; ++i) {
+                double sum = 0;
+                for (std::size_t l = i; l < j; ++l) sum += static_cast<double>(t[i * kb + l]) * gram[l * kb + j];
+                t[i * kb + j] = static_cast<T>(-tau * sum);
+            }
+            t[j * kb + j] = static_cast<T>(tau);
+        }
+        gemm(m, kb, kb, T(1), v, 1, ld, t, skb, 1, ws.wy_y.data() + b * n * nb, skb, 1);
+    }
+    parallel_for(n, 1, 16, threads, [&](std::size_t begin, std::size_t end) {
+        std::vector<T>& w = workspace<T>().wy_w;  // this thread's own
+        w.resize(kBackTransformRows * nb);
+        for (std::size_t r0 = begin; r0 < end; r0 += kBackTransformRows) {
+            const std::size_t rows = std::min(kBackTransformRows, end - r0);
+            for (std::size_t b = blocks; b-- > 0;) {
+                const std::size_t k0 = b * nb, kb = std::min(nb, count - k0), m = n - k0 - 1;
+                const auto skb = static_cast<std::ptrdiff_t>(kb);
+                const T* v = reflectors + k0 * n + k0 + 1;
+                T* xs = x + r0 * n + k0 + 1;
+                std::fill(w.begin(), w.begin() + static_cast<std::ptrdiff_t>(rows * kb), T(0));
+                gemm(rows, kb, m, T(1), xs, ld, 1, v, 1, ld, w.data(), skb, 1);
+                gemm(rows, m, kb, T(-1), w.data(), skb, 1, ws.wy_y.data() + b * n * nb, 1, skb, xs, ld, 1);
+            }
+        }
+    });
+}
+
 // Applies the recorded rotations to Z^T strip by strip, then forgets them.
 template <typename T>
 void flush_rotations(const SymEigOps<T>& ops, T* z, std::size_t n, std::size_t stride, Workspace<T>& ws,
@@ -250,12 +325,16 @@ bool tridiagonal_ql(const SymEigOps<T>& ops, double* d, double* e, std::size_t n
 // merge is one GEMM per half.
 
 template <typename T>
-void parallel_gemm(const SymEigOps<T>& ops, std::size_t m, std::size_t n, std::size_t k, const T* a,
-                   std::size_t lda, const T* b, std::size_t ldb, T* c, std::size_t ldc, int threads) {
+void parallel_gemm(GemmFn<T> gemm, std::size_t m, std::size_t n, std::size_t k, const T* a, std::size_t lda,
+                   const T* b, std::size_t ldb, T* c, std::size_t ldc, int threads) {
     if (m == 0 || n == 0) return;
-    const std::size_t min_rows = std::max<std::size_t>(6, (std::size_t{1} << 19) / std::max<std::size_t>(n * k, 1));
-    parallel_for(m, 6, min_rows, threads, [&](std::size_t begin, std::size_t end) {
-        ops.gemm(end - begin, n, k, a + begin * lda, lda, b, ldb, c + begin * ldc, ldc);
+    const std::size_t min_rows = std::max<std::size_t>(8, (std::size_t{1} << 19) / std::max<std::size_t>(n * k, 1));
+    parallel_for(m, 8, min_rows, threads, [&](std::size_t begin, std::size_t end) {
+        for (std::size_t i = begin; i < end; ++i) std::fill(c + i * ldc, c + i * ldc + n, T(0));
+        if (k == 0) return;
+        const auto sa = static_cast<std::ptrdiff_t>(lda), sb = static_cast<std::ptrdiff_t>(ldb),
+                   sc = static_cast<std::ptrdiff_t>(ldc);
+        gemm(end - begin, n, k, T(1), a + begin * lda, sa, 1, b, sb, 1, c + begin * ldc, sc, 1);
     });
 }
 
@@ -341,6 +420,7 @@ void secular_root(const double* d, const double* z2, std::size_t k, double rho, 
 template <typename T>
 struct DivideAndConquer {
     const SymEigOps<T>& ops;
+    GemmFn<T> gemm;
     double* d;
     double* e;
     std::size_t n;
@@ -513,11 +593,11 @@ struct DivideAndConquer {
         for (std::size_t q = 0; q < left.size(); ++q) {
             std::copy(pre + kept[left[q]] * m, pre + kept[left[q]] * m + m1, gathered + q * m1);
         }
-        parallel_gemm(ops, k, m1, left.size(), u_left, left.size(), gathered, m1, row_of(lo) + lo, n, threads);
+        parallel_gemm(gemm, k, m1, left.size(), u_left, left.size(), gathered, m1, row_of(lo) + lo, n, threads);
         for (std::size_t q = 0; q < right.size(); ++q) {
             std::copy(pre + kept[right[q]] * m + m1, pre + kept[right[q]] * m + m, gathered + q * (m - m1));
         }
-        parallel_gemm(ops, k, m - m1, right.size(), u_right, right.size(), gathered, m - m1, row_of(lo) + mid, n,
+        parallel_gemm(gemm, k, m - m1, right.size(), u_right, right.size(), gathered, m - m1, row_of(lo) + mid, n,
                       threads);
         if (left.empty()) {
             for (std::size_t i = 0; i < k; ++i) std::fill(row_of(lo + i) + lo, row_of(lo + i) + mid, T(0));
@@ -543,7 +623,7 @@ void fill_nan(const SymEigProblem<T>& p) {
 }
 
 template <typename T>
-SymEigStatus decompose(const SymEigOps<T>& ops, const SymEigProblem<T>& p, int threads) {
+SymEigStatus decompose(const Engine<T>& engine, const SymEigProblem<T>& p, int threads) {
     const std::size_t n = p.n;
     if (n == 0) return SymEigStatus::ok;
     const T* a = p.matrix;
@@ -574,28 +654,32 @@ SymEigStatus decompose(const SymEigOps<T>& ops, const SymEigProblem<T>& p, int t
     for (std::size_t j = 0; j < n; ++j) {
         for (std::size_t i = j; i < n; ++i) work[j * n + i] = static_cast<T>(a[i * n + j] * scale);
     }
-    tridiagonalize(ops, work, n, ws);
-    T* z = p.eigenvectors;  // Q^T is built in the output; Z^T ends in `work`, then transposed
-    form_q_transposed(ops, work, ws.taus.data(), n, z, threads);
+    tridiagonalize(engine.ops, work, n, ws);
+    T* z = p.eigenvectors;
     double* d = ws.diagonal.data();
     double* e = ws.offdiagonal.data();
+    const T* vectors = work;  // Z^T, rows are eigenvectors
     bool solved = false;
     if (n > kDivideAndConquerSize) {
         ws.saved_d.assign(d, d + n);
         ws.saved_e.assign(e, e + n);
         for (auto* buffer : {&ws.dc_s, &ws.dc_pre, &ws.dc_ua, &ws.dc_ub, &ws.dc_gather}) buffer->resize(n * n);
-        DivideAndConquer<T> dc{ops, d, e, n, ws.dc_s.data(), ws, threads};
+        DivideAndConquer<T> dc{engine.ops, engine.gemm, d, e, n, ws.dc_s.data(), ws, threads};
         solved = dc.solve(0, n);
         if (solved) {
-            // Z^T = S^T Q^T.
-            parallel_gemm(ops, n, n, n, ws.dc_s.data(), n, z, n, work, n, threads);
+            // Row k keeps only its reflector (its diagonal is in d already).
+            for (std::size_t k = 0; k < n; ++k) std::fill(work + k * n, work + k * n + k + 1, T(0));
+            back_transform(engine.gemm, work, ws.taus.data(), n, ws.dc_s.data(), ws, threads);
+            vectors = ws.dc_s.data();
         } else {
             std::copy(ws.saved_d.begin(), ws.saved_d.end(), d);
             std::copy(ws.saved_e.begin(), ws.saved_e.end(), e);
         }
     }
     if (!solved) {
-        if (!tridiagonal_ql(ops, d, e, n, z, n, ws, threads)) {
+        // Q^T is built in the output, the rotations turn it into Z^T, which goes to `work`.
+        form_q_transposed(engine.ops, work, ws.taus.data(), n, z, threads);
+        if (!tridiagonal_ql(engine.ops, d, e, n, z, n, ws, threads)) {
             fill_nan(p);
             return SymEigStatus::no_convergence;
         }
@@ -606,7 +690,7 @@ SymEigStatus decompose(const SymEigOps<T>& ops, const SymEigProblem<T>& p, int t
     std::iota(ws.order.begin(), ws.order.end(), std::size_t{0});
     std::stable_sort(ws.order.begin(), ws.order.end(), [d](std::size_t x, std::size_t y) { return d[x] < d[y]; });
     for (std::size_t i = 0; i < n; ++i) {
-        const T* vector = work + ws.order[i] * n;
+        const T* vector = vectors + ws.order[i] * n;
         std::size_t largest_at = 0;
         for (std::size_t r = 1; r < n; ++r) {
             if (std::fabs(vector[r]) > std::fabs(vector[largest_at])) largest_at = r;
@@ -619,7 +703,7 @@ SymEigStatus decompose(const SymEigOps<T>& ops, const SymEigProblem<T>& p, int t
 }
 
 template <typename T>
-void run_batch(const SymEigOps<T>& ops, const SymEigProblem<T>* problems, std::size_t count,
+void run_batch(const Engine<T>& engine, const SymEigProblem<T>* problems, std::size_t count,
                SymEigStatus* status, int num_threads) {
     if (count == 0) return;
     const int threads = std::max(num_threads, 1);
@@ -632,13 +716,13 @@ void run_batch(const SymEigOps<T>& ops, const SymEigProblem<T>* problems, std::s
     while (first_small < count &&
            (problems[order[first_small]].n >= kInnerParallelSize || count == 1)) {
         const std::size_t index = order[first_small++];
-        status[index] = decompose(ops, problems[index], threads);
+        status[index] = decompose(engine, problems[index], threads);
     }
     std::atomic<std::size_t> next{first_small};
     parallel_for(static_cast<std::size_t>(threads), 1, 1, threads, [&](std::size_t, std::size_t) {
         for (std::size_t taken; (taken = next.fetch_add(1)) < count;) {
             const std::size_t index = order[taken];
-            status[index] = decompose(ops, problems[index], 1);
+            status[index] = decompose(engine, problems[index], 1);
         }
     });
 }
@@ -647,12 +731,12 @@ void run_batch(const SymEigOps<T>& ops, const SymEigProblem<T>* problems, std::s
 
 void sym_eig_f32_with(const SymEigKernels& kernels, const SymEigProblem<float>* problems,
                       std::size_t count, SymEigStatus* status, int num_threads) {
-    run_batch(kernels.f32, problems, count, status, num_threads);
+    run_batch(Engine<float>{kernels.f32, kernels.linalg->gemm_f32}, problems, count, status, num_threads);
 }
 
 void sym_eig_f64_with(const SymEigKernels& kernels, const SymEigProblem<double>* problems,
                       std::size_t count, SymEigStatus* status, int num_threads) {
-    run_batch(kernels.f64, problems, count, status, num_threads);
+    run_batch(Engine<double>{kernels.f64, kernels.linalg->gemm_f64}, problems, count, status, num_threads);
 }
 
 const SymEigKernels* sym_eig_kernels(IsaLevel isa) {
@@ -665,8 +749,12 @@ const SymEigKernels* sym_eig_kernels(IsaLevel isa) {
         case IsaLevel::avx512: return &avx512::sym_eig_kernels;
 #endif
 #if CODL_HAVE_SVE
-        // No SVE variant yet: the scalar loops (the x86 variants show where one would pay).
-        case IsaLevel::sve: return &ref::sym_eig_kernels;
+        case IsaLevel::sve: {
+            // The scalar row loops (no SVE variant of them yet) with SVE's GEMM.
+            static const SymEigKernels sve_kernels{ref::sym_eig_kernels.f32, ref::sym_eig_kernels.f64,
+                                                   &sve::linalg_kernels};
+            return &sve_kernels;
+        }
 #endif
         default: return nullptr;
     }

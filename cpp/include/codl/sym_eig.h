@@ -24,6 +24,7 @@
 #include <cstdint>
 
 #include "codl/kernel_table.h"
+#include "codl/linalg.h"
 
 namespace codl {
 
@@ -70,11 +71,6 @@ struct SymEigOps {
     // stride `stride` (elements). width is at most kSymEigStripWidth.
     void (*rotate_strip)(T* z, std::size_t stride, std::size_t width, const RotationRun* runs,
                          std::size_t num_runs, const T* c, const T* s);
-    // c (m x n) = a (m x k) b (k x n), row-major with row strides lda, ldb, ldc. Each element
-    // is accumulated over k in order, in one lane, so splitting the rows among threads gives
-    // the same bits.
-    void (*gemm)(std::size_t m, std::size_t n, std::size_t k, const T* a, std::size_t lda,
-                 const T* b, std::size_t ldb, T* c, std::size_t ldc);
 };
 
 // Column strips of Z^T are this many elements wide (a multiple of every ISA's vector length);
@@ -84,6 +80,10 @@ constexpr std::size_t kSymEigStripWidth = 64;
 struct SymEigKernels {
     SymEigOps<float> f32;
     SymEigOps<double> f64;
+    // The same ISA's GEMM (C += alpha A B on strided views): every O(n^3) matrix product of the
+    // method runs in it. Each element's arithmetic does not depend on how C is split among
+    // threads, which keeps the results bit-identical for any thread count.
+    const LinalgKernels* linalg;
 };
 
 // Decomposes problems[0..count) with up to num_threads threads (the active ISA's kernels),

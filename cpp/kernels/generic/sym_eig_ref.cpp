@@ -45,26 +45,13 @@ void rotate_strip(T* z, std::size_t stride, std::size_t width, const RotationRun
     }
 }
 
-template <typename T>
-void gemm(std::size_t m, std::size_t n, std::size_t k, const T* a, std::size_t lda, const T* b,
-          std::size_t ldb, T* c, std::size_t ldc) {
-    for (std::size_t i = 0; i < m; ++i) {
-        T* ci = c + i * ldc;
-        for (std::size_t j = 0; j < n; ++j) ci[j] = 0;
-        for (std::size_t p = 0; p < k; ++p) {
-            const T aip = a[i * lda + p];
-            const T* bp = b + p * ldb;
-            for (std::size_t j = 0; j < n; ++j) ci[j] += aip * bp[j];
-        }
-    }
-}
-
 }  // namespace
 
 namespace ref {
 const SymEigKernels sym_eig_kernels{
-    {update_row_symv<float>, reflect_rows<float>, rotate_strip<float>, gemm<float>},
-    {update_row_symv<double>, reflect_rows<double>, rotate_strip<double>, gemm<double>},
+    {update_row_symv<float>, reflect_rows<float>, rotate_strip<float>},
+    {update_row_symv<double>, reflect_rows<double>, rotate_strip<double>},
+    &linalg_kernels,
 };
 }  // namespace ref
 

@@ -50,7 +50,7 @@ struct F64 {
 
 #include "../sym_eig_simd.inc"
 
-const SymEigKernels sym_eig_kernels{ops_for<F32>(), ops_for<F64>()};
+const SymEigKernels sym_eig_kernels{ops_for<F32>(), ops_for<F64>(), &linalg_kernels};
 
 }  // namespace avx512
 }  // namespace codl
