@@ -228,6 +228,7 @@ def test_conv2d_factors_and_preconditioned_gradient(
     _assert_close(_grad_matrix(conv, conv.weight.grad), reference)  # type: ignore[arg-type]
 
 
+@pytest.mark.filterwarnings("ignore:Using padding='same'")
 def test_conv2d_same_padding() -> None:
     torch.manual_seed(4)
     conv = nn.Conv2d(1, 2, (3, 4), padding="same").double()
