@@ -35,6 +35,7 @@ using GemmFn = void (*)(std::size_t, std::size_t, std::size_t, T, const T*, std:
 template <typename T>
 struct Engine {
     const SymEigOps<T>& ops;
+    const SecularOps& secular;
     GemmFn<T> gemm;
 };
 
@@ -55,7 +56,7 @@ struct Workspace {
     std::vector<std::size_t> order;
     // Divide and conquer: S^T, sorted rows, gathered GEMM operands, and O(n) vectors.
     std::vector<T> dc_s, dc_pre, dc_ua, dc_ub, dc_gather;
-    std::vector<double> dc_z, dc_d, dc_zs, dc_dk, dc_z2, dc_tau, dc_zhat, dc_u, saved_d, saved_e;
+    std::vector<double> dc_z, dc_d, dc_zs, dc_dk, dc_z2, dc_tau, dc_zhat, dc_u, dc_shifted, saved_d, saved_e;
     std::vector<std::size_t> dc_perm, dc_kept, dc_deflated, dc_origin, dc_left, dc_right;
     std::vector<int> dc_kind;
     // Back-transformation: per block of reflectors, T (nb x nb) and Y = V T (m x nb); per thread
@@ -343,17 +344,17 @@ void parallel_gemm(GemmFn<T> gemm, std::size_t m, std::size_t n, std::size_t k, 
 // origin index and an offset tau from d[origin] so that d_j - lambda = (d_j - d_origin) - tau
 // is accurate near the poles. Two-pole rational steps (the "middle way" of LAPACK's laed4)
 // safeguarded by bisection.
-void secular_root(const double* d, const double* z2, std::size_t k, double rho, std::size_t i,
-                  std::size_t* origin_out, double* tau_out) {
+void secular_root(const SecularOps& secular, const double* d, const double* z2, std::size_t k, double rho,
+                  std::size_t i, std::size_t* origin_out, double* tau_out) {
     const double eps = std::numeric_limits<double>::epsilon();
     const bool last = i + 1 == k;
     std::size_t origin = i;
     double lo, hi;
     if (!last) {
         const double half = (d[i + 1] - d[i]) / 2;
-        double f = 1;
-        for (std::size_t j = 0; j < k; ++j) f += rho * z2[j] / ((d[j] - d[i]) - half);
-        if (f >= 0) {
+        double sums[3];
+        secular.terms(d, z2, k, d[i], half, nullptr, sums);
+        if (1 + rho * sums[0] >= 0) {
             lo = 0;
             hi = half;
         } else {
@@ -370,20 +371,11 @@ void secular_root(const double* d, const double* z2, std::size_t k, double rho, 
     const double base = d[origin];
     double tau = (lo + hi) / 2;
     for (int iteration = 0; iteration < 200; ++iteration) {
-        double psi = 0, dpsi = 0, phi = 0, dphi = 0;
-        // One division per term (the loop's cost): t = z^2 / delta, t / delta = t * (1 / delta).
-        for (std::size_t j = 0; j <= i; ++j) {
-            const double inverse = 1.0 / ((d[j] - base) - tau);
-            const double t = z2[j] * inverse;
-            psi += t;
-            dpsi += t * inverse;
-        }
-        for (std::size_t j = i + 1; j < k; ++j) {
-            const double inverse = 1.0 / ((d[j] - base) - tau);
-            const double t = z2[j] * inverse;
-            phi += t;
-            dphi += t * inverse;
-        }
+        // The poles up to i and those above, each with its derivative.
+        double below[3], above[3];
+        secular.terms(d, z2, i + 1, base, tau, nullptr, below);
+        secular.terms(d + i + 1, z2 + i + 1, k - i - 1, base, tau, nullptr, above);
+        double psi = below[0], dpsi = below[1], phi = above[0], dphi = above[1];
         psi *= rho;
         dpsi *= rho;
         phi *= rho;
@@ -420,6 +412,7 @@ void secular_root(const double* d, const double* z2, std::size_t k, double rho, 
 template <typename T>
 struct DivideAndConquer {
     const SymEigOps<T>& ops;
+    const SecularOps& secular;
     GemmFn<T> gemm;
     double* d;
     double* e;
@@ -544,26 +537,35 @@ struct DivideAndConquer {
             dk[j] = dd[kept[j]];
             z2[j] = zs[kept[j]] * zs[kept[j]];
         }
-        for (std::size_t i = 0; i < k; ++i) {
-            if (k == 1) {
-                origins[0] = 0;
-                taus[0] = r * z2[0];
-            } else {
-                secular_root(dk.data(), z2.data(), k, r, i, &origins[i], &taus[i]);
-            }
+        if (k == 1) {
+            origins[0] = 0;
+            taus[0] = r * z2[0];
+        } else {
+            // Each root on its own: any split among threads gives the same bits.
+            parallel_for(k, 1, 64, threads, [&](std::size_t begin, std::size_t end) {
+                for (std::size_t i = begin; i < end; ++i) {
+                    secular_root(secular, dk.data(), z2.data(), k, r, i, &origins[i], &taus[i]);
+                }
+            });
         }
+        std::vector<double>& shifted = ws.dc_shifted;  // the origin pole of each root
+        shifted.resize(k);
+        for (std::size_t i = 0; i < k; ++i) shifted[i] = dk[origins[i]];
         // d_j - lambda_i, accurately.
         auto delta = [&](std::size_t j, std::size_t i) { return (dk[j] - dk[origins[i]]) - taus[i]; };
         // Loewner: the z for which the computed roots are exact eigenvalues.
         std::vector<double>& zhat = ws.dc_zhat;
         zhat.resize(k);
-        for (std::size_t j = 0; j < k; ++j) {
-            double product = -delta(j, j);
-            for (std::size_t i = 0; i < k; ++i) {
-                if (i != j) product *= -delta(j, i) / (dk[i] - dk[j]);
+        parallel_for(k, 1, 64, threads, [&](std::size_t begin, std::size_t end) {
+            for (std::size_t j = begin; j < end; ++j) {
+                const double x = dk[j];
+                const double product = -delta(j, j) *
+                                       secular.ratio_product(shifted.data(), taus.data(), dk.data(), j, x) *
+                                       secular.ratio_product(shifted.data() + j + 1, taus.data() + j + 1,
+                                                             dk.data() + j + 1, k - j - 1, x);
+                zhat[j] = std::copysign(std::sqrt(std::fabs(product) / r), zs[kept[j]]);
             }
-            zhat[j] = std::copysign(std::sqrt(std::fabs(product) / r), zs[kept[j]]);
-        }
+        });
         // Gather the kept rows by the half they live in, so each half is one GEMM over only
         // the rows that are nonzero there.
         std::vector<std::size_t>& left = ws.dc_left;
@@ -576,18 +578,19 @@ struct DivideAndConquer {
         }
         T* u_left = ws.dc_ua.data();
         T* u_right = ws.dc_ub.data();
-        std::vector<double>& u = ws.dc_u;
-        u.resize(k);
-        for (std::size_t i = 0; i < k; ++i) {
-            double norm = 0;
-            for (std::size_t j = 0; j < k; ++j) {
-                u[j] = zhat[j] / delta(j, i);
-                norm += u[j] * u[j];
+        parallel_for(k, 1, 64, threads, [&](std::size_t begin, std::size_t end) {
+            std::vector<double>& u = workspace<T>().dc_u;  // this thread's own
+            u.resize(k);
+            for (std::size_t i = begin; i < end; ++i) {
+                double sums[3];
+                secular.terms(dk.data(), zhat.data(), k, shifted[i], taus[i], u.data(), sums);
+                const double inv = 1.0 / std::sqrt(sums[2]);
+                for (std::size_t q = 0; q < left.size(); ++q) u_left[i * left.size() + q] = static_cast<T>(u[left[q]] * inv);
+                for (std::size_t q = 0; q < right.size(); ++q) {
+                    u_right[i * right.size() + q] = static_cast<T>(u[right[q]] * inv);
+                }
             }
-            const double inv = 1.0 / std::sqrt(norm);
-            for (std::size_t q = 0; q < left.size(); ++q) u_left[i * left.size() + q] = static_cast<T>(u[left[q]] * inv);
-            for (std::size_t q = 0; q < right.size(); ++q) u_right[i * right.size() + q] = static_cast<T>(u[right[q]] * inv);
-        }
+        });
         T* gathered = ws.dc_gather.data();
         // Left columns [lo, mid): rows i of the result = sum_q u_left[i][q] pre[kept[left[q]]].
         for (std::size_t q = 0; q < left.size(); ++q) {
@@ -664,7 +667,7 @@ SymEigStatus decompose(const Engine<T>& engine, const SymEigProblem<T>& p, int t
         ws.saved_d.assign(d, d + n);
         ws.saved_e.assign(e, e + n);
         for (auto* buffer : {&ws.dc_s, &ws.dc_pre, &ws.dc_ua, &ws.dc_ub, &ws.dc_gather}) buffer->resize(n * n);
-        DivideAndConquer<T> dc{engine.ops, engine.gemm, d, e, n, ws.dc_s.data(), ws, threads};
+        DivideAndConquer<T> dc{engine.ops, engine.secular, engine.gemm, d, e, n, ws.dc_s.data(), ws, threads};
         solved = dc.solve(0, n);
         if (solved) {
             // Row k keeps only its reflector (its diagonal is in d already).
@@ -731,12 +734,12 @@ void run_batch(const Engine<T>& engine, const SymEigProblem<T>* problems, std::s
 
 void sym_eig_f32_with(const SymEigKernels& kernels, const SymEigProblem<float>* problems,
                       std::size_t count, SymEigStatus* status, int num_threads) {
-    run_batch(Engine<float>{kernels.f32, kernels.linalg->gemm_f32}, problems, count, status, num_threads);
+    run_batch(Engine<float>{kernels.f32, kernels.secular, kernels.linalg->gemm_f32}, problems, count, status, num_threads);
 }
 
 void sym_eig_f64_with(const SymEigKernels& kernels, const SymEigProblem<double>* problems,
                       std::size_t count, SymEigStatus* status, int num_threads) {
-    run_batch(Engine<double>{kernels.f64, kernels.linalg->gemm_f64}, problems, count, status, num_threads);
+    run_batch(Engine<double>{kernels.f64, kernels.secular, kernels.linalg->gemm_f64}, problems, count, status, num_threads);
 }
 
 const SymEigKernels* sym_eig_kernels(IsaLevel isa) {
@@ -752,7 +755,7 @@ const SymEigKernels* sym_eig_kernels(IsaLevel isa) {
         case IsaLevel::sve: {
             // The scalar row loops (no SVE variant of them yet) with SVE's GEMM.
             static const SymEigKernels sve_kernels{ref::sym_eig_kernels.f32, ref::sym_eig_kernels.f64,
-                                                   &sve::linalg_kernels};
+                                                   ref::sym_eig_kernels.secular, &sve::linalg_kernels};
             return &sve_kernels;
         }
 #endif

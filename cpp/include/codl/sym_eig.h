@@ -77,9 +77,23 @@ struct SymEigOps {
 // the strip of one matrix of n rows stays in L2 while rotations stream past.
 constexpr std::size_t kSymEigStripWidth = 64;
 
+// The divide-and-conquer merge's O(k^2) loops (double precision whatever the matrix type).
+struct SecularOps {
+    // For j in [0, count): inverse = 1 / ((d[j] - base) - tau), t = numerators[j] inverse;
+    // returns in sums[0..3) the sums of t, t inverse and t^2, and writes t to terms[j] unless
+    // terms is nullptr. (The secular function and its derivative; an eigenvector and its norm.)
+    void (*terms)(const double* d, const double* numerators, std::size_t count, double base, double tau,
+                  double* terms, double* sums);
+    // prod over i in [0, count) of ((x - shifted[i]) - tau[i]) / (x - poles[i]) (Loewner's
+    // formula for the z that makes the computed roots exact).
+    double (*ratio_product)(const double* shifted, const double* tau, const double* poles, std::size_t count,
+                            double x);
+};
+
 struct SymEigKernels {
     SymEigOps<float> f32;
     SymEigOps<double> f64;
+    SecularOps secular;
     // The same ISA's GEMM (C += alpha A B on strided views): every O(n^3) matrix product of the
     // method runs in it. Each element's arithmetic does not depend on how C is split among
     // threads, which keeps the results bit-identical for any thread count.

@@ -45,12 +45,35 @@ void rotate_strip(T* z, std::size_t stride, std::size_t width, const RotationRun
     }
 }
 
+void secular_terms(const double* d, const double* numerators, std::size_t count, double base, double tau,
+                   double* terms, double* sums) {
+    double sum = 0, derivative = 0, squares = 0;
+    for (std::size_t j = 0; j < count; ++j) {
+        const double inverse = 1.0 / ((d[j] - base) - tau);
+        const double t = numerators[j] * inverse;
+        sum += t;
+        derivative += t * inverse;
+        squares += t * t;
+        if (terms) terms[j] = t;
+    }
+    sums[0] = sum;
+    sums[1] = derivative;
+    sums[2] = squares;
+}
+
+double ratio_product(const double* shifted, const double* tau, const double* poles, std::size_t count, double x) {
+    double product = 1;
+    for (std::size_t i = 0; i < count; ++i) product *= ((x - shifted[i]) - tau[i]) / (x - poles[i]);
+    return product;
+}
+
 }  // namespace
 
 namespace ref {
 const SymEigKernels sym_eig_kernels{
     {update_row_symv<float>, reflect_rows<float>, rotate_strip<float>},
     {update_row_symv<double>, reflect_rows<double>, rotate_strip<double>},
+    {secular_terms, ratio_product},
     &linalg_kernels,
 };
 }  // namespace ref

@@ -21,6 +21,8 @@ struct F32 {
     static V fnmadd(V a, V b, V c) { return _mm256_fnmadd_ps(a, b, c); }
     static V mul(V a, V b) { return _mm256_mul_ps(a, b); }
     static V add(V a, V b) { return _mm256_add_ps(a, b); }
+    static V sub(V a, V b) { return _mm256_sub_ps(a, b); }
+    static V div(V a, V b) { return _mm256_div_ps(a, b); }
     static T sum(V v) {
         const __m128 half = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
         const __m128 quarter = _mm_add_ps(half, _mm_movehl_ps(half, half));
@@ -46,6 +48,8 @@ struct F64 {
     static V fnmadd(V a, V b, V c) { return _mm256_fnmadd_pd(a, b, c); }
     static V mul(V a, V b) { return _mm256_mul_pd(a, b); }
     static V add(V a, V b) { return _mm256_add_pd(a, b); }
+    static V sub(V a, V b) { return _mm256_sub_pd(a, b); }
+    static V div(V a, V b) { return _mm256_div_pd(a, b); }
     static T sum(V v) {
         const __m128d half = _mm_add_pd(_mm256_castpd256_pd128(v), _mm256_extractf128_pd(v, 1));
         return _mm_cvtsd_f64(_mm_add_sd(half, _mm_unpackhi_pd(half, half)));
@@ -61,7 +65,8 @@ struct F64 {
 
 #include "../sym_eig_simd.inc"
 
-const SymEigKernels sym_eig_kernels{ops_for<F32>(), ops_for<F64>(), &linalg_kernels};
+const SymEigKernels sym_eig_kernels{ops_for<F32>(), ops_for<F64>(), {secular_terms<F64>, ratio_product<F64>},
+                                     &linalg_kernels};
 
 }  // namespace avx2
 }  // namespace codl

@@ -21,6 +21,8 @@ struct F32 {
     static V fnmadd(V a, V b, V c) { return _mm512_fnmadd_ps(a, b, c); }
     static V mul(V a, V b) { return _mm512_mul_ps(a, b); }
     static V add(V a, V b) { return _mm512_add_ps(a, b); }
+    static V sub(V a, V b) { return _mm512_sub_ps(a, b); }
+    static V div(V a, V b) { return _mm512_div_ps(a, b); }
     static T sum(V v) { return _mm512_reduce_add_ps(v); }
     // The first `count` (< width) lanes; the others read as zero and are not written.
     static V load_n(const T* p, std::size_t count) { return _mm512_maskz_loadu_ps(mask(count), p); }
@@ -40,6 +42,8 @@ struct F64 {
     static V fnmadd(V a, V b, V c) { return _mm512_fnmadd_pd(a, b, c); }
     static V mul(V a, V b) { return _mm512_mul_pd(a, b); }
     static V add(V a, V b) { return _mm512_add_pd(a, b); }
+    static V sub(V a, V b) { return _mm512_sub_pd(a, b); }
+    static V div(V a, V b) { return _mm512_div_pd(a, b); }
     static T sum(V v) { return _mm512_reduce_add_pd(v); }
     static V load_n(const T* p, std::size_t count) { return _mm512_maskz_loadu_pd(mask(count), p); }
     static void store_n(T* p, V v, std::size_t count) { _mm512_mask_storeu_pd(p, mask(count), v); }
@@ -50,7 +54,8 @@ struct F64 {
 
 #include "../sym_eig_simd.inc"
 
-const SymEigKernels sym_eig_kernels{ops_for<F32>(), ops_for<F64>(), &linalg_kernels};
+const SymEigKernels sym_eig_kernels{ops_for<F32>(), ops_for<F64>(), {secular_terms<F64>, ratio_product<F64>},
+                                     &linalg_kernels};
 
 }  // namespace avx512
 }  // namespace codl
