@@ -84,9 +84,15 @@ def run_cases(
 
 
 def _registry() -> dict[str, Callable[..., list[Result]]]:
-    from codl.bench import kfac, linalg, pack, ternary
+    from codl.bench import formats, kfac, linalg, pack, ternary
 
-    return {"kfac": kfac.run, "linalg": linalg.run, "pack": pack.run, "ternary": ternary.run}
+    return {
+        "formats": formats.run,
+        "kfac": kfac.run,
+        "linalg": linalg.run,
+        "pack": pack.run,
+        "ternary": ternary.run,
+    }
 
 
 def available() -> list[str]:
