@@ -44,6 +44,11 @@ constexpr std::size_t kReflectorBlock = 32;
 // Rows of S^T that go through all the blocks together (their slice stays in L2).
 constexpr std::size_t kBackTransformRows = 64;
 
+// The reduction to tridiagonal form runs in panels of kPanel reflectors while more than
+// kUnblockedTail rows remain, then unblocked.
+constexpr std::size_t kPanel = 32;
+constexpr std::size_t kUnblockedTail = 128;
+
 // Scratch kept per thread so repeated calls do not allocate once warm.
 template <typename T>
 struct Workspace {
@@ -62,6 +67,8 @@ struct Workspace {
     // Back-transformation: per block of reflectors, T (nb x nb) and Y = V T (m x nb); per thread
     // the block's W = X V.
     std::vector<T> wy_t, wy_y, wy_gram, wy_w;
+    // Blocked reduction: the panel's [V W] and [W V] (2 nb x n each), y, and 2 nb coefficients.
+    std::vector<T> panel_left, panel_right, panel_y, panel_coef;
 };
 
 template <typename T>
@@ -104,8 +111,10 @@ T make_reflector(T* x, std::size_t len, double* beta) {
 
 // Householder reduction of the upper-stored n x n matrix `a` to tridiagonal (d, e). Step k's
 // reflector v_k ends in row k, columns k+1.. (v_k[k+1] = 1) with its tau in taus[k].
+// Unblocked, from step `first` on (the trailing matrix there fully updated): each step's rank-2
+// update is fused with the next step's symmetric matrix-vector product.
 template <typename T>
-void tridiagonalize(const SymEigOps<T>& ops, T* a, std::size_t n, Workspace<T>& ws) {
+void tridiagonalize_unblocked(const SymEigOps<T>& ops, T* a, std::size_t n, std::size_t first, Workspace<T>& ws) {
     double* d = ws.diagonal.data();
     double* e = ws.offdiagonal.data();
     T* zeros = ws.vecs.data();
@@ -114,7 +123,7 @@ void tridiagonalize(const SymEigOps<T>& ops, T* a, std::size_t n, Workspace<T>& 
     T* y = w_cur + n;
     std::fill(zeros, zeros + 4 * n, T(0));
     const T* v_prev = zeros;  // no update is pending before the first step
-    for (std::size_t k = 0; k + 1 < n; ++k) {
+    for (std::size_t k = first; k + 1 < n; ++k) {
         T* row_k = row(a, n, k);
         // Row k takes the pending rank-2 update first: its reflector depends on it.
         ops.update_row_symv(row_k + k, n - k, v_prev + k, w_prev + k, v_prev[k], w_prev[k], zeros, T(0), y + k);
@@ -141,6 +150,88 @@ void tridiagonalize(const SymEigOps<T>& ops, T* a, std::size_t n, Workspace<T>& 
     // The last row took its final update in the last pass.
     d[n - 1] = row(a, n, n - 1)[n - 1];
     e[n - 1] = 0;
+}
+
+// Reflectors k0 .. k0 + nb - 1 of the blocked reduction (LAPACK's latrd, lower): step k updates
+// row k with the panel's earlier reflectors only, takes its reflector v, and forms
+// w = tau y - (tau^2 / 2) (y . v) v from y = A22 v - V (W^T v) - W (V^T v), A22 being the
+// trailing matrix as it was before the panel; the panel ends with the trailing matrix's rank-2nb
+// update A22 -= V W^T + W V^T (upper part, GEMMs over row blocks split among threads). Buffers:
+// `left` rows q < nb hold v_{k0+q}, rows nb + q hold w_{k0+q}; `right` the same swapped, so
+// that V W^T + W V^T = left^T right.
+template <typename T>
+void reduce_panel(const Engine<T>& engine, T* a, std::size_t n, std::size_t k0, std::size_t nb, Workspace<T>& ws,
+                  int threads) {
+    const SymEigOps<T>& ops = engine.ops;
+    const auto ld = static_cast<std::ptrdiff_t>(n);
+    T* left = ws.panel_left.data();
+    T* right = ws.panel_right.data();
+    T* y = ws.panel_y.data();
+    T* coef = ws.panel_coef.data();  // 2 nb
+    double* d = ws.diagonal.data();
+    double* e = ws.offdiagonal.data();
+    for (std::size_t j = 0; j < nb; ++j) {
+        const std::size_t k = k0 + j;
+        T* row_k = row(a, n, k);
+        const std::size_t len = n - k;
+        if (j > 0) {
+            // row_k[c] -= sum_q left(k, q) right(q, c), c >= k: the panel's earlier updates.
+            for (std::size_t q = 0; q < j; ++q) {
+                coef[q] = left[q * n + k];
+                coef[nb + q] = left[(nb + q) * n + k];
+            }
+            ops.rows_axpy(row_k + k, len, right + k, n, j, coef);
+            ops.rows_axpy(row_k + k, len, right + nb * n + k, n, j, coef + nb);
+        }
+        d[k] = row_k[k];
+        const T tau = make_reflector(row_k + k + 1, len - 1, &e[k]);
+        ws.taus[k] = tau;
+        const T* v = row_k;  // v[c] for c > k
+        const std::size_t tail = len - 1;
+        std::fill(y + k + 1, y + n, T(0));
+        for (std::size_t i = k + 1; i < n; ++i) {
+            y[i] += ops.symv_row(row(a, n, i) + i, n - i, v + i, v[i], y + i);
+        }
+        if (j > 0) {
+            // coef = left(c > k, q)^T v, then y -= coef^T right: the panel's earlier updates.
+            ops.rows_dot(left + k + 1, n, j, tail, v + k + 1, coef);
+            ops.rows_dot(left + nb * n + k + 1, n, j, tail, v + k + 1, coef + nb);
+            ops.rows_axpy(y + k + 1, tail, right + k + 1, n, j, coef);
+            ops.rows_axpy(y + k + 1, tail, right + nb * n + k + 1, n, j, coef + nb);
+        }
+        double yv = 0;
+        for (std::size_t c = k + 1; c < n; ++c) yv += static_cast<double>(y[c]) * v[c];
+        const double alpha = -0.5 * static_cast<double>(tau) * static_cast<double>(tau) * yv;
+        T* w_left = left + (nb + j) * n;
+        T* w_right = right + j * n;
+        for (std::size_t c = k + 1; c < n; ++c) w_left[c] = w_right[c] = static_cast<T>(tau * y[c] + alpha * v[c]);
+        std::copy(v + k + 1, v + n, left + j * n + k + 1);
+        std::copy(v + k + 1, v + n, right + (nb + j) * n + k + 1);
+    }
+    // A22 -= left^T right on rows and columns from k1 on, upper part: row blocks of kRowBlock
+    // rows, each from its own diagonal on.
+    constexpr std::size_t kRowBlock = 64;
+    const std::size_t k1 = k0 + nb;
+    const std::size_t blocks = (n - k1 + kRowBlock - 1) / kRowBlock;
+    parallel_for(blocks, 1, 1, threads, [&](std::size_t begin, std::size_t end) {
+        for (std::size_t b = begin; b < end; ++b) {
+            const std::size_t r0 = k1 + b * kRowBlock, r1 = std::min(n, r0 + kRowBlock);
+            engine.gemm(r1 - r0, n - r0, 2 * nb, T(-1), left + r0, 1, ld, right + r0, ld, 1, row(a, n, r0) + r0, ld, 1);
+        }
+    });
+}
+
+template <typename T>
+void tridiagonalize(const Engine<T>& engine, T* a, std::size_t n, Workspace<T>& ws, int threads) {
+    std::size_t first = 0;
+    if (n > kUnblockedTail) {
+        ws.panel_left.resize(2 * kPanel * n);
+        ws.panel_right.resize(2 * kPanel * n);
+        ws.panel_y.resize(n);
+        ws.panel_coef.resize(2 * kPanel);
+        for (; n - first > kUnblockedTail; first += kPanel) reduce_panel(engine, a, n, first, kPanel, ws, threads);
+    }
+    tridiagonalize_unblocked(engine.ops, a, n, first, ws);
 }
 
 // Rows [i0, i0 + count) of Q^T, row i being e_i^T H_{n-2} ... H_0 (only H_{i-1} .. H_0 change
@@ -657,7 +748,7 @@ SymEigStatus decompose(const Engine<T>& engine, const SymEigProblem<T>& p, int t
     for (std::size_t j = 0; j < n; ++j) {
         for (std::size_t i = j; i < n; ++i) work[j * n + i] = static_cast<T>(a[i * n + j] * scale);
     }
-    tridiagonalize(engine.ops, work, n, ws);
+    tridiagonalize(engine, work, n, ws, threads);
     T* z = p.eigenvectors;
     double* d = ws.diagonal.data();
     double* e = ws.offdiagonal.data();

@@ -64,6 +64,15 @@ struct SymEigOps {
     // sum_{j >= 0} a[j] u[j].
     T (*update_row_symv)(T* a, std::size_t len, const T* v, const T* w, T vi, T wi, const T* u,
                          T ui, T* y);
+    // One row of a symmetric matrix-vector product over upper storage, a[0..len) being row i
+    // from its diagonal on and u, y indexed alike: y[j] += ui a[j] for j >= 1; returns
+    // sum_{j >= 0} a[j] u[j].
+    T (*symv_row)(const T* a, std::size_t len, const T* u, T ui, T* y);
+    // out[q] = sum_{j < len} rows[q stride + j] x[j] for q < count (the blocked reduction's
+    // products with its panel, each row of which holds a reflector or a w vector).
+    void (*rows_dot)(const T* rows, std::size_t stride, std::size_t count, std::size_t len, const T* x, T* out);
+    // y[j] -= sum_{q < count} coef[q] rows[q stride + j] for j < len.
+    void (*rows_axpy)(T* y, std::size_t len, const T* rows, std::size_t stride, std::size_t count, const T* coef);
     // For each of `count` (1 to 4) rows a_r = a + r lda of length len: a_r -= tau (a_r . v) v
     // (rows times a Householder reflector; several rows share each load of v).
     void (*reflect_rows)(T* a, std::size_t lda, std::size_t count, std::size_t len, const T* v, T tau);

@@ -17,6 +17,34 @@ T update_row_symv(T* a, std::size_t len, const T* v, const T* w, T vi, T wi, con
 }
 
 template <typename T>
+T symv_row(const T* a, std::size_t len, const T* u, T ui, T* y) {
+    T dot = 0;
+    for (std::size_t j = 0; j < len; ++j) {
+        dot += a[j] * u[j];
+        if (j > 0) y[j] += ui * a[j];
+    }
+    return dot;
+}
+
+template <typename T>
+void rows_dot(const T* rows, std::size_t stride, std::size_t count, std::size_t len, const T* x, T* out) {
+    for (std::size_t q = 0; q < count; ++q) {
+        T dot = 0;
+        for (std::size_t j = 0; j < len; ++j) dot += rows[q * stride + j] * x[j];
+        out[q] = dot;
+    }
+}
+
+template <typename T>
+void rows_axpy(T* y, std::size_t len, const T* rows, std::size_t stride, std::size_t count, const T* coef) {
+    for (std::size_t j = 0; j < len; ++j) {
+        T value = y[j];
+        for (std::size_t q = 0; q < count; ++q) value -= coef[q] * rows[q * stride + j];
+        y[j] = value;
+    }
+}
+
+template <typename T>
 void reflect_rows(T* a, std::size_t lda, std::size_t count, std::size_t len, const T* v, T tau) {
     for (std::size_t r = 0; r < count; ++r) {
         T* row = a + r * lda;
@@ -71,8 +99,10 @@ double ratio_product(const double* shifted, const double* tau, const double* pol
 
 namespace ref {
 const SymEigKernels sym_eig_kernels{
-    {update_row_symv<float>, reflect_rows<float>, rotate_strip<float>},
-    {update_row_symv<double>, reflect_rows<double>, rotate_strip<double>},
+    {update_row_symv<float>, symv_row<float>, rows_dot<float>, rows_axpy<float>, reflect_rows<float>,
+     rotate_strip<float>},
+    {update_row_symv<double>, symv_row<double>, rows_dot<double>, rows_axpy<double>, reflect_rows<double>,
+     rotate_strip<double>},
     {secular_terms, ratio_product},
     &linalg_kernels,
 };
