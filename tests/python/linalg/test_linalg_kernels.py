@@ -1,6 +1,7 @@
 """codl._ops' batched damped Cholesky / inverse / solve and symmetric packing against
 torch.linalg in float64, at every dispatch level; statuses; bad input errors."""
 
+import functools
 import math
 
 import pytest
@@ -11,8 +12,10 @@ from codl import _ops
 SIZES = [1, 2, 7, 16, 17, 33, 64, 65, 129, 300]
 
 
+@functools.cache
 def _spd(n: int, dtype: torch.dtype, cond: float = 100.0, seed: int = 0) -> torch.Tensor:
-    """A random symmetric positive definite matrix with eigenvalues from 1/cond to 1."""
+    """A random symmetric positive definite matrix with eigenvalues from 1/cond to 1 (cached:
+    callers must not modify it)."""
     generator = torch.Generator().manual_seed(seed + n)
     q, _ = torch.linalg.qr(torch.randn(n, n, dtype=torch.float64, generator=generator))
     values = torch.logspace(0, -math.log10(cond), n, dtype=torch.float64)
