@@ -4,8 +4,11 @@
 #include <algorithm>
 #include <atomic>
 #include <cmath>
+#include <cstdint>
+#include <cstring>
 #include <limits>
 #include <numeric>
+#include <type_traits>
 #include <vector>
 
 #include "codl/dispatch.h"
@@ -709,6 +712,45 @@ struct DivideAndConquer {
     }
 };
 
+// Integer views of the floats: |x| orders like its bit pattern with the sign bit cleared, and
+// NaN/Inf are the patterns whose exponent bits are all ones (loops the compiler vectorizes).
+template <typename T>
+using Bits = std::conditional_t<sizeof(T) == 4, std::uint32_t, std::uint64_t>;
+
+template <typename T>
+Bits<T> to_bits(T x) {
+    Bits<T> bits;
+    std::memcpy(&bits, &x, sizeof bits);
+    return bits;
+}
+
+template <typename T>
+T from_bits(Bits<T> bits) {
+    T x;
+    std::memcpy(&x, &bits, sizeof x);
+    return x;
+}
+
+template <typename T>
+constexpr Bits<T> kExponentMask = static_cast<Bits<T>>(sizeof(T) == 4 ? 0x7f800000ull : 0x7ff0000000000000ull);
+template <typename T>
+constexpr Bits<T> kMagnitudeMask = static_cast<Bits<T>>(~(Bits<T>{1} << (8 * sizeof(T) - 1)));
+
+template <typename T>
+bool all_finite(const T* x, std::size_t count) {
+    Bits<T> non_finite = 0;
+    for (std::size_t i = 0; i < count; ++i) non_finite |= (to_bits(x[i]) & kExponentMask<T>) == kExponentMask<T>;
+    return non_finite == 0;
+}
+
+// The bits of max |x[i]| (finite x).
+template <typename T>
+Bits<T> largest_magnitude_bits(const T* x, std::size_t count) {
+    Bits<T> largest = 0;
+    for (std::size_t i = 0; i < count; ++i) largest = std::max(largest, to_bits(x[i]) & kMagnitudeMask<T>);
+    return largest;
+}
+
 template <typename T>
 void fill_nan(const SymEigProblem<T>& p) {
     const T nan = std::numeric_limits<T>::quiet_NaN();
@@ -721,16 +763,13 @@ SymEigStatus decompose(const Engine<T>& engine, const SymEigProblem<T>& p, int t
     const std::size_t n = p.n;
     if (n == 0) return SymEigStatus::ok;
     const T* a = p.matrix;
-    double largest = 0;
-    for (std::size_t i = 0; i < n * n; ++i) {
-        if (!std::isfinite(a[i])) {
-            fill_nan(p);
-            return SymEigStatus::non_finite;
-        }
+    if (!all_finite(a, n * n)) {
+        fill_nan(p);
+        return SymEigStatus::non_finite;
     }
-    for (std::size_t i = 0; i < n; ++i) {
-        for (std::size_t j = 0; j <= i; ++j) largest = std::max(largest, static_cast<double>(std::fabs(a[i * n + j])));
-    }
+    Bits<T> largest_bits = 0;
+    for (std::size_t i = 0; i < n; ++i) largest_bits = std::max(largest_bits, largest_magnitude_bits(a + i * n, i + 1));
+    const double largest = std::fabs(from_bits<T>(largest_bits));
     // Scale by 2^-exponent (exact) so the largest entry lies in [0.5, 1): no overflow in the
     // squares of the reflectors, no loss to underflow for tiny matrices.
     int exponent = 0;
@@ -744,9 +783,16 @@ SymEigStatus decompose(const Engine<T>& engine, const SymEigProblem<T>& p, int t
     ws.diagonal.assign(n, 0.0);
     ws.offdiagonal.assign(n, 0.0);
     T* work = ws.work.data();
-    // Upper storage of the lower triangle: work[j][i] = A[i][j] for i >= j.
-    for (std::size_t j = 0; j < n; ++j) {
-        for (std::size_t i = j; i < n; ++i) work[j * n + i] = static_cast<T>(a[i * n + j] * scale);
+    // Upper storage of the lower triangle: work[j][i] = A[i][j] for i >= j, by tiles that stay
+    // in L1 (a column of A is n elements apart).
+    constexpr std::size_t kTile = 32;
+    for (std::size_t i0 = 0; i0 < n; i0 += kTile) {
+        for (std::size_t j0 = 0; j0 <= i0; j0 += kTile) {
+            const std::size_t i1 = std::min(n, i0 + kTile), j1 = std::min(n, j0 + kTile);
+            for (std::size_t j = j0; j < j1; ++j) {
+                for (std::size_t i = std::max(i0, j); i < i1; ++i) work[j * n + i] = static_cast<T>(a[i * n + j] * scale);
+            }
+        }
     }
     tridiagonalize(engine, work, n, ws, threads);
     T* z = p.eigenvectors;
@@ -783,15 +829,22 @@ SymEigStatus decompose(const Engine<T>& engine, const SymEigProblem<T>& p, int t
     ws.order.resize(n);
     std::iota(ws.order.begin(), ws.order.end(), std::size_t{0});
     std::stable_sort(ws.order.begin(), ws.order.end(), [d](std::size_t x, std::size_t y) { return d[x] < d[y]; });
-    for (std::size_t i = 0; i < n; ++i) {
-        const T* vector = vectors + ws.order[i] * n;
-        std::size_t largest_at = 0;
-        for (std::size_t r = 1; r < n; ++r) {
-            if (std::fabs(vector[r]) > std::fabs(vector[largest_at])) largest_at = r;
+    // Columns of the output in groups of kTile: each row of the group is one contiguous write.
+    T signs[kTile];
+    for (std::size_t i0 = 0; i0 < n; i0 += kTile) {
+        const std::size_t count = std::min(kTile, n - i0);
+        for (std::size_t c = 0; c < count; ++c) {
+            const T* vector = vectors + ws.order[i0 + c] * n;
+            const Bits<T> peak = largest_magnitude_bits(vector, n);
+            std::size_t largest_at = 0;
+            while (std::fabs(vector[largest_at]) != std::fabs(from_bits<T>(peak))) ++largest_at;
+            signs[c] = vector[largest_at] < 0 ? T(-1) : T(1);
+            p.eigenvalues[i0 + c] = static_cast<T>(std::ldexp(d[ws.order[i0 + c]], exponent));
         }
-        const T sign = vector[largest_at] < 0 ? T(-1) : T(1);
-        for (std::size_t r = 0; r < n; ++r) z[r * n + i] = sign * vector[r];
-        p.eigenvalues[i] = static_cast<T>(std::ldexp(d[ws.order[i]], exponent));
+        for (std::size_t r = 0; r < n; ++r) {
+            T* out = z + r * n + i0;
+            for (std::size_t c = 0; c < count; ++c) out[c] = signs[c] * vectors[ws.order[i0 + c] * n + r];
+        }
     }
     return SymEigStatus::ok;
 }
