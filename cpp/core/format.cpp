@@ -9,6 +9,9 @@
 #include "codl/codl_format.h"
 #include "codl/pack.h"
 
+#if defined(__linux__)
+#include <sys/mman.h>
+#endif
 #if CODL_HAVE_ZLIB
 #include <zlib.h>
 #endif
@@ -146,6 +149,19 @@ Status libdeflate_inflate(const std::uint8_t* in, std::size_t n, std::uint8_t* o
 // Uninitialised scratch: it is always filled completely before it is read.
 std::unique_ptr<std::uint8_t[]> scratch(std::size_t n) {
     return std::unique_ptr<std::uint8_t[]>(new std::uint8_t[std::max<std::size_t>(n, 1)]);
+}
+
+// A fresh output tensor is mostly page faults: 4 KB pages cost more than the decode itself
+// (64 MB: ~50 ms of faults against ~15 ms of decoding). Asking for transparent huge pages on
+// its 2 MB-aligned interior makes each fault map 2 MB. Only a hint; large outputs only.
+void advise_huge_pages([[maybe_unused]] void* data, [[maybe_unused]] std::size_t size) {
+#if defined(__linux__) && defined(MADV_HUGEPAGE)
+    constexpr std::uintptr_t kHugePage = std::uintptr_t{1} << 21;
+    if (size < 4 * kHugePage) return;
+    const std::uintptr_t begin = (reinterpret_cast<std::uintptr_t>(data) + kHugePage - 1) & ~(kHugePage - 1);
+    const std::uintptr_t end = (reinterpret_cast<std::uintptr_t>(data) + size) & ~(kHugePage - 1);
+    if (end > begin) madvise(reinterpret_cast<void*>(begin), end - begin, MADV_HUGEPAGE);
+#endif
 }
 
 bool multiply_overflows(std::uint64_t a, std::uint64_t b, std::uint64_t* product) {
@@ -312,6 +328,7 @@ Status decode_tensor(const TensorRecord& r, void* out, Field* failed, Backend ba
     if (r.values.raw_size != values_bytes) return fail(Field::values, Status::size_mismatch);
     if (r.encoding != Encoding::raw && r.table.raw_size != table_bytes) return fail(Field::table, Status::size_mismatch);
 
+    advise_huge_pages(out, out_bytes);
     // Every stream is checked and inflated before the output is touched.
     struct Inflated {
         const std::uint8_t* data = nullptr;
