@@ -25,7 +25,8 @@
 //   lauum  Y^T Y:       X11 = lauum(Y11) + Y21^T Y21; X21 = Y22^T Y21; X22 = lauum(Y22)
 //   trsm / trmm with a lower triangle on the left; every other case (upper, transposed, right
 //   side) is the same routine on a transposed and/or reversed view (strides may be negative).
-// Below kBase rows the unblocked loops run on a contiguous copy, vectorized along columns.
+// Below kBase rows the unblocked loops run on panels of nr columns packed like the GEMM's B
+// (so transposed views go through the tile's in-register transposes), vectorized along columns.
 //
 // Threads only split output columns or rows whose arithmetic does not depend on the split, and
 // the recursion never depends on the thread count, so results are bit-identical for any
@@ -54,7 +55,8 @@ using std::ptrdiff_t;
 using std::size_t;
 
 constexpr size_t kNoFailure = std::numeric_limits<size_t>::max();
-// Unblocked below this many rows; recursion splits land on multiples of it.
+// Unblocked below this many rows; recursion splits land on multiples of it. (Measured on Zen 4 for
+// a ResNet-20 factor mix: 8 is as fast, 32 is 15% slower, unblocked solves of 32 rows 6% slower.)
 constexpr size_t kBase = 16;
 // Columns of a right-hand side per thread in a parallel solve are a multiple of this.
 constexpr size_t kChunk = 64;
