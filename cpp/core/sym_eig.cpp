@@ -71,7 +71,7 @@ struct Workspace {
     // the block's W = X V.
     std::vector<T> wy_t, wy_y, wy_gram, wy_w;
     // Blocked reduction: the panel's [V W] and [W V] (2 nb x n each), y, and 2 nb coefficients.
-    std::vector<T> panel_left, panel_right, panel_y, panel_coef;
+    std::vector<T> panel_left, panel_right, panel_y, panel_coef, panel_partial;
 };
 
 template <typename T>
@@ -155,6 +155,46 @@ void tridiagonalize_unblocked(const SymEigOps<T>& ops, T* a, std::size_t n, std:
     e[n - 1] = 0;
 }
 
+// y[first..n) = A v over the trailing matrix from row `first` (upper storage, as it was before
+// the panel). Large trailing matrices are cut into a fixed number of row ranges of equal work,
+// each with its own partial y, summed in range order: threads take whole ranges, and the number
+// of ranges depends only on the size, so the bits do not depend on the thread count.
+template <typename T>
+void symv_upper(const SymEigOps<T>& ops, const T* a, std::size_t n, std::size_t first, const T* v, T* y,
+                Workspace<T>& ws, int threads) {
+    const std::size_t size = n - first;
+    const std::size_t parts = size >= 512 ? 4 : size >= 256 ? 2 : 1;
+    if (parts == 1) {
+        std::fill(y + first, y + n, T(0));
+        for (std::size_t i = first; i < n; ++i) y[i] += ops.symv_row(a + i * n + i, n - i, v + i, v[i], y + i);
+        return;
+    }
+    // Range p starts where the rows below hold a fraction 1 - p / parts of the triangle.
+    std::size_t bounds[5];
+    for (std::size_t p = 0; p < parts; ++p) {
+        const double below = static_cast<double>(size) * std::sqrt(1.0 - static_cast<double>(p) / static_cast<double>(parts));
+        bounds[p] = n - std::min(size, static_cast<std::size_t>(below));
+    }
+    bounds[0] = first;
+    bounds[parts] = n;
+    ws.panel_partial.resize(parts * n);
+    T* partial = ws.panel_partial.data();
+    parallel_for(parts, 1, 1, threads, [&](std::size_t begin, std::size_t end) {
+        for (std::size_t p = begin; p < end; ++p) {
+            T* yp = partial + p * n;
+            std::fill(yp + bounds[p], yp + n, T(0));
+            for (std::size_t i = bounds[p]; i < bounds[p + 1]; ++i) {
+                yp[i] += ops.symv_row(a + i * n + i, n - i, v + i, v[i], yp + i);
+            }
+        }
+    });
+    std::copy(partial + first, partial + n, y + first);
+    for (std::size_t p = 1; p < parts; ++p) {
+        const T* yp = partial + p * n;
+        for (std::size_t c = bounds[p]; c < n; ++c) y[c] += yp[c];
+    }
+}
+
 // Reflectors k0 .. k0 + nb - 1 of the blocked reduction (LAPACK's latrd, lower): step k updates
 // row k with the panel's earlier reflectors only, takes its reflector v, and forms
 // w = tau y - (tau^2 / 2) (y . v) v from y = A22 v - V (W^T v) - W (V^T v), A22 being the
@@ -191,10 +231,7 @@ void reduce_panel(const Engine<T>& engine, T* a, std::size_t n, std::size_t k0, 
         ws.taus[k] = tau;
         const T* v = row_k;  // v[c] for c > k
         const std::size_t tail = len - 1;
-        std::fill(y + k + 1, y + n, T(0));
-        for (std::size_t i = k + 1; i < n; ++i) {
-            y[i] += ops.symv_row(row(a, n, i) + i, n - i, v + i, v[i], y + i);
-        }
+        symv_upper(ops, a, n, k + 1, v, y, ws, threads);
         if (j > 0) {
             // coef = left(c > k, q)^T v, then y -= coef^T right: the panel's earlier updates.
             ops.rows_dot(left + k + 1, n, j, tail, v + k + 1, coef);

@@ -343,9 +343,10 @@ void check_threads() {
             CHECK_MSG(values[0][i] == values[1][i] && vectors[0][i] == vectors[1][i],
                       at + " batch result of n=" + std::to_string(sizes[i]) + " depends on threads");
         }
-        // A matrix alone runs with the threads inside it: still the same bits.
-        const std::vector<T> big = covariance<T>(300);
-        const Result<T> one = decompose(kernels, big, 300, 1), two = decompose(kernels, big, 300, 2);
+        // A matrix alone runs with the threads inside it (the reduction's symmetric products
+        // cut into 2 and then 4 row ranges above 256 and 512 rows): still the same bits.
+        const std::vector<T> big = covariance<T>(520);
+        const Result<T> one = decompose(kernels, big, 520, 1), two = decompose(kernels, big, 520, 2);
         CHECK_MSG(one.values == two.values && one.vectors == two.vectors, at + " single matrix depends on threads");
     }
 }
