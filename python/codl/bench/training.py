@@ -138,7 +138,7 @@ def train(
         optimizer.step()
         schedule.step()
         seconds += time.perf_counter() - start
-        value = float(loss)
+        value = float(loss.detach())
         if not math.isfinite(value):
             run.diverged = True
             break
