@@ -3,19 +3,25 @@
 // matrices of mixed sizes in one call.
 //
 // Method, per matrix: scale by a power of two (exact) so the largest entry is near 1; reduce
-// to tridiagonal form with Householder reflectors (lower triangle, as eigh's default UPLO='L',
-// each step's rank-2 update fused with the next step's symmetric matrix-vector product so the
-// trailing matrix is streamed once per step); form Q^T explicitly, one row at a time; run the
-// implicit QL iteration with Wilkinson shifts on the tridiagonal matrix in double precision,
-// recording its rotations and applying them in batches to column strips of Q^T (each strip
-// stays in cache while thousands of rotations stream past); sort ascending and fix signs.
+// to tridiagonal form with Householder reflectors (lower triangle, as eigh's default UPLO='L'):
+// panels of 32 reflectors as in LAPACK's latrd (a symmetric matrix-vector product per step on
+// the trailing matrix, then its rank-64 update by GEMM), the last 128 rows unblocked with each
+// step's rank-2 update fused into the next step's product. Above n = 64, divide and conquer on
+// the tridiagonal matrix (deflation, a laed4-style secular solver whose sums run in SIMD
+// kernels, Loewner's formula, one GEMM per half per merge), then the back-transformation
+// Z = Q S by compact-WY blocks of reflectors (two GEMMs per block); at and below n = 64 (and if
+// divide and conquer fails) Q^T is formed explicitly and the implicit QL iteration with
+// Wilkinson shifts runs in double precision, its rotations applied in batches to column strips
+// of Q^T (each strip stays in cache while thousands of rotations stream past). Sort ascending
+// and fix signs. Every matrix product runs in the linalg family's GEMM of the same ISA.
 //
 // Sign convention: each eigenvector's largest-magnitude component (the first one on ties) is
 // positive, so results are reproducible; torch.linalg.eigh fixes no sign.
 //
 // Results are bit-identical for every thread count: each matrix is computed by the same
 // sequence of operations whichever thread runs it, and the parts of a large matrix that run in
-// parallel split rows or column strips whose arithmetic does not depend on the split.
+// parallel split rows, column strips or fixed row ranges whose arithmetic does not depend on the
+// split.
 //
 // This header holds declarations only (ISA translation units include it).
 #pragma once
