@@ -21,9 +21,6 @@ from typing import TYPE_CHECKING
 import torch
 
 from codl import _ops
-from codl.linalg import _interim
-
-_ops = _interim.kernels(_ops)  # until the C++ kernels land
 
 __all__ = [
     "LinAlgError",
