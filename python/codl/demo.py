@@ -185,6 +185,7 @@ def section_kfac(_: DemoContext) -> None:
 
 
 def section_downsizing(_: DemoContext) -> None:
+    from codl import _ops
     from codl.bench.compression import RECIPES, PipelineConfig, compress_model
     from codl.data import load_split
 
@@ -196,11 +197,14 @@ def section_downsizing(_: DemoContext) -> None:
         epochs=3.0, prune_epochs=3.0, ramp_fraction=0.4, quant_epochs=1.0, decode_repeat=7
     )
     print(
-        f"  LeNet-5 on the shipped subset ({len(train[0])} train / {len(test[0])} test): float "
-        f"{config.epochs:g} epochs, AGP pruning + fine-tuning {config.prune_epochs:g}, k-means "
-        f"sharing + codebook fine-tuning {config.quant_epochs:g}:"
+        f"  LeNet-5 on the shipped subset ({len(train[0])} train / {len(test[0])} test), 1 "
+        f"thread: float {config.epochs:g} epochs, AGP pruning + fine-tuning "
+        f"{config.prune_epochs:g}, k-means sharing + codebook fine-tuning {config.quant_epochs:g}:"
     )
-    r = compress_model(recipe, train, test, config)
+    # One thread: batches of 128 small images gain little from a second one, and lose much
+    # (spinning OpenMP workers) when the cores are shared with other work.
+    with _ops.using_threads(1):
+        r = compress_model(recipe, train, test, config)
     for layer in r.layers:
         if layer.encoding != "raw":
             print(
@@ -222,7 +226,7 @@ def section_downsizing(_: DemoContext) -> None:
     )
     out_mb = sum(layer.dense_bytes for layer in r.layers) / 1e6
     print(
-        f"  decoding the whole state_dict ({out_mb:.2f} MB of tensors), median of "
+        f"  decoding the whole state_dict ({out_mb:.2f} MB of float32), 1 thread, median of "
         f"{config.decode_repeat}: codl.load {r.codl_load_ms:.2f} ms "
         f"({out_mb / (r.codl_load_ms * 1e-3):.0f} MB/s), torch.load of the float file "
         f"{r.torch_load_ms:.2f} ms, gunzip + torch.load {r.gzip_torch_load_ms:.2f} ms; "

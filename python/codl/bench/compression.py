@@ -123,7 +123,9 @@ class PipelineConfig:
 
 
 #: ``--quick``: a smoke run of every phase (well under a minute for both models on the subset).
-QUICK = PipelineConfig(epochs=1.0, prune_epochs=0.75, quant_epochs=0.25, decode_repeat=3)
+QUICK = PipelineConfig(
+    epochs=2.0, prune_epochs=2.0, ramp_fraction=0.4, quant_epochs=0.5, decode_repeat=3
+)
 
 
 #: Per-layer sparsities in the spirit of Deep Compression's LeNet recipes (their Tables 2 and 3:
@@ -580,7 +582,12 @@ def main(argv: Sequence[str] | None = None, default_out: Path | None = None) -> 
     parser.add_argument("--batch-size", type=int)
     parser.add_argument("--seed", type=int)
     parser.add_argument("--train-limit", type=int, help="use the first N training images")
-    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument(
+        "--threads",
+        type=int,
+        help="torch threads (default 2; 1 with --quick, whose small batches gain nothing from "
+        "a second thread and lose much when the cores are shared)",
+    )
     parser.add_argument("--keep-files", type=Path, help="write the .pt/.codl files here")
     parser.add_argument("--out", type=Path, default=default_out, help="JSON results")
     args = parser.parse_args(argv)
@@ -596,7 +603,8 @@ def main(argv: Sequence[str] | None = None, default_out: Path | None = None) -> 
     )
     from codl import _ops
 
-    with _ops.using_threads(args.threads):
+    threads = args.threads if args.threads is not None else (1 if args.quick else 2)
+    with _ops.using_threads(threads):
         record = run(
             args.models,
             data=args.data,
