@@ -1,6 +1,6 @@
 """Time to accuracy on the full Fashion-MNIST: SGD, Adam (torch) and K-FAC (codl).
 
-    python benchmarks/time_to_accuracy.py [--seeds 3] [--epochs 3] [--target 91]
+    python benchmarks/time_to_accuracy.py [--seeds 3] [--epochs 3] [--target 91] [--grid kfac:0.03]
 
 For each optimizer, seed 0 runs every learning rate of its grid; the rate that reaches the
 target soonest (else the best accuracy) then runs the other seeds. Writes
@@ -41,7 +41,17 @@ def main() -> None:
     parser.add_argument("--optimizers", nargs="*", default=list(GRIDS))
     parser.add_argument("--data", choices=["full", "subset"], default="full")
     parser.add_argument("--out", type=Path, default=RESULTS / "time_to_accuracy")
+    parser.add_argument(
+        "--grid",
+        action="append",
+        default=[],
+        metavar="NAME:LR,LR",
+        help="replace an optimizer's learning-rate grid, e.g. --grid kfac:0.03,0.1",
+    )
     args = parser.parse_args()
+    for entry in args.grid:
+        name, rates = entry.split(":")
+        GRIDS[name] = [float(rate) for rate in rates.split(",")]
     torch.set_num_threads(2)
     train_images, train_labels, kind = load_split("train", args.data)
     test_images, test_labels, _ = load_split("test", args.data)
