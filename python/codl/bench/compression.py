@@ -78,6 +78,8 @@ class Recipe:
     description: str = ""
     #: The training budget of a full run (``benchmarks/compression.py`` without ``--quick``).
     config: PipelineConfig | None = None
+    #: The budget of ``--quick`` (:data:`QUICK` when None).
+    quick: PipelineConfig | None = None
 
 
 def _lenet5() -> nn.Module:
@@ -161,6 +163,8 @@ RECIPES: dict[str, Recipe] = {
         bits={"1.weight": 4, "3.weight": 4, "5.weight": 5},
         description="codl.prune.LeNet300100: fc 784-300-100-10",
         config=PipelineConfig(epochs=8.0, prune_epochs=24.0, ramp_fraction=0.4, quant_epochs=4.0),
+        # Cheap enough to recover from 98% pruning even in a smoke run (~3 s on the subset).
+        quick=PipelineConfig(epochs=4.0, prune_epochs=8.0, ramp_fraction=0.4, quant_epochs=1.0),
     ),
 }
 
@@ -518,15 +522,17 @@ def run(
     *,
     data: DataChoice = "full",
     config: PipelineConfig | None = None,
+    quick: bool = False,
     overrides: Mapping[str, Any] | None = None,
     train_limit: int | None = None,
     workdir: str | os.PathLike[str] | None = None,
     log: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
     """Compress every model in ``models`` on Fashion-MNIST (``data``: ``"full"`` or
-    ``"subset"``, the shipped 3000/1000 images) with ``config`` (each recipe's own when None)
-    and the fields in ``overrides`` replaced; ``train_limit`` keeps the first training images
-    only. Returns the JSON-ready record: machine, data, and one result per model."""
+    ``"subset"``, the shipped 3000/1000 images) with ``config`` (when None, each recipe's
+    full-run budget, or its quick one if ``quick``) and the fields in ``overrides`` replaced;
+    ``train_limit`` keeps the first training images only. Returns the JSON-ready record:
+    machine, data, and one result per model."""
     from codl.bench import machine
     from codl.data import load_split
 
@@ -539,15 +545,15 @@ def run(
         train_images, train_labels = train_images[:train_limit], train_labels[:train_limit]
     results = []
     for name in models:
+        recipe = RECIPES[name]
+        chosen = config or ((recipe.quick or QUICK) if quick else recipe.config)
         folder = None if workdir is None else Path(workdir)
         results.append(
             compress_model(
-                RECIPES[name],
+                recipe,
                 (train_images, train_labels),
                 (test_images, test_labels),
-                with_overrides(
-                    config or RECIPES[name].config or PipelineConfig(), **(overrides or {})
-                ),
+                with_overrides(chosen or PipelineConfig(), **(overrides or {})),
                 workdir=folder,
                 log=log,
             )
@@ -608,7 +614,7 @@ def main(argv: Sequence[str] | None = None, default_out: Path | None = None) -> 
         record = run(
             args.models,
             data=args.data,
-            config=QUICK if args.quick else None,
+            quick=args.quick,
             overrides=overrides,
             train_limit=args.train_limit,
             workdir=args.keep_files,

@@ -124,7 +124,7 @@ def test_command_line_quick_run_writes_json(tmp_path: Path) -> None:
     (result,) = written["results"]
     assert result == json.loads(json.dumps(record["results"][0]))
     assert result["model"] == "lenet300100" and result["train_examples"] == 256
-    assert result["config"] == asdict(compression.QUICK)
+    assert result["config"] == asdict(compression.RECIPES["lenet300100"].quick)
     assert result["exact_round_trip"] is True
     assert result["ratio"] == pytest.approx(
         result["torch_save_bytes"] / result["codl_bytes"], abs=0.05
