@@ -43,7 +43,7 @@ class _Trainer:
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()  # type: ignore[no-untyped-call]
             self.optimizer.step()
-        return float(loss)
+        return float(loss.detach())
 
 
 def _both_finite(ours: Any, theirs: Any) -> bool:

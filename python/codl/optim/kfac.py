@@ -69,7 +69,7 @@ class KFAC(torch.optim.Optimizer):
         lr: float = 0.01,
         momentum: float = 0.9,
         weight_decay: float = 0.0,
-        damping: FloatHyper = 1e-3,
+        damping: FloatHyper = 3e-2,
         factor_decay: FloatHyper = 0.95,
         factor_update_steps: IntHyper = 10,
         inv_update_steps: IntHyper = 100,

@@ -121,7 +121,7 @@ class KFACPreconditioner:
         model: nn.Module,
         *,
         method: str = "inverse",
-        damping: FloatHyper = 1e-3,
+        damping: FloatHyper = 3e-2,
         factor_decay: FloatHyper = 0.95,
         factor_update_steps: IntHyper = 10,
         inv_update_steps: IntHyper = 100,
