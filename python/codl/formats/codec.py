@@ -13,7 +13,14 @@ import torch
 
 from codl import _ops
 
-__all__ = ["DEFAULT_LEVEL", "core_codec", "crc32", "deflate", "inflate_python"]
+__all__ = [
+    "DEFAULT_LEVEL",
+    "core_codec",
+    "crc32",
+    "deflate",
+    "deflate_planes",
+    "inflate_python",
+]
 
 #: Compression level of :func:`codl.save`: libdeflate's 9 is near its best ratio at a fraction
 #: of the time of its 10-12 (zlib stops at 9 anyway); decoding speed does not depend on it.
@@ -46,6 +53,72 @@ def deflate(data: Bytes | torch.Tensor, level: int = DEFAULT_LEVEL) -> bytes:
         return _ops.deflate(_as_bytes_like(data), level)
     compressor = zlib.compressobj(min(level, 9), zlib.DEFLATED, -15)
     return compressor.compress(_python_bytes(data)) + compressor.flush()
+
+
+#: A byte plane whose sample DEFLATE shrinks by less than this is stored, not Huffman coded.
+MIN_PLANE_SAVING = 0.02
+#: Bytes of each plane that DEFLATE compresses to judge it (from the plane's middle).
+PLANE_SAMPLE_BYTES = 1 << 18
+_STORED_BLOCK_MAX = 65535
+
+
+def _stored_blocks(data: memoryview, final: bool) -> bytes:
+    """``data`` as DEFLATE stored blocks (RFC 1951 §3.2.4): a byte-aligned 3-bit header, LEN,
+    NLEN, then the bytes verbatim; the last block carries BFINAL when ``final``."""
+    out = bytearray()
+    for start in range(0, max(len(data), 1), _STORED_BLOCK_MAX):
+        chunk = data[start : start + _STORED_BLOCK_MAX]
+        last = final and start + _STORED_BLOCK_MAX >= len(data)
+        out.append(1 if last else 0)
+        out += len(chunk).to_bytes(2, "little") + (0xFFFF ^ len(chunk)).to_bytes(2, "little")
+        out += chunk
+    return bytes(out)
+
+
+def deflate_planes(data: torch.Tensor, itemsize: int, level: int = DEFAULT_LEVEL) -> bytes:
+    """Raw DEFLATE stream of byte-plane-shuffled floats that stores the planes that do not
+    compress (the low mantissa bytes of trained weights are close to random).
+
+    Huffman-coding random bytes saves under 1% yet makes inflating them several times slower
+    than copying a stored block. So each plane whose sample shrinks by less than
+    :data:`MIN_PLANE_SAVING` goes out as stored blocks, and each run of compressible planes as
+    compressed blocks ending on a byte boundary (zlib's sync flush; libdeflate for a run that
+    ends the stream): still one RFC 1951 stream that any inflater reads.
+    """
+    plane = data.numel() // itemsize
+    if itemsize < 2 or plane < _STORED_BLOCK_MAX:
+        return deflate(data, level)
+    sample_bytes = min(plane, PLANE_SAMPLE_BYTES)
+    stored = []
+    for index in range(itemsize):
+        start = index * plane + (plane - sample_bytes) // 2
+        sample = data[start : start + sample_bytes]
+        stored.append(len(deflate(sample, level)) >= (1.0 - MIN_PLANE_SAVING) * sample_bytes)
+    if not any(stored):
+        return deflate(data, level)
+    pieces: list[bytes] = []
+    index = 0
+    while index < itemsize:
+        run_end = index + 1
+        while run_end < itemsize and stored[run_end] == stored[index]:
+            run_end += 1
+        run = data[index * plane : run_end * plane]
+        last = run_end == itemsize
+        if stored[index]:
+            pieces.append(_stored_blocks(_byte_view(run), final=last))
+        elif last:
+            pieces.append(deflate(run, level))
+        else:
+            compressor = zlib.compressobj(min(level, 9), zlib.DEFLATED, -15)
+            pieces.append(
+                compressor.compress(_byte_view(run)) + compressor.flush(zlib.Z_SYNC_FLUSH)
+            )
+        index = run_end
+    return b"".join(pieces)
+
+
+def _byte_view(data: torch.Tensor) -> memoryview:
+    return memoryview(_ops.as_buffer(data, "data", torch.uint8)).cast("B")
 
 
 def crc32(data: Bytes | torch.Tensor) -> int:

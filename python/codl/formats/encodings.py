@@ -212,8 +212,11 @@ def encode(
         itemsize = q.values.element_size()
         encoded.shuffle = shuffle and q.values.is_floating_point() and itemsize > 1
         if encoded.shuffle:
-            raw = _ops.shuffle_bytes(raw, itemsize)
-        encoded.streams["values"] = StoredStream.of(raw, level)
+            shuffled = _ops.shuffle_bytes(raw, itemsize)
+            data = codec.deflate_planes(shuffled, itemsize, level)
+            encoded.streams["values"] = StoredStream(data, shuffled.numel(), codec.crc32(data))
+        else:
+            encoded.streams["values"] = StoredStream.of(raw, level)
         return encoded
     if q.encoding == "ternary":
         from codl import kernels

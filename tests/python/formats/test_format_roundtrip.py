@@ -16,7 +16,14 @@ from torch import nn
 
 import codl
 from codl import _ops
-from codl.formats import CompressionSpec, decode_preview, encode_state_dict, inspect, resolve_plan
+from codl.formats import (
+    CompressionSpec,
+    codec,
+    decode_preview,
+    encode_state_dict,
+    inspect,
+    resolve_plan,
+)
 from codl.ternary.lenet import LeNet5
 
 
@@ -236,6 +243,39 @@ def test_every_stream_inflates_with_pythons_zlib_and_both_backends_read_each_oth
     out = torch.empty(len(raw), dtype=torch.uint8)
     assert _ops.inflate_into(from_python, out) is None
     assert torch.equal(out, data)
+
+
+@pytest.mark.parametrize("pattern", ["RCRC", "CRRR", "RRRC", "CCCC", "RR"])
+def test_planes_that_do_not_compress_are_stored_in_one_valid_stream(pattern: str) -> None:
+    """Each plane is random (R) or compressible (C); the stream stores exactly the random
+    ones verbatim, and every inflater reads it back."""
+    plane = 100_000
+    generator = torch.Generator().manual_seed(3)
+    planes = [
+        torch.randint(0, 256, (plane,), dtype=torch.uint8, generator=generator)
+        if kind == "R"
+        else torch.randint(0, 4, (plane,), dtype=torch.uint8, generator=generator)
+        for kind in pattern
+    ]
+    data = torch.cat(planes)
+    stream = codec.deflate_planes(data, len(pattern), 9)
+    raw = data.numpy().tobytes()
+    assert zlib.decompress(stream, wbits=-15) == raw
+    for reader in _ops.format_backends():
+        out = torch.empty(len(raw), dtype=torch.uint8)
+        assert _ops.inflate_into(stream, out, reader) is None
+        assert torch.equal(out, data)
+    stored = pattern.count("R") * plane
+    # Stored blocks carry every random byte plus 5 bytes per 64 KiB; compressible planes of
+    # 2-bit symbols shrink at least 3x.
+    assert (
+        stored
+        <= len(stream)
+        <= stored + 5 * (stored // 65535 + 2) + pattern.count("C") * plane // 3
+    )
+    for start in range(0, len(pattern) * plane, plane):
+        if pattern[start // plane] == "R":
+            assert bytes(data[start : start + 1000].numpy()) in stream
 
 
 def test_sizes_against_torch_save(tmp_path: Path) -> None:
