@@ -118,7 +118,7 @@ def deflate_planes(data: torch.Tensor, itemsize: int, level: int = DEFAULT_LEVEL
 
 
 def _byte_view(data: torch.Tensor) -> memoryview:
-    return memoryview(_ops.as_buffer(data, "data", torch.uint8)).cast("B")
+    return _ops.as_buffer(data, "data", torch.uint8).data.cast("B")
 
 
 def crc32(data: Bytes | torch.Tensor) -> int:
