@@ -7,5 +7,7 @@ collectives built on them keep every rank's result bitwise identical.
 from __future__ import annotations
 
 from codl.comm.codecs import BF16, FP16, Codec
+from codl.comm.collectives import CollectiveState, NonFiniteGradientError, allreduce
 
 __all__ = ["BF16", "FP16", "Codec"]
+__all__ += ["CollectiveState", "NonFiniteGradientError", "allreduce"]

@@ -1,0 +1,418 @@
+"""Compressed allreduce on torch.distributed collectives, bitwise identical on every rank.
+
+Two schemes, chosen by the codec (:attr:`codl.comm.codecs.Codec.scheme`):
+
+``two_phase`` (dense codecs; DeepSpeed 1-bit Adam's compressed allreduce, Tang et al. 2021,
+"1-bit Adam", section 3.3 and figure 2):
+  1. the flat gradient (divided by P first for ``op="mean"``, as torch's ``fp16_compress_hook``
+     does, so a 16-bit payload does not overflow on the sum) is zero-padded to P chunks of
+     c = ceil(n / P) values; each chunk is encoded with the rank's phase-1 error buffer;
+  2. ``all_to_all_single`` sends chunk j to rank j, with a one-byte non-finite flag;
+  3. rank j decodes its P chunks and sums them in float32 in rank order (a fixed order, so the
+     sum does not depend on arrival), re-encodes the sum with its phase-2 error buffer;
+  4. ``all_gather`` of the re-encoded chunks; every rank decodes all P of them. The result is a
+     pure function of the gathered bytes, so every rank holds the same bits.
+
+``allgather`` (sparse codecs, e.g. top-k): every rank encodes its whole gradient; the payload
+lengths are gathered first (int64, negative = non-finite input), then the payloads padded to the
+longest; every rank decodes and sums all P in rank order.
+
+Error feedback (Seide et al. 2014; Karimireddy et al. 2019) lives in :class:`CollectiveState`,
+one buffer per tensor key and phase; the codec fuses the update into ``encode``.
+
+Non-finite gradients are detected before encoding and every rank learns of every rank's flag
+from the first exchange, so all ranks act alike: raise :class:`NonFiniteGradientError` (the
+default) or return zeros and count the skipped step (``on_nonfinite="zero"``). A non-finite
+result (e.g. an FP16 overflow of the reduced sum) is found on the decoded output, which is
+identical on every rank, and handled the same way.
+
+Only torch.distributed collectives are used (gloo on CPU supports ``all_to_all_single``; see
+``docs/comm.md``).
+"""
+
+from __future__ import annotations
+
+import time
+import warnings
+from collections.abc import Hashable
+from typing import Any, Literal, Protocol
+
+import torch
+import torch.distributed as dist
+
+from codl.comm.accounting import (
+    FLAG_NBYTES,
+    LENGTH_NBYTES,
+    StepRecord,
+    chunk_numel,
+    ring_allreduce_bytes,
+)
+from codl.comm.codecs import Codec
+
+Op = Literal["mean", "sum"]
+OnNonfinite = Literal["raise", "zero"]
+
+
+class NonFiniteGradientError(FloatingPointError):
+    """A rank's gradient (or the reduced result) held NaN or Inf; raised on every rank."""
+
+
+class Link(Protocol):
+    """Something that emulates a slow link after each collective (see
+    :class:`codl.comm.linkmodel.EmulatedLink`)."""
+
+    def wait(self, messages: int, nbytes: float) -> None: ...
+
+
+class CollectiveState:
+    """Error-feedback buffers (one per tensor key and phase), the world size they were made
+    for, and the record of the last collective. Save it with the model checkpoint through
+    :meth:`state_dict` / :meth:`load_state_dict`."""
+
+    def __init__(self) -> None:
+        self.buffers: dict[tuple[Hashable, int], torch.Tensor] = {}
+        self.world_size: int | None = None
+        self.nonfinite_skips = 0
+        self.last: StepRecord | None = None
+
+    def check_world_size(self, world_size: int) -> None:
+        if self.world_size is None:
+            self.world_size = world_size
+        elif self.world_size != world_size:
+            raise ValueError(
+                f"state: error-feedback buffers were made for world size {self.world_size}, "
+                f"the process group has {world_size}"
+            )
+
+    def error_buffer(self, key: Hashable, phase: int, numel: int) -> torch.Tensor:
+        """The zero-initialised error buffer of ``key`` and ``phase``; a size change is an error
+        (the tensor behind a key must keep its shape)."""
+        existing = self.buffers.get((key, phase))
+        if existing is None:
+            existing = torch.zeros(numel, dtype=torch.float32)
+            self.buffers[(key, phase)] = existing
+        elif existing.numel() != numel:
+            raise ValueError(
+                f"key {key!r}: the error-feedback buffer of phase {phase} holds {existing.numel()} "
+                f"values but this tensor needs {numel}; the tensor behind a key changed shape "
+                "(call state.reset(key) if that was intended)"
+            )
+        return existing
+
+    def reset(self, key: Hashable | None = None) -> None:
+        """Drops the buffers of ``key`` (all of them when None)."""
+        if key is None:
+            self.buffers.clear()
+        else:
+            for phase in (1, 2):
+                self.buffers.pop((key, phase), None)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "buffers": [(key, phase, t.clone()) for (key, phase), t in self.buffers.items()],
+            "world_size": self.world_size,
+            "nonfinite_skips": self.nonfinite_skips,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.buffers = {(key, phase): t.clone() for key, phase, t in state["buffers"]}
+        self.world_size = state["world_size"]
+        self.nonfinite_skips = int(state["nonfinite_skips"])
+
+
+def _subkey(key: int, phase: int, rank: int, chunk: int) -> int:
+    """Generator key of one encode: distinct per (tensor key, phase, rank, chunk), so ranks draw
+    independent stochastic roundings (< 2**62 for keys < 2**20 and P < 2**18)."""
+    return ((key & 0xFFFFF) << 40) | (phase << 38) | ((rank & 0x3FFFF) << 20) | (chunk & 0xFFFFF)
+
+
+def _all_gather_flat(
+    output: torch.Tensor, local: torch.Tensor, group: dist.ProcessGroup | None
+) -> None:
+    """Concatenates every rank's ``local`` into ``output`` (``all_gather_single`` where torch has
+    it, else its older name ``all_gather_into_tensor``)."""
+    gather = getattr(dist, "all_gather_single", None) or dist.all_gather_into_tensor
+    gather(output, local, group=group)
+
+
+def _aligned_row(buffer: torch.Tensor, row: int, width: int, nbytes: int) -> torch.Tensor:
+    """``buffer[row, :nbytes]`` as a 1-D payload whose start suits any dtype view (a codec may
+    view it as float16 or int32); copied when the row starts off a 16-byte boundary."""
+    payload = buffer[row, :nbytes]
+    return payload if (row * width) % 16 == 0 else payload.clone()
+
+
+def _check_inputs(tensor: object, codec: object, op: object, on_nonfinite: object) -> torch.Tensor:
+    if not isinstance(tensor, torch.Tensor):
+        raise TypeError(f"tensor: expected a torch.Tensor, received {type(tensor).__name__}")
+    if tensor.dtype != torch.float32:
+        raise TypeError(f"tensor: expected dtype torch.float32, received {tensor.dtype}")
+    if not tensor.is_contiguous() or tensor.device.type != "cpu":
+        raise ValueError(
+            f"tensor: expected a contiguous CPU tensor, received device {tensor.device}, "
+            f"contiguous={tensor.is_contiguous()}"
+        )
+    if not isinstance(codec, Codec):
+        raise TypeError(f"codec: expected a codl.comm.Codec, received {type(codec).__name__}")
+    if codec.scheme not in ("two_phase", "allgather"):
+        raise ValueError(f"codec: unknown scheme {codec.scheme!r} of {codec!r}")
+    if op not in ("mean", "sum"):
+        raise ValueError(f"op: expected 'mean' or 'sum', received {op!r}")
+    if on_nonfinite not in ("raise", "zero"):
+        raise ValueError(f"on_nonfinite: expected 'raise' or 'zero', received {on_nonfinite!r}")
+    return tensor.view(-1)
+
+
+def _nonfinite(
+    flat: torch.Tensor, flagged_ranks: list[int], stage: str, on_nonfinite: OnNonfinite
+) -> None:
+    message = (
+        f"non-finite values (NaN or Inf) {stage} on rank(s) {flagged_ranks}"
+        if flagged_ranks
+        else f"non-finite values (NaN or Inf) {stage}"
+    )
+    if on_nonfinite == "raise":
+        raise NonFiniteGradientError(message)
+    warnings.warn(f"{message}; this step's result is zeroed", RuntimeWarning, stacklevel=3)
+    flat.zero_()
+
+
+def dense_allreduce(
+    tensor: torch.Tensor,
+    group: dist.ProcessGroup | None = None,
+    *,
+    op: Op = "mean",
+    link: Link | None = None,
+    record: StepRecord | None = None,
+) -> torch.Tensor:
+    """Plain float32 ``all_reduce`` (in place), accounted as a ring allreduce; ``link`` sleeps as
+    a slow link would: 2 (P - 1) messages and 2 (P - 1) / P · 4 n bytes."""
+    world_size = dist.get_world_size(group)
+    start = time.perf_counter()
+    if world_size > 1 and tensor.numel():
+        dist.all_reduce(tensor, group=group)
+        if link is not None:
+            link.wait(2 * (world_size - 1), ring_allreduce_bytes(tensor.numel(), world_size))
+    if op == "mean" and world_size > 1:
+        tensor.div_(world_size)
+    if record is not None:
+        ring = ring_allreduce_bytes(tensor.numel(), world_size)
+        record.bytes_sent += ring
+        record.ring_bytes += ring
+        record.comm_s += time.perf_counter() - start
+        record.uncompressed_tensors += 1
+    return tensor
+
+
+def allreduce(
+    tensor: torch.Tensor,
+    codec: Codec,
+    group: dist.ProcessGroup | None = None,
+    *,
+    state: CollectiveState | None = None,
+    key: int = 0,
+    step: int = 0,
+    op: Op = "mean",
+    on_nonfinite: OnNonfinite = "raise",
+    link: Link | None = None,
+) -> torch.Tensor:
+    """Allreduces ``tensor`` (float32, contiguous, any shape) in place through ``codec`` and
+    returns it; the result is bitwise identical on every rank.
+
+    ``state`` holds the error-feedback buffers (required when ``codec.error_feedback``), under
+    ``key``; ``step`` and ``key`` also seed stochastic codecs. ``op="mean"`` divides by the world
+    size (what DDP expects). ``link`` emulates a slow link (sleeps after each collective). The
+    bytes and times of the call are in ``state.last`` when a state is given.
+    """
+    flat = _check_inputs(tensor, codec, op, on_nonfinite)
+    if codec.error_feedback and state is None:
+        raise ValueError(
+            f"state: {codec!r} uses error feedback, pass state=CollectiveState() to keep its "
+            "buffers between calls"
+        )
+    world_size = dist.get_world_size(group)
+    rank = dist.get_rank(group)
+    if state is not None:
+        state.check_world_size(world_size)
+    record = StepRecord(ring_bytes=ring_allreduce_bytes(flat.numel(), world_size))
+    if world_size == 1 or flat.numel() == 0:
+        # Nothing to exchange; the value is already the mean (and the sum) of one rank.
+        if not bool(torch.isfinite(flat).all()):
+            _nonfinite(flat, [rank], "in the gradient", on_nonfinite)
+        if state is not None:
+            state.last = record
+        return tensor
+    record.compressed_tensors = 1
+    if codec.scheme == "two_phase":
+        _two_phase(
+            flat, codec, group, world_size, rank, state, key, step, op, on_nonfinite, link, record
+        )
+    else:
+        _allgather(
+            flat, codec, group, world_size, rank, state, key, step, op, on_nonfinite, link, record
+        )
+    if state is not None:
+        state.last = record
+        if record.nonfinite:
+            state.nonfinite_skips += 1
+    return tensor
+
+
+def _restore_error(
+    codec: Codec, error: torch.Tensor, payload: torch.Tensor, sent: torch.Tensor
+) -> None:
+    """Undoes an encode's error update on a skipped step: error_before = error_after + decoded
+    - sent (up to float32 rounding), so the discarded payload's content is not lost."""
+    error.add_(codec.decode(payload, sent.numel())).sub_(sent)
+
+
+def _two_phase(
+    flat: torch.Tensor,
+    codec: Codec,
+    group: dist.ProcessGroup | None,
+    world_size: int,
+    rank: int,
+    state: CollectiveState | None,
+    key: int,
+    step: int,
+    op: Op,
+    on_nonfinite: OnNonfinite,
+    link: Link | None,
+    record: StepRecord,
+) -> None:
+    numel = flat.numel()
+    chunk = chunk_numel(numel, world_size)
+    encoded = codec.encoded_nbytes(chunk)
+    width = encoded + FLAG_NBYTES
+    use_error = codec.error_feedback and state is not None
+
+    start = time.perf_counter()
+    local_finite = bool(torch.isfinite(flat).all())
+    padded = torch.zeros(world_size * chunk, dtype=torch.float32)
+    if local_finite:
+        padded[:numel] = flat
+        if op == "mean":
+            padded.div_(world_size)
+    error1 = state.error_buffer(key, 1, world_size * chunk) if use_error and state else None
+    send = torch.empty(world_size, width, dtype=torch.uint8)
+    for j in range(world_size):
+        part = padded[j * chunk : (j + 1) * chunk]
+        err = error1[j * chunk : (j + 1) * chunk] if error1 is not None and local_finite else None
+        send[j, :encoded] = codec.encode(part, error=err, key=_subkey(key, 1, rank, j), step=step)
+    send[:, encoded] = 0 if local_finite else 1
+    record.encode_s += time.perf_counter() - start
+
+    start = time.perf_counter()
+    received = torch.empty_like(send)
+    dist.all_to_all_single(received.view(-1), send.view(-1), group=group)
+    if link is not None:
+        link.wait(world_size - 1, (world_size - 1) * width)
+    record.comm_s += time.perf_counter() - start
+    record.bytes_sent += (world_size - 1) * width
+
+    flagged = [i for i in range(world_size) if int(received[i, encoded]) != 0]
+    if flagged:
+        record.nonfinite = True
+        if error1 is not None and local_finite:
+            for j in range(world_size):
+                part = padded[j * chunk : (j + 1) * chunk]
+                own = _aligned_row(send, j, width, encoded)
+                _restore_error(codec, error1[j * chunk : (j + 1) * chunk], own, part)
+        _nonfinite(flat, flagged, "in the gradient", on_nonfinite)
+        return
+
+    start = time.perf_counter()
+    reduced = torch.zeros(chunk, dtype=torch.float32)
+    for i in range(world_size):  # rank order: the float32 sum is the same wherever it runs
+        codec.decode(_aligned_row(received, i, width, encoded), chunk, out=reduced, accumulate=True)
+    record.decode_s += time.perf_counter() - start
+
+    start = time.perf_counter()
+    error2 = state.error_buffer(key, 2, chunk) if use_error and state else None
+    mine = codec.encode(reduced, error=error2, key=_subkey(key, 2, rank, 0), step=step)
+    record.encode_s += time.perf_counter() - start
+
+    start = time.perf_counter()
+    gathered = torch.empty(world_size, encoded, dtype=torch.uint8)
+    _all_gather_flat(gathered.view(-1), mine, group=group)
+    if link is not None:
+        link.wait(world_size - 1, (world_size - 1) * encoded)
+    record.comm_s += time.perf_counter() - start
+    record.bytes_sent += (world_size - 1) * encoded
+
+    start = time.perf_counter()
+    result = torch.empty(world_size * chunk, dtype=torch.float32)
+    for i in range(world_size):
+        payload = _aligned_row(gathered, i, encoded, encoded)
+        codec.decode(payload, chunk, out=result[i * chunk : (i + 1) * chunk])
+    flat.copy_(result[:numel])
+    record.decode_s += time.perf_counter() - start
+    if not bool(torch.isfinite(flat).all()):  # identical bits everywhere: all ranks agree
+        record.nonfinite = True
+        _nonfinite(flat, [], "in the reduced result (overflow of the codec's range?)", on_nonfinite)
+
+
+def _allgather(
+    flat: torch.Tensor,
+    codec: Codec,
+    group: dist.ProcessGroup | None,
+    world_size: int,
+    rank: int,
+    state: CollectiveState | None,
+    key: int,
+    step: int,
+    op: Op,
+    on_nonfinite: OnNonfinite,
+    link: Link | None,
+    record: StepRecord,
+) -> None:
+    numel = flat.numel()
+    use_error = codec.error_feedback and state is not None
+
+    start = time.perf_counter()
+    local_finite = bool(torch.isfinite(flat).all())
+    error = state.error_buffer(key, 1, numel) if use_error and state else None
+    if local_finite:
+        scaled = flat / world_size if op == "mean" else flat.clone()
+        payload = codec.encode(scaled, error=error, key=_subkey(key, 1, rank, 0), step=step)
+    else:
+        scaled = torch.zeros(numel, dtype=torch.float32)
+        payload = codec.encode(scaled, key=_subkey(key, 1, rank, 0), step=step)
+    record.encode_s += time.perf_counter() - start
+
+    start = time.perf_counter()
+    length = torch.tensor([payload.numel() if local_finite else -1], dtype=torch.int64)
+    lengths = torch.empty(world_size, dtype=torch.int64)
+    _all_gather_flat(lengths, length, group=group)
+    if link is not None:
+        link.wait(world_size - 1, (world_size - 1) * LENGTH_NBYTES)
+    flagged = [i for i in range(world_size) if int(lengths[i]) < 0]
+    if flagged:
+        record.comm_s += time.perf_counter() - start
+        record.bytes_sent += (world_size - 1) * LENGTH_NBYTES
+        record.nonfinite = True
+        if error is not None and local_finite:
+            _restore_error(codec, error, payload, scaled)
+        _nonfinite(flat, flagged, "in the gradient", on_nonfinite)
+        return
+    longest = int(lengths.max())
+    padded = torch.zeros(longest, dtype=torch.uint8)
+    padded[: payload.numel()] = payload
+    gathered = torch.empty(world_size, longest, dtype=torch.uint8)
+    _all_gather_flat(gathered.view(-1), padded, group=group)
+    if link is not None:
+        link.wait(world_size - 1, (world_size - 1) * longest)
+    record.comm_s += time.perf_counter() - start
+    record.bytes_sent += (world_size - 1) * (LENGTH_NBYTES + longest)
+
+    start = time.perf_counter()
+    result = torch.zeros(numel, dtype=torch.float32)
+    for i in range(world_size):  # rank order: identical float32 sums everywhere
+        row = gathered[i, : int(lengths[i])]
+        row = row if (i * longest) % 16 == 0 else row.clone()
+        codec.decode(row, numel, out=result, accumulate=True)
+    flat.copy_(result)
+    record.decode_s += time.perf_counter() - start
+    if not bool(torch.isfinite(flat).all()):
+        record.nonfinite = True
+        _nonfinite(flat, [], "in the reduced result", on_nonfinite)

@@ -1,0 +1,227 @@
+"""Shared helpers of the codl.comm tests: spawn gloo process groups on 127.0.0.1 (random free
+port, a timeout on every join so a fault never hangs CI) and small pure-torch codecs to test the
+collectives against while the native ones are written."""
+
+from __future__ import annotations
+
+import io
+import math
+import os
+import queue
+import socket
+import traceback
+from collections.abc import Callable
+from typing import Any
+
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+from codl.comm.codecs import Codec
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _child(
+    rank: int,
+    world_size: int,
+    port: int,
+    worker: Callable[..., Any],
+    args: tuple[Any, ...],
+    results: Any,
+    timeout_s: float,
+) -> None:
+    import datetime
+
+    torch.set_num_threads(1)
+    os.environ["OMP_NUM_THREADS"] = "1"
+    try:
+        dist.init_process_group(
+            "gloo",
+            init_method=f"tcp://127.0.0.1:{port}",
+            rank=rank,
+            world_size=world_size,
+            timeout=datetime.timedelta(seconds=timeout_s),
+        )
+        try:
+            # Bytes, not tensors: torch's queue shares tensor storage through a socket that
+            # disappears when the child exits.
+            buffer = io.BytesIO()
+            torch.save(worker(rank, world_size, *args), buffer)
+            results.put((rank, "ok", buffer.getvalue()))
+        finally:
+            dist.destroy_process_group()
+    except BaseException:
+        results.put((rank, "error", traceback.format_exc()))
+
+
+def run_distributed(
+    worker: Callable[..., Any], world_size: int, *args: Any, timeout_s: float = 60.0
+) -> list[Any]:
+    """Runs ``worker(rank, world_size, *args)`` in ``world_size`` spawned processes joined in a
+    gloo group; returns their results in rank order. A worker error or a timeout fails the call
+    (stragglers are killed), so a fault never hangs the test run."""
+    context = mp.get_context("spawn")
+    results = context.Queue()
+    port = free_port()
+    processes = [
+        context.Process(
+            target=_child, args=(rank, world_size, port, worker, args, results, timeout_s / 2)
+        )
+        for rank in range(world_size)
+    ]
+    for process in processes:
+        process.start()
+    collected: dict[int, Any] = {}
+    errors: list[str] = []
+    try:
+        for _ in range(world_size):
+            rank, status, value = results.get(timeout=timeout_s)
+            if status == "ok":
+                collected[rank] = torch.load(io.BytesIO(value), weights_only=False)
+            else:
+                errors.append(f"rank {rank}:\n{value}")
+    except queue.Empty:
+        errors.append(f"timed out after {timeout_s} s waiting for ranks")
+    finally:
+        for process in processes:
+            process.join(timeout=5)
+            if process.is_alive():
+                process.kill()
+                process.join(timeout=5)
+    if errors:
+        raise RuntimeError("distributed worker failed:\n" + "\n".join(errors))
+    return [collected[rank] for rank in range(world_size)]
+
+
+class Float32Codec(Codec):
+    """Raw float32 bytes: lossless, so the collective's result is exactly the rank-order sum."""
+
+    name = "float32-test"
+    lossy = False
+
+    def encoded_nbytes(self, numel: int) -> int:
+        return 4 * numel
+
+    def encode(
+        self, x: torch.Tensor, *, error: torch.Tensor | None = None, key: int = 0, step: int = 0
+    ) -> torch.Tensor:
+        return x.clone().view(torch.uint8)
+
+    def decode(
+        self,
+        payload: torch.Tensor,
+        numel: int,
+        *,
+        out: torch.Tensor | None = None,
+        accumulate: bool = False,
+    ) -> torch.Tensor:
+        values = payload.view(torch.float32)
+        assert values.numel() == numel
+        if out is None:
+            return values.clone()
+        return out.add_(values) if accumulate else out.copy_(values)
+
+
+class ScaledSignCodec(Codec):
+    """1-bit sign with the mean magnitude as scale (Karimireddy et al. 2019, EF-SignSGD):
+    payload = float32 scale + ceil(n / 8) sign bytes."""
+
+    name = "scaled-sign-test"
+
+    def encoded_nbytes(self, numel: int) -> int:
+        return 4 + (numel + 7) // 8
+
+    def encode(
+        self, x: torch.Tensor, *, error: torch.Tensor | None = None, key: int = 0, step: int = 0
+    ) -> torch.Tensor:
+        corrected = x + error if error is not None else x
+        scale = corrected.abs().mean() if corrected.numel() else torch.zeros(())
+        bits = (corrected >= 0).to(torch.uint8)
+        padded = torch.zeros((corrected.numel() + 7) // 8 * 8, dtype=torch.uint8)
+        padded[: corrected.numel()] = bits
+        weights = torch.tensor([1, 2, 4, 8, 16, 32, 64, 128], dtype=torch.uint8)
+        packed = (padded.view(-1, 8) * weights).sum(dim=1, dtype=torch.uint8)
+        if error is not None:
+            error.copy_(corrected - self.decode_values(bits, scale))
+        header = scale.reshape(1).to(torch.float32).view(torch.uint8)
+        return torch.cat([header, packed])
+
+    @staticmethod
+    def decode_values(bits: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+        return (bits.to(torch.float32) * 2 - 1) * scale
+
+    def decode(
+        self,
+        payload: torch.Tensor,
+        numel: int,
+        *,
+        out: torch.Tensor | None = None,
+        accumulate: bool = False,
+    ) -> torch.Tensor:
+        assert payload.numel() == self.encoded_nbytes(numel)
+        scale = payload[:4].clone().view(torch.float32)[0]
+        packed = payload[4:]
+        shifts = torch.arange(8, dtype=torch.uint8)
+        bits = ((packed.unsqueeze(1) >> shifts) & 1).reshape(-1)[:numel]
+        values = self.decode_values(bits, scale)
+        if out is None:
+            return values
+        return out.add_(values) if accumulate else out.copy_(values)
+
+
+class TopKCodec(Codec):
+    """The k = ceil(density n) largest magnitudes: int32 indices then float32 values (8 k bytes)."""
+
+    name = "topk-test"
+    scheme = "allgather"
+
+    def __init__(self, density: float = 0.01, *, error_feedback: bool = False) -> None:
+        super().__init__(error_feedback=error_feedback)
+        self.density = density
+
+    def _k(self, numel: int) -> int:
+        return min(numel, max(1, math.ceil(self.density * numel)))
+
+    def encoded_nbytes(self, numel: int) -> int:
+        return 8 * self._k(numel)
+
+    def encode(
+        self, x: torch.Tensor, *, error: torch.Tensor | None = None, key: int = 0, step: int = 0
+    ) -> torch.Tensor:
+        corrected = x + error if error is not None else x
+        k = self._k(corrected.numel())
+        indices = corrected.abs().topk(k, sorted=True).indices.to(torch.int32)
+        values = corrected[indices.long()]
+        if error is not None:
+            error.copy_(corrected)
+            error[indices.long()] = 0
+        return torch.cat([indices.view(torch.uint8), values.view(torch.uint8)])
+
+    def decode(
+        self,
+        payload: torch.Tensor,
+        numel: int,
+        *,
+        out: torch.Tensor | None = None,
+        accumulate: bool = False,
+    ) -> torch.Tensor:
+        k = payload.numel() // 8
+        indices = payload[: 4 * k].view(torch.int32).long()
+        values = payload[4 * k :].view(torch.float32)
+        if out is None:
+            out = torch.zeros(numel, dtype=torch.float32)
+        elif not accumulate:
+            out.zero_()
+        out.index_add_(0, indices, values)
+        return out
+
+
+def rank_gradient(rank: int, numel: int, step: int = 0) -> torch.Tensor:
+    """The test gradient of ``rank`` at ``step`` (the parent rebuilds it for its references)."""
+    generator = torch.Generator().manual_seed(1000 * step + rank)
+    return torch.randn(numel, generator=generator)

@@ -1,0 +1,292 @@
+"""codl.comm.allreduce on gloo process groups of 2 and 3 ranks: results against dense float32
+references, bitwise agreement across ranks, the error-feedback invariant, exact byte accounting,
+non-finite detection and bad input. One spawn per world size runs every scenario (spawning
+costs seconds); the tests then check what it returned."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+import torch
+from dist_helpers import (
+    Float32Codec,
+    ScaledSignCodec,
+    TopKCodec,
+    rank_gradient,
+    run_distributed,
+)
+
+from codl.comm import BF16, FP16
+from codl.comm.accounting import (
+    allgather_break_even_world_size,
+    allgather_bytes,
+    ring_allreduce_bytes,
+    two_phase_bytes,
+)
+from codl.comm.codecs import Codec
+from codl.comm.collectives import CollectiveState, NonFiniteGradientError, allreduce
+
+NUMEL = 1001  # not a multiple of 2 or 3: the last chunk is padded
+EF_STEPS = 6
+
+
+def _codecs() -> dict[str, Codec]:
+    return {
+        "float32": Float32Codec(),
+        "fp16": FP16(),
+        "bf16": BF16(),
+        "fp16-ef": FP16(error_feedback=True),
+        "sign": ScaledSignCodec(),
+        "sign-ef": ScaledSignCodec(error_feedback=True),
+        "topk": TopKCodec(0.05),
+        "topk-ef": TopKCodec(0.05, error_feedback=True),
+    }
+
+
+def _raises(fn: Any) -> str:
+    try:
+        fn()
+    except (NonFiniteGradientError, ValueError, TypeError) as error:
+        return f"{type(error).__name__}: {error}"
+    return "no error"
+
+
+def _battery(rank: int, world_size: int) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for name, codec in _codecs().items():
+        # One step: result and bytes.
+        state = CollectiveState()
+        tensor = rank_gradient(rank, NUMEL)
+        allreduce(tensor, codec, state=state, key=3)
+        assert state.last is not None
+        out[f"{name}/result"] = tensor
+        out[f"{name}/bytes"] = state.last.bytes_sent
+        out[f"{name}/ring"] = state.last.ring_bytes
+        # Several steps: running sums and the final error buffers.
+        state = CollectiveState()
+        total = torch.zeros(NUMEL)
+        for step in range(EF_STEPS):
+            tensor = rank_gradient(rank, NUMEL, step + 1)
+            allreduce(tensor, codec, state=state, key=0, step=step)
+            total += tensor
+        out[f"{name}/running"] = total
+        out[f"{name}/errors"] = {phase: t.clone() for (_, phase), t in state.buffers.items()}
+    # Sum instead of mean; a 2-D tensor keeps its shape.
+    tensor = rank_gradient(rank, NUMEL)[:1000].reshape(10, 100).contiguous()
+    allreduce(tensor, Float32Codec(), op="sum")
+    out["sum2d"] = tensor
+    # Empty and one-element tensors do not hang.
+    out["empty"] = allreduce(torch.zeros(0), FP16())
+    out["one"] = allreduce(torch.full((1,), float(rank + 1)), ScaledSignCodec(), op="sum")
+    # NaN on rank 1 only: every rank raises; with "zero", every rank gets zeros.
+    poisoned = rank_gradient(rank, NUMEL)
+    if rank == 1:
+        poisoned[17] = float("nan")
+    out["nan/raise"] = _raises(lambda: allreduce(poisoned.clone(), FP16()))
+    out["nan/raise-topk"] = _raises(lambda: allreduce(poisoned.clone(), TopKCodec(0.05)))
+    state = CollectiveState()
+    with pytest.warns(RuntimeWarning, match="non-finite"):
+        zeroed = allreduce(
+            poisoned.clone(), ScaledSignCodec(error_feedback=True), state=state, on_nonfinite="zero"
+        )
+    out["nan/zero"] = zeroed
+    out["nan/skips"] = state.nonfinite_skips
+    out["nan/error-norm"] = float(state.buffers[(0, 1)].abs().max())
+    # FP16 overflow of the reduced sum is found on the (identical) decoded result.
+    out["overflow"] = _raises(lambda: allreduce(torch.full((8,), 40000.0), FP16(), op="sum"))
+    # A state made for another world size, and a key whose tensor changes shape.
+    foreign = CollectiveState()
+    foreign.world_size = world_size + 4
+    out["world-size"] = _raises(lambda: allreduce(torch.ones(4), FP16(), state=foreign))
+    state = CollectiveState()
+    allreduce(torch.ones(40), ScaledSignCodec(error_feedback=True), state=state, key=1)
+    out["reshape"] = _raises(
+        lambda: allreduce(torch.ones(50), ScaledSignCodec(error_feedback=True), state=state, key=1)
+    )
+    return out
+
+
+@pytest.fixture(scope="module", params=[2, 3])
+def runs(request: pytest.FixtureRequest) -> tuple[int, list[dict[str, Any]]]:
+    world_size = int(request.param)
+    return world_size, run_distributed(_battery, world_size, timeout_s=90)
+
+
+def _mean(world_size: int, step: int = 0) -> torch.Tensor:
+    return torch.stack([rank_gradient(r, NUMEL, step) for r in range(world_size)]).mean(0)
+
+
+def _mean_of_scaled(world_size: int, step: int = 0) -> torch.Tensor:
+    """The sum in rank order of x_r / P: what the lossless two-phase path computes."""
+    total = torch.zeros(NUMEL)
+    for r in range(world_size):
+        total += rank_gradient(r, NUMEL, step) / world_size
+    return total
+
+
+@pytest.mark.parametrize("name", list(_codecs()))
+def test_bitwise_identical_across_ranks(runs: Any, name: str) -> None:
+    _, results = runs
+    first = results[0][f"{name}/result"]
+    for other in results[1:]:
+        assert torch.equal(first.view(torch.int32), other[f"{name}/result"].view(torch.int32))
+        running = results[0][f"{name}/running"]
+        assert torch.equal(running.view(torch.int32), other[f"{name}/running"].view(torch.int32))
+
+
+def test_lossless_path_is_exact(runs: Any) -> None:
+    world_size, results = runs
+    assert torch.equal(results[0]["float32/result"], _mean_of_scaled(world_size))
+    expected_sum = torch.zeros(1000)
+    for r in range(world_size):
+        expected_sum += rank_gradient(r, NUMEL)[:1000]
+    assert results[0]["sum2d"].shape == (10, 100)
+    assert torch.equal(results[0]["sum2d"].reshape(-1), expected_sum)
+
+
+def _emulate_cast(world_size: int, dtype: torch.dtype) -> torch.Tensor:
+    """The two-phase cast path written densely: round x_r / P, sum in float32 in rank order,
+    round the sum again."""
+    total = torch.zeros(NUMEL)
+    for r in range(world_size):
+        total += (rank_gradient(r, NUMEL) / world_size).to(dtype).float()
+    return total.to(dtype).float()
+
+
+@pytest.mark.parametrize(
+    ("name", "dtype", "unit"),
+    [("fp16", torch.float16, 2.0**-11), ("bf16", torch.bfloat16, 2.0**-8)],
+)
+def test_cast_codecs_within_their_rounding(
+    runs: Any, name: str, dtype: torch.dtype, unit: float
+) -> None:
+    world_size, results = runs
+    result = results[0][f"{name}/result"]
+    assert torch.equal(result, _emulate_cast(world_size, dtype))
+    # Two roundings of relative error `unit` on values bounded by mean |x_r| and the mean.
+    mean = _mean(world_size)
+    bound = torch.stack([rank_gradient(r, NUMEL).abs() for r in range(world_size)]).mean(0)
+    assert bool(((result - mean).abs() <= 2.01 * unit * (bound + mean.abs()) + 1e-7).all())
+
+
+def test_error_feedback_invariant(runs: Any) -> None:
+    """Sum of results + what the error buffers still hold = sum of true means (EF-SGD's
+    invariant, Karimireddy et al. 2019, eq. 5), for the two-phase and the allgather scheme; the
+    same codec without error feedback drifts much further."""
+    world_size, results = runs
+    true_total = sum(_mean_of_scaled(world_size, step + 1) for step in range(EF_STEPS))
+    assert isinstance(true_total, torch.Tensor)
+    chunk = -(-NUMEL // world_size)
+    for name in ("sign-ef", "topk-ef", "fp16-ef"):
+        sent = results[0][f"{name}/running"]
+        held = torch.zeros(world_size * chunk)
+        for r in range(world_size):
+            errors = results[r][f"{name}/errors"]
+            held += (
+                errors[1]
+                if errors[1].numel() == held.numel()
+                else torch.nn.functional.pad(errors[1], (0, held.numel() - errors[1].numel()))
+            )
+            if 2 in errors:
+                held[r * chunk : (r + 1) * chunk] += errors[2]
+        gap = (sent + held[:NUMEL] - true_total).abs().max()
+        assert float(gap) < 1e-4, name
+        if name != "fp16-ef":
+            drift_ef = float((sent - true_total).abs().max())
+            plain = results[0][f"{name.removesuffix('-ef')}/running"]
+            drift_plain = float((plain - true_total).norm())
+            assert float((sent - true_total).norm()) < drift_plain, (name, drift_ef)
+
+
+def test_sparse_result_sums_each_ranks_top_values(runs: Any) -> None:
+    world_size, results = runs
+    expected = torch.zeros(NUMEL)
+    k = -(-5 * NUMEL // 100)
+    for r in range(world_size):
+        scaled = rank_gradient(r, NUMEL) / world_size
+        top = scaled.abs().topk(k).indices
+        expected[top] += scaled[top]
+    torch.testing.assert_close(results[0]["topk/result"], expected, rtol=1e-6, atol=1e-7)
+
+
+@pytest.mark.parametrize("name", ["float32", "fp16", "sign-ef"])
+def test_two_phase_bytes_exact(runs: Any, name: str) -> None:
+    world_size, results = runs
+    chunk = -(-NUMEL // world_size)
+    encoded = {"float32": 4 * chunk, "fp16": 2 * chunk, "sign-ef": 4 + (chunk + 7) // 8}[name]
+    # Phase 1: P - 1 payloads + a 1-byte flag each; phase 2: P - 1 payloads in the ring gather.
+    expected = (world_size - 1) * (encoded + 1) + (world_size - 1) * encoded
+    assert results[0][f"{name}/bytes"] == expected
+    assert results[0][f"{name}/ring"] == 2 * (world_size - 1) / world_size * 4 * NUMEL
+    assert two_phase_bytes(_codecs()[name], NUMEL, world_size) == expected
+
+
+def test_allgather_bytes_exact(runs: Any) -> None:
+    world_size, results = runs
+    k = -(-5 * NUMEL // 100)
+    assert results[0]["topk/bytes"] == (world_size - 1) * (8 + 8 * k)
+
+
+def test_empty_and_one_element(runs: Any) -> None:
+    world_size, results = runs
+    assert results[0]["empty"].numel() == 0
+    # Scaled sign of one positive value per rank: scale = |v|, so the sum is exact.
+    assert results[0]["one"].tolist() == [float(sum(range(1, world_size + 1)))]
+
+
+def test_nonfinite_detected_on_every_rank(runs: Any) -> None:
+    _, results = runs
+    for result in results:
+        assert result["nan/raise"].startswith("NonFiniteGradientError")
+        assert "rank(s) [1]" in result["nan/raise"]
+        assert result["nan/raise-topk"].startswith("NonFiniteGradientError")
+        assert result["nan/skips"] == 1
+        assert torch.equal(result["nan/zero"], torch.zeros(NUMEL))
+        # The skipped step's error update was undone (up to rounding): buffers stay near zero.
+        assert result["nan/error-norm"] < 1e-5
+        assert result["overflow"].startswith("NonFiniteGradientError")
+        assert "overflow" in result["overflow"]
+
+
+def test_state_mismatches_raise(runs: Any) -> None:
+    world_size, results = runs
+    for result in results:
+        assert result["world-size"].startswith("ValueError")
+        assert f"world size {world_size + 4}" in result["world-size"]
+        assert result["reshape"].startswith("ValueError") and "changed shape" in result["reshape"]
+
+
+def test_bad_input_raises_before_communicating() -> None:
+    with pytest.raises(TypeError, match=r"tensor: expected dtype torch.float32.*float64"):
+        allreduce(torch.zeros(4, dtype=torch.float64), FP16())
+    with pytest.raises(TypeError, match=r"tensor: expected a torch\.Tensor"):
+        allreduce([1.0, 2.0], FP16())  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="contiguous"):
+        allreduce(torch.zeros(4, 4).t(), FP16())
+    with pytest.raises(TypeError, match=r"codec: expected a codl\.comm\.Codec"):
+        allreduce(torch.zeros(4), "fp16")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="op: expected 'mean' or 'sum'"):
+        allreduce(torch.zeros(4), FP16(), op="max")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match=r"state: .*error feedback"):
+        allreduce(torch.zeros(4), ScaledSignCodec(error_feedback=True))
+
+
+def test_accounting_formulas_by_hand() -> None:
+    # FP16 on 2**20 values over 4 ranks: 3 (2 * 2**18 + 1) + 3 (2 * 2**18) bytes against
+    # 2 * 3 / 4 * 4 * 2**20 for float32: the ratio is 0.50 plus the flags.
+    numel, world = 1 << 20, 4
+    assert ring_allreduce_bytes(numel, world) == 6291456.0
+    assert two_phase_bytes(FP16(), numel, world) == 3 * (524288 + 1) + 3 * 524288
+    assert two_phase_bytes(FP16(), numel, world) / ring_allreduce_bytes(numel, world) == (
+        pytest.approx(0.5 + 3 / 6291456, rel=1e-12)
+    )
+    assert two_phase_bytes(FP16(), numel, 1) == 0
+    assert allgather_bytes(800, 5) == 4 * 808
+    # Top-k at 1% of n values: P >= 8 n / (8 + 8 * ceil(n / 100)).
+    codec = TopKCodec(0.01)
+    assert allgather_break_even_world_size(codec, 100_000) == 100
+    with pytest.raises(ValueError, match="world_size"):
+        ring_allreduce_bytes(10, 0)
+    with pytest.raises(ValueError, match="allgather"):
+        allgather_break_even_world_size(FP16(), 10)
