@@ -106,6 +106,12 @@ def _cmd_compress(args: argparse.Namespace) -> int:
     plan = None
     if args.prune or args.bits is not None or args.method is not None:
         plan = {"*": {"prune": args.prune, "bits": args.bits, "method": args.method}}
+    if args.plan is not None:
+        from codl.search import read_plan
+
+        if plan is not None:
+            raise ValueError("--plan: give either a plan file or --prune/--bits/--method")
+        plan = read_plan(args.plan)
     codl.save(state, args.output, plan=plan, level=args.level)  # type: ignore[arg-type]
     infos = inspect(args.output)
     before = sum(i.dense_bytes for i in infos)
@@ -249,6 +255,14 @@ def build_parser() -> argparse.ArgumentParser:
         choices=["kmeans", "linear", "ternary"],
         default=None,
         help="quantizer (default kmeans when --bits is given)",
+    )
+    compress.add_argument(
+        "--plan",
+        type=Path,
+        default=None,
+        metavar="PLAN.json",
+        help="per-tensor plan (JSON: name or glob -> {prune, bits, method} or null), e.g. from "
+        "codl.search.compression_plan; replaces --prune/--bits/--method",
     )
     compress.add_argument("--level", type=int, default=9, help="DEFLATE level, 0-12 (default 9)")
     compress.set_defaults(run=_cmd_compress)
