@@ -1,0 +1,245 @@
+"""PowerSGD: rank-r gradient compression by one step of subspace (power) iteration.
+
+Vogels, Karimireddy and Jaggi 2019, "PowerSGD: Practical Low-Rank Gradient Compression for
+Distributed Optimization", algorithms 1 and 2. For each gradient reshaped to an n x m matrix
+(first dimension by the rest, as torch's ``powerSGD_hook`` does) with error feedback:
+
+    M = grad + error                                 (algorithm 2, line 5)
+    P = M Q;        P <- allreduce_sum(P)             (algorithm 1, lines 3-4)
+    P_hat = orthogonalize(P)                          (Gram-Schmidt, line 5)
+    Q = M^T P_hat;  Q <- allreduce_mean(Q)            (lines 6-7)
+    approx = P_hat Q^T                                (line 8: the mean gradient's rank-r image)
+    error = M - approx                                (algorithm 2, line 7)
+
+Q is warm-started from the previous step (section 3, "reuse of the previous low-rank
+approximation") and first drawn from a generator seeded identically on every rank. Tensors with
+one dimension, and matrices where r (n + m) >= n m / ``min_compression_rate``, go uncompressed
+in one float32 allreduce. Warm-up steps (uncompressed) are the hook's ``warmup_steps``
+(torch's ``start_powerSGD_iter``).
+
+Bytes per rank are those of three float32 ring allreduces: 2 (P - 1) / P · 4 (sum of n r + sum
+of m r + uncompressed values), counted exactly in :attr:`StepRecord.bytes_sent`.
+
+Unlike torch's hook, the error buffer covers only the compressed matrices: torch adds its error
+to the whole bucket, 1-D tensors included, whose "error" is the local minus the mean gradient.
+"""
+
+from __future__ import annotations
+
+import time
+import zlib
+from collections.abc import Hashable, Sequence
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+from codl.comm.accounting import StepRecord, ring_allreduce_bytes
+from codl.comm.collectives import Link, NonFiniteGradientError
+
+
+def orthogonalize_(matrix: torch.Tensor, epsilon: float = 1e-8) -> torch.Tensor:
+    """Modified Gram-Schmidt on the columns of ``matrix`` (n x r), in place; ``epsilon`` keeps a
+    zero column from dividing by zero (as torch's ``_orthogonalize_gram_schmidt``)."""
+    for i in range(matrix.shape[1]):
+        column = matrix[:, i]
+        column.div_(column.norm() + epsilon)
+        if i + 1 < matrix.shape[1]:
+            rest = matrix[:, i + 1 :]
+            rest.sub_(column.unsqueeze(1) * (column @ rest).unsqueeze(0))
+    return matrix
+
+
+class PowerSGD:
+    """Rank-``rank`` PowerSGD for :func:`codl.comm.ddp_hook` (see the module docstring).
+
+    ``rank``: the approximation rank r (the paper's default experiments use 1, 2 and 4).
+    ``error_feedback``: keep the residual M - approx (algorithm 2). ``warm_start``: reuse Q.
+    ``min_compression_rate``: compress an n x m matrix only if n m >= rate · r (n + m).
+    ``seed``: seeds Q's first draw, the same on every rank.
+    """
+
+    name = "powersgd"
+    lossy = True
+
+    def __init__(
+        self,
+        rank: int = 1,
+        *,
+        error_feedback: bool = True,
+        warm_start: bool = True,
+        min_compression_rate: float = 2.0,
+        seed: int = 0,
+        epsilon: float = 1e-8,
+    ) -> None:
+        if not isinstance(rank, int) or rank < 1:
+            raise ValueError(f"rank: expected an integer >= 1, received {rank!r}")
+        if min_compression_rate < 1:
+            raise ValueError(
+                f"min_compression_rate: expected a number >= 1, received {min_compression_rate!r}"
+            )
+        self.rank = rank
+        self.error_feedback = bool(error_feedback)
+        self.warm_start = bool(warm_start)
+        self.min_compression_rate = float(min_compression_rate)
+        self.seed = int(seed)
+        self.epsilon = float(epsilon)
+        self.errors: dict[Hashable, torch.Tensor] = {}
+        self.qs: dict[Hashable, torch.Tensor] = {}
+
+    def __repr__(self) -> str:
+        return f"PowerSGD(rank={self.rank}, error_feedback={self.error_feedback})"
+
+    def compresses(self, shape: Sequence[int]) -> bool:
+        """Whether a tensor of ``shape`` is compressed (matrix-shaped and worth it)."""
+        if len(shape) < 2:
+            return False
+        n = int(shape[0])
+        m = 1
+        for size in shape[1:]:
+            m *= int(size)
+        r = min(n, m, self.rank)
+        return n * m >= self.min_compression_rate * r * (n + m)
+
+    def bytes_sent(self, shapes: Sequence[Sequence[int]], world_size: int) -> float:
+        """Per-rank bytes of one compressed step over tensors of ``shapes``: float32 ring
+        allreduces of the uncompressed values, of all P and of all Q."""
+        uncompressed = p_numel = q_numel = 0
+        for shape in shapes:
+            numel = 1
+            for size in shape:
+                numel *= int(size)
+            if self.compresses(shape):
+                n, m = int(shape[0]), numel // int(shape[0])
+                r = min(n, m, self.rank)
+                p_numel += n * r
+                q_numel += m * r
+            else:
+                uncompressed += numel
+        return sum(ring_allreduce_bytes(k, world_size) for k in (uncompressed, p_numel, q_numel))
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "errors": {k: v.clone() for k, v in self.errors.items()},
+            "qs": {k: v.clone() for k, v in self.qs.items()},
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.errors = {k: v.clone() for k, v in state["errors"].items()}
+        self.qs = {k: v.clone() for k, v in state["qs"].items()}
+
+    def _initial_q(self, key: Hashable, sizes: list[tuple[int, int]]) -> torch.Tensor:
+        # crc32, not hash(): str hashes differ between processes, Q must not.
+        mixed = zlib.crc32(repr(key).encode())
+        generator = torch.Generator().manual_seed(self.seed * 4_294_967_311 + mixed)
+        total = sum(m * r for m, r in sizes)
+        return torch.randn(total, generator=generator)
+
+    def allreduce_(
+        self,
+        tensors: Sequence[torch.Tensor],
+        *,
+        key: Hashable = 0,
+        group: dist.ProcessGroup | None = None,
+        link: Link | None = None,
+    ) -> StepRecord:
+        """Replaces each tensor (float32 CPU gradients, shaped like their parameters) by the
+        PowerSGD estimate of its mean over ranks; returns the step's bytes and times."""
+        world_size = dist.get_world_size(group)
+        record = StepRecord()
+        compressed = [t for t in tensors if self.compresses(t.shape)]
+        uncompressed = [t for t in tensors if not self.compresses(t.shape)]
+        record.compressed_tensors = len(compressed)
+        record.uncompressed_tensors = len(uncompressed)
+        record.ring_bytes = ring_allreduce_bytes(sum(t.numel() for t in tensors), world_size)
+
+        def reduce(flat: torch.Tensor) -> torch.Tensor:
+            start = time.perf_counter()
+            if flat.numel():
+                dist.all_reduce(flat, group=group)
+                ring = ring_allreduce_bytes(flat.numel(), world_size)
+                if link is not None:
+                    link.wait(2 * (world_size - 1), ring)
+                record.bytes_sent += ring
+            record.comm_s += time.perf_counter() - start
+            return flat
+
+        if uncompressed:
+            flat = reduce(torch.cat([t.reshape(-1) for t in uncompressed]))
+            flat.div_(world_size)
+            self._check_finite(flat, "the uncompressed tensors")
+            offset = 0
+            for t in uncompressed:
+                t.copy_(flat[offset : offset + t.numel()].view_as(t))
+                offset += t.numel()
+        if not compressed:
+            return record
+
+        start = time.perf_counter()
+        matrices = [t.reshape(t.shape[0], -1) for t in compressed]
+        sizes = [(m.shape[0], m.shape[1], min(m.shape[0], m.shape[1], self.rank)) for m in matrices]
+        total = sum(n * m for n, m, _ in sizes)
+        if self.error_feedback:
+            error = self.errors.get(key)
+            if error is None or error.numel() != total:
+                if error is not None and error.numel() != total:
+                    raise ValueError(
+                        f"key {key!r}: PowerSGD's error buffer holds {error.numel()} values, the "
+                        f"tensors now hold {total}; their shapes changed"
+                    )
+                error = torch.zeros(total)
+                self.errors[key] = error
+            offset = 0
+            for matrix in matrices:
+                matrix.add_(error[offset : offset + matrix.numel()].view_as(matrix))
+                offset += matrix.numel()
+            corrected = torch.cat([m.reshape(-1) for m in matrices])
+        q_flat = self.qs.get(key) if self.warm_start else None
+        q_total = sum(m * r for _, m, r in sizes)
+        if q_flat is None or q_flat.numel() != q_total:
+            q_flat = self._initial_q(key, [(m, r) for _, m, r in sizes])
+        qs, ps = [], []
+        q_offset = 0
+        for _, m, r in sizes:
+            q = q_flat[q_offset : q_offset + m * r].view(m, r)
+            orthogonalize_(q, self.epsilon)
+            qs.append(q)
+            q_offset += m * r
+        p_flat = torch.empty(sum(n * r for n, _, r in sizes))
+        p_offset = 0
+        for (n, _, r), matrix, q in zip(sizes, matrices, qs):
+            p = p_flat[p_offset : p_offset + n * r].view(n, r)
+            torch.matmul(matrix, q, out=p)
+            ps.append(p)
+            p_offset += n * r
+        record.encode_s += time.perf_counter() - start
+
+        reduce(p_flat)
+        self._check_finite(p_flat, "P")
+        start = time.perf_counter()
+        for p, q, matrix in zip(ps, qs, matrices):
+            orthogonalize_(p, self.epsilon)
+            torch.matmul(matrix.t(), p, out=q)
+        record.encode_s += time.perf_counter() - start
+
+        reduce(q_flat)
+        start = time.perf_counter()
+        q_flat.div_(world_size)
+        for p, q, matrix in zip(ps, qs, matrices):
+            torch.matmul(p, q.t(), out=matrix)
+        if self.error_feedback:
+            approx = torch.cat([m.reshape(-1) for m in matrices])
+            self.errors[key] = corrected.sub_(approx)
+        if self.warm_start:
+            self.qs[key] = q_flat
+        for tensor, matrix in zip(compressed, matrices):
+            if matrix.data_ptr() != tensor.data_ptr():
+                tensor.copy_(matrix.view_as(tensor))
+        record.decode_s += time.perf_counter() - start
+        return record
+
+    @staticmethod
+    def _check_finite(values: torch.Tensor, what: str) -> None:
+        # The allreduced sums are identical on every rank, so every rank raises together.
+        if not bool(torch.isfinite(values).all()):
+            raise NonFiniteGradientError(f"PowerSGD: non-finite values (NaN or Inf) in {what}")
