@@ -54,4 +54,5 @@ PYBIND11_MODULE(_C, m) {
     codl_bindings::register_sym_eig(m);
     codl_bindings::register_format(m);
     codl_bindings::register_linalg(m);
+    codl_bindings::register_comm(m);
 }

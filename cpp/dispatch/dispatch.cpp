@@ -13,18 +13,18 @@ namespace {
 constexpr const char* kIsaNames[kNumIsaLevels] = {"scalar", "avx2", "avx512", "sve"};
 
 const KernelTable kScalarTable{IsaLevel::scalar, &ref::pack_kernels, &ref::ternary_kernels,
-                                 &ref::linalg_kernels};
+                                 &ref::linalg_kernels, &ref::comm_kernels};
 #if CODL_HAVE_AVX2
 const KernelTable kAvx2Table{IsaLevel::avx2, &avx2::pack_kernels, &avx2::ternary_kernels,
-                                 &avx2::linalg_kernels};
+                                 &avx2::linalg_kernels, &avx2::comm_kernels};
 #endif
 #if CODL_HAVE_AVX512
 const KernelTable kAvx512Table{IsaLevel::avx512, &avx512::pack_kernels, &avx512::ternary_kernels,
-                                 &avx512::linalg_kernels};
+                                 &avx512::linalg_kernels, &avx512::comm_kernels};
 #endif
 #if CODL_HAVE_SVE
 const KernelTable kSveTable{IsaLevel::sve, &sve::pack_kernels, &sve::ternary_kernels,
-                                 &sve::linalg_kernels};
+                                 &sve::linalg_kernels, &sve::comm_kernels};
 #endif
 
 const KernelTable* table_of(IsaLevel isa) {

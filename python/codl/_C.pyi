@@ -30,6 +30,26 @@ def ternary_linear_f32(
     out: Buffer,
     num_threads: int = 1,
 ) -> None: ...
+def ternary3_linear_f32(
+    x: Buffer,
+    rows: int,
+    in_features: int,
+    packed: Buffer,
+    alpha: Buffer,
+    bias: Buffer | None,
+    out: Buffer,
+    num_threads: int = 1,
+) -> None: ...
+def ternary_linear_f32act(
+    x: Buffer,
+    rows: int,
+    in_features: int,
+    packed: Buffer,
+    alpha: Buffer,
+    bias: Buffer | None,
+    out: Buffer,
+    num_threads: int = 1,
+) -> None: ...
 def sym_eig(
     mats: list[Buffer],
     eigenvalues_out: list[Buffer],
@@ -80,3 +100,59 @@ def format_decode_tensor(
     out: Buffer,
     backend: str = "best",
 ) -> tuple[str, str] | None: ...
+def comm_counter_uniform(seed: int, key: int, step: int, out: Buffer) -> None: ...
+def comm_int8_encode(
+    x: Buffer, error: Buffer | None, block: int, payload: Buffer, num_threads: int = 1
+) -> None: ...
+def comm_int8_decode(
+    payload: Buffer, block: int, out: Buffer, accumulate: bool, num_threads: int = 1
+) -> None: ...
+def comm_sign_encode(
+    x: Buffer, error: Buffer | None, block: int, payload: Buffer, num_threads: int = 1
+) -> None: ...
+def comm_sign_decode(
+    payload: Buffer, block: int, out: Buffer, accumulate: bool, num_threads: int = 1
+) -> None: ...
+def comm_terngrad_encode(
+    x: Buffer,
+    error: Buffer | None,
+    block: int,
+    seed: int,
+    key: int,
+    step: int,
+    payload: Buffer,
+    num_threads: int = 1,
+) -> None: ...
+def comm_terngrad_decode(
+    payload: Buffer, block: int, out: Buffer, accumulate: bool, num_threads: int = 1
+) -> None: ...
+def comm_qsgd_encode(
+    x: Buffer,
+    error: Buffer | None,
+    block: int,
+    levels: int,
+    seed: int,
+    key: int,
+    step: int,
+    payload: Buffer,
+    num_threads: int = 1,
+) -> None: ...
+def comm_qsgd_decode(
+    payload: Buffer, block: int, levels: int, out: Buffer, accumulate: bool, num_threads: int = 1
+) -> None: ...
+def comm_topk_encode(
+    x: Buffer,
+    error: Buffer | None,
+    momentum: Buffer | None,
+    momentum_factor: float,
+    k: int,
+    sample: int,
+    seed: int,
+    key: int,
+    step: int,
+    payload: Buffer,
+    num_threads: int = 1,
+) -> None: ...
+def comm_topk_decode(
+    payload: Buffer, out: Buffer, accumulate: bool, num_threads: int = 1
+) -> None: ...

@@ -163,6 +163,49 @@ def ternary_linear_f32(
     )
 
 
+def ternary3_linear_f32(
+    x: torch.Tensor,
+    packed: torch.Tensor,
+    alpha: torch.Tensor,
+    bias: torch.Tensor | None,
+    out: torch.Tensor,
+) -> None:
+    """As :func:`ternary_linear_f32` with the rows in the base-3 (1.6-bit) layout."""
+    rows, in_features = x.shape
+    _C.ternary3_linear_f32(
+        as_buffer(x, "x", torch.float32),
+        rows,
+        in_features,
+        as_buffer(packed, "packed", torch.uint8),
+        as_buffer(alpha, "alpha", torch.float32),
+        None if bias is None else as_buffer(bias, "bias", torch.float32),
+        as_buffer(out, "out", torch.float32, writable=True),
+        get_num_threads(),
+    )
+
+
+def ternary_linear_f32act(
+    x: torch.Tensor,
+    packed: torch.Tensor,
+    alpha: torch.Tensor,
+    bias: torch.Tensor | None,
+    out: torch.Tensor,
+) -> None:
+    """out (M, N) = float32 x (M, K) times the 2-bit packed ternary rows (no activation
+    quantization, float32 sums), scaled, plus bias."""
+    rows, in_features = x.shape
+    _C.ternary_linear_f32act(
+        as_buffer(x, "x", torch.float32),
+        rows,
+        in_features,
+        as_buffer(packed, "packed", torch.uint8),
+        as_buffer(alpha, "alpha", torch.float32),
+        None if bias is None else as_buffer(bias, "bias", torch.float32),
+        as_buffer(out, "out", torch.float32, writable=True),
+        get_num_threads(),
+    )
+
+
 # --- sym_eig
 _EIG_DTYPES = (torch.float32, torch.float64)
 
@@ -437,3 +480,148 @@ def decode_tensor(
         backend,
     )
     return result
+
+
+# --- comm codecs: gradient encoders with fused error feedback (codl.comm.codecs; layouts in
+# cpp/include/codl/comm.h). Each checks its tensors here and its parameters in the binding.
+
+
+def _error_buffer(tensor: torch.Tensor | None, name: str) -> np.ndarray | None:
+    return None if tensor is None else as_buffer(tensor, name, torch.float32, writable=True)
+
+
+def comm_counter_uniform(seed: int, key: int, step: int, out: torch.Tensor) -> None:
+    """``out[i]`` = draw ``i`` of the codecs' counter-based generator for (seed, key, step)."""
+    _C.comm_counter_uniform(seed, key, step, as_buffer(out, "out", torch.float32, writable=True))
+
+
+def comm_block_encode(
+    codec: str, x: torch.Tensor, error: torch.Tensor | None, block: int, payload: torch.Tensor
+) -> None:
+    """Int8 (``codec="int8"``) or scaled-sign (``"sign"``) encode of ``x`` (+ ``error``)."""
+    encode = _C.comm_int8_encode if codec == "int8" else _C.comm_sign_encode
+    encode(
+        as_buffer(x, "x", torch.float32),
+        _error_buffer(error, "error"),
+        block,
+        as_buffer(payload, "payload", torch.uint8, writable=True),
+        get_num_threads(),
+    )
+
+
+def comm_block_decode(
+    codec: str, payload: torch.Tensor, block: int, out: torch.Tensor, accumulate: bool
+) -> None:
+    decode = _C.comm_int8_decode if codec == "int8" else _C.comm_sign_decode
+    decode(
+        as_buffer(payload, "payload", torch.uint8),
+        block,
+        as_buffer(out, "out", torch.float32, writable=True),
+        accumulate,
+        get_num_threads(),
+    )
+
+
+def comm_terngrad_encode(
+    x: torch.Tensor,
+    error: torch.Tensor | None,
+    block: int,
+    seed: int,
+    key: int,
+    step: int,
+    payload: torch.Tensor,
+) -> None:
+    _C.comm_terngrad_encode(
+        as_buffer(x, "x", torch.float32),
+        _error_buffer(error, "error"),
+        block,
+        seed,
+        key,
+        step,
+        as_buffer(payload, "payload", torch.uint8, writable=True),
+        get_num_threads(),
+    )
+
+
+def comm_terngrad_decode(
+    payload: torch.Tensor, block: int, out: torch.Tensor, accumulate: bool
+) -> None:
+    _C.comm_terngrad_decode(
+        as_buffer(payload, "payload", torch.uint8),
+        block,
+        as_buffer(out, "out", torch.float32, writable=True),
+        accumulate,
+        get_num_threads(),
+    )
+
+
+def comm_qsgd_encode(
+    x: torch.Tensor,
+    error: torch.Tensor | None,
+    block: int,
+    levels: int,
+    seed: int,
+    key: int,
+    step: int,
+    payload: torch.Tensor,
+) -> None:
+    _C.comm_qsgd_encode(
+        as_buffer(x, "x", torch.float32),
+        _error_buffer(error, "error"),
+        block,
+        levels,
+        seed,
+        key,
+        step,
+        as_buffer(payload, "payload", torch.uint8, writable=True),
+        get_num_threads(),
+    )
+
+
+def comm_qsgd_decode(
+    payload: torch.Tensor, block: int, levels: int, out: torch.Tensor, accumulate: bool
+) -> None:
+    _C.comm_qsgd_decode(
+        as_buffer(payload, "payload", torch.uint8),
+        block,
+        levels,
+        as_buffer(out, "out", torch.float32, writable=True),
+        accumulate,
+        get_num_threads(),
+    )
+
+
+def comm_topk_encode(
+    x: torch.Tensor,
+    error: torch.Tensor | None,
+    momentum: torch.Tensor | None,
+    momentum_factor: float,
+    k: int,
+    sample: int,
+    seed: int,
+    key: int,
+    step: int,
+    payload: torch.Tensor,
+) -> None:
+    _C.comm_topk_encode(
+        as_buffer(x, "x", torch.float32),
+        _error_buffer(error, "error"),
+        _error_buffer(momentum, "momentum_buffer"),
+        momentum_factor,
+        k,
+        sample,
+        seed,
+        key,
+        step,
+        as_buffer(payload, "payload", torch.uint8, writable=True),
+        get_num_threads(),
+    )
+
+
+def comm_topk_decode(payload: torch.Tensor, out: torch.Tensor, accumulate: bool) -> None:
+    _C.comm_topk_decode(
+        as_buffer(payload, "payload", torch.uint8),
+        as_buffer(out, "out", torch.float32, writable=True),
+        accumulate,
+        get_num_threads(),
+    )

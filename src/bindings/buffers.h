@@ -30,5 +30,6 @@ void register_ternary(py::module_& m);
 void register_sym_eig(py::module_& m);
 void register_format(py::module_& m);
 void register_linalg(py::module_& m);
+void register_comm(py::module_& m);
 
 }  // namespace codl_bindings

@@ -55,20 +55,72 @@ struct TernaryKernels {
     void (*dot_i8_t2)(const std::int8_t* a, std::size_t rows, std::size_t k_padded,
                       const std::int32_t* a_sums, const std::uint8_t* w, std::size_t w_rows,
                       std::int32_t* out, std::size_t out_stride);
+    // The same for weight rows in the ternary3 layout: k_padded is a multiple of
+    // kTernary3BlockValues and weight row c starts at w + c * k_padded / 5. Trits are decoded
+    // in registers on every call (no repacked copy of the weights).
+    void (*dot_i8_t3)(const std::int8_t* a, std::size_t rows, std::size_t k_padded,
+                      const std::int32_t* a_sums, const std::uint8_t* w, std::size_t w_rows,
+                      std::int32_t* out, std::size_t out_stride);
+    // Float activations: out[r * out_stride + c] = sum_k x[r * k_padded + k] * code_c[k],
+    // accumulated in float32 in an order fixed per ISA (it depends on neither the row tiling
+    // nor the thread count); x is zero past k. The products x * code are exact, so ISAs differ
+    // only by the order of the additions.
+    void (*dot_f32_t2)(const float* x, std::size_t rows, std::size_t k_padded,
+                       const std::uint8_t* w, std::size_t w_rows, float* out,
+                       std::size_t out_stride);
 };
 
 struct LinalgKernels;  // codl/linalg.h
+
+// Gradient codecs (codl/comm.h has the payload layouts). Each call covers n values from a block
+// boundary (the last block may be partial), writes that range's scales (unaligned: raw bytes)
+// and codes, and returns false where v = x + error (or x when error is null) holds NaN or Inf.
+// The sign codec's block scale is mean |v|, summed in a fixed order every ISA follows: local
+// value i of a block goes to float lane i % 16 (lanes add in index order), then
+// ref::sign_block_scale finishes the 16 lanes in double. `first` is the global index of x[0]
+// (the counter of the stochastic codecs).
+struct CommKernels {
+    bool (*int8_encode)(const float* x, float* error, std::size_t n, std::size_t block,
+                        std::uint8_t* scales, std::int8_t* codes);
+    void (*int8_decode)(const std::uint8_t* scales, const std::int8_t* codes, std::size_t n,
+                        std::size_t block, float* out, bool accumulate);
+    bool (*sign_encode)(const float* x, float* error, std::size_t n, std::size_t block,
+                        std::uint8_t* scales, std::uint8_t* bits);
+    void (*sign_decode)(const std::uint8_t* scales, const std::uint8_t* bits, std::size_t n,
+                        std::size_t block, float* out, bool accumulate);
+    bool (*terngrad_encode)(const float* x, float* error, std::size_t n, std::size_t block,
+                            std::uint64_t stream, std::size_t first, std::uint8_t* scales,
+                            std::uint8_t* codes);
+    bool (*terngrad_decode)(const std::uint8_t* scales, const std::uint8_t* codes, std::size_t n,
+                            std::size_t block, float* out, bool accumulate);
+    bool (*qsgd_encode)(const float* x, float* error, std::size_t n, std::size_t block,
+                        unsigned levels, std::uint64_t stream, std::size_t first,
+                        std::uint8_t* norms, std::uint8_t* codes);
+    bool (*qsgd_decode)(const std::uint8_t* norms, const std::uint8_t* codes, std::size_t n,
+                        std::size_t block, unsigned levels, float* out, bool accumulate);
+    // Top-k: v = error + (momentum ? (u = m * u + x) : x) stored in error (with no error buffer
+    // only checked); false where v holds NaN or Inf.
+    bool (*topk_accumulate)(const float* x, float* error, float* momentum, float m, std::size_t n);
+    // How many |v[i]| >= threshold, and (gather) their indices plus base, in increasing order.
+    std::size_t (*count_at_least)(const float* v, std::size_t n, float threshold);
+    std::size_t (*gather_at_least)(const float* v, std::size_t n, float threshold,
+                                   std::uint32_t base, std::uint32_t* indices);
+};
 
 struct KernelTable {
     IsaLevel isa;
     const PackKernels* pack;
     const TernaryKernels* ternary;
     const LinalgKernels* linalg;
+    const CommKernels* comm;
 };
 
 namespace ref {
 extern const PackKernels pack_kernels;
 extern const TernaryKernels ternary_kernels;
+extern const CommKernels comm_kernels;
+// mean |v| of a sign block from its 16 lane sums (see CommKernels), and a block's scale from it.
+float sign_block_scale(const float* lane_sums, std::size_t count);
 // Scalar pieces of quantize_row_i8 that the SIMD variants finish their rows with:
 // the largest of `so_far` and the bits of |x[i]| for i < n (>= 0x7F800000 means Inf or NaN),
 std::int32_t max_magnitude_bits(const float* x, std::size_t n, std::int32_t so_far);
@@ -80,14 +132,17 @@ std::int32_t quantize_tail(const float* x, std::size_t begin, std::size_t k, std
 namespace avx2 {
 extern const PackKernels pack_kernels;
 extern const TernaryKernels ternary_kernels;
+extern const CommKernels comm_kernels;
 }
 namespace avx512 {
 extern const PackKernels pack_kernels;
 extern const TernaryKernels ternary_kernels;
+extern const CommKernels comm_kernels;
 }
 namespace sve {
 extern const PackKernels pack_kernels;
 extern const TernaryKernels ternary_kernels;
+extern const CommKernels comm_kernels;
 int vector_bits();  // the SVE vector length this process runs with
 }
 
