@@ -103,7 +103,7 @@ def _cmd_compress(args: argparse.Namespace) -> int:
     from codl.formats import inspect
 
     state = _read_state_dict(args.input)
-    plan = None
+    plan: dict[str, object] | None = None
     if args.prune or args.bits is not None or args.method is not None:
         plan = {"*": {"prune": args.prune, "bits": args.bits, "method": args.method}}
     if args.plan is not None:
@@ -111,7 +111,7 @@ def _cmd_compress(args: argparse.Namespace) -> int:
 
         if plan is not None:
             raise ValueError("--plan: give either a plan file or --prune/--bits/--method")
-        plan = read_plan(args.plan)
+        plan = dict[str, object](read_plan(args.plan))
     codl.save(state, args.output, plan=plan, level=args.level)  # type: ignore[arg-type]
     infos = inspect(args.output)
     before = sum(i.dense_bytes for i in infos)
