@@ -1,0 +1,357 @@
+"""alpha-beta (latency-bandwidth) projection of a data-parallel step's time on P nodes, and a link
+emulator to validate it.
+
+A message of S bytes costs alpha + S / B (Hockney 1994). Per gradient bucket, one rank spends
+
+- float32 ring allreduce (Thakur et al. 2005, section 4; Patarasuk and Yuan 2009):
+  2 (P - 1) alpha + 2 (P - 1) / P · 4 n / B;
+- two-phase compressed allreduce (Tang et al. 2021): an all-to-all then a ring all-gather,
+  each (P - 1) alpha + (P - 1) / P · S_c / B with S_c = P · encoded(ceil(n / P)) (plus the 1-byte
+  flags of :mod:`codl.comm.accounting`): 2 (P - 1) alpha + two_phase_bytes / B;
+- sparse all-gather: a gather of 8-byte lengths then of the payloads padded to the longest,
+  2 (P - 1) alpha + (P - 1) (8 + S_c) / B; S_c is the codec's bound ``encoded_nbytes(n)``;
+
+plus the codec's own time from its measured throughput (bytes of float32 input per second):
+two-phase encodes (P + 1) c values and decodes 2 P c; all-gather encodes n and decodes P
+payloads of n. The step time is
+
+- serial: forward + backward + comm + codec;
+- overlapped: forward + max(backward, comm) + codec. The assumption: every bucket's exchange
+  can hide behind the backward pass (DDP launches a bucket as soon as its gradients are ready),
+  except the codec's CPU work, which competes with backward for the same cores and is added.
+
+Scaling efficiency (weak scaling: the per-node batch stays fixed) = (forward + backward) / step.
+The alpha terms grow linearly with P: a flat ring at 100,000 nodes is latency-bound, which is why
+large machines reduce hierarchically; the projection shows where that happens.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from codl.comm.accounting import (
+    chunk_numel,
+    compressed_bytes,
+    ring_allreduce_bytes,
+)
+from codl.comm.codecs import Codec
+
+
+@dataclass(frozen=True)
+class LinkPreset:
+    """A link: ``bandwidth`` in bytes/s per rank, ``latency`` alpha in seconds per message."""
+
+    name: str
+    bandwidth: float
+    latency: float
+    source: str
+
+
+#: 10 Gb/s Ethernet: 1.25e9 B/s line rate (IEEE 802.3ae). alpha = 25 µs: the middle of the 10-50 µs
+#: that MPI/TCP small-message latencies over 10GbE kernel stacks measure (e.g. the OSU
+#: micro-benchmarks' TCP figures); an assumption, not a measurement of ours.
+ETHERNET_10G = LinkPreset(
+    "10GbE", 1.25e9, 25e-6, "IEEE 802.3ae line rate; alpha 25 us assumed (TCP stacks: 10-50 us)"
+)
+#: 100 Gb/s InfiniBand EDR: 12.5e9 B/s signalling rate; Mellanox quotes about 0.6 µs port-to-port
+#: for ConnectX-4 EDR, MPI ping-pong measures 1-2 µs: alpha = 2 µs assumed.
+INFINIBAND_100G = LinkPreset(
+    "100Gb/s IB", 12.5e9, 2e-6, "InfiniBand EDR 100 Gb/s; ConnectX-4 0.6 us, MPI 1-2 us: 2 us"
+)
+#: Fugaku's Tofu Interconnect D (Ajima et al., "The Tofu Interconnect D", IEEE Cluster 2018;
+#: RIKEN/Fujitsu Fugaku specifications): 6.8 GB/s per link (28 Gb/s x 2 lanes), 10 links and 6
+#: network interfaces per node (40.8 GB/s injection), one-way put latency 0.49-0.54 µs.
+#: Assumed: a ring drives one link per rank (its successor), so B = 6.8 GB/s, and alpha = 1 µs for
+#: the MPI/uTofu software above the hardware's 0.5 µs.
+TOFU_D = LinkPreset(
+    "Tofu-D",
+    6.8e9,
+    1e-6,
+    "Ajima et al. 2018 (IEEE Cluster): 6.8 GB/s per link, 0.49-0.54 us put latency; "
+    "one link per rank and alpha 1 us assumed",
+)
+PRESETS = {preset.name: preset for preset in (ETHERNET_10G, INFINIBAND_100G, TOFU_D)}
+
+
+@dataclass(frozen=True)
+class StepProfile:
+    """Measured compute of one training step on one node and its gradient bucket layout."""
+
+    forward_s: float
+    backward_s: float
+    bucket_numels: tuple[int, ...]
+
+    @property
+    def compute_s(self) -> float:
+        return self.forward_s + self.backward_s
+
+    @property
+    def gradient_numel(self) -> int:
+        return sum(self.bucket_numels)
+
+
+@dataclass(frozen=True)
+class CodecThroughput:
+    """Encode and decode speed, in bytes of float32 input per second."""
+
+    encode: float
+    decode: float
+
+
+@dataclass(frozen=True)
+class Projection:
+    nodes: int
+    compute_s: float
+    comm_s: float
+    codec_s: float
+    step_s: float
+    efficiency: float
+    bytes_sent: float
+    ring_bytes: float
+
+    @property
+    def ratio(self) -> float:
+        return self.bytes_sent / self.ring_bytes if self.ring_bytes else 0.0
+
+
+def bucket_layout(model: nn.Module, bucket_cap_mb: float = 25.0) -> tuple[int, ...]:
+    """Bucket sizes (values) as DDP's rebuilt buckets group them: parameters in reverse order
+    (the order their gradients become ready) filled up to ``bucket_cap_mb`` MiB."""
+    cap = bucket_cap_mb * 1024 * 1024 / 4
+    buckets: list[int] = []
+    current = 0
+    for parameter in reversed([p for p in model.parameters() if p.requires_grad]):
+        if current and current + parameter.numel() > cap:
+            buckets.append(current)
+            current = 0
+        current += parameter.numel()
+    if current:
+        buckets.append(current)
+    return tuple(buckets)
+
+
+def profile_step(
+    model: nn.Module,
+    batch: tuple[torch.Tensor, torch.Tensor],
+    loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    *,
+    repeat: int = 5,
+    bucket_cap_mb: float = 25.0,
+) -> StepProfile:
+    """Median forward and backward times of ``loss_fn(model(inputs), targets)`` over ``repeat``
+    runs (after one warm-up), and the bucket layout of ``model``."""
+    if repeat < 1:
+        raise ValueError(f"repeat: expected an integer >= 1, received {repeat!r}")
+    inputs, targets = batch
+    forwards, backwards = [], []
+    for index in range(repeat + 1):
+        model.zero_grad(set_to_none=True)
+        start = time.perf_counter()
+        loss = loss_fn(model(inputs), targets)
+        middle = time.perf_counter()
+        loss.backward()  # type: ignore[no-untyped-call]
+        end = time.perf_counter()
+        if index:
+            forwards.append(middle - start)
+            backwards.append(end - middle)
+    model.zero_grad(set_to_none=True)
+    return StepProfile(
+        statistics.median(forwards),
+        statistics.median(backwards),
+        bucket_layout(model, bucket_cap_mb),
+    )
+
+
+def measure_throughput(codec: Codec, numel: int = 1 << 20, *, repeat: int = 5) -> CodecThroughput:
+    """Median encode and decode speed of ``codec`` on ``numel`` Gaussian values (with an error
+    buffer when the codec uses error feedback). Decoding accumulates into a float32 output, as
+    the collectives do: a sparse payload then costs its k values, not n."""
+    values = torch.randn(numel, generator=torch.Generator().manual_seed(0))
+    error = torch.zeros(numel) if codec.error_feedback else None
+    out = torch.zeros(numel)
+    payload = codec.encode(values, error=error)
+    encodes, decodes = [], []
+    for _ in range(repeat):
+        start = time.perf_counter()
+        payload = codec.encode(values, error=error)
+        middle = time.perf_counter()
+        codec.decode(payload, numel, out=out, accumulate=True)
+        end = time.perf_counter()
+        encodes.append(middle - start)
+        decodes.append(end - middle)
+    return CodecThroughput(
+        4 * numel / statistics.median(encodes), 4 * numel / statistics.median(decodes)
+    )
+
+
+def _check_link(nodes: int, bandwidth: float, latency: float) -> None:
+    if not isinstance(nodes, int) or nodes < 1:
+        raise ValueError(f"nodes: expected an integer >= 1, received {nodes!r}")
+    if not (isinstance(bandwidth, (int, float)) and bandwidth > 0 and math.isfinite(bandwidth)):
+        raise ValueError(
+            f"bandwidth: expected a finite number > 0 (bytes/s), received {bandwidth!r}"
+        )
+    if not (isinstance(latency, (int, float)) and latency >= 0 and math.isfinite(latency)):
+        raise ValueError(f"latency: expected a finite number >= 0 (seconds), received {latency!r}")
+
+
+def comm_time(
+    codec: Codec | None, numel: int, nodes: int, bandwidth: float, latency: float
+) -> float:
+    """Seconds one rank spends exchanging one bucket of ``numel`` values (module docstring)."""
+    _check_link(nodes, bandwidth, latency)
+    if nodes == 1 or numel == 0:
+        return 0.0
+    messages = 2 * (nodes - 1)
+    if codec is None:
+        return messages * latency + ring_allreduce_bytes(numel, nodes) / bandwidth
+    return messages * latency + compressed_bytes(codec, numel, nodes) / bandwidth
+
+
+def codec_time(codec: Codec | None, numel: int, nodes: int, throughput: CodecThroughput) -> float:
+    """Seconds of encoding and decoding one bucket on one rank (module docstring)."""
+    if codec is None or nodes == 1 or numel == 0:
+        return 0.0
+    if codec.scheme == "two_phase":
+        chunk = chunk_numel(numel, nodes)
+        encoded, decoded = (nodes + 1) * chunk, 2 * nodes * chunk
+    else:
+        encoded, decoded = numel, nodes * numel
+    return 4 * encoded / throughput.encode + 4 * decoded / throughput.decode
+
+
+def project(
+    step_profile: StepProfile,
+    codec: Codec | None,
+    nodes: int,
+    bandwidth: float,
+    latency: float,
+    *,
+    overlap: bool = True,
+    throughput: CodecThroughput | None = None,
+) -> Projection:
+    """Projected step time and weak-scaling efficiency on ``nodes`` ranks (module docstring).
+    ``codec=None`` is the float32 ring allreduce; a codec needs its measured ``throughput``."""
+    _check_link(nodes, bandwidth, latency)
+    if codec is not None and not isinstance(codec, Codec):
+        raise TypeError(
+            f"codec: expected a codl.comm.Codec or None, received {type(codec).__name__}"
+        )
+    if codec is not None and throughput is None:
+        raise ValueError(
+            "throughput: a codec needs its measured CodecThroughput (measure_throughput)"
+        )
+    speed = throughput or CodecThroughput(math.inf, math.inf)
+    comm = sum(comm_time(codec, n, nodes, bandwidth, latency) for n in step_profile.bucket_numels)
+    codec_s = sum(codec_time(codec, n, nodes, speed) for n in step_profile.bucket_numels)
+    if overlap:
+        step = step_profile.forward_s + max(step_profile.backward_s, comm) + codec_s
+    else:
+        step = step_profile.compute_s + comm + codec_s
+    sent = sum(
+        (compressed_bytes(codec, n, nodes) if codec is not None else ring_allreduce_bytes(n, nodes))
+        for n in step_profile.bucket_numels
+    )
+    ring = sum(ring_allreduce_bytes(n, nodes) for n in step_profile.bucket_numels)
+    return Projection(
+        nodes=nodes,
+        compute_s=step_profile.compute_s,
+        comm_s=comm,
+        codec_s=codec_s,
+        step_s=step,
+        efficiency=step_profile.compute_s / step if step > 0 else 1.0,
+        bytes_sent=sent,
+        ring_bytes=ring,
+    )
+
+
+def break_even_bandwidth(
+    step_profile: StepProfile,
+    codec: Codec,
+    nodes: int,
+    latency: float,
+    throughput: CodecThroughput,
+) -> float:
+    """Bandwidth (bytes/s) below which ``codec`` shortens the serial step: where the codec's time
+    equals the communication time it saves. Solving A + S_d / B = A + S_c / B + T_codec (per
+    step; both schemes send 2 (P - 1) messages per bucket, so the alpha terms A cancel) gives
+    B* = (S_d - S_c) / T_codec. Returns 0.0 when the codec never pays (it sends no fewer bytes)
+    and ``math.inf`` when its time is zero."""
+    dense = project(step_profile, None, nodes, 1.0, latency, overlap=False)
+    compressed = project(
+        step_profile, codec, nodes, 1.0, latency, overlap=False, throughput=throughput
+    )
+    saved_bytes = dense.bytes_sent - compressed.bytes_sent
+    if saved_bytes <= 0:
+        return 0.0
+    return math.inf if compressed.codec_s <= 0 else saved_bytes / compressed.codec_s
+
+
+class EmulatedLink:
+    """A slow link for validation: after each collective, sleeps ``messages`` · alpha + bytes / B
+    (what the alpha-beta model charges), so measured step times on loopback can be compared with
+    :func:`project`. ``slept_s`` sums the sleeps."""
+
+    def __init__(self, bandwidth: float, latency: float = 0.0) -> None:
+        _check_link(1, bandwidth, latency)
+        self.bandwidth = float(bandwidth)
+        self.latency = float(latency)
+        self.slept_s = 0.0
+
+    def wait(self, messages: int, nbytes: float) -> None:
+        delay = messages * self.latency + nbytes / self.bandwidth
+        self.slept_s += delay
+        time.sleep(delay)
+
+    def __repr__(self) -> str:
+        return f"EmulatedLink(bandwidth={self.bandwidth:g}, latency={self.latency:g})"
+
+
+def projection_table(
+    step_profile: StepProfile,
+    codecs: Sequence[tuple[str, Codec | None, CodecThroughput | None]],
+    links: Sequence[LinkPreset],
+    nodes: Sequence[int],
+    *,
+    overlap: bool = True,
+) -> list[dict[str, float | str | int]]:
+    """Rows of (codec, link, nodes, ratio, step ms, efficiency, break-even GB/s)."""
+    rows: list[dict[str, float | str | int]] = []
+    for link in links:
+        for count in nodes:
+            for name, codec, speed in codecs:
+                result = project(
+                    step_profile,
+                    codec,
+                    count,
+                    link.bandwidth,
+                    link.latency,
+                    overlap=overlap,
+                    throughput=speed,
+                )
+                break_even = (
+                    break_even_bandwidth(step_profile, codec, count, link.latency, speed)
+                    if codec is not None and speed is not None and count > 1
+                    else math.nan
+                )
+                rows.append(
+                    {
+                        "codec": name,
+                        "link": link.name,
+                        "nodes": count,
+                        "ratio": result.ratio,
+                        "step_ms": 1e3 * result.step_s,
+                        "comm_ms": 1e3 * result.comm_s,
+                        "codec_ms": 1e3 * result.codec_s,
+                        "efficiency": result.efficiency,
+                        "break_even_GBps": break_even / 1e9,
+                    }
+                )
+    return rows

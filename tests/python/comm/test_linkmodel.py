@@ -1,0 +1,184 @@
+"""The alpha-beta link model against hand-computed values, the link presets, profile_step, the
+link emulator's accounting and ``codl bench comm``."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from dist_helpers import TopKCodec
+from torch import nn
+
+from codl.comm import FP16
+from codl.comm.accounting import ring_allreduce_bytes, two_phase_bytes
+from codl.comm.linkmodel import (
+    ETHERNET_10G,
+    INFINIBAND_100G,
+    PRESETS,
+    TOFU_D,
+    CodecThroughput,
+    EmulatedLink,
+    StepProfile,
+    break_even_bandwidth,
+    bucket_layout,
+    codec_time,
+    comm_time,
+    profile_step,
+    project,
+    projection_table,
+)
+
+PROFILE = StepProfile(forward_s=0.01, backward_s=0.02, bucket_numels=(1000,))
+SPEED = CodecThroughput(encode=2e9, decode=4e9)
+
+
+def test_ring_allreduce_time_by_hand() -> None:
+    # 2 (P - 1) alpha + 2 (P - 1) / P * 4 n / B with P = 4, n = 1000, B = 1e9, alpha = 1 us.
+    assert comm_time(None, 1000, 4, 1e9, 1e-6) == pytest.approx(6e-6 + 6000 / 1e9, rel=1e-12)
+    assert comm_time(None, 1000, 1, 1e9, 1e-6) == 0.0
+
+
+def test_two_phase_time_by_hand() -> None:
+    # c = 250 values, 500 bytes of FP16: all-to-all 3 * (500 + 1 flag) + all-gather 3 * 500.
+    expected = 6e-6 + (3 * 501 + 3 * 500) / 1e9
+    assert comm_time(FP16(), 1000, 4, 1e9, 1e-6) == pytest.approx(expected, rel=1e-12)
+
+
+def test_allgather_time_by_hand() -> None:
+    # k = 10 of 1000 values, 80-byte payloads, 8-byte lengths: 3 * 88 bytes, 2 gathers.
+    expected = 6e-6 + 3 * 88 / 1e9
+    assert comm_time(TopKCodec(0.01), 1000, 4, 1e9, 1e-6) == pytest.approx(expected, rel=1e-12)
+
+
+def test_codec_time_by_hand() -> None:
+    # Two-phase, P = 4, c = 250: encode 5 c values, decode 2 P c values, 4 bytes each.
+    expected = 4 * 1250 / 2e9 + 4 * 2000 / 4e9
+    assert codec_time(FP16(), 1000, 4, SPEED) == pytest.approx(expected, rel=1e-12)
+    # All-gather: encode n, decode P payloads of n.
+    expected = 4 * 1000 / 2e9 + 4 * 4000 / 4e9
+    assert codec_time(TopKCodec(0.01), 1000, 4, SPEED) == pytest.approx(expected, rel=1e-12)
+    assert codec_time(None, 1000, 4, SPEED) == 0.0
+
+
+def test_project_serial_and_overlapped() -> None:
+    comm = 6e-6 + 6000 / 1e9
+    serial = project(PROFILE, None, 4, 1e9, 1e-6, overlap=False)
+    assert serial.step_s == pytest.approx(0.03 + comm, rel=1e-12)
+    assert serial.efficiency == pytest.approx(0.03 / (0.03 + comm), rel=1e-12)
+    assert serial.ratio == 1.0
+    overlapped = project(PROFILE, None, 4, 1e9, 1e-6, overlap=True)
+    assert overlapped.step_s == pytest.approx(0.03, rel=1e-12)  # comm hides behind backward
+    slow = project(PROFILE, None, 4, 1e5, 1e-6, overlap=True)  # comm 60 ms > backward 20 ms
+    assert slow.step_s == pytest.approx(0.01 + 6e-6 + 6000 / 1e5, rel=1e-12)
+    fp16 = project(PROFILE, FP16(), 4, 1e9, 1e-6, overlap=False, throughput=SPEED)
+    codec_s = 4 * 1250 / 2e9 + 4 * 2000 / 4e9
+    assert fp16.codec_s == pytest.approx(codec_s, rel=1e-12)
+    assert fp16.step_s == pytest.approx(0.03 + 6e-6 + 3003 / 1e9 + codec_s, rel=1e-12)
+    assert fp16.ratio == pytest.approx(3003 / 6000, rel=1e-12)
+
+
+def test_efficiency_falls_with_nodes_and_compression_helps_on_slow_links() -> None:
+    profile = StepProfile(0.01, 0.02, (3_000_000,))
+    slow = [
+        project(profile, None, p, ETHERNET_10G.bandwidth, ETHERNET_10G.latency)
+        for p in (2, 64, 100_000)
+    ]
+    assert slow[0].efficiency > slow[1].efficiency > slow[2].efficiency
+    speed = CodecThroughput(8e9, 8e9)
+    fp16 = project(
+        profile, FP16(), 64, ETHERNET_10G.bandwidth, 25e-6, overlap=False, throughput=speed
+    )
+    dense = project(profile, None, 64, ETHERNET_10G.bandwidth, 25e-6, overlap=False)
+    assert fp16.step_s < dense.step_s
+
+
+def test_break_even_bandwidth_by_hand() -> None:
+    # Saved bytes per step 6000 - 3003; codec time as above: B* = saved / codec time.
+    codec_s = 4 * 1250 / 2e9 + 4 * 2000 / 4e9
+    assert break_even_bandwidth(PROFILE, FP16(), 4, 1e-6, SPEED) == pytest.approx(
+        2997 / codec_s, rel=1e-12
+    )
+    # At the break-even bandwidth the serial steps are equal.
+    bandwidth = break_even_bandwidth(PROFILE, FP16(), 4, 1e-6, SPEED)
+    ours = project(PROFILE, FP16(), 4, bandwidth, 1e-6, overlap=False, throughput=SPEED)
+    theirs = project(PROFILE, None, 4, bandwidth, 1e-6, overlap=False)
+    assert ours.step_s == pytest.approx(theirs.step_s, rel=1e-9)
+    # Top-k at 90% density sends more than float32: it never pays.
+    assert break_even_bandwidth(PROFILE, TopKCodec(0.9), 4, 1e-6, SPEED) == 0.0
+    assert math.isinf(
+        break_even_bandwidth(PROFILE, FP16(), 4, 1e-6, CodecThroughput(math.inf, math.inf))
+    )
+
+
+def test_presets_cite_their_figures() -> None:
+    assert ETHERNET_10G.bandwidth == 1.25e9 and 10e-6 <= ETHERNET_10G.latency <= 50e-6
+    assert INFINIBAND_100G.bandwidth == 12.5e9 and 1e-6 <= INFINIBAND_100G.latency <= 5e-6
+    assert TOFU_D.bandwidth == 6.8e9 and 0.5e-6 <= TOFU_D.latency <= 1e-6
+    assert "Ajima" in TOFU_D.source
+    assert set(PRESETS) == {"10GbE", "100Gb/s IB", "Tofu-D"}
+
+
+def test_profile_step_and_bucket_layout() -> None:
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(20, 64), nn.ReLU(), nn.Linear(64, 10))
+    batch = (torch.randn(8, 20), torch.randint(0, 10, (8,)))
+    profile = profile_step(model, batch, F.cross_entropy, repeat=2)
+    assert profile.forward_s > 0 and profile.backward_s > 0
+    assert profile.bucket_numels == (1994,)
+    assert all(p.grad is None for p in model.parameters())
+    # 4 KiB buckets (1024 values), parameters in reverse: 10 + 640, then 64, then 1280.
+    assert bucket_layout(model, 4 / 1024) == (714, 1280)
+
+
+def test_emulated_link_accounts_its_sleeps() -> None:
+    link = EmulatedLink(bandwidth=1e9, latency=1e-6)
+    link.wait(3, 3000)
+    assert link.slept_s == pytest.approx(3e-6 + 3e-6, rel=1e-12)
+
+
+def test_projection_table_rows() -> None:
+    rows = projection_table(
+        PROFILE, [("fp16", FP16(), SPEED), ("float32", None, None)], [TOFU_D], [2, 8]
+    )
+    assert [(r["codec"], r["nodes"]) for r in rows] == [
+        ("fp16", 2),
+        ("float32", 2),
+        ("fp16", 8),
+        ("float32", 8),
+    ]
+    assert math.isnan(float(rows[1]["break_even_GBps"]))
+
+
+def test_bad_inputs() -> None:
+    with pytest.raises(ValueError, match="bandwidth"):
+        project(PROFILE, None, 4, -1.0, 1e-6)
+    with pytest.raises(ValueError, match="latency"):
+        project(PROFILE, None, 4, 1e9, -1e-6)
+    with pytest.raises(ValueError, match="nodes"):
+        project(PROFILE, None, 0, 1e9, 1e-6)
+    with pytest.raises(ValueError, match="throughput"):
+        project(PROFILE, FP16(), 4, 1e9, 1e-6)
+    with pytest.raises(TypeError, match="codec"):
+        project(PROFILE, "fp16", 4, 1e9, 1e-6)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="bandwidth"):
+        EmulatedLink(0.0)
+
+
+def test_bench_comm_rows_agree_with_project() -> None:
+    from codl.bench import comm
+
+    results = comm.run(size=4096, repeat=1, threads=1, progress=False)
+    assert {r.case.split()[0] for r in results} >= {"fp16", "bf16"}
+    for r in results:
+        assert r.ratio == pytest.approx(r.baseline_ms / r.codl_ms, rel=0.02, abs=0.01)
+        assert 0 < r.notes["efficiency"] <= 1
+    # FP16: 0.50 plus the flags and the padding of P chunks (ratio 0.54 at 100,000 nodes).
+    numel = results[0].numel  # the CNN's gradient, one 25 MiB bucket
+    for r in results:
+        if r.case.startswith("fp16"):
+            nodes = int(r.case.split("P=")[1])
+            exact = two_phase_bytes(FP16(), numel, nodes) / ring_allreduce_bytes(numel, nodes)
+            assert r.notes["bytes_ratio"] == round(exact, 4)
+            assert 0.5 <= exact < (0.5001 if nodes == 2 else 0.55)
