@@ -1,0 +1,214 @@
+"""Convergence of compressed data-parallel training: DDP with codl's comm hooks on Fashion-MNIST.
+
+Each configuration trains the same LeNet-5-class CNN (codl.ternary.lenet.LeNet5) with plain
+DDP (float32 allreduce) or with ``codl.comm.ddp_hook(codec)``, on 2 and 4 gloo processes on
+127.0.0.1 (torch.multiprocessing, one thread each), the same seed, global batch and SGD
+schedule, and reports the test accuracy and the bytes each rank sent. Lossy codecs are also
+run without error feedback, to show what it buys.
+
+    python benchmarks/comm_convergence.py                       # full data, 2 and 4 processes
+    python benchmarks/comm_convergence.py --quick               # smoke run on the shipped subset
+
+Writes benchmarks/results/comm_convergence.json and a plot of accuracy against bytes sent.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import socket
+import time
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+# name -> (codec constructor source, the issue's goal: max points below uncompressed DDP)
+CONFIGS: dict[str, tuple[str, float | None]] = {
+    "float32": ("None", None),
+    "fp16": ("comm.FP16()", 0.3),
+    "bf16": ("comm.BF16()", 0.3),
+    "int8": ("comm.Int8()", 0.3),
+    "signef": ("comm.SignEF()", 1.0),
+    "sign (no EF)": ("comm.SignEF(error_feedback=False)", None),
+    "topk 1%": ("comm.TopK(0.01, error_feedback=True)", 1.0),
+    "topk 1% (no EF)": ("comm.TopK(0.01, error_feedback=False)", None),
+    "powersgd r2": ("comm.PowerSGD(2)", 1.0),
+    "powersgd r2 (no EF)": ("comm.PowerSGD(2, error_feedback=False)", None),
+}
+
+
+def make_codec(name: str) -> Any:
+    from codl import comm  # noqa: F401  (used by the eval'd constructor)
+
+    return eval(CONFIGS[name][0])  # our own table above, never user input
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def worker(rank: int, world: int, port: int, name: str, args: argparse.Namespace, out: Any) -> None:
+    from codl.bench.training import evaluate
+    from codl.comm import ddp_hook
+    from codl.data import load_split
+    from codl.ternary.lenet import LeNet5
+
+    os.environ["MASTER_ADDR"], os.environ["MASTER_PORT"] = "127.0.0.1", str(port)
+    dist.init_process_group("gloo", rank=rank, world_size=world, timeout=timedelta(seconds=900))
+    torch.set_num_threads(1)
+    data = "subset" if args.quick else "full"
+    images, labels, _ = load_split("train", data)
+    if args.train_limit:
+        images, labels = images[: args.train_limit], labels[: args.train_limit]
+    torch.manual_seed(args.seed)
+    model = LeNet5()
+    ddp = DistributedDataParallel(model)
+    codec = make_codec(name)
+    state = None
+    if codec is not None:
+        state, hook = ddp_hook(codec, warmup_steps=args.warmup_steps)
+        ddp.register_comm_hook(state, hook)
+    per_rank = args.batch_size // world
+    steps_per_epoch = len(images) // args.batch_size
+    optimizer = torch.optim.SGD(ddp.parameters(), lr=args.lr, momentum=0.9, weight_decay=5e-4)
+    schedule = torch.optim.lr_scheduler.OneCycleLR(
+        optimizer, max_lr=args.lr, total_steps=args.epochs * steps_per_epoch, pct_start=0.15
+    )
+    loss_fn = nn.CrossEntropyLoss()
+    generator = torch.Generator().manual_seed(args.seed)
+    started = time.perf_counter()
+    for _ in range(args.epochs):
+        order = torch.randperm(len(images), generator=generator)  # same on every rank
+        for step in range(steps_per_epoch):
+            batch = order[step * args.batch_size : (step + 1) * args.batch_size]
+            mine = batch[rank * per_rank : (rank + 1) * per_rank]
+            optimizer.zero_grad(set_to_none=True)
+            loss_fn(ddp(images[mine]), labels[mine]).backward()
+            optimizer.step()
+            schedule.step()
+    elapsed = time.perf_counter() - started
+    if rank == 0:
+        test_images, test_labels, _ = load_split("test", data)
+        total = state.total.as_dict() if state is not None else None
+        params = sum(p.numel() for p in model.parameters())
+        ring_bytes = 2 * (world - 1) / world * 4 * params * args.epochs * steps_per_epoch
+        out.put(
+            {
+                "config": name,
+                "world_size": world,
+                "test_accuracy": round(evaluate(model, test_images, test_labels), 2),
+                "bytes_sent_per_rank": total["bytes_sent"] if total else ring_bytes,
+                "ratio_to_float32": round(total["ratio"], 4) if total else 1.0,
+                "train_seconds": round(elapsed, 1),
+            }
+        )
+    dist.destroy_process_group()
+
+
+def run(name: str, world: int, args: argparse.Namespace) -> dict[str, Any]:
+    context = mp.get_context("spawn")
+    queue = context.Queue()
+    port = free_port()
+    processes = [
+        context.Process(target=worker, args=(rank, world, port, name, args, queue))
+        for rank in range(world)
+    ]
+    for process in processes:
+        process.start()
+    result: dict[str, Any] = queue.get(timeout=3600)
+    for process in processes:
+        process.join(timeout=120)
+        if process.exitcode != 0:
+            raise RuntimeError(f"{name} on {world} processes: rank exited with {process.exitcode}")
+    return result
+
+
+def plot(results: list[dict[str, Any]], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    worlds = sorted({r["world_size"] for r in results})
+    fig, axes = plt.subplots(1, len(worlds), figsize=(6 * len(worlds), 4.5), squeeze=False)
+    for axis, world in zip(axes[0], worlds):
+        for r in (r for r in results if r["world_size"] == world):
+            axis.scatter(r["bytes_sent_per_rank"] / 1e6, r["test_accuracy"])
+            axis.annotate(
+                r["config"],
+                (r["bytes_sent_per_rank"] / 1e6, r["test_accuracy"]),
+                fontsize=8,
+                xytext=(4, 2),
+                textcoords="offset points",
+            )
+        axis.set_xscale("log")
+        axis.set_xlabel("MB sent per rank (log)")
+        axis.set_ylabel("test accuracy %")
+        axis.set_title(f"LeNet-5, Fashion-MNIST, {world} gloo processes")
+        axis.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--configs", nargs="*", default=list(CONFIGS), choices=list(CONFIGS))
+    parser.add_argument("--world-sizes", nargs="*", type=int, default=[2, 4])
+    parser.add_argument("--epochs", type=int, default=3)
+    parser.add_argument("--batch-size", type=int, default=128, help="global batch")
+    parser.add_argument("--lr", type=float, default=0.05)
+    parser.add_argument("--warmup-steps", type=int, default=50)
+    parser.add_argument("--train-limit", type=int, default=0, help="first N training images")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--quick", action="store_true", help="shipped subset, 1 epoch")
+    parser.add_argument("--out", type=Path, default=RESULTS / "comm_convergence.json")
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.epochs, args.warmup_steps = 1, 5
+    results = []
+    for world in args.world_sizes:
+        for name in args.configs:
+            result = run(name, world, args)
+            print(json.dumps(result), flush=True)
+            results.append(result)
+    for world in args.world_sizes:
+        baseline = next(
+            (
+                r["test_accuracy"]
+                for r in results
+                if r["world_size"] == world and r["config"] == "float32"
+            ),
+            None,
+        )
+        for r in (r for r in results if r["world_size"] == world):
+            goal = CONFIGS[r["config"]][1]
+            if baseline is not None:
+                r["drop_vs_float32"] = round(baseline - r["test_accuracy"], 2)
+                if goal is not None:
+                    r["goal_max_drop"] = goal
+                    r["goal_met"] = r["drop_vs_float32"] <= goal
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    payload = {
+        "benchmark": "comm_convergence",
+        "args": {k: str(v) for k, v in vars(args).items()},
+        "results": results,
+    }
+    args.out.write_text(json.dumps(payload, indent=2) + "\n")
+    plot(results, args.out.with_suffix(".png"))
+    print(f"wrote {args.out} and {args.out.with_suffix('.png')}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
