@@ -34,12 +34,17 @@ def _default_optimizer(parameters: Iterable[nn.Parameter]) -> torch.optim.Optimi
     return torch.optim.Adam(parameters, lr=1e-3)
 
 
-def _split_batch(batch: Batch) -> tuple[torch.Tensor, torch.Tensor | None]:
+def _split_batch(
+    batch: Batch,
+) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+    """(inputs, labels or None, precomputed teacher logits or None)."""
     if isinstance(batch, torch.Tensor):
-        return batch, None
+        return batch, None, None
     if len(batch) == 1:
-        return batch[0], None
-    return batch[0], batch[1]
+        return batch[0], None, None
+    if len(batch) == 2:
+        return batch[0], batch[1], None
+    return batch[0], batch[1], batch[2]
 
 
 class Distiller:
@@ -53,6 +58,11 @@ class Distiller:
       here, so a wrong module path fails now, before training);
     * anything else (``nn.CrossEntropyLoss()``, a function): ``loss(student_logits, labels)``,
       skipped for batches without labels.
+
+    Batches are ``inputs``, ``(inputs, labels)`` or ``(inputs, labels, teacher_logits)``: the
+    third form carries the teacher's logits computed once beforehand (valid when the inputs are
+    not augmented), and the teacher is then not run for that batch unless a :class:`HintLoss`
+    needs its features.
 
     The total is ``sum(weight_i * loss_i)``. A NaN or infinite total raises
     :class:`NonFiniteLossError` naming the epoch, the step and each term, before any parameter
@@ -200,14 +210,20 @@ class Distiller:
         return torch.device("cpu")
 
     def compute_loss(
-        self, inputs: torch.Tensor, labels: torch.Tensor | None
+        self,
+        inputs: torch.Tensor,
+        labels: torch.Tensor | None,
+        teacher_logits: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """The weighted total and each term for one batch (student in its current mode)."""
-        teacher_logits = None
-        if self.teacher is not None:
+        """The weighted total and each term for one batch (student in its current mode).
+        ``teacher_logits``: precomputed teacher outputs for ``inputs`` (the teacher then runs
+        only if a hint needs its features)."""
+        needs_features = any(isinstance(loss, HintLoss) for loss in self.losses)
+        if self.teacher is not None and (teacher_logits is None or needs_features):
             self.teacher.eval()
             with torch.no_grad():
-                teacher_logits = self.teacher(inputs)
+                live = self.teacher(inputs)
+            teacher_logits = live if teacher_logits is None else teacher_logits
         student_logits = self.student(inputs)
         terms: dict[str, torch.Tensor] = {}
         total = student_logits.new_zeros(())
@@ -233,12 +249,13 @@ class Distiller:
 
     def train_step(self, batch: Batch, epoch: int = 0, step: int = 0) -> dict[str, float]:
         """One optimizer step on ``batch`` (``(inputs, labels)`` or inputs alone)."""
-        inputs, labels = _split_batch(batch)
+        inputs, labels, teacher_logits = _split_batch(batch)
         device = self._device()
         inputs = inputs.to(device)
         labels = labels.to(device) if labels is not None else None
+        teacher_logits = teacher_logits.to(device) if teacher_logits is not None else None
         self.student.train()
-        total, terms = self.compute_loss(inputs, labels)
+        total, terms = self.compute_loss(inputs, labels, teacher_logits)
         if not torch.isfinite(total):
             parts = ", ".join(f"{name}={value.item():.6g}" for name, value in terms.items())
             raise NonFiniteLossError(
@@ -266,7 +283,7 @@ class Distiller:
         seen = 0
         device = self._device()
         for batch in loader:
-            inputs, labels = _split_batch(batch)
+            inputs, labels, _ = _split_batch(batch)
             if labels is None:
                 raise ValueError("evaluate needs (inputs, labels) batches, got inputs alone")
             predictions = model(inputs.to(device)).argmax(-1)

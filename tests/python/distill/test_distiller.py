@@ -202,3 +202,17 @@ def test_labels_only_baseline_uses_the_same_loop() -> None:
     batch = _batches(1)[0]
     expected = nn.functional.cross_entropy(student(batch[0]), batch[1]).item()
     assert distiller.train_step(batch)["loss"] == pytest.approx(expected, rel=1e-6)
+
+
+def test_precomputed_teacher_logits_give_the_same_step() -> None:
+    batch = _batches(1)[0]
+    teacher, student = _models()
+    live = Distiller(teacher, student, losses=[KDLoss()])
+    teacher.eval()
+    with torch.no_grad():
+        logits = teacher(batch[0])
+    teacher_b, student_b = _models()
+    cached = Distiller(teacher_b, student_b, losses=[KDLoss()])
+    assert live.train_step(batch) == pytest.approx(cached.train_step((*batch, logits)))
+    for a, b in zip(student.parameters(), student_b.parameters()):
+        torch.testing.assert_close(a, b)
