@@ -1,7 +1,8 @@
 // Ternary linear layers: quantize the activation rows (in parallel), then run the active ISA's
 // integer dot kernel over weight rows in parallel, each weight row meeting the activation rows
 // four at a time, and scale to float here, once for every ISA, so float outputs agree bit for
-// bit across ISAs.
+// bit across ISAs. The base-3 path is the same with the ternary3 dot kernel; the float-activation
+// path skips quantization and sums in float32, so there ISAs differ by the order of additions.
 #include <algorithm>
 #include <atomic>
 #include <vector>
@@ -20,12 +21,13 @@ std::size_t min_rows(std::size_t macs_per_row) {
     return std::max<std::size_t>(1, kMinMacsPerThread / std::max<std::size_t>(macs_per_row, 1));
 }
 
-// Scratch for quantized activations, kept per calling thread so that steady-state calls do not
-// allocate.
+// Scratch for quantized (or zero-padded float) activations, kept per calling thread so that
+// steady-state calls do not allocate.
 struct Scratch {
     std::vector<std::int8_t> q;
     std::vector<float> scales;
     std::vector<std::int32_t> sums;
+    std::vector<float> padded;
 };
 
 Scratch& scratch() {
@@ -34,19 +36,18 @@ Scratch& scratch() {
 }
 
 // Weight rows [begin, end) against all activation rows, in tiles small enough for the L1 cache
-// (a tile of weight rows is reused by every activation chunk): sink(i, j, dot).
-template <typename Sink>
-void gemm_rows(const TernaryKernels& kernels, const std::int8_t* a, std::size_t m,
-               std::size_t k_padded, const std::int32_t* sums, const std::uint8_t* w,
-               std::size_t begin, std::size_t end, Sink sink) {
-    constexpr std::size_t kWeightTile = 16, kActivationTile = 64;
-    std::int32_t dots[kActivationTile * kWeightTile];
+// (a tile of weight rows is reused by every activation chunk): tile(i, rows, j, columns, dots)
+// fills dots[r * kWeightTile + c], then sink(i, j, dot) takes each.
+constexpr std::size_t kWeightTile = 16, kActivationTile = 64;
+
+template <typename Dot, typename Tile, typename Sink>
+void gemm_rows(std::size_t m, std::size_t begin, std::size_t end, Tile tile, Sink sink) {
+    Dot dots[kActivationTile * kWeightTile];
     for (std::size_t j = begin; j < end; j += kWeightTile) {
         const std::size_t columns = std::min(kWeightTile, end - j);
         for (std::size_t i = 0; i < m; i += kActivationTile) {
             const std::size_t rows = std::min(kActivationTile, m - i);
-            kernels.dot_i8_t2(a + i * k_padded, rows, k_padded, sums + i, w + j * (k_padded / 4),
-                              columns, dots, kWeightTile);
+            tile(i, rows, j, columns, dots);
             for (std::size_t r = 0; r < rows; ++r) {
                 for (std::size_t c = 0; c < columns; ++c) sink(i + r, j + c, dots[r * kWeightTile + c]);
             }
@@ -54,13 +55,16 @@ void gemm_rows(const TernaryKernels& kernels, const std::int8_t* a, std::size_t 
     }
 }
 
-}  // namespace
+using IntegerDot = void (*)(const std::int8_t*, std::size_t, std::size_t, const std::int32_t*,
+                            const std::uint8_t*, std::size_t, std::int32_t*, std::size_t);
 
-bool ternary_linear_f32(const float* x, std::size_t m, std::size_t k, const std::uint8_t* w,
-                        const float* alpha, std::size_t n, const float* bias, float* y,
-                        int num_threads) {
+// Quantize the activation rows to int8 (rows of k_padded values), run `dot` over weight rows of
+// k_padded / values_per_byte bytes, and scale to float.
+bool quantized_linear(const float* x, std::size_t m, std::size_t k, std::size_t k_padded,
+                      std::size_t values_per_byte, IntegerDot dot, const std::uint8_t* w,
+                      const float* alpha, std::size_t n, const float* bias, float* y,
+                      int num_threads) {
     const TernaryKernels& kernels = *active_table().ternary;
-    const std::size_t k_padded = ternary_padded_k(k);
     Scratch& s = scratch();
     s.q.resize(m * k_padded);
     s.scales.resize(m);
@@ -76,12 +80,66 @@ bool ternary_linear_f32(const float* x, std::size_t m, std::size_t k, const std:
     });
     if (!finite.load()) return false;
     const float* scales = s.scales.data();
+    const std::int8_t* q = s.q.data();
+    const std::int32_t* sums = s.sums.data();
+    const std::size_t row_bytes = k_padded / values_per_byte;
     parallel_for(n, 1, min_rows(k_padded * m), num_threads, [&](std::size_t begin, std::size_t end) {
-        gemm_rows(kernels, s.q.data(), m, k_padded, s.sums.data(), w, begin, end,
-                  [&](std::size_t i, std::size_t j, std::int32_t dot) {
-                      const float value = static_cast<float>(dot) * (scales[i] * alpha[j]);
-                      y[i * n + j] = bias ? value + bias[j] : value;
-                  });
+        gemm_rows<std::int32_t>(
+            m, begin, end,
+            [&](std::size_t i, std::size_t rows, std::size_t j, std::size_t columns, std::int32_t* dots) {
+                dot(q + i * k_padded, rows, k_padded, sums + i, w + j * row_bytes, columns, dots, kWeightTile);
+            },
+            [&](std::size_t i, std::size_t j, std::int32_t total) {
+                const float value = static_cast<float>(total) * (scales[i] * alpha[j]);
+                y[i * n + j] = bias ? value + bias[j] : value;
+            });
+    });
+    return true;
+}
+
+}  // namespace
+
+bool ternary_linear_f32(const float* x, std::size_t m, std::size_t k, const std::uint8_t* w,
+                        const float* alpha, std::size_t n, const float* bias, float* y,
+                        int num_threads) {
+    return quantized_linear(x, m, k, ternary_padded_k(k), 4, active_table().ternary->dot_i8_t2, w,
+                            alpha, n, bias, y, num_threads);
+}
+
+bool ternary3_linear_f32(const float* x, std::size_t m, std::size_t k, const std::uint8_t* w,
+                         const float* alpha, std::size_t n, const float* bias, float* y,
+                         int num_threads) {
+    return quantized_linear(x, m, k, ternary3_padded_k(k), 5, active_table().ternary->dot_i8_t3, w,
+                            alpha, n, bias, y, num_threads);
+}
+
+bool ternary_linear_f32act(const float* x, std::size_t m, std::size_t k, const std::uint8_t* w,
+                           const float* alpha, std::size_t n, const float* bias, float* y,
+                           int num_threads) {
+    const TernaryKernels& kernels = *active_table().ternary;
+    const std::size_t k_padded = ternary_padded_k(k);
+    // Zero codes never change a sum, but 0 * Inf would, so the row is checked as a whole.
+    if (ref::max_magnitude_bits(x, m * k, 0) >= 0x7F800000) return false;
+    const float* rows = x;
+    if (k_padded != k) {
+        // The kernels read whole blocks: copy the rows with zeros past k.
+        Scratch& s = scratch();
+        s.padded.assign(m * k_padded, 0.0f);
+        for (std::size_t i = 0; i < m; ++i) std::copy(x + i * k, x + (i + 1) * k, s.padded.begin() + i * k_padded);
+        rows = s.padded.data();
+    }
+    const std::size_t row_bytes = k_padded / 4;
+    parallel_for(n, 1, min_rows(k_padded * m), num_threads, [&](std::size_t begin, std::size_t end) {
+        gemm_rows<float>(
+            m, begin, end,
+            [&](std::size_t i, std::size_t count, std::size_t j, std::size_t columns, float* dots) {
+                kernels.dot_f32_t2(rows + i * k_padded, count, k_padded, w + j * row_bytes, columns, dots,
+                                   kWeightTile);
+            },
+            [&](std::size_t i, std::size_t j, float total) {
+                const float value = total * alpha[j];
+                y[i * n + j] = bias ? value + bias[j] : value;
+            });
     });
     return true;
 }
@@ -96,8 +154,13 @@ void ternary_gemm_i32(const std::int8_t* a, std::size_t m, std::size_t k_padded,
         sums[i] = total;
     }
     parallel_for(n, 1, min_rows(k_padded * m), num_threads, [&](std::size_t begin, std::size_t end) {
-        gemm_rows(kernels, a, m, k_padded, sums.data(), w, begin, end,
-                  [&](std::size_t i, std::size_t j, std::int32_t dot) { out[i * n + j] = dot; });
+        gemm_rows<std::int32_t>(
+            m, begin, end,
+            [&](std::size_t i, std::size_t rows, std::size_t j, std::size_t columns, std::int32_t* dots) {
+                kernels.dot_i8_t2(a + i * k_padded, rows, k_padded, sums.data() + i, w + j * (k_padded / 4),
+                                  columns, dots, kWeightTile);
+            },
+            [&](std::size_t i, std::size_t j, std::int32_t dot) { out[i * n + j] = dot; });
     });
 }
 

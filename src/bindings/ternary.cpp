@@ -17,22 +17,31 @@ void require_exact(const Buffer& buffer, const char* name, std::size_t expected,
     }
 }
 
-}  // namespace
+using LinearKernel = bool (*)(const float*, std::size_t, std::size_t, const std::uint8_t*, const float*,
+                              std::size_t, const float*, float*, int);
 
-void register_ternary(py::module_& m) {
+// One binding per layout / activation mode; they differ in the kernel and the packed row size.
+void define_linear(py::module_& m, const char* name, LinearKernel kernel, std::size_t (*padded_k)(std::size_t),
+                   std::size_t values_per_byte, const char* row_description, const char* doc) {
     m.def(
-        "ternary_linear_f32",
-        [](const py::buffer& x, std::size_t rows, std::size_t in_features, const py::buffer& packed,
-           const py::buffer& alpha, const std::optional<py::buffer>& bias, const py::buffer& out,
-           int num_threads) {
+        name,
+        [kernel, padded_k, values_per_byte, row_description](
+            const py::buffer& x, std::size_t rows, std::size_t in_features, const py::buffer& packed,
+            const py::buffer& alpha, const std::optional<py::buffer>& bias, const py::buffer& out,
+            int num_threads) {
             const Buffer input = checked_buffer(x, "x", 'f', false);
             const Buffer weight = checked_buffer(packed, "packed", 'B', false);
             const Buffer scales = checked_buffer(alpha, "alpha", 'f', false);
             const Buffer result = checked_buffer(out, "out", 'f', true);
             const std::size_t out_features = scales.size;
+            if (in_features == 0 || out_features == 0) {
+                throw py::value_error("in_features, alpha: expected a non-empty weight, received in_features=" +
+                                      std::to_string(in_features) + " and " + std::to_string(out_features) +
+                                      " scales");
+            }
             require_exact(input, "x", rows * in_features, "rows * in_features");
-            require_exact(weight, "packed", out_features * codl::ternary_padded_k(in_features) / 4,
-                          "out_features rows of ceil(in_features / 128) * 32 bytes");
+            require_exact(weight, "packed", out_features * padded_k(in_features) / values_per_byte,
+                          row_description);
             require_exact(result, "out", rows * out_features, "rows * out_features");
             const float* bias_data = nullptr;
             if (bias) {
@@ -44,16 +53,31 @@ void register_ternary(py::module_& m) {
             bool finite;
             {
                 py::gil_scoped_release release;
-                finite = codl::ternary_linear_f32(
-                    static_cast<const float*>(input.data), rows, in_features,
-                    static_cast<const std::uint8_t*>(weight.data), static_cast<const float*>(scales.data),
-                    out_features, bias_data, static_cast<float*>(result.data), num_threads);
+                finite = kernel(static_cast<const float*>(input.data), rows, in_features,
+                                static_cast<const std::uint8_t*>(weight.data), static_cast<const float*>(scales.data),
+                                out_features, bias_data, static_cast<float*>(result.data), num_threads);
             }
             if (!finite) throw py::value_error("x: expected finite values, received NaN or Inf");
         },
         py::arg("x"), py::arg("rows"), py::arg("in_features"), py::arg("packed"), py::arg("alpha"),
-        py::arg("bias"), py::arg("out"), py::arg("num_threads") = 1,
-        "out = quantize_int8(x) @ (alpha * codes).T + bias for packed ternary weights.");
+        py::arg("bias"), py::arg("out"), py::arg("num_threads") = 1, doc);
+}
+
+std::size_t padded_k2(std::size_t k) { return codl::ternary_padded_k(k); }
+std::size_t padded_k3(std::size_t k) { return codl::ternary3_padded_k(k); }
+
+}  // namespace
+
+void register_ternary(py::module_& m) {
+    define_linear(m, "ternary_linear_f32", codl::ternary_linear_f32, padded_k2, 4,
+                  "out_features rows of ceil(in_features / 128) * 32 bytes",
+                  "out = quantize_int8(x) @ (alpha * codes).T + bias for packed ternary weights.");
+    define_linear(m, "ternary3_linear_f32", codl::ternary3_linear_f32, padded_k3, 5,
+                  "out_features rows of ceil(in_features / 160) * 32 bytes (base-3 layout)",
+                  "out = quantize_int8(x) @ (alpha * codes).T + bias for base-3 packed ternary weights.");
+    define_linear(m, "ternary_linear_f32act", codl::ternary_linear_f32act, padded_k2, 4,
+                  "out_features rows of ceil(in_features / 128) * 32 bytes",
+                  "out = x @ (alpha * codes).T + bias with float32 activations (no quantization).");
 }
 
 }  // namespace codl_bindings

@@ -204,4 +204,221 @@ TEST_CASE("ternary_gemm_i32 over a 4096 x 4096-class shape equals the int64 refe
     CHECK(codl::select_isa(original).empty());
 }
 
+// n rows of k_padded codes (a multiple of 160) packed row by row in the base-3 layout.
+std::vector<std::uint8_t> pack_rows3(const std::vector<std::int8_t>& codes) {
+    std::vector<std::uint8_t> packed(codes.size() / 5);
+    CHECK(codl::ref::pack_kernels.pack_ternary3(codes.data(), codes.size(), packed.data()));
+    return packed;
+}
+
+TEST_CASE("dot_i8_t3 decodes every byte value as unpack_ternary3 does") {
+    // One block whose 32 bytes, across 8 weight rows, take all 256 values: every trit of every
+    // byte is checked against the unpacker, on every ISA.
+    const std::size_t kp = codl::kTernary3BlockValues, w_rows = 8;
+    std::vector<std::uint8_t> packed(w_rows * kp / 5);
+    for (std::size_t i = 0; i < packed.size(); ++i) packed[i] = static_cast<std::uint8_t>(i);
+    std::vector<std::int8_t> codes(w_rows * kp);
+    codl::ref::pack_kernels.unpack_ternary3(packed.data(), codes.size(), codes.data());
+    for (IsaLevel isa : codl_test::runnable_isas()) {
+        // Activation row e_i (a one at i) picks code i of every weight row.
+        for (std::size_t i = 0; i < kp; ++i) {
+            std::vector<std::int8_t> a(kp, 0);
+            a[i] = 1;
+            const std::int32_t sum = 1;
+            std::vector<std::int32_t> got(w_rows);
+            of(isa).dot_i8_t3(a.data(), 1, kp, &sum, packed.data(), w_rows, got.data(), w_rows);
+            for (std::size_t c = 0; c < w_rows; ++c) {
+                CHECK_MSG(got[c] == codes[c * kp + i], std::string(codl::isa_name(isa)) + " value " +
+                                                           std::to_string(i) + " row " + std::to_string(c));
+            }
+        }
+    }
+}
+
+TEST_CASE("dot_i8_t3 equals the reference, the 2-bit kernel and an int64 dot") {
+    for (IsaLevel isa : codl_test::runnable_isas()) {
+        for (std::size_t kp : {160, 320, 480, 1120, 4160}) {
+            for (std::size_t rows = 1; rows <= 9; ++rows) {
+                const std::size_t w_rows = 1 + rng()() % 11;
+                const std::vector<std::int8_t> codes = random_codes(w_rows * kp);
+                const std::vector<std::uint8_t> packed3 = pack_rows3(codes);
+                // The same codes in the 2-bit layout, rows padded to whole 128-value blocks.
+                const std::size_t kp2 = codl::ternary_padded_k(kp);
+                std::vector<std::int8_t> codes2(w_rows * kp2, 0);
+                for (std::size_t c = 0; c < w_rows; ++c) {
+                    std::copy(codes.begin() + c * kp, codes.begin() + (c + 1) * kp, codes2.begin() + c * kp2);
+                }
+                const std::vector<std::uint8_t> packed2 = pack_rows(codes2);
+                std::vector<std::int8_t> a(rows * kp), a2(rows * kp2, 0);
+                for (auto& v : a) v = static_cast<std::int8_t>(static_cast<int>(rng()() % 256) - 128);
+                std::vector<std::int32_t> sums(rows, 0);
+                for (std::size_t r = 0; r < rows; ++r) {
+                    for (std::size_t i = 0; i < kp; ++i) {
+                        sums[r] += a[r * kp + i];
+                        a2[r * kp2 + i] = a[r * kp + i];
+                    }
+                }
+                const std::size_t stride = w_rows + 2;  // gaps that must stay untouched
+                std::vector<std::int32_t> got(rows * stride, -1), want(rows * stride, -1), two_bit(rows * stride, -1);
+                ref().dot_i8_t3(a.data(), rows, kp, sums.data(), packed3.data(), w_rows, want.data(), stride);
+                of(isa).dot_i8_t3(a.data(), rows, kp, sums.data(), packed3.data(), w_rows, got.data(), stride);
+                of(isa).dot_i8_t2(a2.data(), rows, kp2, sums.data(), packed2.data(), w_rows, two_bit.data(), stride);
+                const std::string at = std::string(codl::isa_name(isa)) + " k=" + std::to_string(kp) +
+                                       " rows=" + std::to_string(rows) + " w_rows=" + std::to_string(w_rows);
+                CHECK_MSG(got == want, at);
+                CHECK_MSG(got == two_bit, at);
+                for (std::size_t r = 0; r < rows; ++r) {
+                    for (std::size_t c = 0; c < w_rows; ++c) {
+                        std::int64_t exact = 0;
+                        for (std::size_t i = 0; i < kp; ++i) exact += std::int64_t{a[r * kp + i]} * codes[c * kp + i];
+                        CHECK_MSG(got[r * stride + c] == exact, at);
+                    }
+                    CHECK_MSG(got[r * stride + w_rows] == -1 && got[r * stride + w_rows + 1] == -1, at);
+                }
+            }
+        }
+    }
+}
+
+// The float-activation tolerance: summing K exact products x_k * code_k in float32 in any order
+// is within K * 2^-24 * sum |x_k| of the exact sum (Higham, "Accuracy and Stability of
+// Numerical Algorithms", 2002, eq. 4.4), so relative to sum_k |x_k| * |alpha| rather than to
+// the result, which cancellation can make arbitrarily small. For the K <= 4096 used here the
+// worst case is 2.4e-4; the observed errors of random data are far smaller, and 1e-5 is asserted.
+constexpr double kFloatActivationTolerance = 1e-5;
+
+TEST_CASE("dot_f32_t2 is within the float tolerance of a double sum on every ISA") {
+    for (IsaLevel isa : codl_test::runnable_isas()) {
+        for (std::size_t kp : {128, 256, 384, 1152, 4096}) {
+            for (std::size_t rows = 1; rows <= 9; ++rows) {
+                const std::size_t w_rows = 1 + rng()() % 11;
+                const std::vector<std::int8_t> codes = random_codes(w_rows * kp);
+                const std::vector<std::uint8_t> packed = pack_rows(codes);
+                const std::vector<float> x = random_row(rows * kp, 3.0f);
+                const std::size_t stride = w_rows + 2;
+                std::vector<float> got(rows * stride, -1.0f), want(rows * stride, -1.0f);
+                ref().dot_f32_t2(x.data(), rows, kp, packed.data(), w_rows, want.data(), stride);
+                of(isa).dot_f32_t2(x.data(), rows, kp, packed.data(), w_rows, got.data(), stride);
+                const std::string at = std::string(codl::isa_name(isa)) + " k=" + std::to_string(kp) +
+                                       " rows=" + std::to_string(rows) + " w_rows=" + std::to_string(w_rows);
+                for (std::size_t r = 0; r < rows; ++r) {
+                    double magnitude = 0;
+                    for (std::size_t i = 0; i < kp; ++i) magnitude += std::fabs(double(x[r * kp + i]));
+                    for (std::size_t c = 0; c < w_rows; ++c) {
+                        double exact = 0;
+                        for (std::size_t i = 0; i < kp; ++i) exact += double(x[r * kp + i]) * codes[c * kp + i];
+                        const double bound = kFloatActivationTolerance * magnitude;
+                        CHECK_MSG(std::fabs(got[r * stride + c] - exact) <= bound, at);
+                        CHECK_MSG(std::fabs(want[r * stride + c] - exact) <= bound, at + " (reference)");
+                    }
+                    CHECK_MSG(got[r * stride + w_rows] == -1.0f && got[r * stride + w_rows + 1] == -1.0f, at);
+                }
+                // Zero codes add nothing: zeroing the slots they skip changes no bit of the sum.
+                if (rows == 1 && w_rows == 1) {
+                    std::vector<float> skipped = x;
+                    for (std::size_t i = 0; i < kp; ++i) {
+                        if (codes[i] == 0) skipped[i] = 0.0f;
+                    }
+                    float clean = 0, again = 0;
+                    of(isa).dot_f32_t2(skipped.data(), 1, kp, packed.data(), 1, &clean, 1);
+                    of(isa).dot_f32_t2(x.data(), 1, kp, packed.data(), 1, &again, 1);
+                    CHECK_MSG(clean == again, at + " zero codes changed the sum");
+                }
+            }
+        }
+    }
+}
+
+// Shared by the layer tests: m rows of x, n weight rows of k codes, alphas and biases.
+struct LayerCase {
+    std::size_t m, k, n;
+    std::vector<float> x, alpha, bias;
+    std::vector<std::int8_t> codes;  // n rows of k
+};
+
+LayerCase layer_case(std::size_t m, std::size_t k, std::size_t n) {
+    LayerCase c{m, k, n, {}, std::vector<float>(n), std::vector<float>(n), random_codes(n * k)};
+    for (std::size_t i = 0; i < m; ++i) {
+        const std::vector<float> row = random_row(k, i == 3 ? 0.0f : 1.0f + i);  // row 3 all zero
+        c.x.insert(c.x.end(), row.begin(), row.end());
+    }
+    for (std::size_t j = 0; j < n; ++j) {
+        c.alpha[j] = 0.01f * (1 + j);
+        c.bias[j] = 0.5f - 0.03f * j;
+    }
+    return c;
+}
+
+std::vector<std::uint8_t> packed_layer(const LayerCase& c, std::size_t kp, bool base3) {
+    std::vector<std::int8_t> rows(c.n * kp, 0);
+    for (std::size_t j = 0; j < c.n; ++j) std::copy(c.codes.begin() + j * c.k, c.codes.begin() + (j + 1) * c.k, rows.begin() + j * kp);
+    return base3 ? pack_rows3(rows) : pack_rows(rows);
+}
+
+TEST_CASE("ternary3_linear_f32 gives the 2-bit path's floats bit for bit on every ISA and thread count") {
+    for (std::size_t k : {1, 159, 160, 161, 300, 1000}) {
+        const LayerCase c = layer_case(70, k, 37);
+        const std::vector<std::uint8_t> packed2 = packed_layer(c, codl::ternary_padded_k(k), false);
+        const std::vector<std::uint8_t> packed3 = packed_layer(c, codl::ternary3_padded_k(k), true);
+        const IsaLevel original = codl::active_isa();
+        std::vector<float> want(c.m * c.n);
+        CHECK(codl::select_isa(IsaLevel::scalar).empty());
+        CHECK(codl::ternary_linear_f32(c.x.data(), c.m, k, packed2.data(), c.alpha.data(), c.n, c.bias.data(), want.data(), 1));
+        for (IsaLevel isa : codl_test::runnable_isas()) {
+            CHECK(codl::select_isa(isa).empty());
+            for (int threads : {1, 2, 3}) {
+                std::vector<float> y(c.m * c.n, -7.0f);
+                CHECK(codl::ternary3_linear_f32(c.x.data(), c.m, k, packed3.data(), c.alpha.data(), c.n, c.bias.data(), y.data(), threads));
+                CHECK_MSG(y == want, std::string(codl::isa_name(isa)) + " k=" + std::to_string(k) + " threads=" + std::to_string(threads));
+            }
+            std::vector<float> x = c.x;
+            x[5 * k + k / 2] = std::numeric_limits<float>::infinity();
+            std::vector<float> y(c.m * c.n);
+            CHECK(!codl::ternary3_linear_f32(x.data(), c.m, k, packed3.data(), c.alpha.data(), c.n, nullptr, y.data(), 2));
+        }
+        CHECK(codl::select_isa(original).empty());
+    }
+}
+
+TEST_CASE("ternary_linear_f32act: fixed per ISA across thread counts, near a double reference") {
+    for (std::size_t k : {1, 127, 128, 129, 300, 1000}) {
+        for (std::size_t m : {1, 5, 70}) {
+            const LayerCase c = layer_case(m, k, 37);
+            const std::vector<std::uint8_t> packed = packed_layer(c, codl::ternary_padded_k(k), false);
+            const IsaLevel original = codl::active_isa();
+            for (IsaLevel isa : codl_test::runnable_isas()) {
+                CHECK(codl::select_isa(isa).empty());
+                std::vector<float> first;
+                for (int threads : {1, 2, 3}) {
+                    std::vector<float> y(m * c.n, -7.0f);
+                    CHECK(codl::ternary_linear_f32act(c.x.data(), m, k, packed.data(), c.alpha.data(), c.n, c.bias.data(), y.data(), threads));
+                    if (first.empty()) first = y;
+                    const std::string at = std::string(codl::isa_name(isa)) + " k=" + std::to_string(k) +
+                                           " m=" + std::to_string(m) + " threads=" + std::to_string(threads);
+                    CHECK_MSG(y == first, at);
+                    bool close = true;
+                    for (std::size_t i = 0; i < m; ++i) {
+                        double magnitude = 0;
+                        for (std::size_t t = 0; t < k; ++t) magnitude += std::fabs(double(c.x[i * k + t]));
+                        for (std::size_t j = 0; j < c.n; ++j) {
+                            double exact = 0;
+                            for (std::size_t t = 0; t < k; ++t) exact += double(c.x[i * k + t]) * c.codes[j * k + t];
+                            exact = exact * c.alpha[j] + c.bias[j];
+                            // One more rounding each for the scale and the bias.
+                            const double bound = kFloatActivationTolerance * magnitude * c.alpha[j] + 1e-7 * std::fabs(exact);
+                            close &= std::fabs(y[i * c.n + j] - exact) <= bound;
+                        }
+                    }
+                    CHECK_MSG(close, at);
+                }
+                std::vector<float> x = c.x;
+                x[(m - 1) * k + k / 2] = std::numeric_limits<float>::quiet_NaN();
+                std::vector<float> y(m * c.n);
+                CHECK(!codl::ternary_linear_f32act(x.data(), m, k, packed.data(), c.alpha.data(), c.n, nullptr, y.data(), 2));
+            }
+            CHECK(codl::select_isa(original).empty());
+        }
+    }
+}
+
 }  // namespace

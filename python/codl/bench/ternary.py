@@ -1,5 +1,7 @@
 """Ternary linear layers (``codl::ternary_linear``) against torch float32 ``x @ W.T`` and torch
-dynamic int8 (``quantize_dynamic``) on a square weight, at batch 1, 8 and 64.
+dynamic int8 (``quantize_dynamic``) on a square weight, at batch 1, 8 and 64; then, hot cache
+only, the float-activation kernel (``codl::ternary_linear_f32act``) and the base-3 (1.6-bit)
+kernel (``codl::ternary_linear_base3``) against torch float32 at the same batches.
 
 Hot cache: the same weight every call. Cold cache: calls rotate through enough copies of the
 weight to overflow the last-level cache, so every call reads its weight from memory.
@@ -104,6 +106,43 @@ def cases(side: int, cold: bool) -> list[Case]:
     return result
 
 
+def relative_error(approximation: torch.Tensor, exact: torch.Tensor) -> float:
+    return float((approximation.double() - exact).norm() / exact.norm())
+
+
+def variant_cases(side: int) -> list[Case]:
+    """Hot-cache cases of the float-activation and base-3 kernels against torch float32."""
+    generator = torch.Generator().manual_seed(1)
+    codes = torch.randint(-1, 2, (side, side), dtype=torch.int8, generator=generator)
+    alpha = torch.rand(side, generator=generator) + 0.5
+    float_weight = pack_weight(codes, alpha, activations="float")
+    base3_weight = pack_weight(codes, alpha, packing="base3")
+    dense = float_weight.dequantize()
+    result = []
+    for batch in BATCHES:
+        x = torch.randn(batch, side, generator=generator)
+        float32 = partial(torch.matmul, x, dense.T)
+        result.append(
+            Case(
+                f"batch {batch} float activations vs float32 hot",
+                batch * side * side,
+                partial(ternary_linear, x, float_weight),
+                float32,
+                close,
+            )
+        )
+        result.append(
+            Case(
+                f"batch {batch} base3 vs float32 hot",
+                batch * side * side,
+                partial(ternary_linear, x, base3_weight),
+                float32,
+                close,
+            )
+        )
+    return result
+
+
 def model_cases() -> list[Case]:
     """Whole-model inference: the frozen ternary LeNet-5 (codl's kernels) against its float
     twin in torch, at batch 1 and 64 (images per second = batch / time)."""
@@ -144,8 +183,13 @@ def run(*, size: int | None, repeat: int, threads: int, progress: bool) -> list[
     side = size or DEFAULT_SIDE
     results = run_cases("ternary", cases(side, cold=False), repeat, threads, progress)
     results += run_cases("ternary", cases(side, cold=True), repeat, threads, progress)
+    results += run_cases("ternary", variant_cases(side), repeat, threads, progress)
     results += run_cases("ternary", model_cases(), repeat, threads, progress)
     weight_bytes = pack_weight(torch.zeros(side, side, dtype=torch.int8), 1.0).nbytes()
+    base3_bytes = pack_weight(
+        torch.zeros(side, side, dtype=torch.int8), 1.0, packing="base3"
+    ).nbytes()
+    errors = accuracy_notes(side)
     bandwidth = memory_bandwidth_bytes_per_s()
     noted = []
     for result in results:
@@ -155,6 +199,12 @@ def run(*, size: int | None, repeat: int, threads: int, progress: bool) -> list[
                 "codl_images_per_s": round(result.numel / (result.codl_ms * 1e-3), 1),
                 "float_images_per_s": round(result.numel / (result.baseline_ms * 1e-3), 1),
             }
+        elif "base3" in result.case:
+            notes = {
+                "weight_memory_x_smaller_than_float32": round(4 * side * side / base3_bytes, 2)
+            }
+        elif "float activations" in result.case:
+            notes = errors
         elif result.case.startswith("batch 1 vs float32"):
             achieved = weight_bytes / (result.codl_ms * 1e-3)
             notes = {
@@ -165,3 +215,20 @@ def run(*, size: int | None, repeat: int, threads: int, progress: bool) -> list[
             }
         noted.append(replace(result, notes=notes))
     return noted
+
+
+def accuracy_notes(side: int) -> dict[str, float]:
+    """What keeping activations float buys: the relative error (Frobenius norm) of each path
+    against a float64 product of the same ternary weight, at batch 8."""
+    generator = torch.Generator().manual_seed(2)
+    codes = torch.randint(-1, 2, (side, side), dtype=torch.int8, generator=generator)
+    alpha = torch.rand(side, generator=generator) + 0.5
+    x = torch.randn(8, side, generator=generator)
+    int8_weight = pack_weight(codes, alpha)
+    float_weight = pack_weight(codes, alpha, activations="float")
+    exact = x.double() @ int8_weight.dequantize().double().T
+    return {
+        "float_activations_relative_error": relative_error(ternary_linear(x, float_weight), exact),
+        "int8_activations_relative_error": relative_error(ternary_linear(x, int8_weight), exact),
+        "torch_float32_relative_error": relative_error(x @ int8_weight.dequantize().T, exact),
+    }

@@ -33,7 +33,7 @@ from codl.ternary.ternarize import (
 
 if TYPE_CHECKING:
     from codl.ternary.config import TernaryConfig
-    from codl.ternary.packed import PackedTernaryWeight
+    from codl.ternary.packed import Activations, PackedTernaryWeight, Packing
 
 __all__ = [
     "FrozenTernaryLinear",
@@ -71,6 +71,11 @@ def _ternary_settings(
     return config.method, config.rho, config.granularity
 
 
+def _check_activations(activations: object) -> None:
+    if activations not in ("int8", "float"):
+        raise ValueError(f"activations: expected 'int8' or 'float', received {activations!r}")
+
+
 def _check_positive(**sizes: int) -> None:
     for name, size in sizes.items():
         if isinstance(size, bool) or not isinstance(size, int):
@@ -91,6 +96,8 @@ class TernaryLinear(nn.Linear):
         rho: the fixed threshold for ``method="threshold"``; ``None`` for ``"twn"``.
         granularity: ``"row"`` (one scale per output feature, the default: it is what the
             packed kernel stores) or ``"tensor"``.
+        activations: what :meth:`freeze` does with the activations by default: ``"int8"``
+            (quantized per row) or ``"float"`` (kept float32). Training is unaffected.
         device, dtype: as :class:`torch.nn.Linear`.
     """
 
@@ -103,15 +110,18 @@ class TernaryLinear(nn.Linear):
         rho: float | None = None,
         granularity: Granularity = "row",
         *,
+        activations: Activations = "int8",
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
     ) -> None:
         check_ternary_options(method, rho, granularity)
+        _check_activations(activations)
         _check_positive(in_features=in_features, out_features=out_features)
         super().__init__(in_features, out_features, bias, device=device, dtype=dtype)
         self.method: Method = method
         self.rho: float | None = rho
         self.granularity: Granularity = granularity
+        self.activations: Activations = activations
 
     @classmethod
     def from_float(cls, module: nn.Linear, config: TernaryConfig | None = None) -> TernaryLinear:
@@ -131,6 +141,7 @@ class TernaryLinear(nn.Linear):
             method=method,
             rho=rho,
             granularity=granularity,
+            activations="int8" if config is None else config.activations,
             device=module.weight.device,
             dtype=module.weight.dtype,
         )
@@ -147,13 +158,17 @@ class TernaryLinear(nn.Linear):
         weight = straight_through_ternary(self.weight, self.method, self.rho, self.granularity)
         return F.linear(input, weight, self.bias)
 
-    def freeze(self) -> FrozenTernaryLinear:
+    def freeze(
+        self, *, activations: Activations | None = None, packing: Packing = "2bit"
+    ) -> FrozenTernaryLinear:
         """An inference-only :class:`FrozenTernaryLinear` with the current ternary weight packed
-        in 2 bits per code and one float32 scale per row (a per-tensor scale is repeated per
-        row), and a float32 copy of the bias. This layer is left unchanged."""
+        in 2 bits per code (``packing="2bit"``) or 1.6 (``"base3"``) and one float32 scale per
+        row (a per-tensor scale is repeated per row), and a float32 copy of the bias. Its
+        activations are quantized to int8 per row or kept float32 (``activations``, default
+        this layer's ``activations``). This layer is left unchanged."""
         from codl.ternary.freeze import freeze
 
-        frozen = freeze(self)
+        frozen = freeze(self, activations=activations, packing=packing)
         assert isinstance(frozen, FrozenTernaryLinear)
         return frozen
 
@@ -172,7 +187,7 @@ class TernaryConv2d(nn.Conv2d):
             device, dtype: as :class:`torch.nn.Conv2d`.
         groups: must be 1 (grouped and depthwise convolutions are not ternarized: their
             weights are not one GEMM matrix); ``ValueError`` otherwise.
-        method, rho, granularity: as :class:`TernaryLinear`.
+        method, rho, granularity, activations: as :class:`TernaryLinear`.
     """
 
     def __init__(
@@ -189,11 +204,13 @@ class TernaryConv2d(nn.Conv2d):
         rho: float | None = None,
         granularity: Granularity = "row",
         *,
+        activations: Activations = "int8",
         padding_mode: PaddingMode = "zeros",
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
     ) -> None:
         check_ternary_options(method, rho, granularity)
+        _check_activations(activations)
         if groups != 1:
             raise ValueError(
                 f"TernaryConv2d supports groups=1 only (its weight must be one "
@@ -216,6 +233,7 @@ class TernaryConv2d(nn.Conv2d):
         self.method: Method = method
         self.rho: float | None = rho
         self.granularity: Granularity = granularity
+        self.activations: Activations = activations
 
     @classmethod
     def from_float(cls, module: nn.Conv2d, config: TernaryConfig | None = None) -> TernaryConv2d:
@@ -238,6 +256,7 @@ class TernaryConv2d(nn.Conv2d):
             method=method,
             rho=rho,
             granularity=granularity,
+            activations="int8" if config is None else config.activations,
             padding_mode=module.padding_mode,
             device=module.weight.device,
             dtype=module.weight.dtype,
@@ -257,13 +276,16 @@ class TernaryConv2d(nn.Conv2d):
         output: torch.Tensor = self._conv_forward(input, weight, self.bias)
         return output
 
-    def freeze(self) -> nn.Module:
+    def freeze(
+        self, *, activations: Activations | None = None, packing: Packing = "2bit"
+    ) -> nn.Module:
         """An inference-only :class:`codl.ternary.FrozenTernaryConv2d`: the current ternary
         kernel packed row by row (``in_channels * kh * kw`` codes per output channel) with a
-        float32 scale per channel, run through im2col and codl's int8 kernel."""
+        float32 scale per channel, run through im2col and codl's kernels (``activations`` and
+        ``packing`` as :meth:`TernaryLinear.freeze`)."""
         from codl.ternary.freeze import freeze
 
-        return freeze(self)
+        return freeze(self, activations=activations, packing=packing)
 
     def extra_repr(self) -> str:
         # torch leaves _ConvNd.extra_repr unannotated.
@@ -276,7 +298,8 @@ class FrozenTernaryLinear(nn.Module):
 
     Built by :meth:`TernaryLinear.freeze`. The forward pass is
     :func:`codl.ternary.packed.ternary_linear`, which quantizes the activations to int8 per row
-    (absmax), so its output matches the float ternary layer to about 1e-2 relative error.
+    (absmax), so its output matches the float ternary layer to about 1e-2 relative error, or
+    keeps them float32 (``weight.activations == "float"``: float rounding only).
     It has no trainable parameters.
 
     Args:

@@ -18,11 +18,14 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import TypedDict
+from typing import TYPE_CHECKING, TypedDict
 
 from torch import nn
 
 from codl.ternary.ternarize import Granularity, Method, check_ternary_options
+
+if TYPE_CHECKING:
+    from codl.ternary.packed import Activations
 
 __all__ = ["LayerSparsity", "TernaryConfig", "quantize_", "sparsity_report"]
 
@@ -54,6 +57,10 @@ class TernaryConfig:
             ``skip_first_and_last``.
         filter_fn: optional ``filter_fn(module, name) -> bool``; modules for which it returns
             ``False`` stay float (unless named in ``overrides``).
+        activations: what :func:`codl.ternary.freeze` does with the swapped layers'
+            activations: ``"int8"`` (the default: quantized per row, integer sums) or
+            ``"float"`` (kept float32: slower, no activation rounding). Overrides may set it
+            per module.
 
     Eligible modules are exactly :class:`torch.nn.Linear` and :class:`torch.nn.Conv2d` with
     ``groups=1``. Subclasses are left alone (their forward may differ from the base class's,
@@ -67,9 +74,14 @@ class TernaryConfig:
     skip_first_and_last: bool = False
     overrides: Mapping[str, TernaryConfig | None] = field(default_factory=dict)
     filter_fn: FilterFn | None = None
+    activations: Activations = "int8"
 
     def __post_init__(self) -> None:
         check_ternary_options(self.method, self.rho, self.granularity)
+        if self.activations not in ("int8", "float"):
+            raise ValueError(
+                f"activations: expected 'int8' or 'float', received {self.activations!r}"
+            )
         if not isinstance(self.overrides, Mapping):
             raise TypeError(
                 "overrides must be a mapping from module name to TernaryConfig or None, "

@@ -25,7 +25,7 @@ import torch
 import torch.fx
 from torch.fx.passes.shape_prop import ShapeProp
 
-from codl.ternary.packed import PackedTernaryWeight, padded_in_features
+from codl.ternary.packed import PackedTernaryWeight, pack_weight, padded_in_features
 
 _C_LIBRARY = r"""
 /* Portable C reference of codl's layers (C11, libc and libm only). */
@@ -264,6 +264,14 @@ def export_c(
             getattr(module, "weight", None), PackedTernaryWeight
         ):
             packed: PackedTernaryWeight = module.weight
+            if packed.activations != "int8":
+                raise ValueError(
+                    f"model: layer {node.target!r} keeps float activations; the C reference "
+                    "quantizes them to int8 (freeze with activations='int8' to export)"
+                )
+            if packed.packing != "2bit":
+                # The C reference reads the 2-bit layout; the integer results are the same.
+                packed = pack_weight(packed.unpack(), packed.alpha)
             w = c_array(f"{layer}_codes", "uint8_t", packed.packed)
             alpha = c_array(f"{layer}_alpha", "float", packed.alpha)
             bias_tensor = getattr(module, "bias", None)

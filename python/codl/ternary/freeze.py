@@ -7,6 +7,10 @@ one of them inside an ``nn.Sequential`` is folded into that layer's scales and b
 ``BN(alpha * (codes @ x) + b) = (g * alpha) * (codes @ x) + g * (b - mean) + beta`` with
 ``g = gamma / sqrt(var + eps)``. The codes are unchanged, so the frozen model stays ternary.
 A BatchNorm after a float Linear or Conv2d in a Sequential is fused into it as well.
+
+``packing="base3"`` stores 5 codes per byte (1.6 bits per code) instead of 4, and
+``activations="float"`` keeps the activations float32 instead of quantizing them to int8 (see
+:mod:`codl.ternary.packed`).
 """
 
 from __future__ import annotations
@@ -18,7 +22,14 @@ import torch
 from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval, fuse_linear_bn_eval
 
-from codl.ternary.packed import PackedTernaryWeight, pack_weight, ternary_conv2d
+from codl.ternary.packed import (
+    Activations,
+    PackedTernaryWeight,
+    Packing,
+    check_inference_options,
+    pack_weight,
+    ternary_conv2d,
+)
 
 if TYPE_CHECKING:  # codl.nn.ternary imports codl.ternary: import it late to avoid a cycle
     from codl.nn.ternary import TernaryConv2d, TernaryLinear
@@ -90,7 +101,10 @@ class FrozenTernaryConv2d(nn.Module):
 
 
 def _fold(
-    layer: TernaryLinear | TernaryConv2d, norm: nn.BatchNorm1d | nn.BatchNorm2d | None
+    layer: TernaryLinear | TernaryConv2d,
+    norm: nn.BatchNorm1d | nn.BatchNorm2d | None,
+    activations: Activations | None,
+    packing: Packing,
 ) -> nn.Module:
     from codl.nn.ternary import FrozenTernaryLinear, TernaryConv2d
 
@@ -111,7 +125,9 @@ def _fold(
         bias = (bias - norm.running_mean) * gain + shift
     elif layer.bias is None:
         bias = None  # type: ignore[assignment]
-    packed = pack_weight(rows, alpha)
+    chosen: Activations = layer.activations if activations is None else activations
+    check_inference_options(packing, chosen)
+    packed = pack_weight(rows, alpha, packing=packing, activations=chosen)
     if isinstance(layer, TernaryConv2d):
         if isinstance(layer.padding, str):
             raise ValueError(f"padding={layer.padding!r} cannot be frozen; use explicit padding")
@@ -135,7 +151,7 @@ def _foldable(norm: nn.Module | None, features: int) -> bool:
     )
 
 
-def _freeze_children(module: nn.Module) -> None:
+def _freeze_children(module: nn.Module, activations: Activations | None, packing: Packing) -> None:
     from codl.nn.ternary import TernaryConv2d, TernaryLinear
 
     names = list(module._modules)
@@ -152,7 +168,7 @@ def _freeze_children(module: nn.Module) -> None:
                 if isinstance(module, nn.Sequential) and _foldable(following, features)
                 else None
             )
-            module._modules[name] = _fold(child, norm)  # type: ignore[arg-type]
+            module._modules[name] = _fold(child, norm, activations, packing)  # type: ignore[arg-type]
             if norm is not None:
                 module._modules[names[index + 1]] = nn.Identity()
         elif isinstance(child, (nn.Linear, nn.Conv2d)) and isinstance(module, nn.Sequential):
@@ -169,19 +185,37 @@ def _freeze_children(module: nn.Module) -> None:
                 )
                 module._modules[names[index + 1]] = nn.Identity()
         elif child is not None:
-            _freeze_children(child)
+            _freeze_children(child, activations, packing)
 
 
-def freeze(model: nn.Module) -> nn.Module:
+def freeze(
+    model: nn.Module,
+    *,
+    activations: Activations | None = None,
+    packing: Packing = "2bit",
+) -> nn.Module:
     """An inference copy of ``model`` (in eval mode) with ternary layers packed and the
-    BatchNorms that follow them folded in; ``model`` itself is not changed."""
+    BatchNorms that follow them folded in; ``model`` itself is not changed.
+
+    Args:
+        model: the trained model.
+        activations: ``"int8"`` (quantized per row, integer sums) or ``"float"`` (float32
+            sums) for every ternary layer; ``None`` (the default) takes each layer's own
+            ``activations`` (set from :class:`codl.TernaryConfig`, ``"int8"`` by default).
+        packing: ``"2bit"`` (the default) or ``"base3"`` (1.6 bits per code; int8 activations
+            only).
+    """
     from codl.nn.ternary import TernaryConv2d, TernaryLinear
 
     if not isinstance(model, nn.Module):
         raise TypeError(f"model: expected a torch.nn.Module, received {type(model).__name__}")
+    if activations is not None:
+        check_inference_options(packing, activations)
+    else:
+        check_inference_options(packing, "int8")
     frozen = copy.deepcopy(model).eval()
     if isinstance(frozen, (TernaryLinear, TernaryConv2d)):
-        return _fold(frozen, None)
+        return _fold(frozen, None, activations, packing)
     with torch.no_grad():
-        _freeze_children(frozen)
+        _freeze_children(frozen, activations, packing)
     return frozen

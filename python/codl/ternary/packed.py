@@ -1,38 +1,75 @@
-"""Frozen ternary weights for inference: 2-bit codes in the ``codl.kernels`` "2bit" layout, one
-row per output feature padded to whole 128-value blocks, and a float32 scale per row.
+"""Frozen ternary weights for inference: codes in the ``codl.kernels`` "2bit" layout (rows
+padded to whole 128-value blocks, 2 bits per code) or "base3" layout (rows padded to whole
+160-value blocks, 5 codes per byte: 1.6 bits per code), one row per output feature, and a
+float32 scale per row.
 
-``ternary_linear`` runs the C++ kernel: activations are quantized per row to int8 (absmax), dot
-products accumulate exactly in int32 (AVX2 ``vpmaddubsw``, AVX-512 VNNI ``vpdpbusd`` or SVE
-``sdot``), and the result is scaled back to float32. It is registered as the torch operator
-``codl::ternary_linear``, so it runs under ``torch.compile`` and appears in ``torch.export``
-graphs.
+``ternary_linear`` runs the C++ kernels. With ``activations="int8"`` (the default) activations
+are quantized per row to int8 (absmax), dot products accumulate exactly in int32 (AVX2
+``vpmaddubsw``, AVX-512 VNNI ``vpdpbusd`` or SVE ``sdot``; base-3 trits are decoded in
+registers with the multiply trick of llama.cpp's TQ1_0), and the result is scaled back to
+float32: both layouts give the same floats bit for bit. With ``activations="float"`` (2-bit
+layout only) the float32 activations are summed as they are, ``y = alpha * sum_k x_k c_k``,
+which removes the int8 rounding of x at some cost in speed. The three paths are the torch
+operators ``codl::ternary_linear``, ``codl::ternary_linear_base3`` and
+``codl::ternary_linear_f32act``, so they run under ``torch.compile`` and appear in
+``torch.export`` graphs.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 
 from codl import _ops, kernels
 
 BLOCK_VALUES = 128
+BASE3_BLOCK_VALUES = 160
+
+Packing = Literal["2bit", "base3"]
+Activations = Literal["int8", "float"]
+PACKINGS: tuple[Packing, ...] = ("2bit", "base3")
+ACTIVATIONS: tuple[Activations, ...] = ("int8", "float")
 
 
-def padded_in_features(in_features: int) -> int:
-    """Row length in codes after padding to whole 128-value blocks."""
-    return -(-in_features // BLOCK_VALUES) * BLOCK_VALUES
+def padded_in_features(in_features: int, packing: Packing = "2bit") -> int:
+    """Row length in codes after padding to whole blocks (128 values for "2bit", 160 for
+    "base3")."""
+    block = BASE3_BLOCK_VALUES if packing == "base3" else BLOCK_VALUES
+    return -(-in_features // block) * block
+
+
+def row_bytes(in_features: int, packing: Packing = "2bit") -> int:
+    """Bytes of one packed row: 4 codes per byte for "2bit", 5 for "base3"."""
+    return padded_in_features(in_features, packing) // (5 if packing == "base3" else 4)
+
+
+def check_inference_options(packing: object, activations: object) -> None:
+    """Raise ``ValueError`` unless ``packing`` and ``activations`` name a kernel that exists."""
+    if packing not in PACKINGS:
+        raise ValueError(f"packing: expected one of {PACKINGS}, received {packing!r}")
+    if activations not in ACTIVATIONS:
+        raise ValueError(f"activations: expected one of {ACTIVATIONS}, received {activations!r}")
+    if packing == "base3" and activations == "float":
+        raise ValueError(
+            "activations: expected 'int8' with packing='base3' (the base-3 kernel takes int8 "
+            "activations; use packing='2bit' for float activations), received 'float'"
+        )
 
 
 @dataclass(frozen=True)
 class PackedTernaryWeight:
     """A ternary weight ``diag(alpha) @ codes`` of shape (out_features, in_features), packed."""
 
-    packed: torch.Tensor  # uint8 (out_features, padded_in_features / 4)
+    packed: torch.Tensor  # uint8 (out_features, row_bytes(in_features, packing))
     alpha: torch.Tensor  # float32 (out_features,)
     in_features: int
+    packing: Packing = "2bit"
+    activations: Activations = "int8"
 
     def __post_init__(self) -> None:
+        check_inference_options(self.packing, self.activations)
         if self.packed.dtype != torch.uint8 or self.packed.dim() != 2:
             raise TypeError(
                 f"packed: expected a 2-D uint8 tensor, received {self.packed.dtype} "
@@ -43,11 +80,12 @@ class PackedTernaryWeight:
                 f"alpha: expected float32 of shape ({self.packed.shape[0]},), received "
                 f"{self.alpha.dtype} of shape {tuple(self.alpha.shape)}"
             )
-        expected = padded_in_features(self.in_features) // 4
+        expected = row_bytes(self.in_features, self.packing)
         if self.packed.shape[1] != expected:
             raise ValueError(
                 f"packed: expected {expected} bytes per row for in_features="
-                f"{self.in_features}, received {self.packed.shape[1]}"
+                f"{self.in_features} and packing={self.packing!r}, received "
+                f"{self.packed.shape[1]}"
             )
 
     @property
@@ -61,7 +99,9 @@ class PackedTernaryWeight:
     def unpack(self) -> torch.Tensor:
         """The int8 codes (out_features, in_features)."""
         rows = kernels.unpack_ternary(
-            self.packed.reshape(-1), (self.out_features, padded_in_features(self.in_features))
+            self.packed.reshape(-1),
+            (self.out_features, padded_in_features(self.in_features, self.packing)),
+            format=self.packing,
         )
         return rows[:, : self.in_features]
 
@@ -70,9 +110,21 @@ class PackedTernaryWeight:
         return self.alpha[:, None] * self.unpack().to(torch.float32)
 
 
-def pack_weight(codes: torch.Tensor, alpha: torch.Tensor | float) -> PackedTernaryWeight:
+def pack_weight(
+    codes: torch.Tensor,
+    alpha: torch.Tensor | float,
+    *,
+    packing: Packing = "2bit",
+    activations: Activations = "int8",
+) -> PackedTernaryWeight:
     """Pack int8 ``codes`` (out_features, in_features) in {-1, 0, 1} with per-row (or one)
-    scale ``alpha`` for :func:`ternary_linear`."""
+    scale ``alpha`` for :func:`ternary_linear`.
+
+    ``packing``: ``"2bit"`` (4 codes per byte) or ``"base3"`` (5 codes per byte, 1.6 bits per
+    code: about 20x smaller than float32 against 16x). ``activations``: ``"int8"`` (quantized
+    per row, integer sums) or ``"float"`` (float32 sums; ``"2bit"`` only).
+    """
+    check_inference_options(packing, activations)
     if not isinstance(codes, torch.Tensor) or codes.dtype != torch.int8 or codes.dim() != 2:
         received = (
             f"{codes.dtype} with shape {tuple(codes.shape)}"
@@ -92,10 +144,12 @@ def pack_weight(codes: torch.Tensor, alpha: torch.Tensor | float) -> PackedTerna
         )
     if not bool(torch.isfinite(scales).all()):
         raise ValueError("alpha: expected finite scales, received NaN or Inf")
-    rows = torch.zeros(out_features, padded_in_features(in_features), dtype=torch.int8)
+    rows = torch.zeros(out_features, padded_in_features(in_features, packing), dtype=torch.int8)
     rows[:, :in_features] = codes
-    packed = kernels.pack_ternary(rows).reshape(out_features, -1)
-    return PackedTernaryWeight(packed, scales.contiguous().clone(), in_features)
+    packed = kernels.pack_ternary(rows, format=packing).reshape(out_features, -1)
+    return PackedTernaryWeight(
+        packed, scales.contiguous().clone(), in_features, packing, activations
+    )
 
 
 @torch.library.custom_op("codl::ternary_linear", mutates_args=())
@@ -123,12 +177,63 @@ def _(
     return x.new_empty(*x.shape[:-1], alpha.shape[0])
 
 
+@torch.library.custom_op("codl::ternary_linear_base3", mutates_args=())
+def _ternary_linear_base3_op(
+    x: torch.Tensor,
+    packed: torch.Tensor,
+    alpha: torch.Tensor,
+    in_features: int,
+    bias: torch.Tensor | None,
+) -> torch.Tensor:
+    rows = x.reshape(-1, in_features)
+    out = torch.empty(rows.shape[0], alpha.shape[0], dtype=torch.float32)
+    _ops.ternary3_linear_f32(rows, packed, alpha, bias, out)
+    return out.reshape(*x.shape[:-1], alpha.shape[0])
+
+
+@_ternary_linear_base3_op.register_fake
+def _(
+    x: torch.Tensor,
+    packed: torch.Tensor,
+    alpha: torch.Tensor,
+    in_features: int,
+    bias: torch.Tensor | None,
+) -> torch.Tensor:
+    return x.new_empty(*x.shape[:-1], alpha.shape[0])
+
+
+@torch.library.custom_op("codl::ternary_linear_f32act", mutates_args=())
+def _ternary_linear_f32act_op(
+    x: torch.Tensor,
+    packed: torch.Tensor,
+    alpha: torch.Tensor,
+    in_features: int,
+    bias: torch.Tensor | None,
+) -> torch.Tensor:
+    rows = x.reshape(-1, in_features)
+    out = torch.empty(rows.shape[0], alpha.shape[0], dtype=torch.float32)
+    _ops.ternary_linear_f32act(rows, packed, alpha, bias, out)
+    return out.reshape(*x.shape[:-1], alpha.shape[0])
+
+
+@_ternary_linear_f32act_op.register_fake
+def _(
+    x: torch.Tensor,
+    packed: torch.Tensor,
+    alpha: torch.Tensor,
+    in_features: int,
+    bias: torch.Tensor | None,
+) -> torch.Tensor:
+    return x.new_empty(*x.shape[:-1], alpha.shape[0])
+
+
 def ternary_linear(
     x: torch.Tensor, weight: PackedTernaryWeight, bias: torch.Tensor | None = None
 ) -> torch.Tensor:
-    """``x @ weight.dequantize().T + bias`` with x quantized to int8 per row (absmax).
+    """``x @ weight.dequantize().T + bias``, with x quantized to int8 per row (absmax) when
+    ``weight.activations == "int8"`` or kept float32 when it is ``"float"``.
 
-    x: float32 (..., in_features), contiguous, finite (NaN/Inf raise ValueError).
+    x: float32 (..., in_features), finite (NaN/Inf raise ValueError).
     """
     if not isinstance(x, torch.Tensor) or x.dtype != torch.float32:
         received = x.dtype if isinstance(x, torch.Tensor) else type(x).__name__
@@ -142,9 +247,13 @@ def ternary_linear(
             f"bias: expected float32 of shape ({weight.out_features},), received "
             f"{bias.dtype} of shape {tuple(bias.shape)}"
         )
-    result: torch.Tensor = _ternary_linear_op(
-        x.contiguous(), weight.packed, weight.alpha, weight.in_features, bias
-    )
+    if weight.activations == "float":
+        op = _ternary_linear_f32act_op
+    elif weight.packing == "base3":
+        op = _ternary_linear_base3_op
+    else:
+        op = _ternary_linear_op
+    result: torch.Tensor = op(x.contiguous(), weight.packed, weight.alpha, weight.in_features, bias)
     return result
 
 
@@ -161,7 +270,7 @@ def ternary_conv2d(
 
     ``weight`` holds the kernel flattened to (out_channels, in_channels * kh * kw), as
     ``pack_weight(codes.reshape(out_channels, -1), alpha)`` makes it; each output pixel's patch
-    is one int8-quantized row of :func:`ternary_linear`.
+    is one row of :func:`ternary_linear` (int8-quantized or float, as the weight says).
     """
     if not isinstance(x, torch.Tensor) or x.dim() != 4:
         received = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__

@@ -106,8 +106,107 @@ void dot_i8_t2(const std::int8_t* a, std::size_t rows, std::size_t k_padded,
     }
 }
 
+// Trit t of each byte of `powered` = byte * 3^t (mod 256), as the unsigned field c + 1:
+// (powered * 3) >> 8 is 1 from 86 up and 2 from 171 up, two saturating threshold tests.
+__m256i trit_fields(__m256i powered) {
+    const __m256i one = _mm256_set1_epi8(1);
+    return _mm256_add_epi8(_mm256_min_epu8(_mm256_subs_epu8(powered, _mm256_set1_epi8(85)), one),
+                           _mm256_min_epu8(_mm256_subs_epu8(powered, _mm256_set1_epi8(char(170))), one));
+}
+
+__m256i times3(__m256i bytes) { return _mm256_add_epi8(bytes, _mm256_add_epi8(bytes, bytes)); }
+
+template <int Rows>
+void dot3_tile(const std::int8_t* a, std::size_t k_padded, const std::int32_t* a_sums,
+               const std::uint8_t* w, std::int32_t* out, std::size_t out_stride) {
+    const __m256i ones = _mm256_set1_epi16(1);
+    __m256i acc[Rows];
+    for (int r = 0; r < Rows; ++r) acc[r] = _mm256_setzero_si256();
+    for (std::size_t block = 0; block < k_padded / kTernary3BlockValues; ++block) {
+        __m256i powered = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(w + block * kTernaryBlockBytes));
+        __m256i fields[5];
+        for (int plane = 0; plane < 5; ++plane) {
+            fields[plane] = trit_fields(powered);
+            powered = times3(powered);
+        }
+        for (int r = 0; r < Rows; ++r) {
+            const std::int8_t* row = a + r * k_padded + block * kTernary3BlockValues;
+            const auto product = [row, &fields](int plane) {
+                return _mm256_maddubs_epi16(
+                    fields[plane], _mm256_loadu_si256(reinterpret_cast<const __m256i*>(row + 32 * plane)));
+            };
+            // Each 16-bit lane is at most 5 * 2 * 2 * 128 = 2560 in magnitude: no saturation.
+            const __m256i pairs = _mm256_add_epi16(
+                _mm256_add_epi16(_mm256_add_epi16(product(0), product(1)), _mm256_add_epi16(product(2), product(3))),
+                product(4));
+            acc[r] = _mm256_add_epi32(acc[r], _mm256_madd_epi16(pairs, ones));
+        }
+    }
+    for (int r = 0; r < Rows; ++r) out[r * out_stride] = horizontal_sum(acc[r]) - a_sums[r];
+}
+
+void dot_i8_t3(const std::int8_t* a, std::size_t rows, std::size_t k_padded,
+               const std::int32_t* a_sums, const std::uint8_t* w, std::size_t w_rows,
+               std::int32_t* out, std::size_t out_stride) {
+    for (std::size_t c = 0; c < w_rows; ++c) {
+        const std::uint8_t* row = w + c * (k_padded / 5);
+        std::size_t r = 0;
+        for (; r + 4 <= rows; r += 4) {
+            dot3_tile<4>(a + r * k_padded, k_padded, a_sums + r, row, out + r * out_stride + c, out_stride);
+        }
+        for (; r < rows; ++r) {
+            dot3_tile<1>(a + r * k_padded, k_padded, a_sums + r, row, out + r * out_stride + c, out_stride);
+        }
+    }
+}
+
+// Float activations: 8 packed bytes widen to 8 lanes; for plane p the lane shifted right by 2p
+// holds the field in its low 2 bits, and vpermilps (which reads only those bits) looks the code
+// up as a float. The fused multiply-add by -1, 0 or +1 is exact up to its one rounding, the same
+// as an addition. Four accumulators per row, one per plane, in every tile shape.
+template <int Rows>
+void dot_f32_tile(const float* x, std::size_t k_padded, const std::uint8_t* w, float* out,
+                  std::size_t out_stride) {
+    const __m256 code_of_field = _mm256_setr_ps(-1.0f, 0.0f, 1.0f, 0.0f, -1.0f, 0.0f, 1.0f, 0.0f);
+    __m256 acc[Rows][4];
+    for (int r = 0; r < Rows; ++r) {
+        for (int p = 0; p < 4; ++p) acc[r][p] = _mm256_setzero_ps();
+    }
+    for (std::size_t block = 0; block < k_padded / kTernary2BlockValues; ++block) {
+        const std::uint8_t* bytes = w + block * kTernaryBlockBytes;
+        for (std::size_t group = 0; group < kTernaryBlockBytes; group += 8) {
+            std::int64_t eight;
+            std::memcpy(&eight, bytes + group, sizeof eight);
+            const __m256i fields = _mm256_cvtepu8_epi32(_mm_cvtsi64_si128(eight));
+            for (int p = 0; p < 4; ++p) {
+                const __m256 code = _mm256_permutevar_ps(code_of_field, _mm256_srli_epi32(fields, 2 * p));
+                const std::size_t at = block * kTernary2BlockValues + 32 * p + group;
+                for (int r = 0; r < Rows; ++r) {
+                    acc[r][p] = _mm256_fmadd_ps(_mm256_loadu_ps(x + r * k_padded + at), code, acc[r][p]);
+                }
+            }
+        }
+    }
+    for (int r = 0; r < Rows; ++r) {
+        const __m256 sum = _mm256_add_ps(_mm256_add_ps(acc[r][0], acc[r][1]), _mm256_add_ps(acc[r][2], acc[r][3]));
+        const __m128 half = _mm_add_ps(_mm256_castps256_ps128(sum), _mm256_extractf128_ps(sum, 1));
+        const __m128 quarter = _mm_add_ps(half, _mm_movehl_ps(half, half));
+        out[r * out_stride] = _mm_cvtss_f32(_mm_add_ss(quarter, _mm_movehdup_ps(quarter)));
+    }
+}
+
+void dot_f32_t2(const float* x, std::size_t rows, std::size_t k_padded, const std::uint8_t* w,
+                std::size_t w_rows, float* out, std::size_t out_stride) {
+    for (std::size_t c = 0; c < w_rows; ++c) {
+        const std::uint8_t* row = w + c * (k_padded / 4);
+        std::size_t r = 0;
+        for (; r + 2 <= rows; r += 2) dot_f32_tile<2>(x + r * k_padded, k_padded, row, out + r * out_stride + c, out_stride);
+        for (; r < rows; ++r) dot_f32_tile<1>(x + r * k_padded, k_padded, row, out + r * out_stride + c, out_stride);
+    }
+}
+
 }  // namespace
 
-const TernaryKernels ternary_kernels = {quantize_row_i8, dot_i8_t2};
+const TernaryKernels ternary_kernels = {quantize_row_i8, dot_i8_t2, dot_i8_t3, dot_f32_t2};
 
 }  // namespace codl::avx2

@@ -110,8 +110,109 @@ void dot_i8_t2(const std::int8_t* a, std::size_t rows, std::size_t k_padded,
     }
 }
 
+// Base-3 blocks: bytes * 3^t (mod 256) brings trit t to the top, and (powered * 3) >> 8, the
+// field c + 1, is 1 from 86 up and 2 from 171 up: two unsigned compares and two masked moves.
+// Planes 0 | 1 and 2 | 3 share a 512-bit register (the 32 bytes broadcast to both halves and
+// raised to a different power in each); plane 4 uses a 256-bit half.
+__m512i times3(__m512i bytes) { return _mm512_add_epi8(bytes, _mm512_add_epi8(bytes, bytes)); }
+
+__m512i trit_fields(__m512i powered) {
+    const __m512i one = _mm512_set1_epi8(1);
+    const __m512i at_least_one = _mm512_maskz_mov_epi8(_mm512_cmpge_epu8_mask(powered, _mm512_set1_epi8(86)), one);
+    return _mm512_mask_add_epi8(at_least_one, _mm512_cmpge_epu8_mask(powered, _mm512_set1_epi8(char(171))),
+                                at_least_one, one);
+}
+
+template <int R>
+void dot3_tile(const std::int8_t* a, std::size_t k_padded, const std::int32_t* a_sums,
+               const std::uint8_t* w, std::int32_t* out, std::size_t out_stride) {
+    __m512i acc01[R], acc23[R];
+    __m256i acc4[R];
+    for (int r = 0; r < R; ++r) {
+        acc01[r] = acc23[r] = _mm512_setzero_si512();
+        acc4[r] = _mm256_setzero_si256();
+    }
+    for (std::size_t block = 0; block < k_padded / kTernary3BlockValues; ++block) {
+        const __m512i packed = _mm512_broadcast_i64x4(
+            _mm256_loadu_si256(reinterpret_cast<const __m256i*>(w + block * kTernaryBlockBytes)));
+        const __m512i by3 = times3(packed), by9 = times3(by3), by27 = times3(by9), by81 = times3(by27);
+        const __m512i fields01 = trit_fields(_mm512_mask_blend_epi64(0xF0, packed, by3));
+        const __m512i fields23 = trit_fields(_mm512_mask_blend_epi64(0xF0, by9, by27));
+        const __m256i fields4 = _mm512_castsi512_si256(trit_fields(by81));
+        for (int r = 0; r < R; ++r) {
+            const std::int8_t* row = a + r * k_padded + block * kTernary3BlockValues;
+            acc01[r] = _mm512_dpbusd_epi32(acc01[r], fields01, _mm512_loadu_si512(row));
+            acc23[r] = _mm512_dpbusd_epi32(acc23[r], fields23, _mm512_loadu_si512(row + 64));
+            acc4[r] = _mm256_dpbusd_epi32(acc4[r], fields4,
+                                          _mm256_loadu_si256(reinterpret_cast<const __m256i*>(row + 128)));
+        }
+    }
+    for (int r = 0; r < R; ++r) {
+        const __m512i both = _mm512_add_epi32(_mm512_add_epi32(acc01[r], acc23[r]),
+                                              _mm512_zextsi256_si512(acc4[r]));
+        out[r * out_stride] = _mm512_reduce_add_epi32(both) - a_sums[r];
+    }
+}
+
+void dot_i8_t3(const std::int8_t* a, std::size_t rows, std::size_t k_padded,
+               const std::int32_t* a_sums, const std::uint8_t* w, std::size_t w_rows,
+               std::int32_t* out, std::size_t out_stride) {
+    for (std::size_t c = 0; c < w_rows; ++c) {
+        const std::uint8_t* row = w + c * (k_padded / 5);
+        std::size_t r = 0;
+        for (; r + 4 <= rows; r += 4) {
+            dot3_tile<4>(a + r * k_padded, k_padded, a_sums + r, row, out + r * out_stride + c, out_stride);
+        }
+        for (; r < rows; ++r) {
+            dot3_tile<1>(a + r * k_padded, k_padded, a_sums + r, row, out + r * out_stride + c, out_stride);
+        }
+    }
+}
+
+// Float activations: 16 packed bytes widen to 16 lanes; for plane p the lane shifted right by
+// 2p holds the field in bits 0-1, and vpermps (which reads bits 0-3 of each index) looks the
+// float code up in a table that repeats every 4 entries. One decode serves four activation rows;
+// the fused multiply-add by -1, 0 or +1 rounds once, like an addition. Four accumulators per
+// row, one per plane, in every tile shape, so the order of the sums is fixed.
+template <int Rows>
+void dot_f32_tile(const float* x, std::size_t k_padded, const std::uint8_t* w, float* out,
+                  std::size_t out_stride) {
+    const __m512 code_of_field = _mm512_setr_ps(-1, 0, 1, 0, -1, 0, 1, 0, -1, 0, 1, 0, -1, 0, 1, 0);
+    __m512 acc[Rows][4];
+    for (int r = 0; r < Rows; ++r) {
+        for (int p = 0; p < 4; ++p) acc[r][p] = _mm512_setzero_ps();
+    }
+    for (std::size_t block = 0; block < k_padded / kTernary2BlockValues; ++block) {
+        const std::uint8_t* bytes = w + block * kTernaryBlockBytes;
+        for (std::size_t group = 0; group < kTernaryBlockBytes; group += 16) {
+            const __m512i fields = _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(bytes + group)));
+            for (int p = 0; p < 4; ++p) {
+                const __m512 code = _mm512_permutexvar_ps(_mm512_srli_epi32(fields, 2 * p), code_of_field);
+                const std::size_t at = block * kTernary2BlockValues + 32 * p + group;
+                for (int r = 0; r < Rows; ++r) {
+                    acc[r][p] = _mm512_fmadd_ps(_mm512_loadu_ps(x + r * k_padded + at), code, acc[r][p]);
+                }
+            }
+        }
+    }
+    for (int r = 0; r < Rows; ++r) {
+        const __m512 sum = _mm512_add_ps(_mm512_add_ps(acc[r][0], acc[r][1]), _mm512_add_ps(acc[r][2], acc[r][3]));
+        out[r * out_stride] = _mm512_reduce_add_ps(sum);
+    }
+}
+
+void dot_f32_t2(const float* x, std::size_t rows, std::size_t k_padded, const std::uint8_t* w,
+                std::size_t w_rows, float* out, std::size_t out_stride) {
+    for (std::size_t c = 0; c < w_rows; ++c) {
+        const std::uint8_t* row = w + c * (k_padded / 4);
+        std::size_t r = 0;
+        for (; r + 4 <= rows; r += 4) dot_f32_tile<4>(x + r * k_padded, k_padded, row, out + r * out_stride + c, out_stride);
+        for (; r < rows; ++r) dot_f32_tile<1>(x + r * k_padded, k_padded, row, out + r * out_stride + c, out_stride);
+    }
+}
+
 }  // namespace
 
-const TernaryKernels ternary_kernels = {quantize_row_i8, dot_i8_t2};
+const TernaryKernels ternary_kernels = {quantize_row_i8, dot_i8_t2, dot_i8_t3, dot_f32_t2};
 
 }  // namespace codl::avx512
