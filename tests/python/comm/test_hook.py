@@ -15,7 +15,7 @@ from dist_helpers import ScaledSignCodec, TopKCodec, run_distributed
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel as DDP
 
-from codl.comm import FP16
+from codl.comm import FP16, Int8, TopK
 from codl.comm.accounting import compression_ratio
 from codl.comm.hook import HookState, ddp_hook
 
@@ -82,6 +82,10 @@ def _battery(rank: int, world_size: int) -> dict[str, Any]:
     restored = HookState(FP16())
     restored.load_state_dict(saved)
     out["fp16/restored-step"] = restored.step
+    out["int8"] = _train(rank, {"codec": Int8(), "small_tensor_numel": 1000})[0]
+    out["topk_native"] = _train(
+        rank, {"codec": TopK(0.1, error_feedback=True), "small_tensor_numel": 1000}
+    )[0]
     params, _, state, layout = _train(
         rank, {"codec": FP16(), "warmup_steps": 2, "small_tensor_numel": 1000, "overlap": False}
     )
@@ -131,7 +135,7 @@ def _same_bits(a: list[torch.Tensor], b: list[torch.Tensor]) -> bool:
 
 
 def test_parameters_identical_across_ranks(results: list[dict[str, Any]]) -> None:
-    for name in ("fp16", "sign"):
+    for name in ("fp16", "sign", "int8", "topk_native"):
         assert _same_bits(results[0][name], results[1][name]), name
 
 
@@ -140,6 +144,11 @@ def test_fp16_training_close_to_plain_ddp(results: list[dict[str, Any]]) -> None
         torch.testing.assert_close(ours, plain, rtol=0, atol=2e-3)
     # FP16 did round the compressed bucket (the 64 x 20 weight) but not the small one.
     assert not torch.equal(results[0]["fp16"][0], results[0]["plain"][0])
+
+
+def test_int8_training_close_to_plain_ddp(results: list[dict[str, Any]]) -> None:
+    for ours, plain in zip(results[0]["int8"], results[0]["plain"]):
+        torch.testing.assert_close(ours, plain, rtol=0, atol=1e-2)
 
 
 def test_sign_with_error_feedback_trains(results: list[dict[str, Any]]) -> None:
