@@ -28,13 +28,16 @@ std::mt19937_64& rng() {
     return generator;
 }
 
-// Gradient-like values: normal times a log-normal spread, some exact zeros and negative zeros.
+// Gradient-like values: normal times a log-normal spread, some exact zeros, negative zeros and
+// subnormals.
 std::vector<float> gradient(std::size_t n) {
     std::normal_distribution<float> normal;
     std::vector<float> x(n);
     for (auto& v : x) {
         const auto pick = rng()() % 32;
-        v = pick == 0 ? 0.0f : pick == 1 ? -0.0f : normal(rng()) * std::exp(normal(rng()));
+        // Tiny values too: 127 / max|v| overflows for a block of them.
+        v = pick == 0 ? 0.0f : pick == 1 ? -0.0f : pick == 2 ? normal(rng()) * 1e-39f
+                                                            : normal(rng()) * std::exp(normal(rng()));
     }
     return x;
 }

@@ -119,8 +119,10 @@ namespace ref {
 extern const PackKernels pack_kernels;
 extern const TernaryKernels ternary_kernels;
 extern const CommKernels comm_kernels;
-// mean |v| of a sign block from its 16 lane sums (see CommKernels), and a block's scale from it.
+// mean |v| of a sign block from its 16 lane sums (see CommKernels); 127 / max|v| for an int8
+// block (0 for an all-zero block, FLT_MAX where the quotient overflows).
 float sign_block_scale(const float* lane_sums, std::size_t count);
+float int8_inverse_scale(float max_abs);
 // Scalar pieces of quantize_row_i8 that the SIMD variants finish their rows with:
 // the largest of `so_far` and the bits of |x[i]| for i < n (>= 0x7F800000 means Inf or NaN),
 std::int32_t max_magnitude_bits(const float* x, std::size_t n, std::int32_t so_far);

@@ -3,6 +3,7 @@
 // build turns contraction off), integer maxima, and the sign codec's fixed 16-lane sum order.
 #include <cmath>
 #include <cstring>
+#include <limits>
 
 #include "codl/comm.h"
 #include "codl/kernel_table.h"
@@ -27,6 +28,14 @@ float counter_uniform(std::uint64_t stream, std::uint64_t index) {
 }
 
 namespace ref {
+
+float int8_inverse_scale(float max_abs) {
+    if (max_abs == 0.0f) return 0.0f;
+    // Below 127 / FLT_MAX the quotient overflows; FLT_MAX still maps max_abs to at most 127.
+    const float inverse = 127.0f / max_abs;
+    return inverse <= std::numeric_limits<float>::max() ? inverse
+                                                        : std::numeric_limits<float>::max();
+}
 
 float sign_block_scale(const float* lane_sums, std::size_t count) {
     double total = 0.0;
@@ -85,13 +94,14 @@ bool int8_encode(const float* x, float* error, std::size_t n, std::size_t block,
         if (largest >= kExponentBits) return false;
         const float max_abs = from_bits(largest);
         const float scale = max_abs / 127.0f;
-        const float inverse = largest ? 127.0f / max_abs : 0.0f;
+        const float inverse = int8_inverse_scale(max_abs);
         store_scale(scales, b, scale);
         for (std::size_t i = 0; i < m; ++i) {
             const float v = corrected(xb, eb, i);
-            const float q = std::nearbyint(v * inverse);  // round half to even
+            // Round half to even; through int so that -0.0 becomes code 0 (= +0.0 decoded).
+            const int q = static_cast<int>(std::nearbyint(v * inverse));
             codes[begin + i] = static_cast<std::int8_t>(q);
-            if (eb) eb[i] = v - q * scale;
+            if (eb) eb[i] = v - static_cast<float>(q) * scale;
         }
     }
     return true;

@@ -55,6 +55,7 @@ def reference_int8(v: torch.Tensor, block: int) -> tuple[bytes, torch.Tensor]:
         largest = chunk.abs().max()
         scale = largest / 127.0
         inverse = 127.0 / largest if largest > 0 else torch.tensor(0.0)
+        inverse = inverse.clamp(max=torch.finfo(torch.float32).max)  # 127 / subnormal overflows
         q = torch.round(chunk * inverse)
         scales.append(scale.reshape(1))
         codes.append(q.to(torch.int8))
@@ -153,6 +154,8 @@ def _gradient(n: int, seed: int = 0) -> torch.Tensor:
     x = torch.randn(n, generator=g) * torch.exp(torch.randn(n, generator=g))
     if n > 3:
         x[3] = -0.0  # a negative zero has a sign bit
+    if n > 8:
+        x[8] = 3e-39  # a subnormal
     return x
 
 
@@ -480,3 +483,14 @@ def test_corrupt_payloads_are_rejected() -> None:
     too_far[8:12] = torch.tensor([200], dtype=torch.int32).view(torch.uint8)
     with pytest.raises(ValueError, match="increasing below"):
         topk.decode(too_far, 8)
+
+
+def test_int8_block_of_subnormals() -> None:
+    """127 / max|v| overflows float32 here: the kernels use FLT_MAX, codes stay within 127."""
+    v = torch.tensor([1e-39, -2e-39, 5e-40, 0.0, -1e-45, 2e-39, 1e-40, -3e-40])
+    codec = Int8(block=8)
+    payload = codec.encode(v)
+    expected_payload, expected_decoded = reference_int8(v, 8)
+    assert payload.numpy().tobytes() == expected_payload
+    assert int(payload[4:].view(torch.int8).abs().max()) <= 127
+    assert torch.equal(codec.decode(payload, 8), expected_decoded)

@@ -1,37 +1,201 @@
-// avx512 gradient codec kernels (work in progress: forwarders to the reference).
+// AVX-512 gradient codec kernels: Int8 and scaled sign (encode with fused error feedback,
+// decode), and the top-k scans. Block tails run masked, so every value takes the same float
+// operations as in the scalar reference and the results match it bit for bit. The stochastic
+// codecs forward to the reference (their cost is the generator, scalar 64-bit multiplies).
 #include <immintrin.h>
 
+#include <cmath>
 #include <cstring>
 
 #include "codl/kernel_table.h"
 
 namespace codl::avx512 {
 namespace {
+
+constexpr std::uint32_t kExponentBits = 0x7F800000u;
+
+__mmask16 tail_mask(std::size_t remaining) {
+    return remaining >= 16 ? static_cast<__mmask16>(0xFFFF)
+                           : static_cast<__mmask16>((1u << remaining) - 1);
+}
+__m512 abs_ps(__m512 v) {
+    return _mm512_castsi512_ps(
+        _mm512_and_si512(_mm512_castps_si512(v), _mm512_set1_epi32(0x7FFFFFFF)));
+}
+// v = x + error (masked lanes read 0), or x itself without error feedback.
+__m512 load_v(const float* x, const float* error, std::size_t i, __mmask16 mask) {
+    const __m512 xv = _mm512_maskz_loadu_ps(mask, x + i);
+    return error ? _mm512_add_ps(xv, _mm512_maskz_loadu_ps(mask, error + i)) : xv;
+}
+std::uint32_t block_max_bits(const float* x, const float* error, std::size_t m) {
+    __m512i largest = _mm512_setzero_si512();
+    for (std::size_t i = 0; i < m; i += 16) {
+        const __m512 v = load_v(x, error, i, tail_mask(m - i));
+        largest = _mm512_max_epu32(largest, _mm512_castps_si512(abs_ps(v)));
+    }
+    return static_cast<std::uint32_t>(_mm512_reduce_max_epu32(largest));
+}
+
 bool int8_encode(const float* x, float* error, std::size_t n, std::size_t block,
                  std::uint8_t* scales, std::int8_t* codes) {
-    return ref::comm_kernels.int8_encode(x, error, n, block, scales, codes);
+    for (std::size_t b = 0; b * block < n; ++b) {
+        const std::size_t begin = b * block, m = n - begin < block ? n - begin : block;
+        const float* xb = x + begin;
+        float* eb = error ? error + begin : nullptr;
+        const std::uint32_t largest = block_max_bits(xb, eb, m);
+        if (largest >= kExponentBits) return false;
+        float max_abs;
+        std::memcpy(&max_abs, &largest, sizeof max_abs);
+        const float scale = max_abs / 127.0f;
+        const float inverse = ref::int8_inverse_scale(max_abs);
+        std::memcpy(scales + 4 * b, &scale, sizeof scale);
+        const __m512 inv = _mm512_set1_ps(inverse), sc = _mm512_set1_ps(scale);
+        for (std::size_t i = 0; i < m; i += 16) {
+            const __mmask16 mask = tail_mask(m - i);
+            const __m512 v = load_v(xb, eb, i, mask);
+            // cvtps rounds half to even (the default MXCSR mode), as nearbyint does.
+            const __m512i q = _mm512_cvtps_epi32(_mm512_mul_ps(v, inv));
+            _mm_mask_storeu_epi8(codes + begin + i, mask, _mm512_cvtsepi32_epi8(q));
+            if (eb) {
+                const __m512 residual = _mm512_sub_ps(v, _mm512_mul_ps(_mm512_cvtepi32_ps(q), sc));
+                _mm512_mask_storeu_ps(eb + i, mask, residual);
+            }
+        }
+    }
+    return true;
 }
+
 void int8_decode(const std::uint8_t* scales, const std::int8_t* codes, std::size_t n,
                  std::size_t block, float* out, bool accumulate) {
-    ref::comm_kernels.int8_decode(scales, codes, n, block, out, accumulate);
+    for (std::size_t b = 0; b * block < n; ++b) {
+        const std::size_t begin = b * block, m = n - begin < block ? n - begin : block;
+        float scale;
+        std::memcpy(&scale, scales + 4 * b, sizeof scale);
+        const __m512 sc = _mm512_set1_ps(scale);
+        for (std::size_t i = 0; i < m; i += 16) {
+            const __mmask16 mask = tail_mask(m - i);
+            const __m128i q = _mm_maskz_loadu_epi8(mask, codes + begin + i);
+            __m512 value = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(q)), sc);
+            if (accumulate) value = _mm512_add_ps(_mm512_maskz_loadu_ps(mask, out + begin + i), value);
+            _mm512_mask_storeu_ps(out + begin + i, mask, value);
+        }
+    }
 }
+
 bool sign_encode(const float* x, float* error, std::size_t n, std::size_t block,
                  std::uint8_t* scales, std::uint8_t* bits) {
-    return ref::comm_kernels.sign_encode(x, error, n, block, scales, bits);
+    for (std::size_t b = 0; b * block < n; ++b) {
+        const std::size_t begin = b * block, m = n - begin < block ? n - begin : block;
+        const float* xb = x + begin;
+        float* eb = error ? error + begin : nullptr;
+        // The 16 lanes of the reference's sum order are this register's lanes; masked-off
+        // lanes add +0, which leaves a sum of magnitudes unchanged.
+        __m512 sums = _mm512_setzero_ps();
+        for (std::size_t i = 0; i < m; i += 16) {
+            sums = _mm512_add_ps(sums, abs_ps(load_v(xb, eb, i, tail_mask(m - i))));
+        }
+        alignas(64) float lanes[16];
+        _mm512_store_ps(lanes, sums);
+        const float scale = ref::sign_block_scale(lanes, m);
+        if (!std::isfinite(scale)) return false;
+        std::memcpy(scales + 4 * b, &scale, sizeof scale);
+        const __m512 positive = _mm512_set1_ps(scale), negative = _mm512_set1_ps(-scale);
+        std::uint8_t* out = bits + begin / 8;
+        for (std::size_t i = 0; i < m; i += 16) {
+            const __mmask16 mask = tail_mask(m - i);
+            const __m512 v = load_v(xb, eb, i, mask);
+            const __mmask16 sign = _mm512_movepi32_mask(_mm512_castps_si512(v)) & mask;
+            const auto word = static_cast<std::uint16_t>(sign);
+            std::memcpy(out + i / 8, &word, m - i >= 16 ? 2 : (m - i + 7) / 8);
+            if (eb) {
+                const __m512 sent = _mm512_mask_blend_ps(sign, positive, negative);
+                _mm512_mask_storeu_ps(eb + i, mask, _mm512_sub_ps(v, sent));
+            }
+        }
+    }
+    return true;
 }
+
 void sign_decode(const std::uint8_t* scales, const std::uint8_t* bits, std::size_t n,
                  std::size_t block, float* out, bool accumulate) {
-    ref::comm_kernels.sign_decode(scales, bits, n, block, out, accumulate);
+    for (std::size_t b = 0; b * block < n; ++b) {
+        const std::size_t begin = b * block, m = n - begin < block ? n - begin : block;
+        float scale;
+        std::memcpy(&scale, scales + 4 * b, sizeof scale);
+        const __m512 positive = _mm512_set1_ps(scale), negative = _mm512_set1_ps(-scale);
+        const std::uint8_t* in = bits + begin / 8;
+        for (std::size_t i = 0; i < m; i += 16) {
+            const __mmask16 mask = tail_mask(m - i);
+            std::uint16_t word = 0;
+            std::memcpy(&word, in + i / 8, m - i >= 16 ? 2 : (m - i + 7) / 8);
+            __m512 value = _mm512_mask_blend_ps(static_cast<__mmask16>(word), positive, negative);
+            float* o = out + begin + i;
+            if (accumulate) value = _mm512_add_ps(_mm512_maskz_loadu_ps(mask, o), value);
+            _mm512_mask_storeu_ps(o, mask, value);
+        }
+    }
 }
+
 bool topk_accumulate(const float* x, float* error, float* momentum, float m, std::size_t n) {
-    return ref::comm_kernels.topk_accumulate(x, error, momentum, m, n);
+    const __m512 factor = _mm512_set1_ps(m);
+    __m512i largest = _mm512_setzero_si512();
+    for (std::size_t i = 0; i < n; i += 16) {
+        const __mmask16 mask = tail_mask(n - i);
+        __m512 v = _mm512_maskz_loadu_ps(mask, x + i);
+        if (error) {
+            if (momentum) {
+                v = _mm512_add_ps(_mm512_mul_ps(factor, _mm512_maskz_loadu_ps(mask, momentum + i)), v);
+                _mm512_mask_storeu_ps(momentum + i, mask, v);
+            }
+            v = _mm512_add_ps(_mm512_maskz_loadu_ps(mask, error + i), v);
+            _mm512_mask_storeu_ps(error + i, mask, v);
+        }
+        largest = _mm512_max_epu32(largest, _mm512_castps_si512(abs_ps(v)));
+    }
+    return static_cast<std::uint32_t>(_mm512_reduce_max_epu32(largest)) < kExponentBits;
 }
+
 std::size_t count_at_least(const float* v, std::size_t n, float threshold) {
-    return ref::comm_kernels.count_at_least(v, n, threshold);
+    const __m512 t = _mm512_set1_ps(threshold);
+    std::size_t count = 0;
+    std::size_t i = 0;
+    for (; i + 64 <= n; i += 64) {
+        const auto k0 = _mm512_cmp_ps_mask(abs_ps(_mm512_loadu_ps(v + i)), t, _CMP_GE_OQ);
+        const auto k1 = _mm512_cmp_ps_mask(abs_ps(_mm512_loadu_ps(v + i + 16)), t, _CMP_GE_OQ);
+        const auto k2 = _mm512_cmp_ps_mask(abs_ps(_mm512_loadu_ps(v + i + 32)), t, _CMP_GE_OQ);
+        const auto k3 = _mm512_cmp_ps_mask(abs_ps(_mm512_loadu_ps(v + i + 48)), t, _CMP_GE_OQ);
+        count += static_cast<std::size_t>(__builtin_popcountll(
+            static_cast<std::uint64_t>(k0) | static_cast<std::uint64_t>(k1) << 16 |
+            static_cast<std::uint64_t>(k2) << 32 | static_cast<std::uint64_t>(k3) << 48));
+    }
+    for (; i < n; i += 16) {
+        const __mmask16 mask = tail_mask(n - i);
+        const __m512 a = abs_ps(_mm512_maskz_loadu_ps(mask, v + i));
+        count += static_cast<std::size_t>(
+            __builtin_popcount(_mm512_mask_cmp_ps_mask(mask, a, t, _CMP_GE_OQ)));
+    }
+    return count;
 }
+
 std::size_t gather_at_least(const float* v, std::size_t n, float threshold, std::uint32_t base,
                             std::uint32_t* indices) {
-    return ref::comm_kernels.gather_at_least(v, n, threshold, base, indices);
+    const __m512 t = _mm512_set1_ps(threshold);
+    const __m512i iota = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+    std::size_t count = 0;
+    for (std::size_t i = 0; i < n; i += 16) {
+        const __mmask16 mask = tail_mask(n - i);
+        const __m512 a = abs_ps(_mm512_maskz_loadu_ps(mask, v + i));
+        const __mmask16 hit = _mm512_mask_cmp_ps_mask(mask, a, t, _CMP_GE_OQ);
+        if (!hit) continue;  // the common case: selections are sparse
+        // Compress in a register and store only the packed lanes (a compressing store to
+        // memory is slow on AMD Zen 4).
+        const __m512i index = _mm512_add_epi32(_mm512_set1_epi32(static_cast<int>(base + i)), iota);
+        const int hits = __builtin_popcount(hit);
+        _mm512_mask_storeu_epi32(indices + count, static_cast<__mmask16>((1u << hits) - 1),
+                                 _mm512_maskz_compress_epi32(hit, index));
+        count += static_cast<std::size_t>(hits);
+    }
+    return count;
 }
 
 // Forwarders to the scalar reference for the kernels this ISA does not speed up.
