@@ -84,9 +84,10 @@ def run_cases(
 
 
 def _registry() -> dict[str, Callable[..., list[Result]]]:
-    from codl.bench import comm, formats, kfac, linalg, pack, ternary
+    from codl.bench import codecs, comm, formats, kfac, linalg, pack, ternary
 
     return {
+        "codecs": codecs.run,
         "comm": comm.run,
         "formats": formats.run,
         "kfac": kfac.run,
