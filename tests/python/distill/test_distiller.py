@@ -216,3 +216,21 @@ def test_precomputed_teacher_logits_give_the_same_step() -> None:
     assert live.train_step(batch) == pytest.approx(cached.train_step((*batch, logits)))
     for a, b in zip(student.parameters(), student_b.parameters()):
         torch.testing.assert_close(a, b)
+
+
+def test_quick_kd_runs_on_the_shipped_subset() -> None:
+    from codl.data import load_split
+    from codl.distill.quick import quick_kd
+
+    images, labels, _ = load_split("train", "subset")
+    test_images, test_labels, _ = load_split("test", "subset")
+    result = quick_kd(
+        (images[:128], labels[:128]),
+        (test_images[:200], test_labels[:200]),
+        teacher_epochs=1,
+        student_epochs=1,
+    )
+    # FashionCNN: 832 + 51,264 + 803,072 + 2,570; the student: 80 + 1,168 + 7,850.
+    assert (result.teacher_parameters, result.student_parameters) == (857_738, 9_098)
+    for accuracy in (result.teacher_accuracy, result.labels_only_accuracy, result.kd_accuracy):
+        assert 0.0 <= accuracy <= 100.0 and accuracy * 2 % 1 == 0  # multiples of 1/200
