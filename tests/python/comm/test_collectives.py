@@ -294,6 +294,32 @@ def test_state_mismatches_raise(runs: Any) -> None:
         assert result["reshape"].startswith("ValueError") and "changed shape" in result["reshape"]
 
 
+def _dying_peer(rank: int, world_size: int) -> tuple[str, float]:
+    import os
+    import time
+
+    if rank == 1:
+        os._exit(3)  # dies without a word, as a crashed node would
+    start = time.perf_counter()
+    outcome = _raises_any(lambda: allreduce(torch.ones(1000), FP16()))
+    return outcome, time.perf_counter() - start
+
+
+def _raises_any(fn: Any) -> str:
+    try:
+        fn()
+    except Exception as error:
+        return f"{type(error).__name__}: {error}"
+    return "no error"
+
+
+def test_a_dead_rank_fails_the_others_within_the_timeout() -> None:
+    # The process group's timeout is 10 s (timeout_s / 2): rank 0 must fail, not hang.
+    [(outcome, elapsed)] = run_distributed(_dying_peer, 2, timeout_s=20, answering=[0])
+    assert outcome != "no error"
+    assert elapsed < 15
+
+
 def test_bad_input_raises_before_communicating() -> None:
     with pytest.raises(TypeError, match=r"tensor: expected dtype torch.float32.*float64"):
         allreduce(torch.zeros(4, dtype=torch.float64), FP16())

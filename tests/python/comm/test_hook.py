@@ -101,6 +101,9 @@ def _battery(rank: int, world_size: int) -> dict[str, Any]:
     assert state is not None
     out["sign"] = params
     out["sign/losses"] = losses
+    restored = HookState(ScaledSignCodec(error_feedback=True))
+    restored.load_state_dict(copy.deepcopy(state.state_dict()))
+    out["sign/restored"] = {k: v.clone() for k, v in restored.collective.buffers.items()}
     out["sign/buffers"] = {
         (key, phase): t for key, phase, t in state.state_dict()["collective"]["buffers"]
     }
@@ -154,7 +157,11 @@ def test_int8_training_close_to_plain_ddp(results: list[dict[str, Any]]) -> None
 def test_sign_with_error_feedback_trains(results: list[dict[str, Any]]) -> None:
     losses = results[0]["sign/losses"]
     assert sum(losses[-3:]) / 3 < sum(losses[:3]) / 3
-    assert results[0]["sign/buffers"], "error-feedback buffers were kept"
+    buffers = results[0]["sign/buffers"]
+    assert buffers, "error-feedback buffers were kept"
+    restored = results[0]["sign/restored"]
+    assert restored.keys() == buffers.keys()
+    assert all(torch.equal(restored[key], buffers[key]) for key in buffers)
 
 
 def _expected_bytes(buckets: list[tuple[int, int, int]], compressed: set[int]) -> float:
