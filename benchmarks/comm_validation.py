@@ -1,0 +1,285 @@
+"""Validation of codl.comm's alpha-beta link model: measured DDP step times on an emulated slow
+link against :func:`codl.comm.linkmodel.project`.
+
+2 and 4 gloo processes on 127.0.0.1 (torch.multiprocessing, one thread each) train an MLP
+(784-1024-10, 814,090 gradient values, one DDP bucket) with ``codl.comm.ddp_hook``; the hook's
+:class:`~codl.comm.linkmodel.EmulatedLink` sleeps alpha per message + bytes / B after every
+collective, at bandwidths low enough (tens of MB/s) that the sleep dominates loopback. Each
+rank measures its own compute (``profile_step``) and each codec's throughput in the same
+process before training, and the projection uses those; the measured step is the median wall
+time of forward + backward (with the hook's exchange) + SGD step over the timed steps.
+
+    python benchmarks/comm_validation.py            # writes benchmarks/results/comm_validation.json
+    python benchmarks/comm_validation.py --steps 4  # quicker
+
+The issue's bar: projection within 20% of what is measured.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import os
+import platform
+import queue
+import socket
+import statistics
+import time
+import traceback
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+import torch.nn.functional as F
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+
+RESULTS = Path(__file__).resolve().parent / "results"
+BANDWIDTHS = (10e6, 40e6)  # bytes/s
+LATENCY = 500e-6  # seconds per message
+BATCH = 32
+
+
+def codecs() -> dict[str, Any]:
+    from codl import comm
+
+    chosen: dict[str, Any] = {"float32": None, "fp16": comm.FP16()}
+    if hasattr(comm, "Int8"):
+        chosen["int8"] = comm.Int8()
+        chosen["sign_ef"] = comm.SignEF()
+    return chosen
+
+
+def _model() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Flatten(), nn.Linear(784, 1024), nn.ReLU(), nn.Linear(1024, 10))
+
+
+def _worker(
+    rank: int, world_size: int, steps: int, warmup: int, progress: bool
+) -> list[dict[str, Any]]:
+    from tqdm.auto import tqdm
+
+    from codl.comm import ddp_hook
+    from codl.comm.linkmodel import EmulatedLink, measure_throughput, profile_step, project
+
+    generator = torch.Generator().manual_seed(rank)
+    images = torch.randn(BATCH, 1, 28, 28, generator=generator)
+    labels = torch.randint(0, 10, (BATCH,), generator=generator)
+    profile = profile_step(_model(), (images, labels), F.cross_entropy, repeat=7)
+    loopback = loopback_overhead(world_size)
+    rows = []
+    configs = [
+        (bandwidth, name, codec, overlap)
+        for bandwidth in BANDWIDTHS
+        for name, codec in codecs().items()
+        for overlap in (False, True)
+    ]
+    bar = tqdm(configs, desc=f"{world_size} processes", disable=not progress or rank != 0)
+    for bandwidth, name, codec, overlap in bar:
+        model = DistributedDataParallel(_model())
+        link = EmulatedLink(bandwidth, LATENCY)
+        state, hook = ddp_hook(codec, small_tensor_numel=0, overlap=overlap, link=link)
+        model.register_comm_hook(state, hook)
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
+        times = []
+        for step in range(warmup + steps):
+            dist.barrier()
+            start = time.perf_counter()
+            loss = F.cross_entropy(model(images), labels)
+            optimizer.zero_grad()
+            loss.backward()  # type: ignore[no-untyped-call]
+            optimizer.step()
+            if step >= warmup:
+                times.append(time.perf_counter() - start)
+        state.close()
+        speed = measure_throughput(codec, profile.gradient_numel) if codec else None
+        # The link under test is loopback plus the emulator's sleep: its latency is the sleep's
+        # alpha plus loopback's own, measured above (per collective, spread over P - 1 messages).
+        latency = LATENCY + loopback / (world_size - 1)
+        projected = project(
+            profile, codec, world_size, bandwidth, latency, overlap=overlap, throughput=speed
+        )
+        sleep_only = project(
+            profile, codec, world_size, bandwidth, LATENCY, overlap=overlap, throughput=speed
+        )
+        measured = statistics.median(times)
+        last = state.last_step
+        rows.append(
+            {
+                "processes": world_size,
+                "rank": rank,
+                "codec": name,
+                "overlap": overlap,
+                "bandwidth_MBps": bandwidth / 1e6,
+                "latency_us": LATENCY * 1e6,
+                "measured_ms": 1e3 * measured,
+                "projected_ms": 1e3 * projected.step_s,
+                "projected_sleep_alpha_only_ms": 1e3 * sleep_only.step_s,
+                "loopback_overhead_us": 1e6 * loopback,
+                "relative_error": (projected.step_s - measured) / measured,
+                "compute_ms": 1e3 * profile.compute_s,
+                "projected_comm_ms": 1e3 * projected.comm_s,
+                "projected_codec_ms": 1e3 * projected.codec_s,
+                "bytes_sent_measured": last.bytes_sent if last else None,
+                "bytes_sent_projected": projected.bytes_sent,
+            }
+        )
+    return rows
+
+
+def loopback_overhead(world_size: int, repeat: int = 21) -> float:
+    """Median seconds of one small gloo collective on loopback (the all-to-all and all-gather
+    of a few bytes the two-phase scheme issues): the real link's latency under the sleeps."""
+    send = torch.zeros(world_size, dtype=torch.uint8)
+    received = torch.empty_like(send)
+    times = []
+    for _ in range(repeat):
+        dist.barrier()
+        start = time.perf_counter()
+        dist.all_to_all_single(received, send)
+        dist.all_gather_single(received, send[:1].clone())
+        times.append((time.perf_counter() - start) / 2)
+    return statistics.median(times)
+
+
+def _child(rank: int, world_size: int, port: int, args: tuple[Any, ...], results: Any) -> None:
+    torch.set_num_threads(1)
+    try:
+        dist.init_process_group(
+            "gloo",
+            init_method=f"tcp://127.0.0.1:{port}",
+            rank=rank,
+            world_size=world_size,
+            timeout=timedelta(seconds=120),
+        )
+        try:
+            buffer = io.BytesIO()
+            torch.save(_worker(rank, world_size, *args), buffer)
+            results.put((rank, "ok", buffer.getvalue()))
+        finally:
+            dist.destroy_process_group()
+    except BaseException:
+        results.put((rank, "error", traceback.format_exc()))
+
+
+def run(
+    world_size: int, steps: int, warmup: int, timeout_s: float, progress: bool = True
+) -> list[dict[str, Any]]:
+    context = mp.get_context("spawn")
+    results = context.Queue()
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = int(sock.getsockname()[1])
+    processes = [
+        context.Process(
+            target=_child, args=(r, world_size, port, (steps, warmup, progress), results)
+        )
+        for r in range(world_size)
+    ]
+    for process in processes:
+        process.start()
+    rows: list[dict[str, Any]] = []
+    try:
+        for _ in range(world_size):
+            rank, status, value = results.get(timeout=timeout_s)
+            if status != "ok":
+                raise RuntimeError(f"rank {rank} failed:\n{value}")
+            rows += torch.load(io.BytesIO(value), weights_only=False)
+    except queue.Empty as error:
+        raise RuntimeError(f"timed out after {timeout_s} s") from error
+    finally:
+        for process in processes:
+            process.join(timeout=10)
+            if process.is_alive():
+                process.kill()
+    return rows
+
+
+def summarize(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One row per configuration: the slowest rank's measured step (the step every rank waits
+    for) against rank 0's projection."""
+    keys = sorted({(r["processes"], r["bandwidth_MBps"], r["codec"], r["overlap"]) for r in rows})
+    table = []
+    for key in keys:
+        group = [
+            r
+            for r in rows
+            if (r["processes"], r["bandwidth_MBps"], r["codec"], r["overlap"]) == key
+        ]
+        measured = max(r["measured_ms"] for r in group)
+        projected = next(r for r in group if r["rank"] == 0)["projected_ms"]
+        table.append(
+            {
+                "processes": key[0],
+                "bandwidth_MBps": key[1],
+                "codec": key[2],
+                "overlap": key[3],
+                "measured_ms": round(measured, 2),
+                "projected_ms": round(projected, 2),
+                "relative_error": round((projected - measured) / measured, 4),
+                "projected_sleep_alpha_only_ms": round(
+                    next(r for r in group if r["rank"] == 0)["projected_sleep_alpha_only_ms"], 2
+                ),
+                "loopback_overhead_us": round(
+                    next(r for r in group if r["rank"] == 0)["loopback_overhead_us"], 1
+                ),
+                "bytes_sent": next(r for r in group if r["rank"] == 0)["bytes_sent_measured"],
+            }
+        )
+    return table
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--steps", type=int, default=8, help="timed steps per configuration")
+    parser.add_argument("--warmup", type=int, default=3, help="untimed steps first")
+    parser.add_argument("--processes", type=int, nargs="+", default=[2, 4])
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument("--out", type=Path, default=RESULTS / "comm_validation.json")
+    args = parser.parse_args()
+    print(f"load average before: {os.getloadavg()}")
+    rows: list[dict[str, Any]] = []
+    for world_size in args.processes:
+        rows += run(
+            world_size, args.steps, args.warmup, timeout_s=900, progress=not args.no_progress
+        )
+    table = summarize(rows)
+    print(
+        f"{'P':>2} {'MB/s':>6} {'codec':<8} {'overlap':<7} {'measured':>9} {'projected':>9} "
+        f"{'error':>7}"
+    )
+    for row in table:
+        print(
+            f"{row['processes']:>2} {row['bandwidth_MBps']:>6g} {row['codec']:<8} "
+            f"{row['overlap']!s:<7} {row['measured_ms']:>9.2f} {row['projected_ms']:>9.2f} "
+            f"{100 * row['relative_error']:>6.1f}%"
+        )
+    within = sum(abs(row["relative_error"]) <= 0.2 for row in table)
+    print(f"{within}/{len(table)} configurations projected within 20% of the measured step")
+    import codl
+
+    payload = {
+        "machine": {
+            "platform": platform.platform(),
+            "cores": os.cpu_count(),
+            "load_average_after": os.getloadavg(),  # other jobs share these cores
+            "codl": codl.info(),
+        },
+        "latency_us": LATENCY * 1e6,
+        "batch": BATCH,
+        "table": table,
+        "within_20_percent": f"{within}/{len(table)}",
+        "rows": rows,
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(payload, indent=2) + "\n")
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
