@@ -7,7 +7,8 @@ link against :func:`codl.comm.linkmodel.project`.
 collective, at bandwidths low enough (tens of MB/s) that the sleep dominates loopback. Each
 rank measures its own compute (``profile_step``) and each codec's throughput in the same
 process before training, and the projection uses those; the measured step is the median wall
-time of forward + backward (with the hook's exchange) + SGD step over the timed steps.
+time of forward + backward (with the hook's exchange) over the timed steps (the SGD update,
+outside the model, is left out).
 
     python benchmarks/comm_validation.py            # writes benchmarks/results/comm_validation.json
     python benchmarks/comm_validation.py --steps 4  # quicker
@@ -91,11 +92,11 @@ def _worker(
             dist.barrier()
             start = time.perf_counter()
             loss = F.cross_entropy(model(images), labels)
-            optimizer.zero_grad()
-            loss.backward()  # type: ignore[no-untyped-call]
-            optimizer.step()
-            if step >= warmup:
+            loss.backward()  # type: ignore[no-untyped-call]  # waits for the hook's exchange
+            if step >= warmup:  # the modelled step: forward, backward and the exchange
                 times.append(time.perf_counter() - start)
+            optimizer.step()
+            optimizer.zero_grad()
         state.close()
         speed = measure_throughput(codec, profile.gradient_numel) if codec else None
         # The link under test is loopback plus the emulator's sleep: its latency is the sleep's
