@@ -1,5 +1,6 @@
 """``codl bench comm``: projected data-parallel step time of the Fashion-MNIST CNN with each
-gradient codec against a float32 ring allreduce, on three links and 2 to 100,000 nodes.
+gradient codec (and PowerSGD at rank 2) against a float32 ring allreduce, on three links and 2
+to 100,000 nodes.
 
 Everything the projection needs is measured in the same run: the CNN's forward and backward
 time at batch 64 on this machine (:func:`codl.comm.linkmodel.profile_step`) and each codec's
@@ -27,10 +28,12 @@ from codl.comm.linkmodel import (
     PRESETS,
     CodecThroughput,
     break_even_bandwidth,
+    measure_powersgd_throughput,
     measure_throughput,
     profile_step,
     project,
 )
+from codl.comm.powersgd import PowerSGD
 from codl.models import FashionCNN
 
 BATCH = 64
@@ -57,6 +60,10 @@ def available_codecs() -> list[Codec]:
     return chosen
 
 
+def _label(codec: Codec | PowerSGD) -> str:
+    return f"powersgd-r{codec.rank}" if isinstance(codec, PowerSGD) else codec.name
+
+
 def run(*, size: int | None, repeat: int, threads: int, progress: bool) -> list[Result]:
     """``size``: values of the tensor the codec throughput is measured on (default: the CNN's
     gradient size)."""
@@ -70,10 +77,19 @@ def run(*, size: int | None, repeat: int, threads: int, progress: bool) -> list[
         batch = (torch.randn(BATCH, 1, 28, 28), torch.randint(0, 10, (BATCH,)))
         profile = profile_step(model, batch, F.cross_entropy, repeat=max(repeat, 3))
         numel = size or profile.gradient_numel
-        measured: list[tuple[Codec, CodecThroughput]] = [
+        measured: list[tuple[Codec | PowerSGD, CodecThroughput]] = [
             (codec, measure_throughput(codec, numel, repeat=max(repeat, 3)))
             for codec in tqdm(available_codecs(), desc="codec throughput", disable=not progress)
         ]
+        powersgd = PowerSGD(rank=2)  # the issue's convergence setting
+        measured.append(
+            (
+                powersgd,
+                measure_powersgd_throughput(
+                    powersgd, profile.parameter_shapes, repeat=max(repeat, 3)
+                ),
+            )
+        )
         dispatch = _ops.get_dispatch_level()
     results = []
     for link in PRESETS.values():
@@ -87,7 +103,7 @@ def run(*, size: int | None, repeat: int, threads: int, progress: bool) -> list[
                 results.append(
                     Result(
                         benchmark="comm",
-                        case=f"{codec.name} {link.name} P={nodes}",
+                        case=f"{_label(codec)} {link.name} P={nodes}",
                         numel=profile.gradient_numel,
                         codl_ms=round(1e3 * ours.step_s, 4),
                         baseline_ms=round(1e3 * dense.step_s, 4),

@@ -42,6 +42,7 @@ from codl.comm.accounting import (
     ring_allreduce_bytes,
 )
 from codl.comm.codecs import Codec
+from codl.comm.powersgd import PowerSGD, orthogonalize_
 
 
 @dataclass(frozen=True)
@@ -87,6 +88,8 @@ class StepProfile:
     forward_s: float
     backward_s: float
     bucket_numels: tuple[int, ...]
+    #: Shapes of the parameters (PowerSGD's bytes depend on them, not only on sizes).
+    parameter_shapes: tuple[tuple[int, ...], ...] = ()
 
     @property
     def compute_s(self) -> float:
@@ -166,6 +169,7 @@ def profile_step(
         statistics.median(forwards),
         statistics.median(backwards),
         bucket_layout(model, bucket_cap_mb),
+        tuple(tuple(p.shape) for p in model.parameters() if p.requires_grad),
     )
 
 
@@ -189,6 +193,37 @@ def measure_throughput(codec: Codec, numel: int = 1 << 20, *, repeat: int = 5) -
     return CodecThroughput(
         4 * numel / statistics.median(encodes), 4 * numel / statistics.median(decodes)
     )
+
+
+def measure_powersgd_throughput(
+    codec: PowerSGD, shapes: Sequence[Sequence[int]], *, repeat: int = 5
+) -> CodecThroughput:
+    """Median speed of PowerSGD's local work on gradients of ``shapes`` (Vogels et al. 2019,
+    algorithm 1 without its two allreduces: M = grad + error, P = M Q, Gram-Schmidt, Q = M^T P,
+    approx = P Q^T, error = M - approx), in bytes of compressed float32 gradient per second, as
+    ``encode`` (``decode`` is part of it and set to infinity)."""
+    generator = torch.Generator().manual_seed(0)
+    matrices = []
+    for shape in shapes:
+        if codec.compresses(shape):
+            n = int(shape[0])
+            m = math.prod(int(size) for size in shape) // n
+            r = min(n, m, codec.rank)
+            grad = torch.randn(n, m, generator=generator)
+            matrices.append((grad, torch.zeros(n, m), torch.randn(m, r, generator=generator)))
+    numel = sum(grad.numel() for grad, _, _ in matrices)
+    if not numel:
+        return CodecThroughput(math.inf, math.inf)
+    times = []
+    for _ in range(repeat + 1):
+        start = time.perf_counter()
+        for grad, error, q in matrices:
+            corrected = grad + error
+            p = orthogonalize_(corrected @ q, codec.epsilon)
+            q_new = corrected.t() @ p
+            torch.sub(corrected, p @ q_new.t(), out=error)
+        times.append(time.perf_counter() - start)
+    return CodecThroughput(4 * numel / statistics.median(times[1:]), math.inf)
 
 
 def _check_link(nodes: int, bandwidth: float, latency: float) -> None:
@@ -227,9 +262,31 @@ def codec_time(codec: Codec | None, numel: int, nodes: int, throughput: CodecThr
     return 4 * encoded / throughput.encode + 4 * decoded / throughput.decode
 
 
+def _exchange(
+    step_profile: StepProfile, codec: Codec | PowerSGD | None, nodes: int, latency: float
+) -> tuple[float, float]:
+    """(alpha terms in seconds, bytes) one rank spends per step: comm = alpha + bytes / B."""
+    buckets = step_profile.bucket_numels
+    if nodes == 1:
+        return 0.0, 0.0
+    per_collective = 2 * (nodes - 1) * latency
+    if isinstance(codec, PowerSGD):
+        if not step_profile.parameter_shapes:
+            raise ValueError(
+                "step_profile: PowerSGD needs parameter_shapes (use profile_step to fill them)"
+            )
+        # Three float32 allreduces per bucket: uncompressed values, all P, all Q.
+        alpha = 3 * per_collective * sum(1 for n in buckets if n)
+        return alpha, codec.bytes_sent(step_profile.parameter_shapes, nodes)
+    alpha = per_collective * sum(1 for n in buckets if n)
+    if codec is None:
+        return alpha, sum(ring_allreduce_bytes(n, nodes) for n in buckets)
+    return alpha, float(sum(compressed_bytes(codec, n, nodes) for n in buckets))
+
+
 def project(
     step_profile: StepProfile,
-    codec: Codec | None,
+    codec: Codec | PowerSGD | None,
     nodes: int,
     bandwidth: float,
     latency: float,
@@ -238,27 +295,33 @@ def project(
     throughput: CodecThroughput | None = None,
 ) -> Projection:
     """Projected step time and weak-scaling efficiency on ``nodes`` ranks (module docstring).
-    ``codec=None`` is the float32 ring allreduce; a codec needs its measured ``throughput``."""
+    ``codec=None`` is the float32 ring allreduce; a codec needs its measured ``throughput``
+    (:func:`measure_throughput`, or :func:`measure_powersgd_throughput` for PowerSGD, whose
+    exchange is three float32 ring allreduces per bucket)."""
     _check_link(nodes, bandwidth, latency)
-    if codec is not None and not isinstance(codec, Codec):
+    if codec is not None and not isinstance(codec, (Codec, PowerSGD)):
         raise TypeError(
-            f"codec: expected a codl.comm.Codec or None, received {type(codec).__name__}"
+            f"codec: expected a codl.comm.Codec, a PowerSGD or None, received "
+            f"{type(codec).__name__}"
         )
     if codec is not None and throughput is None:
         raise ValueError(
             "throughput: a codec needs its measured CodecThroughput (measure_throughput)"
         )
     speed = throughput or CodecThroughput(math.inf, math.inf)
-    comm = sum(comm_time(codec, n, nodes, bandwidth, latency) for n in step_profile.bucket_numels)
-    codec_s = sum(codec_time(codec, n, nodes, speed) for n in step_profile.bucket_numels)
+    alpha, sent = _exchange(step_profile, codec, nodes, latency)
+    comm = alpha + sent / bandwidth
+    if isinstance(codec, PowerSGD):
+        compressed = sum(
+            math.prod(shape) for shape in step_profile.parameter_shapes if codec.compresses(shape)
+        )
+        codec_s = 4 * compressed / speed.encode if nodes > 1 else 0.0
+    else:
+        codec_s = sum(codec_time(codec, n, nodes, speed) for n in step_profile.bucket_numels)
     if overlap:
         step = step_profile.forward_s + max(step_profile.backward_s, comm) + codec_s
     else:
         step = step_profile.compute_s + comm + codec_s
-    sent = sum(
-        (compressed_bytes(codec, n, nodes) if codec is not None else ring_allreduce_bytes(n, nodes))
-        for n in step_profile.bucket_numels
-    )
     ring = sum(ring_allreduce_bytes(n, nodes) for n in step_profile.bucket_numels)
     return Projection(
         nodes=nodes,
@@ -274,24 +337,27 @@ def project(
 
 def break_even_bandwidth(
     step_profile: StepProfile,
-    codec: Codec,
+    codec: Codec | PowerSGD,
     nodes: int,
     latency: float,
     throughput: CodecThroughput,
 ) -> float:
     """Bandwidth (bytes/s) below which ``codec`` shortens the serial step: where the codec's time
-    equals the communication time it saves. Solving A + S_d / B = A + S_c / B + T_codec (per
-    step; both schemes send 2 (P - 1) messages per bucket, so the alpha terms A cancel) gives
-    B* = (S_d - S_c) / T_codec. Returns 0.0 when the codec never pays (it sends no fewer bytes)
-    and ``math.inf`` when its time is zero."""
-    dense = project(step_profile, None, nodes, 1.0, latency, overlap=False)
-    compressed = project(
+    equals the communication time it saves. Solving A_d + S_d / B = A_c + S_c / B + T_codec
+    (per step; A the alpha terms, S the bytes) gives B* = (S_d - S_c) / (A_c - A_d + T_codec).
+    For the codecs A_c = A_d (2 (P - 1) messages per bucket either way); PowerSGD's three
+    allreduces add latency. Returns 0.0 when the codec never pays (it sends no fewer bytes)
+    and ``math.inf`` when it pays at every bandwidth."""
+    alpha_dense, sent_dense = _exchange(step_profile, None, nodes, latency)
+    alpha_codec, sent_codec = _exchange(step_profile, codec, nodes, latency)
+    codec_s = project(
         step_profile, codec, nodes, 1.0, latency, overlap=False, throughput=throughput
-    )
-    saved_bytes = dense.bytes_sent - compressed.bytes_sent
+    ).codec_s
+    saved_bytes = sent_dense - sent_codec
     if saved_bytes <= 0:
         return 0.0
-    return math.inf if compressed.codec_s <= 0 else saved_bytes / compressed.codec_s
+    cost = alpha_codec - alpha_dense + codec_s
+    return math.inf if cost <= 0 else saved_bytes / cost
 
 
 class EmulatedLink:
@@ -316,7 +382,7 @@ class EmulatedLink:
 
 def projection_table(
     step_profile: StepProfile,
-    codecs: Sequence[tuple[str, Codec | None, CodecThroughput | None]],
+    codecs: Sequence[tuple[str, Codec | PowerSGD | None, CodecThroughput | None]],
     links: Sequence[LinkPreset],
     nodes: Sequence[int],
     *,

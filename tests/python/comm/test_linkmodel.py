@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from dist_helpers import TopKCodec
 from torch import nn
 
-from codl.comm import FP16
+from codl.comm import FP16, PowerSGD
 from codl.comm.accounting import ring_allreduce_bytes, two_phase_bytes
 from codl.comm.linkmodel import (
     ETHERNET_10G,
@@ -25,6 +25,7 @@ from codl.comm.linkmodel import (
     bucket_layout,
     codec_time,
     comm_time,
+    measure_powersgd_throughput,
     profile_step,
     project,
     projection_table,
@@ -112,6 +113,25 @@ def test_break_even_bandwidth_by_hand() -> None:
     )
 
 
+def test_powersgd_projection_by_hand() -> None:
+    # The test MLP on 2 ranks: three allreduces (2 alpha each) of 74 + 148 + 168 values, 4 bytes
+    # a value; local work on the 1280 + 640 compressed values at 1e9 bytes/s.
+    profile = StepProfile(0.01, 0.02, (1994,), ((64, 20), (64,), (10, 64), (10,)))
+    speed = CodecThroughput(1e9, math.inf)
+    codec = PowerSGD(rank=2)
+    result = project(profile, codec, 2, 1e9, 1e-6, overlap=False, throughput=speed)
+    assert result.bytes_sent == 1560
+    assert result.comm_s == pytest.approx(6e-6 + 1560 / 1e9, rel=1e-12)
+    assert result.codec_s == pytest.approx(4 * 1920 / 1e9, rel=1e-12)
+    # Break-even: (7976 - 1560) / (6 - 2 us of extra latency + codec time).
+    expected = (7976 - 1560) / (4e-6 + 4 * 1920 / 1e9)
+    assert break_even_bandwidth(profile, codec, 2, 1e-6, speed) == pytest.approx(expected)
+    measured = measure_powersgd_throughput(codec, profile.parameter_shapes, repeat=1)
+    assert 0 < measured.encode < math.inf
+    with pytest.raises(ValueError, match="parameter_shapes"):
+        project(StepProfile(0.01, 0.02, (1994,)), codec, 2, 1e9, 1e-6, throughput=speed)
+
+
 def test_presets_cite_their_figures() -> None:
     assert ETHERNET_10G.bandwidth == 1.25e9 and 10e-6 <= ETHERNET_10G.latency <= 50e-6
     assert INFINIBAND_100G.bandwidth == 12.5e9 and 1e-6 <= INFINIBAND_100G.latency <= 5e-6
@@ -127,6 +147,7 @@ def test_profile_step_and_bucket_layout() -> None:
     profile = profile_step(model, batch, F.cross_entropy, repeat=2)
     assert profile.forward_s > 0 and profile.backward_s > 0
     assert profile.bucket_numels == (1994,)
+    assert profile.parameter_shapes == ((64, 20), (64,), (10, 64), (10,))
     assert all(p.grad is None for p in model.parameters())
     # 4 KiB buckets (1024 values), parameters in reverse: 10 + 640, then 64, then 1280.
     assert bucket_layout(model, 4 / 1024) == (714, 1280)
@@ -170,7 +191,7 @@ def test_bench_comm_rows_agree_with_project() -> None:
     from codl.bench import comm
 
     results = comm.run(size=4096, repeat=1, threads=1, progress=False)
-    assert {r.case.split()[0] for r in results} >= {"fp16", "bf16"}
+    assert {r.case.split()[0] for r in results} >= {"fp16", "bf16", "powersgd-r2"}
     for r in results:
         assert r.ratio == pytest.approx(r.baseline_ms / r.codl_ms, rel=0.02, abs=0.01)
         assert 0 < r.notes["efficiency"] <= 1
