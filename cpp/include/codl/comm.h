@@ -3,7 +3,8 @@
 // selected ISA's kernels. Payload layouts, all little endian (docs/comm.md draws them):
 //
 //  int8:     nblocks float32 scales (max|v| / 127 of each block of `block` values), then n int8
-//            codes round_half_even(v * (127 / max|v|)); decode code * scale.
+//            codes round_half_even(v * (127 / max|v|)); decode code * scale. A block with
+//            max|v| < 127 / FLT_MAX (the quotient overflows) gets scale 0 and codes 0.
 //  sign:     nblocks float32 scales (mean |v| of the block, EF-SignSGD), then ceil(n / 8) bytes of
 //            sign bits, bit i % 8 of byte i / 8 = signbit(v[i]) (pack_signs_f32's order); decode
 //            -scale where the bit is set, else +scale. `block` is a multiple of 8.

@@ -120,7 +120,7 @@ extern const PackKernels pack_kernels;
 extern const TernaryKernels ternary_kernels;
 extern const CommKernels comm_kernels;
 // mean |v| of a sign block from its 16 lane sums (see CommKernels); 127 / max|v| for an int8
-// block (0 for an all-zero block, FLT_MAX where the quotient overflows).
+// block (0 for an all-zero block and where the quotient overflows: such a block sends zeros).
 float sign_block_scale(const float* lane_sums, std::size_t count);
 float int8_inverse_scale(float max_abs);
 // Scalar pieces of quantize_row_i8 that the SIMD variants finish their rows with:

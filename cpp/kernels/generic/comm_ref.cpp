@@ -30,11 +30,11 @@ float counter_uniform(std::uint64_t stream, std::uint64_t index) {
 namespace ref {
 
 float int8_inverse_scale(float max_abs) {
-    if (max_abs == 0.0f) return 0.0f;
-    // Below 127 / FLT_MAX the quotient overflows; FLT_MAX still maps max_abs to at most 127.
-    const float inverse = 127.0f / max_abs;
-    return inverse <= std::numeric_limits<float>::max() ? inverse
-                                                        : std::numeric_limits<float>::max();
+    // A block whose largest magnitude is below 127 / FLT_MAX (~3.7e-37) overflows the quotient
+    // and would need a scale too small to represent well: it is sent as zeros (scale 0), and
+    // error feedback keeps its values.
+    const float inverse = max_abs == 0.0f ? 0.0f : 127.0f / max_abs;
+    return inverse <= std::numeric_limits<float>::max() ? inverse : 0.0f;
 }
 
 float sign_block_scale(const float* lane_sums, std::size_t count) {
@@ -93,8 +93,8 @@ bool int8_encode(const float* x, float* error, std::size_t n, std::size_t block,
         const std::uint32_t largest = block_max_bits(xb, eb, m);
         if (largest >= kExponentBits) return false;
         const float max_abs = from_bits(largest);
-        const float scale = max_abs / 127.0f;
         const float inverse = int8_inverse_scale(max_abs);
+        const float scale = inverse != 0.0f ? max_abs / 127.0f : 0.0f;
         store_scale(scales, b, scale);
         for (std::size_t i = 0; i < m; ++i) {
             const float v = corrected(xb, eb, i);

@@ -233,7 +233,9 @@ class Int8(_BlockCodec):
 
     Payload: ``ceil(n / block)`` float32 scales, then ``n`` int8 codes; ``4 ceil(n / block) + n``
     bytes, a ratio ``(1 + 4 / block) / 4`` (0.252 at block 512) to a float32 allreduce.
-    Non-finite values raise ValueError (the payload and ``error`` are then partly written).
+    A block whose largest magnitude is below ``127 / FLT_MAX`` (~3.7e-37, where the quotient
+    overflows) is sent as zeros with scale 0; error feedback keeps it. Non-finite values raise
+    ValueError (the payload and ``error`` are then partly written).
     """
 
     name = "int8"

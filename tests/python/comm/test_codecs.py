@@ -53,9 +53,10 @@ def reference_int8(v: torch.Tensor, block: int) -> tuple[bytes, torch.Tensor]:
     scales, codes, decoded = [], [], []
     for _, chunk in _blocks(v, block):
         largest = chunk.abs().max()
-        scale = largest / 127.0
         inverse = 127.0 / largest if largest > 0 else torch.tensor(0.0)
-        inverse = inverse.clamp(max=torch.finfo(torch.float32).max)  # 127 / subnormal overflows
+        if torch.isinf(inverse):  # below 127 / FLT_MAX: sent as zeros
+            inverse = torch.tensor(0.0)
+        scale = largest / 127.0 if inverse > 0 else torch.tensor(0.0)
         q = torch.round(chunk * inverse)
         scales.append(scale.reshape(1))
         codes.append(q.to(torch.int8))
@@ -485,12 +486,17 @@ def test_corrupt_payloads_are_rejected() -> None:
         topk.decode(too_far, 8)
 
 
-def test_int8_block_of_subnormals() -> None:
-    """127 / max|v| overflows float32 here: the kernels use FLT_MAX, codes stay within 127."""
-    v = torch.tensor([1e-39, -2e-39, 5e-40, 0.0, -1e-45, 2e-39, 1e-40, -3e-40])
-    codec = Int8(block=8)
-    payload = codec.encode(v)
+def test_int8_tiny_blocks() -> None:
+    """127 / max|v| overflows float32 for the first block: it is sent as zeros and error
+    feedback keeps it; the second (max|v| = 1e-36) still quantizes to within half a step."""
+    v = torch.tensor([1e-39, -2e-39, 5e-40, 0.0, -1e-45, 2e-39, 1e-40, -3e-37])
+    v = torch.cat([v, v * 0 + torch.tensor([1e-36, -5e-37, 2e-37, 0.0, 1e-38, 0.0, 0.0, 3e-37])])
+    codec = Int8(block=8, error_feedback=True)
+    error = torch.zeros(16)
+    payload = codec.encode(v, error=error)
     expected_payload, expected_decoded = reference_int8(v, 8)
     assert payload.numpy().tobytes() == expected_payload
-    assert int(payload[4:].view(torch.int8).abs().max()) <= 127
-    assert torch.equal(codec.decode(payload, 8), expected_decoded)
+    decoded = codec.decode(payload, 16)
+    assert torch.equal(decoded, expected_decoded)
+    assert bool((decoded[:8] == 0).all()) and torch.equal(error[:8], v[:8])
+    assert float((decoded[8:] - v[8:]).abs().max()) <= 0.5 * 1e-36 / 127 * 1.01

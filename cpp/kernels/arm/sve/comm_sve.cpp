@@ -39,8 +39,8 @@ bool int8_encode(const float* x, float* error, std::size_t n, std::size_t block,
         if (largest >= kExponentBits) return false;
         float max_abs;
         std::memcpy(&max_abs, &largest, sizeof max_abs);
-        const float scale = max_abs / 127.0f;
         const float inverse = ref::int8_inverse_scale(max_abs);
+        const float scale = inverse != 0.0f ? max_abs / 127.0f : 0.0f;
         std::memcpy(scales + 4 * b, &scale, sizeof scale);
         for (std::size_t i = 0; i < m; i += svcntw()) {
             const svbool_t pg = svwhilelt_b32(static_cast<std::uint64_t>(i), static_cast<std::uint64_t>(m));

@@ -61,8 +61,8 @@ bool int8_encode(const float* x, float* error, std::size_t n, std::size_t block,
         if (largest >= kExponentBits) return false;
         float max_abs;
         std::memcpy(&max_abs, &largest, sizeof max_abs);
-        const float scale = max_abs / 127.0f;
         const float inverse = ref::int8_inverse_scale(max_abs);
+        const float scale = inverse != 0.0f ? max_abs / 127.0f : 0.0f;
         std::memcpy(scales + 4 * b, &scale, sizeof scale);
         const __m256 inv = _mm256_set1_ps(inverse), sc = _mm256_set1_ps(scale);
         std::size_t i = 0;

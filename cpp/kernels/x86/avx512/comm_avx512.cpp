@@ -1,7 +1,8 @@
 // AVX-512 gradient codec kernels: Int8 and scaled sign (encode with fused error feedback,
-// decode), and the top-k scans. Block tails run masked, so every value takes the same float
-// operations as in the scalar reference and the results match it bit for bit. The stochastic
-// codecs forward to the reference (their cost is the generator, scalar 64-bit multiplies).
+// decode), TernGrad and QSGD encode (the counter-based generator in 64-bit lanes), and the
+// top-k scans. Block tails run masked, so every value takes the same float operations as in
+// the scalar reference and the results match it bit for bit. The stochastic decoders forward
+// to the reference.
 #include <immintrin.h>
 
 #include <cmath>
@@ -46,8 +47,8 @@ bool int8_encode(const float* x, float* error, std::size_t n, std::size_t block,
         if (largest >= kExponentBits) return false;
         float max_abs;
         std::memcpy(&max_abs, &largest, sizeof max_abs);
-        const float scale = max_abs / 127.0f;
         const float inverse = ref::int8_inverse_scale(max_abs);
+        const float scale = inverse != 0.0f ? max_abs / 127.0f : 0.0f;
         std::memcpy(scales + 4 * b, &scale, sizeof scale);
         const __m512 inv = _mm512_set1_ps(inverse), sc = _mm512_set1_ps(scale);
         for (std::size_t i = 0; i < m; i += 16) {
@@ -199,11 +200,70 @@ std::size_t gather_at_least(const float* v, std::size_t n, float threshold, std:
 }
 
 // Forwarders to the scalar reference for the kernels this ISA does not speed up.
+// The counter-based generator for 16 consecutive indices: the reference's splitmix64 in
+// 64-bit lanes (AVX-512DQ multiplies), two halves of 8, then the top 24 bits as floats.
+__m512i mix64(__m512i z) {
+    z = _mm512_mullo_epi64(_mm512_xor_si512(z, _mm512_srli_epi64(z, 30)),
+                           _mm512_set1_epi64(static_cast<long long>(0xBF58476D1CE4E5B9ull)));
+    z = _mm512_mullo_epi64(_mm512_xor_si512(z, _mm512_srli_epi64(z, 27)),
+                           _mm512_set1_epi64(static_cast<long long>(0x94D049BB133111EBull)));
+    return _mm512_xor_si512(z, _mm512_srli_epi64(z, 31));
+}
+__m512 uniforms(std::uint64_t stream, std::uint64_t first) {
+    const __m512i golden = _mm512_set1_epi64(static_cast<long long>(0x9E3779B97F4A7C15ull));
+    const __m512i lane = _mm512_setr_epi64(0, 1, 2, 3, 4, 5, 6, 7);
+    const __m512i base = _mm512_set1_epi64(static_cast<long long>(first));
+    const __m512i s = _mm512_set1_epi64(static_cast<long long>(stream));
+    const __m512i low = _mm512_add_epi64(base, lane);
+    const __m512i high = _mm512_add_epi64(low, _mm512_set1_epi64(8));
+    const __m512i z0 = _mm512_srli_epi64(mix64(_mm512_add_epi64(s, _mm512_mullo_epi64(low, golden))), 40);
+    const __m512i z1 = _mm512_srli_epi64(mix64(_mm512_add_epi64(s, _mm512_mullo_epi64(high, golden))), 40);
+    // Below 2^24: the conversions are exact, as the reference's.
+    const __m512 u = _mm512_insertf32x8(_mm512_castps256_ps512(_mm512_cvtepu64_ps(z0)),
+                                        _mm512_cvtepu64_ps(z1), 1);
+    return _mm512_mul_ps(u, _mm512_set1_ps(0x1p-24f));
+}
+
 bool terngrad_encode(const float* x, float* error, std::size_t n, std::size_t block,
                      std::uint64_t stream, std::size_t first, std::uint8_t* scales,
                      std::uint8_t* codes) {
-    return ref::comm_kernels.terngrad_encode(x, error, n, block, stream, first, scales, codes);
+    const __m512i shifts = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
+    for (std::size_t b = 0; b * block < n; ++b) {
+        const std::size_t begin = b * block, m = n - begin < block ? n - begin : block;
+        const float* xb = x + begin;
+        float* eb = error ? error + begin : nullptr;
+        const std::uint32_t largest = block_max_bits(xb, eb, m);
+        if (largest >= kExponentBits) return false;
+        float s;
+        std::memcpy(&s, &largest, sizeof s);
+        std::memcpy(scales + 4 * b, &s, sizeof s);
+        const __m512 sv = _mm512_set1_ps(s);
+        for (std::size_t i = 0; i < m; i += 16) {
+            const __mmask16 mask = tail_mask(m - i);
+            const __m512 v = load_v(xb, eb, i, mask);
+            // Keep with probability |v| / s; with s = 0 the quotient is NaN and nothing is kept,
+            // as the reference decides.
+            const __m512 p = _mm512_div_ps(abs_ps(v), sv);
+            const __mmask16 keep =
+                _mm512_mask_cmp_ps_mask(mask, uniforms(stream, first + begin + i), p, _CMP_LT_OQ);
+            const __mmask16 negative = _mm512_movepi32_mask(_mm512_castps_si512(v));
+            // code + 1: 1 dropped, 2 kept positive, 0 kept negative.
+            __m512i field = _mm512_maskz_mov_epi32(mask, _mm512_set1_epi32(1));
+            field = _mm512_mask_mov_epi32(field, keep & ~negative, _mm512_set1_epi32(2));
+            field = _mm512_mask_mov_epi32(field, keep & negative, _mm512_setzero_si512());
+            const auto word = static_cast<std::uint32_t>(
+                _mm512_reduce_or_epi32(_mm512_sllv_epi32(field, shifts)));
+            // begin + i is a multiple of 8: these 16 values fill whole bytes from (begin + i) / 4.
+            std::memcpy(codes + (begin + i) / 4, &word, m - i >= 16 ? 4 : (m - i + 3) / 4);
+            if (eb) {
+                const __m512 code = _mm512_cvtepi32_ps(_mm512_sub_epi32(field, _mm512_set1_epi32(1)));
+                _mm512_mask_storeu_ps(eb + i, mask, _mm512_sub_ps(v, _mm512_mul_ps(code, sv)));
+            }
+        }
+    }
+    return true;
 }
+
 bool terngrad_decode(const std::uint8_t* scales, const std::uint8_t* codes, std::size_t n,
                      std::size_t block, float* out, bool accumulate) {
     return ref::comm_kernels.terngrad_decode(scales, codes, n, block, out, accumulate);
@@ -211,8 +271,70 @@ bool terngrad_decode(const std::uint8_t* scales, const std::uint8_t* codes, std:
 bool qsgd_encode(const float* x, float* error, std::size_t n, std::size_t block, unsigned levels,
                  std::uint64_t stream, std::size_t first, std::uint8_t* norms,
                  std::uint8_t* codes) {
-    return ref::comm_kernels.qsgd_encode(x, error, n, block, levels, stream, first, norms, codes);
+    unsigned width = 1;
+    while ((1u << (width - 1)) < levels) ++width;  // qsgd_field_bits
+    const float intervals = static_cast<float>(levels - 1);
+    const __m512 iv = _mm512_set1_ps(intervals);
+    const __m512i top_level = _mm512_set1_epi32(static_cast<int>(levels - 1));
+    const __m512i sign_field = _mm512_set1_epi32(static_cast<int>(1u << (width - 1)));
+    std::uint64_t pending = 0;  // the reference's bit writer, fed 16 fields at a time
+    unsigned pending_bits = 0;
+    std::uint8_t* out = codes;
+    alignas(64) std::uint32_t fields[16];
+    for (std::size_t b = 0; b * block < n; ++b) {
+        const std::size_t begin = b * block, m = n - begin < block ? n - begin : block;
+        const float* xb = x + begin;
+        float* eb = error ? error + begin : nullptr;
+        double squares = 0.0;  // sequential, in double, as the reference
+        for (std::size_t i = 0; i < m; ++i) {
+            const double v = eb ? xb[i] + eb[i] : xb[i];
+            squares += v * v;
+        }
+        if (!std::isfinite(squares)) return false;
+        const float norm = static_cast<float>(std::sqrt(squares));
+        if (!std::isfinite(norm)) return false;
+        std::memcpy(norms + 4 * b, &norm, sizeof norm);
+        const __m512 nv = _mm512_set1_ps(norm);
+        for (std::size_t i = 0; i < m; i += 16) {
+            const __mmask16 mask = tail_mask(m - i);
+            const __m512 v = load_v(xb, eb, i, mask);
+            __m512i level = _mm512_setzero_si512();
+            if (norm > 0.0f) {
+                const __m512 r = _mm512_mul_ps(_mm512_div_ps(abs_ps(v), nv), iv);
+                const __m512 lower = _mm512_roundscale_ps(r, _MM_FROUND_TO_NEG_INF | _MM_FROUND_NO_EXC);
+                const __mmask16 up = _mm512_cmp_ps_mask(uniforms(stream, first + begin + i),
+                                                        _mm512_sub_ps(r, lower), _CMP_LT_OQ);
+                level = _mm512_cvttps_epi32(lower);
+                level = _mm512_mask_add_epi32(level, up, level, _mm512_set1_epi32(1));
+                level = _mm512_min_epu32(level, top_level);
+            }
+            const __mmask16 negative = _mm512_movepi32_mask(_mm512_castps_si512(v)) &
+                                       _mm512_test_epi32_mask(level, level);
+            _mm512_store_si512(fields, _mm512_mask_or_epi32(level, negative, level, sign_field));
+            const std::size_t count = m - i < 16 ? m - i : 16;
+            for (std::size_t j = 0; j < count; ++j) {
+                pending |= static_cast<std::uint64_t>(fields[j]) << pending_bits;
+                pending_bits += width;
+                while (pending_bits >= 8) {
+                    *out++ = static_cast<std::uint8_t>(pending);
+                    pending >>= 8;
+                    pending_bits -= 8;
+                }
+            }
+            if (eb) {
+                // (norm * level) / s, negated where negative: the reference's order.
+                __m512 sent = _mm512_div_ps(_mm512_mul_ps(nv, _mm512_cvtepi32_ps(level)), iv);
+                sent = _mm512_castsi512_ps(_mm512_mask_xor_epi32(
+                    _mm512_castps_si512(sent), negative, _mm512_castps_si512(sent),
+                    _mm512_set1_epi32(static_cast<int>(0x80000000u))));
+                _mm512_mask_storeu_ps(eb + i, mask, _mm512_sub_ps(v, sent));
+            }
+        }
+    }
+    if (pending_bits) *out = static_cast<std::uint8_t>(pending);
+    return true;
 }
+
 bool qsgd_decode(const std::uint8_t* norms, const std::uint8_t* codes, std::size_t n,
                  std::size_t block, unsigned levels, float* out, bool accumulate) {
     return ref::comm_kernels.qsgd_decode(norms, codes, n, block, levels, out, accumulate);
