@@ -71,6 +71,7 @@ class CollectiveState:
 
     def __init__(self) -> None:
         self.buffers: dict[tuple[Hashable, int], torch.Tensor] = {}
+        self.workspaces: dict[tuple[Hashable, str], torch.Tensor] = {}
         self.world_size: int | None = None
         self.nonfinite_skips = 0
         self.last: StepRecord | None = None
@@ -133,6 +134,20 @@ def _all_gather_flat(
     it, else its older name ``all_gather_into_tensor``)."""
     gather = getattr(dist, "all_gather_single", None) or dist.all_gather_into_tensor
     gather(output, local, group=group)
+
+
+def _workspace(
+    state: CollectiveState | None, key: Hashable, name: str, numel: int, dtype: torch.dtype
+) -> torch.Tensor:
+    """A scratch buffer, kept in ``state`` between calls (fresh large allocations cost page
+    faults on every step); contents are undefined."""
+    if state is None:
+        return torch.empty(numel, dtype=dtype)
+    buffer = state.workspaces.get((key, name))
+    if buffer is None or buffer.numel() != numel or buffer.dtype != dtype:
+        buffer = torch.empty(numel, dtype=dtype)
+        state.workspaces[(key, name)] = buffer
+    return buffer
 
 
 def _aligned_row(buffer: torch.Tensor, row: int, width: int, nbytes: int) -> torch.Tensor:
@@ -288,13 +303,16 @@ def _two_phase(
 
     start = time.perf_counter()
     local_finite = bool(torch.isfinite(flat).all())
-    padded = torch.zeros(world_size * chunk, dtype=torch.float32)
-    if local_finite:
-        padded[:numel] = flat
-        if op == "mean":
-            padded.div_(world_size)
+    padded = _workspace(state, key, "padded", world_size * chunk, torch.float32)
+    padded[numel:].zero_()
+    if not local_finite:
+        padded.zero_()
+    elif op == "mean":
+        torch.div(flat, world_size, out=padded[:numel])
+    else:
+        padded[:numel].copy_(flat)
     error1 = state.error_buffer(key, 1, world_size * chunk) if use_error and state else None
-    send = torch.empty(world_size, width, dtype=torch.uint8)
+    send = _workspace(state, key, "send", world_size * width, torch.uint8).view(world_size, width)
     for j in range(world_size):
         part = padded[j * chunk : (j + 1) * chunk]
         err = error1[j * chunk : (j + 1) * chunk] if error1 is not None and local_finite else None
@@ -303,7 +321,8 @@ def _two_phase(
     record.encode_s += time.perf_counter() - start
 
     start = time.perf_counter()
-    received = torch.empty_like(send)
+    received = _workspace(state, key, "received", world_size * width, torch.uint8)
+    received = received.view(world_size, width)
     dist.all_to_all_single(received.view(-1), send.view(-1), group=group)
     if link is not None:
         link.wait(world_size - 1, (world_size - 1) * width)
@@ -322,7 +341,7 @@ def _two_phase(
         return
 
     start = time.perf_counter()
-    reduced = torch.zeros(chunk, dtype=torch.float32)
+    reduced = _workspace(state, key, "reduced", chunk, torch.float32).zero_()
     for i in range(world_size):  # rank order: the float32 sum is the same wherever it runs
         codec.decode(_aligned_row(received, i, width, encoded), chunk, out=reduced, accumulate=True)
     record.decode_s += time.perf_counter() - start
@@ -333,7 +352,8 @@ def _two_phase(
     record.encode_s += time.perf_counter() - start
 
     start = time.perf_counter()
-    gathered = torch.empty(world_size, encoded, dtype=torch.uint8)
+    gathered = _workspace(state, key, "gathered", world_size * encoded, torch.uint8)
+    gathered = gathered.view(world_size, encoded)
     _all_gather_flat(gathered.view(-1), mine, group=group)
     if link is not None:
         link.wait(world_size - 1, (world_size - 1) * encoded)
@@ -341,11 +361,13 @@ def _two_phase(
     record.bytes_sent += (world_size - 1) * encoded
 
     start = time.perf_counter()
-    result = torch.empty(world_size * chunk, dtype=torch.float32)
     for i in range(world_size):
         payload = _aligned_row(gathered, i, encoded, encoded)
-        codec.decode(payload, chunk, out=result[i * chunk : (i + 1) * chunk])
-    flat.copy_(result[:numel])
+        begin, end = i * chunk, min((i + 1) * chunk, numel)
+        if end - begin == chunk:  # whole chunks decode straight into the caller's tensor
+            codec.decode(payload, chunk, out=flat[begin:end])
+        elif end > begin:  # the padded last chunk goes through the (now free) reduced buffer
+            flat[begin:end].copy_(codec.decode(payload, chunk, out=reduced)[: end - begin])
     record.decode_s += time.perf_counter() - start
     if not bool(torch.isfinite(flat).all()):  # identical bits everywhere: all ranks agree
         record.nonfinite = True
