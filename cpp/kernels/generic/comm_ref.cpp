@@ -153,7 +153,7 @@ void sign_decode(const std::uint8_t* scales, const std::uint8_t* bits, std::size
 bool terngrad_encode(const float* x, float* error, std::size_t n, std::size_t block,
                      std::uint64_t stream, std::size_t first, std::uint8_t* scales,
                      std::uint8_t* codes) {
-    std::memset(codes, 0, (n + 3) / 4);
+    if (n) std::memset(codes, 0, (n + 3) / 4);  // (memset of a null pointer is undefined)
     for (std::size_t b = 0; b * block < n; ++b) {
         const std::size_t begin = b * block, m = n - begin < block ? n - begin : block;
         const float* xb = x + begin;
