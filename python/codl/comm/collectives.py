@@ -313,10 +313,26 @@ def _two_phase(
         padded[:numel].copy_(flat)
     error1 = state.error_buffer(key, 1, world_size * chunk) if use_error and state else None
     send = _workspace(state, key, "send", world_size * width, torch.uint8).view(world_size, width)
-    for j in range(world_size):
-        part = padded[j * chunk : (j + 1) * chunk]
-        err = error1[j * chunk : (j + 1) * chunk] if error1 is not None and local_finite else None
-        send[j, :encoded] = codec.encode(part, error=err, key=_subkey(key, 1, rank, j), step=step)
+    try:
+        for j in range(world_size):
+            part = padded[j * chunk : (j + 1) * chunk]
+            err = (
+                error1[j * chunk : (j + 1) * chunk] if error1 is not None and local_finite else None
+            )
+            payload = codec.encode(part, error=err, key=_subkey(key, 1, rank, j), step=step)
+            send[j, :encoded] = payload
+    except ValueError:
+        # A codec that refuses finite input (e.g. a block whose magnitudes overflow float32 when
+        # summed) must not leave the other ranks waiting in all_to_all: flag it like a NaN. Its
+        # error buffer may be half-updated, so it starts again from zero.
+        if error1 is not None:
+            error1.zero_()
+            error1 = None
+        local_finite = False
+        padded.zero_()
+        for j in range(world_size):
+            part = padded[j * chunk : (j + 1) * chunk]
+            send[j, :encoded] = codec.encode(part, key=_subkey(key, 1, rank, j), step=step)
     send[:, encoded] = 0 if local_finite else 1
     record.encode_s += time.perf_counter() - start
 
@@ -337,7 +353,7 @@ def _two_phase(
                 part = padded[j * chunk : (j + 1) * chunk]
                 own = _aligned_row(send, j, width, encoded)
                 _restore_error(codec, error1[j * chunk : (j + 1) * chunk], own, part)
-        _nonfinite(flat, flagged, "in the gradient", on_nonfinite)
+        _nonfinite(flat, flagged, "in the gradient (or values the codec refused)", on_nonfinite)
         return
 
     start = time.perf_counter()

@@ -231,3 +231,33 @@ def rank_gradient(rank: int, numel: int, step: int = 0) -> torch.Tensor:
     """The test gradient of ``rank`` at ``step`` (the parent rebuilds it for its references)."""
     generator = torch.Generator().manual_seed(1000 * step + rank)
     return torch.randn(numel, generator=generator)
+
+
+class RefusingCodec(Codec):
+    """Float16 that refuses (ValueError) magnitudes above 1e6, as a native codec refuses a block
+    whose magnitudes overflow float32 when summed."""
+
+    name = "refusing-test"
+
+    def encoded_nbytes(self, numel: int) -> int:
+        return 2 * numel
+
+    def encode(
+        self, x: torch.Tensor, *, error: torch.Tensor | None = None, key: int = 0, step: int = 0
+    ) -> torch.Tensor:
+        if x.numel() and float(x.abs().max()) > 1e6:
+            raise ValueError("x: magnitudes out of range")
+        return x.to(torch.float16).view(torch.uint8)
+
+    def decode(
+        self,
+        payload: torch.Tensor,
+        numel: int,
+        *,
+        out: torch.Tensor | None = None,
+        accumulate: bool = False,
+    ) -> torch.Tensor:
+        values = payload.view(torch.float16).float()
+        if out is None:
+            return values
+        return out.add_(values) if accumulate else out.copy_(values)

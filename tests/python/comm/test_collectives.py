@@ -11,6 +11,7 @@ import pytest
 import torch
 from dist_helpers import (
     Float32Codec,
+    RefusingCodec,
     ScaledSignCodec,
     TopKCodec,
     rank_gradient,
@@ -99,6 +100,9 @@ def _battery(rank: int, world_size: int) -> dict[str, Any]:
     out["nan/zero"] = zeroed
     out["nan/skips"] = state.nonfinite_skips
     out["nan/error-norm"] = float(state.buffers[(0, 1)].abs().max())
+    # A codec refusing rank 1's finite input: every rank raises instead of rank 0 hanging.
+    refused = torch.full((64,), 1e7 if rank == 1 else 1.0)
+    out["refused"] = _raises(lambda: allreduce(refused, RefusingCodec()))
     # FP16 overflow of the reduced sum is found on the (identical) decoded result.
     out["overflow"] = _raises(lambda: allreduce(torch.full((8,), 40000.0), FP16(), op="sum"))
     # A state made for another world size, and a key whose tensor changes shape.
@@ -282,6 +286,8 @@ def test_nonfinite_detected_on_every_rank(runs: Any) -> None:
         assert torch.equal(result["nan/zero"], torch.zeros(NUMEL))
         # The skipped step's error update was undone (up to rounding): buffers stay near zero.
         assert result["nan/error-norm"] < 1e-5
+        assert result["refused"].startswith("NonFiniteGradientError")
+        assert "rank(s) [1]" in result["refused"] and "refused" in result["refused"]
         assert result["overflow"].startswith("NonFiniteGradientError")
         assert "overflow" in result["overflow"]
 
