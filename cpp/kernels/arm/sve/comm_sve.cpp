@@ -1,6 +1,7 @@
 // SVE gradient codec kernels, vector-length agnostic: Int8 encode (fused error feedback) and
-// decode, scaled-sign encode. Same float operations per value as the scalar reference, so the
-// results match it bit for bit at every vector length; the rest forwards to the reference.
+// decode, scaled-sign encode, the top-k scans. Same float operations per value as the scalar
+// reference, so the results match it bit for bit at every vector length; the rest (sign
+// decode, the stochastic codecs) forwards to the reference.
 #include <arm_sve.h>
 
 #include <cmath>
@@ -129,14 +130,47 @@ void sign_decode(const std::uint8_t* scales, const std::uint8_t* bits, std::size
     ref::comm_kernels.sign_decode(scales, bits, n, block, out, accumulate);
 }
 bool topk_accumulate(const float* x, float* error, float* momentum, float m, std::size_t n) {
-    return ref::comm_kernels.topk_accumulate(x, error, momentum, m, n);
+    svuint32_t largest = svdup_n_u32(0);
+    for (std::size_t i = 0; i < n; i += svcntw()) {
+        const svbool_t pg = svwhilelt_b32(static_cast<std::uint64_t>(i), static_cast<std::uint64_t>(n));
+        svfloat32_t v = svld1_f32(pg, x + i);
+        if (error) {
+            if (momentum) {
+                // m * u + x as two roundings (no fused multiply-add), as the reference.
+                v = svadd_f32_x(pg, svmul_n_f32_x(pg, svld1_f32(pg, momentum + i), m), v);
+                svst1_f32(pg, momentum + i, v);
+            }
+            v = svadd_f32_x(pg, svld1_f32(pg, error + i), v);
+            svst1_f32(pg, error + i, v);
+        }
+        largest = svmax_u32_m(pg, largest, svand_n_u32_x(pg, svreinterpret_u32_f32(v), 0x7FFFFFFFu));
+    }
+    return svmaxv_u32(svptrue_b32(), largest) < kExponentBits;
 }
+
 std::size_t count_at_least(const float* v, std::size_t n, float threshold) {
-    return ref::comm_kernels.count_at_least(v, n, threshold);
+    std::size_t count = 0;
+    for (std::size_t i = 0; i < n; i += svcntw()) {
+        const svbool_t pg = svwhilelt_b32(static_cast<std::uint64_t>(i), static_cast<std::uint64_t>(n));
+        const svbool_t hit = svcmpge_n_f32(pg, svabs_f32_x(pg, svld1_f32(pg, v + i)), threshold);
+        count += svcntp_b32(pg, hit);
+    }
+    return count;
 }
+
 std::size_t gather_at_least(const float* v, std::size_t n, float threshold, std::uint32_t base,
                             std::uint32_t* indices) {
-    return ref::comm_kernels.gather_at_least(v, n, threshold, base, indices);
+    std::size_t count = 0;
+    for (std::size_t i = 0; i < n; i += svcntw()) {
+        const svbool_t pg = svwhilelt_b32(static_cast<std::uint64_t>(i), static_cast<std::uint64_t>(n));
+        const svbool_t hit = svcmpge_n_f32(pg, svabs_f32_x(pg, svld1_f32(pg, v + i)), threshold);
+        const std::uint64_t hits = svcntp_b32(pg, hit);
+        if (!hits) continue;
+        const svuint32_t index = svindex_u32(base + static_cast<std::uint32_t>(i), 1);
+        svst1_u32(svwhilelt_b32(std::uint64_t{0}, hits), indices + count, svcompact_u32(hit, index));
+        count += hits;
+    }
+    return count;
 }
 
 // Forwarders to the scalar reference for the kernels this ISA does not speed up.
