@@ -4,6 +4,7 @@ collectives against while the native ones are written."""
 
 from __future__ import annotations
 
+import functools
 import io
 import math
 import os
@@ -18,6 +19,24 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from codl.comm.codecs import Codec
+
+
+def _ddp_batteries(rank: int, world_size: int) -> dict[str, Any]:
+    # Imported here, in the child: the test modules import this one.
+    import test_hook
+    import test_powersgd
+
+    return {
+        "hook": test_hook._battery(rank, world_size),
+        "powersgd": test_powersgd._battery(rank, world_size),
+    }
+
+
+@functools.cache
+def ddp_results(world_size: int = 2) -> list[dict[str, Any]]:
+    """The DDP scenarios of test_hook.py and test_powersgd.py, run in one spawn (a spawn costs
+    seconds of interpreter and torch start-up per rank) and shared by both test files."""
+    return run_distributed(_ddp_batteries, world_size, timeout_s=180)
 
 
 def free_port() -> int:

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 import torch
 import torch.nn.functional as F
-from dist_helpers import ScaledSignCodec, TopKCodec, run_distributed
+from dist_helpers import ScaledSignCodec, TopKCodec, ddp_results
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel as DDP
 
@@ -130,7 +130,7 @@ def _battery(rank: int, world_size: int) -> dict[str, Any]:
 
 @pytest.fixture(scope="module")
 def results() -> list[dict[str, Any]]:
-    return run_distributed(_battery, WORLD, timeout_s=120)
+    return [ranks["hook"] for ranks in ddp_results(WORLD)]
 
 
 def _same_bits(a: list[torch.Tensor], b: list[torch.Tensor]) -> bool:

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 import torch
 import torch.nn.functional as F
-from dist_helpers import run_distributed
+from dist_helpers import ddp_results
 from torch import nn
 from torch.distributed.algorithms.ddp_comm_hooks import powerSGD_hook as torch_powersgd
 from torch.nn.parallel import DistributedDataParallel as DDP
@@ -121,7 +121,7 @@ def _battery(rank: int, world_size: int) -> dict[str, Any]:
 
 @pytest.fixture(scope="module")
 def results() -> list[dict[str, Any]]:
-    return run_distributed(_battery, 2, timeout_s=120)
+    return [ranks["powersgd"] for ranks in ddp_results(2)]
 
 
 def test_identical_parameters_across_ranks(results: list[dict[str, Any]]) -> None:
