@@ -215,3 +215,21 @@ def test_bad_input_is_named(
     (tmp_path / "bad.json").write_text("[1, 2]")
     with pytest.raises(ValueError, match="expected a JSON object"):
         read_plan(tmp_path / "bad.json")
+
+
+def test_refinement_spends_slack_only_within_the_budget(
+    two_branch: tuple[TwoBranch, tuple[torch.Tensor, torch.Tensor]],
+) -> None:
+    model, val = two_branch
+    options = {"sparsities": SPARSITIES, "bits": BITS, "progress": False}
+    plain = compression_search(model, val, 2.0, refine_rounds=0, **options)  # type: ignore[arg-type]
+    refined = compression_search(model, val, 2.0, **options)  # type: ignore[arg-type]
+    assert plain.refinements == [] and plain.plan == plain.knapsack_plan
+    assert refined.measured_drop <= 2.0 and plain.measured_drop <= 2.0
+    assert refined.file_bytes <= plain.file_bytes
+    assert (refined.file_bytes < plain.file_bytes) == bool(refined.refinements)
+    # Each kept refinement was measured on the validation data: the accuracy is the real one.
+    fresh = TwoBranch()
+    data, previews = codl.formats.encode_state_dict(model, refined.plan)
+    fresh.load_state_dict(previews)
+    assert evaluate(fresh, *val) == refined.measured_accuracy and len(data) == refined.file_bytes
