@@ -74,6 +74,14 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=RESULTS / "compression_search.json")
+    parser.add_argument(
+        "--state",
+        type=Path,
+        default=None,
+        help="cache of the trained model: loaded if it exists (same --data/--epochs/--seed/"
+        "--val-examples!), else written after training",
+    )
+    parser.add_argument("--refine-rounds", type=int, default=4)
     parser.add_argument("--no-progress", action="store_true")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -91,7 +99,13 @@ def main() -> None:
 
     torch.manual_seed(args.seed)
     model = LeNet5()
-    fine_tune(model, *train, epochs=args.epochs, lr=1e-3, seed=args.seed)
+    if args.state is not None and args.state.exists():
+        model.load_state_dict(torch.load(args.state, weights_only=True))
+        print(f"loaded the trained model from {args.state}")
+    else:
+        fine_tune(model, *train, epochs=args.epochs, lr=1e-3, seed=args.seed)
+        if args.state is not None:
+            torch.save(model.state_dict(), args.state)
     model.eval()
     train_seconds = time.perf_counter() - started
     baseline_val = evaluate(model, *val)
@@ -99,11 +113,15 @@ def main() -> None:
     print(f"float: val {baseline_val:.2f}%, test {baseline_test:.2f}% ({train_seconds:.0f} s)")
 
     t0 = time.perf_counter()
-    result = compression_search(model, val, args.budget, progress=progress)
+    result = compression_search(
+        model, val, args.budget, refine_rounds=args.refine_rounds, progress=progress
+    )
     search_seconds = time.perf_counter() - t0
     print(f"search: {search_seconds:.0f} s, plan {json.dumps(result.plan)}")
     if result.backoffs:
         print("back-offs:", result.backoffs)
+    if result.refinements:
+        print("refinements:", result.refinements)
 
     with tempfile.TemporaryDirectory(prefix="codl-search-") as scratch:
         folder = Path(scratch)
@@ -143,6 +161,7 @@ def main() -> None:
         "test_examples": len(test_images),
         "epochs": args.epochs,
         "budget_points": args.budget,
+        "refine_rounds": args.refine_rounds,
         "baseline": {"val_accuracy": baseline_val, "test_accuracy": baseline_test},
         "torch_save_bytes": torch_save_bytes,
         "lossless": lossless,
@@ -154,6 +173,7 @@ def main() -> None:
             "predicted_drop": result.predicted_drop,
             "knapsack_plan": result.knapsack_plan,
             "backoffs": result.backoffs,
+            "refinements": result.refinements,
         },
         "best_uniform": {
             **best_uniform,
