@@ -1,8 +1,8 @@
 // AVX-512 gradient codec kernels: Int8 and scaled sign (encode with fused error feedback,
-// decode), TernGrad and QSGD encode (the counter-based generator in 64-bit lanes), and the
-// top-k scans. Block tails run masked, so every value takes the same float operations as in
-// the scalar reference and the results match it bit for bit. The stochastic decoders forward
-// to the reference.
+// decode), TernGrad encode and decode, QSGD encode (the counter-based generator in 64-bit
+// lanes), and the top-k scans. Block tails run masked, so every value takes the same float
+// operations as in the scalar reference and the results match it bit for bit. QSGD's decoder (variable-width
+// fields) forwards to the reference.
 #include <immintrin.h>
 
 #include <cmath>
@@ -266,7 +266,29 @@ bool terngrad_encode(const float* x, float* error, std::size_t n, std::size_t bl
 
 bool terngrad_decode(const std::uint8_t* scales, const std::uint8_t* codes, std::size_t n,
                      std::size_t block, float* out, bool accumulate) {
-    return ref::comm_kernels.terngrad_decode(scales, codes, n, block, out, accumulate);
+    const __m512i shifts = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
+    const __m512i three = _mm512_set1_epi32(3);
+    __mmask16 invalid = 0;
+    for (std::size_t b = 0; b * block < n; ++b) {
+        const std::size_t begin = b * block, m = n - begin < block ? n - begin : block;
+        float s;
+        std::memcpy(&s, scales + 4 * b, sizeof s);
+        const __m512 sv = _mm512_set1_ps(s);
+        for (std::size_t i = 0; i < m; i += 16) {
+            const __mmask16 mask = tail_mask(m - i);
+            std::uint32_t word = 0;  // 16 fields from a byte boundary ((begin + i) % 8 == 0)
+            std::memcpy(&word, codes + (begin + i) / 4, m - i >= 16 ? 4 : (m - i + 3) / 4);
+            const __m512i field = _mm512_and_si512(
+                _mm512_srlv_epi32(_mm512_set1_epi32(static_cast<int>(word)), shifts), three);
+            invalid |= _mm512_mask_cmpeq_epi32_mask(mask, field, three);
+            __m512 value = _mm512_mul_ps(
+                _mm512_cvtepi32_ps(_mm512_sub_epi32(field, _mm512_set1_epi32(1))), sv);
+            float* o = out + begin + i;
+            if (accumulate) value = _mm512_add_ps(_mm512_maskz_loadu_ps(mask, o), value);
+            _mm512_mask_storeu_ps(o, mask, value);
+        }
+    }
+    return invalid == 0;
 }
 bool qsgd_encode(const float* x, float* error, std::size_t n, std::size_t block, unsigned levels,
                  std::uint64_t stream, std::size_t first, std::uint8_t* norms,
