@@ -370,3 +370,31 @@ TEST_CASE("comm generator is uniform and keyed") {
 }
 
 }  // namespace
+
+namespace {
+
+TEST_CASE("comm stochastic decoders reject corrupt fields on every ISA") {
+    const std::size_t n = 1000, block = 64;
+    const std::vector<float> x = gradient(n);
+    for (IsaLevel isa : codl_test::runnable_isas()) {
+        for (std::size_t position : {0, 17, 500, 999}) {
+            // TernGrad: a 2-bit field 0b11.
+            std::vector<std::uint8_t> scales(4 * codl::comm_blocks(n, block)), codes((n + 3) / 4);
+            CHECK(ref().terngrad_encode(x.data(), nullptr, n, block, kStream, 0, scales.data(), codes.data()));
+            std::vector<float> out(n);
+            CHECK(of(isa).terngrad_decode(scales.data(), codes.data(), n, block, out.data(), false));
+            codes[position / 4] = static_cast<std::uint8_t>(codes[position / 4] | 3u << (2 * (position % 4)));
+            CHECK_MSG(!of(isa).terngrad_decode(scales.data(), codes.data(), n, block, out.data(), false),
+                      std::string(codl::isa_name(isa)) + " terngrad at " + std::to_string(position));
+            // QSGD with 5 levels: 3 level bits, so level 7 is corrupt (fields are 4 bits wide).
+            std::vector<std::uint8_t> qcodes((n * 4 + 7) / 8);
+            CHECK(ref().qsgd_encode(x.data(), nullptr, n, block, 5, kStream, 0, scales.data(), qcodes.data()));
+            CHECK(of(isa).qsgd_decode(scales.data(), qcodes.data(), n, block, 5, out.data(), false));
+            qcodes[position / 2] = static_cast<std::uint8_t>(qcodes[position / 2] | 7u << (4 * (position % 2)));
+            CHECK_MSG(!of(isa).qsgd_decode(scales.data(), qcodes.data(), n, block, 5, out.data(), false),
+                      std::string(codl::isa_name(isa)) + " qsgd at " + std::to_string(position));
+        }
+    }
+}
+
+}  // namespace

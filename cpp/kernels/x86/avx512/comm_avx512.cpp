@@ -1,8 +1,7 @@
 // AVX-512 gradient codec kernels: Int8 and scaled sign (encode with fused error feedback,
-// decode), TernGrad encode and decode, QSGD encode (the counter-based generator in 64-bit
-// lanes), and the top-k scans. Block tails run masked, so every value takes the same float
-// operations as in the scalar reference and the results match it bit for bit. QSGD's decoder (variable-width
-// fields) forwards to the reference.
+// decode), TernGrad and QSGD encode (the counter-based generator in 64-bit lanes) and decode,
+// and the top-k scans. Block tails run masked, so every value takes the same float operations
+// as in the scalar reference and the results match it bit for bit.
 #include <immintrin.h>
 
 #include <cmath>
@@ -359,7 +358,53 @@ bool qsgd_encode(const float* x, float* error, std::size_t n, std::size_t block,
 
 bool qsgd_decode(const std::uint8_t* norms, const std::uint8_t* codes, std::size_t n,
                  std::size_t block, unsigned levels, float* out, bool accumulate) {
-    return ref::comm_kernels.qsgd_decode(norms, codes, n, block, levels, out, accumulate);
+    unsigned width = 1;
+    while ((1u << (width - 1)) < levels) ++width;  // qsgd_field_bits
+    const float intervals = static_cast<float>(levels - 1);
+    const std::size_t code_bytes = (n * width + 7) / 8;
+    const __m512 iv = _mm512_set1_ps(intervals);
+    const __m512i lane_bits = _mm512_mullo_epi32(
+        _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
+        _mm512_set1_epi32(static_cast<int>(width)));
+    const __m512i byte_offsets = _mm512_srli_epi32(lane_bits, 3);
+    const __m512i bit_shifts = _mm512_and_si512(lane_bits, _mm512_set1_epi32(7));
+    const __m512i level_mask = _mm512_set1_epi32(static_cast<int>((1u << (width - 1)) - 1));
+    const __m512i top_level = _mm512_set1_epi32(static_cast<int>(levels - 1));
+    bool valid = true;
+    for (std::size_t b = 0; b * block < n; ++b) {
+        const std::size_t begin = b * block, m = n - begin < block ? n - begin : block;
+        float norm;
+        std::memcpy(&norm, norms + 4 * b, sizeof norm);
+        const __m512 nv = _mm512_set1_ps(norm);
+        for (std::size_t i = 0; i < m; i += 16) {
+            const __mmask16 mask = tail_mask(m - i);
+            const std::size_t count = m - i < 16 ? m - i : 16;
+            // begin + i is a multiple of 8 values, so these fields start on a byte.
+            const std::uint8_t* group = codes + (begin + i) * width / 8;
+            float* o = out + begin + i;
+            if (static_cast<std::size_t>(group - codes) + 2 * width + 4 > code_bytes) {
+                // Near the end a 4-byte gather could read past the payload: the reference.
+                valid = ref::comm_kernels.qsgd_decode(norms + 4 * b, group, count, block, levels,
+                                                      o, accumulate) && valid;
+                continue;
+            }
+            // Each lane reads the 32 bits holding its field (width <= 9, shift <= 7).
+            const __m512i words = _mm512_mask_i32gather_epi32(_mm512_setzero_si512(), mask,
+                                                              byte_offsets, group, 1);
+            const __m512i field = _mm512_srlv_epi32(words, bit_shifts);
+            const __m512i level = _mm512_and_si512(field, level_mask);
+            if (_mm512_mask_cmpgt_epu32_mask(mask, level, top_level)) valid = false;
+            const __mmask16 negative = _mm512_test_epi32_mask(
+                field, _mm512_set1_epi32(static_cast<int>(1u << (width - 1))));
+            __m512 value = _mm512_div_ps(_mm512_mul_ps(nv, _mm512_cvtepi32_ps(level)), iv);
+            value = _mm512_castsi512_ps(_mm512_mask_xor_epi32(
+                _mm512_castps_si512(value), negative, _mm512_castps_si512(value),
+                _mm512_set1_epi32(static_cast<int>(0x80000000u))));
+            if (accumulate) value = _mm512_add_ps(_mm512_maskz_loadu_ps(mask, o), value);
+            _mm512_mask_storeu_ps(o, mask, value);
+        }
+    }
+    return valid;
 }
 
 }  // namespace
