@@ -88,6 +88,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--train-size", type=int, default=10000)
     parser.add_argument("--teacher-epochs", type=int, default=6)
+    parser.add_argument(
+        "--teacher-train-size",
+        type=int,
+        default=None,
+        help="train the teacher on this many images of the same permutation (>= --train-size; "
+        "default: the student's training set)",
+    )
     parser.add_argument("--student-epochs", type=int, default=8)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--threads", type=int, default=1)
@@ -111,6 +118,11 @@ def main() -> None:
     train_images, train_labels, source = codl.data.load_split("train", args.data)
     test_images, test_labels, _ = codl.data.load_split("test", args.data)
     order = torch.randperm(len(train_images), generator=torch.Generator().manual_seed(1234))
+    teacher_size = args.teacher_train_size or args.train_size
+    if teacher_size < args.train_size:
+        parser.error("--teacher-train-size must be >= --train-size")
+    teacher_images = train_images[order[:teacher_size]]
+    teacher_labels = train_labels[order[:teacher_size]]
     keep = order[: args.train_size]
     train_images, train_labels = train_images[keep], train_labels[keep]
     test_loader = loader(test_images, test_labels, seed=0, shuffle=False)
@@ -120,7 +132,7 @@ def main() -> None:
     teacher_trainer = Distiller(None, teacher, losses=[nn.CrossEntropyLoss()], optimizer=adam)
     teacher_started = time.perf_counter()
     teacher_trainer.fit(
-        loader(train_images, train_labels, seed=0), args.teacher_epochs, progress=args.progress
+        loader(teacher_images, teacher_labels, seed=0), args.teacher_epochs, progress=args.progress
     )
     teacher_seconds = time.perf_counter() - teacher_started
     teacher_accuracy = teacher_trainer.evaluate(test_loader)
@@ -244,6 +256,7 @@ def main() -> None:
             "model": "codl.models.FashionCNN",
             "parameters": teacher_parameters,
             "epochs": args.teacher_epochs,
+            "train_images": teacher_size,
             "accuracy": teacher_accuracy,
             "seconds": teacher_seconds,
         },
