@@ -35,6 +35,9 @@ if TYPE_CHECKING:
 FLAG_NBYTES = 1
 #: Bytes of the per-rank payload length (int64) exchanged before a sparse ``all_gather``.
 LENGTH_NBYTES = 8
+#: Bytes of the per-rank element count (int64) that ``allreduce(check_sizes=True)`` gathers
+#: first (the DDP hook skips it: DDP checks shapes once); not part of the formulas below.
+SIZE_NBYTES = 8
 
 
 def _check_sizes(numel: int, world_size: int) -> None:

@@ -43,6 +43,7 @@ import torch.distributed as dist
 from codl.comm.accounting import (
     FLAG_NBYTES,
     LENGTH_NBYTES,
+    SIZE_NBYTES,
     StepRecord,
     chunk_numel,
     ring_allreduce_bytes,
@@ -192,6 +193,26 @@ def _nonfinite(
     flat.zero_()
 
 
+def _check_same_size(
+    numel: int,
+    group: dist.ProcessGroup | None,
+    world_size: int,
+    link: Link | None,
+    record: StepRecord,
+) -> None:
+    start = time.perf_counter()
+    sizes = torch.empty(world_size, dtype=torch.int64)
+    _all_gather_flat(sizes, torch.tensor([numel], dtype=torch.int64), group=group)
+    if link is not None:
+        link.wait(world_size - 1, (world_size - 1) * SIZE_NBYTES)
+    record.comm_s += time.perf_counter() - start
+    record.bytes_sent += (world_size - 1) * SIZE_NBYTES
+    if bool((sizes != numel).any()):  # every rank sees the same sizes, so all raise
+        raise ValueError(
+            f"tensor: every rank must pass the same number of values, ranks hold {sizes.tolist()}"
+        )
+
+
 def dense_allreduce(
     tensor: torch.Tensor,
     group: dist.ProcessGroup | None = None,
@@ -230,6 +251,7 @@ def allreduce(
     op: Op = "mean",
     on_nonfinite: OnNonfinite = "raise",
     link: Link | None = None,
+    check_sizes: bool = True,
 ) -> torch.Tensor:
     """Allreduces ``tensor`` (float32, contiguous, any shape) in place through ``codec`` and
     returns it; the result is bitwise identical on every rank.
@@ -238,6 +260,11 @@ def allreduce(
     ``key``; ``step`` and ``key`` also seed stochastic codecs. ``op="mean"`` divides by the world
     size (what DDP expects). ``link`` emulates a slow link (sleeps after each collective). The
     bytes and times of the call are in ``state.last`` when a state is given.
+
+    ``check_sizes`` first all-gathers every rank's element count (8 bytes per rank, counted),
+    so ranks holding different sizes all raise ValueError instead of hanging in a collective
+    whose buffers disagree (gloo then waits past its timeout). The DDP hook turns it off: DDP
+    checks the parameter shapes of every rank when it is built, so buckets always agree.
     """
     flat = _check_inputs(tensor, codec, op, on_nonfinite)
     if codec.error_feedback and state is None:
@@ -250,6 +277,8 @@ def allreduce(
     if state is not None:
         state.check_world_size(world_size)
     record = StepRecord(ring_bytes=ring_allreduce_bytes(flat.numel(), world_size))
+    if check_sizes and world_size > 1:
+        _check_same_size(flat.numel(), group, world_size, link, record)
     if world_size == 1 or flat.numel() == 0:
         # Nothing to exchange; the value is already the mean (and the sum) of one rank.
         if not bool(torch.isfinite(flat).all()):

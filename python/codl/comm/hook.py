@@ -205,6 +205,7 @@ def _reduce_bucket(
         op="mean",
         on_nonfinite=state.on_nonfinite,
         link=state.link,
+        check_sizes=False,  # DDP verified every rank's parameter shapes when it was built
     )
     assert state.collective.last is not None
     return state.collective.last

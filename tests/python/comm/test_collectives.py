@@ -105,6 +105,9 @@ def _battery(rank: int, world_size: int) -> dict[str, Any]:
     out["refused"] = _raises(lambda: allreduce(refused, RefusingCodec()))
     # FP16 overflow of the reduced sum is found on the (identical) decoded result.
     out["overflow"] = _raises(lambda: allreduce(torch.full((8,), 40000.0), FP16(), op="sum"))
+    # Ranks passing different sizes: every rank raises (unchecked, gloo would wait forever).
+    out["sizes"] = _raises(lambda: allreduce(torch.ones(100 + rank), FP16()))
+    out["sizes-after"] = allreduce(torch.ones(10), FP16(), op="sum")  # the group still works
     # A state made for another world size, and a key whose tensor changes shape.
     foreign = CollectiveState()
     foreign.world_size = world_size + 4
@@ -235,7 +238,8 @@ def test_two_phase_bytes_exact(runs: Any, name: str) -> None:
     }[name]
     # Phase 1: P - 1 payloads + a 1-byte flag each; phase 2: P - 1 payloads in the ring gather.
     expected = (world_size - 1) * (encoded + 1) + (world_size - 1) * encoded
-    assert results[0][f"{name}/bytes"] == expected
+    # The call also gathered every rank's size first: 8 bytes to each of P - 1 peers.
+    assert results[0][f"{name}/bytes"] == expected + (world_size - 1) * 8
     assert results[0][f"{name}/ring"] == 2 * (world_size - 1) / world_size * 4 * NUMEL
     assert two_phase_bytes(_codecs()[name], NUMEL, world_size) == expected
 
@@ -243,9 +247,10 @@ def test_two_phase_bytes_exact(runs: Any, name: str) -> None:
 def test_allgather_bytes_exact(runs: Any) -> None:
     world_size, results = runs
     k = -(-5 * NUMEL // 100)
-    assert results[0]["topk/bytes"] == (world_size - 1) * (8 + 8 * k)
+    size_check = (world_size - 1) * 8  # every rank's element count, gathered first
+    assert results[0]["topk/bytes"] == (world_size - 1) * (8 + 8 * k) + size_check
     # The native top-k adds a 4-byte count to its k indices and values.
-    assert results[0]["topk_native/bytes"] == (world_size - 1) * (8 + 4 + 8 * k)
+    assert results[0]["topk_native/bytes"] == (world_size - 1) * (8 + 4 + 8 * k) + size_check
 
 
 def test_int8_within_its_rounding(runs: Any) -> None:
@@ -295,6 +300,9 @@ def test_nonfinite_detected_on_every_rank(runs: Any) -> None:
 def test_state_mismatches_raise(runs: Any) -> None:
     world_size, results = runs
     for result in results:
+        assert result["sizes"].startswith("ValueError")
+        assert str(list(range(100, 100 + world_size))) in result["sizes"]
+        assert torch.equal(result["sizes-after"], torch.full((10,), float(world_size)))
         assert result["world-size"].startswith("ValueError")
         assert f"world size {world_size + 4}" in result["world-size"]
         assert result["reshape"].startswith("ValueError") and "changed shape" in result["reshape"]
