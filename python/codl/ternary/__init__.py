@@ -7,9 +7,11 @@
   :class:`codl.nn.TernaryLinear`/:class:`codl.nn.TernaryConv2d` in place (torchao's idiom),
   with per-module overrides by name; :func:`sparsity_report` lists each layer's sparsity.
 * :class:`PackedTernaryWeight`, :func:`pack_weight`, :func:`ternary_linear`,
-  :func:`ternary_conv2d`: the frozen, 2-bit packed inference weight and its kernels.
-* :func:`freeze`: an inference copy of a trained model, ternary layers packed and their
-  BatchNorms folded in; :func:`export_c`: a frozen model as portable C.
+  :func:`ternary_conv2d`: the frozen inference weight (2-bit or base-3 1.6-bit packing) and its
+  kernels (int8 activations with integer sums, or float32 activations with the 2-bit packing).
+* :func:`freeze`: an inference copy of a trained model, ternary layers packed
+  (``packing="2bit"|"base3"``, ``activations="int8"|"float"``) and their BatchNorms folded in;
+  :func:`export_c`: a frozen model as portable C.
 
 >>> model = codl.quantize_(model, codl.TernaryConfig(overrides={"0": None}))  # doctest: +SKIP
 >>> codl.ternary.sparsity_report(model)  # doctest: +SKIP
