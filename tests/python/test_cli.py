@@ -66,7 +66,7 @@ def test_bench_writes_json_with_consistent_ratios(tmp_path: Path) -> None:
 
 def test_bench_list_and_unknown_name() -> None:
     listed = run_codl("bench", "--list").stdout.split()
-    assert listed == ["formats", "kfac", "linalg", "pack", "ternary"]
+    assert listed == ["codecs", "comm", "formats", "kfac", "linalg", "pack", "ternary"]
     result = run_codl("bench", "no-such-bench", check=False)
     assert result.returncode == 2
     assert "unknown benchmark" in result.stderr and "pack" in result.stderr
