@@ -224,12 +224,10 @@ def test_quick_kd_runs_on_the_shipped_subset() -> None:
 
     images, labels, _ = load_split("train", "subset")
     test_images, test_labels, _ = load_split("test", "subset")
-    result = quick_kd(
-        (images[:128], labels[:128]),
-        (test_images[:200], test_labels[:200]),
-        teacher_epochs=1,
-        student_epochs=1,
-    )
+    train, test = (images[:128], labels[:128]), (test_images[:200], test_labels[:200])
+    with pytest.raises(ValueError, match="labeled_fraction"):
+        quick_kd(train, test, labeled_fraction=1.5)
+    result = quick_kd(train, test, teacher_epochs=1, student_epochs=1, labeled_fraction=0.25)
     # FashionCNN: 832 + 51,264 + 803,072 + 2,570; the student: 80 + 1,168 + 7,850.
     assert (result.teacher_parameters, result.student_parameters) == (857_738, 9_098)
     for accuracy in (result.teacher_accuracy, result.labels_only_accuracy, result.kd_accuracy):
