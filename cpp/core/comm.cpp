@@ -6,6 +6,7 @@
 #include <atomic>
 #include <cmath>
 #include <cstring>
+#include <functional>
 #include <vector>
 
 #include "codl/comm.h"
@@ -127,7 +128,8 @@ namespace {
 // Scratch reused across calls (per thread), so steady-state top-k allocates nothing.
 struct TopkScratch {
     std::vector<float> sample;
-    std::vector<std::uint32_t> candidates, ranked;
+    std::vector<std::uint32_t> candidates;
+    std::vector<std::uint64_t> keys;
     std::vector<std::size_t> chunk_counts, chunk_starts;
 };
 TopkScratch& topk_scratch() {
@@ -183,24 +185,33 @@ bool topk_encode(const float* x, float* error, float* momentum, float momentum_f
     float threshold = 0.0f;  // |v| >= 0 holds for all: the fallback that takes everything
     if (k < n) {
         // DGC: the k-th largest of a random sample estimates the threshold (Lin et al. 2018,
-        // section 3); sorted once, its order statistics are the later guesses too.
+        // section 3); its other order statistics are the later guesses.
         const std::size_t s = std::max<std::size_t>(1, std::min(sample, n));
         std::vector<float>& magnitudes = scratch.sample;
         magnitudes.resize(s);
+        // Stratified: one uniform position in each of s equal strides, so the reads run forward
+        // through memory (prefetched) instead of missing the cache at random.
+        const double stride = static_cast<double>(n) / static_cast<double>(s);
         for (std::size_t j = 0; j < s; ++j) {
-            std::size_t i = static_cast<std::size_t>(static_cast<double>(counter_uniform(stream, j)) *
-                                                     static_cast<double>(n));
-            magnitudes[j] = std::fabs(v[std::min(i, n - 1)]);
+            const double position =
+                (static_cast<double>(j) + static_cast<double>(counter_uniform(stream, j))) * stride;
+            magnitudes[j] = std::fabs(v[std::min(static_cast<std::size_t>(position), n - 1)]);
         }
-        std::sort(magnitudes.begin(), magnitudes.end(), [](float a, float b) { return a > b; });
-        // Ranks into the sorted sample: `too_high` gave fewer than k values at or above its
+        // The r-th largest of the sample by selection, not a sort (a sort of a 1% sample of
+        // 25M values cost more than the scans); each call leaves the sample a permutation.
+        auto rank_value = [&magnitudes](std::size_t r) {
+            std::nth_element(magnitudes.begin(), magnitudes.begin() + static_cast<std::ptrdiff_t>(r - 1),
+                             magnitudes.end(), std::greater<float>());
+            return magnitudes[r - 1];
+        };
+        // Ranks into the sample: `too_high` gave fewer than k values at or above its
         // threshold, `too_low` more than 4k; bisect between them (rank s + 1 means threshold 0).
         constexpr std::size_t kNone = ~std::size_t{0};
         std::size_t rank = std::max<std::size_t>(1, (k * s + n - 1) / n);
         std::size_t too_high = 0, too_low = kNone, total = 0;
         const Chunks chunks = scan_chunks(n, num_threads);
         for (;;) {
-            threshold = rank <= s ? magnitudes[rank - 1] : 0.0f;
+            threshold = rank <= s ? rank_value(rank) : 0.0f;
             total = count_scan(v, n, threshold, chunks, scratch.chunk_counts, num_threads);
             if (total < k) {
                 too_high = rank;
@@ -228,19 +239,23 @@ bool topk_encode(const float* x, float* error, float* momentum, float momentum_f
                                  static_cast<std::uint32_t>(begin), candidates.data() + starts[c]);
         });
         if (total > k) {
-            // Exactly k: the k largest |v|, ties to the lower index, kept in index order.
-            auto better = [v](std::uint32_t a, std::uint32_t b) {
-                const float ma = std::fabs(v[a]), mb = std::fabs(v[b]);
-                return ma > mb || (ma == mb && a < b);
+            // Exactly k: the k largest |v|, ties to the lower index, kept in index order. Keys
+            // sort as (magnitude, then lower index) and sit in one contiguous array, so the
+            // selection does not chase v at random (the bits of a finite |v| order as it does).
+            auto key_of = [v](std::uint32_t i) {
+                std::uint32_t bits;
+                std::memcpy(&bits, &v[i], sizeof bits);
+                return static_cast<std::uint64_t>(bits & 0x7FFFFFFFu) << 32 | (0xFFFFFFFFu - i);
             };
-            std::vector<std::uint32_t>& order = scratch.ranked;
-            order.assign(candidates.begin(), candidates.end());
-            std::nth_element(order.begin(), order.begin() + static_cast<std::ptrdiff_t>(k - 1),
-                             order.end(), better);
-            const std::uint32_t kth = order[k - 1];
+            std::vector<std::uint64_t>& keys = scratch.keys;
+            keys.resize(total);
+            for (std::size_t j = 0; j < total; ++j) keys[j] = key_of(candidates[j]);
+            std::nth_element(keys.begin(), keys.begin() + static_cast<std::ptrdiff_t>(k - 1),
+                             keys.end(), std::greater<std::uint64_t>());
+            const std::uint64_t kth = keys[k - 1];
             std::size_t kept = 0;
-            for (std::uint32_t i : candidates) {
-                if (i == kth || better(i, kth)) candidates[kept++] = i;
+            for (std::size_t j = 0; j < total; ++j) {
+                if (key_of(candidates[j]) >= kth) candidates[kept++] = candidates[j];
             }
             candidates.resize(kept);
         }

@@ -81,7 +81,8 @@ bool qsgd_decode(const std::uint8_t* payload, std::size_t n, std::size_t block, 
 // With momentum (DGC's momentum correction) u = momentum_factor * u + x and v = error + u, else
 // v = error + x (or x without error). Sends exactly k entries: the threshold is the k-th largest
 // |v| of a random sample (`sample` values drawn from `stream`), raised or lowered until at least
-// k and at most 4k values reach it, and the k largest of those (ties to the lower index) go out,
+// k and at most 4k values reach it (the sample is stratified: one uniform draw per n / sample
+// stride), and the k largest of those (ties to the lower index) go out,
 // in increasing index order. error and momentum are cleared where sent. Returns false on NaN/Inf.
 bool topk_encode(const float* x, float* error, float* momentum, float momentum_factor,
                  std::size_t n, std::size_t k, std::size_t sample, std::uint64_t stream,

@@ -422,10 +422,10 @@ class TopK(Codec):
     ``v = error + x`` (error feedback: what is not sent stays in ``error``); with
     ``momentum > 0`` and a ``momentum_buffer`` u, DGC's momentum correction: ``u = m u + x``,
     ``v = error + u``, and both ``u`` and ``error`` are cleared where sent. The threshold is the
-    k-th largest |v| of a random sample of ``max(min_sample, sample * n)`` values (counter-based
-    draws of (seed, key, step)), moved along the sorted sample until between k and 4k values
-    reach it; then exactly ``k = ceil(density * n)`` (at least 1) go out: the k largest |v|,
-    ties to the lower index.
+    k-th largest |v| of a stratified random sample of ``max(min_sample, sample * n)`` values
+    (one counter-based draw of (seed, key, step) per stride), moved along the sample's order
+    statistics until between k and 4k values reach it; then exactly ``k = ceil(density * n)``
+    (at least 1) go out: the k largest |v|, ties to the lower index.
 
     Payload: uint32 count k, k uint32 indices (increasing), k float32 values: ``4 + 8k`` bytes
     (:meth:`encoded_nbytes`; this codec always sends exactly that many, and :meth:`decode`
