@@ -159,7 +159,11 @@ void dot_i8_t3(const std::int8_t* a, std::size_t rows, std::size_t k_padded,
                std::int32_t* out, std::size_t out_stride) {
     for (std::size_t c = 0; c < w_rows; ++c) {
         const std::uint8_t* row = w + c * (k_padded / 5);
+        // Decoding trits costs more than the 2-bit unpack, so it is shared by up to 8 rows.
         std::size_t r = 0;
+        for (; r + 8 <= rows; r += 8) {
+            dot3_tile<8>(a + r * k_padded, k_padded, a_sums + r, row, out + r * out_stride + c, out_stride);
+        }
         for (; r + 4 <= rows; r += 4) {
             dot3_tile<4>(a + r * k_padded, k_padded, a_sums + r, row, out + r * out_stride + c, out_stride);
         }
