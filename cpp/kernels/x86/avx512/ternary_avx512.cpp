@@ -175,44 +175,59 @@ void dot_i8_t3(const std::int8_t* a, std::size_t rows, std::size_t k_padded,
 
 // Float activations: 16 packed bytes widen to 16 lanes; for plane p the lane shifted right by
 // 2p holds the field in bits 0-1, and vpermps (which reads bits 0-3 of each index) looks the
-// float code up in a table that repeats every 4 entries. One decode serves four activation rows;
-// the fused multiply-add by -1, 0 or +1 rounds once, like an addition. Four accumulators per
-// row, one per plane, in every tile shape, so the order of the sums is fixed.
-template <int Rows>
+// float code up in a table that repeats every 4 entries. A tile of R activation rows x C weight
+// rows shares each decode among R rows and each activation load among C weight rows (float
+// rows are 4x the bytes of int8 ones, so the loads, not the FMAs, would otherwise bound it).
+// The fused multiply-add by -1, 0 or +1 rounds once, like an addition. Every (row, weight row)
+// pair has two accumulators, even and odd planes, in every tile shape: the order of the sums is
+// fixed.
+template <int R, int C>
 void dot_f32_tile(const float* x, std::size_t k_padded, const std::uint8_t* w, float* out,
                   std::size_t out_stride) {
     const __m512 code_of_field = _mm512_setr_ps(-1, 0, 1, 0, -1, 0, 1, 0, -1, 0, 1, 0, -1, 0, 1, 0);
-    __m512 acc[Rows][4];
-    for (int r = 0; r < Rows; ++r) {
-        for (int p = 0; p < 4; ++p) acc[r][p] = _mm512_setzero_ps();
+    const std::size_t row_bytes = k_padded / 4;
+    __m512 acc[R][C][2];
+    for (int r = 0; r < R; ++r) {
+        for (int c = 0; c < C; ++c) acc[r][c][0] = acc[r][c][1] = _mm512_setzero_ps();
     }
     for (std::size_t block = 0; block < k_padded / kTernary2BlockValues; ++block) {
-        const std::uint8_t* bytes = w + block * kTernaryBlockBytes;
         for (std::size_t group = 0; group < kTernaryBlockBytes; group += 16) {
-            const __m512i fields = _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(bytes + group)));
+            __m512i fields[C];
+            for (int c = 0; c < C; ++c) {
+                fields[c] = _mm512_cvtepu8_epi32(_mm_loadu_si128(
+                    reinterpret_cast<const __m128i*>(w + c * row_bytes + block * kTernaryBlockBytes + group)));
+            }
             for (int p = 0; p < 4; ++p) {
-                const __m512 code = _mm512_permutexvar_ps(_mm512_srli_epi32(fields, 2 * p), code_of_field);
+                __m512 code[C];
+                for (int c = 0; c < C; ++c) code[c] = _mm512_permutexvar_ps(_mm512_srli_epi32(fields[c], 2 * p), code_of_field);
                 const std::size_t at = block * kTernary2BlockValues + 32 * p + group;
-                for (int r = 0; r < Rows; ++r) {
-                    acc[r][p] = _mm512_fmadd_ps(_mm512_loadu_ps(x + r * k_padded + at), code, acc[r][p]);
+                for (int r = 0; r < R; ++r) {
+                    const __m512 values = _mm512_loadu_ps(x + r * k_padded + at);
+                    for (int c = 0; c < C; ++c) acc[r][c][p & 1] = _mm512_fmadd_ps(values, code[c], acc[r][c][p & 1]);
                 }
             }
         }
     }
-    for (int r = 0; r < Rows; ++r) {
-        const __m512 sum = _mm512_add_ps(_mm512_add_ps(acc[r][0], acc[r][1]), _mm512_add_ps(acc[r][2], acc[r][3]));
-        out[r * out_stride] = _mm512_reduce_add_ps(sum);
+    for (int r = 0; r < R; ++r) {
+        for (int c = 0; c < C; ++c) out[r * out_stride + c] = _mm512_reduce_add_ps(_mm512_add_ps(acc[r][c][0], acc[r][c][1]));
     }
+}
+
+// Runs tile shape <R, C> over all weight rows, finishing the remainder one weight row at a time.
+template <int R, int C>
+void dot_f32_rows(const float* x, std::size_t k_padded, const std::uint8_t* w, std::size_t w_rows,
+                  float* out, std::size_t out_stride) {
+    const std::size_t row_bytes = k_padded / 4;
+    std::size_t c = 0;
+    for (; c + C <= w_rows; c += C) dot_f32_tile<R, C>(x, k_padded, w + c * row_bytes, out + c, out_stride);
+    for (; c < w_rows; ++c) dot_f32_tile<R, 1>(x, k_padded, w + c * row_bytes, out + c, out_stride);
 }
 
 void dot_f32_t2(const float* x, std::size_t rows, std::size_t k_padded, const std::uint8_t* w,
                 std::size_t w_rows, float* out, std::size_t out_stride) {
-    for (std::size_t c = 0; c < w_rows; ++c) {
-        const std::uint8_t* row = w + c * (k_padded / 4);
-        std::size_t r = 0;
-        for (; r + 4 <= rows; r += 4) dot_f32_tile<4>(x + r * k_padded, k_padded, row, out + r * out_stride + c, out_stride);
-        for (; r < rows; ++r) dot_f32_tile<1>(x + r * k_padded, k_padded, row, out + r * out_stride + c, out_stride);
-    }
+    std::size_t r = 0;
+    for (; r + 4 <= rows; r += 4) dot_f32_rows<4, 2>(x + r * k_padded, k_padded, w, w_rows, out + r * out_stride, out_stride);
+    for (; r < rows; ++r) dot_f32_rows<1, 4>(x + r * k_padded, k_padded, w, w_rows, out + r * out_stride, out_stride);
 }
 
 }  // namespace
