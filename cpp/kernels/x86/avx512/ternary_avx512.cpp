@@ -227,7 +227,7 @@ void dot_f32_t2(const float* x, std::size_t rows, std::size_t k_padded, const st
                 std::size_t w_rows, float* out, std::size_t out_stride) {
     std::size_t r = 0;
     for (; r + 4 <= rows; r += 4) dot_f32_rows<4, 2>(x + r * k_padded, k_padded, w, w_rows, out + r * out_stride, out_stride);
-    for (; r < rows; ++r) dot_f32_rows<1, 4>(x + r * k_padded, k_padded, w, w_rows, out + r * out_stride, out_stride);
+    for (; r < rows; ++r) dot_f32_rows<1, 1>(x + r * k_padded, k_padded, w, w_rows, out + r * out_stride, out_stride);
 }
 
 }  // namespace
