@@ -18,6 +18,7 @@ from codl.search.plan import (
     compression_search,
     plan_to_json,
     read_plan,
+    spend_slack,
 )
 from codl.search.sensitivity import (
     DEFAULT_BITS,
@@ -46,4 +47,5 @@ __all__ = [
     "plan_to_json",
     "read_plan",
     "searchable_weights",
+    "spend_slack",
 ]

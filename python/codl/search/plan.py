@@ -60,6 +60,7 @@ __all__ = [
     "compression_search",
     "plan_to_json",
     "read_plan",
+    "spend_slack",
 ]
 
 Split = tuple[torch.Tensor, torch.Tensor]
@@ -147,6 +148,42 @@ def back_off(
         current[name] = index
         drop = measure(current)
     return current, drop, moves
+
+
+def spend_slack(
+    chosen: dict[str, int],
+    drop: float,
+    costs: Mapping[str, Sequence[Option]],
+    measure: Callable[[dict[str, int]], tuple[float, int]],
+    budget: float,
+    rounds: int,
+    resolution: float | None = None,
+) -> tuple[dict[str, int], float, list[str]]:
+    """Spend the slack of a joint drop below ``budget`` (drops are often sub-additive: the
+    layers' errors partly cancel, and negative drops counted as 0): up to ``rounds`` times,
+    re-solve the knapsack over ``costs`` with the additive budget grown 1.5x, keeping the new
+    choice while ``measure(choice) -> (drop, file bytes)`` stays within ``budget`` and the file
+    shrinks; stop at the first that does not. Returns the choice, its drop and what was kept."""
+    names = list(costs)
+    current, current_drop = dict(chosen), drop
+    _, current_bytes = measure(current)
+    additive, kept = budget, []
+    for _ in range(rounds):
+        additive *= 1.5
+        candidate = dict(
+            zip(names, choose_settings([costs[n] for n in names], additive, resolution))
+        )
+        if candidate == current:
+            continue
+        candidate_drop, candidate_bytes = measure(candidate)
+        if candidate_drop > budget or candidate_bytes >= current_bytes:
+            break
+        current, current_drop, current_bytes = candidate, candidate_drop, candidate_bytes
+        kept.append(
+            f"additive budget {additive:g}: measured drop {candidate_drop:.3f}, "
+            f"{candidate_bytes} bytes"
+        )
+    return current, current_drop, kept
 
 
 @dataclass
@@ -326,23 +363,15 @@ def compression_search(
 
     budget = float(max_accuracy_drop)
     final, drop, moves = back_off(chosen, options, measure, budget)
-    # Slack: the drops were sub-additive (errors of different layers partly cancel, and
-    # negative drops counted as 0). Spend it: re-solve with a larger additive budget while the
-    # measured joint drop stays within the real one and the file shrinks.
-    additive, refinements = budget, []
-    for _ in range(refine_rounds if not moves else 0):
-        additive *= 1.5
-        candidate = dict(zip(names, choose_settings(costs, additive, resolution)))
-        if candidate == final:
-            continue
-        candidate_drop = measure(candidate)
-        key, current = json.dumps(candidate, sort_keys=True), json.dumps(final, sort_keys=True)
-        if candidate_drop > budget or measured[key][1] >= measured[current][1]:
-            break
-        final, drop = candidate, candidate_drop
-        refinements.append(
-            f"additive budget {additive:g}: measured drop {drop:.3f}, {measured[key][1]} bytes"
-        )
+    final, drop, refinements = spend_slack(
+        final,
+        drop,
+        dict(zip(names, costs)),
+        lambda choice: (measure(choice), measured[json.dumps(choice, sort_keys=True)][1]),
+        budget,
+        refine_rounds if not moves else 0,
+        resolution,
+    )
     accuracy, file_bytes = measured[json.dumps(final, sort_keys=True)]
     _, lossless_bytes = _apply(model, None, data, level)
     return SearchResult(

@@ -25,6 +25,7 @@ from codl.search import (
     compression_search,
     packed_bytes,
     read_plan,
+    spend_slack,
 )
 
 
@@ -88,6 +89,29 @@ def test_back_off_moves_the_most_sensitive_layer_first() -> None:
     assert seen == [{"a": 2, "b": 1}, {"a": 1, "b": 1}, {"a": 1, "b": 0}]
     assert final == {"a": 1, "b": 0} and drop == pytest.approx(0.3)
     assert moves[0].startswith("a: prune 0.9") and moves[1].startswith("b: prune 0.5")
+
+
+def test_spend_slack_keeps_a_larger_plan_budget_only_while_the_measured_drop_fits() -> None:
+    costs = {
+        "a": [(1000, 0.0), (400, 0.2), (100, 0.6)],
+        "b": [(1000, 0.0), (500, 0.2), (200, 0.4)],
+    }
+    seen: list[dict[str, int]] = []
+
+    def measure(choice: dict[str, int]) -> tuple[float, int]:
+        seen.append(dict(choice))
+        # Sub-additive: together the layers lose half their sum.
+        drop = 0.5 * sum(costs[n][i][1] for n, i in choice.items())
+        return drop, sum(costs[n][i][0] for n, i in choice.items())
+
+    start = {"a": 1, "b": 1}  # the knapsack at 0.4: 900 bytes, summed drop 0.4, measured 0.2
+    assert choose_settings(list(costs.values()), 0.4) == [1, 1]
+    final, drop, kept = spend_slack(start, 0.2, costs, measure, 0.4, rounds=4)
+    # 0.6: a 400 + b 200 (600 bytes, measured 0.3) is kept; 0.9 picks the same; 1.35 picks
+    # a 100 + b 200 (300 bytes) whose measured 0.5 breaks the budget: stop there.
+    assert seen == [{"a": 1, "b": 1}, {"a": 1, "b": 2}, {"a": 2, "b": 2}]
+    assert final == {"a": 1, "b": 2} and drop == pytest.approx(0.3) and len(kept) == 1
+    assert spend_slack(start, 0.2, costs, measure, 0.4, rounds=0)[0] == start
 
 
 class TwoBranch(nn.Module):
