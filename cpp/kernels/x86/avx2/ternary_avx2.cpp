@@ -162,47 +162,63 @@ void dot_i8_t3(const std::int8_t* a, std::size_t rows, std::size_t k_padded,
 
 // Float activations: 8 packed bytes widen to 8 lanes; for plane p the lane shifted right by 2p
 // holds the field in its low 2 bits, and vpermilps (which reads only those bits) looks the code
-// up as a float. The fused multiply-add by -1, 0 or +1 is exact up to its one rounding, the same
-// as an addition. Four accumulators per row, one per plane, in every tile shape.
-template <int Rows>
+// up as a float. A tile of R activation rows x C weight rows shares each decode among R rows
+// and each activation load among C weight rows. The fused multiply-add by -1, 0 or +1 rounds
+// once, like an addition. Every (row, weight row) pair has two accumulators, even and odd
+// planes, in every tile shape, so the order of the sums is fixed.
+template <int R, int C>
 void dot_f32_tile(const float* x, std::size_t k_padded, const std::uint8_t* w, float* out,
                   std::size_t out_stride) {
     const __m256 code_of_field = _mm256_setr_ps(-1.0f, 0.0f, 1.0f, 0.0f, -1.0f, 0.0f, 1.0f, 0.0f);
-    __m256 acc[Rows][4];
-    for (int r = 0; r < Rows; ++r) {
-        for (int p = 0; p < 4; ++p) acc[r][p] = _mm256_setzero_ps();
+    const std::size_t row_bytes = k_padded / 4;
+    __m256 acc[R][C][2];
+    for (int r = 0; r < R; ++r) {
+        for (int c = 0; c < C; ++c) acc[r][c][0] = acc[r][c][1] = _mm256_setzero_ps();
     }
     for (std::size_t block = 0; block < k_padded / kTernary2BlockValues; ++block) {
-        const std::uint8_t* bytes = w + block * kTernaryBlockBytes;
         for (std::size_t group = 0; group < kTernaryBlockBytes; group += 8) {
-            std::int64_t eight;
-            std::memcpy(&eight, bytes + group, sizeof eight);
-            const __m256i fields = _mm256_cvtepu8_epi32(_mm_cvtsi64_si128(eight));
+            __m256i fields[C];
+            for (int c = 0; c < C; ++c) {
+                std::int64_t eight;
+                std::memcpy(&eight, w + c * row_bytes + block * kTernaryBlockBytes + group, sizeof eight);
+                fields[c] = _mm256_cvtepu8_epi32(_mm_cvtsi64_si128(eight));
+            }
             for (int p = 0; p < 4; ++p) {
-                const __m256 code = _mm256_permutevar_ps(code_of_field, _mm256_srli_epi32(fields, 2 * p));
+                __m256 code[C];
+                for (int c = 0; c < C; ++c) code[c] = _mm256_permutevar_ps(code_of_field, _mm256_srli_epi32(fields[c], 2 * p));
                 const std::size_t at = block * kTernary2BlockValues + 32 * p + group;
-                for (int r = 0; r < Rows; ++r) {
-                    acc[r][p] = _mm256_fmadd_ps(_mm256_loadu_ps(x + r * k_padded + at), code, acc[r][p]);
+                for (int r = 0; r < R; ++r) {
+                    const __m256 values = _mm256_loadu_ps(x + r * k_padded + at);
+                    for (int c = 0; c < C; ++c) acc[r][c][p & 1] = _mm256_fmadd_ps(values, code[c], acc[r][c][p & 1]);
                 }
             }
         }
     }
-    for (int r = 0; r < Rows; ++r) {
-        const __m256 sum = _mm256_add_ps(_mm256_add_ps(acc[r][0], acc[r][1]), _mm256_add_ps(acc[r][2], acc[r][3]));
-        const __m128 half = _mm_add_ps(_mm256_castps256_ps128(sum), _mm256_extractf128_ps(sum, 1));
-        const __m128 quarter = _mm_add_ps(half, _mm_movehl_ps(half, half));
-        out[r * out_stride] = _mm_cvtss_f32(_mm_add_ss(quarter, _mm_movehdup_ps(quarter)));
+    for (int r = 0; r < R; ++r) {
+        for (int c = 0; c < C; ++c) {
+            const __m256 sum = _mm256_add_ps(acc[r][c][0], acc[r][c][1]);
+            const __m128 half = _mm_add_ps(_mm256_castps256_ps128(sum), _mm256_extractf128_ps(sum, 1));
+            const __m128 quarter = _mm_add_ps(half, _mm_movehl_ps(half, half));
+            out[r * out_stride + c] = _mm_cvtss_f32(_mm_add_ss(quarter, _mm_movehdup_ps(quarter)));
+        }
     }
+}
+
+// Runs tile shape <R, C> over all weight rows, finishing the remainder one weight row at a time.
+template <int R, int C>
+void dot_f32_rows(const float* x, std::size_t k_padded, const std::uint8_t* w, std::size_t w_rows,
+                  float* out, std::size_t out_stride) {
+    const std::size_t row_bytes = k_padded / 4;
+    std::size_t c = 0;
+    for (; c + C <= w_rows; c += C) dot_f32_tile<R, C>(x, k_padded, w + c * row_bytes, out + c, out_stride);
+    for (; c < w_rows; ++c) dot_f32_tile<R, 1>(x, k_padded, w + c * row_bytes, out + c, out_stride);
 }
 
 void dot_f32_t2(const float* x, std::size_t rows, std::size_t k_padded, const std::uint8_t* w,
                 std::size_t w_rows, float* out, std::size_t out_stride) {
-    for (std::size_t c = 0; c < w_rows; ++c) {
-        const std::uint8_t* row = w + c * (k_padded / 4);
-        std::size_t r = 0;
-        for (; r + 2 <= rows; r += 2) dot_f32_tile<2>(x + r * k_padded, k_padded, row, out + r * out_stride + c, out_stride);
-        for (; r < rows; ++r) dot_f32_tile<1>(x + r * k_padded, k_padded, row, out + r * out_stride + c, out_stride);
-    }
+    std::size_t r = 0;
+    for (; r + 2 <= rows; r += 2) dot_f32_rows<2, 2>(x + r * k_padded, k_padded, w, w_rows, out + r * out_stride, out_stride);
+    for (; r < rows; ++r) dot_f32_rows<1, 2>(x + r * k_padded, k_padded, w, w_rows, out + r * out_stride, out_stride);
 }
 
 }  // namespace
