@@ -323,7 +323,7 @@ def main() -> None:
 
     print(f"\nteacher FashionCNN ({teacher_parameters:,} parameters): {teacher_accuracy:.2f}%")
     print(
-        f"student tiny CNN: {student_parameters:,} parameters "
+        f"student {args.student} CNN: {student_parameters:,} parameters "
         f"(1/{teacher_parameters / student_parameters:.0f} of the teacher)\n"
     )
     print("| variant | accuracy per seed (%) | mean (%) |")
