@@ -12,7 +12,8 @@ student is a two-conv CNN with about 1/90 of the teacher's parameters. Variants,
 same epochs, batch size, optimizer and seeds:
 
 * ``labels``: cross-entropy on the labels only (the baseline);
-* ``kd``: KDLoss(T=4, alpha=0.9) (Hinton et al. 2015) on precomputed teacher logits;
+* ``kd``: KDLoss(T=--temperature, alpha=--alpha) (Hinton et al. 2015; 4 and 0.9 by default) on
+  precomputed teacher logits;
 * ``kd_hint``: KDLoss plus a FitNets hint (Romero et al. 2015) from the student's second
   pooling output to the teacher's through a 1x1 conv adapter (teacher run live);
 * ``ternary_labels``, ``ternary_kd``: the same student after codl.quantize_(student,
@@ -121,6 +122,13 @@ def main() -> None:
     parser.add_argument("--data", choices=["full", "subset"], default="full")
     parser.add_argument("--labeled-fraction", type=float, default=0.1)
     parser.add_argument("--hint-weight", type=float, default=0.5)
+    parser.add_argument(
+        "--temperature",
+        type=float,
+        default=4.0,
+        help="KD temperature (Hinton's 4 by default; small students do better near 1)",
+    )
+    parser.add_argument("--alpha", type=float, default=0.9, help="weight of the soft term")
     parser.add_argument("--variants", nargs="+", default=None)
     parser.add_argument(
         "--hint-seeds",
@@ -202,7 +210,9 @@ def main() -> None:
         ),
         "kd": (
             make_base_student,
-            lambda s: Distiller(teacher, s, losses=[KDLoss(4.0, 0.9)], optimizer=adam),
+            lambda s: Distiller(
+                teacher, s, losses=[KDLoss(args.temperature, args.alpha)], optimizer=adam
+            ),
             with_logits,
             args.student_epochs,
         ),
@@ -211,7 +221,10 @@ def main() -> None:
             lambda s: Distiller(
                 teacher,
                 s,
-                losses=[KDLoss(4.0, 0.9), HintLoss("5", "5", adapter="conv1x1")],
+                losses=[
+                    KDLoss(args.temperature, args.alpha),
+                    HintLoss("5", "5", adapter="conv1x1"),
+                ],
                 weights=[1.0, args.hint_weight],
                 optimizer=adam,
             ),
@@ -226,7 +239,9 @@ def main() -> None:
         ),
         "ternary_kd": (
             ternary_student,
-            lambda s: Distiller(teacher, s, losses=[KDLoss(4.0, 0.9)], optimizer=adam),
+            lambda s: Distiller(
+                teacher, s, losses=[KDLoss(args.temperature, args.alpha)], optimizer=adam
+            ),
             with_logits,
             args.student_epochs,
         ),
@@ -238,7 +253,9 @@ def main() -> None:
         ),
         "kd_unlabeled": (
             make_base_student,
-            lambda s: Distiller(teacher, s, losses=[KDLoss(4.0, 0.9)], optimizer=adam),
+            lambda s: Distiller(
+                teacher, s, losses=[KDLoss(args.temperature, args.alpha)], optimizer=adam
+            ),
             (train_images, hidden_labels, teacher_logits),
             args.student_epochs,
         ),

@@ -234,11 +234,104 @@ def section_downsizing(_: DemoContext) -> None:
     )
 
 
+def section_comm(_: DemoContext) -> None:
+    from functools import partial
+
+    from torch import nn
+
+    from codl import _ops, comm
+    from codl.bench import median_ms
+    from codl.bench.codecs import torch_int8_encode, torch_sign_encode
+    from codl.comm import accounting, linkmodel
+    from codl.data import load_split
+    from codl.models import FashionCNN
+
+    _heading("parallelization: compressed gradients for torch.distributed (DDP comm hooks)")
+    numel = 1 << 22
+    gradient = torch.randn(numel, generator=torch.Generator().manual_seed(0))
+    threads = _ops.get_num_threads()
+    for label, codec, baseline in (
+        ("SignEF (1 bit + scale, error feedback)", comm.SignEF(), torch_sign_encode),
+        ("Int8 (block scale, error feedback)", comm.Int8(error_feedback=True), torch_int8_encode),
+    ):
+        error, torch_error = torch.zeros(numel), torch.zeros(numel)
+        codl_ms = median_ms(partial(codec.encode, gradient, error=error), 5)
+        torch_ms = median_ms(partial(baseline, gradient, torch_error), 5)
+        print(
+            f"  encode {label}, {numel:,} values, {threads} threads: codl {codl_ms:.1f} ms "
+            f"({4 * numel / codl_ms / 1e6:.1f} GB/s) vs the same math in torch ops "
+            f"{torch_ms:.1f} ms ({torch_ms / codl_ms:.1f}x)"
+        )
+    model = FashionCNN()
+    images, labels = load_split("test", "subset")[:2]
+    profile = linkmodel.profile_step(
+        model, (images[:64], labels[:64]), nn.functional.cross_entropy, repeat=3
+    )
+    codecs: list[tuple[str, comm.Codec | None]] = [
+        ("float32 allreduce", None),
+        ("FP16", comm.FP16()),
+        ("Int8", comm.Int8()),
+        ("SignEF", comm.SignEF()),
+    ]
+    link, nodes = linkmodel.ETHERNET_10G, 64
+    print(
+        f"  FashionCNN ({profile.gradient_numel:,} gradient values, step "
+        f"{1e3 * profile.compute_s:.0f} ms at batch 64 here), projected on {nodes} nodes over "
+        f"{link.name} (alpha-beta model, communication overlapped with backward):"
+    )
+    for name, candidate in codecs:
+        speed = None if candidate is None else linkmodel.measure_throughput(candidate, repeat=3)
+        projected = linkmodel.project(
+            profile, candidate, nodes, link.bandwidth, link.latency, throughput=speed
+        )
+        ratio = accounting.compression_ratio(candidate, profile.gradient_numel, nodes)
+        pays = ""
+        if candidate is not None and speed is not None:
+            break_even = linkmodel.break_even_bandwidth(
+                profile, candidate, nodes, link.latency, speed
+            )
+            pays = f", pays below {break_even / 1e9:.2f} GB/s"
+        print(
+            f"    {name:<18} bytes {ratio:6.3f} of float32's, communication "
+            f"{1e3 * projected.comm_s:6.2f} ms, step {1e3 * projected.step_s:6.1f} ms, "
+            f"efficiency {projected.efficiency:.0%}{pays}"
+        )
+
+
+def section_distill(_: DemoContext) -> None:
+    from codl import _ops
+    from codl.data import load_split
+    from codl.distill.quick import quick_kd
+
+    _heading("learning algorithm: knowledge distillation with unlabeled data")
+    train = load_split("train", "subset")[:2]
+    test = load_split("test", "subset")[:2]
+    with _ops.using_threads(1):
+        # T = 1: a student this small cannot follow the teacher's softer (T = 4) distribution
+        # and loses to the labels-only baseline with it (benchmarks/README.md, distillation).
+        r = quick_kd(
+            train, test, teacher_epochs=3, student_epochs=4, labeled_fraction=0.1, temperature=1.0
+        )
+    print(
+        f"  FashionCNN teacher ({r.teacher_parameters:,} parameters, {r.teacher_accuracy:.1f}%) "
+        f"and a student CNN 1/{r.teacher_parameters // r.student_parameters} its size, on the "
+        f"shipped subset with 90% of the training labels hidden, 1 thread:"
+    )
+    print(
+        f"    student on the labeled 10% alone (torch cross-entropy): {r.labels_only_accuracy:.1f}%"
+        f"; with codl.distill.KDLoss(T=1) on every image (soft targets where labels are hidden): "
+        f"{r.kd_accuracy:.1f}% ({r.kd_accuracy - r.labels_only_accuracy:+.1f} points), "
+        f"{r.seconds:.0f} s"
+    )
+
+
 SECTIONS: list[Section] = [
     section_info,
     section_packing,
     section_ternary,
     section_kfac,
+    section_comm,
+    section_distill,
     section_downsizing,
 ]
 

@@ -50,9 +50,13 @@ def quick_kd(
     batch_size: int = 128,
     labeled_fraction: float | None = None,
     progress: bool = False,
+    temperature: float = 4.0,
+    alpha: float = 0.9,
 ) -> QuickKDResult:
-    """Train a FashionCNN teacher, then the tiny student twice (labels only; KDLoss(T=4,
-    alpha=0.9) on precomputed teacher logits) with Adam 1e-3; test accuracies in %.
+    """Train a FashionCNN teacher, then the tiny student twice (labels only; KDLoss(
+    ``temperature``, ``alpha``) on precomputed teacher logits) with Adam 1e-3; test accuracies
+    in %. On the shipped subset with 90% of the labels hidden, T = 1 gains ~2.5 points over the
+    labeled 10% alone where Hinton's T = 4 loses ~1 (a 9k-parameter student).
 
     ``labeled_fraction`` (e.g. 0.1): the scarce-label setting. The labels-only student trains
     on that fraction alone (for as many optimizer steps as the KD student), the KD student on
@@ -103,7 +107,7 @@ def quick_kd(
 
     torch.manual_seed(seed + 1)
     distilled = tiny_student()
-    kd_run = Distiller(teacher, distilled, losses=[KDLoss(4.0, 0.9)], optimizer=adam)
+    kd_run = Distiller(teacher, distilled, losses=[KDLoss(temperature, alpha)], optimizer=adam)
     kd_run.fit(batches(images, kd_labels, teacher_logits), student_epochs, progress=progress)
 
     return QuickKDResult(
