@@ -14,8 +14,10 @@ __version__ = "0.1.0"
 _LAZY_SUBMODULES = (
     "bench",
     "cli",
+    "comm",
     "data",
     "demo",
+    "distill",
     "formats",
     "kernels",
     "linalg",
@@ -24,6 +26,8 @@ _LAZY_SUBMODULES = (
     "optim",
     "prune",
     "quant",
+    "robust",
+    "search",
     "ternary",
 )
 _LAZY_ATTRIBUTES = {
@@ -45,8 +49,10 @@ __all__ = [*_LAZY_SUBMODULES, *_LAZY_ATTRIBUTES, "__version__"]
 if TYPE_CHECKING:
     from codl import bench as bench
     from codl import cli as cli
+    from codl import comm as comm
     from codl import data as data
     from codl import demo as demo
+    from codl import distill as distill
     from codl import formats as formats
     from codl import kernels as kernels
     from codl import linalg as linalg
@@ -55,6 +61,8 @@ if TYPE_CHECKING:
     from codl import optim as optim
     from codl import prune as prune
     from codl import quant as quant
+    from codl import robust as robust
+    from codl import search as search
     from codl import ternary as ternary
     from codl._info import info as info
     from codl._ops import get_dispatch_level as get_dispatch_level
