@@ -17,8 +17,9 @@ operators ``codl::ternary_linear``, ``codl::ternary_linear_base3`` and
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 
@@ -152,79 +153,45 @@ def pack_weight(
     )
 
 
-@torch.library.custom_op("codl::ternary_linear", mutates_args=())
-def _ternary_linear_op(
-    x: torch.Tensor,
-    packed: torch.Tensor,
-    alpha: torch.Tensor,
-    in_features: int,
-    bias: torch.Tensor | None,
-) -> torch.Tensor:
-    rows = x.reshape(-1, in_features)
-    out = torch.empty(rows.shape[0], alpha.shape[0], dtype=torch.float32)
-    _ops.ternary_linear_f32(rows, packed, alpha, bias, out)
-    return out.reshape(*x.shape[:-1], alpha.shape[0])
+LinearKernel = Callable[
+    [torch.Tensor, torch.Tensor, torch.Tensor, "torch.Tensor | None", torch.Tensor], None
+]
 
 
-@_ternary_linear_op.register_fake
-def _(
-    x: torch.Tensor,
-    packed: torch.Tensor,
-    alpha: torch.Tensor,
-    in_features: int,
-    bias: torch.Tensor | None,
-) -> torch.Tensor:
-    return x.new_empty(*x.shape[:-1], alpha.shape[0])
+def _linear_op(name: str, kernel: LinearKernel) -> Any:
+    """Registers ``codl::<name>``: rows of ``x`` times a packed ternary weight through
+    ``kernel``, with the fake (shape-only) twin that torch.compile and torch.export trace.
+    Every packed layout shares this signature; only the kernel differs."""
+
+    def forward(
+        x: torch.Tensor,
+        packed: torch.Tensor,
+        alpha: torch.Tensor,
+        in_features: int,
+        bias: torch.Tensor | None,
+    ) -> torch.Tensor:
+        rows = x.reshape(-1, in_features)
+        out = torch.empty(rows.shape[0], alpha.shape[0], dtype=torch.float32)
+        kernel(rows, packed, alpha, bias, out)
+        return out.reshape(*x.shape[:-1], alpha.shape[0])
+
+    def fake(
+        x: torch.Tensor,
+        packed: torch.Tensor,
+        alpha: torch.Tensor,
+        in_features: int,
+        bias: torch.Tensor | None,
+    ) -> torch.Tensor:
+        return x.new_empty(*x.shape[:-1], alpha.shape[0])
+
+    op = torch.library.custom_op(f"codl::{name}", forward, mutates_args=())
+    op.register_fake(fake)
+    return op
 
 
-@torch.library.custom_op("codl::ternary_linear_base3", mutates_args=())
-def _ternary_linear_base3_op(
-    x: torch.Tensor,
-    packed: torch.Tensor,
-    alpha: torch.Tensor,
-    in_features: int,
-    bias: torch.Tensor | None,
-) -> torch.Tensor:
-    rows = x.reshape(-1, in_features)
-    out = torch.empty(rows.shape[0], alpha.shape[0], dtype=torch.float32)
-    _ops.ternary3_linear_f32(rows, packed, alpha, bias, out)
-    return out.reshape(*x.shape[:-1], alpha.shape[0])
-
-
-@_ternary_linear_base3_op.register_fake
-def _(
-    x: torch.Tensor,
-    packed: torch.Tensor,
-    alpha: torch.Tensor,
-    in_features: int,
-    bias: torch.Tensor | None,
-) -> torch.Tensor:
-    return x.new_empty(*x.shape[:-1], alpha.shape[0])
-
-
-@torch.library.custom_op("codl::ternary_linear_f32act", mutates_args=())
-def _ternary_linear_f32act_op(
-    x: torch.Tensor,
-    packed: torch.Tensor,
-    alpha: torch.Tensor,
-    in_features: int,
-    bias: torch.Tensor | None,
-) -> torch.Tensor:
-    rows = x.reshape(-1, in_features)
-    out = torch.empty(rows.shape[0], alpha.shape[0], dtype=torch.float32)
-    _ops.ternary_linear_f32act(rows, packed, alpha, bias, out)
-    return out.reshape(*x.shape[:-1], alpha.shape[0])
-
-
-@_ternary_linear_f32act_op.register_fake
-def _(
-    x: torch.Tensor,
-    packed: torch.Tensor,
-    alpha: torch.Tensor,
-    in_features: int,
-    bias: torch.Tensor | None,
-) -> torch.Tensor:
-    return x.new_empty(*x.shape[:-1], alpha.shape[0])
+_ternary_linear_op = _linear_op("ternary_linear", _ops.ternary_linear_f32)
+_ternary_linear_base3_op = _linear_op("ternary_linear_base3", _ops.ternary3_linear_f32)
+_ternary_linear_f32act_op = _linear_op("ternary_linear_f32act", _ops.ternary_linear_f32act)
 
 
 def ternary_linear(
