@@ -226,31 +226,16 @@ class _BlockCodec(Codec):
         return f"{type(self).__name__}(block={self.block}, error_feedback={self.error_feedback})"
 
 
-class Int8(_BlockCodec):
-    """Block-wise absmax int8: per block of ``block`` values a float32 scale ``max|v| / 127`` and
-    int8 codes ``round_half_even(v * 127 / max|v|)`` (``127 / max|v|`` rounded to float32 first,
-    as the kernels compute it); decode ``code * scale``. ``v = x + error`` with error feedback.
+class _DeterministicBlockCodec(_BlockCodec):
+    """Block codecs with no random draws: encode and decode are one kernel call each."""
 
-    Payload: ``ceil(n / block)`` float32 scales, then ``n`` int8 codes; ``4 ceil(n / block) + n``
-    bytes, a ratio ``(1 + 4 / block) / 4`` (0.252 at block 512) to a float32 allreduce.
-    A block whose largest magnitude is below ``127 / FLT_MAX`` (~3.7e-37, where the quotient
-    overflows) is sent as zeros with scale 0; error feedback keeps it. Non-finite values raise
-    ValueError (the payload and ``error`` are then partly written).
-    """
-
-    name = "int8"
-
-    def __init__(self, block: int = 512, *, error_feedback: bool = False) -> None:
-        super().__init__(block=block, error_feedback=error_feedback)
-
-    def encoded_nbytes(self, numel: int) -> int:
-        return 4 * self._blocks(numel) + int(numel)
+    kernel: ClassVar[Literal["int8", "sign"]]
 
     def encode(
         self, x: torch.Tensor, *, error: torch.Tensor | None = None, key: int = 0, step: int = 0
     ) -> torch.Tensor:
         x, error, payload = self._encode_args(x, error)
-        _ops.comm_block_encode("int8", x, error, self.block, payload)
+        _ops.comm_block_encode(self.kernel, x, error, self.block, payload)
         return payload
 
     def decode(
@@ -263,11 +248,33 @@ class Int8(_BlockCodec):
     ) -> torch.Tensor:
         payload = _check_payload(payload, self.encoded_nbytes(numel), self.name)
         target, add = _decode_target(self.name, numel, out, accumulate)
-        _ops.comm_block_decode("int8", payload, self.block, target, add)
+        _ops.comm_block_decode(self.kernel, payload, self.block, target, add)
         return target
 
 
-class SignEF(_BlockCodec):
+class Int8(_DeterministicBlockCodec):
+    """Block-wise absmax int8: per block of ``block`` values a float32 scale ``max|v| / 127`` and
+    int8 codes ``round_half_even(v * 127 / max|v|)`` (``127 / max|v|`` rounded to float32 first,
+    as the kernels compute it); decode ``code * scale``. ``v = x + error`` with error feedback.
+
+    Payload: ``ceil(n / block)`` float32 scales, then ``n`` int8 codes; ``4 ceil(n / block) + n``
+    bytes, a ratio ``(1 + 4 / block) / 4`` (0.252 at block 512) to a float32 allreduce.
+    A block whose largest magnitude is below ``127 / FLT_MAX`` (~3.7e-37, where the quotient
+    overflows) is sent as zeros with scale 0; error feedback keeps it. Non-finite values raise
+    ValueError (the payload and ``error`` are then partly written).
+    """
+
+    name = "int8"
+    kernel = "int8"
+
+    def __init__(self, block: int = 512, *, error_feedback: bool = False) -> None:
+        super().__init__(block=block, error_feedback=error_feedback)
+
+    def encoded_nbytes(self, numel: int) -> int:
+        return 4 * self._blocks(numel) + int(numel)
+
+
+class SignEF(_DeterministicBlockCodec):
     """Scaled sign with error feedback (Karimireddy et al. 2019, EF-SignSGD, Algorithm 1:
     ``p = v, delta = (||p||_1 / d) sign(p)``, ``e = p - delta``), ``v = x + error``, applied per
     block of ``block`` values (default 2048) so one outlier does not set the scale of a whole
@@ -283,6 +290,7 @@ class SignEF(_BlockCodec):
     """
 
     name = "sign_ef"
+    kernel = "sign"
     block_multiple = 8
 
     def __init__(self, block: int = 2048, *, error_feedback: bool = True) -> None:
@@ -290,26 +298,6 @@ class SignEF(_BlockCodec):
 
     def encoded_nbytes(self, numel: int) -> int:
         return 4 * self._blocks(numel) + (int(numel) + 7) // 8
-
-    def encode(
-        self, x: torch.Tensor, *, error: torch.Tensor | None = None, key: int = 0, step: int = 0
-    ) -> torch.Tensor:
-        x, error, payload = self._encode_args(x, error)
-        _ops.comm_block_encode("sign", x, error, self.block, payload)
-        return payload
-
-    def decode(
-        self,
-        payload: torch.Tensor,
-        numel: int,
-        *,
-        out: torch.Tensor | None = None,
-        accumulate: bool = False,
-    ) -> torch.Tensor:
-        payload = _check_payload(payload, self.encoded_nbytes(numel), self.name)
-        target, add = _decode_target(self.name, numel, out, accumulate)
-        _ops.comm_block_decode("sign", payload, self.block, target, add)
-        return target
 
 
 class TernGrad(_BlockCodec):
