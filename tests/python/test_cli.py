@@ -14,9 +14,11 @@ import pytest
 import codl
 
 
-def run_codl(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+def run_codl(
+    *args: str, check: bool = True, timeout: float = 300
+) -> subprocess.CompletedProcess[str]:
     result = subprocess.run(
-        [sys.executable, "-m", "codl", *args], capture_output=True, text=True, timeout=300
+        [sys.executable, "-m", "codl", *args], capture_output=True, text=True, timeout=timeout
     )
     if check and result.returncode != 0:
         raise AssertionError(f"codl {' '.join(args)} failed:\n{result.stdout}\n{result.stderr}")
@@ -74,7 +76,8 @@ def test_bench_list_and_unknown_name() -> None:
 
 def test_demo_runs_on_the_shipped_subset() -> None:
     subset = importlib.import_module("codl.data.fashion_mnist").SUBSET_DIR
-    out = run_codl("demo", "--data", str(subset)).stdout
+    # A guard against a hang, not a speed test: the demo trains five small models.
+    out = run_codl("demo", "--data", str(subset), timeout=900).stdout
     assert "1000 images from root" in out
     assert out.count("round trip exact") == 3
     assert "checked equal to torch's" in out
@@ -86,6 +89,11 @@ def test_demo_runs_on_the_shipped_subset() -> None:
     float_accuracy = float(ternary.split("accuracy: float ")[1].split("%")[0])
     frozen_accuracy = float(ternary.split("): accuracy ")[1].split("%")[0])
     assert float_accuracy > 70.0 and frozen_accuracy > 70.0  # chance is 10%
+    comm = out[out.index("== parallelization") :]
+    assert "bytes  0.032 of float32's" in comm  # SignEF: 1 bit + a float32 per 2048 values
+    distill = out[out.index("== learning algorithm") :]
+    kd_accuracy = float(distill.split("on every image")[1].split("%")[0].split(": ")[-1])
+    assert kd_accuracy > 50.0
 
 
 def test_demo_reports_a_missing_data_folder(tmp_path: Path) -> None:
