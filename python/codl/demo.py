@@ -277,12 +277,12 @@ def section_comm(_: DemoContext) -> None:
     print(
         f"  FashionCNN ({profile.gradient_numel:,} gradient values, step "
         f"{1e3 * profile.compute_s:.0f} ms at batch 64 here), projected on {nodes} nodes over "
-        f"{link.name} (alpha-beta model, communication overlapped with backward):"
+        f"{link.name} (alpha-beta model, communication after backward, as break-even assumes):"
     )
     for name, candidate in codecs:
         speed = None if candidate is None else linkmodel.measure_throughput(candidate, repeat=3)
         projected = linkmodel.project(
-            profile, candidate, nodes, link.bandwidth, link.latency, throughput=speed
+            profile, candidate, nodes, link.bandwidth, link.latency, throughput=speed, overlap=False
         )
         ratio = accounting.compression_ratio(candidate, profile.gradient_numel, nodes)
         pays = ""
