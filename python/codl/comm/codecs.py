@@ -222,6 +222,13 @@ class _BlockCodec(Codec):
         payload = torch.empty(self.encoded_nbytes(x.numel()), dtype=torch.uint8)
         return x, error, payload
 
+    def _decode_args(
+        self, payload: torch.Tensor, numel: int, out: torch.Tensor | None, accumulate: bool
+    ) -> tuple[torch.Tensor, torch.Tensor, bool]:
+        payload = _check_payload(payload, self.encoded_nbytes(numel), self.name)
+        target, add = _decode_target(self.name, numel, out, accumulate)
+        return payload, target, add
+
     def __repr__(self) -> str:
         return f"{type(self).__name__}(block={self.block}, error_feedback={self.error_feedback})"
 
@@ -246,8 +253,7 @@ class _DeterministicBlockCodec(_BlockCodec):
         out: torch.Tensor | None = None,
         accumulate: bool = False,
     ) -> torch.Tensor:
-        payload = _check_payload(payload, self.encoded_nbytes(numel), self.name)
-        target, add = _decode_target(self.name, numel, out, accumulate)
+        payload, target, add = self._decode_args(payload, numel, out, accumulate)
         _ops.comm_block_decode(self.kernel, payload, self.block, target, add)
         return target
 
@@ -337,8 +343,7 @@ class TernGrad(_BlockCodec):
         out: torch.Tensor | None = None,
         accumulate: bool = False,
     ) -> torch.Tensor:
-        payload = _check_payload(payload, self.encoded_nbytes(numel), self.name)
-        target, add = _decode_target(self.name, numel, out, accumulate)
+        payload, target, add = self._decode_args(payload, numel, out, accumulate)
         _ops.comm_terngrad_decode(payload, self.block, target, add)
         return target
 
@@ -392,8 +397,7 @@ class QSGD(_BlockCodec):
         out: torch.Tensor | None = None,
         accumulate: bool = False,
     ) -> torch.Tensor:
-        payload = _check_payload(payload, self.encoded_nbytes(numel), self.name)
-        target, add = _decode_target(self.name, numel, out, accumulate)
+        payload, target, add = self._decode_args(payload, numel, out, accumulate)
         _ops.comm_qsgd_decode(payload, self.block, self.levels, target, add)
         return target
 
