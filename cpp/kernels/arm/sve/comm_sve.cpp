@@ -1,12 +1,14 @@
 // SVE gradient codec kernels, vector-length agnostic: Int8 encode (fused error feedback) and
-// decode, scaled-sign encode, the top-k scans. Same float operations per value as the scalar
-// reference, so the results match it bit for bit at every vector length; the rest (sign
-// decode, the stochastic codecs) forwards to the reference.
+// decode, scaled-sign encode and decode, TernGrad encode and decode, QSGD encode, the top-k
+// scans. Same float operations per value as the scalar reference, and the counter generator's
+// 64-bit integer steps lane by lane, so the results match it bit for bit at every vector
+// length; QSGD decode (a serial bit reader) forwards to the reference.
 #include <arm_sve.h>
 
 #include <cmath>
 #include <cstring>
 
+#include "codl/comm.h"
 #include "codl/kernel_table.h"
 
 namespace codl::sve {
@@ -127,7 +129,25 @@ bool sign_encode(const float* x, float* error, std::size_t n, std::size_t block,
 
 void sign_decode(const std::uint8_t* scales, const std::uint8_t* bits, std::size_t n,
                  std::size_t block, float* out, bool accumulate) {
-    ref::comm_kernels.sign_decode(scales, bits, n, block, out, accumulate);
+    const svuint32_t lane = svindex_u32(0, 1);
+    for (std::size_t b = 0; b * block < n; ++b) {
+        const std::size_t begin = b * block, m = n - begin < block ? n - begin : block;
+        float scale;
+        std::memcpy(&scale, scales + 4 * b, sizeof scale);
+        for (std::size_t i = 0; i < m; i += svcntw()) {
+            const svbool_t pg = svwhilelt_b32(static_cast<std::uint64_t>(i), static_cast<std::uint64_t>(m));
+            // At 128 bits a vector holds 4 values: it can start mid-byte, so each lane gathers
+            // its own byte.
+            const std::size_t first = begin + i;
+            const svuint32_t bit_index = svadd_n_u32_x(pg, lane, static_cast<std::uint32_t>(first % 8));
+            const svuint32_t bytes = svld1ub_gather_u32offset_u32(pg, bits + first / 8, svlsr_n_u32_x(pg, bit_index, 3));
+            const svuint32_t bit = svand_n_u32_x(pg, svlsr_u32_x(pg, bytes, svand_n_u32_x(pg, bit_index, 7)), 1);
+            float* o = out + first;
+            svfloat32_t value = svsel_f32(svcmpne_n_u32(pg, bit, 0), svdup_n_f32(-scale), svdup_n_f32(scale));
+            if (accumulate) value = svadd_f32_x(pg, svld1_f32(pg, o), value);
+            svst1_f32(pg, o, value);
+        }
+    }
 }
 bool topk_accumulate(const float* x, float* error, float* momentum, float m, std::size_t n) {
     svuint32_t largest = svdup_n_u32(0);
@@ -173,21 +193,156 @@ std::size_t gather_at_least(const float* v, std::size_t n, float threshold, std:
     return count;
 }
 
-// Forwarders to the scalar reference for the kernels this ISA does not speed up.
+// The reference's counter generator (splitmix64's finalizer of stream + index * golden ratio)
+// for the svcntw() indices first, first + 1, ...: two vectors of 64-bit lanes, whose top 24 bits
+// narrow into one vector of uniforms in [0, 1). Below 2^24 the conversion is exact.
+svuint64_t mix64(svbool_t pg, svuint64_t z) {
+    z = svmul_n_u64_x(pg, sveor_u64_x(pg, z, svlsr_n_u64_x(pg, z, 30)), 0xBF58476D1CE4E5B9ull);
+    z = svmul_n_u64_x(pg, sveor_u64_x(pg, z, svlsr_n_u64_x(pg, z, 27)), 0x94D049BB133111EBull);
+    return sveor_u64_x(pg, z, svlsr_n_u64_x(pg, z, 31));
+}
+svfloat32_t uniforms(std::uint64_t stream, std::uint64_t first) {
+    const svbool_t all = svptrue_b64();
+    const auto draw = [&](std::uint64_t start) {
+        const svuint64_t index = svindex_u64(start, 1);
+        const svuint64_t z = svadd_n_u64_x(all, svmul_n_u64_x(all, index, 0x9E3779B97F4A7C15ull), stream);
+        return svreinterpret_u32_u64(svlsr_n_u64_x(all, mix64(all, z), 40));
+    };
+    // uzp1 keeps the low (even) 32-bit halves: lanes first .. first + L/2 - 1, then the rest.
+    const svuint32_t bits = svuzp1_u32(draw(first), draw(first + svcntd()));
+    return svmul_n_f32_x(svptrue_b32(), svcvt_f32_u32_x(svptrue_b32(), bits), 0x1p-24f);
+}
+
+// Packs the 2-bit fields of the active lanes (inactive lanes hold 0) four to a byte, lane 0 in
+// the low bits, and stores the bytes that hold the first `count` fields.
+void store_fields2(svuint32_t field, std::size_t count, std::uint8_t* out) {
+    const svbool_t all = svptrue_b32();
+    const svuint32_t pairs = svorr_u32_x(all, svuzp1_u32(field, field), svlsl_n_u32_x(all, svuzp2_u32(field, field), 2));
+    const svuint32_t quads = svorr_u32_x(all, svuzp1_u32(pairs, pairs), svlsl_n_u32_x(all, svuzp2_u32(pairs, pairs), 4));
+    svst1b_u32(svwhilelt_b32(std::uint64_t{0}, static_cast<std::uint64_t>((count + 3) / 4)), out, quads);
+}
+
 bool terngrad_encode(const float* x, float* error, std::size_t n, std::size_t block,
                      std::uint64_t stream, std::size_t first, std::uint8_t* scales,
                      std::uint8_t* codes) {
-    return ref::comm_kernels.terngrad_encode(x, error, n, block, stream, first, scales, codes);
+    for (std::size_t b = 0; b * block < n; ++b) {
+        const std::size_t begin = b * block, m = n - begin < block ? n - begin : block;
+        const float* xb = x + begin;
+        float* eb = error ? error + begin : nullptr;
+        const std::uint32_t largest = block_max_bits(xb, eb, m);
+        if (largest >= kExponentBits) return false;
+        float s;
+        std::memcpy(&s, &largest, sizeof s);
+        std::memcpy(scales + 4 * b, &s, sizeof s);
+        for (std::size_t i = 0; i < m; i += svcntw()) {
+            const svbool_t pg = svwhilelt_b32(static_cast<std::uint64_t>(i), static_cast<std::uint64_t>(m));
+            const svfloat32_t v = load_v(pg, xb, eb, i);
+            // Keep with probability |v| / s; with s = 0 the quotient is NaN and nothing is kept,
+            // as the reference decides.
+            const svfloat32_t p = svdiv_n_f32_x(pg, svabs_f32_x(pg, v), s);
+            const svbool_t keep = svcmplt_f32(pg, uniforms(stream, first + begin + i), p);
+            const svbool_t negative = svcmplt_n_s32(pg, svreinterpret_s32_f32(v), 0);
+            // code + 1: 1 dropped, 2 kept positive, 0 kept negative; inactive lanes 0.
+            svuint32_t field = svdup_n_u32_z(pg, 1);
+            field = svdup_n_u32_m(field, svbic_b_z(pg, keep, negative), 2);
+            field = svdup_n_u32_m(field, svand_b_z(pg, keep, negative), 0);
+            // block is a multiple of 8 and svcntw() of 4: begin + i starts a byte.
+            store_fields2(field, m - i < svcntw() ? m - i : svcntw(), codes + (begin + i) / 4);
+            if (eb) {
+                const svfloat32_t code = svcvt_f32_s32_x(pg, svsub_n_s32_x(pg, svreinterpret_s32_u32(field), 1));
+                svst1_f32(pg, eb + i, svsub_f32_x(pg, v, svmul_n_f32_x(pg, code, s)));
+            }
+        }
+    }
+    return true;
 }
+
 bool terngrad_decode(const std::uint8_t* scales, const std::uint8_t* codes, std::size_t n,
                      std::size_t block, float* out, bool accumulate) {
-    return ref::comm_kernels.terngrad_decode(scales, codes, n, block, out, accumulate);
+    const svuint32_t lane = svindex_u32(0, 1);
+    svbool_t invalid = svpfalse_b();
+    for (std::size_t b = 0; b * block < n; ++b) {
+        const std::size_t begin = b * block, m = n - begin < block ? n - begin : block;
+        float s;
+        std::memcpy(&s, scales + 4 * b, sizeof s);
+        for (std::size_t i = 0; i < m; i += svcntw()) {
+            const svbool_t pg = svwhilelt_b32(static_cast<std::uint64_t>(i), static_cast<std::uint64_t>(m));
+            const svuint32_t bytes = svld1ub_gather_u32offset_u32(pg, codes + (begin + i) / 4, svlsr_n_u32_x(pg, lane, 2));
+            const svuint32_t shift = svlsl_n_u32_x(pg, svand_n_u32_x(pg, lane, 3), 1);
+            const svuint32_t field = svand_n_u32_x(pg, svlsr_u32_x(pg, bytes, shift), 3);
+            invalid = svorr_b_z(svptrue_b32(), invalid, svcmpeq_n_u32(pg, field, 3));
+            const svfloat32_t code = svcvt_f32_s32_x(pg, svsub_n_s32_x(pg, svreinterpret_s32_u32(field), 1));
+            float* o = out + begin + i;
+            svfloat32_t value = svmul_n_f32_x(pg, code, s);
+            if (accumulate) value = svadd_f32_x(pg, svld1_f32(pg, o), value);
+            svst1_f32(pg, o, value);
+        }
+    }
+    return !svptest_any(svptrue_b32(), invalid);
 }
+
 bool qsgd_encode(const float* x, float* error, std::size_t n, std::size_t block, unsigned levels,
                  std::uint64_t stream, std::size_t first, std::uint8_t* norms,
                  std::uint8_t* codes) {
-    return ref::comm_kernels.qsgd_encode(x, error, n, block, levels, stream, first, norms, codes);
+    const unsigned width = qsgd_field_bits(levels);
+    const float intervals = static_cast<float>(levels - 1);
+    const std::uint32_t sign_field = 1u << (width - 1);
+    std::uint64_t pending = 0;  // the reference's bit writer, fed a vector of fields at a time
+    unsigned pending_bits = 0;
+    std::uint8_t* out = codes;
+    std::uint32_t fields[64];  // svcntw() <= 64 (2048-bit vectors)
+    for (std::size_t b = 0; b * block < n; ++b) {
+        const std::size_t begin = b * block, m = n - begin < block ? n - begin : block;
+        const float* xb = x + begin;
+        float* eb = error ? error + begin : nullptr;
+        double squares = 0.0;  // sequential, in double, as the reference
+        for (std::size_t i = 0; i < m; ++i) {
+            const double v = eb ? xb[i] + eb[i] : xb[i];
+            squares += v * v;
+        }
+        if (!std::isfinite(squares)) return false;
+        const float norm = static_cast<float>(std::sqrt(squares));
+        if (!std::isfinite(norm)) return false;
+        std::memcpy(norms + 4 * b, &norm, sizeof norm);
+        for (std::size_t i = 0; i < m; i += svcntw()) {
+            const svbool_t pg = svwhilelt_b32(static_cast<std::uint64_t>(i), static_cast<std::uint64_t>(m));
+            const svfloat32_t v = load_v(pg, xb, eb, i);
+            svuint32_t level = svdup_n_u32(0);
+            if (norm > 0.0f) {
+                // Stochastic rounding of s |v| / ||v||, the reference's operations in its order.
+                const svfloat32_t r = svmul_n_f32_x(pg, svdiv_n_f32_x(pg, svabs_f32_x(pg, v), norm), intervals);
+                const svfloat32_t lower = svrintm_f32_x(pg, r);
+                const svbool_t up = svcmplt_f32(pg, uniforms(stream, first + begin + i), svsub_f32_x(pg, r, lower));
+                level = svcvt_u32_f32_x(pg, lower);
+                level = svadd_n_u32_m(up, level, 1);
+                level = svmin_n_u32_x(pg, level, levels - 1);
+            }
+            const svbool_t negative = svand_b_z(pg, svcmplt_n_s32(pg, svreinterpret_s32_f32(v), 0),
+                                                svcmpne_n_u32(pg, level, 0));
+            svst1_u32(svptrue_b32(), fields, svorr_n_u32_m(negative, level, sign_field));
+            const std::size_t count = m - i < svcntw() ? m - i : svcntw();
+            for (std::size_t j = 0; j < count; ++j) {
+                pending |= static_cast<std::uint64_t>(fields[j]) << pending_bits;
+                pending_bits += width;
+                while (pending_bits >= 8) {
+                    *out++ = static_cast<std::uint8_t>(pending);
+                    pending >>= 8;
+                    pending_bits -= 8;
+                }
+            }
+            if (eb) {
+                // (norm * level) / s, negated where negative: the reference's order.
+                svfloat32_t sent = svdiv_n_f32_x(pg, svmul_n_f32_x(pg, svcvt_f32_u32_x(pg, level), norm), intervals);
+                sent = svneg_f32_m(sent, negative, sent);
+                svst1_f32(pg, eb + i, svsub_f32_x(pg, v, sent));
+            }
+        }
+    }
+    if (pending_bits) *out = static_cast<std::uint8_t>(pending);
+    return true;
 }
+
+// QSGD decode is a serial bit reader; the reference's is as fast as it gets here.
 bool qsgd_decode(const std::uint8_t* norms, const std::uint8_t* codes, std::size_t n,
                  std::size_t block, unsigned levels, float* out, bool accumulate) {
     return ref::comm_kernels.qsgd_decode(norms, codes, n, block, levels, out, accumulate);
