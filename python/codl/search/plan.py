@@ -301,6 +301,7 @@ def compression_search(
     refine_rounds: int = 4,
     level: int = DEFAULT_LEVEL,
     progress: bool = True,
+    reuse_activations: bool = True,
 ) -> SearchResult:
     """Per-layer sparsity and bit width minimising the packed size of ``model`` with its
     accuracy on ``val_data`` at most ``max_accuracy_drop`` points below its own (see the module
@@ -320,6 +321,9 @@ def compression_search(
             kept while the measured drop stays within the budget and the file shrinks (0: off).
         level: DEFLATE level of the sizes (that of :func:`codl.save` by default).
         progress: tqdm bars.
+        reuse_activations: in the sensitivity pass, re-run only the part of the network
+            downstream of each layer on cached activations (the same table, faster; see
+            :func:`codl.search.measure_sensitivity`).
     """
     if isinstance(max_accuracy_drop, bool) or not isinstance(max_accuracy_drop, (int, float)):
         raise TypeError(
@@ -341,6 +345,7 @@ def compression_search(
         layers=layers,
         level=level,
         progress=progress,
+        reuse_activations=reuse_activations,
     )
     options: dict[str, list[SensitivityRow]] = {}
     for row in table:
