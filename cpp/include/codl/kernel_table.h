@@ -130,6 +130,20 @@ std::int32_t max_magnitude_bits(const float* x, std::size_t n, std::int32_t so_f
 // the sum of what it wrote.
 std::int32_t quantize_tail(const float* x, std::size_t begin, std::size_t k, std::size_t k_padded,
                            float inverse, std::int8_t* q);
+// QSGD's scalar pieces, shared by every ISA so that all of them follow one order: the block norm
+// ||x + error||_2 (error may be null), summed sequentially in double; false where it is not
+// finite.
+bool qsgd_block_norm(const float* x, const float* error, std::size_t m, float* norm);
+// The bit writer: fields of `width` bits appended LSB first at `out`; `pending` holds the bits
+// not yet stored. flush_fields stores the last partial byte.
+struct FieldWriter {
+    std::uint8_t* out;
+    unsigned width;
+    std::uint64_t pending;
+    unsigned pending_bits;
+};
+void write_fields(FieldWriter& writer, const std::uint32_t* fields, std::size_t count);
+void flush_fields(FieldWriter& writer);
 }
 namespace avx2 {
 extern const PackKernels pack_kernels;

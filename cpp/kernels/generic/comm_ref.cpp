@@ -43,6 +43,33 @@ float sign_block_scale(const float* lane_sums, std::size_t count) {
     return static_cast<float>(total / static_cast<double>(count));
 }
 
+bool qsgd_block_norm(const float* x, const float* error, std::size_t m, float* norm) {
+    double squares = 0.0;  // sequential, in double: one order for every ISA
+    for (std::size_t i = 0; i < m; ++i) {
+        const double v = error ? x[i] + error[i] : x[i];
+        squares += v * v;
+    }
+    if (!std::isfinite(squares)) return false;
+    *norm = static_cast<float>(std::sqrt(squares));
+    return std::isfinite(*norm);
+}
+
+void write_fields(FieldWriter& writer, const std::uint32_t* fields, std::size_t count) {
+    for (std::size_t j = 0; j < count; ++j) {
+        writer.pending |= static_cast<std::uint64_t>(fields[j]) << writer.pending_bits;
+        writer.pending_bits += writer.width;
+        while (writer.pending_bits >= 8) {
+            *writer.out++ = static_cast<std::uint8_t>(writer.pending);
+            writer.pending >>= 8;
+            writer.pending_bits -= 8;
+        }
+    }
+}
+
+void flush_fields(FieldWriter& writer) {
+    if (writer.pending_bits) *writer.out = static_cast<std::uint8_t>(writer.pending);
+}
+
 namespace {
 
 constexpr std::uint32_t kExponentBits = 0x7F800000u;
@@ -197,21 +224,13 @@ bool qsgd_encode(const float* x, float* error, std::size_t n, std::size_t block,
                  std::uint8_t* codes) {
     const unsigned width = qsgd_field_bits(levels);
     const float intervals = static_cast<float>(levels - 1);
-    std::uint64_t pending = 0;  // bits not yet stored, LSB first
-    unsigned pending_bits = 0;
-    std::uint8_t* out = codes;
+    FieldWriter writer{codes, width, 0, 0};
     for (std::size_t b = 0; b * block < n; ++b) {
         const std::size_t begin = b * block, m = n - begin < block ? n - begin : block;
         const float* xb = x + begin;
         float* eb = error ? error + begin : nullptr;
-        double squares = 0.0;  // sequential, in double: one order for every ISA
-        for (std::size_t i = 0; i < m; ++i) {
-            const double v = corrected(xb, eb, i);
-            squares += v * v;
-        }
-        if (!std::isfinite(squares)) return false;
-        const float norm = static_cast<float>(std::sqrt(squares));
-        if (!std::isfinite(norm)) return false;
+        float norm;
+        if (!qsgd_block_norm(xb, eb, m, &norm)) return false;
         store_scale(norms, b, norm);
         for (std::size_t i = 0; i < m; ++i) {
             const float v = corrected(xb, eb, i);
@@ -225,19 +244,12 @@ bool qsgd_encode(const float* x, float* error, std::size_t n, std::size_t block,
                 if (level > levels - 1) level = levels - 1;
             }
             const bool negative = level != 0 && sign_bit(v);
-            pending |= static_cast<std::uint64_t>(level | static_cast<unsigned>(negative)
-                                                                  << (width - 1))
-                       << pending_bits;
-            pending_bits += width;
-            while (pending_bits >= 8) {
-                *out++ = static_cast<std::uint8_t>(pending);
-                pending >>= 8;
-                pending_bits -= 8;
-            }
+            const std::uint32_t field = level | static_cast<unsigned>(negative) << (width - 1);
+            write_fields(writer, &field, 1);
             if (eb) eb[i] = v - qsgd_value(norm, level, negative, intervals);
         }
     }
-    if (pending_bits) *out = static_cast<std::uint8_t>(pending);
+    flush_fields(writer);
     return true;
 }
 

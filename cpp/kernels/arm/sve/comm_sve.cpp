@@ -287,22 +287,14 @@ bool qsgd_encode(const float* x, float* error, std::size_t n, std::size_t block,
     const unsigned width = qsgd_field_bits(levels);
     const float intervals = static_cast<float>(levels - 1);
     const std::uint32_t sign_field = 1u << (width - 1);
-    std::uint64_t pending = 0;  // the reference's bit writer, fed a vector of fields at a time
-    unsigned pending_bits = 0;
-    std::uint8_t* out = codes;
+    ref::FieldWriter writer{codes, width, 0, 0};  // the reference's, fed a vector at a time
     std::uint32_t fields[64];  // svcntw() <= 64 (2048-bit vectors)
     for (std::size_t b = 0; b * block < n; ++b) {
         const std::size_t begin = b * block, m = n - begin < block ? n - begin : block;
         const float* xb = x + begin;
         float* eb = error ? error + begin : nullptr;
-        double squares = 0.0;  // sequential, in double, as the reference
-        for (std::size_t i = 0; i < m; ++i) {
-            const double v = eb ? xb[i] + eb[i] : xb[i];
-            squares += v * v;
-        }
-        if (!std::isfinite(squares)) return false;
-        const float norm = static_cast<float>(std::sqrt(squares));
-        if (!std::isfinite(norm)) return false;
+        float norm;
+        if (!ref::qsgd_block_norm(xb, eb, m, &norm)) return false;
         std::memcpy(norms + 4 * b, &norm, sizeof norm);
         for (std::size_t i = 0; i < m; i += svcntw()) {
             const svbool_t pg = svwhilelt_b32(static_cast<std::uint64_t>(i), static_cast<std::uint64_t>(m));
@@ -321,15 +313,7 @@ bool qsgd_encode(const float* x, float* error, std::size_t n, std::size_t block,
                                                 svcmpne_n_u32(pg, level, 0));
             svst1_u32(svptrue_b32(), fields, svorr_n_u32_m(negative, level, sign_field));
             const std::size_t count = m - i < svcntw() ? m - i : svcntw();
-            for (std::size_t j = 0; j < count; ++j) {
-                pending |= static_cast<std::uint64_t>(fields[j]) << pending_bits;
-                pending_bits += width;
-                while (pending_bits >= 8) {
-                    *out++ = static_cast<std::uint8_t>(pending);
-                    pending >>= 8;
-                    pending_bits -= 8;
-                }
-            }
+            ref::write_fields(writer, fields, count);
             if (eb) {
                 // (norm * level) / s, negated where negative: the reference's order.
                 svfloat32_t sent = svdiv_n_f32_x(pg, svmul_n_f32_x(pg, svcvt_f32_u32_x(pg, level), norm), intervals);
@@ -338,7 +322,7 @@ bool qsgd_encode(const float* x, float* error, std::size_t n, std::size_t block,
             }
         }
     }
-    if (pending_bits) *out = static_cast<std::uint8_t>(pending);
+    ref::flush_fields(writer);
     return true;
 }
 

@@ -325,31 +325,14 @@ bool qsgd_encode(const float* x, float* error, std::size_t n, std::size_t block,
     const __m256 iv = _mm256_set1_ps(intervals);
     const __m256i top_level = _mm256_set1_epi32(static_cast<int>(levels - 1));
     const __m256i sign_mask = _mm256_set1_epi32(static_cast<int>(0x80000000u));
-    std::uint64_t pending = 0;  // the reference's bit writer, fed 8 fields at a time
-    unsigned pending_bits = 0;
-    std::uint8_t* out = codes;
+    ref::FieldWriter writer{codes, width, 0, 0};  // the reference's, fed 8 fields at a time
     alignas(32) std::uint32_t fields[8];
-    const auto write = [&](std::uint32_t field) {
-        pending |= static_cast<std::uint64_t>(field) << pending_bits;
-        pending_bits += width;
-        while (pending_bits >= 8) {
-            *out++ = static_cast<std::uint8_t>(pending);
-            pending >>= 8;
-            pending_bits -= 8;
-        }
-    };
     for (std::size_t b = 0; b * block < n; ++b) {
         const std::size_t begin = b * block, m = n - begin < block ? n - begin : block;
         const float* xb = x + begin;
         float* eb = error ? error + begin : nullptr;
-        double squares = 0.0;  // sequential, in double, as the reference
-        for (std::size_t i = 0; i < m; ++i) {
-            const double v = scalar_v(xb, eb, i);
-            squares += v * v;
-        }
-        if (!std::isfinite(squares)) return false;
-        const float norm = static_cast<float>(std::sqrt(squares));
-        if (!std::isfinite(norm)) return false;
+        float norm;
+        if (!ref::qsgd_block_norm(xb, eb, m, &norm)) return false;
         std::memcpy(norms + 4 * b, &norm, sizeof norm);
         const __m256 nv = _mm256_set1_ps(norm);
         std::size_t i = 0;
@@ -368,7 +351,7 @@ bool qsgd_encode(const float* x, float* error, std::size_t n, std::size_t block,
             const __m256i sign_field = _mm256_set1_epi32(static_cast<int>(1u << (width - 1)));
             _mm256_store_si256(reinterpret_cast<__m256i*>(fields),
                                _mm256_or_si256(level, _mm256_and_si256(negative, sign_field)));
-            for (std::uint32_t field : fields) write(field);
+            ref::write_fields(writer, fields, 8);
             if (eb) {
                 // (norm * level) / s, negated where negative: the reference's order.
                 const __m256 magnitude = _mm256_div_ps(_mm256_mul_ps(nv, _mm256_cvtepi32_ps(level)), iv);
@@ -387,14 +370,15 @@ bool qsgd_encode(const float* x, float* error, std::size_t n, std::size_t block,
                 if (level > levels - 1) level = levels - 1;
             }
             const bool negative = level != 0 && std::signbit(v);
-            write(level | static_cast<unsigned>(negative) << (width - 1));
+            const std::uint32_t field = level | static_cast<unsigned>(negative) << (width - 1);
+            ref::write_fields(writer, &field, 1);
             if (eb) {
                 const float magnitude = norm * static_cast<float>(level) / intervals;
                 eb[i] = v - (negative ? -magnitude : magnitude);
             }
         }
     }
-    if (pending_bits) *out = static_cast<std::uint8_t>(pending);
+    ref::flush_fields(writer);
     return true;
 }
 

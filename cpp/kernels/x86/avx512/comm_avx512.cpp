@@ -298,22 +298,14 @@ bool qsgd_encode(const float* x, float* error, std::size_t n, std::size_t block,
     const __m512 iv = _mm512_set1_ps(intervals);
     const __m512i top_level = _mm512_set1_epi32(static_cast<int>(levels - 1));
     const __m512i sign_field = _mm512_set1_epi32(static_cast<int>(1u << (width - 1)));
-    std::uint64_t pending = 0;  // the reference's bit writer, fed 16 fields at a time
-    unsigned pending_bits = 0;
-    std::uint8_t* out = codes;
+    ref::FieldWriter writer{codes, width, 0, 0};  // the reference's, fed a vector at a time
     alignas(64) std::uint32_t fields[16];
     for (std::size_t b = 0; b * block < n; ++b) {
         const std::size_t begin = b * block, m = n - begin < block ? n - begin : block;
         const float* xb = x + begin;
         float* eb = error ? error + begin : nullptr;
-        double squares = 0.0;  // sequential, in double, as the reference
-        for (std::size_t i = 0; i < m; ++i) {
-            const double v = eb ? xb[i] + eb[i] : xb[i];
-            squares += v * v;
-        }
-        if (!std::isfinite(squares)) return false;
-        const float norm = static_cast<float>(std::sqrt(squares));
-        if (!std::isfinite(norm)) return false;
+        float norm;
+        if (!ref::qsgd_block_norm(xb, eb, m, &norm)) return false;
         std::memcpy(norms + 4 * b, &norm, sizeof norm);
         const __m512 nv = _mm512_set1_ps(norm);
         for (std::size_t i = 0; i < m; i += 16) {
@@ -333,15 +325,7 @@ bool qsgd_encode(const float* x, float* error, std::size_t n, std::size_t block,
                                        _mm512_test_epi32_mask(level, level);
             _mm512_store_si512(fields, _mm512_mask_or_epi32(level, negative, level, sign_field));
             const std::size_t count = m - i < 16 ? m - i : 16;
-            for (std::size_t j = 0; j < count; ++j) {
-                pending |= static_cast<std::uint64_t>(fields[j]) << pending_bits;
-                pending_bits += width;
-                while (pending_bits >= 8) {
-                    *out++ = static_cast<std::uint8_t>(pending);
-                    pending >>= 8;
-                    pending_bits -= 8;
-                }
-            }
+            ref::write_fields(writer, fields, count);
             if (eb) {
                 // (norm * level) / s, negated where negative: the reference's order.
                 __m512 sent = _mm512_div_ps(_mm512_mul_ps(nv, _mm512_cvtepi32_ps(level)), iv);
@@ -352,7 +336,7 @@ bool qsgd_encode(const float* x, float* error, std::size_t n, std::size_t block,
             }
         }
     }
-    if (pending_bits) *out = static_cast<std::uint8_t>(pending);
+    ref::flush_fields(writer);
     return true;
 }
 
