@@ -28,6 +28,12 @@ identical on every rank, and handled the same way.
 
 Only torch.distributed collectives are used (gloo on CPU supports ``all_to_all_single``; see
 ``docs/comm.md``).
+
+Devices: the codecs run on the CPU. A CUDA tensor is copied to the host, encoded, and its result
+copied back; the payloads go to the collective as they are when the process group's backend
+takes CPU tensors (gloo), and through the device the backend needs otherwise (NCCL: the current
+CUDA device), see :func:`communication_device`. A CPU tensor on gloo is never copied for staging
+(``state.last.notes["staged_bytes"]`` counts the bytes that were).
 """
 
 from __future__ import annotations
@@ -128,13 +134,93 @@ def _subkey(key: int, phase: int, rank: int, chunk: int) -> int:
     return ((key & 0xFFFFF) << 40) | (phase << 38) | ((rank & 0x3FFFF) << 20) | (chunk & 0xFFFFF)
 
 
-def _all_gather_flat(
-    output: torch.Tensor, local: torch.Tensor, group: dist.ProcessGroup | None
-) -> None:
-    """Concatenates every rank's ``local`` into ``output`` (``all_gather_single`` where torch has
-    it, else its older name ``all_gather_into_tensor``)."""
-    gather = getattr(dist, "all_gather_single", None) or dist.all_gather_into_tensor
-    gather(output, local, group=group)
+#: The device types each torch.distributed backend takes tensors of, as codl uses them (gloo's
+#: CUDA support does not cover every collective, ``all_to_all_single`` included: codl stages).
+BACKEND_DEVICE_TYPES: dict[str, tuple[str, ...]] = {
+    "gloo": ("cpu",),
+    "mpi": ("cpu",),
+    "nccl": ("cuda",),
+    "ucc": ("cpu", "cuda"),
+    "xccl": ("xpu",),
+}
+
+
+def backend_device_types(group: dist.ProcessGroup | None = None) -> tuple[str, ...]:
+    """Device types the backend of ``group`` takes, in order of preference: ``("cpu",)`` for
+    gloo, ``("cuda",)`` for NCCL, both for a ``"cpu:gloo,cuda:nccl"`` group. An unknown backend
+    is assumed to take CPU tensors."""
+    types: list[str] = []
+    for part in str(dist.get_backend(group)).lower().split(","):
+        device, _, name = part.strip().rpartition(":")
+        types.extend([device] if device else BACKEND_DEVICE_TYPES.get(name, ("cpu",)))
+    return tuple(dict.fromkeys(types))
+
+
+def communication_device(
+    group: dist.ProcessGroup | None = None, data: torch.device | str = "cpu"
+) -> torch.device:
+    """The device a collective of ``group`` runs on for data on ``data``: ``data`` itself when
+    the backend takes its type (CPU on gloo, CUDA on NCCL), else the backend's first device type
+    (CUDA: the current device, as NCCL requires)."""
+    data = torch.device(data)
+    types = backend_device_types(group)
+    if data.type in types:
+        return data
+    if types[0] == "cuda":
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device(types[0])
+
+
+class Channel:
+    """The collectives of one call on ``group``, run on ``device`` (see
+    :func:`communication_device`). Tensors already there go to the backend as they are (gloo
+    and CPU: no copy); others are copied there and the results copied back, counted in
+    ``staged_bytes``."""
+
+    def __init__(self, group: dist.ProcessGroup | None, device: torch.device) -> None:
+        self.group = group
+        self.device = device
+        self.staged_bytes = 0
+
+    @classmethod
+    def for_data(cls, group: dist.ProcessGroup | None, data: torch.device | str) -> Channel:
+        return cls(group, communication_device(group, data))
+
+    def _there(self, tensor: torch.Tensor) -> torch.Tensor:
+        if tensor.device == self.device:
+            return tensor
+        self.staged_bytes += tensor.numel() * tensor.element_size()
+        return tensor.to(self.device)
+
+    def _empty_there(self, tensor: torch.Tensor) -> torch.Tensor:
+        return (
+            tensor if tensor.device == self.device else torch.empty_like(tensor, device=self.device)
+        )
+
+    def _back(self, result: torch.Tensor, output: torch.Tensor) -> None:
+        if result is not output:
+            self.staged_bytes += result.numel() * result.element_size()
+            output.copy_(result)
+
+    def all_gather(self, output: torch.Tensor, local: torch.Tensor) -> None:
+        """Concatenates every rank's ``local`` into ``output`` (``all_gather_single`` where torch
+        has it, else its older name ``all_gather_into_tensor``)."""
+        gather = getattr(dist, "all_gather_single", None) or dist.all_gather_into_tensor
+        result = self._empty_there(output)
+        gather(result, self._there(local), group=self.group)
+        self._back(result, output)
+
+    def all_to_all(self, output: torch.Tensor, send: torch.Tensor) -> None:
+        """``all_to_all_single``: equal slices of ``send`` to each rank, in rank order."""
+        result = self._empty_there(output)
+        dist.all_to_all_single(result, self._there(send), group=self.group)
+        self._back(result, output)
+
+    def all_reduce(self, tensor: torch.Tensor) -> None:
+        """Sums ``tensor`` over the ranks, in place."""
+        there = self._there(tensor)
+        dist.all_reduce(there, group=self.group)
+        self._back(there, tensor)
 
 
 def _workspace(
@@ -163,9 +249,9 @@ def _check_inputs(tensor: object, codec: object, op: object, on_nonfinite: objec
         raise TypeError(f"tensor: expected a torch.Tensor, received {type(tensor).__name__}")
     if tensor.dtype != torch.float32:
         raise TypeError(f"tensor: expected dtype torch.float32, received {tensor.dtype}")
-    if not tensor.is_contiguous() or tensor.device.type != "cpu":
+    if not tensor.is_contiguous():
         raise ValueError(
-            f"tensor: expected a contiguous CPU tensor, received device {tensor.device}, "
+            f"tensor: expected a contiguous tensor, received device {tensor.device}, "
             f"contiguous={tensor.is_contiguous()}"
         )
     if not isinstance(codec, Codec):
@@ -195,14 +281,14 @@ def _nonfinite(
 
 def _check_same_size(
     numel: int,
-    group: dist.ProcessGroup | None,
+    channel: Channel,
     world_size: int,
     link: Link | None,
     record: StepRecord,
 ) -> None:
     start = time.perf_counter()
     sizes = torch.empty(world_size, dtype=torch.int64)
-    _all_gather_flat(sizes, torch.tensor([numel], dtype=torch.int64), group=group)
+    channel.all_gather(sizes, torch.tensor([numel], dtype=torch.int64))
     if link is not None:
         link.wait(world_size - 1, (world_size - 1) * SIZE_NBYTES)
     record.comm_s += time.perf_counter() - start
@@ -222,11 +308,18 @@ def dense_allreduce(
     record: StepRecord | None = None,
 ) -> torch.Tensor:
     """Plain float32 ``all_reduce`` (in place), accounted as a ring allreduce; ``link`` sleeps as
-    a slow link would: 2 (P - 1) messages and 2 (P - 1) / P · 4 n bytes."""
+    a slow link would: 2 (P - 1) messages and 2 (P - 1) / P · 4 n bytes. The tensor goes to the
+    backend where it lies when the backend takes that device (CUDA on NCCL, CPU on gloo), else
+    through a staged copy."""
     world_size = dist.get_world_size(group)
     start = time.perf_counter()
     if world_size > 1 and tensor.numel():
-        dist.all_reduce(tensor, group=group)
+        channel = Channel.for_data(group, tensor.device)
+        channel.all_reduce(tensor)
+        if channel.staged_bytes and record is not None:
+            record.notes["staged_bytes"] = record.notes.get("staged_bytes", 0) + float(
+                channel.staged_bytes
+            )
         if link is not None:
             link.wait(2 * (world_size - 1), ring_allreduce_bytes(tensor.numel(), world_size))
     if op == "mean" and world_size > 1:
@@ -277,9 +370,12 @@ def allreduce(
     if state is not None:
         state.check_world_size(world_size)
     record = StepRecord(ring_bytes=ring_allreduce_bytes(flat.numel(), world_size))
+    # The codecs run on the CPU: a device tensor is staged through the host (one copy each way).
+    host = flat if flat.device.type == "cpu" else flat.to("cpu")
+    channel = Channel.for_data(group, host.device)
     if check_sizes and world_size > 1:
-        _check_same_size(flat.numel(), group, world_size, link, record)
-    if world_size == 1 or flat.numel() == 0:
+        _check_same_size(host.numel(), channel, world_size, link, record)
+    if world_size == 1 or host.numel() == 0:
         # Nothing to exchange; the value is already the mean (and the sum) of one rank.
         if not bool(torch.isfinite(flat).all()):
             _nonfinite(flat, [rank], "in the gradient", on_nonfinite)
@@ -287,14 +383,13 @@ def allreduce(
             state.last = record
         return tensor
     record.compressed_tensors = 1
-    if codec.scheme == "two_phase":
-        _two_phase(
-            flat, codec, group, world_size, rank, state, key, step, op, on_nonfinite, link, record
-        )
-    else:
-        _allgather(
-            flat, codec, group, world_size, rank, state, key, step, op, on_nonfinite, link, record
-        )
+    reduce = _two_phase if codec.scheme == "two_phase" else _allgather
+    reduce(host, codec, channel, world_size, rank, state, key, step, op, on_nonfinite, link, record)
+    staged = channel.staged_bytes
+    if host is not flat:
+        flat.copy_(host)
+        staged += 2 * 4 * host.numel()
+    record.notes["staged_bytes"] = float(staged)
     if state is not None:
         state.last = record
         if record.nonfinite:
@@ -313,7 +408,7 @@ def _restore_error(
 def _two_phase(
     flat: torch.Tensor,
     codec: Codec,
-    group: dist.ProcessGroup | None,
+    channel: Channel,
     world_size: int,
     rank: int,
     state: CollectiveState | None,
@@ -368,7 +463,7 @@ def _two_phase(
     start = time.perf_counter()
     received = _workspace(state, key, "received", world_size * width, torch.uint8)
     received = received.view(world_size, width)
-    dist.all_to_all_single(received.view(-1), send.view(-1), group=group)
+    channel.all_to_all(received.view(-1), send.view(-1))
     if link is not None:
         link.wait(world_size - 1, (world_size - 1) * width)
     record.comm_s += time.perf_counter() - start
@@ -399,7 +494,7 @@ def _two_phase(
     start = time.perf_counter()
     gathered = _workspace(state, key, "gathered", world_size * encoded, torch.uint8)
     gathered = gathered.view(world_size, encoded)
-    _all_gather_flat(gathered.view(-1), mine, group=group)
+    channel.all_gather(gathered.view(-1), mine)
     if link is not None:
         link.wait(world_size - 1, (world_size - 1) * encoded)
     record.comm_s += time.perf_counter() - start
@@ -422,7 +517,7 @@ def _two_phase(
 def _allgather(
     flat: torch.Tensor,
     codec: Codec,
-    group: dist.ProcessGroup | None,
+    channel: Channel,
     world_size: int,
     rank: int,
     state: CollectiveState | None,
@@ -450,7 +545,7 @@ def _allgather(
     start = time.perf_counter()
     length = torch.tensor([payload.numel() if local_finite else -1], dtype=torch.int64)
     lengths = torch.empty(world_size, dtype=torch.int64)
-    _all_gather_flat(lengths, length, group=group)
+    channel.all_gather(lengths, length)
     if link is not None:
         link.wait(world_size - 1, (world_size - 1) * LENGTH_NBYTES)
     flagged = [i for i in range(world_size) if int(lengths[i]) < 0]
@@ -466,7 +561,7 @@ def _allgather(
     padded = torch.zeros(longest, dtype=torch.uint8)
     padded[: payload.numel()] = payload
     gathered = torch.empty(world_size, longest, dtype=torch.uint8)
-    _all_gather_flat(gathered.view(-1), padded, group=group)
+    channel.all_gather(gathered.view(-1), padded)
     if link is not None:
         link.wait(world_size - 1, (world_size - 1) * longest)
     record.comm_s += time.perf_counter() - start

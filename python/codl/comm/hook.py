@@ -27,15 +27,36 @@ could differ between ranks, a hang until the process group's timeout).
 The state reports, per step and in total: bytes sent per rank (payload, metadata, padding), the
 float32 ring allreduce's bytes for the same buckets, their ratio, and the time spent encoding,
 decoding and communicating. ``state.state_dict()`` holds the error-feedback buffers and the
-step, to be saved with the model checkpoint.
+step, to be saved with the model checkpoint (each rank saves its own: the residuals differ).
+
+Bucket layouts. The error-feedback buffers (and PowerSGD's Q) of a bucket belong to its
+parameters, not to its index: DDP starts with one layout (one bucket for everything, or buckets
+in reverse registration order with ``find_unused_parameters=True``), rebuilds its buckets in
+gradient-ready order after the first step, and a fresh DDP restored from a checkpoint starts
+over. The state names each parameter by the order in which it first saw it (DDP's initial
+layout, the same in every fresh DDP of the same model and bucket sizes: register the hook before
+the first backward), records which parameters each bucket's buffers cover, and when a bucket
+covers others re-maps every buffer to the new layout, element for element: each rank keeps its
+phase-1 residuals, and the phase-2 residuals (each rank holds those of the chunk of the reduced
+bucket it re-encoded) go to the chunk's new owner through one ``all_gather`` of the bucket. No
+residual is dropped or applied to another parameter, so error feedback's invariant holds across
+the change. A restored run's first step buckets differently from the run it continues, so it
+continues bit for bit only with codecs that work value by value (FP16 or BF16, with or without
+error feedback; PowerSGD, whose products run on their own allocations) and float32 sums whose
+order the layout does not change (gloo's ring allreduce of uncompressed buckets and of
+PowerSGD's P and Q does not at 2 ranks); block codecs (Int8, SignEF, top-k) continue from the
+same residuals but round the restored step's blocks differently. Parameters whose bucket goes
+uncompressed after a change keep their residuals in ``pending`` until a compressed bucket takes
+them.
 """
 
 from __future__ import annotations
 
 import concurrent.futures
+import math
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
@@ -45,6 +66,7 @@ from torch._C._distributed_c10d import GradBucket
 from codl.comm.accounting import StepRecord, compressed_bytes, ring_allreduce_bytes
 from codl.comm.codecs import Codec
 from codl.comm.collectives import (
+    Channel,
     CollectiveState,
     Link,
     NonFiniteGradientError,
@@ -98,7 +120,12 @@ class HookState:
         self.link = link
         self.collective = CollectiveState()
         self.step = 0
-        self.bucket_numel: dict[int, int] = {}
+        # Bucket layouts (see the module docstring): parameter ids are positions in param_shapes.
+        self.param_shapes: list[tuple[int, ...]] = []
+        self.layout: dict[int, tuple[int, ...]] = {}
+        self.pending: dict[int, dict[str, torch.Tensor]] = {}
+        self.relayouts = 0
+        self._param_ids: dict[int, int] = {}
         self.current = StepRecord()
         self.last_step: StepRecord | None = None
         self.history: list[StepRecord] = []
@@ -156,16 +183,237 @@ class HookState:
             "collective": self.collective.state_dict(),
             "powersgd": codec_state,
             "total": self.total.as_dict(),
+            "param_shapes": [list(shape) for shape in self.param_shapes],
+            "layout": {key: list(ids) for key, ids in self.layout.items()},
+            "pending": {
+                pid: {name: t.clone() for name, t in pieces.items()}
+                for pid, pieces in self.pending.items()
+            },
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restores :meth:`state_dict` (of the same rank). Call it before the restored model's
+        first backward; its buffers move to the new DDP's bucket layout as that DDP uses them."""
+        if "layout" not in state:
+            raise ValueError(
+                "state: a hook state_dict without bucket layouts (saved by an older codl); its "
+                "buffers cannot be matched to parameters"
+            )
         self.step = int(state["step"])
+        self.param_shapes = [tuple(int(n) for n in shape) for shape in state["param_shapes"]]
+        self.layout = {int(key): tuple(int(i) for i in ids) for key, ids in state["layout"].items()}
+        self.pending = {
+            int(pid): {name: t.clone() for name, t in pieces.items()}
+            for pid, pieces in state["pending"].items()
+        }
         self.collective.load_state_dict(state["collective"])
         if isinstance(self.codec, PowerSGD) and state["powersgd"] is not None:
             self.codec.load_state_dict(state["powersgd"])
         total = dict(state["total"])
         total.pop("ratio", None)
         self.total = StepRecord(**total)
+
+    # Bucket layouts ------------------------------------------------------------------------
+
+    def parameter_ids(self, parameters: Sequence[torch.Tensor]) -> tuple[int, ...]:
+        """The ids of a bucket's parameters: the order in which this state first saw each (a
+        restored state checks the shapes against its checkpoint's)."""
+        ids = []
+        for parameter in parameters:
+            pid = self._param_ids.get(id(parameter))
+            if pid is None:
+                pid = len(self._param_ids)
+                shape = tuple(parameter.shape)
+                if pid < len(self.param_shapes) and self.param_shapes[pid] != shape:
+                    raise ValueError(
+                        f"parameter {pid} (in order of first use) has shape {shape}, the hook "
+                        f"state was saved for {self.param_shapes[pid]}: another model, or the "
+                        "hook was registered after DDP's first backward"
+                    )
+                if pid >= len(self.param_shapes):
+                    self.param_shapes.append(shape)
+                self._param_ids[id(parameter)] = pid
+            ids.append(pid)
+        return tuple(ids)
+
+    def keeps_buffers(self) -> bool:
+        """Whether the codec keeps per-bucket state between steps (error feedback, Q)."""
+        if isinstance(self.codec, PowerSGD):
+            return self.codec.error_feedback or self.codec.warm_start
+        return self.codec is not None and self.codec.error_feedback
+
+    def _numels(self, ids: Sequence[int]) -> list[int]:
+        return [math.prod(self.param_shapes[pid]) for pid in ids]
+
+    def _q_numels(self, ids: Sequence[int]) -> list[int]:
+        assert isinstance(self.codec, PowerSGD)
+        sizes = []
+        for pid in ids:
+            shape = self.param_shapes[pid]
+            m = math.prod(shape[1:])
+            sizes.append(m * min(shape[0], m, self.codec.rank))
+        return sizes
+
+    def _powersgd_ids(self, ids: Sequence[int]) -> list[int]:
+        assert isinstance(self.codec, PowerSGD)
+        return [pid for pid in ids if self.codec.compresses(self.param_shapes[pid])]
+
+    def _dissolve(self, rank: int, world_size: int) -> None:
+        """Moves every bucket's buffers into per-parameter pieces (``pending``)."""
+        codec = self.codec
+        for key, ids in self.layout.items():
+            if isinstance(codec, PowerSGD):
+                matrices = self._powersgd_ids(ids)
+                for name, store, numels in (
+                    ("error", codec.errors, self._numels(matrices)),
+                    ("q", codec.qs, self._q_numels(matrices)),
+                ):
+                    flat = store.pop(key, None)
+                    if flat is not None:
+                        for pid, piece in zip(matrices, torch.split(flat, numels)):
+                            self.pending.setdefault(pid, {})[name] = piece.clone()
+                continue
+            numels = self._numels(ids)
+            numel = sum(numels)
+            error1 = self.collective.buffers.pop((key, 1), None)
+            error2 = self.collective.buffers.pop((key, 2), None)
+            if error1 is not None:
+                for pid, piece in zip(ids, torch.split(error1[:numel], numels)):
+                    self.pending.setdefault(pid, {})["e1"] = piece.clone()
+            if error2 is not None:
+                # This rank's phase-2 residuals, in place in the bucket (zeros elsewhere).
+                chunk = -(-numel // world_size)
+                begin, end = rank * chunk, min((rank + 1) * chunk, numel)
+                full = torch.zeros(numel, dtype=error2.dtype)
+                if end > begin:
+                    full[begin:end] = error2[: end - begin]
+                for pid, piece in zip(ids, torch.split(full, numels)):
+                    self.pending.setdefault(pid, {})["e2"] = piece.clone()
+        self.layout.clear()
+        self.collective.workspaces.clear()
+        self.relayouts += 1
+
+    def _assemble(
+        self, index: int, ids: tuple[int, ...], device: torch.device, record: StepRecord
+    ) -> None:
+        """Builds bucket ``index``'s buffers from the pending pieces of its parameters."""
+        codec = self.codec
+        pieces = [self.pending.get(pid, {}) for pid in ids]
+        if isinstance(codec, PowerSGD):
+            matrices = self._powersgd_ids(ids)
+            found = [self.pending.get(pid, {}) for pid in matrices]
+            numels, q_numels = self._numels(matrices), self._q_numels(matrices)
+            if codec.error_feedback and any("error" in p for p in found):
+                codec.errors[index] = torch.cat(
+                    [
+                        p["error"].to(device) if "error" in p else torch.zeros(n, device=device)
+                        for p, n in zip(found, numels)
+                    ]
+                )
+            if codec.warm_start and any("q" in p for p in found):
+                shapes = [self.param_shapes[pid] for pid in matrices]
+                sizes = []
+                for shape in shapes:
+                    m = math.prod(shape[1:])
+                    sizes.append((m, min(shape[0], m, codec.rank)))
+                q = codec.initial_q(index, sizes, device)
+                for p, part in zip(found, torch.split(q, q_numels)):
+                    if "q" in p:
+                        part.copy_(p["q"])
+                codec.qs[index] = q
+        elif codec is not None:
+            numels = self._numels(ids)
+            numel = sum(numels)
+            world_size = dist.get_world_size(self.process_group)
+            chunk = -(-numel // world_size)
+            two_phase = codec.scheme == "two_phase"
+            if any("e1" in p for p in pieces):
+                error1 = torch.zeros(world_size * chunk if two_phase else numel)
+                error1[:numel] = torch.cat(
+                    [p["e1"] if "e1" in p else torch.zeros(n) for p, n in zip(pieces, numels)]
+                )
+                self.collective.buffers[(index, 1)] = error1
+            if two_phase and any("e2" in p for p in pieces):
+                # Every rank holds its old chunks' residuals, zeros elsewhere: one all_gather,
+                # then each value from the rank that held it (a bitwise OR keeps -0.0 and NaN).
+                local = torch.cat(
+                    [p["e2"] if "e2" in p else torch.zeros(n) for p, n in zip(pieces, numels)]
+                )
+                gathered = torch.empty(world_size, numel, dtype=torch.float32)
+                start = time.perf_counter()
+                Channel.for_data(self.process_group, "cpu").all_gather(gathered.view(-1), local)
+                record.comm_s += time.perf_counter() - start
+                record.bytes_sent += (world_size - 1) * 4 * numel
+                bits = gathered.view(torch.int32)
+                merged = bits[0].clone()
+                for row in bits[1:]:
+                    merged.bitwise_or_(row)
+                rank = dist.get_rank(self.process_group)
+                begin, end = rank * chunk, min((rank + 1) * chunk, numel)
+                error2 = torch.zeros(chunk)
+                if end > begin:
+                    error2[: end - begin] = merged.view(torch.float32)[begin:end]
+                self.collective.buffers[(index, 2)] = error2
+        for pid in ids:
+            self.pending.pop(pid, None)
+        self.layout[index] = ids
+
+    def place(
+        self, index: int, ids: tuple[int, ...], device: torch.device, record: StepRecord
+    ) -> None:
+        """Makes bucket ``index``'s buffers those of parameters ``ids`` (re-mapping every bucket
+        when DDP changed its layout). Every rank calls it at the same point: it may all_gather."""
+        if self.layout.get(index) == ids:
+            return
+        owners = {pid: key for key, held in self.layout.items() for pid in held}
+        if index in self.layout or any(pid in owners for pid in ids):
+            self._dissolve(dist.get_rank(self.process_group), self.world_size)
+        self._assemble(index, ids, device, record)
+
+    def residuals(self) -> dict[int, torch.Tensor]:
+        """What this rank holds back of each parameter's gradient (error feedback), by parameter
+        id, in the scale of the mean: summed over the ranks and added to every result the hook
+        returned, it gives the sum of the true mean gradients (EF-SGD's invariant, Karimireddy
+        et al. 2019, eq. 5). Parameters holding nothing are left out."""
+        out: dict[int, torch.Tensor] = {}
+
+        def add(pid: int, values: torch.Tensor) -> None:
+            values = values.detach().to("cpu", torch.float32).reshape(-1)
+            out[pid] = out[pid] + values if pid in out else values.clone()
+
+        codec = self.codec
+        world_size = self.world_size
+        for key, ids in self.layout.items():
+            if isinstance(codec, PowerSGD):
+                matrices = self._powersgd_ids(ids)
+                error = codec.errors.get(key)
+                if error is not None:
+                    for pid, piece in zip(matrices, torch.split(error, self._numels(matrices))):
+                        add(pid, piece / world_size)
+                continue
+            numels = self._numels(ids)
+            numel = sum(numels)
+            error1 = self.collective.buffers.get((key, 1))
+            if error1 is not None:
+                for pid, piece in zip(ids, torch.split(error1[:numel], numels)):
+                    add(pid, piece)
+            error2 = self.collective.buffers.get((key, 2))
+            if error2 is not None:
+                chunk = -(-numel // world_size)
+                rank = dist.get_rank(self.process_group)
+                begin, end = rank * chunk, min((rank + 1) * chunk, numel)
+                full = torch.zeros(numel)
+                if end > begin:
+                    full[begin:end] = error2[: end - begin]
+                for pid, piece in zip(ids, torch.split(full, numels)):
+                    add(pid, piece)
+        for pid, pieces in self.pending.items():
+            for name, values in pieces.items():
+                if name == "error":
+                    add(pid, values / world_size)
+                elif name in ("e1", "e2"):
+                    add(pid, values)
+        return out
 
 
 def _reduce_bucket(
@@ -217,25 +465,24 @@ def _hook(state: HookState, bucket: GradBucket) -> torch.futures.Future[torch.Te
     if is_last:
         state.step += 1
     compress = state.compresses(buffer.numel(), step)
-    if step <= 1 and state.bucket_numel.get(index, buffer.numel()) != buffer.numel():
-        # DDP rebuilds its buckets after the first step, so an index may then cover other
-        # parameters: buffers made before the rebuild are dropped, not misapplied. Later, a
-        # size change is an error (raised by the collective).
-        state.collective.reset(index)
-        if isinstance(state.codec, PowerSGD):
-            state.codec.errors.pop(index, None)
-            state.codec.qs.pop(index, None)
-    state.bucket_numel[index] = buffer.numel()
-    shapes = [p.shape for p in bucket.parameters()]
+    parameters = bucket.parameters()
+    ids = state.parameter_ids(parameters)
+    shapes = [p.shape for p in parameters]
     future: torch.futures.Future[torch.Tensor] = torch.futures.Future()
 
     def work() -> None:
         start = time.perf_counter()
         try:
+            placed = StepRecord()
+            if compress and state.keeps_buffers():
+                # On the collective thread, in bucket order: the re-mapping may all_gather.
+                state.place(index, ids, buffer.device, placed)
             record = _reduce_bucket(state, buffer, shapes, index, step, compress)
         except Exception as error:
             future.set_exception(error)  # type: ignore[arg-type]  # torch's stub is too narrow
             return
+        record.bytes_sent += placed.bytes_sent
+        record.comm_s += placed.comm_s
         record.notes["wall_s"] = time.perf_counter() - start
         state._finish(record, is_last)
         future.set_result(buffer)

@@ -22,6 +22,10 @@ of m r + uncompressed values), counted exactly in :attr:`StepRecord.bytes_sent`.
 
 Unlike torch's hook, the error buffer covers only the compressed matrices: torch adds its error
 to the whole bucket, 1-D tensors included, whose "error" is the local minus the mean gradient.
+
+The arithmetic runs on the gradients' device (CUDA included) and so do the error and Q buffers;
+the allreduces go to the backend where the data lies when it takes that device (NCCL: CUDA,
+gloo: CPU), and through a staged copy otherwise (:class:`codl.comm.collectives.Channel`).
 """
 
 from __future__ import annotations
@@ -35,7 +39,7 @@ import torch
 import torch.distributed as dist
 
 from codl.comm.accounting import StepRecord, ring_allreduce_bytes
-from codl.comm.collectives import Link, NonFiniteGradientError
+from codl.comm.collectives import Channel, Link, NonFiniteGradientError
 
 
 def orthogonalize_(matrix: torch.Tensor, epsilon: float = 1e-8) -> torch.Tensor:
@@ -128,12 +132,16 @@ class PowerSGD:
         self.errors = {k: v.clone() for k, v in state["errors"].items()}
         self.qs = {k: v.clone() for k, v in state["qs"].items()}
 
-    def _initial_q(self, key: Hashable, sizes: list[tuple[int, int]]) -> torch.Tensor:
+    def initial_q(
+        self, key: Hashable, sizes: Sequence[tuple[int, int]], device: torch.device | str = "cpu"
+    ) -> torch.Tensor:
+        """Q's first draw for the m x r matrices of ``sizes`` under ``key``: the same on every
+        rank (drawn on the CPU, then moved to ``device``)."""
         # crc32, not hash(): str hashes differ between processes, Q must not.
         mixed = zlib.crc32(repr(key).encode())
         generator = torch.Generator().manual_seed(self.seed * 4_294_967_311 + mixed)
         total = sum(m * r for m, r in sizes)
-        return torch.randn(total, generator=generator)
+        return torch.randn(total, generator=generator).to(device)
 
     def allreduce_(
         self,
@@ -143,10 +151,12 @@ class PowerSGD:
         group: dist.ProcessGroup | None = None,
         link: Link | None = None,
     ) -> StepRecord:
-        """Replaces each tensor (float32 CPU gradients, shaped like their parameters) by the
-        PowerSGD estimate of its mean over ranks; returns the step's bytes and times."""
+        """Replaces each tensor (float32 gradients on one device, shaped like their parameters)
+        by the PowerSGD estimate of its mean over ranks; returns the step's bytes and times."""
         world_size = dist.get_world_size(group)
         record = StepRecord()
+        device = tensors[0].device if tensors else torch.device("cpu")
+        channel = Channel.for_data(group, device)
         compressed = [t for t in tensors if self.compresses(t.shape)]
         uncompressed = [t for t in tensors if not self.compresses(t.shape)]
         record.compressed_tensors = len(compressed)
@@ -156,11 +166,13 @@ class PowerSGD:
         def reduce(flat: torch.Tensor) -> torch.Tensor:
             start = time.perf_counter()
             if flat.numel():
-                dist.all_reduce(flat, group=group)
+                channel.all_reduce(flat)
                 ring = ring_allreduce_bytes(flat.numel(), world_size)
                 if link is not None:
                     link.wait(2 * (world_size - 1), ring)
                 record.bytes_sent += ring
+                if channel.staged_bytes:
+                    record.notes["staged_bytes"] = float(channel.staged_bytes)
             record.comm_s += time.perf_counter() - start
             return flat
 
@@ -179,6 +191,7 @@ class PowerSGD:
         matrices = [t.reshape(t.shape[0], -1) for t in compressed]
         sizes = [(m.shape[0], m.shape[1], min(m.shape[0], m.shape[1], self.rank)) for m in matrices]
         total = sum(n * m for n, m, _ in sizes)
+        error: torch.Tensor | None = None
         if self.error_feedback:
             error = self.errors.get(key)
             if error is None or error.numel() != total:
@@ -187,49 +200,57 @@ class PowerSGD:
                         f"key {key!r}: PowerSGD's error buffer holds {error.numel()} values, the "
                         f"tensors now hold {total}; their shapes changed"
                     )
-                error = torch.zeros(total)
+                error = torch.zeros(total, device=device)
                 self.errors[key] = error
-            offset = 0
-            for matrix in matrices:
-                matrix.add_(error[offset : offset + matrix.numel()].view_as(matrix))
-                offset += matrix.numel()
-            corrected = torch.cat([m.reshape(-1) for m in matrices])
+        # Every matrix product runs on operands of their own allocation: BLAS results depend on
+        # the alignment of their inputs, and the bucket puts a matrix wherever DDP's layout
+        # does, so this keeps the result independent of the layout (a restored DDP's first step
+        # buckets differently from the run it continues).
+        errors: list[torch.Tensor] = []
+        work: list[torch.Tensor] = []  # M = gradient + error (algorithm 2, line 5)
+        offset = 0
+        for matrix in matrices:
+            if error is not None:
+                errors.append(error[offset : offset + matrix.numel()].view_as(matrix))
+                work.append(torch.add(matrix, errors[-1]))
+            else:
+                work.append(matrix.clone())
+            offset += matrix.numel()
         q_flat = self.qs.get(key) if self.warm_start else None
         q_total = sum(m * r for _, m, r in sizes)
         if q_flat is None or q_flat.numel() != q_total:
-            q_flat = self._initial_q(key, [(m, r) for _, m, r in sizes])
-        qs, ps = [], []
+            q_flat = self.initial_q(key, [(m, r) for _, m, r in sizes], device)
+        q_views = []
         q_offset = 0
         for _, m, r in sizes:
-            q = q_flat[q_offset : q_offset + m * r].view(m, r)
-            orthogonalize_(q, self.epsilon)
-            qs.append(q)
+            q_views.append(q_flat[q_offset : q_offset + m * r].view(m, r))
             q_offset += m * r
-        p_flat = torch.empty(sum(n * r for n, _, r in sizes))
+        p_flat = torch.empty(sum(n * r for n, _, r in sizes), device=device)
+        p_views = []
         p_offset = 0
-        for (n, _, r), matrix, q in zip(sizes, matrices, qs):
-            p = p_flat[p_offset : p_offset + n * r].view(n, r)
-            torch.matmul(matrix, q, out=p)
-            ps.append(p)
+        for (n, _, r), matrix, q in zip(sizes, work, q_views):
+            p_views.append(p_flat[p_offset : p_offset + n * r].view(n, r))
+            p_views[-1].copy_(matrix @ orthogonalize_(q.clone(), self.epsilon))
             p_offset += n * r
         record.encode_s += time.perf_counter() - start
 
         reduce(p_flat)
         self._check_finite(p_flat, "P")
         start = time.perf_counter()
-        for p, q, matrix in zip(ps, qs, matrices):
-            orthogonalize_(p, self.epsilon)
-            torch.matmul(matrix.t(), p, out=q)
+        ps = []
+        for p, q, matrix in zip(p_views, q_views, work):
+            ps.append(orthogonalize_(p.clone(), self.epsilon))
+            q.copy_(matrix.t() @ ps[-1])
         record.encode_s += time.perf_counter() - start
 
         reduce(q_flat)
         start = time.perf_counter()
         q_flat.div_(world_size)
-        for p, q, matrix in zip(ps, qs, matrices):
-            torch.matmul(p, q.t(), out=matrix)
-        if self.error_feedback:
-            approx = torch.cat([m.reshape(-1) for m in matrices])
-            self.errors[key] = corrected.sub_(approx)
+        for index, (p, q, matrix) in enumerate(zip(ps, q_views, work)):
+            approx = p @ q.clone().t()  # the mean gradient's rank-r image (line 8)
+            matrices[index].copy_(approx)
+            if errors:
+                torch.sub(matrix, approx, out=errors[index])  # algorithm 2, line 7
         if self.warm_start:
             self.qs[key] = q_flat
         for tensor, matrix in zip(compressed, matrices):

@@ -18,8 +18,10 @@ from dist_helpers import (
     run_distributed,
 )
 
-from codl.comm import BF16, FP16, QSGD, Int8, SignEF, TernGrad, TopK
+import codl.comm.collectives as collectives
+from codl.comm import BF16, FP16, QSGD, Int8, PowerSGD, SignEF, TernGrad, TopK
 from codl.comm.accounting import (
+    StepRecord,
     allgather_break_even_world_size,
     allgather_bytes,
     compression_ratio,
@@ -27,7 +29,14 @@ from codl.comm.accounting import (
     two_phase_bytes,
 )
 from codl.comm.codecs import Codec
-from codl.comm.collectives import CollectiveState, NonFiniteGradientError, allreduce
+from codl.comm.collectives import (
+    CollectiveState,
+    NonFiniteGradientError,
+    allreduce,
+    backend_device_types,
+    communication_device,
+    dense_allreduce,
+)
 
 NUMEL = 1001  # not a multiple of 2 or 3: the last chunk is padded
 EF_STEPS = 6
@@ -117,6 +126,62 @@ def _battery(rank: int, world_size: int) -> dict[str, Any]:
     out["reshape"] = _raises(
         lambda: allreduce(torch.ones(50), ScaledSignCodec(error_feedback=True), state=state, key=1)
     )
+    out.update(_staging(rank))
+    return out
+
+
+def _stand_in_device(group: Any = None, data: Any = "cpu") -> torch.device:
+    # "cpu:0" stands in for a GPU: no tensor's device compares equal to it and moving a tensor
+    # there copies it, so every collective goes through the staging copies.
+    return torch.device("cpu", 0)
+
+
+def _staging(rank: int) -> dict[str, Any]:
+    """The same collectives with the payloads handed to gloo as they are (what a CPU tensor on
+    gloo gets) and staged through another device (what NCCL gets)."""
+    out: dict[str, Any] = {"device": str(communication_device(None, "cpu"))}
+    passed: list[int] = []
+    all_to_all = torch.distributed.all_to_all_single
+
+    def recording_all_to_all(output: torch.Tensor, send: torch.Tensor, **kwargs: Any) -> Any:
+        passed.append(send.data_ptr())
+        return all_to_all(output, send, **kwargs)
+
+    for staged in (False, True):
+        if staged:
+            collectives.communication_device = _stand_in_device
+        else:
+            torch.distributed.all_to_all_single = recording_all_to_all
+        try:
+            for name, codec in (
+                ("fp16-ef", FP16(error_feedback=True)),
+                ("sign-ef", ScaledSignCodec(error_feedback=True)),
+                ("topk", TopKCodec(0.05)),
+            ):
+                state = CollectiveState()
+                results = []
+                for step in range(3):
+                    tensor = rank_gradient(rank, NUMEL, step + 20)
+                    returned = allreduce(tensor, codec, state=state, step=step)
+                    assert state.last is not None
+                    results.append(tensor)
+                    out[f"{name}/{staged}/in-place"] = returned is tensor
+                    out[f"{name}/{staged}/staged"] = state.last.notes["staged_bytes"]
+                    if name == "fp16-ef" and not staged:
+                        out["send-passed-as-is"] = (
+                            passed[-1] == state.workspaces[(0, "send")].data_ptr()
+                        )
+                out[f"{name}/{staged}"] = results
+            record = StepRecord()
+            dense = rank_gradient(rank, NUMEL, 30)
+            dense_allreduce(dense, record=record)
+            out[f"dense/{staged}"] = (dense, record.notes.get("staged_bytes", 0.0))
+            matrices = [rank_gradient(rank, 600, 31).reshape(30, 20), rank_gradient(rank, 7, 32)]
+            record = PowerSGD(rank=2).allreduce_(matrices, key=0)
+            out[f"powersgd/{staged}"] = (matrices, record.notes.get("staged_bytes", 0.0))
+        finally:
+            collectives.communication_device = communication_device
+            torch.distributed.all_to_all_single = all_to_all
     return out
 
 
@@ -306,6 +371,63 @@ def test_state_mismatches_raise(runs: Any) -> None:
         assert result["world-size"].startswith("ValueError")
         assert f"world size {world_size + 4}" in result["world-size"]
         assert result["reshape"].startswith("ValueError") and "changed shape" in result["reshape"]
+
+
+def test_cpu_tensors_on_gloo_are_never_staged(runs: Any) -> None:
+    _, results = runs
+    for result in results:
+        assert result["device"] == "cpu"
+        for name in ("fp16-ef", "sign-ef", "topk"):
+            assert result[f"{name}/False/in-place"] and result[f"{name}/True/in-place"]
+            assert result[f"{name}/False/staged"] == 0
+        # all_to_all got the state's send workspace itself, not a copy.
+        assert result["send-passed-as-is"]
+        assert result["dense/False"][1] == 0 and result["powersgd/False"][1] == 0
+
+
+def test_staging_through_another_device_gives_the_same_bits(runs: Any) -> None:
+    world_size, results = runs
+    for result in results:
+        for name in ("fp16-ef", "sign-ef", "topk"):
+            for direct, staged in zip(result[f"{name}/False"], result[f"{name}/True"]):
+                assert torch.equal(direct.view(torch.int32), staged.view(torch.int32)), name
+        for name in ("dense", "powersgd"):
+            direct, staged = result[f"{name}/False"][0], result[f"{name}/True"][0]
+            for a, b in zip(
+                direct if name == "powersgd" else [direct],
+                staged if name == "powersgd" else [staged],
+            ):
+                assert torch.equal(a, b), name
+            assert result[f"{name}/True"][1] > 0
+        # FP16, two-phase: every collective's input is copied there and its output back. The
+        # size check gathers 8 bytes per rank, all_to_all moves P rows of the 2c-byte payload
+        # and its flag, the final all_gather P payloads of 2c bytes.
+        chunk = -(-NUMEL // world_size)
+        width = 2 * chunk + 1
+        expected = (8 + 8 * world_size) + 2 * world_size * width + (1 + world_size) * 2 * chunk
+        assert result["fp16-ef/True/staged"] == expected
+
+
+def test_communication_device_follows_the_backend(monkeypatch: pytest.MonkeyPatch) -> None:
+    def backend(name: str) -> None:
+        monkeypatch.setattr(collectives.dist, "get_backend", lambda group=None: name)
+
+    monkeypatch.setattr(collectives.torch.cuda, "current_device", lambda: 3)
+    backend("gloo")
+    assert backend_device_types() == ("cpu",)
+    assert communication_device(None, "cpu") == torch.device("cpu")
+    # A CUDA tensor on gloo: the collective runs on the host (codl stages it).
+    assert communication_device(None, torch.device("cuda", 1)) == torch.device("cpu")
+    backend("nccl")
+    assert backend_device_types() == ("cuda",)
+    assert communication_device(None, "cpu") == torch.device("cuda", 3)  # the current device
+    assert communication_device(None, torch.device("cuda", 3)) == torch.device("cuda", 3)
+    backend("cpu:gloo,cuda:nccl")
+    assert backend_device_types() == ("cpu", "cuda")
+    assert communication_device(None, "cpu") == torch.device("cpu")
+    assert communication_device(None, torch.device("cuda", 0)) == torch.device("cuda", 0)
+    backend("custom")
+    assert communication_device(None, "cpu") == torch.device("cpu")
 
 
 def _dying_peer(rank: int, world_size: int) -> tuple[str, float]:
