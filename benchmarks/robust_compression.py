@@ -54,6 +54,9 @@ from codl.robust import (
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
+COMPRESSIONS = ("pruned 90%", "k-means 4-bit", "ternary")
+
+
 def _build(name: str) -> Callable[[], nn.Module]:
     if name == "lenet300100":
         from codl.prune import LeNet300100
@@ -95,6 +98,22 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=RESULTS / "robust_compression.json")
     parser.add_argument("--no-progress", action="store_true")
+    parser.add_argument(
+        "--compressions",
+        nargs="+",
+        choices=COMPRESSIONS,
+        default=list(COMPRESSIONS),
+        help="which compressed models to build (default: all)",
+    )
+    parser.add_argument(
+        "--kmeans-reassign",
+        action="store_true",
+        help="adversarial fine-tuning of the k-means model trains the weights through a "
+        "straight-through estimator (weights may change cluster) instead of the centroids alone",
+    )
+    parser.add_argument(
+        "--skip-float-adversarial", action="store_true", help="leave out float + adversarial"
+    )
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     progress = not args.no_progress
@@ -153,49 +172,63 @@ def main() -> None:
         report(name, model, compression, True, t1)
         return model
 
-    adversarial("float + adversarial", copy.deepcopy(float_model), None, "", 1e-3)
+    if not args.skip_float_adversarial:
+        adversarial("float + adversarial", copy.deepcopy(float_model), None, "", 1e-3)
 
-    # Pruned 90%: one shot, then fine-tuning with the masks held.
-    t0 = time.perf_counter()
-    pruned = copy.deepcopy(float_model)
-    pruner = magnitude_(pruned, 0.9)
-    fine_tune(
-        pruned, images, labels, epochs=args.compress_epochs, lr=1e-3, callbacks=[pruner], seed=1
-    )
-    pruner.remove()
-    report("pruned 90%", pruned, "pruned 90%", False, t0)
-    pruned_adv = copy.deepcopy(pruned)
-    # The zeros are the smallest magnitudes: the same 90% mask, rebuilt on the copy.
-    pruned_adv_pruner = magnitude_(pruned_adv, 0.9)
-    adversarial("pruned 90% + adversarial", pruned_adv, pruned_adv_pruner, "pruned 90%", 1e-3)
-    details["pruned 90% + adversarial"]["sparsity"] = _sparsity(pruned_adv)
-    details["pruned 90%"]["sparsity"] = _sparsity(pruned)
+    if "pruned 90%" in args.compressions:
+        # Pruned 90%: one shot, then fine-tuning with the masks held.
+        t0 = time.perf_counter()
+        pruned = copy.deepcopy(float_model)
+        pruner = magnitude_(pruned, 0.9)
+        fine_tune(
+            pruned, images, labels, epochs=args.compress_epochs, lr=1e-3, callbacks=[pruner], seed=1
+        )
+        pruner.remove()
+        report("pruned 90%", pruned, "pruned 90%", False, t0)
+        pruned_adv = copy.deepcopy(pruned)
+        # The zeros are the smallest magnitudes: the same 90% mask, rebuilt on the copy.
+        pruned_adv_pruner = magnitude_(pruned_adv, 0.9)
+        adversarial("pruned 90% + adversarial", pruned_adv, pruned_adv_pruner, "pruned 90%", 1e-3)
+        details["pruned 90% + adversarial"]["sparsity"] = _sparsity(pruned_adv)
+        details["pruned 90%"]["sparsity"] = _sparsity(pruned)
 
-    # k-means 4-bit: 16 shared values per layer, centroids fine-tuned.
-    t0 = time.perf_counter()
-    shared = copy.deepcopy(float_model)
-    quantizer = kmeans_(shared, 4)
-    fine_tune(
-        shared, images, labels, epochs=args.compress_epochs, lr=1e-4, callbacks=[quantizer], seed=2
-    )
-    quantizer.remove()
-    report("k-means 4-bit", shared, "k-means 4-bit", False, t0)
-    shared_adv = copy.deepcopy(shared)
-    shared_adv_quantizer = kmeans_(shared_adv, 4)  # <= 16 distinct values: the same codebook
-    # Each member carries its centroid's summed gradient, but Adam's step is scale-free: the
-    # centroids move by ~lr a step, so the same lr as the other models.
-    adversarial(
-        "k-means 4-bit + adversarial", shared_adv, shared_adv_quantizer, "k-means 4-bit", 1e-3
-    )
-    details["k-means 4-bit"]["max_distinct_values"] = _distinct_values(shared)
-    details["k-means 4-bit + adversarial"]["max_distinct_values"] = _distinct_values(shared_adv)
+    if "k-means 4-bit" in args.compressions:
+        # k-means 4-bit: 16 shared values per layer, centroids fine-tuned.
+        t0 = time.perf_counter()
+        shared = copy.deepcopy(float_model)
+        quantizer = kmeans_(shared, 4)
+        fine_tune(
+            shared,
+            images,
+            labels,
+            epochs=args.compress_epochs,
+            lr=1e-4,
+            callbacks=[quantizer],
+            seed=2,
+        )
+        quantizer.remove()
+        report("k-means 4-bit", shared, "k-means 4-bit", False, t0)
+        shared_adv = copy.deepcopy(shared)
+        # <= 16 distinct values: the same codebook. Centroid-only: each member carries its
+        # centroid's summed gradient, but Adam's step is scale-free, so the centroids move by
+        # ~lr a step and the same lr as the other models fits. --kmeans-reassign: the weights
+        # train through the straight-through estimator and may change cluster.
+        shared_adv_quantizer = kmeans_(shared_adv, 4, reassign=args.kmeans_reassign)
+        adversarial(
+            "k-means 4-bit + adversarial", shared_adv, shared_adv_quantizer, "k-means 4-bit", 1e-3
+        )
+        shared_adv_quantizer.remove()
+        details["k-means 4-bit"]["max_distinct_values"] = _distinct_values(shared)
+        details["k-means 4-bit + adversarial"]["max_distinct_values"] = _distinct_values(shared_adv)
+        details["k-means 4-bit + adversarial"]["reassign"] = args.kmeans_reassign
 
-    # Ternary: every Linear/Conv ternarized (TWN, per-row scales), trained through the STE.
-    t0 = time.perf_counter()
-    ternary = codl.quantize_(copy.deepcopy(float_model), codl.TernaryConfig())
-    fine_tune(ternary, images, labels, epochs=args.compress_epochs, lr=1e-3, seed=3)
-    report("ternary", ternary, "ternary (TWN)", False, t0)
-    adversarial("ternary + adversarial", copy.deepcopy(ternary), None, "ternary (TWN)", 1e-3)
+    if "ternary" in args.compressions:
+        # Ternary: every Linear/Conv ternarized (TWN, per-row scales), trained through the STE.
+        t0 = time.perf_counter()
+        ternary = codl.quantize_(copy.deepcopy(float_model), codl.TernaryConfig())
+        fine_tune(ternary, images, labels, epochs=args.compress_epochs, lr=1e-3, seed=3)
+        report("ternary", ternary, "ternary (TWN)", False, t0)
+        adversarial("ternary + adversarial", copy.deepcopy(ternary), None, "ternary (TWN)", 1e-3)
 
     table = format_markdown(rows, f"PGD eps={args.eps:g}")
     print(table)
@@ -211,6 +244,7 @@ def main() -> None:
         "evaluation_attack": "PGD L-inf, 10 steps of eps/4, random start",
         "training_attack": f"PGD L-inf, {args.train_steps} steps of eps/2, random start",
         "mix": args.mix,
+        "kmeans_reassign": args.kmeans_reassign,
         "epochs": args.epochs,
         "compress_epochs": args.compress_epochs,
         "adversarial_epochs": args.adversarial_epochs,
@@ -223,7 +257,7 @@ def main() -> None:
         "torch": torch.__version__,
     }
     gains = {}
-    for compression in ("pruned 90%", "k-means 4-bit", "ternary"):
+    for compression in args.compressions:
         plain, robust = details[compression], details[f"{compression} + adversarial"]
         gains[compression] = {
             "pgd_gain": robust["adversarial_accuracy"] - plain["adversarial_accuracy"],

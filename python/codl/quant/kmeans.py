@@ -17,6 +17,13 @@ pruning, trained quantization and Huffman coding", ICLR 2016 (arXiv:1510.00149),
   gives every member of a cluster the cluster's summed gradient, so any optimizer moves all
   members by the same amount (same value, same gradient, same optimizer state), and
   :meth:`KMeansQuantizer.step` writes the shared values back exactly after each step.
+
+With ``reassign=True`` the quantizer trains the weights themselves instead (quantization-aware
+training with a straight-through estimator, Bengio et al. 2013): it keeps a float shadow of every
+weight, adds each optimizer step's change to it, and after every step moves each weight to the
+nearest centroid of one warm-started Lloyd iteration on the shadows. Weights can then change
+cluster, which adversarial fine-tuning needs (16 shared values per layer leave it 16 degrees of
+freedom otherwise).
 """
 
 from __future__ import annotations
@@ -187,7 +194,9 @@ class KMeansQuantizer:
     After construction every chosen weight holds only its codebook values (zeros stay zeros).
     Call :meth:`step` after every ``optimizer.step()`` (or :meth:`attach`) during fine-tuning.
     ``codebooks[name]`` is the current codebook (the centroid values after fine-tuning),
-    ``indices[name]`` and ``masks[name]`` what the format stores.
+    ``indices[name]`` and ``masks[name]`` what the format stores. ``reassign=True``: the
+    straight-through mode of the module docstring (weights may change cluster; ``shadows[name]``
+    holds the float weights it trains).
     """
 
     def __init__(
@@ -198,7 +207,10 @@ class KMeansQuantizer:
         masks: Mapping[str, torch.Tensor] | None = None,
         seed: int = 0,
         init: Init = "linear",
+        reassign: bool = False,
     ) -> None:
+        if not isinstance(reassign, bool):
+            raise TypeError(f"reassign: expected a bool, received {type(reassign).__name__}")
         if not weights:
             raise ValueError("weights: expected at least one weight to quantize, received none")
         self.weights = dict(weights)
@@ -219,10 +231,19 @@ class KMeansQuantizer:
             self.masks[name] = mask
             self.codebooks[name] = codebook
             self.indices[name] = indices
-        self._hooks = [
-            weight.register_hook(self._gradient_hook(name))  # type: ignore[no-untyped-call]
-            for name, weight in self.weights.items()
-        ]
+        self.reassign = reassign
+        self.shadows: dict[str, torch.Tensor] = {}
+        if reassign:
+            # The straight-through mode: plain per-weight gradients, float shadows.
+            self._hooks = []
+            for name, weight in self.weights.items():
+                self.shadows[name] = weight.detach().double() * self.masks[name]
+        else:
+            self._hooks = [
+                weight.register_hook(self._gradient_hook(name))  # type: ignore[no-untyped-call]
+                for name, weight in self.weights.items()
+            ]
+        self._written: dict[str, torch.Tensor] = {}
         self.apply_codebooks()
 
     def _gradient_hook(self, name: str) -> Callable[[torch.Tensor], torch.Tensor]:
@@ -245,11 +266,18 @@ class KMeansQuantizer:
         for name, weight in self.weights.items():
             values = kmeans_dequantize(self.codebooks[name], self.indices[name], self.masks[name])
             weight.copy_(values.to(weight.dtype))
+            if self.reassign:
+                self._written[name] = weight.detach().clone()
 
     @torch.no_grad()
     def step(self) -> None:
         """Read the centroids back from the updated weights (all members moved alike: their
-        mean is that common value) and write them out again, exactly shared."""
+        mean is that common value) and write them out again, exactly shared. With
+        ``reassign=True``: add the step's change to the shadows, run one Lloyd iteration on
+        them from the current codebook, and write each weight's nearest centroid."""
+        if self.reassign:
+            self._reassign_step()
+            return
         for name, weight in self.weights.items():
             mask = self.masks[name]
             kept = self.indices[name][mask]
@@ -259,6 +287,26 @@ class KMeansQuantizer:
             sums.index_add_(0, kept, weight.detach()[mask].double())
             updated = torch.where(counts > 0, sums / counts.clamp(min=1), codebook.double())
             self.codebooks[name] = updated.float()
+        self.apply_codebooks()
+
+    def _reassign_step(self) -> None:
+        for name, weight in self.weights.items():
+            mask = self.masks[name]
+            shadow = self.shadows[name]
+            shadow[mask] += (weight.detach() - self._written[name])[mask].double()
+            values = shadow[mask]
+            codebook = self.codebooks[name].double()
+            indices = _assign(values, codebook)
+            counts = torch.bincount(indices, minlength=codebook.numel())
+            sums = torch.zeros_like(codebook).index_add_(0, indices, values)
+            # An empty cluster keeps its centroid, as in the Lloyd iterations of kmeans_quantize.
+            codebook = torch.where(counts > 0, sums / counts.clamp(min=1), codebook)
+            # Nearest in the float32 codebook that is stored, as kmeans_quantize assigns.
+            stored = torch.unique(codebook.float())
+            full = torch.zeros_like(self.indices[name])
+            full[mask] = _assign(values, stored.double()).to(full.dtype)
+            self.codebooks[name] = stored
+            self.indices[name] = full
         self.apply_codebooks()
 
     def attach(self, optimizer: torch.optim.Optimizer) -> Any:
@@ -284,13 +332,16 @@ def kmeans_(
     masks: Mapping[str, torch.Tensor] | None = None,
     seed: int = 0,
     init: Init = "linear",
+    reassign: bool = False,
 ) -> KMeansQuantizer:
     """k-means weight sharing on every Linear/Conv weight of ``model`` (in place).
 
     ``bits``: one width for all, or ``{"<module>.weight": bits}`` (Deep Compression used 8 bits
     for convolutions, 5 for fully connected layers). Zeros (pruned weights) stay zero unless
     ``masks`` says otherwise. Returns the :class:`KMeansQuantizer` that keeps the sharing
-    during fine-tuning (:func:`codl.prune.fine_tune` with ``callbacks=[quantizer]``).
+    during fine-tuning (:func:`codl.prune.fine_tune` with ``callbacks=[quantizer]``);
+    ``reassign=True`` trains the weights through a straight-through estimator instead of the
+    centroids alone (module docstring).
     """
     from codl.prune.magnitude import prunable_weights  # one definition of "the layer weights"
 
@@ -303,4 +354,4 @@ def kmeans_(
                 f"expected names among {sorted(weights)}"
             )
         weights = {name: weight for name, weight in weights.items() if name in bits}
-    return KMeansQuantizer(weights, bits, masks=masks, seed=seed, init=init)
+    return KMeansQuantizer(weights, bits, masks=masks, seed=seed, init=init, reassign=reassign)

@@ -131,6 +131,68 @@ def test_centroid_update_is_the_summed_gradient() -> None:
             )
 
 
+def test_reassign_step_is_one_lloyd_iteration_on_the_shadow_weights() -> None:
+    """Straight-through mode with SGD: shadow = initial weight - lr·∂L/∂W (the gradient at the
+    shared weights), then one Lloyd iteration from the old codebook, written as each weight's
+    nearest centroid; checked against a dense argmin |s - c| computed here."""
+    model = _mlp()
+    original = {name: w.detach().double().clone() for name, w in model.named_parameters()}
+    magnitude_(model, 0.3).remove()
+    pruned = {name: w.detach().double().clone() for name, w in model.named_parameters()}
+    quantizer = kmeans_(model, 2, reassign=True)
+    plain = _mlp()
+    plain.load_state_dict(model.state_dict())  # the shared weights the gradient is taken at
+    inputs = torch.randn(16, 12, generator=torch.Generator().manual_seed(16))
+    plain(inputs).square().sum().backward()
+    lr = 0.05
+    optimizer = torch.optim.SGD(model.parameters(), lr=lr)
+    model(inputs).square().sum().backward()
+    optimizer.step()
+    before = {name: c.double().clone() for name, c in quantizer.codebooks.items()}
+    quantizer.step()
+    moved = 0
+    for index, name in ((0, "0.weight"), (2, "2.weight")):
+        grad = plain[index].weight.grad
+        assert grad is not None
+        mask = quantizer.masks[name]
+        assert torch.equal(mask, pruned[name] != 0)
+        assert not torch.equal(original[name], pruned[name])  # the mask is not trivial
+        shadow = (pruned[name] - lr * grad.double())[mask]
+        old = before[name]
+        nearest = (shadow[:, None] - old[None, :]).abs().argmin(dim=1)
+        centroids = torch.stack(
+            [shadow[nearest == k].mean() if (nearest == k).any() else old[k] for k in range(4)]
+        )
+        expected_codebook = torch.unique(centroids.float())
+        assert torch.equal(quantizer.codebooks[name], expected_codebook)
+        final = (shadow[:, None] - expected_codebook.double()[None, :]).abs().argmin(dim=1)
+        weight = model[index].weight.detach()
+        assert torch.equal(weight[mask], expected_codebook[final])
+        assert torch.all(weight[~mask] == 0)
+        # Weights may leave their first cluster (what centroid-only fine-tuning cannot do).
+        first = (pruned[name][mask][:, None] - old[None, :]).abs().argmin(dim=1)
+        moved += int((first != final).sum())
+    assert moved > 0
+
+
+def test_reassign_fine_tuning_keeps_at_most_2_to_the_bits_values() -> None:
+    model = _mlp()
+    magnitude_(model, 0.5).remove()
+    quantizer = kmeans_(model, 3, reassign=True)
+    zeros = {name: (w == 0).clone() for name, w in quantizer.weights.items()}
+    images = torch.randn(256, 12, generator=torch.Generator().manual_seed(13))
+    labels = torch.randint(0, 3, (256,), generator=torch.Generator().manual_seed(14))
+    fine_tune(model, images, labels, epochs=2, batch_size=32, lr=1e-2, callbacks=[quantizer])
+    for name, weight in quantizer.weights.items():
+        assert torch.equal(weight == 0, zeros[name])
+        assert quantizer.codebooks[name].numel() <= 8
+        mask = quantizer.masks[name]
+        expected = kmeans_dequantize(quantizer.codebooks[name], quantizer.indices[name], mask)
+        assert torch.equal(weight.detach(), expected)
+    with pytest.raises(TypeError, match="reassign"):
+        kmeans_(_mlp(), 3, reassign="yes")  # type: ignore[arg-type]
+
+
 def test_per_layer_bits() -> None:
     model = _mlp()
     quantizer = kmeans_(model, {"0.weight": 2})
