@@ -38,8 +38,11 @@ BUCKET_CAP_MB = 0.004  # 4194 bytes: the rebuilt layout has 3 buckets
 # Registration order, and the order backward produces the gradients (forward runs stem first).
 REGISTERED = ["head", "mid", "mid2", "stem"]
 READY = ["head", "mid2", "mid", "stem"]
-# "/overlap": the hook's collectives (and the re-mapping) on its background thread.
+# "/overlap": the hook's collectives (and the re-mapping) on its background thread;
+# "/stranded": the rebuilt 672-value bucket goes uncompressed (fewer than 700 values), so its
+# parameters' residuals from the first step wait in the state's pending pieces.
 CODECS = ["sign-ef", "topk-ef", "fp16-ef", "powersgd", "sign-ef/overlap", "fp16-ef/overlap"]
+CODECS += ["sign-ef/stranded"]
 VALUE_BY_VALUE = {"fp16-ef", "powersgd", "fp16-ef/overlap"}
 
 
@@ -78,8 +81,12 @@ class Run:
 
     def __init__(self, codec: str, seed: int = 0) -> None:
         self.model = DDP(Net(seed), bucket_cap_mb=BUCKET_CAP_MB)
-        name, _, overlap = codec.partition("/")
-        self.state, hook = ddp_hook(_codec(name), small_tensor_numel=0, overlap=bool(overlap))
+        name, *options = codec.split("/")
+        self.state, hook = ddp_hook(
+            _codec(name),
+            small_tensor_numel=700 if "stranded" in options else 0,
+            overlap="overlap" in options,
+        )
         self.names = {id(p): name for name, p in self.model.module.named_parameters()}
         self.buckets: list[dict[str, Any]] = []
 
@@ -143,6 +150,11 @@ def _scenario(rank: int, codec: str) -> dict[str, Any]:
     out["whole"] = whole.train(rank, range(STEPS))
     out["whole/buckets"] = whole.buckets
     out["whole/relayouts"] = whole.state.relayouts
+    out["whole/pending"] = sorted(
+        name
+        for name, p in whole.model.module.named_parameters()
+        if whole.state.parameter_ids([p])[0] in whole.state.pending
+    )
     first = Run(codec)
     out["first"] = first.train(rank, range(SAVE_AT))
     out["first/buckets"] = first.buckets
@@ -323,6 +335,17 @@ def test_layout_dependent_codecs_stay_close_to_an_uninterrupted_run(
         resumed, whole = results[0][codec]["restored"][-1], results[0][codec]["whole"][-1]
         for name, values in resumed["params"].items():
             torch.testing.assert_close(values, whole["params"][name], rtol=0, atol=0.05)
+
+
+def test_residuals_of_an_uncompressed_bucket_wait_for_a_compressed_one(
+    results: list[dict[str, Any]],
+) -> None:
+    for codec in CODECS:
+        pending = results[0][codec]["whole/pending"]
+        assert pending == (["stem.bias", "stem.weight"] if codec.endswith("stranded") else [])
+    # They are kept, not dropped: counted in the invariant above, and non-zero.
+    held = results[0]["sign-ef/stranded"]["whole"][-1]["residuals"]
+    assert float(held["stem.weight"].abs().max()) > 0
 
 
 def test_a_checkpoint_of_another_model_is_refused(results: list[dict[str, Any]]) -> None:
