@@ -8,6 +8,10 @@ run without error feedback, to show what it buys.
 
     python benchmarks/comm_convergence.py                       # full data, 2 and 4 processes
     python benchmarks/comm_convergence.py --quick               # smoke run on the shipped subset
+    python benchmarks/comm_convergence.py --configs float32 signef --seeds 0 1 2   # mean of 3
+
+With several seeds the results hold every run and a summary: the mean and standard deviation
+of the test accuracy per world size and configuration, and the mean drop from float32.
 
 Writes benchmarks/results/comm_convergence.json and a plot of accuracy against bytes sent.
 """
@@ -39,6 +43,8 @@ CONFIGS: dict[str, tuple[str, float | None]] = {
     "int8": ("comm.Int8()", 0.3),
     "signef": ("comm.SignEF()", 1.0),
     "sign (no EF)": ("comm.SignEF(error_feedback=False)", None),
+    "signef b512": ("comm.SignEF(block=512)", 1.0),
+    "sign b512 (no EF)": ("comm.SignEF(block=512, error_feedback=False)", None),
     "topk 1%": ("comm.TopK(0.01, error_feedback=True)", 1.0),
     "topk 1% (no EF)": ("comm.TopK(0.01, error_feedback=False)", None),
     "powersgd r2": ("comm.PowerSGD(2)", 1.0),
@@ -58,7 +64,9 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def worker(rank: int, world: int, port: int, name: str, args: argparse.Namespace, out: Any) -> None:
+def worker(
+    rank: int, world: int, port: int, name: str, seed: int, args: argparse.Namespace, out: Any
+) -> None:
     from codl.bench.training import evaluate
     from codl.comm import ddp_hook
     from codl.data import load_split
@@ -71,7 +79,7 @@ def worker(rank: int, world: int, port: int, name: str, args: argparse.Namespace
     images, labels, _ = load_split("train", data)
     if args.train_limit:
         images, labels = images[: args.train_limit], labels[: args.train_limit]
-    torch.manual_seed(args.seed)
+    torch.manual_seed(seed)
     model = LeNet5()
     ddp = DistributedDataParallel(model)
     codec = make_codec(name)
@@ -86,7 +94,7 @@ def worker(rank: int, world: int, port: int, name: str, args: argparse.Namespace
         optimizer, max_lr=args.lr, total_steps=args.epochs * steps_per_epoch, pct_start=0.15
     )
     loss_fn = nn.CrossEntropyLoss()
-    generator = torch.Generator().manual_seed(args.seed)
+    generator = torch.Generator().manual_seed(seed)
     started = time.perf_counter()
     for _ in range(args.epochs):
         order = torch.randperm(len(images), generator=generator)  # same on every rank
@@ -107,6 +115,7 @@ def worker(rank: int, world: int, port: int, name: str, args: argparse.Namespace
             {
                 "config": name,
                 "world_size": world,
+                "seed": seed,
                 "test_accuracy": round(evaluate(model, test_images, test_labels), 2),
                 "bytes_sent_per_rank": total["bytes_sent"] if total else ring_bytes,
                 "ratio_to_float32": round(total["ratio"], 4) if total else 1.0,
@@ -116,12 +125,12 @@ def worker(rank: int, world: int, port: int, name: str, args: argparse.Namespace
     dist.destroy_process_group()
 
 
-def run(name: str, world: int, args: argparse.Namespace) -> dict[str, Any]:
+def run(name: str, world: int, seed: int, args: argparse.Namespace) -> dict[str, Any]:
     context = mp.get_context("spawn")
     queue = context.Queue()
     port = free_port()
     processes = [
-        context.Process(target=worker, args=(rank, world, port, name, args, queue))
+        context.Process(target=worker, args=(rank, world, port, name, seed, args, queue))
         for rank in range(world)
     ]
     for process in processes:
@@ -134,27 +143,52 @@ def run(name: str, world: int, args: argparse.Namespace) -> dict[str, Any]:
     return result
 
 
-def plot(results: list[dict[str, Any]], path: Path) -> None:
+def summarize(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per world size and configuration: mean and (sample) standard deviation of the test
+    accuracy over seeds, the mean drop from float32 (paired by seed) and the issue's goal."""
+    summary = []
+    keys = list(dict.fromkeys((r["world_size"], r["config"]) for r in results))
+    for world, name in keys:
+        runs = [r for r in results if r["world_size"] == world and r["config"] == name]
+        accuracy = torch.tensor([r["test_accuracy"] for r in runs], dtype=torch.float64)
+        row: dict[str, Any] = {
+            "config": name,
+            "world_size": world,
+            "seeds": [r["seed"] for r in runs],
+            "test_accuracy_mean": round(float(accuracy.mean()), 2),
+            "test_accuracy_std": round(float(accuracy.std()), 2) if len(runs) > 1 else None,
+            "ratio_to_float32": runs[0]["ratio_to_float32"],
+            "bytes_sent_per_rank": runs[0]["bytes_sent_per_rank"],
+        }
+        drops = [r["drop_vs_float32"] for r in runs if "drop_vs_float32" in r]
+        if len(drops) == len(runs):
+            row["drop_vs_float32_mean"] = round(sum(drops) / len(drops), 2)
+            goal = CONFIGS[name][1]
+            if goal is not None:
+                row["goal_max_drop"] = goal
+                row["goal_met"] = row["drop_vs_float32_mean"] <= goal
+        summary.append(row)
+    return summary
+
+
+def plot(summary: list[dict[str, Any]], path: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    worlds = sorted({r["world_size"] for r in results})
+    worlds = sorted({r["world_size"] for r in summary})
     fig, axes = plt.subplots(1, len(worlds), figsize=(6 * len(worlds), 4.5), squeeze=False)
     for axis, world in zip(axes[0], worlds):
-        for r in (r for r in results if r["world_size"] == world):
-            axis.scatter(r["bytes_sent_per_rank"] / 1e6, r["test_accuracy"])
+        for r in (r for r in summary if r["world_size"] == world):
+            x, y = r["bytes_sent_per_rank"] / 1e6, r["test_accuracy_mean"]
+            axis.errorbar(x, y, yerr=r["test_accuracy_std"] or 0.0, fmt="o", capsize=3)
             axis.annotate(
-                r["config"],
-                (r["bytes_sent_per_rank"] / 1e6, r["test_accuracy"]),
-                fontsize=8,
-                xytext=(4, 2),
-                textcoords="offset points",
+                r["config"], (x, y), fontsize=8, xytext=(4, 2), textcoords="offset points"
             )
         axis.set_xscale("log")
         axis.set_xlabel("MB sent per rank (log)")
-        axis.set_ylabel("test accuracy %")
+        axis.set_ylabel("test accuracy % (mean over seeds, ± sd)")
         axis.set_title(f"LeNet-5, Fashion-MNIST, {world} gloo processes")
         axis.grid(alpha=0.3)
     fig.tight_layout()
@@ -170,42 +204,47 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--lr", type=float, default=0.05)
     parser.add_argument("--warmup-steps", type=int, default=50)
     parser.add_argument("--train-limit", type=int, default=0, help="first N training images")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seeds", nargs="*", type=int, default=[0], help="one run per seed")
     parser.add_argument("--quick", action="store_true", help="shipped subset, 1 epoch")
     parser.add_argument("--out", type=Path, default=RESULTS / "comm_convergence.json")
     args = parser.parse_args(argv)
     if args.quick:
         args.epochs, args.warmup_steps = 1, 5
     results = []
-    for world in args.world_sizes:
-        for name in args.configs:
-            result = run(name, world, args)
-            print(json.dumps(result), flush=True)
-            results.append(result)
-    for world in args.world_sizes:
+    for seed in args.seeds:  # seed by seed, so a cut-short run still leaves whole sets
+        for world in args.world_sizes:
+            for name in args.configs:
+                result = run(name, world, seed, args)
+                print(json.dumps(result), flush=True)
+                results.append(result)
+    for r in results:
         baseline = next(
             (
-                r["test_accuracy"]
-                for r in results
-                if r["world_size"] == world and r["config"] == "float32"
+                b["test_accuracy"]
+                for b in results
+                if (b["world_size"], b["seed"], b["config"])
+                == (r["world_size"], r["seed"], "float32")
             ),
             None,
         )
-        for r in (r for r in results if r["world_size"] == world):
-            goal = CONFIGS[r["config"]][1]
-            if baseline is not None:
-                r["drop_vs_float32"] = round(baseline - r["test_accuracy"], 2)
-                if goal is not None:
-                    r["goal_max_drop"] = goal
-                    r["goal_met"] = r["drop_vs_float32"] <= goal
+        goal = CONFIGS[r["config"]][1]
+        if baseline is not None:
+            r["drop_vs_float32"] = round(baseline - r["test_accuracy"], 2)
+            if goal is not None:
+                r["goal_max_drop"] = goal
+                r["goal_met"] = r["drop_vs_float32"] <= goal
+    summary = summarize(results)
+    for row in summary:
+        print(json.dumps(row), flush=True)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     payload = {
         "benchmark": "comm_convergence",
         "args": {k: str(v) for k, v in vars(args).items()},
+        "summary": summary,
         "results": results,
     }
     args.out.write_text(json.dumps(payload, indent=2) + "\n")
-    plot(results, args.out.with_suffix(".png"))
+    plot(summary, args.out.with_suffix(".png"))
     print(f"wrote {args.out} and {args.out.with_suffix('.png')}")
     return 0
 
