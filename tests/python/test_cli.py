@@ -90,7 +90,7 @@ def test_demo_runs_on_the_shipped_subset() -> None:
     frozen_accuracy = float(ternary.split("): accuracy ")[1].split("%")[0])
     assert float_accuracy > 70.0 and frozen_accuracy > 70.0  # chance is 10%
     comm = out[out.index("== parallelization") :]
-    assert "bytes  0.032 of float32's" in comm  # SignEF: 1 bit + a float32 per 2048 values
+    assert "bytes  0.033 of float32's" in comm  # SignEF: 1 bit + a float32 per 512 values
     distill = out[out.index("== learning algorithm") :]
     kd_accuracy = float(distill.split("on every image")[1].split("%")[0].split(": ")[-1])
     assert kd_accuracy > 50.0

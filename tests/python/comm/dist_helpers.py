@@ -104,8 +104,12 @@ def run_distributed(
     collected: dict[int, Any] = {}
     errors: list[str] = []
     try:
-        for _ in answering:
+        waiting = set(answering)
+        while waiting:
             rank, status, value = results.get(timeout=timeout_s)
+            if rank not in waiting:  # a rank outside ``answering`` may finish first
+                continue
+            waiting.discard(rank)
             if status == "ok":
                 collected[rank] = torch.load(io.BytesIO(value), weights_only=False)
             else:

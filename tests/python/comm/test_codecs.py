@@ -407,6 +407,8 @@ def test_compression_ratios_meet_the_issue_goals() -> None:
     n = 25_557_032  # ResNet-50's parameter count
     assert Int8().encoded_nbytes(n) / (4 * n) <= 0.26
     assert SignEF().encoded_nbytes(n) / (4 * n) <= 0.035
+    assert SignEF().block == 512  # 1 / 32 + 1 / 512 = 0.0332 of float32
+    assert SignEF().encoded_nbytes(n) == 4 * -(-n // 512) + -(-n // 8)
     assert TernGrad().encoded_nbytes(n) / (4 * n) <= 0.07
     assert QSGD().encoded_nbytes(n) / (4 * n) <= 0.16
 

@@ -292,13 +292,13 @@ def test_sparse_result_sums_each_ranks_top_values(runs: Any) -> None:
 def test_two_phase_bytes_exact(runs: Any, name: str) -> None:
     world_size, results = runs
     chunk = -(-NUMEL // world_size)
-    blocks512, blocks2048 = -(-chunk // 512), -(-chunk // 2048)
+    blocks512 = -(-chunk // 512)
     encoded = {
         "float32": 4 * chunk,
         "fp16": 2 * chunk,
         "sign-ef": 4 + (chunk + 7) // 8,
         "int8": 4 * blocks512 + chunk,  # a float32 scale per 512 values, a byte per value
-        "sign_ef": 4 * blocks2048 + (chunk + 7) // 8,  # a scale per 2048 values, a bit each
+        "sign_ef": 4 * blocks512 + (chunk + 7) // 8,  # a scale per 512 values, a bit each
         "terngrad": 4 * blocks512 + (chunk + 3) // 4,  # a scale per 512 values, 2 bits each
     }[name]
     # Phase 1: P - 1 payloads + a 1-byte flag each; phase 2: P - 1 payloads in the ring gather.
