@@ -105,6 +105,16 @@ def logits_of(model: nn.Module, images: torch.Tensor) -> torch.Tensor:
     return torch.cat([model(images[i : i + 1000]) for i in range(0, len(images), 1000)])
 
 
+def command_line(script: str, args: argparse.Namespace, skip: tuple[str, ...]) -> str:
+    """The command that reproduces a run: ``python benchmarks/<script>`` with every option of
+    ``args`` but ``skip`` and unset ones."""
+    return f"python benchmarks/{script} " + " ".join(
+        f"--{k.replace('_', '-')} {' '.join(map(str, v)) if isinstance(v, list) else v}"
+        for k, v in vars(args).items()
+        if k not in skip and v is not None
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--train-size", type=int, default=10000)
@@ -286,12 +296,7 @@ def main() -> None:
     }
     result = {
         "benchmark": "distill_fashion",
-        "command": "python benchmarks/distill_fashion.py "
-        + " ".join(
-            f"--{k.replace('_', '-')} {' '.join(map(str, v)) if isinstance(v, list) else v}"
-            for k, v in vars(args).items()
-            if k not in ("progress", "out") and v is not None
-        ),
+        "command": command_line("distill_fashion.py", args, ("progress", "out")),
         "data": source,
         "train_images": len(train_images),
         "test_images": len(test_images),

@@ -58,7 +58,7 @@ from codl.distill import Distiller, KDLoss
 from codl.models import FashionCNN
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from distill_fashion import STUDENTS, parameters_of
+from distill_fashion import STUDENTS, command_line, parameters_of
 
 RESULTS = Path(__file__).resolve().parent / "results"
 VALIDATION_SIZE = 5000
@@ -363,11 +363,8 @@ def main() -> None:
     def write(runs: list[dict[str, Any]]) -> dict[str, Any]:
         result = {
             "benchmark": "distill_fashion_patient",
-            "command": "python benchmarks/distill_patient.py "
-            + " ".join(
-                f"--{k.replace('_', '-')} {' '.join(map(str, v)) if isinstance(v, list) else v}"
-                for k, v in vars(args).items()
-                if k not in ("worker", "out", "work_dir", "teacher_checkpoint")
+            "command": command_line(
+                "distill_patient.py", args, ("worker", "out", "work_dir", "teacher_checkpoint")
             ),
             "protocol": {
                 "train_images": 60000 - VALIDATION_SIZE if args.data == "full" else None,
