@@ -28,7 +28,7 @@ from codl.comm import QSGD, Int8, SignEF, TernGrad, TopK
 
 # 1M values, and ResNet-50's 25.56M parameters rounded up to whole 2048-value blocks.
 DEFAULT_SIZES = (1 << 20, 25_559_040)
-INT8_BLOCK, SIGN_BLOCK, STOCHASTIC_BLOCK = 512, 2048, 512
+INT8_BLOCK, SIGN_BLOCK, STOCHASTIC_BLOCK = 512, 512, 512  # the codecs' default blocks
 
 
 def _blocks(v: torch.Tensor, block: int) -> torch.Tensor:
