@@ -9,11 +9,17 @@ from __future__ import annotations
 from codl.comm.codecs import BF16, FP16, QSGD, Codec, Int8, SignEF, TernGrad, TopK
 from codl.comm.collectives import CollectiveState, NonFiniteGradientError, allreduce
 from codl.comm.hook import HookState, ddp_hook
-from codl.comm.linkmodel import EmulatedLink, StepProfile, profile_step, project
+from codl.comm.linkmodel import (
+    EmulatedLink,
+    StepProfile,
+    profile_step,
+    project,
+    with_measured_overhead,
+)
 from codl.comm.powersgd import PowerSGD
 
 __all__ = ["BF16", "FP16", "Codec"]
 __all__ += ["QSGD", "Int8", "SignEF", "TernGrad", "TopK"]
 __all__ += ["CollectiveState", "NonFiniteGradientError", "allreduce"]
 __all__ += ["HookState", "PowerSGD", "ddp_hook"]
-__all__ += ["EmulatedLink", "StepProfile", "profile_step", "project"]
+__all__ += ["EmulatedLink", "StepProfile", "profile_step", "project", "with_measured_overhead"]

@@ -15,10 +15,17 @@ plus the codec's own time from its measured throughput (bytes of float32 input p
 two-phase encodes (P + 1) c values and decodes 2 P c; all-gather encodes n and decodes P
 payloads of n. The step time is
 
-- serial: forward + backward + comm + codec;
-- overlapped: forward + max(backward, comm) + codec. The assumption: every bucket's exchange
-  can hide behind the backward pass (DDP launches a bucket as soon as its gradients are ready),
-  except the codec's CPU work, which competes with backward for the same cores and is added.
+- serial: forward + backward + comm + codec + overhead;
+- overlapped: forward + max(backward, comm) + codec + overhead. The assumption: every bucket's
+  exchange can hide behind the backward pass (DDP launches a bucket as soon as its gradients
+  are ready), except the codec's CPU work, which competes with backward for the same cores and
+  is added.
+
+``overhead`` is a measured fixed cost per step that no alpha or beta term describes: DDP's
+bucket copies, the hook's Python, the software of each collective on the real link. It is 0
+unless measured (:func:`with_measured_overhead`: the step measured on the unthrottled link,
+less what the model charges there); on a large step it is noise, on a step whose transfer
+takes milliseconds it is not.
 
 Scaling efficiency (weak scaling: the per-node batch stays fixed) = (forward + backward) / step.
 The alpha terms grow linearly with P: a flat ring at 100,000 nodes is latency-bound, which is why
@@ -31,7 +38,7 @@ import math
 import statistics
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 from torch import nn
@@ -90,6 +97,8 @@ class StepProfile:
     bucket_numels: tuple[int, ...]
     #: Shapes of the parameters (PowerSGD's bytes depend on them, not only on sizes).
     parameter_shapes: tuple[tuple[int, ...], ...] = ()
+    #: Measured fixed seconds per step outside the alpha-beta terms (module docstring).
+    overhead_s: float = 0.0
 
     @property
     def compute_s(self) -> float:
@@ -323,6 +332,7 @@ def project(
         step = step_profile.forward_s + max(step_profile.backward_s, comm) + codec_s
     else:
         step = step_profile.compute_s + comm + codec_s
+    step += step_profile.overhead_s
     ring = sum(ring_allreduce_bytes(n, nodes) for n in step_profile.bucket_numels)
     return Projection(
         nodes=nodes,
@@ -334,6 +344,29 @@ def project(
         bytes_sent=sent,
         ring_bytes=ring,
     )
+
+
+def with_measured_overhead(
+    step_profile: StepProfile,
+    measured_step_s: float,
+    codec: Codec | PowerSGD | None,
+    nodes: int,
+    *,
+    overlap: bool = True,
+    throughput: CodecThroughput | None = None,
+) -> StepProfile:
+    """``step_profile`` with ``overhead_s`` set from a step measured with ``codec`` on ``nodes``
+    ranks over the real link without throttling: what that step took beyond the compute and the
+    codec's time (its exchange is charged to the overhead too, so the projection then adds only
+    the alpha-beta cost of the link being modelled). Never negative."""
+    if not (isinstance(measured_step_s, (int, float)) and math.isfinite(measured_step_s)):
+        raise ValueError(
+            f"measured_step_s: expected a finite number of seconds, received {measured_step_s!r}"
+        )
+    bare = replace(step_profile, overhead_s=0.0)
+    # An instantaneous link: comm is 0 (bytes / 1e300 s), so this is compute plus codec.
+    modelled = project(bare, codec, nodes, 1e300, 0.0, overlap=overlap, throughput=throughput)
+    return replace(bare, overhead_s=max(0.0, float(measured_step_s) - modelled.step_s))
 
 
 def break_even_bandwidth(

@@ -29,6 +29,7 @@ from codl.comm.linkmodel import (
     profile_step,
     project,
     projection_table,
+    with_measured_overhead,
 )
 
 PROFILE = StepProfile(forward_s=0.01, backward_s=0.02, bucket_numels=(1000,))
@@ -78,6 +79,26 @@ def test_project_serial_and_overlapped() -> None:
     assert fp16.codec_s == pytest.approx(codec_s, rel=1e-12)
     assert fp16.step_s == pytest.approx(0.03 + 6e-6 + 3003 / 1e9 + codec_s, rel=1e-12)
     assert fp16.ratio == pytest.approx(3003 / 6000, rel=1e-12)
+
+
+def test_measured_overhead_is_what_the_model_leaves_out() -> None:
+    # FP16 on 4 nodes: compute 30 ms, codec 4e-6 s (test above); a 35 ms unthrottled step leaves
+    # 5 ms - 4e-6 s of overhead, which the projection on any link then adds once.
+    codec_s = 4 * 1250 / 2e9 + 4 * 2000 / 4e9
+    for overlap in (False, True):
+        calibrated = with_measured_overhead(
+            PROFILE, 0.035, FP16(), 4, overlap=overlap, throughput=SPEED
+        )
+        assert calibrated.overhead_s == pytest.approx(0.005 - codec_s, rel=1e-9)
+        assert calibrated.bucket_numels == PROFILE.bucket_numels
+        bare = project(PROFILE, FP16(), 4, 1e5, 1e-3, overlap=overlap, throughput=SPEED)
+        slow = project(calibrated, FP16(), 4, 1e5, 1e-3, overlap=overlap, throughput=SPEED)
+        assert slow.step_s == pytest.approx(bare.step_s + 0.005 - codec_s, rel=1e-12)
+        assert slow.efficiency == pytest.approx(0.03 / slow.step_s, rel=1e-12)
+    # A step faster than the model's compute leaves no negative overhead.
+    assert with_measured_overhead(PROFILE, 0.01, None, 4).overhead_s == 0.0
+    with pytest.raises(ValueError, match="measured_step_s"):
+        with_measured_overhead(PROFILE, math.nan, None, 4)
 
 
 def test_efficiency_falls_with_nodes_and_compression_helps_on_slow_links() -> None:
