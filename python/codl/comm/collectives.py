@@ -46,6 +46,7 @@ from typing import Any, Literal, Protocol
 import torch
 import torch.distributed as dist
 
+from codl._finite import all_finite
 from codl.comm.accounting import (
     FLAG_NBYTES,
     LENGTH_NBYTES,
@@ -377,7 +378,7 @@ def allreduce(
         _check_same_size(host.numel(), channel, world_size, link, record)
     if world_size == 1 or host.numel() == 0:
         # Nothing to exchange; the value is already the mean (and the sum) of one rank.
-        if not bool(torch.isfinite(flat).all()):
+        if not all_finite(flat):
             _nonfinite(flat, [rank], "in the gradient", on_nonfinite)
         if state is not None:
             state.last = record
@@ -426,7 +427,7 @@ def _two_phase(
     use_error = codec.error_feedback and state is not None
 
     start = time.perf_counter()
-    local_finite = bool(torch.isfinite(flat).all())
+    local_finite = all_finite(flat)
     padded = _workspace(state, key, "padded", world_size * chunk, torch.float32)
     padded[numel:].zero_()
     if not local_finite:
@@ -509,7 +510,7 @@ def _two_phase(
         elif end > begin:  # the padded last chunk goes through the (now free) reduced buffer
             flat[begin:end].copy_(codec.decode(payload, chunk, out=reduced)[: end - begin])
     record.decode_s += time.perf_counter() - start
-    if not bool(torch.isfinite(flat).all()):  # identical bits everywhere: all ranks agree
+    if not all_finite(flat):  # identical bits everywhere: all ranks agree
         record.nonfinite = True
         _nonfinite(flat, [], "in the reduced result (overflow of the codec's range?)", on_nonfinite)
 
@@ -532,7 +533,7 @@ def _allgather(
     use_error = codec.error_feedback and state is not None
 
     start = time.perf_counter()
-    local_finite = bool(torch.isfinite(flat).all())
+    local_finite = all_finite(flat)
     error = state.error_buffer(key, 1, numel) if use_error and state else None
     if local_finite:
         scaled = flat / world_size if op == "mean" else flat.clone()
@@ -575,6 +576,6 @@ def _allgather(
         codec.decode(row, numel, out=result, accumulate=True)
     flat.copy_(result)
     record.decode_s += time.perf_counter() - start
-    if not bool(torch.isfinite(flat).all()):
+    if not all_finite(flat):
         record.nonfinite = True
         _nonfinite(flat, [], "in the reduced result", on_nonfinite)

@@ -63,6 +63,7 @@ import torch
 import torch.distributed as dist
 from torch._C._distributed_c10d import GradBucket
 
+from codl._finite import all_finite
 from codl.comm.accounting import StepRecord, compressed_bytes, ring_allreduce_bytes
 from codl.comm.codecs import Codec
 from codl.comm.collectives import (
@@ -428,7 +429,7 @@ def _reduce_bucket(
     if not compress or state.codec is None:
         record = StepRecord()
         dense_allreduce(buffer, group, op="mean", link=state.link, record=record)
-        if not bool(torch.isfinite(buffer).all()):  # the same sum on every rank
+        if not all_finite(buffer):  # the same sum on every rank
             record.nonfinite = True
             if state.on_nonfinite == "raise":
                 raise NonFiniteGradientError(

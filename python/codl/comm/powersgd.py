@@ -38,6 +38,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
+from codl._finite import all_finite
 from codl.comm.accounting import StepRecord, ring_allreduce_bytes
 from codl.comm.collectives import Channel, Link, NonFiniteGradientError
 
@@ -262,5 +263,5 @@ class PowerSGD:
     @staticmethod
     def _check_finite(values: torch.Tensor, what: str) -> None:
         # The allreduced sums are identical on every rank, so every rank raises together.
-        if not bool(torch.isfinite(values).all()):
+        if not all_finite(values):
             raise NonFiniteGradientError(f"PowerSGD: non-finite values (NaN or Inf) in {what}")

@@ -41,6 +41,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from codl._finite import all_finite
 from codl.optim.hyperparams import (
     FloatHyper,
     IntHyper,
@@ -64,14 +65,6 @@ _METHODS = ("inverse", "eigen")
 _FISHERS = ("empirical", "true")
 _REDUCTIONS = ("mean", "sum")
 _LIKELIHOODS = ("categorical", "gaussian")
-
-
-def _finite(tensor: torch.Tensor) -> bool:
-    """True if every entry is finite: one read pass, no mask (a float64 sum of float32 or
-    smaller values cannot overflow, so only NaN/Inf entries make it non-finite)."""
-    if tensor.dtype == torch.float64:
-        return bool(torch.isfinite(tensor).all())
-    return math.isfinite(float(tensor.sum(dtype=torch.float64)))
 
 
 def _check_choice(value: object, name: str, choices: tuple[str, ...]) -> str:
@@ -333,7 +326,7 @@ class KFACPreconditioner:
                 grads = block.param_grads()
                 if grads is None:
                     continue
-                if not all(_finite(g) for g in grads):
+                if not all(all_finite(g) for g in grads):
                     self._skip(block, "its gradient holds NaN or Inf")
                     continue
                 if factor_due and block.inputs:
