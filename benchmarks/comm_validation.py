@@ -31,6 +31,7 @@ import socket
 import statistics
 import time
 import traceback
+from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -208,7 +209,14 @@ def loopback_overhead(world_size: int, repeat: int = 21) -> float:
     return statistics.median(times)
 
 
-def _child(rank: int, world_size: int, port: int, args: tuple[Any, ...], results: Any) -> None:
+def _child(
+    rank: int,
+    world_size: int,
+    port: int,
+    worker: Callable[..., list[dict[str, Any]]],
+    args: tuple[Any, ...],
+    results: Any,
+) -> None:
     torch.set_num_threads(1)
     try:
         dist.init_process_group(
@@ -220,7 +228,7 @@ def _child(rank: int, world_size: int, port: int, args: tuple[Any, ...], results
         )
         try:
             buffer = io.BytesIO()
-            torch.save(_worker(rank, world_size, *args), buffer)
+            torch.save(worker(rank, world_size, *args), buffer)
             results.put((rank, "ok", buffer.getvalue()))
         finally:
             dist.destroy_process_group()
@@ -229,8 +237,15 @@ def _child(rank: int, world_size: int, port: int, args: tuple[Any, ...], results
 
 
 def run(
-    world_size: int, steps: int, warmup: int, timeout_s: float, progress: bool = True
+    world_size: int,
+    steps: int,
+    warmup: int,
+    timeout_s: float,
+    progress: bool = True,
+    worker: Callable[..., list[dict[str, Any]]] | None = None,
 ) -> list[dict[str, Any]]:
+    """Rows from ``worker(rank, world_size, steps, warmup, progress)`` (default: the link-model
+    validation) on ``world_size`` gloo processes on 127.0.0.1."""
     context = mp.get_context("spawn")
     results = context.Queue()
     with socket.socket() as sock:
@@ -238,7 +253,8 @@ def run(
         port = int(sock.getsockname()[1])
     processes = [
         context.Process(
-            target=_child, args=(r, world_size, port, (steps, warmup, progress), results)
+            target=_child,
+            args=(r, world_size, port, worker or _worker, (steps, warmup, progress), results),
         )
         for r in range(world_size)
     ]

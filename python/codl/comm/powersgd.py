@@ -91,6 +91,9 @@ class PowerSGD:
         self.epsilon = float(epsilon)
         self.errors: dict[Hashable, torch.Tensor] = {}
         self.qs: dict[Hashable, torch.Tensor] = {}
+        # Scratch matrices per key (M and the approximation), kept between steps: a fresh
+        # allocation of a large gradient's size costs its page faults on every step.
+        self._scratch: dict[Hashable, list[torch.Tensor]] = {}
 
     def __repr__(self) -> str:
         return f"PowerSGD(rank={self.rank}, error_feedback={self.error_feedback})"
@@ -207,15 +210,20 @@ class PowerSGD:
         # the alignment of their inputs, and the bucket puts a matrix wherever DDP's layout
         # does, so this keeps the result independent of the layout (a restored DDP's first step
         # buckets differently from the run it continues).
+        scratch = self._scratch.get(key)
+        if scratch is None or [t.shape for t in scratch[::2]] != [m.shape for m in matrices]:
+            scratch = [t for m in matrices for t in (torch.empty_like(m), torch.empty_like(m))]
+            self._scratch[key] = scratch
         errors: list[torch.Tensor] = []
-        work: list[torch.Tensor] = []  # M = gradient + error (algorithm 2, line 5)
+        work = scratch[::2]  # M = gradient + error (algorithm 2, line 5)
+        approximations = scratch[1::2]
         offset = 0
-        for matrix in matrices:
+        for matrix, corrected in zip(matrices, work):
             if error is not None:
                 errors.append(error[offset : offset + matrix.numel()].view_as(matrix))
-                work.append(torch.add(matrix, errors[-1]))
+                torch.add(matrix, errors[-1], out=corrected)
             else:
-                work.append(matrix.clone())
+                corrected.copy_(matrix)
             offset += matrix.numel()
         q_flat = self.qs.get(key) if self.warm_start else None
         q_total = sum(m * r for _, m, r in sizes)
@@ -231,7 +239,10 @@ class PowerSGD:
         p_offset = 0
         for (n, _, r), matrix, q in zip(sizes, work, q_views):
             p_views.append(p_flat[p_offset : p_offset + n * r].view(n, r))
-            p_views[-1].copy_(matrix @ orthogonalize_(q.clone(), self.epsilon))
+            # A column-major Q: MKL's product with a row-major n x r right factor is several
+            # times slower (0.9 against 0.16 ms for 1024 x 784 times 784 x 2).
+            column_major = orthogonalize_(q.clone(), self.epsilon).t().contiguous().t()
+            p_views[-1].copy_(matrix @ column_major)
             p_offset += n * r
         record.encode_s += time.perf_counter() - start
 
@@ -241,14 +252,14 @@ class PowerSGD:
         ps = []
         for p, q, matrix in zip(p_views, q_views, work):
             ps.append(orthogonalize_(p.clone(), self.epsilon))
-            q.copy_(matrix.t() @ ps[-1])
+            q.copy_((ps[-1].t() @ matrix).t())  # M^T P as (P^T M)^T: reads M in row order
         record.encode_s += time.perf_counter() - start
 
         reduce(q_flat)
         start = time.perf_counter()
         q_flat.div_(world_size)
         for index, (p, q, matrix) in enumerate(zip(ps, q_views, work)):
-            approx = p @ q.clone().t()  # the mean gradient's rank-r image (line 8)
+            approx = torch.matmul(p, q.clone().t(), out=approximations[index])  # line 8
             matrices[index].copy_(approx)
             if errors:
                 torch.sub(matrix, approx, out=errors[index])  # algorithm 2, line 7
