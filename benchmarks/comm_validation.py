@@ -313,20 +313,64 @@ def summarize(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return table
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--steps", type=int, default=8, help="timed steps per configuration")
-    parser.add_argument("--warmup", type=int, default=3, help="untimed steps first")
+def add_run_arguments(
+    parser: argparse.ArgumentParser, *, steps: int, warmup: int, out: Path
+) -> None:
+    parser.add_argument("--steps", type=int, default=steps, help="timed steps per configuration")
+    parser.add_argument("--warmup", type=int, default=warmup, help="untimed steps first")
     parser.add_argument("--processes", type=int, nargs="+", default=[2, 4])
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
-    parser.add_argument("--out", type=Path, default=RESULTS / "comm_validation.json")
-    args = parser.parse_args()
+    parser.add_argument("--out", type=Path, default=out)
+
+
+def run_all(
+    args: argparse.Namespace, worker: Callable[..., list[dict[str, Any]]] | None = None
+) -> list[dict[str, Any]]:
+    """Every process count of ``args.processes`` in turn (see :func:`run`)."""
     print(f"load average before: {os.getloadavg()}")
     rows: list[dict[str, Any]] = []
     for world_size in args.processes:
         rows += run(
-            world_size, args.steps, args.warmup, timeout_s=900, progress=not args.no_progress
+            world_size,
+            args.steps,
+            args.warmup,
+            timeout_s=900,
+            progress=not args.no_progress,
+            worker=worker,
         )
+    return rows
+
+
+def write_results(
+    out: Path, table: list[dict[str, Any]], rows: list[dict[str, Any]], **summary: str
+) -> None:
+    """The table, its summary lines and every rank's rows, with the machine, as JSON."""
+    import codl
+
+    payload = {
+        "machine": {
+            "platform": platform.platform(),
+            "cores": os.cpu_count(),
+            "load_average_after": os.getloadavg(),  # other jobs share these cores
+            "codl": codl.info(),
+            "torch": torch.__version__,
+        },
+        "latency_us": LATENCY * 1e6,
+        "batch": BATCH,
+        "table": table,
+        **summary,
+        "rows": rows,
+    }
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(payload, indent=2) + "\n")
+    print(f"wrote {out}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    add_run_arguments(parser, steps=8, warmup=3, out=RESULTS / "comm_validation.json")
+    args = parser.parse_args()
+    rows = run_all(args)
     table = summarize(rows)
     print(
         f"{'P':>2} {'MB/s':>6} {'codec':<8} {'overlap':<7} {'measured':>9} {'overhead':>8} "
@@ -346,25 +390,13 @@ def main() -> None:
         f"within 20% of the measured step: {within}/{len(table)} with the per-step overhead "
         f"measured on unthrottled loopback, {within_bare}/{len(table)} without it"
     )
-    import codl
-
-    payload = {
-        "machine": {
-            "platform": platform.platform(),
-            "cores": os.cpu_count(),
-            "load_average_after": os.getloadavg(),  # other jobs share these cores
-            "codl": codl.info(),
-        },
-        "latency_us": LATENCY * 1e6,
-        "batch": BATCH,
-        "table": table,
-        "within_20_percent": f"{within}/{len(table)}",
-        "within_20_percent_without_overhead": f"{within_bare}/{len(table)}",
-        "rows": rows,
-    }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(payload, indent=2) + "\n")
-    print(f"wrote {args.out}")
+    write_results(
+        args.out,
+        table,
+        rows,
+        within_20_percent=f"{within}/{len(table)}",
+        within_20_percent_without_overhead=f"{within_bare}/{len(table)}",
+    )
 
 
 if __name__ == "__main__":

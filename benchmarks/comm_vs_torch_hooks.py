@@ -17,13 +17,9 @@ and the slowest rank's median is reported.
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import platform
 import statistics
 import time
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -31,7 +27,15 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel
 
-from comm_validation import BATCH, LATENCY, RESULTS, _model, run
+from comm_validation import (
+    BATCH,
+    LATENCY,
+    RESULTS,
+    _model,
+    add_run_arguments,
+    run_all,
+    write_results,
+)
 
 BANDWIDTHS = (10e6, 100e6)  # bytes/s
 #: Torch's PowerSGD needs start_powerSGD_iter >= 2; codl's hook gets the same warm-up.
@@ -116,21 +120,13 @@ def _register(
         state, hook = ddp_hook(codec, small_tensor_numel=0, warmup_steps=WARMUP_STEPS, link=link)
         model.register_comm_hook(state, hook)
         return state, lambda: float(state.last_step.bytes_sent if state.last_step else 0)
-    if codec == "allreduce":
+    if codec in ("allreduce", "fp16"):
+        hook, itemsize = {
+            "allreduce": (default_hooks.allreduce_hook, 4),
+            "fp16": (default_hooks.fp16_compress_hook, 2),
+        }[codec]
         wrapped = _throttled(
-            default_hooks.allreduce_hook,
-            link,
-            phases,
-            lambda b: _ring_bytes(b.buffer().numel(), world_size, 4),
-        )
-        model.register_comm_hook(None, wrapped)
-        return None, lambda: float(wrapped.sent[-1])  # type: ignore[attr-defined]
-    if codec == "fp16":
-        wrapped = _throttled(
-            default_hooks.fp16_compress_hook,
-            link,
-            phases,
-            lambda b: _ring_bytes(b.buffer().numel(), world_size, 2),
+            hook, link, phases, lambda b: _ring_bytes(b.buffer().numel(), world_size, itemsize)
         )
         model.register_comm_hook(None, wrapped)
         return None, lambda: float(wrapped.sent[-1])  # type: ignore[attr-defined]
@@ -238,25 +234,11 @@ def summarize(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--steps", type=int, default=10, help="timed steps per configuration")
-    parser.add_argument("--warmup", type=int, default=4, help="untimed steps first")
-    parser.add_argument("--processes", type=int, nargs="+", default=[2, 4])
-    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
-    parser.add_argument("--out", type=Path, default=RESULTS / "comm_vs_torch_hooks.json")
+    add_run_arguments(parser, steps=10, warmup=4, out=RESULTS / "comm_vs_torch_hooks.json")
     args = parser.parse_args()
     if args.warmup <= WARMUP_STEPS:
         parser.error(f"--warmup must exceed the hooks' {WARMUP_STEPS} uncompressed steps")
-    print(f"load average before: {os.getloadavg()}")
-    rows: list[dict[str, Any]] = []
-    for world_size in args.processes:
-        rows += run(
-            world_size,
-            args.steps,
-            args.warmup,
-            timeout_s=900,
-            progress=not args.no_progress,
-            worker=_worker,
-        )
+    rows = run_all(args, _worker)
     table = summarize(rows)
     print(
         f"{'P':>2} {'MB/s':>5} {'side':<6} {'hook':<22} {'step ms':>9} {'link ms':>9} "
@@ -268,24 +250,7 @@ def main() -> None:
             f"{row['step_ms']:>9.2f} {row['link_ms']:>9.2f} {row['bytes_per_step']:>9.0f} "
             f"{row['speedup_vs_best_torch_hook']:>12.2f}x"
         )
-    import codl
-
-    payload = {
-        "machine": {
-            "platform": platform.platform(),
-            "cores": os.cpu_count(),
-            "load_average_after": os.getloadavg(),
-            "codl": codl.info(),
-            "torch": torch.__version__,
-        },
-        "latency_us": LATENCY * 1e6,
-        "batch": BATCH,
-        "table": table,
-        "rows": rows,
-    }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(payload, indent=2) + "\n")
-    print(f"wrote {args.out}")
+    write_results(args.out, table, rows)
 
 
 if __name__ == "__main__":
