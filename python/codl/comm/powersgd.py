@@ -211,7 +211,8 @@ class PowerSGD:
         # does, so this keeps the result independent of the layout (a restored DDP's first step
         # buckets differently from the run it continues).
         scratch = self._scratch.get(key)
-        if scratch is None or [t.shape for t in scratch[::2]] != [m.shape for m in matrices]:
+        layout = [(m.shape, m.device) for m in matrices]
+        if scratch is None or [(t.shape, t.device) for t in scratch[::2]] != layout:
             scratch = [t for m in matrices for t in (torch.empty_like(m), torch.empty_like(m))]
             self._scratch[key] = scratch
         errors: list[torch.Tensor] = []
