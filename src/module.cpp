@@ -49,10 +49,7 @@ PYBIND11_MODULE(_C, m) {
         "buffer_address",
         [](const py::buffer& b) { return reinterpret_cast<std::uintptr_t>(b.request().ptr); },
         py::arg("buffer"), "The address the core would see for this buffer (tests use it to prove no copy).");
-    codl_bindings::register_pack(m);
-    codl_bindings::register_ternary(m);
-    codl_bindings::register_sym_eig(m);
+#define CODL_KERNEL_FAMILY(name, Table) codl_bindings::register_##name(m);
+#include "codl/kernel_families.def"
     codl_bindings::register_format(m);
-    codl_bindings::register_linalg(m);
-    codl_bindings::register_comm(m);
 }

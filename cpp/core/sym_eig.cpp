@@ -913,45 +913,26 @@ void run_batch(const Engine<T>& engine, const SymEigProblem<T>* problems, std::s
 
 }  // namespace
 
-void sym_eig_f32_with(const SymEigKernels& kernels, const SymEigProblem<float>* problems,
+void sym_eig_f32_with(const KernelTable& kernels, const SymEigProblem<float>* problems,
                       std::size_t count, SymEigStatus* status, int num_threads) {
-    run_batch(Engine<float>{kernels.f32, kernels.secular, kernels.linalg->gemm_f32}, problems, count, status, num_threads);
+    run_batch(Engine<float>{kernels.sym_eig->f32, kernels.sym_eig->secular, kernels.linalg->gemm_f32}, problems,
+              count, status, num_threads);
 }
 
-void sym_eig_f64_with(const SymEigKernels& kernels, const SymEigProblem<double>* problems,
+void sym_eig_f64_with(const KernelTable& kernels, const SymEigProblem<double>* problems,
                       std::size_t count, SymEigStatus* status, int num_threads) {
-    run_batch(Engine<double>{kernels.f64, kernels.secular, kernels.linalg->gemm_f64}, problems, count, status, num_threads);
-}
-
-const SymEigKernels* sym_eig_kernels(IsaLevel isa) {
-    switch (isa) {
-        case IsaLevel::scalar: return &ref::sym_eig_kernels;
-#if CODL_HAVE_AVX2
-        case IsaLevel::avx2: return &avx2::sym_eig_kernels;
-#endif
-#if CODL_HAVE_AVX512
-        case IsaLevel::avx512: return &avx512::sym_eig_kernels;
-#endif
-#if CODL_HAVE_SVE
-        case IsaLevel::sve: {
-            // The scalar row loops (no SVE variant of them yet) with SVE's GEMM.
-            static const SymEigKernels sve_kernels{ref::sym_eig_kernels.f32, ref::sym_eig_kernels.f64,
-                                                   ref::sym_eig_kernels.secular, &sve::linalg_kernels};
-            return &sve_kernels;
-        }
-#endif
-        default: return nullptr;
-    }
+    run_batch(Engine<double>{kernels.sym_eig->f64, kernels.sym_eig->secular, kernels.linalg->gemm_f64}, problems,
+              count, status, num_threads);
 }
 
 void sym_eig_f32(const SymEigProblem<float>* problems, std::size_t count, SymEigStatus* status,
                  int num_threads) {
-    sym_eig_f32_with(*sym_eig_kernels(active_isa()), problems, count, status, num_threads);
+    sym_eig_f32_with(active_table(), problems, count, status, num_threads);
 }
 
 void sym_eig_f64(const SymEigProblem<double>* problems, std::size_t count, SymEigStatus* status,
                  int num_threads) {
-    sym_eig_f64_with(*sym_eig_kernels(active_isa()), problems, count, status, num_threads);
+    sym_eig_f64_with(active_table(), problems, count, status, num_threads);
 }
 
 }  // namespace codl

@@ -5,26 +5,45 @@
 #include <vector>
 
 #include "codl/dispatch.h"
-#include "codl/linalg.h"
 
 namespace codl {
 namespace {
 
 constexpr const char* kIsaNames[kNumIsaLevels] = {"scalar", "avx2", "avx512", "sve"};
 
-const KernelTable kScalarTable{IsaLevel::scalar, &ref::pack_kernels, &ref::ternary_kernels,
-                                 &ref::linalg_kernels, &ref::comm_kernels};
+// The tables, generated from codl/kernel_families.def. The build defines CODL_VARIANT_<isa>_<family>
+// as 1 where cpp/kernels/.../<family>_<isa>.cpp exists and 0 where it does not; a family without
+// a variant for an ISA runs the reference there. This is the only place that falls back.
+#define CODL_FAMILY_OF_1(isa, name) &isa::name##_kernels
+#define CODL_FAMILY_OF_0(isa, name) &ref::name##_kernels
+#define CODL_FAMILY_OF_(built, isa, name) CODL_FAMILY_OF_##built(isa, name)
+#define CODL_FAMILY_OF(built, isa, name) CODL_FAMILY_OF_(built, isa, name)
+
+const KernelTable kScalarTable{
+    IsaLevel::scalar,
+#define CODL_KERNEL_FAMILY(name, Table) &ref::name##_kernels,
+#include "codl/kernel_families.def"
+};
 #if CODL_HAVE_AVX2
-const KernelTable kAvx2Table{IsaLevel::avx2, &avx2::pack_kernels, &avx2::ternary_kernels,
-                                 &avx2::linalg_kernels, &avx2::comm_kernels};
+const KernelTable kAvx2Table{
+    IsaLevel::avx2,
+#define CODL_KERNEL_FAMILY(name, Table) CODL_FAMILY_OF(CODL_VARIANT_avx2_##name, avx2, name),
+#include "codl/kernel_families.def"
+};
 #endif
 #if CODL_HAVE_AVX512
-const KernelTable kAvx512Table{IsaLevel::avx512, &avx512::pack_kernels, &avx512::ternary_kernels,
-                                 &avx512::linalg_kernels, &avx512::comm_kernels};
+const KernelTable kAvx512Table{
+    IsaLevel::avx512,
+#define CODL_KERNEL_FAMILY(name, Table) CODL_FAMILY_OF(CODL_VARIANT_avx512_##name, avx512, name),
+#include "codl/kernel_families.def"
+};
 #endif
 #if CODL_HAVE_SVE
-const KernelTable kSveTable{IsaLevel::sve, &sve::pack_kernels, &sve::ternary_kernels,
-                                 &sve::linalg_kernels, &sve::comm_kernels};
+const KernelTable kSveTable{
+    IsaLevel::sve,
+#define CODL_KERNEL_FAMILY(name, Table) CODL_FAMILY_OF(CODL_VARIANT_sve_##name, sve, name),
+#include "codl/kernel_families.def"
+};
 #endif
 
 const KernelTable* table_of(IsaLevel isa) {

@@ -2,8 +2,9 @@
 // written once and compiled by every ISA translation unit with its own flags and its own GEMM
 // micro-kernel (the scalar reference, AVX2, AVX-512, SVE).
 //
-// Each including TU defines CODL_LINALG_NAMESPACE (its ISA namespace) and, before including,
-// the tile types F32Tile / F64Tile in codl::CODL_LINALG_NAMESPACE::(anonymous):
+// The build defines CODL_ISA_NAMESPACE (the ISA namespace, cmake/CodlKernels.cmake); each
+// including TU defines, before including,
+// the tile types F32Tile / F64Tile in codl::CODL_ISA_NAMESPACE::(anonymous):
 //   static constexpr bool fused;                // the ISA has FMA (used by the unblocked loops)
 //   static constexpr std::size_t mr, nr;        // register tile: mr rows x nr columns of C
 //   static void run(std::size_t k, const T* a, std::ptrdiff_t a_rs, std::ptrdiff_t a_cs,
@@ -43,12 +44,12 @@
 #include "codl/linalg.h"
 #include "codl/parallel.h"
 
-#ifndef CODL_LINALG_NAMESPACE
-#error "define CODL_LINALG_NAMESPACE (the ISA namespace) before including linalg_blocked.h"
+#ifndef CODL_ISA_NAMESPACE
+#error "CODL_ISA_NAMESPACE is undefined: build kernel files through codl_add_kernel_family"
 #endif
 
 namespace codl {
-namespace CODL_LINALG_NAMESPACE {
+namespace CODL_ISA_NAMESPACE {
 namespace {
 
 using std::ptrdiff_t;
@@ -587,5 +588,5 @@ constexpr LinalgKernels make_linalg_kernels() {
 }
 
 }  // namespace
-}  // namespace CODL_LINALG_NAMESPACE
+}  // namespace CODL_ISA_NAMESPACE
 }  // namespace codl

@@ -25,11 +25,10 @@ void require_size(const Buffer& buffer, const char* name, std::size_t needed, co
 
 int checked_threads(int num_threads);
 
-void register_pack(py::module_& m);
-void register_ternary(py::module_& m);
-void register_sym_eig(py::module_& m);
+// One per kernel family of codl/kernel_families.def (src/bindings/<family>.cpp), plus the
+// .codl file format.
+#define CODL_KERNEL_FAMILY(name, Table) void register_##name(py::module_& m);
+#include "codl/kernel_families.def"
 void register_format(py::module_& m);
-void register_linalg(py::module_& m);
-void register_comm(py::module_& m);
 
 }  // namespace codl_bindings

@@ -128,7 +128,7 @@ struct Result {
 };
 
 template <typename T>
-void run(const codl::SymEigKernels& kernels, const codl::SymEigProblem<T>* problems, std::size_t count,
+void run(const codl::KernelTable& kernels, const codl::SymEigProblem<T>* problems, std::size_t count,
          SymEigStatus* status, int threads) {
     if constexpr (sizeof(T) == 4) {
         codl::sym_eig_f32_with(kernels, problems, count, status, threads);
@@ -138,7 +138,7 @@ void run(const codl::SymEigKernels& kernels, const codl::SymEigProblem<T>* probl
 }
 
 template <typename T>
-Result<T> decompose(const codl::SymEigKernels& kernels, const std::vector<T>& a, std::size_t n, int threads = 1) {
+Result<T> decompose(const codl::KernelTable& kernels, const std::vector<T>& a, std::size_t n, int threads = 1) {
     Result<T> r;
     r.values.assign(n, T(-7));
     r.vectors.assign(n * n, T(-7));
@@ -206,7 +206,7 @@ void check_decomposition(const std::vector<T>& a, std::size_t n, const Result<T>
 template <typename T>
 void check_sizes(const std::vector<std::size_t>& sizes, const char* type) {
     for (IsaLevel isa : codl_test::runnable_isas()) {
-        const codl::SymEigKernels& kernels = *codl::sym_eig_kernels(isa);
+        const codl::KernelTable& kernels = *codl::kernel_table(isa);
         for (std::size_t n : sizes) {
             for (int kind = 0; kind < 2; ++kind) {
                 const std::vector<T> a = kind == 0 ? random_symmetric<T>(n) : covariance<T>(n);
@@ -216,7 +216,7 @@ void check_sizes(const std::vector<std::size_t>& sizes, const char* type) {
                 check_decomposition(a, n, r, at);
                 if (isa != IsaLevel::scalar) {
                     // The ISA's eigenvalues agree with the scalar reference's.
-                    const Result<T> reference = decompose(codl::ref::sym_eig_kernels, a, n);
+                    const Result<T> reference = decompose(*codl::kernel_table(IsaLevel::scalar), a, n);
                     double spectral = 0;
                     for (T w : reference.values) spectral = std::max(spectral, static_cast<double>(std::fabs(w)));
                     const double tol = 8.0 * (static_cast<double>(n) + 4.0) * std::numeric_limits<T>::epsilon();
@@ -254,7 +254,7 @@ TEST_CASE("sym_eig float32, sizes 1..40, 63..65, 144, 577: residual, orthogonali
 template <typename T>
 void check_special(const char* type) {
     for (IsaLevel isa : codl_test::runnable_isas()) {
-        const codl::SymEigKernels& kernels = *codl::sym_eig_kernels(isa);
+        const codl::KernelTable& kernels = *codl::kernel_table(isa);
         const std::string at = std::string(codl::isa_name(isa)) + " " + type;
         // Zero matrix: zero eigenvalues, identity vectors.
         for (std::size_t n : {1, 5, 70}) {
@@ -319,7 +319,7 @@ void check_threads() {
     for (std::size_t n : sizes) mats.push_back(covariance<T>(n));
     mats[4][3] = std::numeric_limits<T>::quiet_NaN();  // one failure must not disturb the rest
     for (IsaLevel isa : codl_test::runnable_isas()) {
-        const codl::SymEigKernels& kernels = *codl::sym_eig_kernels(isa);
+        const codl::KernelTable& kernels = *codl::kernel_table(isa);
         std::vector<std::vector<T>> values[2], vectors[2];
         std::vector<SymEigStatus> status[2];
         for (int t = 0; t < 2; ++t) {

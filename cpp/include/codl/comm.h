@@ -25,6 +25,8 @@
 #include <cstddef>
 #include <cstdint>
 
+#include "codl/kernel_table.h"
+
 namespace codl {
 
 constexpr std::size_t comm_blocks(std::size_t n, std::size_t block) {
@@ -49,6 +51,62 @@ constexpr std::size_t qsgd_payload_bytes(std::size_t n, std::size_t block, unsig
     return 4 * comm_blocks(n, block) + (n * qsgd_field_bits(levels) + 7) / 8;
 }
 constexpr std::size_t topk_payload_bytes(std::size_t k) { return 4 + 8 * k; }
+
+// The kernel table: each call covers n values from a block
+// boundary (the last block may be partial), writes that range's scales (unaligned: raw bytes)
+// and codes, and returns false where v = x + error (or x when error is null) holds NaN or Inf.
+// The sign codec's block scale is mean |v|, summed in a fixed order every ISA follows: local
+// value i of a block goes to float lane i % 16 (lanes add in index order), then
+// ref::sign_block_scale finishes the 16 lanes in double. `first` is the global index of x[0]
+// (the counter of the stochastic codecs).
+struct CommKernels {
+    bool (*int8_encode)(const float* x, float* error, std::size_t n, std::size_t block,
+                        std::uint8_t* scales, std::int8_t* codes);
+    void (*int8_decode)(const std::uint8_t* scales, const std::int8_t* codes, std::size_t n,
+                        std::size_t block, float* out, bool accumulate);
+    bool (*sign_encode)(const float* x, float* error, std::size_t n, std::size_t block,
+                        std::uint8_t* scales, std::uint8_t* bits);
+    void (*sign_decode)(const std::uint8_t* scales, const std::uint8_t* bits, std::size_t n,
+                        std::size_t block, float* out, bool accumulate);
+    bool (*terngrad_encode)(const float* x, float* error, std::size_t n, std::size_t block,
+                            std::uint64_t stream, std::size_t first, std::uint8_t* scales,
+                            std::uint8_t* codes);
+    bool (*terngrad_decode)(const std::uint8_t* scales, const std::uint8_t* codes, std::size_t n,
+                            std::size_t block, float* out, bool accumulate);
+    bool (*qsgd_encode)(const float* x, float* error, std::size_t n, std::size_t block,
+                        unsigned levels, std::uint64_t stream, std::size_t first,
+                        std::uint8_t* norms, std::uint8_t* codes);
+    bool (*qsgd_decode)(const std::uint8_t* norms, const std::uint8_t* codes, std::size_t n,
+                        std::size_t block, unsigned levels, float* out, bool accumulate);
+    // Top-k: v = error + (momentum ? (u = m * u + x) : x) stored in error (with no error buffer
+    // only checked); false where v holds NaN or Inf.
+    bool (*topk_accumulate)(const float* x, float* error, float* momentum, float m, std::size_t n);
+    // How many |v[i]| >= threshold, and (gather) their indices plus base, in increasing order.
+    std::size_t (*count_at_least)(const float* v, std::size_t n, float threshold);
+    std::size_t (*gather_at_least)(const float* v, std::size_t n, float threshold,
+                                   std::uint32_t base, std::uint32_t* indices);
+};
+
+namespace ref {
+// mean |v| of a sign block from its 16 lane sums (see CommKernels); 127 / max|v| for an int8
+// block (0 for an all-zero block and where the quotient overflows: such a block sends zeros).
+float sign_block_scale(const float* lane_sums, std::size_t count);
+float int8_inverse_scale(float max_abs);
+// QSGD's scalar pieces, shared by every ISA so that all of them follow one order: the block norm
+// ||x + error||_2 (error may be null), summed sequentially in double; false where it is not
+// finite.
+bool qsgd_block_norm(const float* x, const float* error, std::size_t m, float* norm);
+// The bit writer: fields of `width` bits appended LSB first at `out`; `pending` holds the bits
+// not yet stored. flush_fields stores the last partial byte.
+struct FieldWriter {
+    std::uint8_t* out;
+    unsigned width;
+    std::uint64_t pending;
+    unsigned pending_bits;
+};
+void write_fields(FieldWriter& writer, const std::uint32_t* fields, std::size_t count);
+void flush_fields(FieldWriter& writer);
+}  // namespace ref
 
 // Counter-based generator (splitmix64 finaliser, integer only, so every ISA draws the same
 // numbers): stream = mix(mix(mix(seed) ^ key) ^ step); u_i = (mix(stream + i * golden) >> 40)

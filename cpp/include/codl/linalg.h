@@ -14,6 +14,8 @@
 
 #include <cstddef>
 
+#include "codl/kernel_table.h"
+
 namespace codl {
 
 enum class LinalgStatus : int {
@@ -100,18 +102,5 @@ void pack_symmetric(const float* matrix, std::size_t n, float* packed);
 void pack_symmetric(const double* matrix, std::size_t n, double* packed);
 void unpack_symmetric(const float* packed, std::size_t n, float* matrix);
 void unpack_symmetric(const double* packed, std::size_t n, double* matrix);
-
-namespace ref {
-extern const LinalgKernels linalg_kernels;
-}
-namespace avx2 {
-extern const LinalgKernels linalg_kernels;
-}
-namespace avx512 {
-extern const LinalgKernels linalg_kernels;
-}
-namespace sve {
-extern const LinalgKernels linalg_kernels;
-}
 
 }  // namespace codl

@@ -61,7 +61,7 @@ struct RotationRun {
     std::size_t first;
 };
 
-// The inner loops, one table per ISA (sym_eig_kernels(isa) picks it).
+// The inner loops, one table per ISA (KernelTable::sym_eig).
 template <typename T>
 struct SymEigOps {
     // One row of the fused tridiagonalization step, a[0..len) being row i of the trailing
@@ -109,10 +109,6 @@ struct SymEigKernels {
     SymEigOps<float> f32;
     SymEigOps<double> f64;
     SecularOps secular;
-    // The same ISA's GEMM (C += alpha A B on strided views): every O(n^3) matrix product of the
-    // method runs in it. Each element's arithmetic does not depend on how C is split among
-    // threads, which keeps the results bit-identical for any thread count.
-    const LinalgKernels* linalg;
 };
 
 // Decomposes problems[0..count) with up to num_threads threads (the active ISA's kernels),
@@ -122,24 +118,13 @@ void sym_eig_f32(const SymEigProblem<float>* problems, std::size_t count, SymEig
 void sym_eig_f64(const SymEigProblem<double>* problems, std::size_t count, SymEigStatus* status,
                  int num_threads = 1);
 
-// The same with a given kernel table (tests run every ISA's kernels through it).
-void sym_eig_f32_with(const SymEigKernels& kernels, const SymEigProblem<float>* problems,
+// The same with a given ISA's kernel table (tests run every ISA through it): its sym_eig row
+// loops and its linalg GEMM (C += alpha A B on strided views), in which every O(n^3) matrix
+// product of the method runs. Each element's arithmetic does not depend on how C is split among
+// threads, which keeps the results bit-identical for any thread count.
+void sym_eig_f32_with(const KernelTable& kernels, const SymEigProblem<float>* problems,
                       std::size_t count, SymEigStatus* status, int num_threads = 1);
-void sym_eig_f64_with(const SymEigKernels& kernels, const SymEigProblem<double>* problems,
+void sym_eig_f64_with(const KernelTable& kernels, const SymEigProblem<double>* problems,
                       std::size_t count, SymEigStatus* status, int num_threads = 1);
-
-// The table of an ISA built into this binary, else nullptr. (Kept out of KernelTable so this
-// family plugs in without touching the shared dispatch table.)
-const SymEigKernels* sym_eig_kernels(IsaLevel isa);
-
-namespace ref {
-extern const SymEigKernels sym_eig_kernels;
-}
-namespace avx2 {
-extern const SymEigKernels sym_eig_kernels;
-}
-namespace avx512 {
-extern const SymEigKernels sym_eig_kernels;
-}
 
 }  // namespace codl

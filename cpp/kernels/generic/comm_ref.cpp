@@ -6,7 +6,6 @@
 #include <limits>
 
 #include "codl/comm.h"
-#include "codl/kernel_table.h"
 
 namespace codl {
 

@@ -36,7 +36,6 @@ using F64Tile = ScalarTile<double>;
 }  // namespace
 }  // namespace codl::ref
 
-#define CODL_LINALG_NAMESPACE ref
 #include "../linalg_blocked.h"
 
 namespace codl::ref {

@@ -3,7 +3,7 @@
 // or block (ternary) boundary, so the tail packs exactly as it would in a whole-array call.
 #include <cstring>
 
-#include "codl/kernel_table.h"
+#include "codl/pack.h"
 
 namespace codl::ref {
 namespace {

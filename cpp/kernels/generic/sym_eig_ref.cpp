@@ -104,7 +104,6 @@ const SymEigKernels sym_eig_kernels{
     {update_row_symv<double>, symv_row<double>, rows_dot<double>, rows_axpy<double>, reflect_rows<double>,
      rotate_strip<double>},
     {secular_terms, ratio_product},
-    &linalg_kernels,
 };
 }  // namespace ref
 

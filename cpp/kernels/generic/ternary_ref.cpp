@@ -2,7 +2,7 @@
 #include <cmath>
 #include <cstring>
 
-#include "codl/kernel_table.h"
+#include "codl/ternary.h"
 
 namespace codl::ref {
 namespace {

@@ -9,7 +9,6 @@
 #include <cstring>
 
 #include "codl/comm.h"
-#include "codl/kernel_table.h"
 
 namespace codl::sve {
 namespace {

@@ -36,7 +36,6 @@ using F64Tile = LoopTile<double>;
 }  // namespace
 }  // namespace codl::sve
 
-#define CODL_LINALG_NAMESPACE sve
 #include "../../linalg_blocked.h"
 
 namespace codl::sve {

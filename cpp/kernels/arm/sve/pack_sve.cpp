@@ -2,7 +2,7 @@
 // A64FX runs 512). Whole vectors and blocks here; the tail goes to the scalar reference.
 #include <arm_sve.h>
 
-#include "codl/kernel_table.h"
+#include "codl/pack.h"
 
 namespace codl::sve {
 namespace {

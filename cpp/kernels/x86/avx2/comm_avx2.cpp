@@ -10,7 +10,6 @@
 #include <cstring>
 
 #include "codl/comm.h"
-#include "codl/kernel_table.h"
 
 namespace codl::avx2 {
 namespace {

@@ -226,7 +226,6 @@ struct F64Tile {
 }  // namespace
 }  // namespace codl::avx2
 
-#define CODL_LINALG_NAMESPACE avx2
 #include "../../linalg_blocked.h"
 
 namespace codl::avx2 {

@@ -4,7 +4,7 @@
 
 #include <cstring>
 
-#include "codl/kernel_table.h"
+#include "codl/pack.h"
 
 namespace codl::avx2 {
 namespace {

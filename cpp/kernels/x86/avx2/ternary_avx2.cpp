@@ -6,7 +6,7 @@
 
 #include <cstring>
 
-#include "codl/kernel_table.h"
+#include "codl/ternary.h"
 
 namespace codl::avx2 {
 namespace {

@@ -7,7 +7,7 @@
 #include <cmath>
 #include <cstring>
 
-#include "codl/kernel_table.h"
+#include "codl/comm.h"
 
 namespace codl::avx512 {
 namespace {

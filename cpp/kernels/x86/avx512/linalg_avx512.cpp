@@ -240,7 +240,6 @@ struct F64Tile {
 }  // namespace
 }  // namespace codl::avx512
 
-#define CODL_LINALG_NAMESPACE avx512
 #include "../../linalg_blocked.h"
 
 namespace codl::avx512 {

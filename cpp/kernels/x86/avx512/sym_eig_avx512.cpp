@@ -54,8 +54,7 @@ struct F64 {
 
 #include "../sym_eig_simd.inc"
 
-const SymEigKernels sym_eig_kernels{ops_for<F32>(), ops_for<F64>(), {secular_terms<F64>, ratio_product<F64>},
-                                     &linalg_kernels};
+const SymEigKernels sym_eig_kernels{ops_for<F32>(), ops_for<F64>(), {secular_terms<F64>, ratio_product<F64>}};
 
 }  // namespace avx512
 }  // namespace codl

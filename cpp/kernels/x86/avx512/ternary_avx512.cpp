@@ -7,7 +7,7 @@
 
 #include <cstring>
 
-#include "codl/kernel_table.h"
+#include "codl/ternary.h"
 
 namespace codl::avx512 {
 namespace {
