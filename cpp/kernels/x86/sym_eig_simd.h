@@ -1,12 +1,20 @@
-// The eigendecomposition's inner loops written once over a small vector interface, included by
-// the AVX2 and AVX-512 translation units (each compiles it with its own flags, inside its own
-// namespace, so no inline code crosses ISAs). `Vec` provides:
-//   using T (element), using V (register), width; zero(), set1(x), load(p), store(p, v),
-//   fmadd(a, b, c) = a * b + c, fnmadd(a, b, c) = c - a * b, mul, add, sub, div (a op b), sum(v),
-//   load_n(p, count) / store_n(p, v, count): the first count < width lanes (masked).
-// The row kernels finish with a masked partial register; the strip rotations' right edge runs
-// the scalar reference's arithmetic.
+// The eigendecomposition's inner loops written once over the vector interface of vec_<isa>.h
+// (AVX2 and AVX-512 compile it, each with its own flags and in its own namespace
+// CODL_ISA_NAMESPACE, which the build defines, so no inline code crosses ISAs). The row kernels
+// finish with a masked partial register; the strip rotations' right edge runs the scalar
+// reference's arithmetic.
+#pragma once
 
+#include <algorithm>
+#include <cstddef>
+
+#include "codl/sym_eig.h"
+
+#ifndef CODL_ISA_NAMESPACE
+#error "CODL_ISA_NAMESPACE is undefined: build kernel files through codl_add_kernel_family"
+#endif
+
+namespace codl::CODL_ISA_NAMESPACE {
 namespace {
 
 template <typename Vec>
@@ -301,3 +309,4 @@ constexpr SymEigOps<typename Vec::T> ops_for() {
 }
 
 }  // namespace
+}  // namespace codl::CODL_ISA_NAMESPACE
