@@ -61,6 +61,13 @@ void require_size(const Buffer& buffer, const char* name, std::size_t needed, co
     }
 }
 
+void require_exact(const Buffer& buffer, const char* name, std::size_t expected, const char* what) {
+    if (buffer.size != expected) {
+        throw py::value_error(std::string(name) + ": expected " + std::to_string(expected) + " " + what +
+                              ", received " + std::to_string(buffer.size));
+    }
+}
+
 int checked_threads(int num_threads) {
     if (num_threads < 1) {
         throw py::value_error("num_threads: expected a positive count, received " + std::to_string(num_threads));

@@ -22,6 +22,9 @@ Buffer checked_buffer(const py::buffer& object, const char* name, char format, b
 
 // Raises ValueError unless buffer holds at least `needed` elements.
 void require_size(const Buffer& buffer, const char* name, std::size_t needed, const char* why);
+// Raises ValueError unless buffer holds exactly `expected` elements: "<name>: expected <expected>
+// <what>, received <size>", `what` naming the unit and where the count comes from.
+void require_exact(const Buffer& buffer, const char* name, std::size_t expected, const char* what);
 
 int checked_threads(int num_threads);
 

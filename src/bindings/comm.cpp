@@ -11,13 +11,6 @@
 namespace codl_bindings {
 namespace {
 
-void require_exact(const Buffer& buffer, const char* name, std::size_t expected, const char* what) {
-    if (buffer.size != expected) {
-        throw py::value_error(std::string(name) + ": expected " + std::to_string(expected) + " " +
-                              what + ", received " + std::to_string(buffer.size));
-    }
-}
-
 std::size_t checked_block(long long block, bool multiple_of_8) {
     if (block <= 0 || (multiple_of_8 && block % 8 != 0)) {
         throw py::value_error(std::string("block: expected a positive number of values") +

@@ -10,22 +10,15 @@
 namespace codl_bindings {
 namespace {
 
-void require_exact(const Buffer& buffer, const char* name, std::size_t expected, const char* what) {
-    if (buffer.size != expected) {
-        throw py::value_error(std::string(name) + ": expected " + std::to_string(expected) + " elements (" +
-                              what + "), received " + std::to_string(buffer.size));
-    }
-}
-
 using LinearKernel = bool (*)(const float*, std::size_t, std::size_t, const std::uint8_t*, const float*,
                               std::size_t, const float*, float*, int);
 
 // One binding per layout / activation mode; they differ in the kernel and the packed row size.
 void define_linear(py::module_& m, const char* name, LinearKernel kernel, std::size_t (*padded_k)(std::size_t),
-                   std::size_t values_per_byte, const char* row_description, const char* doc) {
+                   std::size_t values_per_byte, const char* packed_what, const char* doc) {
     m.def(
         name,
-        [kernel, padded_k, values_per_byte, row_description](
+        [kernel, padded_k, values_per_byte, packed_what](
             const py::buffer& x, std::size_t rows, std::size_t in_features, const py::buffer& packed,
             const py::buffer& alpha, const std::optional<py::buffer>& bias, const py::buffer& out,
             int num_threads) {
@@ -39,14 +32,14 @@ void define_linear(py::module_& m, const char* name, LinearKernel kernel, std::s
                                       std::to_string(in_features) + " and " + std::to_string(out_features) +
                                       " scales");
             }
-            require_exact(input, "x", rows * in_features, "rows * in_features");
+            require_exact(input, "x", rows * in_features, "elements (rows * in_features)");
             require_exact(weight, "packed", out_features * padded_k(in_features) / values_per_byte,
-                          row_description);
-            require_exact(result, "out", rows * out_features, "rows * out_features");
+                          packed_what);
+            require_exact(result, "out", rows * out_features, "elements (rows * out_features)");
             const float* bias_data = nullptr;
             if (bias) {
                 const Buffer b = checked_buffer(*bias, "bias", 'f', false);
-                require_exact(b, "bias", out_features, "out_features");
+                require_exact(b, "bias", out_features, "elements (out_features)");
                 bias_data = static_cast<const float*>(b.data);
             }
             checked_threads(num_threads);
@@ -70,13 +63,13 @@ std::size_t padded_k3(std::size_t k) { return codl::ternary3_padded_k(k); }
 
 void register_ternary(py::module_& m) {
     define_linear(m, "ternary_linear_f32", codl::ternary_linear_f32, padded_k2, 4,
-                  "out_features rows of ceil(in_features / 128) * 32 bytes",
+                  "elements (out_features rows of ceil(in_features / 128) * 32 bytes)",
                   "out = quantize_int8(x) @ (alpha * codes).T + bias for packed ternary weights.");
     define_linear(m, "ternary3_linear_f32", codl::ternary3_linear_f32, padded_k3, 5,
-                  "out_features rows of ceil(in_features / 160) * 32 bytes (base-3 layout)",
+                  "elements (out_features rows of ceil(in_features / 160) * 32 bytes (base-3 layout))",
                   "out = quantize_int8(x) @ (alpha * codes).T + bias for base-3 packed ternary weights.");
     define_linear(m, "ternary_linear_f32act", codl::ternary_linear_f32act, padded_k2, 4,
-                  "out_features rows of ceil(in_features / 128) * 32 bytes",
+                  "elements (out_features rows of ceil(in_features / 128) * 32 bytes)",
                   "out = x @ (alpha * codes).T + bias with float32 activations (no quantization).");
 }
 
