@@ -1,4 +1,7 @@
 # Type stub of the C++ extension. Call it through codl._ops, not directly.
+# Checked against the built module: `python -m mypy.stubtest codl._C` (names, both ways) and
+# tests/python/test_stubs.py (each function's parameters, defaults and types, read from the
+# signature pybind11 writes into its docstring, which stubtest cannot see).
 from collections.abc import Sequence
 from typing import Any
 
@@ -6,6 +9,7 @@ import numpy as np
 from typing_extensions import Buffer as _PEP688Buffer
 
 # NumPy arrays are what codl._ops passes; any C-contiguous buffer-protocol object is accepted.
+# A name of this stub only (listed in .ci/stubtest-allowlist.txt).
 Buffer = _PEP688Buffer | np.ndarray[Any, Any]
 
 __version__: str
@@ -57,15 +61,15 @@ def sym_eig(
     num_threads: int = 1,
 ) -> list[int]: ...
 def damped_cholesky(
-    mats: Sequence[Buffer], dampings: list[float], outs: Sequence[Buffer], num_threads: int = 1
+    mats: list[Buffer], dampings: Sequence[float], outs: list[Buffer], num_threads: int = 1
 ) -> list[tuple[int, int]]: ...
 def damped_inverse(
-    mats: Sequence[Buffer], dampings: list[float], outs: Sequence[Buffer], num_threads: int = 1
+    mats: list[Buffer], dampings: Sequence[float], outs: list[Buffer], num_threads: int = 1
 ) -> list[tuple[int, int]]: ...
 def cholesky_solve(
-    factors: Sequence[Buffer],
-    rhs: Sequence[Buffer],
-    outs: Sequence[Buffer],
+    factors: list[Buffer],
+    rhs: list[Buffer],
+    outs: list[Buffer],
     side: str,
     num_threads: int = 1,
 ) -> None: ...

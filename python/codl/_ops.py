@@ -3,12 +3,19 @@
 It checks tensors once (type, device, dtype, contiguity), hands them to the core as NumPy views
 that share the tensor's memory (no copy), and passes the thread count. Every other module calls
 this one, never ``_C`` directly.
+
+Each wrapper calls its ``_C`` function explicitly, inputs through :func:`as_buffer` and outputs
+through :func:`_output`, in the binding's argument order: mypy then checks every call against
+``_C.pyi``, and the stub is checked against the built extension (stubtest and
+tests/python/test_stubs.py). The checks run in argument order, so the first bad argument is the
+one reported.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Sized
 from contextlib import contextmanager
+from typing import Union
 
 import numpy as np
 import torch
@@ -78,6 +85,9 @@ def buffer_address(tensor: torch.Tensor) -> int:
     return int(_C.buffer_address(as_buffer(tensor, "tensor", tensor.dtype)))
 
 
+# --- tensors to buffers
+
+
 def as_buffer(
     tensor: object, name: str, dtype: torch.dtype, *, writable: bool = False
 ) -> np.ndarray:
@@ -98,6 +108,48 @@ def as_buffer(
     return tensor.detach().numpy()
 
 
+def _output(tensor: object, dtype: torch.dtype, name: str = "out") -> np.ndarray:
+    return as_buffer(tensor, name, dtype, writable=True)
+
+
+def _state(tensor: torch.Tensor | None, name: str) -> np.ndarray | None:
+    """An optional float32 buffer the kernel updates in place (error feedback, momentum)."""
+    return None if tensor is None else _output(tensor, torch.float32, name)
+
+
+def _buffers(
+    tensors: list[torch.Tensor], name: str, dtype: torch.dtype, *, writable: bool = False
+) -> list[_C.Buffer]:
+    return [as_buffer(t, f"{name}[{i}]", dtype, writable=writable) for i, t in enumerate(tensors)]
+
+
+_FLOAT_DTYPES = (torch.float32, torch.float64)
+
+
+def _float_dtype(tensor: object, name: str) -> torch.dtype:
+    """The dtype of a float32 or float64 tensor, which the other tensors of its call share."""
+    if not isinstance(tensor, torch.Tensor):
+        raise TypeError(f"{name}: expected a torch.Tensor, received {type(tensor).__name__}")
+    if tensor.dtype not in _FLOAT_DTYPES:
+        raise TypeError(
+            f"{name}: expected dtype torch.float32 or torch.float64, received {tensor.dtype}"
+        )
+    return tensor.dtype
+
+
+def _require_one_per(item: str, count: int, **lists: Sized) -> None:
+    """ValueError unless each of ``lists`` has ``count`` entries, one per ``item``."""
+    lengths = [len(entries) for entries in lists.values()]
+    if any(length != count for length in lengths):
+        raise ValueError(
+            f"{', '.join(lists)}: expected one per {item} ({count}), "
+            f"received {' and '.join(map(str, lengths))}"
+        )
+
+
+# --- sign and ternary packing
+
+
 def _run(
     kernel: Callable[[np.ndarray, np.ndarray, int], None],
     source: torch.Tensor,
@@ -106,11 +158,7 @@ def _run(
     out: torch.Tensor,
     out_dtype: torch.dtype,
 ) -> None:
-    kernel(
-        as_buffer(source, source_name, source_dtype),
-        as_buffer(out, "out", out_dtype, writable=True),
-        get_num_threads(),
-    )
+    kernel(as_buffer(source, source_name, source_dtype), _output(out, out_dtype), get_num_threads())
 
 
 def pack_signs_f32(x: torch.Tensor, out: torch.Tensor) -> None:
@@ -142,6 +190,33 @@ def unpack_ternary(packed: torch.Tensor, out: torch.Tensor, fmt: str) -> None:
     _run(unpack, packed, "packed", torch.uint8, out, torch.int8)
 
 
+# --- ternary linear: every packed layout and activation mode shares one call shape
+_LinearKernel = Callable[
+    [np.ndarray, int, int, np.ndarray, np.ndarray, Union[np.ndarray, None], np.ndarray, int], None
+]
+
+
+def _ternary_linear(
+    kernel: _LinearKernel,
+    x: torch.Tensor,
+    packed: torch.Tensor,
+    alpha: torch.Tensor,
+    bias: torch.Tensor | None,
+    out: torch.Tensor,
+) -> None:
+    rows, in_features = x.shape
+    kernel(
+        as_buffer(x, "x", torch.float32),
+        rows,
+        in_features,
+        as_buffer(packed, "packed", torch.uint8),
+        as_buffer(alpha, "alpha", torch.float32),
+        None if bias is None else as_buffer(bias, "bias", torch.float32),
+        _output(out, torch.float32),
+        get_num_threads(),
+    )
+
+
 def ternary_linear_f32(
     x: torch.Tensor,
     packed: torch.Tensor,
@@ -150,17 +225,7 @@ def ternary_linear_f32(
     out: torch.Tensor,
 ) -> None:
     """out (M, N) = int8-quantized x (M, K) times the packed ternary rows, scaled, plus bias."""
-    rows, in_features = x.shape
-    _C.ternary_linear_f32(
-        as_buffer(x, "x", torch.float32),
-        rows,
-        in_features,
-        as_buffer(packed, "packed", torch.uint8),
-        as_buffer(alpha, "alpha", torch.float32),
-        None if bias is None else as_buffer(bias, "bias", torch.float32),
-        as_buffer(out, "out", torch.float32, writable=True),
-        get_num_threads(),
-    )
+    _ternary_linear(_C.ternary_linear_f32, x, packed, alpha, bias, out)
 
 
 def ternary3_linear_f32(
@@ -171,17 +236,7 @@ def ternary3_linear_f32(
     out: torch.Tensor,
 ) -> None:
     """As :func:`ternary_linear_f32` with the rows in the base-3 (1.6-bit) layout."""
-    rows, in_features = x.shape
-    _C.ternary3_linear_f32(
-        as_buffer(x, "x", torch.float32),
-        rows,
-        in_features,
-        as_buffer(packed, "packed", torch.uint8),
-        as_buffer(alpha, "alpha", torch.float32),
-        None if bias is None else as_buffer(bias, "bias", torch.float32),
-        as_buffer(out, "out", torch.float32, writable=True),
-        get_num_threads(),
-    )
+    _ternary_linear(_C.ternary3_linear_f32, x, packed, alpha, bias, out)
 
 
 def ternary_linear_f32act(
@@ -193,21 +248,11 @@ def ternary_linear_f32act(
 ) -> None:
     """out (M, N) = float32 x (M, K) times the 2-bit packed ternary rows (no activation
     quantization, float32 sums), scaled, plus bias."""
-    rows, in_features = x.shape
-    _C.ternary_linear_f32act(
-        as_buffer(x, "x", torch.float32),
-        rows,
-        in_features,
-        as_buffer(packed, "packed", torch.uint8),
-        as_buffer(alpha, "alpha", torch.float32),
-        None if bias is None else as_buffer(bias, "bias", torch.float32),
-        as_buffer(out, "out", torch.float32, writable=True),
-        get_num_threads(),
-    )
+    _ternary_linear(_C.ternary_linear_f32act, x, packed, alpha, bias, out)
 
 
-# --- sym_eig
-_EIG_DTYPES = (torch.float32, torch.float64)
+# --- batched symmetric eigendecomposition, damped Cholesky / inverse / solve, symmetric packing
+# One call takes a list of matrices of one dtype (float32 or float64, the first one's).
 
 
 def sym_eig(
@@ -222,79 +267,38 @@ def sym_eig(
     input (the outputs of a failed matrix are NaN). All tensors share one dtype, float32 or
     float64. Each eigenvector's largest-magnitude component is positive.
     """
-    if not len(mats) == len(eigenvalues_out) == len(eigenvectors_out):
-        raise ValueError(
-            "eigenvalues_out, eigenvectors_out: expected one per matrix "
-            f"({len(mats)}), received {len(eigenvalues_out)} and {len(eigenvectors_out)}"
-        )
+    _require_one_per(
+        "matrix", len(mats), eigenvalues_out=eigenvalues_out, eigenvectors_out=eigenvectors_out
+    )
     if not mats:
         return []
-    first = mats[0]
-    if not isinstance(first, torch.Tensor):
-        raise TypeError(f"mats[0]: expected a torch.Tensor, received {type(first).__name__}")
-    if first.dtype not in _EIG_DTYPES:
-        raise TypeError(
-            f"mats[0]: expected dtype torch.float32 or torch.float64, received {first.dtype}"
-        )
-    dtype = first.dtype
+    dtype = _float_dtype(mats[0], "mats[0]")
     return list(
         _C.sym_eig(
-            [as_buffer(m, f"mats[{i}]", dtype) for i, m in enumerate(mats)],
-            [
-                as_buffer(w, f"eigenvalues_out[{i}]", dtype, writable=True)
-                for i, w in enumerate(eigenvalues_out)
-            ],
-            [
-                as_buffer(v, f"eigenvectors_out[{i}]", dtype, writable=True)
-                for i, v in enumerate(eigenvectors_out)
-            ],
+            _buffers(mats, "mats", dtype),
+            _buffers(eigenvalues_out, "eigenvalues_out", dtype, writable=True),
+            _buffers(eigenvectors_out, "eigenvectors_out", dtype, writable=True),
             get_num_threads(),
         )
     )
 
 
-# --- linalg: batched damped Cholesky / inverse / solve, symmetric packing
-_LINALG_DTYPES = (torch.float32, torch.float64)
-
-
-def _linalg_dtype(tensor: object, name: str) -> torch.dtype:
-    if not isinstance(tensor, torch.Tensor):
-        raise TypeError(f"{name}: expected a torch.Tensor, received {type(tensor).__name__}")
-    if tensor.dtype not in _LINALG_DTYPES:
-        raise TypeError(
-            f"{name}: expected dtype torch.float32 or torch.float64, received {tensor.dtype}"
-        )
-    return tensor.dtype
-
-
-def _matrix_buffers(
-    tensors: list[torch.Tensor], name: str, dtype: torch.dtype, *, writable: bool = False
-) -> list[np.ndarray]:
-    return [as_buffer(t, f"{name}[{i}]", dtype, writable=writable) for i, t in enumerate(tensors)]
-
-
 def _damped(
-    kernel: Callable[
-        [Sequence[np.ndarray], list[float], Sequence[np.ndarray], int], list[tuple[int, int]]
-    ],
+    kernel: Callable[[list[_C.Buffer], list[float], list[_C.Buffer], int], list[tuple[int, int]]],
     mats: list[torch.Tensor],
     dampings: list[float],
     outs: list[torch.Tensor],
 ) -> list[tuple[int, int]]:
-    if not len(mats) == len(dampings) == len(outs):
-        raise ValueError(
-            f"dampings, outs: expected one per matrix ({len(mats)}), "
-            f"received {len(dampings)} and {len(outs)}"
-        )
+    _require_one_per("matrix", len(mats), dampings=dampings, outs=outs)
     if not mats:
         return []
-    dtype = _linalg_dtype(mats[0], "mats[0]")
+    dtype = _float_dtype(mats[0], "mats[0]")
     return [
         (int(code), int(pivot))
         for code, pivot in kernel(
-            _matrix_buffers(mats, "mats", dtype),
+            _buffers(mats, "mats", dtype),
             [float(d) for d in dampings],
-            _matrix_buffers(outs, "outs", dtype, writable=True),
+            _buffers(outs, "outs", dtype, writable=True),
             get_num_threads(),
         )
     ]
@@ -324,18 +328,14 @@ def cholesky_solve(
 ) -> None:
     """``outs[i] = (L Lᵀ)⁻¹ rhs[i]`` (side ``"left"``, rhs n x m) or ``rhs[i] (L Lᵀ)⁻¹``
     (side ``"right"``, rhs m x n), ``L = factors[i]`` as damped_cholesky writes it."""
-    if not len(factors) == len(rhs) == len(outs):
-        raise ValueError(
-            f"rhs, outs: expected one per factor ({len(factors)}), "
-            f"received {len(rhs)} and {len(outs)}"
-        )
+    _require_one_per("factor", len(factors), rhs=rhs, outs=outs)
     if not factors:
         return
-    dtype = _linalg_dtype(factors[0], "factors[0]")
+    dtype = _float_dtype(factors[0], "factors[0]")
     _C.cholesky_solve(
-        _matrix_buffers(factors, "factors", dtype),
-        _matrix_buffers(rhs, "rhs", dtype),
-        _matrix_buffers(outs, "outs", dtype, writable=True),
+        _buffers(factors, "factors", dtype),
+        _buffers(rhs, "rhs", dtype),
+        _buffers(outs, "outs", dtype, writable=True),
         side,
         get_num_threads(),
     )
@@ -343,23 +343,20 @@ def cholesky_solve(
 
 def pack_symmetric(mat: torch.Tensor, out: torch.Tensor) -> None:
     """``out`` (n(n+1)/2 values) = the upper triangle of ``mat``, row by row."""
-    dtype = _linalg_dtype(mat, "mat")
-    _C.pack_symmetric(as_buffer(mat, "mat", dtype), as_buffer(out, "out", dtype, writable=True))
+    dtype = _float_dtype(mat, "mat")
+    _C.pack_symmetric(as_buffer(mat, "mat", dtype), _output(out, dtype))
 
 
 def unpack_symmetric(packed: torch.Tensor, n: int, out: torch.Tensor) -> None:
     """``out`` (n x n, both triangles) from :func:`pack_symmetric`'s layout."""
-    dtype = _linalg_dtype(packed, "packed")
-    _C.unpack_symmetric(
-        as_buffer(packed, "packed", dtype), n, as_buffer(out, "out", dtype, writable=True)
-    )
+    dtype = _float_dtype(packed, "packed")
+    _C.unpack_symmetric(as_buffer(packed, "packed", dtype), n, _output(out, dtype))
 
 
 # --- format
-from typing import Union  # noqa: E402 (this section's own import; py39 has no X | Y aliases)
-
 # The .codl format's core (codl.formats calls these). Byte arguments are anything exposing a
 # contiguous uint8 buffer (bytes, memoryview slices of a file, uint8 tensors as NumPy views).
+# Union, not X | Y: this alias is evaluated at runtime, and Python 3.9 has no X | Y of classes.
 ByteBuffer = Union[bytes, bytearray, memoryview, np.ndarray]
 
 
@@ -385,10 +382,7 @@ def deflate(data: ByteBuffer | torch.Tensor, level: int, backend: str = "best") 
 
 def inflate_into(data: ByteBuffer, out: torch.Tensor, backend: str = "best") -> str | None:
     """Inflate exactly ``out.numel()`` bytes into the uint8 ``out``; None, or what was wrong."""
-    result: str | None = _C.format_inflate(
-        data, as_buffer(out, "out", torch.uint8, writable=True), backend
-    )
-    return result
+    return _C.format_inflate(data, _output(out, torch.uint8), backend)
 
 
 def crc32(data: ByteBuffer | torch.Tensor, crc: int = 0) -> int:
@@ -399,18 +393,14 @@ def pack_fields(values: torch.Tensor, width: int) -> torch.Tensor:
     """uint8 ``values`` (each below ``2**width``) packed at ``width`` bits, LSB first."""
     out = torch.empty((values.numel() * width + 7) // 8, dtype=torch.uint8)
     _C.format_pack_fields(
-        as_buffer(values, "values", torch.uint8),
-        width,
-        as_buffer(out, "out", torch.uint8, writable=True),
+        as_buffer(values, "values", torch.uint8), width, _output(out, torch.uint8)
     )
     return out
 
 
 def unpack_fields(packed: ByteBuffer | torch.Tensor, count: int, width: int) -> torch.Tensor:
     out = torch.empty(count, dtype=torch.uint8)
-    _C.format_unpack_fields(
-        _bytes_view(packed, "packed"), width, as_buffer(out, "out", torch.uint8, writable=True)
-    )
+    _C.format_unpack_fields(_bytes_view(packed, "packed"), width, _output(out, torch.uint8))
     return out
 
 
@@ -421,9 +411,7 @@ def encode_positions(positions: torch.Tensor) -> bytes:
 
 def decode_positions(data: ByteBuffer, count: int, numel: int) -> tuple[torch.Tensor, str | None]:
     out = torch.empty(count, dtype=torch.int64)
-    error: str | None = _C.format_decode_positions(
-        data, numel, as_buffer(out, "out", torch.int64, writable=True)
-    )
+    error = _C.format_decode_positions(data, numel, _output(out, torch.int64))
     return out, error
 
 
@@ -431,10 +419,7 @@ def shuffle_bytes(data: torch.Tensor, itemsize: int, *, inverse: bool = False) -
     """Byte-plane shuffle of a uint8 tensor of ``itemsize``-byte elements (or its inverse)."""
     out = torch.empty_like(data)
     _C.format_shuffle(
-        as_buffer(data, "data", torch.uint8),
-        itemsize,
-        as_buffer(out, "out", torch.uint8, writable=True),
-        inverse,
+        as_buffer(data, "data", torch.uint8), itemsize, _output(out, torch.uint8), inverse
     )
     return out
 
@@ -462,7 +447,7 @@ def decode_tensor(
 ) -> tuple[str, str] | None:
     """Decode one tensor's streams into ``out`` (uint8 bytes of the result); None on success,
     else (the stream at fault, what was wrong with it). GIL released while it runs."""
-    result: tuple[str, str] | None = _C.format_decode_tensor(
+    return _C.format_decode_tensor(
         encoding,
         numel,
         count,
@@ -476,23 +461,32 @@ def decode_tensor(
         positions,
         values,
         table,
-        as_buffer(out, "out", torch.uint8, writable=True),
+        _output(out, torch.uint8),
         backend,
     )
-    return result
 
 
 # --- comm codecs: gradient encoders with fused error feedback (codl.comm.codecs; layouts in
 # cpp/include/codl/comm.h). Each checks its tensors here and its parameters in the binding.
-
-
-def _error_buffer(tensor: torch.Tensor | None, name: str) -> np.ndarray | None:
-    return None if tensor is None else as_buffer(tensor, name, torch.float32, writable=True)
+# Encoders read float32 x, update the optional float32 error buffer and write a uint8 payload;
+# decoders read the payload and write (or add into) float32 out.
 
 
 def comm_counter_uniform(seed: int, key: int, step: int, out: torch.Tensor) -> None:
     """``out[i]`` = draw ``i`` of the codecs' counter-based generator for (seed, key, step)."""
-    _C.comm_counter_uniform(seed, key, step, as_buffer(out, "out", torch.float32, writable=True))
+    _C.comm_counter_uniform(seed, key, step, _output(out, torch.float32))
+
+
+def _gradient(x: torch.Tensor) -> np.ndarray:
+    return as_buffer(x, "x", torch.float32)
+
+
+def _payload(payload: torch.Tensor) -> np.ndarray:
+    return as_buffer(payload, "payload", torch.uint8)
+
+
+def _payload_output(payload: torch.Tensor) -> np.ndarray:
+    return _output(payload, torch.uint8, "payload")
 
 
 def comm_block_encode(
@@ -500,26 +494,14 @@ def comm_block_encode(
 ) -> None:
     """Int8 (``codec="int8"``) or scaled-sign (``"sign"``) encode of ``x`` (+ ``error``)."""
     encode = _C.comm_int8_encode if codec == "int8" else _C.comm_sign_encode
-    encode(
-        as_buffer(x, "x", torch.float32),
-        _error_buffer(error, "error"),
-        block,
-        as_buffer(payload, "payload", torch.uint8, writable=True),
-        get_num_threads(),
-    )
+    encode(_gradient(x), _state(error, "error"), block, _payload_output(payload), get_num_threads())
 
 
 def comm_block_decode(
     codec: str, payload: torch.Tensor, block: int, out: torch.Tensor, accumulate: bool
 ) -> None:
     decode = _C.comm_int8_decode if codec == "int8" else _C.comm_sign_decode
-    decode(
-        as_buffer(payload, "payload", torch.uint8),
-        block,
-        as_buffer(out, "out", torch.float32, writable=True),
-        accumulate,
-        get_num_threads(),
-    )
+    decode(_payload(payload), block, _output(out, torch.float32), accumulate, get_num_threads())
 
 
 def comm_terngrad_encode(
@@ -532,13 +514,13 @@ def comm_terngrad_encode(
     payload: torch.Tensor,
 ) -> None:
     _C.comm_terngrad_encode(
-        as_buffer(x, "x", torch.float32),
-        _error_buffer(error, "error"),
+        _gradient(x),
+        _state(error, "error"),
         block,
         seed,
         key,
         step,
-        as_buffer(payload, "payload", torch.uint8, writable=True),
+        _payload_output(payload),
         get_num_threads(),
     )
 
@@ -547,11 +529,7 @@ def comm_terngrad_decode(
     payload: torch.Tensor, block: int, out: torch.Tensor, accumulate: bool
 ) -> None:
     _C.comm_terngrad_decode(
-        as_buffer(payload, "payload", torch.uint8),
-        block,
-        as_buffer(out, "out", torch.float32, writable=True),
-        accumulate,
-        get_num_threads(),
+        _payload(payload), block, _output(out, torch.float32), accumulate, get_num_threads()
     )
 
 
@@ -566,14 +544,14 @@ def comm_qsgd_encode(
     payload: torch.Tensor,
 ) -> None:
     _C.comm_qsgd_encode(
-        as_buffer(x, "x", torch.float32),
-        _error_buffer(error, "error"),
+        _gradient(x),
+        _state(error, "error"),
         block,
         levels,
         seed,
         key,
         step,
-        as_buffer(payload, "payload", torch.uint8, writable=True),
+        _payload_output(payload),
         get_num_threads(),
     )
 
@@ -582,12 +560,7 @@ def comm_qsgd_decode(
     payload: torch.Tensor, block: int, levels: int, out: torch.Tensor, accumulate: bool
 ) -> None:
     _C.comm_qsgd_decode(
-        as_buffer(payload, "payload", torch.uint8),
-        block,
-        levels,
-        as_buffer(out, "out", torch.float32, writable=True),
-        accumulate,
-        get_num_threads(),
+        _payload(payload), block, levels, _output(out, torch.float32), accumulate, get_num_threads()
     )
 
 
@@ -604,24 +577,21 @@ def comm_topk_encode(
     payload: torch.Tensor,
 ) -> None:
     _C.comm_topk_encode(
-        as_buffer(x, "x", torch.float32),
-        _error_buffer(error, "error"),
-        _error_buffer(momentum, "momentum_buffer"),
+        _gradient(x),
+        _state(error, "error"),
+        _state(momentum, "momentum_buffer"),
         momentum_factor,
         k,
         sample,
         seed,
         key,
         step,
-        as_buffer(payload, "payload", torch.uint8, writable=True),
+        _payload_output(payload),
         get_num_threads(),
     )
 
 
 def comm_topk_decode(payload: torch.Tensor, out: torch.Tensor, accumulate: bool) -> None:
     _C.comm_topk_decode(
-        as_buffer(payload, "payload", torch.uint8),
-        as_buffer(out, "out", torch.float32, writable=True),
-        accumulate,
-        get_num_threads(),
+        _payload(payload), _output(out, torch.float32), accumulate, get_num_threads()
     )
