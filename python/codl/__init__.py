@@ -29,6 +29,7 @@ _LAZY_SUBMODULES = (
     "robust",
     "search",
     "ternary",
+    "training",
 )
 _LAZY_ATTRIBUTES = {
     "info": "codl._info",
@@ -36,7 +37,7 @@ _LAZY_ATTRIBUTES = {
     "set_num_threads": "codl._ops",
     "get_dispatch_level": "codl._ops",
     "set_dispatch_level": "codl._ops",
-    "quantize_": "codl.ternary",
+    "quantize_": "codl.nn",
     "TernaryConfig": "codl.ternary",
     "save": "codl.formats",
     "load": "codl.formats",
@@ -64,6 +65,7 @@ if TYPE_CHECKING:
     from codl import robust as robust
     from codl import search as search
     from codl import ternary as ternary
+    from codl import training as training
     from codl._info import info as info
     from codl._ops import get_dispatch_level as get_dispatch_level
     from codl._ops import get_num_threads as get_num_threads
@@ -73,8 +75,8 @@ if TYPE_CHECKING:
     from codl.formats import load as load
     from codl.formats import load_into as load_into
     from codl.formats import save as save
+    from codl.nn import quantize_ as quantize_
     from codl.ternary import TernaryConfig as TernaryConfig
-    from codl.ternary import quantize_ as quantize_
 
 
 def __getattr__(name: str) -> Any:

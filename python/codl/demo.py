@@ -99,8 +99,10 @@ def section_packing(context: DemoContext) -> None:
 def section_ternary(context: DemoContext) -> None:
     from codl.bench import median_ms
     from codl.data import load_split
-    from codl.ternary import freeze, pack_weight, ternary_linear
-    from codl.ternary.lenet import train_models
+    from codl.nn import freeze
+    from codl.nn.lenet import train_models
+    from codl.ternary import pack_weight, ternary_linear
+    from codl.training import evaluate
 
     _heading("ternary weights {-a, 0, +a}: training, packing, inference")
     side = 4096
@@ -135,14 +137,14 @@ def section_ternary(context: DemoContext) -> None:
         )
     frozen = freeze(ternary_model)
     images, labels, _ = load_split("test", "subset")
+    frozen_accuracy = evaluate(frozen, images, labels)
     with torch.no_grad():
-        frozen_accuracy = (frozen(images).argmax(1) == labels).float().mean().item()
         batch = images[:64]
         frozen_ms = median_ms(lambda: frozen(batch), 5)
         float_ms = median_ms(lambda: float_model(batch), 5)
     print(
         f"  frozen (2-bit packed, BatchNorm folded, int8 activations): accuracy "
-        f"{100 * frozen_accuracy:.1f}%, {64e3 / frozen_ms:.0f} images/s at batch 64 vs the "
+        f"{frozen_accuracy:.1f}%, {64e3 / frozen_ms:.0f} images/s at batch 64 vs the "
         f"float model's {64e3 / float_ms:.0f}"
     )
 

@@ -1,8 +1,19 @@
-"""Small reference models shared by codl's demos, benchmarks and tests."""
+"""The reference models of codl's demos, benchmarks and tests, in one place.
+
+* :class:`FashionCNN`: the Fashion-MNIST CNN of the K-FAC benchmarks and the distillation
+  teacher.
+* :class:`LeNet300100`: the fully connected network of the pruning literature.
+* :class:`LeNet5`: a LeNet-5-class CNN with batch normalisation, the ternary and compression
+  model.
+* :class:`TinyCNN`, :class:`SmallCNN`: the distillation students.
+"""
 
 from __future__ import annotations
 
+import torch
 from torch import nn
+
+__all__ = ["FashionCNN", "LeNet5", "LeNet300100", "SmallCNN", "TinyCNN"]
 
 
 class FashionCNN(nn.Sequential):
@@ -24,4 +35,103 @@ class FashionCNN(nn.Sequential):
             nn.Linear(64 * 7 * 7, 256),
             nn.ReLU(),
             nn.Linear(256, num_classes),
+        )
+
+
+class LeNet300100(nn.Sequential):
+    """LeNet-300-100: flatten - linear 784→300 - ReLU - linear 300→100 - ReLU - linear 100→10.
+
+    Y. LeCun et al. 1998 (Proc. IEEE 86(11)); pruned 12x by Han et al. (NeurIPS 2015) and
+    packed 40x by Deep Compression (Han, Mao and Dally, ICLR 2016, Table 2).
+    """
+
+    def __init__(self, num_classes: int = 10, hidden: tuple[int, int] = (300, 100)) -> None:
+        first, second = hidden
+        super().__init__(
+            nn.Flatten(),
+            nn.Linear(28 * 28, first),
+            nn.ReLU(),
+            nn.Linear(first, second),
+            nn.ReLU(),
+            nn.Linear(second, num_classes),
+        )
+
+
+class LeNet5(nn.Module):
+    """LeNet-5-class CNN for 1x28x28 inputs.
+
+    It follows LeNet-5 (Y. LeCun, L. Bottou, Y. Bengio and P. Haffner, "Gradient-based learning
+    applied to document recognition", Proc. IEEE 86(11), 1998): two 5x5 convolutions with 2x2
+    max pooling, then two fully connected layers; widened (32 and 64 channels, 256 hidden
+    units) and with batch normalisation after each hidden layer (S. Ioffe and C. Szegedy,
+    arXiv:1502.03167, 2015), which absorbs the scale of ternary weights and keeps ternary
+    training stable.
+
+    ``features``: conv 1->c1 5x5 (pad 2) - BN - ReLU - maxpool 2 - conv c1->c2 5x5 - BN - ReLU
+    - maxpool 2 (c2 x 5 x 5); ``classifier``: flatten - linear (25 c2)->hidden - BN - ReLU -
+    linear hidden->classes. The layers feeding a batch norm have no bias (the norm's shift
+    replaces it).
+    """
+
+    def __init__(
+        self, num_classes: int = 10, channels: tuple[int, int] = (32, 64), hidden: int = 256
+    ) -> None:
+        super().__init__()
+        first, second = channels
+        self.features = nn.Sequential(
+            nn.Conv2d(1, first, 5, padding=2, bias=False),
+            nn.BatchNorm2d(first),
+            nn.ReLU(inplace=True),
+            nn.MaxPool2d(2),
+            nn.Conv2d(first, second, 5, bias=False),
+            nn.BatchNorm2d(second),
+            nn.ReLU(inplace=True),
+            nn.MaxPool2d(2),
+        )
+        self.classifier = nn.Sequential(
+            nn.Flatten(),
+            nn.Linear(second * 5 * 5, hidden, bias=False),
+            nn.BatchNorm1d(hidden),
+            nn.ReLU(inplace=True),
+            nn.Linear(hidden, num_classes),
+        )
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        logits: torch.Tensor = self.classifier(self.features(images))
+        return logits
+
+
+class TinyCNN(nn.Sequential):
+    """The small distillation student: conv 1->8 3x3, ReLU, pool; conv 8->16 3x3, ReLU, pool;
+    fc 784->classes (9,098 parameters for 10 classes, about 1/94 of :class:`FashionCNN`)."""
+
+    def __init__(self, num_classes: int = 10) -> None:
+        super().__init__(
+            nn.Conv2d(1, 8, 3, padding=1),
+            nn.ReLU(),
+            nn.MaxPool2d(2),
+            nn.Conv2d(8, 16, 3, padding=1),
+            nn.ReLU(),
+            nn.MaxPool2d(2),
+            nn.Flatten(),
+            nn.Linear(16 * 7 * 7, num_classes),
+        )
+
+
+class SmallCNN(nn.Sequential):
+    """A larger distillation student, about 1/10 of :class:`FashionCNN`: conv 1->16 3x3, ReLU,
+    pool; conv 16->32 3x3, ReLU, pool; fc 1568->48, ReLU; fc 48->classes."""
+
+    def __init__(self, num_classes: int = 10) -> None:
+        super().__init__(
+            nn.Conv2d(1, 16, 3, padding=1),
+            nn.ReLU(),
+            nn.MaxPool2d(2),
+            nn.Conv2d(16, 32, 3, padding=1),
+            nn.ReLU(),
+            nn.MaxPool2d(2),
+            nn.Flatten(),
+            nn.Linear(32 * 7 * 7, 48),
+            nn.ReLU(),
+            nn.Linear(48, num_classes),
         )

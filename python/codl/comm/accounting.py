@@ -26,10 +26,9 @@ Padding and metadata are part of the figures: the ratio is what the wire carries
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-if TYPE_CHECKING:
-    from codl.comm.codecs import Codec
+from codl.comm.codecs import Codec
 
 #: Bytes of the per-peer non-finite flag appended to each phase-1 payload of ``two_phase``.
 FLAG_NBYTES = 1

@@ -1,6 +1,6 @@
 """A small, fast distillation run on Fashion-MNIST for ``codl demo``: a FashionCNN teacher, a
-tiny CNN student trained on the labels alone (plain torch cross-entropy) and with
-:class:`codl.distill.KDLoss`, same seed, batches and epochs."""
+:class:`codl.models.TinyCNN` student trained on the labels alone (plain torch cross-entropy)
+and with :class:`codl.distill.KDLoss`, same seed, batches and epochs."""
 
 from __future__ import annotations
 
@@ -14,21 +14,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from codl.distill.distiller import Distiller
 from codl.distill.losses import IGNORE_INDEX, KDLoss
-
-
-def tiny_student(num_classes: int = 10) -> nn.Sequential:
-    """conv 1->8 3x3, ReLU, pool; conv 8->16 3x3, ReLU, pool; fc 784->classes (9,098
-    parameters for 10 classes, about 1/94 of codl.models.FashionCNN)."""
-    return nn.Sequential(
-        nn.Conv2d(1, 8, 3, padding=1),
-        nn.ReLU(),
-        nn.MaxPool2d(2),
-        nn.Conv2d(8, 16, 3, padding=1),
-        nn.ReLU(),
-        nn.MaxPool2d(2),
-        nn.Flatten(),
-        nn.Linear(16 * 7 * 7, num_classes),
-    )
+from codl.models import FashionCNN, TinyCNN
 
 
 @dataclass
@@ -62,8 +48,6 @@ def quick_kd(
     on that fraction alone (for as many optimizer steps as the KD student), the KD student on
     every image with the other labels hidden (-100: soft term only). The teacher still trains
     on all labels."""
-    from codl.models import FashionCNN
-
     if labeled_fraction is not None and not 0.0 < labeled_fraction <= 1.0:
         raise ValueError(f"labeled_fraction must be in (0, 1] or None, got {labeled_fraction}")
     started = time.perf_counter()
@@ -101,12 +85,12 @@ def quick_kd(
         kd_labels[labeled:] = IGNORE_INDEX
 
     torch.manual_seed(seed + 1)
-    plain = tiny_student()
+    plain = TinyCNN()
     plain_run = Distiller(None, plain, losses=[nn.CrossEntropyLoss()], optimizer=adam)
     plain_run.fit(batches(plain_images, plain_labels), plain_epochs, progress=progress)
 
     torch.manual_seed(seed + 1)
-    distilled = tiny_student()
+    distilled = TinyCNN()
     kd_run = Distiller(teacher, distilled, losses=[KDLoss(temperature, alpha)], optimizer=adam)
     kd_run.fit(batches(images, kd_labels, teacher_logits), student_epochs, progress=progress)
 

@@ -24,6 +24,7 @@ from typing import Any, Final, Union
 import torch
 from torch import nn
 
+import codl
 from codl import _ops
 from codl.formats import codec
 from codl.formats.encodings import DTYPES, ENCODINGS, EncodedTensor, encode
@@ -239,8 +240,6 @@ def save(
 
 
 def _codl_version() -> str:
-    import codl
-
     return codl.__version__
 
 

@@ -13,9 +13,12 @@ from typing import Final
 
 import torch
 
-from codl import _ops
+from codl import _ops, kernels
 from codl.formats import codec
 from codl.formats.spec import CompressionSpec
+from codl.prune import magnitude_mask
+from codl.quant import kmeans_dequantize, kmeans_quantize, linear_dequantize, linear_quantize
+from codl.ternary import ternarize
 
 __all__ = [
     "DTYPES",
@@ -86,8 +89,6 @@ def quantize(tensor: torch.Tensor, spec: CompressionSpec | None, name: str = "te
         raise ValueError(
             f"{name}: expected finite values to prune or quantize, received NaN or Inf"
         )
-    from codl.prune import magnitude_mask
-
     weight = original.float()
     mask = magnitude_mask(weight, spec.prune) if spec.prune > 0 else None
     positions = None if mask is None else mask.reshape(-1).nonzero().reshape(-1)
@@ -103,8 +104,6 @@ def quantize(tensor: torch.Tensor, spec: CompressionSpec | None, name: str = "te
         return Quantized("raw", original.reshape(-1)[positions], preview, positions=positions)
     assert spec.bits is not None
     if spec.method == "kmeans":
-        from codl.quant import kmeans_dequantize, kmeans_quantize
-
         codebook, indices = kmeans_quantize(weight, spec.bits, mask)
         preview = kmeans_dequantize(codebook, indices, mask).to(dtype)
         values = kept(indices.reshape(-1)).to(torch.uint8)
@@ -112,8 +111,6 @@ def quantize(tensor: torch.Tensor, spec: CompressionSpec | None, name: str = "te
             "codebook", values, preview, spec.bits, positions, codebook.float().contiguous()
         )
     if spec.method == "linear":
-        from codl.quant import linear_dequantize, linear_quantize
-
         masked = weight if mask is None else weight * mask
         codes, scales = linear_quantize(masked, spec.bits, axis=0)
         preview = linear_dequantize(codes, scales, axis=0).to(dtype)
@@ -121,8 +118,6 @@ def quantize(tensor: torch.Tensor, spec: CompressionSpec | None, name: str = "te
         values = (kept(codes.reshape(-1)).to(torch.int16) + offset).to(torch.uint8)
         return Quantized("linear", values, preview, spec.bits, positions, scales.contiguous())
     # ternary: TWN codes per row; pruned entries are zero before ternarizing, so they stay 0.
-    from codl.ternary import ternarize
-
     masked = weight if mask is None else weight * mask
     result = ternarize(masked, "twn", granularity="row")
     scale = result.scale.float().reshape(-1).contiguous()
@@ -219,8 +214,6 @@ def encode(
             encoded.streams["values"] = StoredStream.of(raw, level)
         return encoded
     if q.encoding == "ternary":
-        from codl import kernels
-
         packed = kernels.pack_ternary(q.values, format="2bit")
         encoded.streams["values"] = StoredStream.of(packed, level)
     else:

@@ -1,13 +1,37 @@
-"""Neural-network layers of codl (``codl.nn``), used next to :mod:`torch.nn`.
+"""Neural-network layers of codl (``codl.nn``), used next to :mod:`torch.nn`, and the model
+conversions built on them.
 
 * :class:`TernaryLinear`, :class:`TernaryConv2d`: ternary-weight layers trained through the
-  straight-through estimator (latent float weights, forward with ``alpha * codes``); usually
-  created by :func:`codl.quantize_` from a float model.
-* :class:`FrozenTernaryLinear`: the packed inference form, from :meth:`TernaryLinear.freeze`.
+  straight-through estimator (latent float weights, forward with ``alpha * codes``).
+* :class:`FrozenTernaryLinear`, :class:`FrozenTernaryConv2d`: the packed inference forms, from
+  ``layer.freeze()``.
+* :func:`quantize_` (also ``codl.quantize_``): swap a float model's ``nn.Linear``/``nn.Conv2d``
+  for ternary layers in place, configured by :class:`codl.TernaryConfig`;
+  :func:`sparsity_report` lists each layer's sparsity.
+* :func:`freeze`: an inference copy of a trained model, ternary layers packed
+  (``packing="2bit"|"base3"``, ``activations="int8"|"float"``) and their BatchNorms folded in.
+
+>>> model = codl.quantize_(model, codl.TernaryConfig(overrides={"0": None}))  # doctest: +SKIP
+>>> codl.nn.sparsity_report(model)  # doctest: +SKIP
 """
 
 from __future__ import annotations
 
-from codl.nn.ternary import FrozenTernaryLinear, TernaryConv2d, TernaryLinear
+from codl.nn.convert import LayerSparsity, freeze, quantize_, sparsity_report
+from codl.nn.ternary import (
+    FrozenTernaryConv2d,
+    FrozenTernaryLinear,
+    TernaryConv2d,
+    TernaryLinear,
+)
 
-__all__ = ["FrozenTernaryLinear", "TernaryConv2d", "TernaryLinear"]
+__all__ = [
+    "FrozenTernaryConv2d",
+    "FrozenTernaryLinear",
+    "LayerSparsity",
+    "TernaryConv2d",
+    "TernaryLinear",
+    "freeze",
+    "quantize_",
+    "sparsity_report",
+]

@@ -12,17 +12,30 @@ Ternary Weight Networks (F. Li, B. Zhang and B. Liu, arXiv:1605.04711, 2016): ``
 
 :meth:`TernaryLinear.freeze` turns a trained layer into a :class:`FrozenTernaryLinear`, which
 keeps only the 2-bit packed codes, the per-row scales and the bias, and runs the packed ternary
-kernel (:func:`codl.ternary.packed.ternary_linear`).
+kernel (:func:`codl.ternary.packed.ternary_linear`); :meth:`TernaryConv2d.freeze` gives a
+:class:`FrozenTernaryConv2d`, run through im2col and the same kernel.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Literal, Union
+import copy
+from typing import Literal, Union
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from codl.ternary.config import TernaryConfig
+from codl.ternary.packed import (
+    Activations,
+    PackedTernaryWeight,
+    Packing,
+    check_activations,
+    check_inference_options,
+    pack_weight,
+    ternary_conv2d,
+    ternary_linear,
+)
 from codl.ternary.ternarize import (
     Granularity,
     Method,
@@ -31,14 +44,13 @@ from codl.ternary.ternarize import (
     ternarize,
 )
 
-if TYPE_CHECKING:
-    from codl.ternary.config import TernaryConfig
-    from codl.ternary.packed import Activations, PackedTernaryWeight, Packing
-
 __all__ = [
+    "FrozenTernaryConv2d",
     "FrozenTernaryLinear",
     "TernaryConv2d",
     "TernaryLinear",
+    "fold_ternary",
+    "freeze_layer",
     "straight_through_ternary",
 ]
 
@@ -64,16 +76,8 @@ def _ternary_settings(
     config: TernaryConfig | None,
 ) -> tuple[Method, float | None, Granularity]:
     if config is None:
-        # Imported here: codl.ternary.config imports this module's classes lazily too.
-        from codl.ternary.config import TernaryConfig
-
         config = TernaryConfig()
     return config.method, config.rho, config.granularity
-
-
-def _check_activations(activations: object) -> None:
-    if activations not in ("int8", "float"):
-        raise ValueError(f"activations: expected 'int8' or 'float', received {activations!r}")
 
 
 def _check_positive(**sizes: int) -> None:
@@ -115,7 +119,7 @@ class TernaryLinear(nn.Linear):
         dtype: torch.dtype | None = None,
     ) -> None:
         check_ternary_options(method, rho, granularity)
-        _check_activations(activations)
+        check_activations(activations)
         _check_positive(in_features=in_features, out_features=out_features)
         super().__init__(in_features, out_features, bias, device=device, dtype=dtype)
         self.method: Method = method
@@ -166,9 +170,7 @@ class TernaryLinear(nn.Linear):
         row (a per-tensor scale is repeated per row), and a float32 copy of the bias. Its
         activations are quantized to int8 per row or kept float32 (``activations``, default
         this layer's ``activations``). This layer is left unchanged."""
-        from codl.ternary.freeze import freeze
-
-        frozen = freeze(self, activations=activations, packing=packing)
+        frozen = freeze_layer(self, activations=activations, packing=packing)
         assert isinstance(frozen, FrozenTernaryLinear)
         return frozen
 
@@ -210,7 +212,7 @@ class TernaryConv2d(nn.Conv2d):
         dtype: torch.dtype | None = None,
     ) -> None:
         check_ternary_options(method, rho, granularity)
-        _check_activations(activations)
+        check_activations(activations)
         if groups != 1:
             raise ValueError(
                 f"TernaryConv2d supports groups=1 only (its weight must be one "
@@ -279,13 +281,11 @@ class TernaryConv2d(nn.Conv2d):
     def freeze(
         self, *, activations: Activations | None = None, packing: Packing = "2bit"
     ) -> nn.Module:
-        """An inference-only :class:`codl.ternary.FrozenTernaryConv2d`: the current ternary
-        kernel packed row by row (``in_channels * kh * kw`` codes per output channel) with a
-        float32 scale per channel, run through im2col and codl's kernels (``activations`` and
-        ``packing`` as :meth:`TernaryLinear.freeze`)."""
-        from codl.ternary.freeze import freeze
-
-        return freeze(self, activations=activations, packing=packing)
+        """An inference-only :class:`FrozenTernaryConv2d`: the current ternary kernel packed
+        row by row (``in_channels * kh * kw`` codes per output channel) with a float32 scale
+        per channel, run through im2col and codl's kernels (``activations`` and ``packing`` as
+        :meth:`TernaryLinear.freeze`)."""
+        return freeze_layer(self, activations=activations, packing=packing)
 
     def extra_repr(self) -> str:
         # torch leaves _ConvNd.extra_repr unannotated.
@@ -313,8 +313,6 @@ class FrozenTernaryLinear(nn.Module):
     bias: torch.Tensor | None
 
     def __init__(self, weight: PackedTernaryWeight, bias: torch.Tensor | None = None) -> None:
-        from codl.ternary.packed import PackedTernaryWeight
-
         if not isinstance(weight, PackedTernaryWeight):
             raise TypeError(
                 f"weight must be a codl.ternary.PackedTernaryWeight, got {type(weight).__name__}"
@@ -336,8 +334,6 @@ class FrozenTernaryLinear(nn.Module):
         self.register_buffer("bias", bias)
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:
-        from codl.ternary.packed import ternary_linear
-
         output: torch.Tensor = ternary_linear(input, self.weight, self.bias)
         return output
 
@@ -348,11 +344,125 @@ class FrozenTernaryLinear(nn.Module):
         )
 
 
+class FrozenTernaryConv2d(nn.Module):
+    """Inference-only ternary 2-D convolution (groups=1): the kernel flattened to rows of
+    ``in_channels * kh * kw`` codes, packed, with a float32 scale per output channel and a bias.
+    The forward pass is :func:`codl.ternary.packed.ternary_conv2d` (im2col + the int8 kernel).
+    """
+
+    bias: torch.Tensor | None
+
+    def __init__(
+        self,
+        weight: PackedTernaryWeight,
+        bias: torch.Tensor | None,
+        kernel_size: int | tuple[int, int],
+        stride: int | tuple[int, int] = 1,
+        padding: int | tuple[int, int] = 0,
+        dilation: int | tuple[int, int] = 1,
+    ) -> None:
+        super().__init__()
+        if not isinstance(weight, PackedTernaryWeight):
+            raise TypeError(
+                f"weight: expected a PackedTernaryWeight, received {type(weight).__name__}"
+            )
+        self.weight = weight
+        self.kernel_size = _pair(kernel_size)
+        self.stride, self.padding, self.dilation = _pair(stride), _pair(padding), _pair(dilation)
+        if weight.in_features % (self.kernel_size[0] * self.kernel_size[1]):
+            raise ValueError(
+                f"weight: rows of {weight.in_features} codes do not hold whole "
+                f"{self.kernel_size} kernels"
+            )
+        self.in_channels = weight.in_features // (self.kernel_size[0] * self.kernel_size[1])
+        self.out_channels = weight.out_features
+        if bias is not None and tuple(bias.shape) != (self.out_channels,):
+            raise ValueError(
+                f"bias: expected shape ({self.out_channels},), received {tuple(bias.shape)}"
+            )
+        self.register_buffer(
+            "bias", None if bias is None else bias.detach().to(torch.float32).clone()
+        )
+
+    def forward(self, input: torch.Tensor) -> torch.Tensor:
+        return ternary_conv2d(
+            input,
+            self.weight,
+            self.bias,
+            self.kernel_size,
+            self.stride,
+            self.padding,
+            self.dilation,
+        )
+
+    def extra_repr(self) -> str:
+        return (
+            f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "
+            f"stride={self.stride}, padding={self.padding}, dilation={self.dilation}, "
+            f"weight_bytes={self.weight.nbytes()}"
+        )
+
+
+def fold_ternary(
+    layer: TernaryLinear | TernaryConv2d,
+    norm: nn.BatchNorm1d | nn.BatchNorm2d | None,
+    activations: Activations | None,
+    packing: Packing,
+) -> FrozenTernaryLinear | FrozenTernaryConv2d:
+    """The frozen twin of ``layer`` with the BatchNorm ``norm`` that follows it (if any) folded
+    into its scales and bias: ``BN(alpha * (codes @ x) + b) = (g * alpha) * (codes @ x) +
+    g * (b - mean) + beta`` with ``g = gamma / sqrt(var + eps)``. The codes are unchanged.
+    ``activations=None`` takes the layer's own."""
+    result = layer.ternary_weight()
+    rows = result.codes.reshape(result.codes.shape[0], -1).contiguous()
+    alpha = result.scale.to(torch.float32).expand(rows.shape[0]).clone()
+    bias = (
+        torch.zeros(rows.shape[0]) if layer.bias is None else layer.bias.detach().to(torch.float32)
+    )
+    if norm is not None:
+        assert norm.running_mean is not None and norm.running_var is not None
+        gain = 1.0 / torch.sqrt(norm.running_var.to(torch.float32) + norm.eps)
+        shift = torch.zeros_like(gain)
+        if norm.affine:
+            gain = gain * norm.weight.detach()
+            shift = norm.bias.detach().to(torch.float32)
+        alpha = alpha * gain
+        bias = (bias - norm.running_mean) * gain + shift
+    elif layer.bias is None:
+        bias = None  # type: ignore[assignment]
+    chosen: Activations = layer.activations if activations is None else activations
+    packed = pack_weight(rows, alpha, packing=packing, activations=chosen)
+    if isinstance(layer, TernaryConv2d):
+        if isinstance(layer.padding, str):
+            raise ValueError(f"padding={layer.padding!r} cannot be frozen; use explicit padding")
+        return FrozenTernaryConv2d(
+            packed,
+            bias,
+            _pair(layer.kernel_size),
+            _pair(layer.stride),
+            _pair(layer.padding),
+            _pair(layer.dilation),
+        )
+    return FrozenTernaryLinear(packed, bias)
+
+
+def freeze_layer(
+    layer: TernaryLinear | TernaryConv2d,
+    *,
+    activations: Activations | None = None,
+    packing: Packing = "2bit",
+) -> FrozenTernaryLinear | FrozenTernaryConv2d:
+    """The frozen twin of one ternary layer, from an eval-mode copy (``layer`` is unchanged);
+    :func:`codl.nn.freeze` does the same for whole models."""
+    check_inference_options(packing, "int8" if activations is None else activations)
+    return fold_ternary(copy.deepcopy(layer).eval(), None, activations, packing)
+
+
 def _pair(value: tuple[int, ...] | int) -> tuple[int, int]:
     if isinstance(value, int):
         return (value, value)
     first, second = value
-    return (first, second)
+    return (int(first), int(second))
 
 
 def _copy_parameters(source: nn.Linear | nn.Conv2d, target: nn.Linear | nn.Conv2d) -> None:

@@ -11,7 +11,7 @@ exactly what the original computes when the removed channels' activations are ze
 consumer's input: that is what the tests check.
 
 Groups are found on a ``torch.fx`` trace of the model, so any traceable model works
-(``nn.Sequential`` models, :class:`codl.ternary.lenet.LeNet5`, :class:`codl.models.FashionCNN`);
+(``nn.Sequential`` models, :class:`codl.models.LeNet5`, :class:`codl.models.FashionCNN`);
 producers whose output branches (residual additions, concatenations) are left alone.
 
 The L1 criterion ranks the producer's output channels by the L1 norm of their filters (H. Li,

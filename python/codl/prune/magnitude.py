@@ -19,20 +19,16 @@ import torch
 from torch import nn
 
 from codl.prune.schedule import AGPSchedule, check_sparsity
+from codl.training import prunable_weights
 
 __all__ = [
-    "PRUNABLE_TYPES",
     "Pruner",
     "Scope",
     "magnitude_",
     "magnitude_mask",
-    "prunable_weights",
 ]
 
 Scope = Literal["global", "layer"]
-
-#: Modules whose ``weight`` :func:`magnitude_` prunes by default.
-PRUNABLE_TYPES: tuple[type[nn.Module], ...] = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
 
 
 def _check_weight(weight: object, name: str = "weight") -> torch.Tensor:
@@ -192,23 +188,6 @@ class Pruner:
         for handle in self._hooks:
             handle.remove()
         self._hooks = []
-
-
-def prunable_weights(
-    model: nn.Module, include: Callable[[str, nn.Module], bool] | None = None
-) -> dict[str, nn.Parameter]:
-    """``{"<module>.weight": parameter}`` of the modules :func:`magnitude_` prunes."""
-    if not isinstance(model, nn.Module):
-        raise TypeError(f"model: expected a torch.nn.Module, received {type(model).__name__}")
-    chosen = {}
-    for name, module in model.named_modules():
-        wanted = (
-            include(name, module) if include is not None else isinstance(module, PRUNABLE_TYPES)
-        )
-        weight = getattr(module, "weight", None)
-        if wanted and isinstance(weight, nn.Parameter):
-            chosen[f"{name}.weight" if name else "weight"] = weight
-    return chosen
 
 
 def magnitude_(

@@ -34,6 +34,8 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
+from codl.training import prunable_weights
+
 __all__ = [
     "Init",
     "KMeansQuantizer",
@@ -339,12 +341,10 @@ def kmeans_(
     ``bits``: one width for all, or ``{"<module>.weight": bits}`` (Deep Compression used 8 bits
     for convolutions, 5 for fully connected layers). Zeros (pruned weights) stay zero unless
     ``masks`` says otherwise. Returns the :class:`KMeansQuantizer` that keeps the sharing
-    during fine-tuning (:func:`codl.prune.fine_tune` with ``callbacks=[quantizer]``);
+    during fine-tuning (:func:`codl.training.fine_tune` with ``callbacks=[quantizer]``);
     ``reassign=True`` trains the weights through a straight-through estimator instead of the
     centroids alone (module docstring).
     """
-    from codl.prune.magnitude import prunable_weights  # one definition of "the layer weights"
-
     weights = prunable_weights(model, include)
     if isinstance(bits, Mapping):
         unknown = set(bits) - set(weights)

@@ -27,6 +27,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from codl.data.fashion_mnist import _PIXEL_MEAN, _PIXEL_STD
+
 __all__ = [
     "FGSM",
     "PGD",
@@ -47,8 +49,6 @@ Norm = Literal["linf"]
 
 def _pixel_stats() -> tuple[float, float]:
     # The normalisation codl.data.load_split applies; one definition, read from there.
-    from codl.data.fashion_mnist import _PIXEL_MEAN, _PIXEL_STD
-
     return _PIXEL_MEAN, _PIXEL_STD
 
 

@@ -15,7 +15,7 @@ gradient, Deep Compression eq. 3) writes the shared values back. Ternary modules
 (:class:`codl.nn.TernaryLinear`, :class:`codl.nn.TernaryConv2d`) need no callback: their forward
 always ternarizes the latent weight and the straight-through estimator trains it.
 
-The loop is separate from :func:`codl.prune.fine_tune` because its loss differs: each batch
+The loop is separate from :func:`codl.training.fine_tune` because its loss differs: each batch
 needs a fresh attack against the weights of that step.
 """
 
@@ -31,8 +31,8 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from codl.prune.finetune import Stepper
 from codl.robust.attacks import Attack
+from codl.training import Stepper
 
 __all__ = ["AdversarialHistory", "adversarial_finetune"]
 

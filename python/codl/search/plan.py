@@ -40,6 +40,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from codl.formats import encode_state_dict
 from codl.formats.codec import DEFAULT_LEVEL
 from codl.formats.spec import CompressionSpec, plan_to_json
 from codl.search.sensitivity import (
@@ -281,8 +282,6 @@ def _apply(
 ) -> tuple[float, int]:
     """Accuracy of ``model`` as :func:`codl.load` would give it back under ``plan``, and the
     file's size."""
-    from codl.formats import encode_state_dict
-
     encoded, previews = encode_state_dict(model, plan, level=level)
     loaded = copy.deepcopy(model)
     loaded.load_state_dict(previews)

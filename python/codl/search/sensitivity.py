@@ -32,6 +32,7 @@ from tqdm.auto import tqdm
 from codl.formats.codec import DEFAULT_LEVEL
 from codl.formats.encodings import encode
 from codl.formats.spec import CompressionSpec
+from codl.training import EVALUATION_BATCH, evaluate, prunable_weights
 
 __all__ = [
     "DEFAULT_BITS",
@@ -141,12 +142,10 @@ class SensitivityRow:
 
 
 def _evaluate(model: nn.Module, data: Split) -> float:
-    from codl.prune import evaluate
-
     return evaluate(model, *data)
 
 
-_BATCH = 1000  # the batches of codl.prune.evaluate: the same batches give the same logits
+_BATCH = EVALUATION_BATCH  # the batches of codl.training.evaluate: the same logits
 _CACHE_LIMIT = 2 << 30  # bytes of cached activations per layer; above it, the whole model runs
 
 
@@ -157,7 +156,7 @@ def _batches(data: Split) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
 
 
 def _full_logits(model: nn.Module, data: Split) -> tuple[float, list[torch.Tensor]]:
-    """Accuracy as :func:`codl.prune.evaluate` computes it (same batches), with the logits."""
+    """Accuracy as :func:`codl.training.evaluate` computes it (same batches), with the logits."""
     correct, logits = 0, []
     for images, labels in _batches(data):
         out = model(images)
@@ -317,8 +316,7 @@ def _check_split(data: object) -> Split:
 
 def searchable_weights(model: nn.Module, layers: Sequence[str] | None = None) -> list[str]:
     """State_dict names of the weights to search: every Linear/Conv weight
-    (:func:`codl.prune.prunable_weights`), or ``layers`` checked against the state_dict."""
-    from codl.prune import prunable_weights
+    (:func:`codl.training.prunable_weights`), or ``layers`` checked against the state_dict."""
 
     if layers is None:
         return list(prunable_weights(model))

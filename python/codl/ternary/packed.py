@@ -46,6 +46,13 @@ def row_bytes(in_features: int, packing: Packing = "2bit") -> int:
     return padded_in_features(in_features, packing) // (5 if packing == "base3" else 4)
 
 
+def check_activations(activations: object) -> None:
+    """Raise ``ValueError`` unless ``activations`` is ``"int8"`` or ``"float"``: the check of
+    the settings (:class:`codl.TernaryConfig`, the ternary layers) that a kernel reads later."""
+    if activations not in ACTIVATIONS:
+        raise ValueError(f"activations: expected 'int8' or 'float', received {activations!r}")
+
+
 def check_inference_options(packing: object, activations: object) -> None:
     """Raise ``ValueError`` unless ``packing`` and ``activations`` name a kernel that exists."""
     if packing not in PACKINGS:

@@ -14,7 +14,7 @@ import codl
 from codl.cli import main
 from codl.formats import encode_state_dict
 from codl.formats.safetensors_io import read_safetensors
-from codl.ternary.lenet import LeNet5
+from codl.models import LeNet5
 
 
 def _write_safetensors(path: Path, tensors: dict[str, torch.Tensor]) -> None:

@@ -24,7 +24,7 @@ from codl.formats import (
     inspect,
     resolve_plan,
 )
-from codl.ternary.lenet import LeNet5
+from codl.models import LeNet5
 
 
 def _bits(t: torch.Tensor) -> torch.Tensor:

@@ -11,9 +11,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from codl.models import FashionCNN
-from codl.prune import LeNet300100, channel_, find_channel_groups
-from codl.ternary.lenet import LeNet5
+from codl.models import FashionCNN, LeNet5, LeNet300100
+from codl.prune import channel_, find_channel_groups
 
 
 class FunctionalNet(nn.Module):

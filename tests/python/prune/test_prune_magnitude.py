@@ -9,7 +9,8 @@ import pytest
 import torch
 from torch import nn
 
-from codl.prune import AGPSchedule, fine_tune, magnitude_, magnitude_mask
+from codl.prune import AGPSchedule, magnitude_, magnitude_mask
+from codl.training import fine_tune
 
 
 def _mlp(seed: int = 0) -> nn.Sequential:

@@ -12,7 +12,7 @@ import pytest
 import torch
 from torch import nn
 
-from codl.models import FashionCNN
+from codl.models import FashionCNN, LeNet5
 from codl.prune import (
     channel_,
     degrees_of_freedom,
@@ -21,7 +21,6 @@ from codl.prune import (
     spectral_select,
 )
 from codl.prune.channel import remove_channels_
-from codl.ternary.lenet import LeNet5
 
 
 def _covariance(m: int, seed: int = 0) -> torch.Tensor:

@@ -8,8 +8,9 @@ import pytest
 import torch
 from torch import nn
 
-from codl.prune import fine_tune, magnitude_, magnitude_mask
+from codl.prune import magnitude_, magnitude_mask
 from codl.quant import kmeans_, kmeans_dequantize, kmeans_quantize
+from codl.training import fine_tune
 
 
 def _reference_lloyd(values: torch.Tensor, k: int, iterations: int = 100) -> torch.Tensor:

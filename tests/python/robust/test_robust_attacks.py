@@ -8,8 +8,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from codl.data import load_split
-from codl.prune import evaluate, fine_tune
 from codl.robust import FGSM, PGD, fashion_mnist_range, fgsm, pgd, pixel_eps, robust_accuracy
+from codl.training import evaluate, fine_tune
 
 
 @pytest.fixture(scope="module")

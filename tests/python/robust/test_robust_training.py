@@ -13,7 +13,7 @@ from torch import nn
 import codl
 from codl.data import load_split
 from codl.nn import TernaryLinear
-from codl.prune import evaluate, fine_tune, magnitude_
+from codl.prune import magnitude_
 from codl.quant import kmeans_
 from codl.robust import (
     FGSM,
@@ -23,6 +23,7 @@ from codl.robust import (
     pixel_eps,
     robust_accuracy,
 )
+from codl.training import evaluate, fine_tune
 
 
 @pytest.fixture(scope="module")

@@ -12,7 +12,7 @@ import torch
 import codl
 from codl.cli import main
 from codl.formats import encode_state_dict, inspect
-from codl.ternary.lenet import LeNet5
+from codl.models import LeNet5
 
 PLAN = {
     "features.0.weight": None,

@@ -14,7 +14,6 @@ from torch import nn
 
 import codl
 from codl.formats import inspect
-from codl.prune import evaluate
 from codl.search import (
     SensitivityRow,
     Setting,
@@ -27,6 +26,7 @@ from codl.search import (
     read_plan,
     spend_slack,
 )
+from codl.training import evaluate
 
 
 def _brute_force(options: list[list[tuple[int, float]]], budget: float) -> float:

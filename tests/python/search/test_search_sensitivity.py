@@ -9,9 +9,9 @@ import pytest
 import torch
 from torch import nn
 
+from codl.models import LeNet5
 from codl.search import measure_sensitivity
 from codl.search.sensitivity import _Downstream, _full_logits, _trace
-from codl.ternary.lenet import LeNet5
 
 SPARSITIES = (0.0, 0.5, 0.9)
 BITS = ("ternary", 2, 4)

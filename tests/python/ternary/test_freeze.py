@@ -10,9 +10,8 @@ import torch
 from torch import nn
 
 import codl
-from codl.nn import FrozenTernaryLinear, TernaryConv2d, TernaryLinear
-from codl.ternary.freeze import FrozenTernaryConv2d, freeze
-from codl.ternary.lenet import LeNet5
+from codl.models import LeNet5
+from codl.nn import FrozenTernaryConv2d, FrozenTernaryLinear, TernaryConv2d, TernaryLinear, freeze
 
 
 def trained_like(model: nn.Module, seed: int = 0) -> nn.Module:

@@ -16,8 +16,8 @@ import torch
 from torch import nn
 
 import codl
-from codl.nn import TernaryConv2d, TernaryLinear
-from codl.ternary import TernaryConfig, quantize_, sparsity_report, ternarize
+from codl.nn import TernaryConv2d, TernaryLinear, quantize_, sparsity_report
+from codl.ternary import TernaryConfig, ternarize
 
 
 class Block(nn.Module):
@@ -301,7 +301,7 @@ def test_config_is_frozen_and_owns_its_overrides() -> None:
 
 
 def test_ternary_lenet_learns_on_the_shipped_subset() -> None:
-    from codl.ternary.lenet import train_and_compare
+    from codl.nn.lenet import train_and_compare
 
     threads = torch.get_num_threads()
     torch.set_num_threads(min(threads, 2))
@@ -330,7 +330,7 @@ def test_ternary_lenet_learns_on_the_shipped_subset() -> None:
 
 
 def test_lenet_data_choice_is_checked() -> None:
-    from codl.ternary.lenet import train_and_compare
+    from codl.nn.lenet import train_and_compare
 
     with pytest.raises(ValueError, match=r"data must be 'full' or 'subset', got 'mnist'"):
         train_and_compare(data="mnist")  # type: ignore[arg-type]

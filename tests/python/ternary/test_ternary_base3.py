@@ -13,7 +13,7 @@ from torch import nn
 
 import codl
 from codl import _ops, kernels
-from codl.ternary.freeze import freeze
+from codl.nn import freeze
 from codl.ternary.packed import (
     PackedTernaryWeight,
     pack_weight,
@@ -135,7 +135,7 @@ def test_runs_under_torch_compile_and_appears_in_export() -> None:
 
 
 def test_freeze_with_base3_gives_the_2bit_outputs() -> None:
-    from codl.ternary.lenet import LeNet5
+    from codl.models import LeNet5
 
     torch.manual_seed(0)
     model = codl.quantize_(LeNet5(), codl.TernaryConfig()).eval()

@@ -10,8 +10,7 @@ from torch import nn
 
 import codl
 from codl import _ops
-from codl.nn import FrozenTernaryLinear, TernaryLinear
-from codl.ternary.freeze import freeze
+from codl.nn import FrozenTernaryLinear, TernaryLinear, freeze
 from codl.ternary.packed import PackedTernaryWeight, pack_weight, ternary_conv2d, ternary_linear
 
 LEVELS = list(_ops.native_info()["isas_runnable"])  # type: ignore[call-overload]

@@ -1,19 +1,16 @@
-"""A LeNet-5-class CNN on Fashion-MNIST, trained in float and as a ternary twin.
+"""The ternary layers' reference run: :class:`codl.models.LeNet5` on Fashion-MNIST, trained in
+float and as a ternary twin.
 
-The network follows LeNet-5 (Y. LeCun, L. Bottou, Y. Bengio and P. Haffner, "Gradient-based
-learning applied to document recognition", Proc. IEEE 86(11), 1998): two 5x5 convolutions with
-2x2 max pooling, then two fully connected layers; widened (32 and 64 channels, 256 hidden
-units) and with batch normalisation after each hidden layer (S. Ioffe and C. Szegedy,
-arXiv:1502.03167, 2015), which absorbs the scale of the ternary weights and keeps ternary
-training stable. Ternarization is TWN (F. Li, B. Zhang and B. Liu, "Ternary Weight Networks",
-arXiv:1605.04711, 2016) with per-row scales.
+Ternarization is TWN (F. Li, B. Zhang and B. Liu, "Ternary Weight Networks", arXiv:1605.04711,
+2016) with per-row scales; the batch normalisation of LeNet5 absorbs the scale of the ternary
+weights and keeps ternary training stable.
 
 :func:`train_and_compare` trains the float model and its ternary twin (same initial weights,
 :func:`codl.quantize_` applied before training) with the same batches, and reports both test
 accuracies, the gap and the sparsity of every ternary layer. By default the first conv and the
 last linear layer stay float (:data:`DEFAULT_CONFIG`; ``--all-ternary`` ternarizes them too)::
 
-    python -m codl.ternary.lenet --epochs 2 --data full --threads 2
+    python -m codl.nn.lenet --epochs 2 --data full --threads 2
 """
 
 from __future__ import annotations
@@ -21,60 +18,23 @@ from __future__ import annotations
 import argparse
 import copy
 import json
-import math
 import time
 from typing import Any, TypedDict
 
 import torch
-import torch.nn.functional as F
 from torch import nn
-from tqdm import tqdm
 
 from codl.data.fashion_mnist import DataChoice, load_split
-from codl.ternary.config import LayerSparsity, TernaryConfig, quantize_, sparsity_report
+from codl.models import LeNet5
+from codl.nn.convert import LayerSparsity, quantize_, sparsity_report
+from codl.ternary.config import TernaryConfig
+from codl.training import evaluate, fine_tune
 
-__all__ = ["DEFAULT_CONFIG", "LeNet5", "TrainingReport", "train_and_compare"]
+__all__ = ["DEFAULT_CONFIG", "TrainingReport", "train_and_compare", "train_models"]
 
 
 #: The ternary twin's default settings (see :func:`train_and_compare`).
 DEFAULT_CONFIG = TernaryConfig(skip_first_and_last=True)
-
-
-class LeNet5(nn.Module):
-    """LeNet-5-class CNN for 1x28x28 inputs.
-
-    ``features``: conv 1->c1 5x5 (pad 2) - BN - ReLU - maxpool 2 - conv c1->c2 5x5 - BN - ReLU
-    - maxpool 2 (c2 x 5 x 5); ``classifier``: flatten - linear (25 c2)->hidden - BN - ReLU -
-    linear hidden->classes. The layers feeding a batch norm have no bias (the norm's shift
-    replaces it).
-    """
-
-    def __init__(
-        self, num_classes: int = 10, channels: tuple[int, int] = (32, 64), hidden: int = 256
-    ) -> None:
-        super().__init__()
-        first, second = channels
-        self.features = nn.Sequential(
-            nn.Conv2d(1, first, 5, padding=2, bias=False),
-            nn.BatchNorm2d(first),
-            nn.ReLU(inplace=True),
-            nn.MaxPool2d(2),
-            nn.Conv2d(first, second, 5, bias=False),
-            nn.BatchNorm2d(second),
-            nn.ReLU(inplace=True),
-            nn.MaxPool2d(2),
-        )
-        self.classifier = nn.Sequential(
-            nn.Flatten(),
-            nn.Linear(second * 5 * 5, hidden, bias=False),
-            nn.BatchNorm1d(hidden),
-            nn.ReLU(inplace=True),
-            nn.Linear(hidden, num_classes),
-        )
-
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        logits: torch.Tensor = self.classifier(self.features(images))
-        return logits
 
 
 class TrainingReport(TypedDict):
@@ -84,7 +44,7 @@ class TrainingReport(TypedDict):
     ternary_accuracy: float
     #: float_accuracy - ternary_accuracy, in percentage points (the goal is <= 1.0).
     gap: float
-    #: :func:`codl.ternary.sparsity_report` of the trained ternary model.
+    #: :func:`codl.nn.sparsity_report` of the trained ternary model.
     sparsity: list[LayerSparsity]
     #: Names of the eligible layers that the ternary model kept in float.
     float_layers: list[str]
@@ -99,52 +59,6 @@ class TrainingReport(TypedDict):
     batch_size: int
     learning_rate: float
     seed: int
-
-
-def _evaluate(model: nn.Module, images: torch.Tensor, labels: torch.Tensor) -> float:
-    model.eval()
-    correct = 0
-    with torch.no_grad():
-        for start in range(0, len(images), 1000):
-            logits = model(images[start : start + 1000])
-            correct += int((logits.argmax(dim=1) == labels[start : start + 1000]).sum())
-    return 100.0 * correct / len(images)
-
-
-def _train(
-    model: nn.Module,
-    images: torch.Tensor,
-    labels: torch.Tensor,
-    *,
-    epochs: int,
-    batch_size: int,
-    learning_rate: float,
-    seed: int,
-    description: str,
-    progress: bool,
-) -> None:
-    """Adam with a cosine learning-rate decay to 0 over all steps: the low final rate lets the
-    ternary codes settle (late flips of latent weights around the threshold cost accuracy)."""
-    optimizer = torch.optim.Adam(model.parameters(), lr=learning_rate)
-    steps_per_epoch = math.ceil(len(images) / batch_size)
-    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, epochs * steps_per_epoch)
-    # Its own generator: both models see the same batches in the same order.
-    generator = torch.Generator().manual_seed(seed)
-    model.train()
-    with tqdm(
-        total=epochs * steps_per_epoch, desc=description, disable=not progress, unit="step"
-    ) as bar:
-        for epoch in range(epochs):
-            order = torch.randperm(len(images), generator=generator)
-            for start in range(0, len(images), batch_size):
-                batch = order[start : start + batch_size]
-                loss = F.cross_entropy(model(images[batch]), labels[batch])
-                optimizer.zero_grad(set_to_none=True)
-                torch.autograd.backward(loss)
-                optimizer.step()
-                schedule.step()
-                bar.update()
-                bar.set_postfix(epoch=epoch + 1, loss=f"{loss.item():.3f}", refresh=False)
 
 
 def train_and_compare(
@@ -225,18 +139,22 @@ def train_models(
     results: dict[str, tuple[float, float]] = {}
     for label, model in (("float", float_model), ("ternary", ternary_model)):
         model_started = time.perf_counter()
-        _train(
+        # Adam with a cosine decay to 0 over all steps (the low final rate lets the ternary
+        # codes settle: late flips of latent weights around the threshold cost accuracy), whole
+        # epochs, the same batches for both models.
+        fine_tune(
             model,
             train_images,
             train_labels,
             epochs=epochs,
             batch_size=batch_size,
-            learning_rate=learning_rate,
+            lr=learning_rate,
             seed=seed,
-            description=f"LeNet-5 {label}",
+            partial_batches=True,
             progress=progress,
+            description=f"LeNet-5 {label}",
         )
-        accuracy = _evaluate(model, test_images, test_labels)
+        accuracy = evaluate(model, test_images, test_labels)
         results[label] = (accuracy, time.perf_counter() - model_started)
 
     float_accuracy, float_seconds = results["float"]
@@ -262,7 +180,7 @@ def train_models(
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
-    """``python -m codl.ternary.lenet``: run :func:`train_and_compare` and print JSON."""
+    """``python -m codl.nn.lenet``: run :func:`train_and_compare` and print JSON."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--epochs", type=int, default=2)
     parser.add_argument("--data", choices=("full", "subset"), default="full")
