@@ -28,6 +28,20 @@ struct Register {
 // The ISAs built into this binary that this CPU can run; the others are reported as not run.
 std::vector<codl::IsaLevel> runnable_isas();
 
+// While a for_each_isa body runs, the ISA it runs on (failures name it); nullptr outside.
+extern const char* current_isa;
+
+// The one way a kernel test covers every ISA: body(isa, table) for each runnable ISA, with
+// table = *codl::kernel_table(isa) (the ISA's kernels, reference fallbacks included).
+template <class Body>
+void for_each_isa(Body&& body) {
+    for (codl::IsaLevel isa : runnable_isas()) {
+        current_isa = codl::isa_name(isa);
+        body(isa, *codl::kernel_table(isa));
+        current_isa = nullptr;
+    }
+}
+
 }  // namespace codl_test
 
 #define CODL_CONCAT_(a, b) a##b

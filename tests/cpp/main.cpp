@@ -13,8 +13,12 @@ std::vector<TestCase>& registry() {
     return tests;
 }
 
+const char* current_isa = nullptr;
+
 void record_failure(const char* file, int line, const std::string& what) {
-    if (++failures_in_current <= 10) std::printf("  FAIL %s:%d: %s\n", file, line, what.c_str());
+    if (++failures_in_current > 10) return;
+    const std::string isa = current_isa ? std::string("[") + current_isa + "] " : "";
+    std::printf("  FAIL %s:%d: %s%s\n", file, line, isa.c_str(), what.c_str());
 }
 
 std::vector<codl::IsaLevel> runnable_isas() {

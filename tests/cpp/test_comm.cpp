@@ -140,7 +140,7 @@ const BlockCodec kCodecs[] = {
 };
 
 void check_block_codec(const BlockCodec& codec) {
-    for (IsaLevel isa : codl_test::runnable_isas()) {
+    codl_test::for_each_isa([&](IsaLevel isa, const codl::KernelTable&) {
         for (std::size_t block : codec.blocks) {
             for (std::size_t n : lengths()) {
                 const std::vector<float> x = gradient(n);
@@ -183,7 +183,7 @@ void check_block_codec(const BlockCodec& codec) {
                 }
             }
         }
-    }
+    });
 }
 
 TEST_CASE("comm int8 kernels match the reference") { check_block_codec(kCodecs[0]); }
@@ -200,7 +200,7 @@ TEST_CASE("comm qsgd kernels match the reference") {
 TEST_CASE("comm encoders report NaN and Inf on every ISA") {
     const float bad[] = {std::numeric_limits<float>::quiet_NaN(), std::numeric_limits<float>::infinity(),
                          -std::numeric_limits<float>::infinity()};
-    for (IsaLevel isa : codl_test::runnable_isas()) {
+    codl_test::for_each_isa([&](IsaLevel isa, const codl::KernelTable&) {
         for (const BlockCodec& codec : kCodecs) {
             for (std::size_t position : {0, 5, 100, 515}) {
                 for (float value : bad) {
@@ -218,11 +218,11 @@ TEST_CASE("comm encoders report NaN and Inf on every ISA") {
         x[257] = std::numeric_limits<float>::quiet_NaN();
         CHECK(!of(isa).topk_accumulate(x.data(), nullptr, nullptr, 0.0f, 300));
         CHECK(!of(isa).topk_accumulate(x.data(), error.data(), momentum.data(), 0.5f, 300));
-    }
+    });
 }
 
 TEST_CASE("comm top-k scans match the reference") {
-    for (IsaLevel isa : codl_test::runnable_isas()) {
+    codl_test::for_each_isa([&](IsaLevel isa, const codl::KernelTable&) {
         for (std::size_t n : lengths()) {
             const std::vector<float> x = gradient(n), error0 = gradient(n), momentum0 = gradient(n);
             for (int mode = 0; mode < 3; ++mode) {  // no error, error, error and momentum
@@ -260,7 +260,7 @@ TEST_CASE("comm top-k scans match the reference") {
                 }
             }
         }
-    }
+    });
 }
 
 // The public entry points: the same payload and error at 1, 2 and 3 threads, on every ISA.
@@ -269,7 +269,7 @@ TEST_CASE("comm entry points are independent of the thread count") {
     const std::vector<float> x = gradient(n), error0 = gradient(n);
     const IsaLevel saved = codl::active_isa();
     std::vector<std::uint8_t> scalar_payloads[5];
-    for (IsaLevel isa : codl_test::runnable_isas()) {
+    codl_test::for_each_isa([&](IsaLevel isa, const codl::KernelTable&) {
         codl::select_isa(isa);
         std::vector<std::uint8_t> first[5];
         std::vector<float> first_error[5];
@@ -310,7 +310,7 @@ TEST_CASE("comm entry points are independent of the thread count") {
             CHECK_MSG(same(first[c], scalar_payloads[c]),
                       std::string(codl::isa_name(isa)) + " codec " + std::to_string(c) + " vs scalar");
         }
-    }
+    });
     codl::select_isa(saved);
 }
 
@@ -376,7 +376,7 @@ namespace {
 TEST_CASE("comm stochastic decoders reject corrupt fields on every ISA") {
     const std::size_t n = 1000, block = 64;
     const std::vector<float> x = gradient(n);
-    for (IsaLevel isa : codl_test::runnable_isas()) {
+    codl_test::for_each_isa([&](IsaLevel isa, const codl::KernelTable&) {
         for (std::size_t position : {0, 17, 500, 999}) {
             // TernGrad: a 2-bit field 0b11.
             std::vector<std::uint8_t> scales(4 * codl::comm_blocks(n, block)), codes((n + 3) / 4);
@@ -394,7 +394,7 @@ TEST_CASE("comm stochastic decoders reject corrupt fields on every ISA") {
             CHECK_MSG(!of(isa).qsgd_decode(scales.data(), qcodes.data(), n, block, 5, out.data(), false),
                       std::string(codl::isa_name(isa)) + " qsgd at " + std::to_string(position));
         }
-    }
+    });
 }
 
 }  // namespace

@@ -138,7 +138,7 @@ void check_gemm(IsaLevel isa, std::size_t m, std::size_t n, std::size_t k, const
 
 TEST_CASE("linalg gemm: every ISA against the scalar reference and long double, all layouts") {
     std::vector<std::size_t> sizes = {1, 2, 3, 5, 7, 8, 9, 15, 16, 17, 31, 33, 47, 64, 70};
-    for (IsaLevel isa : codl_test::runnable_isas()) {
+    codl_test::for_each_isa([&](IsaLevel isa, const codl::KernelTable&) {
         for (const Layout& layout : kLayouts) {
             for (std::size_t i = 0; i < 20; ++i) {
                 const std::size_t m = sizes[rng()() % sizes.size()], n = sizes[rng()() % sizes.size()],
@@ -151,7 +151,7 @@ TEST_CASE("linalg gemm: every ISA against the scalar reference and long double, 
         check_gemm<float>(isa, 37, 531, 300, kLayouts[0]);
         check_gemm<double>(isa, 29, 270, 261, kLayouts[2]);
         check_gemm<float>(isa, 131, 77, 513, kLayouts[3]);
-    }
+    });
 }
 
 template <class T>
@@ -271,7 +271,7 @@ void check_factorizations(IsaLevel isa, std::size_t n, bool with_inverse_residua
 }
 
 TEST_CASE("linalg factorizations: Cholesky, inverse and solves of every ISA, sizes 1..70 and past block edges") {
-    for (IsaLevel isa : codl_test::runnable_isas()) {
+    codl_test::for_each_isa([&](IsaLevel isa, const codl::KernelTable&) {
         for (std::size_t n = 0; n <= 70; ++n) {
             check_factorizations<float>(isa, n, true);
             check_factorizations<double>(isa, n, true);
@@ -282,14 +282,14 @@ TEST_CASE("linalg factorizations: Cholesky, inverse and solves of every ISA, siz
         }
         check_factorizations<float>(isa, 300, false);
         if (kFastLongDouble) check_factorizations<double>(isa, 300, false);
-    }
+    });
 }
 
 TEST_CASE("linalg inverse of n=577 (several recursion levels) against a double residual") {
-    for (IsaLevel isa : codl_test::runnable_isas()) {
-        if (isa == IsaLevel::scalar && codl_test::runnable_isas().size() > 1) continue;  // slow; others cover it
+    codl_test::for_each_isa([&](IsaLevel isa, const codl::KernelTable&) {
+        if (isa == IsaLevel::scalar && codl_test::runnable_isas().size() > 1) return;  // slow; others cover it
         check_factorizations<float>(isa, 577, true);
-    }
+    });
 }
 
 template <class T>
@@ -337,17 +337,17 @@ void check_failures(IsaLevel isa) {
 }
 
 TEST_CASE("linalg statuses: NaN/Inf in the read triangle, not positive definite at the right pivot") {
-    for (IsaLevel isa : codl_test::runnable_isas()) {
+    codl_test::for_each_isa([&](IsaLevel isa, const codl::KernelTable&) {
         check_failures<float>(isa);
         check_failures<double>(isa);
-    }
+    });
 }
 
 TEST_CASE("linalg batches: results bit-identical for 1 and 2 threads, any schedule") {
     const std::vector<std::size_t> sizes = {577, 3, 64, 300, 129, 1, 16, 65, 260, 0, 33};
     std::vector<std::vector<float>> inputs;
     for (std::size_t n : sizes) inputs.push_back(spd<float>(n));
-    for (IsaLevel isa : codl_test::runnable_isas()) {
+    codl_test::for_each_isa([&](IsaLevel isa, const codl::KernelTable&) {
         CHECK(codl::select_isa(isa).empty());
         std::vector<std::vector<float>> out1, out2, chol1, chol2;
         for (int threads : {1, 2}) {
@@ -397,7 +397,7 @@ TEST_CASE("linalg batches: results bit-identical for 1 and 2 threads, any schedu
             CHECK_MSG(std::memcmp(x1.data(), x2.data(), x1.size() * sizeof(float)) == 0,
                       std::string(codl::isa_name(isa)) + " solve");
         }
-    }
+    });
     codl::select_isa(codl::best_isa());
 }
 

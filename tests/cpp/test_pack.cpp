@@ -100,7 +100,7 @@ std::string where(IsaLevel isa, std::size_t n, std::size_t offset) {
 constexpr std::size_t kOffsets[] = {0, 1, 3, 5};
 
 TEST_CASE("pack_signs_f32 matches the reference") {
-    for (IsaLevel isa : codl_test::runnable_isas()) {
+    codl_test::for_each_isa([&](IsaLevel isa, const codl::KernelTable&) {
         for (std::size_t n : test_lengths()) {
             const std::vector<float> x = random_floats(n);
             std::vector<std::uint8_t> expected(codl::packed_signs_bytes(n));
@@ -114,11 +114,11 @@ TEST_CASE("pack_signs_f32 matches the reference") {
                 CHECK_MSG(out.guard_intact(expected.size()), where(isa, n, offset));
             }
         }
-    }
+    });
 }
 
 TEST_CASE("unpack_signs_f32 matches the reference and ignores padding bits") {
-    for (IsaLevel isa : codl_test::runnable_isas()) {
+    codl_test::for_each_isa([&](IsaLevel isa, const codl::KernelTable&) {
         for (std::size_t n : test_lengths()) {
             const std::vector<std::uint8_t> bits = random_bytes(codl::packed_signs_bytes(n));
             std::vector<float> expected(n);
@@ -133,13 +133,13 @@ TEST_CASE("unpack_signs_f32 matches the reference and ignores padding bits") {
                 CHECK_MSG(out.guard_intact(n * sizeof(float)), where(isa, n, offset));
             }
         }
-    }
+    });
 }
 
 using PackFn = bool (*)(const std::int8_t*, std::size_t, std::uint8_t*);
 
 void check_ternary_pack(PackFn PackKernels::*fn, std::size_t (*bytes_for)(std::size_t), const char* name) {
-    for (IsaLevel isa : codl_test::runnable_isas()) {
+    codl_test::for_each_isa([&](IsaLevel isa, const codl::KernelTable&) {
         for (std::size_t n : test_lengths()) {
             std::vector<std::int8_t> codes = random_codes(n);
             std::vector<std::uint8_t> expected(bytes_for(n));
@@ -165,7 +165,7 @@ void check_ternary_pack(PackFn PackKernels::*fn, std::size_t (*bytes_for)(std::s
                 CHECK(out[expected.size()] == kCanary);
             }
         }
-    }
+    });
 }
 
 std::size_t ternary2_bytes(std::size_t n) { return codl::packed_ternary2_bytes(n); }
@@ -180,7 +180,7 @@ TEST_CASE("pack_ternary3 matches the reference and rejects invalid codes") {
 }
 
 TEST_CASE("unpack_ternary2 matches the reference and reports 0b11 fields") {
-    for (IsaLevel isa : codl_test::runnable_isas()) {
+    codl_test::for_each_isa([&](IsaLevel isa, const codl::KernelTable&) {
         for (std::size_t n : test_lengths()) {
             for (bool with_invalid : {false, true}) {
                 std::vector<std::uint8_t> packed = random_bytes(codl::packed_ternary2_bytes(n));
@@ -205,11 +205,11 @@ TEST_CASE("unpack_ternary2 matches the reference and reports 0b11 fields") {
                 }
             }
         }
-    }
+    });
 }
 
 TEST_CASE("unpack_ternary3 matches the reference on arbitrary bytes") {
-    for (IsaLevel isa : codl_test::runnable_isas()) {
+    codl_test::for_each_isa([&](IsaLevel isa, const codl::KernelTable&) {
         for (std::size_t n : test_lengths()) {
             const std::vector<std::uint8_t> packed = random_bytes(codl::packed_ternary3_bytes(n));
             std::vector<std::int8_t> expected(n);
@@ -223,7 +223,7 @@ TEST_CASE("unpack_ternary3 matches the reference on arbitrary bytes") {
                 CHECK_MSG(out.guard_intact(n), where(isa, n, offset));
             }
         }
-    }
+    });
 }
 
 TEST_CASE("ternary3: all 243 trit combinations encode as ceil(v*256/243) and round-trip") {
@@ -237,7 +237,7 @@ TEST_CASE("ternary3: all 243 trit combinations encode as ceil(v*256/243) and rou
             codes[block * 160 + slot * 32 + j] = static_cast<std::int8_t>(static_cast<int>(digits % 3) - 1);
         }
     }
-    for (IsaLevel isa : codl_test::runnable_isas()) {
+    codl_test::for_each_isa([&](IsaLevel isa, const codl::KernelTable&) {
         std::vector<std::uint8_t> packed(codl::packed_ternary3_bytes(n));
         CHECK(of(isa).pack_ternary3(codes.data(), n, packed.data()));
         for (unsigned byte = 0; byte < 256; ++byte) {
@@ -248,7 +248,7 @@ TEST_CASE("ternary3: all 243 trit combinations encode as ceil(v*256/243) and rou
         std::vector<std::int8_t> back(n);
         of(isa).unpack_ternary3(packed.data(), n, back.data());
         CHECK_MSG(back == codes, codl::isa_name(isa));
-    }
+    });
 }
 
 TEST_CASE("reference known answers") {
@@ -290,7 +290,7 @@ TEST_CASE("threaded entry points equal the reference for every ISA and thread co
     ref().pack_ternary2(codes.data(), n, t2_ref.data());
     ref().pack_ternary3(codes.data(), n, t3_ref.data());
     const IsaLevel original = codl::active_isa();
-    for (IsaLevel isa : codl_test::runnable_isas()) {
+    codl_test::for_each_isa([&](IsaLevel isa, const codl::KernelTable&) {
         CHECK(codl::select_isa(isa).empty());
         for (int threads : {1, 2, 3, 4}) {
             const std::string at = where(isa, n, 0) + " threads=" + std::to_string(threads);
@@ -315,7 +315,7 @@ TEST_CASE("threaded entry points equal the reference for every ISA and thread co
             CHECK_MSG(!codl::pack_ternary2(corrupt.data(), n, t2.data(), threads), at);
             CHECK_MSG(!codl::pack_ternary3(corrupt.data(), n, t3.data(), threads), at);
         }
-    }
+    });
     CHECK(codl::select_isa(original).empty());
 }
 

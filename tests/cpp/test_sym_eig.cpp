@@ -205,7 +205,7 @@ void check_decomposition(const std::vector<T>& a, std::size_t n, const Result<T>
 
 template <typename T>
 void check_sizes(const std::vector<std::size_t>& sizes, const char* type) {
-    for (IsaLevel isa : codl_test::runnable_isas()) {
+    codl_test::for_each_isa([&](IsaLevel isa, const codl::KernelTable&) {
         const codl::KernelTable& kernels = *codl::kernel_table(isa);
         for (std::size_t n : sizes) {
             for (int kind = 0; kind < 2; ++kind) {
@@ -227,7 +227,7 @@ void check_sizes(const std::vector<std::size_t>& sizes, const char* type) {
                 }
             }
         }
-    }
+    });
 }
 
 std::vector<std::size_t> small_sizes() {
@@ -253,7 +253,7 @@ TEST_CASE("sym_eig float32, sizes 1..40, 63..65, 144, 577: residual, orthogonali
 
 template <typename T>
 void check_special(const char* type) {
-    for (IsaLevel isa : codl_test::runnable_isas()) {
+    codl_test::for_each_isa([&](IsaLevel isa, const codl::KernelTable&) {
         const codl::KernelTable& kernels = *codl::kernel_table(isa);
         const std::string at = std::string(codl::isa_name(isa)) + " " + type;
         // Zero matrix: zero eigenvalues, identity vectors.
@@ -304,7 +304,7 @@ void check_special(const char* type) {
                 CHECK_MSG(std::all_of(r.vectors.begin(), r.vectors.end(), [](T x) { return std::isnan(x); }), at);
             }
         }
-    }
+    });
 }
 
 TEST_CASE("sym_eig special matrices: zero, diagonal, repeated and spread eigenvalues, extreme scales, NaN/Inf") {
@@ -318,7 +318,7 @@ void check_threads() {
     std::vector<std::vector<T>> mats;
     for (std::size_t n : sizes) mats.push_back(covariance<T>(n));
     mats[4][3] = std::numeric_limits<T>::quiet_NaN();  // one failure must not disturb the rest
-    for (IsaLevel isa : codl_test::runnable_isas()) {
+    codl_test::for_each_isa([&](IsaLevel isa, const codl::KernelTable&) {
         const codl::KernelTable& kernels = *codl::kernel_table(isa);
         std::vector<std::vector<T>> values[2], vectors[2];
         std::vector<SymEigStatus> status[2];
@@ -348,7 +348,7 @@ void check_threads() {
         const std::vector<T> big = covariance<T>(520);
         const Result<T> one = decompose(kernels, big, 520, 1), two = decompose(kernels, big, 520, 2);
         CHECK_MSG(one.values == two.values && one.vectors == two.vectors, at + " single matrix depends on threads");
-    }
+    });
 }
 
 TEST_CASE("sym_eig results are bit-identical for 1 and 2 threads") {

@@ -46,7 +46,7 @@ TEST_CASE("quantize_row_i8 matches the reference bit for bit, ties and padding i
     std::vector<std::size_t> lengths;
     for (std::size_t k = 0; k <= 300; ++k) lengths.push_back(k);
     for (std::size_t k : {1000, 4095, 4096, 4097}) lengths.push_back(k);
-    for (IsaLevel isa : codl_test::runnable_isas()) {
+    codl_test::for_each_isa([&](IsaLevel isa, const codl::KernelTable&) {
         for (std::size_t k : lengths) {
             for (float magnitude : {1e-30f, 1.0f, 3e4f}) {
                 std::vector<float> x = random_row(k, magnitude);
@@ -68,11 +68,11 @@ TEST_CASE("quantize_row_i8 matches the reference bit for bit, ties and padding i
                 }
             }
         }
-    }
+    });
 }
 
 TEST_CASE("quantize_row_i8 reports NaN and Inf anywhere in the row") {
-    for (IsaLevel isa : codl_test::runnable_isas()) {
+    codl_test::for_each_isa([&](IsaLevel isa, const codl::KernelTable&) {
         for (std::size_t k : {1, 7, 16, 33, 300}) {
             for (float bad : {std::numeric_limits<float>::quiet_NaN(), std::numeric_limits<float>::infinity(),
                               -std::numeric_limits<float>::infinity()}) {
@@ -85,11 +85,11 @@ TEST_CASE("quantize_row_i8 reports NaN and Inf anywhere in the row") {
                           std::string(codl::isa_name(isa)) + " k=" + std::to_string(k));
             }
         }
-    }
+    });
 }
 
 TEST_CASE("dot_i8_t2 equals the reference and an int64 dot of the unpacked codes") {
-    for (IsaLevel isa : codl_test::runnable_isas()) {
+    codl_test::for_each_isa([&](IsaLevel isa, const codl::KernelTable&) {
         for (std::size_t kp : {128, 256, 384, 1152, 4096}) {
             for (std::size_t rows = 1; rows <= 9; ++rows) {
                 const std::size_t w_rows = 1 + rng()() % 11;
@@ -120,7 +120,7 @@ TEST_CASE("dot_i8_t2 equals the reference and an int64 dot of the unpacked codes
                 }
             }
         }
-    }
+    });
 }
 
 TEST_CASE("ternary_linear_f32: same floats on every ISA and thread count, near a double reference") {
@@ -157,7 +157,7 @@ TEST_CASE("ternary_linear_f32: same floats on every ISA and thread count, near a
     }
     std::vector<float> first;
     const IsaLevel original = codl::active_isa();
-    for (IsaLevel isa : codl_test::runnable_isas()) {
+    codl_test::for_each_isa([&](IsaLevel isa, const codl::KernelTable&) {
         CHECK(codl::select_isa(isa).empty());
         for (int threads : {1, 2, 3}) {
             std::vector<float> y(m * n, -7.0f);
@@ -176,7 +176,7 @@ TEST_CASE("ternary_linear_f32: same floats on every ISA and thread count, near a
         std::vector<float> y(m * n);
         CHECK(!codl::ternary_linear_f32(x.data(), m, k, packed.data(), alpha.data(), n, nullptr, y.data(), 2));
         x[5 * k + 17] = kept;
-    }
+    });
     CHECK(codl::select_isa(original).empty());
 }
 
@@ -187,7 +187,7 @@ TEST_CASE("ternary_gemm_i32 over a 4096 x 4096-class shape equals the int64 refe
     std::vector<std::int8_t> a(m * kp);
     for (auto& v : a) v = static_cast<std::int8_t>(static_cast<int>(rng()() % 255) - 127);
     const IsaLevel original = codl::active_isa();
-    for (IsaLevel isa : codl_test::runnable_isas()) {
+    codl_test::for_each_isa([&](IsaLevel isa, const codl::KernelTable&) {
         CHECK(codl::select_isa(isa).empty());
         std::vector<std::int32_t> out(m * n);
         codl::ternary_gemm_i32(a.data(), m, kp, packed.data(), n, out.data(), 2);
@@ -200,7 +200,7 @@ TEST_CASE("ternary_gemm_i32 over a 4096 x 4096-class shape equals the int64 refe
             }
         }
         CHECK_MSG(exact, codl::isa_name(isa));
-    }
+    });
     CHECK(codl::select_isa(original).empty());
 }
 
@@ -219,7 +219,7 @@ TEST_CASE("dot_i8_t3 decodes every byte value as unpack_ternary3 does") {
     for (std::size_t i = 0; i < packed.size(); ++i) packed[i] = static_cast<std::uint8_t>(i);
     std::vector<std::int8_t> codes(w_rows * kp);
     codl::ref::pack_kernels.unpack_ternary3(packed.data(), codes.size(), codes.data());
-    for (IsaLevel isa : codl_test::runnable_isas()) {
+    codl_test::for_each_isa([&](IsaLevel isa, const codl::KernelTable&) {
         // Activation row e_i (a one at i) picks code i of every weight row.
         for (std::size_t i = 0; i < kp; ++i) {
             std::vector<std::int8_t> a(kp, 0);
@@ -232,11 +232,11 @@ TEST_CASE("dot_i8_t3 decodes every byte value as unpack_ternary3 does") {
                                                            std::to_string(i) + " row " + std::to_string(c));
             }
         }
-    }
+    });
 }
 
 TEST_CASE("dot_i8_t3 equals the reference, the 2-bit kernel and an int64 dot") {
-    for (IsaLevel isa : codl_test::runnable_isas()) {
+    codl_test::for_each_isa([&](IsaLevel isa, const codl::KernelTable&) {
         for (std::size_t kp : {160, 320, 480, 1120, 4160}) {
             for (std::size_t rows = 1; rows <= 9; ++rows) {
                 const std::size_t w_rows = 1 + rng()() % 11;
@@ -277,7 +277,7 @@ TEST_CASE("dot_i8_t3 equals the reference, the 2-bit kernel and an int64 dot") {
                 }
             }
         }
-    }
+    });
 }
 
 // The float-activation tolerance: summing K exact products x_k * code_k in float32 in any order
@@ -288,7 +288,7 @@ TEST_CASE("dot_i8_t3 equals the reference, the 2-bit kernel and an int64 dot") {
 constexpr double kFloatActivationTolerance = 1e-5;
 
 TEST_CASE("dot_f32_t2 is within the float tolerance of a double sum on every ISA") {
-    for (IsaLevel isa : codl_test::runnable_isas()) {
+    codl_test::for_each_isa([&](IsaLevel isa, const codl::KernelTable&) {
         for (std::size_t kp : {128, 256, 384, 1152, 4096}) {
             for (std::size_t rows = 1; rows <= 9; ++rows) {
                 const std::size_t w_rows = 1 + rng()() % 11;
@@ -326,7 +326,7 @@ TEST_CASE("dot_f32_t2 is within the float tolerance of a double sum on every ISA
                 }
             }
         }
-    }
+    });
 }
 
 // Shared by the layer tests: m rows of x, n weight rows of k codes, alphas and biases.
@@ -364,7 +364,7 @@ TEST_CASE("ternary3_linear_f32 gives the 2-bit path's floats bit for bit on ever
         std::vector<float> want(c.m * c.n);
         CHECK(codl::select_isa(IsaLevel::scalar).empty());
         CHECK(codl::ternary_linear_f32(c.x.data(), c.m, k, packed2.data(), c.alpha.data(), c.n, c.bias.data(), want.data(), 1));
-        for (IsaLevel isa : codl_test::runnable_isas()) {
+        codl_test::for_each_isa([&](IsaLevel isa, const codl::KernelTable&) {
             CHECK(codl::select_isa(isa).empty());
             for (int threads : {1, 2, 3}) {
                 std::vector<float> y(c.m * c.n, -7.0f);
@@ -375,7 +375,7 @@ TEST_CASE("ternary3_linear_f32 gives the 2-bit path's floats bit for bit on ever
             x[5 * k + k / 2] = std::numeric_limits<float>::infinity();
             std::vector<float> y(c.m * c.n);
             CHECK(!codl::ternary3_linear_f32(x.data(), c.m, k, packed3.data(), c.alpha.data(), c.n, nullptr, y.data(), 2));
-        }
+        });
         CHECK(codl::select_isa(original).empty());
     }
 }
@@ -386,7 +386,7 @@ TEST_CASE("ternary_linear_f32act: fixed per ISA across thread counts, near a dou
             const LayerCase c = layer_case(m, k, 37);
             const std::vector<std::uint8_t> packed = packed_layer(c, codl::ternary_padded_k(k), false);
             const IsaLevel original = codl::active_isa();
-            for (IsaLevel isa : codl_test::runnable_isas()) {
+            codl_test::for_each_isa([&](IsaLevel isa, const codl::KernelTable&) {
                 CHECK(codl::select_isa(isa).empty());
                 std::vector<float> first;
                 for (int threads : {1, 2, 3}) {
@@ -415,7 +415,7 @@ TEST_CASE("ternary_linear_f32act: fixed per ISA across thread counts, near a dou
                 x[(m - 1) * k + k / 2] = std::numeric_limits<float>::quiet_NaN();
                 std::vector<float> y(m * c.n);
                 CHECK(!codl::ternary_linear_f32act(x.data(), m, k, packed.data(), c.alpha.data(), c.n, nullptr, y.data(), 2));
-            }
+            });
             CHECK(codl::select_isa(original).empty());
         }
     }

@@ -9,6 +9,7 @@
 #include <cstring>
 
 #include "codl/comm.h"
+#include "codl/pack.h"
 
 namespace codl::sve {
 namespace {
