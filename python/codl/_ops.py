@@ -139,12 +139,12 @@ def _float_dtype(tensor: object, name: str) -> torch.dtype:
 
 def _require_one_per(item: str, count: int, **lists: Sized) -> None:
     """ValueError unless each of ``lists`` has ``count`` entries, one per ``item``."""
-    lengths = [len(entries) for entries in lists.values()]
-    if any(length != count for length in lengths):
-        raise ValueError(
-            f"{', '.join(lists)}: expected one per {item} ({count}), "
-            f"received {' and '.join(map(str, lengths))}"
-        )
+    for entries in lists.values():
+        if len(entries) != count:
+            lengths = " and ".join(str(len(other)) for other in lists.values())
+            raise ValueError(
+                f"{', '.join(lists)}: expected one per {item} ({count}), received {lengths}"
+            )
 
 
 # --- sign and ternary packing
