@@ -6,19 +6,23 @@
   momentum in one step, with optional Levenberg-Marquardt adaptive damping.
 - :func:`warmup_polynomial_decay` (a ``LambdaLR``) / :func:`warmup_polynomial_decay_factor`:
   the large-batch learning-rate schedule of Osawa et al. 2019.
+- :class:`ComputeMethod`: K-FAC's ``method`` (``"inverse"`` or ``"eigen"``).
 
-The per-layer factor math is in :mod:`codl.optim.layers`; inverses and eigendecompositions of
-all factors go through one batched :mod:`codl.linalg` call per inverse update.
+How each layer type gets its factors and arranges its gradient is in :mod:`codl.optim.layers`;
+what each method makes of the factors (inverses or eigenbases, all through one batched
+:mod:`codl.linalg` call per update) and how it preconditions is in :mod:`codl.optim.methods`.
 """
 
 from __future__ import annotations
 
 from codl.optim.kfac import KFAC
-from codl.optim.preconditioner import KFACPreconditioner, KFACWarning
+from codl.optim.methods import ComputeMethod, KFACWarning
+from codl.optim.preconditioner import KFACPreconditioner
 from codl.optim.schedules import warmup_polynomial_decay, warmup_polynomial_decay_factor
 
 __all__ = [
     "KFAC",
+    "ComputeMethod",
     "KFACPreconditioner",
     "KFACWarning",
     "warmup_polynomial_decay",

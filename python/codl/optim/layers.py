@@ -21,35 +21,46 @@ factors of Martens & Grosse 2015 (eq. 1-3). The gradient matrix of a layer is
 preconditioned gradient is ``(G + gamma_G I)⁻¹ ∇W (A + gamma_A I)⁻¹`` (inverse method, with the
 π-split damping of Martens & Grosse 2015 §6.3) or
 ``V_G [(V_Gᵀ ∇W V_A) / (λ_G λ_Aᵀ + λ)] V_Aᵀ`` (eigen method, George et al. 2018 EKFAC-style
-basis without the re-scaling of the eigenvalues).
+basis without the re-scaling of the eigenvalues). The blocks below only build the factors and
+lay out the gradient, one class per layer type; both methods are strategies of
+:mod:`codl.optim.methods`, and no block depends on which one is in use.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Mapping, Sequence
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from codl.optim.methods import (
+    FactoredGrad,
+    KroneckerGrad,
+    KroneckerJob,
+    KroneckerState,
+    SecondOrderMethod,
+    UnitwiseState,
+)
+
 __all__ = [
+    "BatchNormBlock",
     "Conv2dBlock",
     "EmbeddingBlock",
     "KroneckerBlock",
     "LayerBlock",
+    "LayerNormBlock",
     "LinearBlock",
     "NormBlock",
     "make_block",
 ]
 
-#: A request for one dense symmetric matrix to invert or decompose: (factor key, matrix, damping).
-LinalgRequest = tuple[str, torch.Tensor, float]
-
 
 class LayerBlock:
-    """The Fisher block of one module: references from the hooks, factors, inverses."""
+    """The Fisher block of one module: references from the hooks, factors, and the state the
+    K-FAC method derives from the factors (:mod:`codl.optim.methods`)."""
 
     kind = "block"
 
@@ -62,7 +73,6 @@ class LayerBlock:
         self.outputs: list[torch.Tensor] = []
         self.fisher_grads: list[torch.Tensor] = []
         self.factors: dict[str, torch.Tensor] = {}
-        self.inverses: dict[str, torch.Tensor] = {}
 
     # ---- parameters -------------------------------------------------------------------------
     def params(self) -> list[nn.Parameter]:
@@ -124,20 +134,22 @@ class LayerBlock:
                 factor.lerp_(stat, 1.0 - decay)
         return True
 
-    # ---- inverses ---------------------------------------------------------------------------
-    def linalg_requests(self, method: str, damping: float, pi: bool) -> list[LinalgRequest]:
-        """Dense matrices for the batched codl.linalg call of this inverse update."""
-        return []
+    # ---- the method's state -------------------------------------------------------------------
+    def ready(self) -> bool:
+        """True once the block has a state to precondition with."""
+        raise NotImplementedError
 
-    def finish_inverses(self, method: str, damping: float, results: dict[str, Any]) -> None:
-        """Store the batched call's results (and compute the block's own small inverses)."""
-        self.inverses.update(results)
+    @property
+    def inverses(self) -> dict[str, torch.Tensor]:
+        """The state's tensors under their state_dict keys (empty before the first update)."""
+        raise NotImplementedError
 
-    def ready(self, method: str) -> bool:
+    def load_inverses(self, method: SecondOrderMethod, tensors: Mapping[str, torch.Tensor]) -> None:
+        """Restore :attr:`inverses` as saved."""
         raise NotImplementedError
 
     # ---- preconditioning --------------------------------------------------------------------
-    def precondition(self, method: str, damping: float, check_rtol: float) -> list[torch.Tensor]:
+    def precondition(self, damping: float, check_rtol: float) -> list[torch.Tensor]:
         """The preconditioned gradient of each parameter (same order as :meth:`params`)."""
         raise NotImplementedError
 
@@ -166,9 +178,12 @@ class KroneckerBlock(LayerBlock):
     """``F ≈ A ⊗ G`` for a layer whose gradient is ``Σ_rows g āᵀ`` (Linear, Conv2d)."""
 
     kind = "kronecker"
+    #: ``A`` is kept as its diagonal (a vector) and the gradient laid out (A side, G side).
+    diagonal_a: ClassVar[bool] = False
 
     def __init__(self, name: str, module: nn.Module, seed: int) -> None:
         super().__init__(name, module, seed)
+        self.state: KroneckerState | None = None
         weight = module.weight
         assert isinstance(weight, nn.Parameter)
         self.weight = weight
@@ -282,60 +297,32 @@ class KroneckerBlock(LayerBlock):
             return [weight_part]
         return [weight_part, matrix[:, self.in_features]]
 
-    # -- inverses --
-    def linalg_requests(self, method: str, damping: float, pi: bool) -> list[LinalgRequest]:
-        a, g = self.factors["A"], self.factors["G"]
-        if method == "eigen":
-            return [("A", a, 0.0), ("G", g, 0.0)]
-        if pi:
-            import codl.linalg
+    # -- the method's state --
+    def job(self) -> KroneckerJob:
+        """The factors for the method's batched update, with the state they replace."""
+        return KroneckerJob(self.name, self.factors["A"], self.factors["G"], self.state)
 
-            damping_a, damping_g = codl.linalg.pi_damping(a, g, damping)
-        else:
-            damping_a = damping_g = math.sqrt(damping)
-        return [("A", a, damping_a), ("G", g, damping_g)]
+    def ready(self) -> bool:
+        return self.state is not None and self.state.complete
 
-    def finish_inverses(self, method: str, damping: float, results: dict[str, Any]) -> None:
-        for key, value in results.items():
-            if method == "eigen":
-                values, vectors = value
-                # A PSD factor's tiny negative eigenvalues are rounding: clamp them to zero.
-                self.inverses[f"e{key}"] = values.clamp_min(0.0)
-                self.inverses[f"V{key}"] = vectors
-            else:
-                self.inverses[f"{key}_inv"] = value
+    @property
+    def inverses(self) -> dict[str, torch.Tensor]:
+        return {} if self.state is None else self.state.tensors()
 
-    def ready(self, method: str) -> bool:
-        keys = ("eA", "VA", "eG", "VG") if method == "eigen" else ("A_inv", "G_inv")
-        return all(k in self.inverses for k in keys)
+    def load_inverses(self, method: SecondOrderMethod, tensors: Mapping[str, torch.Tensor]) -> None:
+        self.state = method.load(tensors, diagonal_a=self.diagonal_a)
 
     # -- preconditioning --
-    def factored_rows(self, check_rtol: float) -> tuple[torch.Tensor, torch.Tensor] | None:
-        """(input rows, output-gradient rows) if ``.grad`` is exactly ``gᵀ ā`` of this step."""
+    def factored_rows(self, check_rtol: float) -> FactoredGrad | None:
+        """The gradient by its rows if ``.grad`` is exactly ``gᵀ ā`` of this step."""
         return None
 
-    def precondition(self, method: str, damping: float, check_rtol: float) -> list[torch.Tensor]:
+    def precondition(self, damping: float, check_rtol: float) -> list[torch.Tensor]:
         grads = self.param_grads()
-        assert grads is not None
+        assert grads is not None and self.state is not None
         rows = self.factored_rows(check_rtol)
-        n = self.in_features
-        if method == "eigen":
-            va, vg = self.inverses["VA"], self.inverses["VG"]
-            if rows is None:
-                middle = vg.mT @ self.grad_matrix(grads) @ va
-            else:
-                x, g = rows
-                right = x @ va[:n] if self.bias is None else torch.addmm(va[n], x, va[:n])
-                middle = (vg.mT @ g.mT) @ right
-            scale = torch.outer(self.inverses["eG"], self.inverses["eA"]).add_(damping)
-            return self.split(vg @ middle.div_(scale) @ va.mT)
-        a_inv, g_inv = self.inverses["A_inv"], self.inverses["G_inv"]
-        if rows is None:
-            return self.split((g_inv @ self.grad_matrix(grads)) @ a_inv)
-        x, g = rows
-        # ∇W A⁻¹ = gᵀ (ā A⁻¹): 2·R·in² flops instead of 2·out·in² when R < out.
-        right = x @ a_inv[:n] if self.bias is None else torch.addmm(a_inv[n], x, a_inv[:n])
-        return self.split((g_inv @ g.mT) @ right)
+        grad: KroneckerGrad = self.grad_matrix(grads) if rows is None else rows
+        return self.split(self.state.precondition(grad, damping))
 
     def curvature(self, deltas: Sequence[torch.Tensor]) -> float:
         m = self.grad_matrix(deltas)
@@ -376,7 +363,7 @@ class LinearBlock(KroneckerBlock):
             grad = grad[::stride]
         return grad.reshape(-1, self.out_features).mT, self._examples(grad)
 
-    def factored_rows(self, check_rtol: float) -> tuple[torch.Tensor, torch.Tensor] | None:
+    def factored_rows(self, check_rtol: float) -> FactoredGrad | None:
         if not self.factored or len(self.inputs) != 1 or len(self.grads) != 1:
             return None
         x = self.inputs[0].reshape(-1, self.in_features)
@@ -403,7 +390,7 @@ class LinearBlock(KroneckerBlock):
         bound = float(torch.linalg.vector_norm(g)) * float(torch.linalg.vector_norm(xv))
         if not error <= check_rtol * bound:
             return None
-        return x, g
+        return FactoredGrad(x, g, bias=self.bias is not None)
 
 
 class Conv2dBlock(KroneckerBlock):
@@ -463,9 +450,11 @@ class EmbeddingBlock(KroneckerBlock):
     """
 
     kind = "embedding"
+    diagonal_a = True
 
     def __init__(self, name: str, module: nn.Module, seed: int) -> None:
         LayerBlock.__init__(self, name, module, seed)
+        self.state = None
         assert isinstance(module, nn.Embedding) and isinstance(module.weight, nn.Parameter)
         self.weight = module.weight
         self.bias = None
@@ -510,37 +499,10 @@ class EmbeddingBlock(KroneckerBlock):
     def split(self, matrix: torch.Tensor) -> list[torch.Tensor]:
         return [matrix]
 
-    def linalg_requests(self, method: str, damping: float, pi: bool) -> list[LinalgRequest]:
-        g = self.factors["G"]
-        if method == "eigen":
-            return [("G", g, 0.0)]
-        if pi:
-            import codl.linalg
-
-            damping_a, damping_g = codl.linalg.pi_damping(self.factors["A"], g, damping)
-        else:
-            damping_a = damping_g = math.sqrt(damping)
-        self.inverses["A_inv"] = self.factors["A"].add(damping_a).reciprocal_()
-        return [("G", g, damping_g)]
-
-    def finish_inverses(self, method: str, damping: float, results: dict[str, Any]) -> None:
-        if method == "eigen":
-            self.inverses["eA"] = self.factors["A"].clone()
-        super().finish_inverses(method, damping, results)
-
-    def ready(self, method: str) -> bool:
-        keys = ("eA", "eG", "VG") if method == "eigen" else ("A_inv", "G_inv")
-        return all(k in self.inverses for k in keys)
-
-    def precondition(self, method: str, damping: float, check_rtol: float) -> list[torch.Tensor]:
+    def precondition(self, damping: float, check_rtol: float) -> list[torch.Tensor]:
         grads = self.param_grads()
-        assert grads is not None
-        grad = grads[0]
-        if method == "eigen":
-            vg = self.inverses["VG"]
-            scale = torch.outer(self.inverses["eA"], self.inverses["eG"]).add_(damping)
-            return [((grad @ vg).div_(scale)) @ vg.mT]
-        return [(grad @ self.inverses["G_inv"]).mul_(self.inverses["A_inv"][:, None])]
+        assert grads is not None and self.state is not None
+        return [self.state.precondition_diagonal(grads[0], damping)]
 
     def curvature(self, deltas: Sequence[torch.Tensor]) -> float:
         m = deltas[0]
@@ -548,8 +510,8 @@ class EmbeddingBlock(KroneckerBlock):
 
 
 class NormBlock(LayerBlock):
-    """BatchNorm{1,2}d / LayerNorm: one exact ``kxk`` Fisher block per unit (channel or
-    normalized element) over its ``(gamma, β)`` (k = 2) or its only affine parameter (k = 1).
+    """A normalisation layer: one exact ``kxk`` Fisher block per unit (channel or normalized
+    element) over its ``(gamma, β)`` (k = 2) or its only affine parameter (k = 1).
 
     Per example ``n`` the gradient of unit ``c`` is ``u = s·[Σ g x̂, Σ g]`` (sums over the
     positions sharing the unit), and ``F_c = (1/b) Σ_n u uᵀ`` is the exact empirical Fisher
@@ -568,37 +530,18 @@ class NormBlock(LayerBlock):
         self.has_bias = isinstance(bias, nn.Parameter)
         self.k = len(self._params)
         self.units = self._params[0].numel()
-        self.is_layer_norm = isinstance(module, nn.LayerNorm)
+        self.state: UnitwiseState | None = None
 
     def params(self) -> list[nn.Parameter]:
         return list(self._params)
 
     def _normalized(self, x: torch.Tensor) -> torch.Tensor:
         """x̂ as the module computes it, shaped (examples, positions, units)."""
-        module = self.module
-        eps = float(getattr(module, "eps", 1e-5))
-        if self.is_layer_norm:
-            dims = len(getattr(module, "normalized_shape", ()))
-            reduce = tuple(range(x.dim() - dims, x.dim()))
-            mean = x.mean(dim=reduce, keepdim=True)
-            var = x.var(dim=reduce, unbiased=False, keepdim=True)
-            x_hat = (x - mean) / torch.sqrt(var + eps)
-            return x_hat.reshape(x.shape[0], -1, self.units)
-        running_mean = getattr(module, "running_mean", None)
-        running_var = getattr(module, "running_var", None)
-        channels_first = x.reshape(x.shape[0], x.shape[1], -1)
-        if module.training or running_mean is None or running_var is None:
-            mean = channels_first.mean(dim=(0, 2), keepdim=True)
-            var = channels_first.var(dim=(0, 2), unbiased=False, keepdim=True)
-        else:
-            mean = running_mean.reshape(1, -1, 1)
-            var = running_var.reshape(1, -1, 1)
-        return ((channels_first - mean) / torch.sqrt(var + eps)).transpose(1, 2)
+        raise NotImplementedError
 
     def _arrange(self, g: torch.Tensor) -> torch.Tensor:
-        if self.is_layer_norm:
-            return g.reshape(g.shape[0], -1, self.units)
-        return g.reshape(g.shape[0], g.shape[1], -1).transpose(1, 2)
+        """The output gradient shaped (examples, positions, units)."""
+        raise NotImplementedError
 
     def statistics(
         self, true_fisher: bool, loss_reduction: str, max_factor_rows: int | None
@@ -637,31 +580,70 @@ class NormBlock(LayerBlock):
             factor.lerp_(stats["F"], 1.0 - decay)
         return True
 
-    def finish_inverses(self, method: str, damping: float, results: dict[str, Any]) -> None:
-        f = self.factors["F"]
-        if self.k == 1:
-            self.inverses["F_inv"] = f.add(damping).reciprocal_()
-            return
-        a, b, c, d = f[:, 0, 0] + damping, f[:, 0, 1], f[:, 1, 0], f[:, 1, 1] + damping
-        det = a * d - b * c
-        self.inverses["F_inv"] = (
-            torch.stack([torch.stack([d, -b], dim=-1), torch.stack([-c, a], dim=-1)], dim=-2)
-            / det[:, None, None]
-        )
+    def refresh(self, damping: float) -> None:
+        """Invert the damped unit blocks (both K-FAC methods: they are at most 2 x 2)."""
+        self.state = UnitwiseState.from_factor(self.factors["F"], damping)
 
-    def ready(self, method: str) -> bool:
-        return "F_inv" in self.inverses
+    def ready(self) -> bool:
+        return self.state is not None
 
-    def precondition(self, method: str, damping: float, check_rtol: float) -> list[torch.Tensor]:
+    @property
+    def inverses(self) -> dict[str, torch.Tensor]:
+        return {} if self.state is None else self.state.tensors()
+
+    def load_inverses(self, method: SecondOrderMethod, tensors: Mapping[str, torch.Tensor]) -> None:
+        self.state = UnitwiseState.load(tensors)
+
+    def precondition(self, damping: float, check_rtol: float) -> list[torch.Tensor]:
         grads = self.param_grads()
-        assert grads is not None
+        assert grads is not None and self.state is not None
         stacked = torch.stack([g.reshape(-1) for g in grads], dim=-1)  # (units, k)
-        out = torch.einsum("uij,uj->ui", self.inverses["F_inv"], stacked)
+        out = self.state.precondition(stacked)
         return [out[:, i].reshape(p.shape) for i, p in enumerate(self._params)]
 
     def curvature(self, deltas: Sequence[torch.Tensor]) -> float:
         stacked = torch.stack([d.reshape(-1) for d in deltas], dim=-1)
         return float(torch.einsum("ui,uij,uj->", stacked, self.factors["F"], stacked))
+
+
+class BatchNormBlock(NormBlock):
+    """``nn.BatchNorm1d``/``nn.BatchNorm2d``: the units are the channels (dimension 1), x̂
+    uses the batch statistics in training and the running ones in evaluation."""
+
+    def _normalized(self, x: torch.Tensor) -> torch.Tensor:
+        module = self.module
+        eps = float(getattr(module, "eps", 1e-5))
+        running_mean = getattr(module, "running_mean", None)
+        running_var = getattr(module, "running_var", None)
+        channels_first = x.reshape(x.shape[0], x.shape[1], -1)
+        if module.training or running_mean is None or running_var is None:
+            mean = channels_first.mean(dim=(0, 2), keepdim=True)
+            var = channels_first.var(dim=(0, 2), unbiased=False, keepdim=True)
+        else:
+            mean = running_mean.reshape(1, -1, 1)
+            var = running_var.reshape(1, -1, 1)
+        return ((channels_first - mean) / torch.sqrt(var + eps)).transpose(1, 2)
+
+    def _arrange(self, g: torch.Tensor) -> torch.Tensor:
+        return g.reshape(g.shape[0], g.shape[1], -1).transpose(1, 2)
+
+
+class LayerNormBlock(NormBlock):
+    """``nn.LayerNorm``: the units are the normalized elements (the trailing dimensions), x̂
+    uses each position's own statistics."""
+
+    def _normalized(self, x: torch.Tensor) -> torch.Tensor:
+        module = self.module
+        eps = float(getattr(module, "eps", 1e-5))
+        dims = len(getattr(module, "normalized_shape", ()))
+        reduce = tuple(range(x.dim() - dims, x.dim()))
+        mean = x.mean(dim=reduce, keepdim=True)
+        var = x.var(dim=reduce, unbiased=False, keepdim=True)
+        x_hat = (x - mean) / torch.sqrt(var + eps)
+        return x_hat.reshape(x.shape[0], -1, self.units)
+
+    def _arrange(self, g: torch.Tensor) -> torch.Tensor:
+        return g.reshape(g.shape[0], -1, self.units)
 
 
 def make_block(
@@ -688,5 +670,7 @@ def make_block(
         params = [p for p in (weight, bias) if isinstance(p, nn.Parameter)]
         if not params or not all(p.requires_grad for p in params):
             return None
-        return NormBlock(name, module, seed)
+        if isinstance(module, nn.LayerNorm):
+            return LayerNormBlock(name, module, seed)
+        return BatchNormBlock(name, module, seed)
     return None

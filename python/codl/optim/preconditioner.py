@@ -18,8 +18,9 @@ NaN/Inf before touching its factors, (2) updates the factors (EMA, in reused buf
 ``factor_update_steps``, (3) every ``inv_update_steps`` inverts or eigendecomposes *all* dense
 factors of the model in one batched :mod:`codl.linalg` call, retrying the ones that fail with
 larger damping, (4) preconditions every layer's gradient and (5) rescales them all by the KL
-clip nu of Ba et al. 2017 (eq. 12 of the distributed K-FAC paper). The per-layer algebra lives in
-:mod:`codl.optim.layers`.
+clip nu of Ba et al. 2017 (eq. 12 of the distributed K-FAC paper). How each layer type gets its
+factors and arranges its gradient lives in :mod:`codl.optim.layers`; what the method (inverse or
+eigen) makes of the factors and how it preconditions lives in :mod:`codl.optim.methods`.
 
 Fisher. ``fisher="empirical"`` (default) takes G from the loss's own backward. ``"true"``
 samples labels from the model's predictive distribution (Martens & Grosse 2015 §5): call
@@ -35,7 +36,7 @@ import fnmatch
 import math
 import warnings
 from collections.abc import Iterable, Iterator, Mapping
-from typing import Any, Callable, cast
+from typing import Any, Callable
 
 import torch
 import torch.nn.functional as F
@@ -50,18 +51,14 @@ from codl.optim.hyperparams import (
     resolve_float,
     resolve_int,
 )
-from codl.optim.layers import LayerBlock, LinalgRequest, make_block
+from codl.optim.layers import KroneckerBlock, LayerBlock, NormBlock, make_block
+from codl.optim.methods import ComputeMethod, KFACWarning, method_for
 
-__all__ = ["KFACPreconditioner", "KFACWarning"]
+__all__ = ["KFACPreconditioner"]
 
 STATE_VERSION = 1
 
 
-class KFACWarning(RuntimeWarning):
-    """A layer's update was skipped or a factor needed extra damping."""
-
-
-_METHODS = ("inverse", "eigen")
 _FISHERS = ("empirical", "true")
 _REDUCTIONS = ("mean", "sum")
 _LIKELIHOODS = ("categorical", "gaussian")
@@ -81,7 +78,8 @@ class KFACPreconditioner:
         model: the module whose Linear, Conv2d, Embedding, BatchNorm1d/2d and LayerNorm
             submodules get Fisher blocks; every other parameter keeps its plain gradient.
         method: ``"inverse"`` (damped inverses of the factors, π-split damping) or
-            ``"eigen"`` (eigenbases of the factors, damping added to the eigenvalue products).
+            ``"eigen"`` (eigenbases of the factors, damping added to the eigenvalue products),
+            or the :class:`~codl.optim.ComputeMethod` member; kept as the member.
         damping: Tikhonov damping λ (number or callable of the step).
         factor_decay: EMA decay of the factors (number in [0, 1) or callable).
         factor_update_steps: recompute factor statistics every this many steps (int/callable).
@@ -113,7 +111,7 @@ class KFACPreconditioner:
         self,
         model: nn.Module,
         *,
-        method: str = "inverse",
+        method: ComputeMethod | str = "inverse",
         damping: FloatHyper = 3e-2,
         factor_decay: FloatHyper = 0.95,
         factor_update_steps: IntHyper = 10,
@@ -132,7 +130,8 @@ class KFACPreconditioner:
         if not isinstance(model, nn.Module):
             raise TypeError(f"model: expected a torch.nn.Module, received {type(model).__name__}")
         self.model = model
-        self.method = _check_choice(method, "method", _METHODS)
+        self.method = ComputeMethod.parse(method)
+        self._strategy = method_for(self.method)
         self.fisher = _check_choice(fisher, "fisher", _FISHERS)
         self.loss_reduction = _check_choice(loss_reduction, "loss_reduction", _REDUCTIONS)
         self.damping_hyper = check_float(damping, "damping", open_low=True)
@@ -344,9 +343,9 @@ class KFACPreconditioner:
                 if block.factors:
                     ready.append(block)
 
-            stale = [b for b in ready if inverse_due or not b.ready(self.method)]
+            stale = [b for b in ready if inverse_due or not b.ready()]
             if stale:
-                self._update_inverses(stale, damping)
+                self._update_curvature(stale, damping)
 
             kl_clip = (
                 None
@@ -356,9 +355,9 @@ class KFACPreconditioner:
             updates: list[tuple[LayerBlock, list[torch.Tensor]]] = []
             vg_sum = 0.0
             for block in ready:
-                if not block.ready(self.method):
+                if not block.ready():
                     continue
-                preconditioned = block.precondition(self.method, damping, self._check_rtol(block))
+                preconditioned = block.precondition(damping, self._check_rtol(block))
                 updates.append((block, preconditioned))
                 if kl_clip is not None:
                     for p, v in zip(block.params(), preconditioned):
@@ -395,96 +394,21 @@ class KFACPreconditioner:
         block.drop_grads()
         block.clear_records()
 
-    def _update_inverses(self, blocks: list[LayerBlock], damping: float) -> None:
-        """All dense factors of ``blocks`` in one batched codl.linalg call (per dtype)."""
-
-        requests: list[tuple[LayerBlock, LinalgRequest]] = [
-            (block, request)
-            for block in blocks
-            for request in block.linalg_requests(self.method, damping, self.pi_damping)
-        ]
-        results: dict[int, Any] = {}
-        by_dtype: dict[torch.dtype, list[int]] = {}
-        for index, (_, (_, mat, _)) in enumerate(requests):
-            by_dtype.setdefault(mat.dtype, []).append(index)
-        for indices in by_dtype.values():
-            if self.method == "eigen":
-                results.update(self._batched_eig(requests, indices))
-            else:
-                results.update(self._batched_inverse(requests, indices))
-        per_block: dict[int, dict[str, Any]] = {id(b): {} for b in blocks}
-        for index, (block, (key, _, _)) in enumerate(requests):
-            if index in results:
-                per_block[id(block)][key] = results[index]
-        for block in blocks:
-            block.finish_inverses(self.method, damping, per_block[id(block)])
-
-    def _batched_inverse(
-        self, requests: list[tuple[LayerBlock, LinalgRequest]], indices: list[int]
-    ) -> dict[int, torch.Tensor]:
-        import codl.linalg
-
-        dampings = {i: requests[i][1][2] for i in indices}
-        pending = list(indices)
-        done: dict[int, torch.Tensor] = {}
-        for attempt in range(self.max_inverse_retries + 1):
-            mats = [requests[i][1][1] for i in pending]
-            try:
-                outs: list[Any] = list(
-                    codl.linalg.damped_inverse(mats, [dampings[i] for i in pending])
-                )
-                failures: dict[int, str] = {}
-            except codl.linalg.LinAlgError as error:
-                outs, failures = error.results, error.failures
-            for slot, i in enumerate(pending):
-                if slot not in failures:
-                    done[i] = outs[slot]
-            pending = [pending[slot] for slot in sorted(failures)]
-            if not pending:
-                break
-            for slot, i in zip(sorted(failures), pending):
-                block, (key, _, _) = requests[i]
-                if attempt == self.max_inverse_retries:
-                    warnings.warn(
-                        f"K-FAC: layer '{block.name}': factor {key} {failures[slot]}; gave up "
-                        f"after {attempt} retries (the previous inverse, if any, is kept)",
-                        KFACWarning,
-                        stacklevel=4,
-                    )
-                    continue
-                new_damping = max(10.0 * dampings[i], 1e-8)
-                warnings.warn(
-                    f"K-FAC: layer '{block.name}': factor {key} {failures[slot]}; retrying with "
-                    f"damping {new_damping:g} (was {dampings[i]:g})",
-                    KFACWarning,
-                    stacklevel=4,
-                )
-                dampings[i] = new_damping
-        return done
-
-    def _batched_eig(
-        self, requests: list[tuple[LayerBlock, LinalgRequest]], indices: list[int]
-    ) -> dict[int, tuple[torch.Tensor, torch.Tensor]]:
-        import codl.linalg
-
-        mats = [requests[i][1][1] for i in indices]
-        try:
-            values, vectors = codl.linalg.sym_eig(mats)
-            return {i: (values[s], vectors[s]) for s, i in enumerate(indices)}
-        except codl.linalg.LinAlgError as error:
-            done: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
-            for slot, i in enumerate(indices):
-                if slot in error.failures:
-                    block, (key, _, _) = requests[i]
-                    warnings.warn(
-                        f"K-FAC: layer '{block.name}': eigendecomposition of factor {key} "
-                        f"failed ({error.failures[slot]}); the previous basis, if any, is kept",
-                        KFACWarning,
-                        stacklevel=4,
-                    )
-                else:
-                    done[i] = cast(tuple[torch.Tensor, torch.Tensor], error.results[slot])
-            return done
+    def _update_curvature(self, blocks: list[LayerBlock], damping: float) -> None:
+        """The method's state of ``blocks`` from their factors: every dense factor in one
+        batched codl.linalg call per dtype, the unit-wise blocks in closed form."""
+        kronecker = [block for block in blocks if isinstance(block, KroneckerBlock)]
+        states = self._strategy.refresh(
+            [block.job() for block in kronecker],
+            damping,
+            self.pi_damping,
+            self.max_inverse_retries,
+        )
+        for block, state in zip(kronecker, states):
+            block.state = state
+        for norm in blocks:
+            if isinstance(norm, NormBlock):
+                norm.refresh(damping)
 
     # ------------------------------------------------------------------------------------
     # curvature for adaptive damping
@@ -512,7 +436,7 @@ class KFACPreconditioner:
         """
         return {
             "version": STATE_VERSION,
-            "method": self.method,
+            "method": self.method.value,
             "steps": self.steps,
             "damping_value": self.damping_value,
             "generator": self.generator.get_state(),
@@ -533,10 +457,10 @@ class KFACPreconditioner:
             raise ValueError(
                 f"state: expected version {STATE_VERSION}, received {state.get('version')!r}"
             )
-        if state.get("method") != self.method:
+        if state.get("method") != self.method.value:
             raise ValueError(
                 f"state: saved with method={state.get('method')!r}, this preconditioner uses "
-                f"method={self.method!r}"
+                f"method={self.method.value!r}"
             )
         layers = state["layers"]
         if set(layers) != set(self.blocks):
@@ -558,7 +482,9 @@ class KFACPreconditioner:
                         f"{tuple(current.shape)}, received {tuple(value.shape)}"
                     )
             block.factors = fresh_factors
-            block.inverses = {k: v.clone() for k, v in saved["inverses"].items()}
+            block.load_inverses(
+                self._strategy, {k: v.clone() for k, v in saved["inverses"].items()}
+            )
             block.clear_records()
         self.steps = int(state["steps"])
         value = state.get("damping_value")
