@@ -1,23 +1,17 @@
-"""Shared helpers of the codl.comm tests: spawn gloo process groups on 127.0.0.1 (random free
-port, a timeout on every join so a fault never hangs CI) and small pure-torch codecs to test the
-collectives against while the native ones are written."""
+"""Shared helpers of the codl.comm tests: spawn gloo process groups on 127.0.0.1 (through
+codl's launcher: a file store, a timeout on every wait so a fault never hangs CI) and small
+pure-torch codecs to test the collectives against while the native ones are written."""
 
 from __future__ import annotations
 
 import functools
-import io
 import math
-import os
-import queue
-import socket
-import traceback
 from collections.abc import Callable
 from typing import Any
 
 import torch
-import torch.distributed as dist
-import torch.multiprocessing as mp
 
+from codl._launch import launch
 from codl.comm.codecs import Codec
 
 
@@ -39,45 +33,6 @@ def ddp_results(world_size: int = 2) -> list[dict[str, Any]]:
     return run_distributed(_ddp_batteries, world_size, timeout_s=180)
 
 
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def _child(
-    rank: int,
-    world_size: int,
-    port: int,
-    worker: Callable[..., Any],
-    args: tuple[Any, ...],
-    results: Any,
-    timeout_s: float,
-) -> None:
-    import datetime
-
-    torch.set_num_threads(1)
-    os.environ["OMP_NUM_THREADS"] = "1"
-    try:
-        dist.init_process_group(
-            "gloo",
-            init_method=f"tcp://127.0.0.1:{port}",
-            rank=rank,
-            world_size=world_size,
-            timeout=datetime.timedelta(seconds=timeout_s),
-        )
-        try:
-            # Bytes, not tensors: torch's queue shares tensor storage through a socket that
-            # disappears when the child exits.
-            buffer = io.BytesIO()
-            torch.save(worker(rank, world_size, *args), buffer)
-            results.put((rank, "ok", buffer.getvalue()))
-        finally:
-            dist.destroy_process_group()
-    except BaseException:
-        results.put((rank, "error", traceback.format_exc()))
-
-
 def run_distributed(
     worker: Callable[..., Any],
     world_size: int,
@@ -86,45 +41,11 @@ def run_distributed(
     answering: list[int] | None = None,
 ) -> list[Any]:
     """Runs ``worker(rank, world_size, *args)`` in ``world_size`` spawned processes joined in a
-    gloo group (whose timeout is ``timeout_s / 2``); returns the results of the ``answering``
-    ranks (all by default) in rank order. A worker error or a timeout fails the call
-    (stragglers are killed), so a fault never hangs the test run."""
-    answering = list(range(world_size)) if answering is None else answering
-    context = mp.get_context("spawn")
-    results = context.Queue()
-    port = free_port()
-    processes = [
-        context.Process(
-            target=_child, args=(rank, world_size, port, worker, args, results, timeout_s / 2)
-        )
-        for rank in range(world_size)
-    ]
-    for process in processes:
-        process.start()
-    collected: dict[int, Any] = {}
-    errors: list[str] = []
-    try:
-        waiting = set(answering)
-        while waiting:
-            rank, status, value = results.get(timeout=timeout_s)
-            if rank not in waiting:  # a rank outside ``answering`` may finish first
-                continue
-            waiting.discard(rank)
-            if status == "ok":
-                collected[rank] = torch.load(io.BytesIO(value), weights_only=False)
-            else:
-                errors.append(f"rank {rank}:\n{value}")
-    except queue.Empty:
-        errors.append(f"timed out after {timeout_s} s waiting for ranks")
-    finally:
-        for process in processes:
-            process.join(timeout=5)
-            if process.is_alive():
-                process.kill()
-                process.join(timeout=5)
-    if errors:
-        raise RuntimeError("distributed worker failed:\n" + "\n".join(errors))
-    return [collected[rank] for rank in answering]
+    gloo group (whose timeout is ``timeout_s / 2``), one thread each; returns the results of the
+    ``answering`` ranks (all by default) in rank order. A worker error or a timeout fails the
+    call (stragglers are killed), so a fault never hangs the test run
+    (:func:`codl._launch.launch`)."""
+    return launch(worker, world_size, *args, timeout_s=timeout_s, answering=answering)
 
 
 class Float32Codec(Codec):
