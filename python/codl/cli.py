@@ -1,5 +1,5 @@
-"""The ``codl`` command: ``codl info``, ``codl bench [NAME ...]``, ``codl demo``, ``codl compress``,
-``codl inspect``."""
+"""The ``codl`` command: ``codl info``, ``codl bench [NAME ...]``, ``codl bench PROGRAM
+[options]``, ``codl demo``, ``codl compress``, ``codl inspect``."""
 
 from __future__ import annotations
 
@@ -41,6 +41,16 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     path = bench.write_json(results, args.json)
     print(f"wrote {path}")
     return 0
+
+
+def _run_bench_program(name: str, argv: Sequence[str]) -> int:
+    from codl import bench
+
+    try:
+        return bench.run_program(name, argv)
+    except (ValueError, FileNotFoundError) as error:
+        print(f"codl bench {name}: error: {error}", file=sys.stderr)
+        return 2
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
@@ -184,12 +194,15 @@ def build_parser() -> argparse.ArgumentParser:
     info.add_argument("--json", action="store_true", help="print JSON instead of a table")
     info.set_defaults(run=_cmd_info)
 
+    from codl.bench import programs
+
     bench = sub.add_parser(
         "bench",
         help="time codl against its torch baseline",
         description="Run micro-benchmarks: codl and its plain-torch baseline "
-        "in the same process with the same threads; print a table and write "
-        "JSON with the ratios.",
+        "in the same process with the same threads; print a table (medians, interquartile "
+        "ranges, load average) and write JSON with the ratios. Longer programs run as "
+        "`codl bench PROGRAM [options]`, each with its own --help: " + ", ".join(programs()) + ".",
     )
     bench.add_argument("names", nargs="*", metavar="NAME", help="benchmarks to run (default all)")
     bench.add_argument("--list", action="store_true", help="list the benchmarks and exit")
@@ -200,7 +213,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="problem size: values per case for pack (default 16M), the weight's side for "
         "ternary (default 4096)",
     )
-    bench.add_argument("--repeat", type=int, default=7, help="timed runs per side (median)")
+    bench.add_argument(
+        "--repeat",
+        type=int,
+        default=7,
+        help="timed blocks per side, at least (median and interquartile range)",
+    )
     bench.add_argument("--threads", type=int, default=2, help="threads for both sides")
     bench.add_argument(
         "--dispatch",
@@ -295,7 +313,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    arguments = list(sys.argv[1:] if argv is None else argv)
+    if len(arguments) >= 2 and arguments[0] == "bench":
+        from codl.bench import programs
+
+        # A program parses its own options, which the micro-benchmarks' parser would refuse.
+        if arguments[1] in programs():
+            return _run_bench_program(arguments[1], arguments[2:])
+    args = build_parser().parse_args(arguments)
     try:
         return int(args.run(args))
     except (ValueError, FileNotFoundError) as error:

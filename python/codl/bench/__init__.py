@@ -1,24 +1,29 @@
-"""Micro-benchmarks: each times codl and its plain-torch baseline in the same process, with the
-same threads, and reports the median time of each and the ratio (baseline / codl, so > 1 means
-codl is faster).
+"""Benchmarks of codl, runnable from an installed wheel.
 
-``codl bench`` runs them from the command line; ``benchmarks/`` in the source tree holds the
-recorded figures.
+Micro-benchmarks (``codl bench [NAME ...]``, :func:`available`) time codl and its plain-torch
+baseline in the same process, with the same threads, and report the median time of each with
+its interquartile range, the load average, and the ratio (baseline / codl, so > 1 means codl is
+faster) unless the two sides' spreads overlap (:mod:`codl.bench.timing`).
+
+Programs (``codl bench NAME [options]``, :func:`programs`) are longer runs with their own
+options: training grids, convergence and validation runs, device checks. ``benchmarks/`` in the
+source tree holds their recorded figures and one thin entry point per program.
 """
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
 import platform
-import statistics
-import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from tqdm.auto import tqdm
+
+from codl.bench.timing import Timing, measure, refusal_reason
 
 
 @dataclass(frozen=True)
@@ -43,16 +48,20 @@ class Result:
     dispatch: str
     threads: int
     notes: dict[str, float] = field(default_factory=dict)  # e.g. bandwidth achieved
+    codl_iqr_ms: float = 0.0
+    baseline_iqr_ms: float = 0.0
+    load_average: float | None = None  # 1-minute load when the case was timed
+
+    def ratio_refused(self) -> str | None:
+        """Why :attr:`ratio` means nothing (the sides' spreads overlap), or None."""
+        return refusal_reason(
+            self.codl_ms, self.codl_iqr_ms, self.baseline_ms, self.baseline_iqr_ms
+        )
 
 
 def median_ms(fn: Callable[[], object], repeat: int) -> float:
-    fn()  # warm up caches, lazy allocations and the thread pool
-    times = []
-    for _ in range(repeat):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return 1e3 * statistics.median(times)
+    """The median milliseconds per call of ``fn`` (:func:`codl.bench.timing.measure`)."""
+    return measure(fn, repeat).median_ms
 
 
 def run_cases(
@@ -66,21 +75,47 @@ def run_cases(
         for case in tqdm(list(cases), desc=f"bench {benchmark}", disable=not progress, leave=False):
             if not case.same_result(case.codl(), case.baseline()):
                 raise RuntimeError(f"{benchmark}/{case.name}: codl and the baseline disagree")
-            codl_ms = median_ms(case.codl, repeat)
-            baseline_ms = median_ms(case.baseline, repeat)
+            codl = measure(case.codl, repeat)
+            baseline = measure(case.baseline, repeat)
             results.append(
-                Result(
-                    benchmark=benchmark,
-                    case=case.name,
-                    numel=case.numel,
-                    codl_ms=round(codl_ms, 4),
-                    baseline_ms=round(baseline_ms, 4),
-                    ratio=round(baseline_ms / codl_ms, 2),
+                compare(
+                    benchmark,
+                    case.name,
+                    case.numel,
+                    codl,
+                    baseline,
                     dispatch=_ops.get_dispatch_level(),
                     threads=threads,
                 )
             )
     return results
+
+
+def compare(
+    benchmark: str,
+    case: str,
+    numel: int,
+    codl: Timing,
+    baseline: Timing,
+    *,
+    dispatch: str,
+    threads: int,
+) -> Result:
+    """The result of timing ``codl`` against ``baseline``: medians, interquartile ranges, the
+    higher of the two load averages and the ratio of the medians."""
+    return Result(
+        benchmark=benchmark,
+        case=case,
+        numel=numel,
+        codl_ms=round(codl.median_ms, 4),
+        baseline_ms=round(baseline.median_ms, 4),
+        ratio=round(baseline.median_ms / codl.median_ms, 2),
+        dispatch=dispatch,
+        threads=threads,
+        codl_iqr_ms=round(codl.iqr_ms, 4),
+        baseline_iqr_ms=round(baseline.iqr_ms, 4),
+        load_average=round(max(codl.load_average, baseline.load_average), 2),
+    )
 
 
 def _registry() -> dict[str, Callable[..., list[Result]]]:
@@ -98,7 +133,49 @@ def _registry() -> dict[str, Callable[..., list[Result]]]:
 
 
 def available() -> list[str]:
+    """The micro-benchmarks (``codl bench [NAME ...]``)."""
     return sorted(_registry())
+
+
+#: The programs (``codl bench NAME [options]``): name -> summary. Each is the module
+#: ``codl.bench.NAME`` with ``main(argv, *, results)``; ``benchmarks/NAME.py`` calls it.
+PROGRAMS = {
+    "comm_convergence": "compressed DDP training on Fashion-MNIST: accuracy against bytes sent",
+    "comm_gpu_check": "codl.comm on CUDA tensors against the same calls on CPU tensors",
+    "comm_validation": "the link model's projected step times against measured DDP steps",
+    "comm_vs_torch_hooks": "codl's DDP hook against torch's hooks on an emulated slow link",
+    "compression": "prune + k-means share + .codl files: LeNet-5 and LeNet-300-100",
+    "compression_search": "per-layer compression-plan search against the best uniform plan",
+    "distill_fashion": "knowledge distillation of a tiny CNN on Fashion-MNIST",
+    "distill_patient": "patient and consistent distillation on Fashion-MNIST",
+    "large_batch": "large mini-batches on Fashion-MNIST: where K-FAC keeps its accuracy",
+    "robust_compression": "clean and PGD accuracy of compressed and adversarially tuned models",
+    "sequence_kd": "sequence-level knowledge distillation (Kim and Rush 2016) on a toy task",
+    "spectral_vs_l1": "spectral pruning against L1 channel pruning at the same kept widths",
+    "time_to_accuracy": "time to accuracy on Fashion-MNIST: SGD, Adam (torch) and K-FAC (codl)",
+}
+
+
+def programs() -> list[str]:
+    """The programs (``codl bench NAME [options]``), each with its own options."""
+    return sorted(PROGRAMS)
+
+
+def default_results_dir() -> Path:
+    """Where a program writes when given no ``--out``: ``benchmarks/results`` under the
+    current directory in a source checkout, else the current directory."""
+    checkout = Path.cwd() / "benchmarks" / "results"
+    return checkout if checkout.is_dir() else Path.cwd()
+
+
+def run_program(name: str, argv: Sequence[str], *, results_dir: Path | None = None) -> int:
+    """Runs program ``name`` with its command-line options ``argv``, writing where its ``--out``
+    says or else into ``results_dir`` (default :func:`default_results_dir`); its exit status."""
+    if name not in PROGRAMS:
+        raise ValueError(f"unknown benchmark program {name!r}; available: {programs()}")
+    module = importlib.import_module(f"codl.bench.{name}")
+    status = module.main(list(argv), results_dir=results_dir or default_results_dir())
+    return status if isinstance(status, int) else 0
 
 
 def run(
@@ -129,26 +206,40 @@ def machine() -> dict[str, Any]:
         "cores": os.cpu_count(),
         "platform": platform.platform(),
         "codl": codl.info(),
+        "load_average": os.getloadavg() if hasattr(os, "getloadavg") else None,
     }
 
 
 def write_json(results: list[Result], path: str | Path) -> Path:
+    """The machine and every result; a result whose ratio is refused says why in
+    ``ratio_refused`` (null otherwise)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    payload = {"machine": machine(), "results": [asdict(r) for r in results]}
+    rows = [{**asdict(r), "ratio_refused": r.ratio_refused()} for r in results]
+    payload = {"machine": machine(), "results": rows}
     path.write_text(json.dumps(payload, indent=2) + "\n")
     return path
 
 
+def format_ratio(result: Result) -> str:
+    """``12.3x``, or ``n/a (spreads overlap)`` when the ratio is refused."""
+    return "n/a (spreads overlap)" if result.ratio_refused() else f"{result.ratio:.1f}x"
+
+
 def format_table(results: list[Result]) -> str:
+    """One row per result: medians with their interquartile ranges, the load average and the
+    ratio (or why it is not shown)."""
     header = (
-        f"{'benchmark':<10} {'case':<24} {'values':>10} {'codl ms':>9} {'torch ms':>9} {'ratio':>7}"
+        f"{'benchmark':<10} {'case':<24} {'values':>10} {'codl ms':>9} {'IQR':>7} "
+        f"{'torch ms':>9} {'IQR':>7} {'load':>5} {'ratio':>7}"
     )
     lines = [header, "-" * len(header)]
     for r in results:
+        load = "" if r.load_average is None else f"{r.load_average:.1f}"
         lines.append(
             f"{r.benchmark:<10} {r.case:<24} {r.numel:>10} {r.codl_ms:>9.3f} "
-            f"{r.baseline_ms:>9.3f} {r.ratio:>6.1f}x"
+            f"{r.codl_iqr_ms:>7.3f} {r.baseline_ms:>9.3f} {r.baseline_iqr_ms:>7.3f} "
+            f"{load:>5} {format_ratio(r):>7}"
         )
     for r in results:
         if r.notes:

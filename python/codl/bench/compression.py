@@ -568,8 +568,10 @@ def run(
     }
 
 
-def main(argv: Sequence[str] | None = None, default_out: Path | None = None) -> dict[str, Any]:
-    """Command line of ``benchmarks/compression.py``."""
+def main(argv: Sequence[str] | None = None, *, results_dir: Path | None = None) -> dict[str, Any]:
+    """Command line of ``codl bench compression`` (``benchmarks/compression.py``). Without
+    ``--out`` the JSON goes to ``results_dir`` (compression.json, or compression-quick.json with
+    ``--quick``), or nowhere when that is None."""
     import argparse
     import json
 
@@ -595,8 +597,10 @@ def main(argv: Sequence[str] | None = None, default_out: Path | None = None) -> 
         "a second thread and lose much when the cores are shared)",
     )
     parser.add_argument("--keep-files", type=Path, help="write the .pt/.codl files here")
-    parser.add_argument("--out", type=Path, default=default_out, help="JSON results")
+    parser.add_argument("--out", type=Path, default=None, help="JSON results")
     args = parser.parse_args(argv)
+    if args.out is None and results_dir is not None:
+        args.out = results_dir / ("compression-quick.json" if args.quick else "compression.json")
     overrides = dict(
         epochs=args.epochs,
         prune_epochs=args.prune_epochs,
