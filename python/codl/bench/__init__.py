@@ -50,7 +50,7 @@ class Result:
     notes: dict[str, float] = field(default_factory=dict)  # e.g. bandwidth achieved
     codl_iqr_ms: float = 0.0
     baseline_iqr_ms: float = 0.0
-    load_average: float | None = None  # 1-minute load when the case was timed
+    load_average: float | None = None  # the higher 1-minute load of the two sides' timings
 
     def ratio_refused(self) -> str | None:
         """Why :attr:`ratio` means nothing (the sides' spreads overlap), or None."""
