@@ -63,8 +63,9 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 def _cmd_export_c(args: argparse.Namespace) -> int:
     import torch
 
-    from codl.ternary import export_c, freeze
-    from codl.ternary.lenet import train_models
+    from codl.nn import freeze
+    from codl.nn.lenet import train_models
+    from codl.ternary import export_c
 
     report, _, ternary_model = train_models(epochs=args.epochs, data=args.data, progress=True)
     frozen = freeze(ternary_model)

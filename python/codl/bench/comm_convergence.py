@@ -1,6 +1,6 @@
 """Convergence of compressed data-parallel training: DDP with codl's comm hooks on Fashion-MNIST.
 
-Each configuration trains the same LeNet-5-class CNN (codl.ternary.lenet.LeNet5) with plain
+Each configuration trains the same LeNet-5-class CNN (codl.models.LeNet5) with plain
 DDP (float32 allreduce) or with ``codl.comm.ddp_hook(codec)``, on 2 and 4 gloo processes on
 127.0.0.1 (torch.multiprocessing, one thread each), the same seed, global batch and SGD
 schedule, and reports the test accuracy and the bytes each rank sent. Lossy codecs are also
@@ -59,10 +59,10 @@ def worker(
     rank: int, world: int, name: str, seed: int, args: argparse.Namespace
 ) -> dict[str, Any] | None:
     """Trains configuration ``name`` on this rank; rank 0 returns the result."""
-    from codl.bench.training import evaluate
     from codl.comm import ddp_hook
     from codl.data import DataChoice, load_split
-    from codl.ternary.lenet import LeNet5
+    from codl.models import LeNet5
+    from codl.training import evaluate
 
     data: DataChoice = "subset" if args.quick else "full"
     images, labels, _ = load_split("train", data)
@@ -105,7 +105,7 @@ def worker(
         "config": name,
         "world_size": world,
         "seed": seed,
-        "test_accuracy": round(evaluate(model, test_images, test_labels), 2),
+        "test_accuracy": round(evaluate(model, test_images, test_labels, batch_size=2000), 2),
         "bytes_sent_per_rank": total["bytes_sent"] if total else ring_bytes,
         "ratio_to_float32": round(total["ratio"], 4) if total else 1.0,
         "train_seconds": round(elapsed, 1),

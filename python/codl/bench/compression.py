@@ -83,13 +83,13 @@ class Recipe:
 
 
 def _lenet5() -> nn.Module:
-    from codl.ternary.lenet import LeNet5
+    from codl.models import LeNet5
 
     return LeNet5()
 
 
 def _lenet300100() -> nn.Module:
-    from codl.prune.models import LeNet300100
+    from codl.models import LeNet300100
 
     return LeNet300100()
 
@@ -153,7 +153,7 @@ RECIPES: dict[str, Recipe] = {
             "classifier.1.weight": 4,
             "classifier.4.weight": 5,
         },
-        description="codl.ternary.lenet.LeNet5: conv 1-32-64 5x5 + BN, fc 1600-256-10",
+        description="codl.models.LeNet5: conv 1-32-64 5x5 + BN, fc 1600-256-10",
         config=PipelineConfig(epochs=3.0, prune_epochs=6.0, ramp_fraction=0.4, quant_epochs=1.5),
     ),
     "lenet300100": Recipe(
@@ -161,7 +161,7 @@ RECIPES: dict[str, Recipe] = {
         _lenet300100,
         sparsity={"1.weight": 0.98, "3.weight": 0.95, "5.weight": 0.8},
         bits={"1.weight": 4, "3.weight": 4, "5.weight": 5},
-        description="codl.prune.LeNet300100: fc 784-300-100-10",
+        description="codl.models.LeNet300100: fc 784-300-100-10",
         config=PipelineConfig(epochs=8.0, prune_epochs=24.0, ramp_fraction=0.4, quant_epochs=4.0),
         # Cheap enough to recover from 98% pruning even in a smoke run (~3 s on the subset).
         quick=PipelineConfig(epochs=4.0, prune_epochs=8.0, ramp_fraction=0.4, quant_epochs=1.0),
@@ -223,7 +223,7 @@ def _steps(epochs: float, examples: int, batch_size: int) -> int:
 
 
 def _weights(model: nn.Module, names: Sequence[str]) -> dict[str, nn.Parameter]:
-    from codl.prune import prunable_weights
+    from codl.training import prunable_weights
 
     found = prunable_weights(model)
     missing = sorted(set(names) - set(found))
@@ -236,7 +236,8 @@ def _weights(model: nn.Module, names: Sequence[str]) -> dict[str, nn.Parameter]:
 
 def _prune(model: nn.Module, recipe: Recipe, train: Split, config: PipelineConfig) -> list[Any]:
     """AGP-prune each weight to its recipe sparsity while fine-tuning; returns the pruners."""
-    from codl.prune import AGPSchedule, Pruner, fine_tune
+    from codl.prune import AGPSchedule, Pruner
+    from codl.training import fine_tune
 
     steps = _steps(config.prune_epochs, len(train[0]), config.batch_size)
     schedule = None
@@ -268,8 +269,8 @@ def _prune(model: nn.Module, recipe: Recipe, train: Split, config: PipelineConfi
 
 
 def _share(model: nn.Module, recipe: Recipe, train: Split, config: PipelineConfig) -> Any:
-    from codl.prune import fine_tune
     from codl.quant import KMeansQuantizer
+    from codl.training import fine_tune
 
     weights = _weights(model, list(recipe.bits))
     quantizer = KMeansQuantizer(weights, dict(recipe.bits), seed=config.seed)
@@ -318,7 +319,7 @@ def _median_ms(fn: Callable[[], object], repeat: int) -> float:
 
 
 def _evaluate(model: nn.Module, split: Split) -> float:
-    from codl.prune import evaluate
+    from codl.training import evaluate
 
     return evaluate(model, *split)
 
@@ -349,7 +350,7 @@ def compress_model(
     model = recipe.build()
     parameters = sum(p.numel() for p in model.parameters())
 
-    from codl.prune import fine_tune
+    from codl.training import fine_tune
 
     fine_tune(
         model,

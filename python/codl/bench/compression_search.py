@@ -4,7 +4,7 @@
         [--val-examples 10000] [--seed 0] [--threads 1] [--out PATH]
     python benchmarks/compression_search.py --summarize results/compression_search-seed*.json
 
-A LeNet-5-class CNN (:class:`codl.ternary.lenet.LeNet5`, conv 1-32-64 5x5 + BN, fc 1600-256-10)
+A LeNet-5-class CNN (:class:`codl.models.LeNet5`, conv 1-32-64 5x5 + BN, fc 1600-256-10)
 is trained briefly on the training split less ``--val-examples`` held-out images. Then, with
 no fine-tuning (post-training compression):
 
@@ -45,9 +45,9 @@ from tqdm.auto import tqdm
 import codl
 from codl.bench import default_results_dir
 from codl.data import load_split
-from codl.prune import evaluate, fine_tune
+from codl.models import LeNet5
 from codl.search import DEFAULT_BITS, DEFAULT_SPARSITIES, candidate_settings, compression_search
-from codl.ternary.lenet import LeNet5
+from codl.training import evaluate, fine_tune
 
 
 def _measure(
@@ -262,7 +262,7 @@ def main(argv: Sequence[str] | None = None, *, results_dir: Path | None = None) 
     ratio = best_uniform["file_bytes"] / searched["file_bytes"]
     summary = {
         "benchmark": "compression_search",
-        "model": "codl.ternary.lenet.LeNet5 (conv 1-32-64 5x5 + BN, fc 1600-256-10)",
+        "model": "codl.models.LeNet5 (conv 1-32-64 5x5 + BN, fc 1600-256-10)",
         "data": source,
         "train_examples": len(train[0]),
         "val_examples": len(val[0]),

@@ -44,44 +44,13 @@ from torch.utils.data import DataLoader, TensorDataset
 import codl
 from codl.bench import default_results_dir
 from codl.distill import IGNORE_INDEX, Distiller, HintLoss, KDLoss
-from codl.models import FashionCNN
+from codl.models import FashionCNN, SmallCNN, TinyCNN
 
 BATCH_SIZE = 128
 LEARNING_RATE = 1e-3
 
 
-def tiny_cnn() -> nn.Sequential:
-    """The student: conv 1->8 3x3, ReLU, pool; conv 8->16 3x3, ReLU, pool; fc 784->10."""
-    return nn.Sequential(
-        nn.Conv2d(1, 8, 3, padding=1),
-        nn.ReLU(),
-        nn.MaxPool2d(2),
-        nn.Conv2d(8, 16, 3, padding=1),
-        nn.ReLU(),
-        nn.MaxPool2d(2),
-        nn.Flatten(),
-        nn.Linear(16 * 7 * 7, 10),
-    )
-
-
-def small_cnn() -> nn.Sequential:
-    """A larger student, about 1/10 of the teacher: conv 1->16 3x3, ReLU, pool; conv 16->32
-    3x3, ReLU, pool; fc 1568->48, ReLU; fc 48->10."""
-    return nn.Sequential(
-        nn.Conv2d(1, 16, 3, padding=1),
-        nn.ReLU(),
-        nn.MaxPool2d(2),
-        nn.Conv2d(16, 32, 3, padding=1),
-        nn.ReLU(),
-        nn.MaxPool2d(2),
-        nn.Flatten(),
-        nn.Linear(32 * 7 * 7, 48),
-        nn.ReLU(),
-        nn.Linear(48, 10),
-    )
-
-
-STUDENTS = {"tiny": tiny_cnn, "small": small_cnn}
+STUDENTS: dict[str, Callable[[], nn.Module]] = {"tiny": TinyCNN, "small": SmallCNN}
 
 
 def parameters_of(model: nn.Module) -> int:

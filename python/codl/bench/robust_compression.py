@@ -40,7 +40,7 @@ from torch import nn
 import codl
 from codl.bench import default_results_dir
 from codl.data import load_split
-from codl.prune import evaluate, fine_tune, magnitude_
+from codl.prune import magnitude_
 from codl.quant import kmeans_
 from codl.robust import (
     PGD,
@@ -51,24 +51,25 @@ from codl.robust import (
     pixel_eps,
     robust_accuracy,
 )
+from codl.training import evaluate, fine_tune
 
 COMPRESSIONS = ("pruned 90%", "k-means 4-bit", "ternary")
 
 
 def _build(name: str) -> Callable[[], nn.Module]:
     if name == "lenet300100":
-        from codl.prune import LeNet300100
+        from codl.models import LeNet300100
 
         return LeNet300100
     if name == "lenet5":
-        from codl.ternary.lenet import LeNet5
+        from codl.models import LeNet5
 
         return lambda: LeNet5(channels=(16, 32), hidden=128)
     raise ValueError(f"--model: expected lenet300100 or lenet5, received {name!r}")
 
 
 def _sparsity(model: nn.Module) -> float:
-    from codl.prune import prunable_weights
+    from codl.training import prunable_weights
 
     weights = prunable_weights(model)
     zeros = sum(int((w == 0).sum()) for w in weights.values())
@@ -76,7 +77,7 @@ def _sparsity(model: nn.Module) -> float:
 
 
 def _distinct_values(model: nn.Module) -> int:
-    from codl.prune import prunable_weights
+    from codl.training import prunable_weights
 
     return max(int(torch.unique(w[w != 0]).numel()) for w in prunable_weights(model).values())
 

@@ -32,9 +32,9 @@ from torch import nn
 
 from codl.bench import default_results_dir
 from codl.data import load_split
-from codl.models import FashionCNN
-from codl.prune import channel_, evaluate, fine_tune, spectral_
-from codl.ternary.lenet import LeNet5
+from codl.models import FashionCNN, LeNet5
+from codl.prune import channel_, spectral_
+from codl.training import evaluate, fine_tune
 
 MODELS: dict[str, Callable[[], nn.Module]] = {"lenet5": LeNet5, "fashioncnn": FashionCNN}
 

@@ -147,8 +147,8 @@ def model_cases() -> list[Case]:
     """Whole-model inference: the frozen ternary LeNet-5 (codl's kernels) against its float
     twin in torch, at batch 1 and 64 (images per second = batch / time)."""
     import codl
-    from codl.ternary.freeze import freeze
-    from codl.ternary.lenet import LeNet5
+    from codl.models import LeNet5
+    from codl.nn import freeze
 
     torch.manual_seed(0)
     float_model = LeNet5().eval()

@@ -26,6 +26,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from codl.models import FashionCNN
+from codl.training import evaluate
 
 OPTIMIZERS = ("sgd", "adam", "kfac")
 
@@ -56,18 +57,6 @@ class Run:
 
     def epochs_to(self, accuracy: float) -> float | None:
         return next((p.epoch for p in self.points if p.test_accuracy >= accuracy), None)
-
-
-def evaluate(model: nn.Module, images: torch.Tensor, labels: torch.Tensor) -> float:
-    was_training = model.training
-    model.eval()
-    correct = 0
-    with torch.no_grad():
-        for start in range(0, len(images), 2000):
-            logits = model(images[start : start + 2000])
-            correct += int((logits.argmax(dim=1) == labels[start : start + 2000]).sum())
-    model.train(was_training)
-    return 100.0 * correct / len(images)
 
 
 def make_optimizer(
@@ -144,7 +133,7 @@ def train(
             break
         running_loss = value if step == 0 else 0.9 * running_loss + 0.1 * value
         if (step + 1) % evaluate_every == 0 or step + 1 == total_steps:
-            accuracy = evaluate(model, *test_data)
+            accuracy = evaluate(model, *test_data, batch_size=2000)
             run.points.append(Point((step + 1) / steps_per_epoch, seconds, accuracy, running_loss))
             if stop_at_accuracy is not None and accuracy >= stop_at_accuracy:
                 break

@@ -296,7 +296,7 @@ def test_config_is_frozen_and_owns_its_overrides() -> None:
 
 
 # --------------------------------------------------------------------------------------------
-# training smoke test (the 1-point goal on the full data is measured by codl.ternary.lenet)
+# training smoke test (the 1-point goal on the full data is measured by codl.nn.lenet)
 # --------------------------------------------------------------------------------------------
 
 
