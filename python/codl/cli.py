@@ -56,7 +56,7 @@ def _run_bench_program(name: str, argv: Sequence[str]) -> int:
 def _cmd_demo(args: argparse.Namespace) -> int:
     from codl import demo
 
-    demo.main(root=args.data)
+    demo.main(root=args.data, as_json=args.json)
     return 0
 
 
@@ -308,6 +308,12 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="folder with the Fashion-MNIST IDX files (default: $CODL_DATA, "
         "Debian's dataset-fashion-mnist, then the subset shipped with codl)",
+    )
+    demo.add_argument(
+        "--json",
+        action="store_true",
+        help="print every section's figures as one JSON document on stdout (the report goes "
+        "to stderr)",
     )
     demo.set_defaults(run=_cmd_demo)
     return parser

@@ -1,17 +1,27 @@
 """``codl demo``: the main job. Shows what codl knows of this machine, then runs each capability
 on real data (Fashion-MNIST) against its plain-torch equivalent. Each capability adds a section
 to ``SECTIONS``; each stays well under a minute on the shipped data.
+
+Each section prints its report and returns its figures; ``codl demo --json`` prints them as one
+JSON document on stdout (the report then goes to stderr), so scripts and tests read numbers, not
+sentences.
 """
 
 from __future__ import annotations
 
+import contextlib
+import json
+import sys
 import time
 from collections.abc import Callable
+from dataclasses import asdict
 from pathlib import Path
+from typing import Any
 
 import torch
 
-Section = Callable[["DemoContext"], None]
+Figures = dict[str, Any]
+Section = Callable[["DemoContext"], Figures]
 
 
 class DemoContext:
@@ -38,16 +48,18 @@ def _heading(title: str) -> None:
     print(f"\n== {title} " + "=" * max(0, 70 - len(title)))
 
 
-def section_info(_: DemoContext) -> None:
+def section_info(_: DemoContext) -> Figures:
     import codl
 
     _heading("codl info")
-    for key, value in codl.info().items():
+    info = codl.info()
+    for key, value in info.items():
         shown = ", ".join(map(str, value)) if isinstance(value, list) else value
         print(f"  {key:<16} {shown}")
+    return dict(info)
 
 
-def section_packing(context: DemoContext) -> None:
+def section_packing(context: DemoContext) -> Figures:
     from codl import _ops, kernels
     from codl.bench import format_table, run_cases
     from codl.bench.pack import cases_for
@@ -85,6 +97,12 @@ def section_packing(context: DemoContext) -> None:
         f"  signs: 1 bit per value, {4 * n / signs.numel():.0f}x smaller than float32, "
         "round trip exact"
     )
+    figures: Figures = {
+        "values": n,
+        "ternary_sparsity": (codes == 0).float().mean().item(),
+        "kernels": [asdict(result) for result in results],
+        "bits_per_value": {"signs": 8 * signs.numel() / n},
+    }
     formats: tuple[kernels.TernaryFormat, ...] = ("2bit", "base3")
     for fmt in formats:
         packed = kernels.pack_ternary(codes, format=fmt)
@@ -94,9 +112,11 @@ def section_packing(context: DemoContext) -> None:
             f"  ternary {fmt:<5}: {8 * packed.numel() / n:.2f} bits per weight, "
             f"{4 * n / packed.numel():.1f}x smaller than float32, round trip exact"
         )
+        figures["bits_per_value"][f"ternary {fmt}"] = 8 * packed.numel() / n
+    return figures
 
 
-def section_ternary(context: DemoContext) -> None:
+def section_ternary(context: DemoContext) -> Figures:
     from codl.bench import median_ms
     from codl.data import load_split
     from codl.nn import freeze
@@ -147,9 +167,27 @@ def section_ternary(context: DemoContext) -> None:
         f"{frozen_accuracy:.1f}%, {64e3 / frozen_ms:.0f} images/s at batch 64 vs the "
         f"float model's {64e3 / float_ms:.0f}"
     )
+    return {
+        "layer": {
+            "side": side,
+            "codl_ms": codl_ms,
+            "torch_ms": torch_ms,
+            "weight_bytes": weight.nbytes(),
+            "float32_bytes": 4 * side * side,
+        },
+        "lenet5": {
+            "float_accuracy": report["float_accuracy"],
+            "ternary_accuracy": report["ternary_accuracy"],
+            "frozen_accuracy": frozen_accuracy,
+            "float_layers": report["float_layers"],
+            "sparsity": report["sparsity"],
+            "frozen_images_per_s": 64e3 / frozen_ms,
+            "float_images_per_s": 64e3 / float_ms,
+        },
+    }
 
 
-def section_kfac(_: DemoContext) -> None:
+def section_kfac(_: DemoContext) -> Figures:
     from codl import _ops, linalg
     from codl.bench import median_ms
     from codl.bench.linalg import RESNET20_A, RESNET20_G, factors
@@ -176,6 +214,12 @@ def section_kfac(_: DemoContext) -> None:
         "same seed and batches, each optimizer at the best rate of a small grid on this subset:"
     )
     labels = {"sgd": "SGD+momentum (torch)", "adam": "Adam (torch)", "kfac": "K-FAC (codl)"}
+    figures: Figures = {
+        "factors": len(mats),
+        "damped_inverse_ms": {"codl": codl_ms, "torch": torch_ms},
+        "sym_eig_ms": {"codl": eig_ms, "torch": eigh_ms},
+        "training": {},
+    }
     for name, lr in (("sgd", 0.1), ("adam", 1e-3), ("kfac", 0.03)):
         run = train(name, lr, train_data, test_data, epochs=3, seed=0, progress=False)
         last = run.points[-1]
@@ -184,9 +228,16 @@ def section_kfac(_: DemoContext) -> None:
             f"    {label} lr {lr:g}: test accuracy {last.test_accuracy:.1f}%, training loss "
             f"{last.train_loss:.3f}, {last.seconds:.1f} s"
         )
+        figures["training"][name] = {
+            "lr": lr,
+            "test_accuracy": last.test_accuracy,
+            "train_loss": last.train_loss,
+            "seconds": last.seconds,
+        }
+    return figures
 
 
-def section_downsizing(_: DemoContext) -> None:
+def section_downsizing(_: DemoContext) -> Figures:
     from codl import _ops
     from codl.bench.compression import RECIPES, PipelineConfig, compress_model
     from codl.data import load_split
@@ -234,9 +285,10 @@ def section_downsizing(_: DemoContext) -> None:
         f"{r.torch_load_ms:.2f} ms, gunzip + torch.load {r.gzip_torch_load_ms:.2f} ms; "
         f"pipeline {r.seconds:.0f} s"
     )
+    return asdict(r)
 
 
-def section_comm(_: DemoContext) -> None:
+def section_comm(_: DemoContext) -> Figures:
     from functools import partial
 
     from torch import nn
@@ -252,6 +304,7 @@ def section_comm(_: DemoContext) -> None:
     numel = 1 << 22
     gradient = torch.randn(numel, generator=torch.Generator().manual_seed(0))
     threads = _ops.get_num_threads()
+    figures: Figures = {"encode": [], "projection": []}
     for label, codec, baseline in (
         ("SignEF (1 bit + scale, error feedback)", comm.SignEF(), torch_sign_encode),
         ("Int8 (block scale, error feedback)", comm.Int8(error_feedback=True), torch_int8_encode),
@@ -263,6 +316,9 @@ def section_comm(_: DemoContext) -> None:
             f"  encode {label}, {numel:,} values, {threads} threads: codl {codl_ms:.1f} ms "
             f"({4 * numel / codl_ms / 1e6:.1f} GB/s) vs the same math in torch ops "
             f"{torch_ms:.1f} ms ({torch_ms / codl_ms:.1f}x)"
+        )
+        figures["encode"].append(
+            {"codec": label, "values": numel, "codl_ms": codl_ms, "torch_ms": torch_ms}
         )
     model = FashionCNN()
     images, labels = load_split("test", "subset")[:2]
@@ -288,6 +344,7 @@ def section_comm(_: DemoContext) -> None:
         )
         ratio = accounting.compression_ratio(candidate, profile.gradient_numel, nodes)
         pays = ""
+        break_even = None
         if candidate is not None and speed is not None:
             break_even = linkmodel.break_even_bandwidth(
                 profile, candidate, nodes, link.latency, speed
@@ -298,9 +355,22 @@ def section_comm(_: DemoContext) -> None:
             f"{1e3 * projected.comm_s:6.2f} ms, step {1e3 * projected.step_s:6.1f} ms, "
             f"efficiency {projected.efficiency:.0%}{pays}"
         )
+        figures["projection"].append(
+            {
+                "codec": name,
+                "nodes": nodes,
+                "link": link.name,
+                "bytes_ratio": ratio,
+                "comm_ms": 1e3 * projected.comm_s,
+                "step_ms": 1e3 * projected.step_s,
+                "efficiency": projected.efficiency,
+                "break_even_bytes_per_s": break_even,
+            }
+        )
+    return figures
 
 
-def section_distill(_: DemoContext) -> None:
+def section_distill(_: DemoContext) -> Figures:
     from codl import _ops
     from codl.data import load_split
     from codl.distill.quick import quick_kd
@@ -325,6 +395,7 @@ def section_distill(_: DemoContext) -> None:
         f"{r.kd_accuracy:.1f}% ({r.kd_accuracy - r.labels_only_accuracy:+.1f} points), "
         f"{r.seconds:.0f} s"
     )
+    return asdict(r)
 
 
 SECTIONS: list[Section] = [
@@ -338,9 +409,22 @@ SECTIONS: list[Section] = [
 ]
 
 
-def main(root: Path | None = None) -> None:
+def section_name(section: Section) -> str:
+    return section.__name__.removeprefix("section_")
+
+
+def main(root: Path | None = None, as_json: bool = False) -> Figures:
+    """Run every section; return their figures by section name. With ``as_json`` the report
+    goes to stderr and stdout carries only the figures, as one JSON document."""
     start = time.perf_counter()
     context = DemoContext(root)
-    for section in SECTIONS:
-        section(context)
-    print(f"\ndemo finished in {time.perf_counter() - start:.1f} s")
+    figures: Figures = {}
+    report = contextlib.redirect_stdout(sys.stderr) if as_json else contextlib.nullcontext()
+    with report:
+        for section in SECTIONS:
+            figures[section_name(section)] = section(context)
+        figures["seconds"] = time.perf_counter() - start
+        print(f"\ndemo finished in {figures['seconds']:.1f} s")
+    if as_json:
+        print(json.dumps(figures, indent=2, default=str))
+    return figures

@@ -74,10 +74,13 @@ def test_bench_list_and_unknown_name() -> None:
     assert "unknown benchmark" in result.stderr and "pack" in result.stderr
 
 
+@pytest.mark.slow
 def test_demo_runs_on_the_shipped_subset() -> None:
     subset = importlib.import_module("codl.data.fashion_mnist").SUBSET_DIR
     # A guard against a hang, not a speed test: the demo trains five small models.
-    out = run_codl("demo", "--data", str(subset), timeout=900).stdout
+    result = run_codl("demo", "--data", str(subset), "--json", timeout=900)
+    figures = json.loads(result.stdout)
+    out = result.stderr  # with --json the report goes to stderr
     assert "1000 images from root" in out
     assert out.count("round trip exact") == 3
     assert "checked equal to torch's" in out
@@ -95,6 +98,27 @@ def test_demo_runs_on_the_shipped_subset() -> None:
     kd_accuracy = float(distill.split("on every image")[1].split("%")[0].split(": ")[-1])
     assert kd_accuracy > 50.0
 
+    # The same run's figures, as numbers: they must agree with the report and with the formats.
+    assert figures["info"]["version"] == codl.__version__
+    packing = figures["packing"]
+    assert packing["values"] == 1000 * 28 * 28
+    assert packing["bits_per_value"] == {"signs": 1.0, "ternary 2bit": 2.0, "ternary base3": 1.6}
+    assert {row["case"] for row in packing["kernels"]} >= {"pack_signs", "unpack_ternary base3"}
+    layer = figures["ternary"]["layer"]
+    assert layer["float32_bytes"] / layer["weight_bytes"] == pytest.approx(15.9, abs=0.05)
+    lenet = figures["ternary"]["lenet5"]
+    assert round(lenet["float_accuracy"], 1) == float_accuracy
+    assert round(lenet["frozen_accuracy"], 1) == frozen_accuracy
+    assert set(figures["kfac"]["training"]) == {"sgd", "adam", "kfac"}
+    for run in figures["kfac"]["training"].values():
+        assert 10.0 < run["test_accuracy"] <= 100.0
+    signef = next(row for row in figures["comm"]["projection"] if row["codec"] == "SignEF")
+    assert round(signef["bytes_ratio"], 3) == 0.033
+    assert round(figures["distill"]["kd_accuracy"], 1) == kd_accuracy
+    downsizing = figures["downsizing"]
+    assert downsizing["exact_round_trip"] is True
+    assert downsizing["codl_bytes"] < downsizing["torch_save_bytes"]
+
 
 def test_demo_reports_a_missing_data_folder(tmp_path: Path) -> None:
     result = run_codl("demo", "--data", str(tmp_path / "absent"), check=False)
@@ -102,6 +126,7 @@ def test_demo_reports_a_missing_data_folder(tmp_path: Path) -> None:
     assert "absent" in result.stderr
 
 
+@pytest.mark.slow
 def test_export_c_writes_compilable_c(tmp_path: Path) -> None:
     import shutil
 

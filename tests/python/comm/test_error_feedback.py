@@ -121,6 +121,7 @@ def test_the_problem_is_hard_enough() -> None:
     ("name", "ef_bound", "no_ef_floor"),
     [("sign_ef", 2.0, 0.2), ("topk", 15.0, 0.5), ("powersgd", 2.0, 0.2)],
 )
+@pytest.mark.slow
 def test_error_feedback_reaches_uncompressed_and_its_absence_stalls(
     name: str, ef_bound: float, no_ef_floor: float
 ) -> None:

@@ -36,6 +36,7 @@ def _both(model: nn.Module, data: tuple[torch.Tensor, torch.Tensor]) -> None:
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
 
 
+@pytest.mark.slow
 def test_lenet_table_equals_the_whole_model_evaluation() -> None:
     torch.manual_seed(0)
     model = LeNet5(channels=(4, 8), hidden=32)

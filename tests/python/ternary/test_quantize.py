@@ -300,6 +300,7 @@ def test_config_is_frozen_and_owns_its_overrides() -> None:
 # --------------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_ternary_lenet_learns_on_the_shipped_subset() -> None:
     from codl.nn.lenet import train_and_compare
 
