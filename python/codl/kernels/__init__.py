@@ -1,6 +1,6 @@
 """Bit packing of signs and ternary codes, run by the C++ core at the CPU's best ISA.
 
-Formats (the C++ header ``cpp/include/codl/kernel_table.h`` is the normative description, and
+Formats (the C++ header ``cpp/include/codl/pack.h`` is the normative description, and
 :mod:`codl.kernels.reference` implements the same layouts in plain torch):
 
 * signs: 1 bit per value, bit ``i % 8`` of byte ``i // 8`` is ``torch.signbit(x[i])``.
