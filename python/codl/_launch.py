@@ -147,6 +147,8 @@ def launch(
                     continue
                 waiting.discard(rank)
                 if status == "ok":
+                    # The bytes come from this launcher's own child processes, through a
+                    # multiprocessing queue that pickles anyway; a result may hold any object.
                     collected[rank] = torch.load(io.BytesIO(value), weights_only=False)
                 else:
                     errors[rank] = value
