@@ -19,3 +19,10 @@ subset = importlib.import_module("codl.data.fashion_mnist").SUBSET_DIR
 images, labels = codl.data.fashion_mnist("test", root=subset)
 assert images.shape == (1000, 28, 28) and labels.shape == (1000,)
 print(f"wheel ok: codl {info['version']} from {codl.__file__}, dispatch {info['dispatch']}")
+
+# auditwheel bundled libdeflate into codl.libs: the extension must load that copy, not the
+# system's (zlib stays external: libz.so.1 is on the manylinux policy's list of system libraries).
+mapped = open("/proc/self/maps").read().splitlines()
+deflate = {line.split()[-1] for line in mapped if "libdeflate" in line}
+assert deflate and all("/codl.libs/" in path for path in deflate), deflate
+print(f"libdeflate loaded from the wheel: {sorted(deflate)}")
