@@ -2,6 +2,7 @@
 pick a kernel level, run a kernel and find its shipped data."""
 
 import importlib
+from pathlib import Path
 
 import torch
 
@@ -22,7 +23,7 @@ print(f"wheel ok: codl {info['version']} from {codl.__file__}, dispatch {info['d
 
 # auditwheel bundled libdeflate into codl.libs: the extension must load that copy, not the
 # system's (zlib stays external: libz.so.1 is on the manylinux policy's list of system libraries).
-mapped = open("/proc/self/maps").read().splitlines()
+mapped = Path("/proc/self/maps").read_text().splitlines()
 deflate = {line.split()[-1] for line in mapped if "libdeflate" in line}
 assert deflate and all("/codl.libs/" in path for path in deflate), deflate
 print(f"libdeflate loaded from the wheel: {sorted(deflate)}")
