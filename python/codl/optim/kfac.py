@@ -24,21 +24,34 @@ quadratic model is ``M(δ) = ∇hᵀδ + ½ δᵀ(F̂ + η I)δ`` with ``δ`` th
 factors (``A ⊗ G`` per layer, the exact unit-wise blocks of norm layers; no curvature for
 parameters without a block). This is cheaper than the exact Fisher-vector product of the paper
 and uses the very curvature the step was computed from.
+
+Non-finite values. Every parameter of the param groups is guarded, not only those of layers
+with a Fisher block: before preconditioning, a parameter whose ``.grad`` holds NaN or Inf (all
+of them when ``step(closure)``'s loss is not finite) is flagged, with the other parameters of
+its Fisher block, and a :class:`~codl.optim.KFACWarning` names them. ``on_nonfinite="skip"``
+(default) leaves them untouched this step (gradient set to None: no update, momentum buffer
+and factors unchanged); ``"zero"`` gives them a zero gradient (their factors stay unchanged,
+but weight decay and momentum still move them). Damping is not adapted at such a step.
 """
 
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Iterable
 from typing import Any, Callable
 
 import torch
 from torch import nn
 
+from codl._finite import all_finite
 from codl.optim.hyperparams import FloatHyper, IntHyper, check_float, check_int
+from codl.optim.methods import KFACWarning
 from codl.optim.preconditioner import KFACPreconditioner
 
 __all__ = ["KFAC"]
+
+_ON_NONFINITE = ("skip", "zero")
 
 
 def _as_float(loss: Any) -> float:
@@ -59,6 +72,8 @@ class KFAC(torch.optim.Optimizer):
         adaptive_damping: Levenberg-Marquardt adaptation of λ (needs ``step(closure)``).
         damping_adaptation_interval: T of the rule (Martens & Grosse use 5).
         damping_bounds: λ stays within these (min, max).
+        on_nonfinite: ``"skip"`` or ``"zero"``: what a parameter whose gradient holds NaN/Inf
+            gets this step (see the module's docstring); both warn.
         **preconditioner_options: forwarded to :class:`~codl.optim.KFACPreconditioner`
             (``method``, ``fisher``, ``pi_damping``, ``max_factor_rows``, ``skip_modules``...).
     """
@@ -80,6 +95,7 @@ class KFAC(torch.optim.Optimizer):
         adaptive_damping: bool = False,
         damping_adaptation_interval: int = 5,
         damping_bounds: tuple[float, float] = (1e-8, 1e2),
+        on_nonfinite: str = "skip",
         **preconditioner_options: Any,
     ) -> None:
         if not isinstance(model, nn.Module):
@@ -112,6 +128,11 @@ class KFAC(torch.optim.Optimizer):
                 f"damping_bounds: expected (min, max) with 0 < min <= max < inf, "
                 f"received {damping_bounds!r}"
             )
+        if on_nonfinite not in _ON_NONFINITE:
+            raise ValueError(
+                f"on_nonfinite: expected one of {', '.join(_ON_NONFINITE)}, "
+                f"received {on_nonfinite!r}"
+            )
         if adaptive_damping and callable(damping):
             raise TypeError("damping: expected a number (the initial λ) with adaptive_damping")
         if params is None:
@@ -134,6 +155,10 @@ class KFAC(torch.optim.Optimizer):
             **preconditioner_options,
         )
         self.adaptive_damping = adaptive_damping
+        self.on_nonfinite = on_nonfinite
+        self._names = {id(p): name for name, p in model.named_parameters()}
+        #: steps at which some parameter's update was skipped or zeroed for NaN/Inf.
+        self.nonfinite_steps = 0
         self.damping_adaptation_interval = damping_adaptation_interval
         self.damping_bounds = (float(damping_bounds[0]), float(damping_bounds[1]))
         if adaptive_damping:
@@ -159,6 +184,8 @@ class KFAC(torch.optim.Optimizer):
             and closure is not None
             and precond.steps % self.damping_adaptation_interval == 0
         )
+        flagged = self._guard_nonfinite(loss, adapt)
+        adapt = adapt and not flagged
         snapshot: dict[torch.Tensor, tuple[torch.Tensor, torch.Tensor]] = {}
         if adapt:
             for group in self.param_groups:
@@ -168,6 +195,9 @@ class KFAC(torch.optim.Optimizer):
 
         lr_of_param = {p: group["lr"] for group in self.param_groups for p in group["params"]}
         precond.precondition_grads(lambda p: float(lr_of_param.get(p, self.defaults["lr"])))
+        if self.on_nonfinite == "zero":
+            for p in flagged:
+                p.grad = torch.zeros_like(p)
 
         for group in self.param_groups:
             lr, momentum = group["lr"], group["momentum"]
@@ -191,6 +221,39 @@ class KFAC(torch.optim.Optimizer):
         if adapt and loss is not None:
             self._adapt_damping(_as_float(loss), closure, snapshot)  # type: ignore[arg-type]
         return loss
+
+    def _guard_nonfinite(self, loss: Any, adapt: bool) -> list[torch.Tensor]:
+        """Flag the parameters whose gradient holds NaN/Inf (all of them if ``loss`` is not
+        finite) and their Fisher blocks' other parameters; set their ``.grad`` to None."""
+        loss_finite = loss is None or math.isfinite(_as_float(loss))
+        bad: dict[int, torch.Tensor] = {}
+        for group in self.param_groups:
+            for p in group["params"]:
+                if p.grad is not None and (not loss_finite or not all_finite(p.grad)):
+                    bad[id(p)] = p
+        if not bad:
+            return []
+        for block in self.preconditioner.blocks.values():
+            params = block.params()
+            if any(id(p) in bad for p in params):
+                bad.update((id(p), p) for p in params if p.grad is not None)
+        flagged = list(bad.values())
+        names = ", ".join(self._names.get(id(p), f"<unnamed {tuple(p.shape)}>") for p in flagged)
+        if loss_finite:
+            why = f"NaN or Inf in the gradient of {names}"
+        else:
+            why = f"the loss is {_as_float(loss)} (parameters {names})"
+        what = "skipped" if self.on_nonfinite == "skip" else "made with a zero gradient"
+        tail = ", damping not adapted" if adapt else ""
+        warnings.warn(
+            f"K-FAC: {why}; their update is {what} this step (factors unchanged{tail})",
+            KFACWarning,
+            stacklevel=3,
+        )
+        for p in flagged:
+            p.grad = None
+        self.nonfinite_steps += 1
+        return flagged
 
     def _adapt_damping(
         self,

@@ -189,6 +189,112 @@ def test_failed_inversion_is_retried_with_larger_damping(monkeypatch: pytest.Mon
     assert torch.allclose(a.inverses["G_inv"].double(), expected, rtol=1e-4, atol=1e-6)
 
 
+def _with_prelu() -> nn.Sequential:
+    torch.manual_seed(5)
+    return nn.Sequential(nn.Linear(4, 6), nn.PReLU(), nn.Linear(6, 3))
+
+
+def _prelu_batch() -> tuple[torch.Tensor, torch.Tensor]:
+    generator = torch.Generator().manual_seed(6)
+    return torch.randn(8, 4, generator=generator), torch.randint(0, 3, (8,), generator=generator)
+
+
+def _inf_loss(model: nn.Module) -> torch.Tensor:
+    x, y = _prelu_batch()
+    return F.cross_entropy(model(x), y) * torch.tensor(float("inf"))
+
+
+def _kfac_step_with(model: nn.Module, optimizer: KFAC, loss: torch.Tensor) -> None:
+    optimizer.zero_grad()
+    loss.backward()  # type: ignore[no-untyped-call]
+    optimizer.step()
+
+
+def test_inf_loss_reaches_no_parameter_with_or_without_a_block() -> None:
+    model = _with_prelu()
+    optimizer = KFAC(model, lr=0.1, factor_update_steps=1, inv_update_steps=1)
+    x, y = _prelu_batch()
+    _kfac_step_with(model, optimizer, F.cross_entropy(model(x), y))  # a finite first step
+    before = {name: p.detach().clone() for name, p in model.named_parameters()}
+    buffers = {p: optimizer.state[p]["momentum_buffer"].clone() for p in model.parameters()}
+    factors = {k: v.clone() for k, v in optimizer.preconditioner.blocks["0"].factors.items()}
+    with pytest.warns(KFACWarning, match=r"NaN or Inf in the gradient of .*1\.weight.*skipped"):
+        _kfac_step_with(model, optimizer, _inf_loss(model))
+    for name, p in model.named_parameters():
+        assert torch.equal(p.detach(), before[name]), name  # the PReLU weight included
+        assert torch.equal(optimizer.state[p]["momentum_buffer"], buffers[p]), name
+    for key, factor in optimizer.preconditioner.blocks["0"].factors.items():
+        assert torch.equal(factor, factors[key])
+    assert optimizer.nonfinite_steps == 1
+
+
+def test_nan_in_an_unregistered_parameter_skips_only_it() -> None:
+    model = _with_prelu()
+    optimizer = KFAC(model, lr=0.1, momentum=0.0, factor_update_steps=1, inv_update_steps=1)
+    x, y = _prelu_batch()
+    optimizer.zero_grad()
+    F.cross_entropy(model(x), y).backward()
+    prelu = model[1].weight
+    assert prelu.grad is not None
+    prelu.grad[0] = float("nan")
+    prelu_before = prelu.detach().clone()
+    first_before = model[0].weight.detach().clone()
+    with pytest.warns(KFACWarning, match=r"NaN or Inf in the gradient of 1\.weight;"):
+        optimizer.step()
+    assert torch.equal(prelu.detach(), prelu_before)
+    assert not torch.equal(model[0].weight.detach(), first_before)  # the others still step
+    assert all(bool(torch.isfinite(p).all()) for p in model.parameters())
+
+
+def test_on_nonfinite_zero_lets_momentum_carry_on() -> None:
+    model = _with_prelu()
+    optimizer = KFAC(
+        model, lr=0.1, momentum=0.9, factor_update_steps=1, inv_update_steps=1, on_nonfinite="zero"
+    )
+    x, y = _prelu_batch()
+    _kfac_step_with(model, optimizer, F.cross_entropy(model(x), y))
+    before = {p: p.detach().clone() for p in model.parameters()}
+    buffers = {p: optimizer.state[p]["momentum_buffer"].clone() for p in model.parameters()}
+    with pytest.warns(KFACWarning, match=r"made with a zero gradient"):
+        _kfac_step_with(model, optimizer, _inf_loss(model))
+    for p in model.parameters():
+        # b <- 0.9 b + 0, θ <- θ - lr b: exactly momentum SGD with a zero gradient.
+        expected_buffer = buffers[p] * 0.9
+        assert torch.allclose(optimizer.state[p]["momentum_buffer"], expected_buffer)
+        assert torch.allclose(p.detach(), before[p] - 0.1 * expected_buffer)
+
+
+def test_adaptive_damping_closure_returning_inf_changes_nothing() -> None:
+    model = _with_prelu()
+    optimizer = KFAC(
+        model,
+        lr=0.1,
+        factor_update_steps=1,
+        inv_update_steps=1,
+        damping=1e-2,
+        adaptive_damping=True,
+        damping_adaptation_interval=1,
+    )
+    before = {name: p.detach().clone() for name, p in model.named_parameters()}
+
+    def closure() -> torch.Tensor:
+        optimizer.zero_grad()
+        loss = _inf_loss(model)
+        loss.backward()  # type: ignore[no-untyped-call]
+        return loss
+
+    with pytest.warns(KFACWarning, match=r"the loss is inf .*damping not adapted"):
+        optimizer.step(closure)
+    for name, p in model.named_parameters():
+        assert torch.equal(p.detach(), before[name]), name
+    assert optimizer.damping == 1e-2 and optimizer.last_rho is None
+
+
+def test_on_nonfinite_is_checked() -> None:
+    with pytest.raises(ValueError, match=r"on_nonfinite: expected one of skip, zero"):
+        KFAC(_with_prelu(), on_nonfinite="raise")
+
+
 # --------------------------------------------------------------------------------------------
 # hyperparameters
 # --------------------------------------------------------------------------------------------
