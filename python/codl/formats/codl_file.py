@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final, Union
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -53,6 +54,10 @@ VERSION: Final = (1, 0)
 _PREAMBLE: Final = struct.Struct("<8sHHIII")
 #: The largest inflated header a reader accepts (a million tensors' worth).
 _MAX_HEADER_BYTES: Final = 1 << 28
+#: The inflated header may be at most this many times the whole file's size (names and offsets
+#: compress ~6x, ~25x for thousands of empty tensors with long shared names): a small file cannot
+#: make the reader parse and check a huge header.
+_MAX_HEADER_EXPANSION: Final = 256
 #: DEFLATE cannot expand data by more than 1032:1 (a 258-byte match costs at least 2 bits);
 #: a stream claiming more is rejected before its buffer is allocated.
 _MAX_DEFLATE_RATIO: Final = 1032
@@ -211,6 +216,12 @@ def encode_state_dict(
             f"state_dict: its header would take {len(header)} bytes, above the format's limit"
         )
     stored = codec.deflate(header, level)
+    if len(header) > _MAX_HEADER_EXPANSION * (_PREAMBLE.size + len(stored) + offset):
+        raise ValueError(
+            f"metadata: the header would inflate to {len(header)} bytes, more than "
+            f"{_MAX_HEADER_EXPANSION} times the file's size (readers refuse it): store less "
+            "metadata"
+        )
     preamble = _PREAMBLE.pack(
         MAGIC, *VERSION, len(stored), len(header), zlib.crc32(stored) & 0xFFFFFFFF
     )
@@ -281,6 +292,8 @@ class _Record:
     values: _Stream
     table: _Stream | None
     rows: int
+    #: Bytes decoding allocates: the result, the float32 buffer a quantized tensor of another
+    #: dtype is decoded into, the inflated streams and the decoder's scratch (``max_bytes``).
     out_bytes: int
 
 
@@ -310,6 +323,12 @@ def _read_preamble(data: memoryview) -> tuple[dict[str, Any], int]:
             f"{header_raw_length} bytes cannot come from a {header_length}-byte header",
             field="header_raw_length",
         )
+    if header_raw_length > _MAX_HEADER_EXPANSION * len(data):
+        raise _fail(
+            f"a header of {header_raw_length} bytes is more than {_MAX_HEADER_EXPANSION} times "
+            f"the {len(data)}-byte file",
+            field="header_raw_length",
+        )
     start = _PREAMBLE.size
     stored = data[start : start + header_length]
     if zlib.crc32(stored) & 0xFFFFFFFF != header_crc:
@@ -337,6 +356,10 @@ def _check_stream(
     length = _int(entry, "length", name)
     raw_length = _int(entry, "raw_length", name)
     crc = _int(entry, "crc32", name, high=0xFFFFFFFF)
+    if length == 0:
+        raise _fail(
+            "expected at least 1 byte (a DEFLATE stream is never empty)", name, f"{where}.length"
+        )
     if offset > data_length or length > data_length - offset:
         raise _fail(
             f"bytes [{offset}, {offset + length}) fall outside the {data_length}-byte data section",
@@ -432,7 +455,11 @@ def _check_tensor(
         _expect_raw_length(
             values, count * itemsize, name, "values", f"{count} x {itemsize}-byte {dtype}"
         )
-        out_bytes = numel * itemsize
+        # Dense unshuffled values inflate straight into the result; otherwise the stream is
+        # inflated apart (and unshuffled apart when sparse).
+        direct = not sparse and not shuffle
+        scratch = 0 if direct else values.raw_length * (2 if sparse and shuffle else 1)
+        out_bytes = numel * itemsize + scratch + (positions.raw_length if positions else 0)
     else:
         if not DTYPES[dtype].is_floating_point:
             raise _fail(f"encoding {encoding!r} decodes to floats, not {dtype}", name, "dtype")
@@ -441,7 +468,6 @@ def _check_tensor(
         if not shape:
             raise _fail(f"encoding {encoding!r} needs at least one dimension", name, "shape")
         assert table is not None
-        out_bytes = numel * 4
         rows = shape[0]
         if encoding == "ternary":
             bits = _int(entry, "bits", name, 2, 2)
@@ -449,6 +475,7 @@ def _check_tensor(
                 raise _fail("ternary tensors are stored dense (zeros are codes)", name, "sparse")
             _expect_raw_length(values, (numel + 3) // 4, name, "values", f"{numel} 2-bit codes")
             _expect_raw_length(table, 4 * rows, name, "table", f"{rows} float32 row scales")
+            scratch = numel  # the unpacked int8 codes
         else:
             bits = _int(entry, "bits", name, 1, 8)
             width = _int(entry, "width", name, bits, 8)
@@ -464,8 +491,14 @@ def _check_tensor(
                         name,
                         "streams.table.raw_length",
                     )
+                scratch = 0
             else:
                 _expect_raw_length(table, 4 * rows, name, "table", f"{rows} float32 channel scales")
+                # the scales copied out; fields wider than `bits` unpacked to be checked
+                scratch = 4 * rows + (count if width not in (bits, 8) else 0)
+        # The float32 result, then (other dtypes) the cast copy, and every inflated stream.
+        out_bytes = numel * 4 + (numel * itemsize if dtype != "float32" else 0) + scratch
+        out_bytes += sum(s.raw_length for s in checked.values())
     stored = sum(s.length for s in checked.values())
     stream_info = {
         role: {
@@ -507,11 +540,36 @@ def _read(data: memoryview) -> tuple[list[_Record], dict[str, Any]]:
     tensors = header.get("tensors")
     if not isinstance(tensors, list):
         raise _fail("expected a list", field="tensors")
+    if len(tensors) > data_length:
+        raise _fail(
+            f"{len(tensors)} tensors cannot fit in a {data_length}-byte data section (each has "
+            "streams of their own, of 1 byte or more)",
+            field="tensors",
+        )
     seen: set[str] = set()
     records = [
         _check_tensor(entry, i, data_start, data_length, seen) for i, entry in enumerate(tensors)
     ]
+    _check_no_overlap(records)
     return records, metadata
+
+
+def _check_no_overlap(records: list[_Record]) -> None:
+    """Every stream owns its bytes: two streams sharing a byte (one stream aliased by many
+    tensors, say) would let a small file decode to many times its size."""
+    spans = sorted(
+        (stream.offset, stream.offset + stream.length, index, role)
+        for index, record in enumerate(records)
+        for role, stream in _streams(record)
+    )
+    for (_, end, index, role), (start, _, other, other_role) in zip(spans, spans[1:]):
+        if start < end:
+            raise _fail(
+                f"its bytes overlap those of tensor {records[index].info.name!r}'s {role} stream "
+                "(streams may not share bytes)",
+                records[other].info.name,
+                f"streams.{other_role}.offset",
+            )
 
 
 def _as_memoryview(source: Source) -> memoryview:
@@ -521,15 +579,38 @@ def _as_memoryview(source: Source) -> memoryview:
     return memoryview(Path(source).read_bytes())
 
 
-def read_header(source: Source) -> tuple[list[TensorInfo], dict[str, Any]]:
-    """The checked header of a ``.codl`` file: per-tensor info and the metadata."""
-    records, metadata = _read(_as_memoryview(source))
+def read_header(
+    source: Source, *, check_crcs: bool = False
+) -> tuple[list[TensorInfo], dict[str, Any]]:
+    """The checked header of a ``.codl`` file: per-tensor info and the metadata. With
+    ``check_crcs`` every stream's CRC32 is checked too (nothing is inflated): FormatError names
+    the first corrupt stream."""
+    data = _as_memoryview(source)
+    records, metadata = _read(data)
+    if check_crcs:
+        for record in records:
+            for role, stream in _streams(record):
+                _check_crc(stream, data, record.info.name, role)
     return [r.info for r in records], metadata
 
 
-def inspect(source: Source) -> list[TensorInfo]:
-    """Per-tensor info of a ``.codl`` file (its header only; nothing is inflated)."""
-    return read_header(source)[0]
+def inspect(source: Source, *, check_crcs: bool = False) -> list[TensorInfo]:
+    """Per-tensor info of a ``.codl`` file: its header (and with ``check_crcs`` its streams'
+    CRC32s, as ``codl inspect`` does); nothing is inflated."""
+    return read_header(source, check_crcs=check_crcs)[0]
+
+
+def _streams(record: _Record) -> list[tuple[str, _Stream]]:
+    pairs = [("positions", record.positions), ("values", record.values), ("table", record.table)]
+    return [(role, stream) for role, stream in pairs if stream is not None]
+
+
+def _check_crc(stream: _Stream, data: memoryview, name: str, role: str) -> memoryview:
+    """The stream's stored bytes, once their CRC32 matches the header's."""
+    stored = data[stream.offset : stream.offset + stream.length]
+    if codec.crc32(stored) != stream.crc32:
+        raise _fail("CRC32 mismatch (the stored bytes are corrupt)", name, f"streams.{role}")
+    return stored
 
 
 def _decode(record: _Record, data: memoryview) -> torch.Tensor:
@@ -537,23 +618,28 @@ def _decode(record: _Record, data: memoryview) -> torch.Tensor:
     quantized = info.encoding != "raw"
     out_dtype = torch.float32 if quantized else DTYPES[info.dtype]
     out = torch.empty(info.numel, dtype=out_dtype)
-    compressed = codec.core_codec() != "none"
+    core = codec.core_codec() != "none"
+    # Linear fields stored wider than `bits` may hold values of 2^bits or more, which the format
+    # forbids: those tensors' streams are inflated here so that their fields can be checked.
+    check_fields = info.encoding == "linear" and info.width > info.bits
+    compressed = core and not check_fields
 
-    def argument(stream: _Stream | None, role: str) -> tuple[memoryview | bytes, int, int] | None:
+    def argument(
+        stream: _Stream | None, role: str
+    ) -> tuple[memoryview | bytes | np.ndarray, int, int] | None:
         if stream is None:
             return None
-        stored = data[stream.offset : stream.offset + stream.length]
         if compressed:
+            stored = data[stream.offset : stream.offset + stream.length]
             return stored, stream.raw_length, stream.crc32
-        # A core without DEFLATE: check and inflate here, hand the core the plain bytes.
-        if zlib.crc32(stored) & 0xFFFFFFFF != stream.crc32:
-            raise _fail(
-                "CRC32 mismatch (the stored bytes are corrupt)", info.name, f"streams.{role}"
-            )
-        inflated, error = codec.inflate_python(stored, stream.raw_length)
-        if error is not None:
-            raise _fail(error, info.name, f"streams.{role}")
+        # Checked and inflated here; the core gets the plain bytes.
+        inflated = _inflate(stream, data, info.name, role, core)
         return inflated, stream.raw_length, stream.crc32
+
+    values = argument(record.values, "values")
+    assert values is not None
+    if check_fields:
+        _check_linear_fields(values[0], info)
 
     failure = _ops.decode_tensor(
         info.encoding,
@@ -567,7 +653,7 @@ def _decode(record: _Record, data: memoryview) -> torch.Tensor:
         rows=record.rows,
         compressed=compressed,
         positions=argument(record.positions, "positions"),
-        values=argument(record.values, "values"),  # type: ignore[arg-type]
+        values=values,
         table=argument(record.table, "table"),
         out=out.view(torch.uint8),
     )
@@ -578,6 +664,40 @@ def _decode(record: _Record, data: memoryview) -> torch.Tensor:
     if quantized and DTYPES[info.dtype] != torch.float32:
         result = result.to(DTYPES[info.dtype])
     return result
+
+
+def _inflate(
+    stream: _Stream, data: memoryview, name: str, role: str, core: bool
+) -> bytes | np.ndarray:
+    """A stream's bytes, CRC-checked and inflated to exactly ``raw_length`` bytes."""
+    stored = _check_crc(stream, data, name, role)
+    if core:
+        out = torch.empty(stream.raw_length, dtype=torch.uint8)
+        error = _ops.inflate_into(stored, out)
+        if error is not None:
+            raise _fail(error, name, f"streams.{role}")
+        return out.numpy()
+    inflated, error = codec.inflate_python(stored, stream.raw_length)
+    if error is not None:
+        raise _fail(error, name, f"streams.{role}")
+    return inflated
+
+
+def _check_linear_fields(packed: bytes | memoryview | np.ndarray, info: TensorInfo) -> None:
+    """A linear field is a code plus 2^(bits-1): one of 2^bits or more is an error."""
+    if info.count == 0:
+        return
+    fields = np.frombuffer(packed, dtype=np.uint8)
+    if info.width != 8:
+        fields = _ops.unpack_fields(fields, info.count, info.width).numpy()
+    largest = int(fields[: info.count].max())
+    if largest >> info.bits:
+        raise _fail(
+            f"a field of {largest} is out of range for {info.bits}-bit codes (at most "
+            f"{(1 << info.bits) - 1})",
+            info.name,
+            "streams.values",
+        )
 
 
 #: Decoded size below which :func:`load` decodes on the calling thread alone.

@@ -114,7 +114,9 @@ def decode(blob: bytes) -> dict[str, np.ndarray]:
         if encoding == "codebook":
             values[positions] = table[fields_of(streams["values"], count, entry["width"])]
         elif encoding == "linear":
-            codes = fields_of(streams["values"], count, entry["width"]) - (1 << (entry["bits"] - 1))
+            fields = fields_of(streams["values"], count, entry["width"])
+            assert (fields < 1 << entry["bits"]).all(), "a linear field of 2^bits or more"
+            codes = fields - (1 << (entry["bits"] - 1))
             rows = np.asarray(positions) // (numel // shape[0])
             values[positions] = codes * table[rows]
         else:

@@ -303,3 +303,240 @@ def test_save_load_under_the_fuzz_file(tmp_path: Path) -> None:
     path.write_bytes(VALID)
     for name, tensor in load(path).items():
         assert torch.equal(tensor, load(VALID)[name])
+
+
+# ------------------------------------------------------- hand-built files (issue 14 items 6-9)
+def deflate_raw(raw: bytes) -> bytes:
+    compressor = zlib.compressobj(9, zlib.DEFLATED, -15)
+    return compressor.compress(raw) + compressor.flush()
+
+
+def build(tensors: list[dict[str, Any]], metadata: dict[str, str] | None = None) -> bytes:
+    """A file from header entries whose ``streams`` map each role to its inflated bytes."""
+    entries, data = [], b""
+    for tensor in tensors:
+        entry = {k: v for k, v in tensor.items() if k != "streams"}
+        entry["streams"] = {}
+        for role, raw in tensor["streams"].items():
+            stored = deflate_raw(raw)
+            entry["streams"][role] = {
+                "offset": len(data),
+                "length": len(stored),
+                "raw_length": len(raw),
+                "crc32": zlib.crc32(stored),
+            }
+            data += stored
+        entries.append(entry)
+    return seal({"tensors": entries, "data_length": len(data), "metadata": metadata or {}}, data)
+
+
+def empty_linear(name: str, dtype: str, numel: int) -> dict[str, Any]:
+    """A sparse linear tensor of ``numel`` elements with nothing stored: all zeros."""
+    return {
+        "name": name,
+        "dtype": dtype,
+        "shape": [1, numel],
+        "encoding": "linear",
+        "sparse": True,
+        "count": 0,
+        "bits": 8,
+        "width": 8,
+        "shuffle": False,
+        "streams": {"positions": b"", "values": b"", "table": struct.pack("<f", 1.0)},
+    }
+
+
+@pytest.mark.parametrize(("dtype", "itemsize"), [("float64", 8), ("float16", 2), ("bfloat16", 2)])
+def test_max_bytes_counts_the_float32_buffer_of_quantized_non_float32(
+    dtype: str, itemsize: int
+) -> None:
+    """Issue 14 item 6: a quantized float64/float16/bfloat16 tensor decodes into float32 and is
+    then cast: both buffers are allocated, and max_bytes must count both (it counted 4 bytes per
+    element: a 257-byte file loaded under max_bytes=1 GiB with 3.3 GB peak)."""
+    numel = 1 << 18
+    blob = build([empty_linear("w", dtype, numel)])
+    assert len(blob) < 400
+    allocated = numel * (4 + itemsize)  # the float32 buffer and the result
+    with pytest.raises(FormatError, match="above the limit") as info:
+        load(blob, max_bytes=allocated - 1)
+    assert info.value.field == "shape"
+    loaded = load(blob, max_bytes=allocated + 4096)["w"]
+    assert loaded.dtype == DTYPES_BY_NAME[dtype] and loaded.shape == (1, numel)
+    assert not bool(loaded.any())
+
+
+DTYPES_BY_NAME = {"float64": torch.float64, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+def test_streams_may_not_alias_or_overlap() -> None:
+    """Issue 14 item 7: 100k tensors aliasing one stream made a 300 KB file take seconds and
+    decode to many times its size; every stream must own its bytes."""
+    header, data = split(VALID)
+    alias = json.loads(json.dumps(tensor_entry(header, "raw")))
+    alias["name"] = "alias"
+    header["tensors"].append(alias)
+    expect_error(seal(header, data), "overlap", "alias", "streams.values.offset")
+    header, data = split(VALID)
+    kmeans = tensor_entry(header, "kmeans")["streams"]
+    table = kmeans["table"]
+    table["offset"] -= 1  # now its first byte is the values stream's last one
+    table["length"] += 1
+    with pytest.raises(FormatError, match="overlap") as info:
+        load(seal(header, data))
+    assert info.value.tensor == "kmeans" and info.value.field is not None
+    header, data = split(VALID)
+    tensor_entry(header, "raw")["streams"]["values"]["length"] = 0
+    expect_error(seal(header, data), "never empty", "raw", "streams.values.length")
+
+
+def test_many_aliased_tensors_are_refused_before_their_entries_are_checked() -> None:
+    header, data = split(VALID)
+    entry = tensor_entry(header, "raw_i64")
+    header["tensors"] = [dict(entry, name=f"t{i}") for i in range(len(data) + 1)]
+    expect_error(seal(header, data), "cannot fit", field="tensors")
+
+
+def test_the_header_is_bounded_by_the_file_size() -> None:
+    """Issue 14 item 7: a header may not inflate to more than 256 times the file."""
+    blob = build([], {"padding": "a" * (1 << 20)})  # 1 MiB of JSON in a ~1 KB file
+    assert len(blob) < 4096
+    expect_error(blob, "times the", field="header_raw_length")
+    with pytest.raises(ValueError, match="metadata"):
+        codl.formats.encode_state_dict({"x": torch.zeros(1)}, metadata={"p": "a" * (1 << 20)})
+
+
+def linear_tensor(fields: list[int], width: int, bits: int = 4) -> dict[str, Any]:
+    packed = _ops_pack(fields, width)
+    return {
+        "name": "lin",
+        "dtype": "float32",
+        "shape": [2, len(fields) // 2],
+        "encoding": "linear",
+        "sparse": False,
+        "count": len(fields),
+        "bits": bits,
+        "width": width,
+        "shuffle": False,
+        "streams": {"values": packed, "table": struct.pack("<2f", 0.5, 0.25)},
+    }
+
+
+def _ops_pack(fields: list[int], width: int) -> bytes:
+    """LSB-first packing of docs/format.md, by hand."""
+    bits = sum(f << (i * width) for i, f in enumerate(fields))
+    return bits.to_bytes((len(fields) * width + 7) // 8, "little")
+
+
+@pytest.mark.parametrize("width", [4, 6, 8])
+def test_a_linear_field_of_2_to_the_bits_or_more_is_an_error(width: int) -> None:
+    """Issue 14 item 9: with bits=4 the fields are 0..15 (codes -8..7); a wider field would
+    silently decode to a code the writer can never produce."""
+    fields = [0, 1, 8, 15, 9, 7]
+    loaded = load(build([linear_tensor(fields, width)]))["lin"]
+    expected = torch.tensor([[-8 * 0.5, -7 * 0.5, 0.0], [7 * 0.25, 1 * 0.25, -1 * 0.25]])
+    assert torch.equal(loaded, expected)
+    if width == 4:
+        return  # a 4-bit field cannot hold 16
+    bad = build([linear_tensor([0, 1, 8, 16, 9, 7], width)])
+    expect_error(bad, "field of 16 is out of range", "lin", "streams.values")
+    core = codec.core_codec
+    try:  # the same through Python's zlib (a core built without DEFLATE)
+        codec.core_codec = lambda: "none"  # type: ignore[assignment]
+        expect_error(bad, "field of 16 is out of range", "lin", "streams.values")
+    finally:
+        codec.core_codec = core  # type: ignore[assignment]
+
+
+def test_inspect_checks_every_streams_crc_on_request() -> None:
+    """Issue 14 item 8: a stream's flipped bit passes a header-only inspect but not one that
+    checks the CRCs (codl inspect does, unless --header-only)."""
+    header, data = split(VALID)
+    assert [i.name for i in codl.formats.inspect(VALID, check_crcs=True)] == [
+        e["name"] for e in header["tensors"]
+    ]
+    values = tensor_entry(header, "ternary")["streams"]["table"]
+    flipped = bytearray(data)
+    flipped[values["offset"] + values["length"] - 1] ^= 0x80
+    blob = seal(header, bytes(flipped))
+    assert len(codl.formats.inspect(blob)) == len(header["tensors"])
+    with pytest.raises(FormatError, match="CRC32 mismatch") as info:
+        codl.formats.inspect(blob, check_crcs=True)
+    assert (info.value.tensor, info.value.field) == ("ternary", "streams.table")
+    header, data = split(VALID)
+    tensor_entry(header, "half")["streams"]["values"]["crc32"] ^= 1  # a wrong CRC in the header
+    with pytest.raises(FormatError, match="CRC32 mismatch") as info:
+        codl.formats.read_header(seal(header, data), check_crcs=True)
+    assert (info.value.tensor, info.value.field) == ("half", "streams.values")
+
+
+# ------------------------------------------- fuzz of the classes of issue 14 items 6-8
+STREAMS = [(e["name"], role) for e in HEADER["tensors"] for role in e["streams"]]
+QUANTIZED = [e["name"] for e in HEADER["tensors"] if e["encoding"] != "raw"]
+
+issue_14_mutation = st.one_of(
+    # one stream pointed at another's bytes (whole or shifted by a few bytes)
+    st.tuples(
+        st.just("alias"),
+        st.integers(0, len(STREAMS) - 1),
+        st.integers(0, len(STREAMS) - 1),
+        st.integers(-3, 3),
+    ),
+    # a quantized tensor retyped and (if sparse) widened: what it really allocates is bounded
+    st.tuples(
+        st.just("retype"),
+        st.sampled_from(QUANTIZED),
+        st.sampled_from(["float64", "float16", "bfloat16", "float32"]),
+        st.integers(1, 1 << 16),
+    ),
+    # a stored stream bit flipped, its CRC left alone: inspect --check-crcs must see it
+    st.tuples(st.just("crc"), st.integers(0, len(DATA) * 8 - 1)),
+)
+
+
+def _allocated(blob: bytes, result: dict[str, torch.Tensor]) -> int:
+    """Bytes the results hold, plus the float32 buffer each quantized non-float32 one needs."""
+    infos = {i.name: i for i in codl.formats.inspect(blob)}
+    total = 0
+    for name, tensor in result.items():
+        total += tensor.numel() * tensor.element_size()
+        if infos[name].encoding != "raw" and tensor.dtype != torch.float32:
+            total += 4 * tensor.numel()
+    return total
+
+
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(issue_14_mutation)
+def test_fuzz_aliases_retypes_and_stream_flips(change: tuple[Any, ...]) -> None:
+    header = json.loads(json.dumps(HEADER))
+    kind = change[0]
+    if kind == "crc":
+        data = bytearray(DATA)
+        data[change[1] // 8] ^= 1 << (change[1] % 8)
+        blob = seal(header, bytes(data))
+        with pytest.raises(FormatError, match="CRC32 mismatch"):
+            codl.formats.read_header(blob, check_crcs=True)
+        with pytest.raises(FormatError):
+            load(blob, max_bytes=FUZZ_LIMIT)
+        return
+    if kind == "alias":
+        (name, role), (target, target_role) = STREAMS[change[1]], STREAMS[change[2]]
+        stream = tensor_entry(header, name)["streams"][role]
+        source = tensor_entry(header, target)["streams"][target_role]
+        stream.update(offset=max(0, source["offset"] + change[3]), length=source["length"])
+        if stream == tensor_entry(HEADER, name)["streams"][role]:
+            return  # unchanged: the file is the valid one
+        with pytest.raises(FormatError):
+            load(seal(header, DATA, fix_crcs=True), max_bytes=FUZZ_LIMIT, num_threads=2)
+        return
+    entry = tensor_entry(header, change[1])
+    entry["dtype"] = change[2]
+    if entry["sparse"]:
+        entry["shape"] = [entry["shape"][0], entry["shape"][1] * change[3]]
+    blob = seal(header, DATA)
+    try:
+        result = load(blob, max_bytes=FUZZ_LIMIT, num_threads=2)
+    except FormatError as error:
+        assert str(error)
+    else:
+        assert result[change[1]].dtype == DTYPES_BY_NAME.get(change[2], torch.float32)
+        assert _allocated(blob, result) <= FUZZ_LIMIT
