@@ -1,9 +1,12 @@
 """Benchmarks of codl, runnable from an installed wheel.
 
 Micro-benchmarks (``codl bench [NAME ...]``, :func:`available`) time codl and its plain-torch
-baseline in the same process, with the same threads, and report the median time of each with
-its interquartile range, the load average, and the ratio (baseline / codl, so > 1 means codl is
-faster) unless the two sides' spreads overlap (:mod:`codl.bench.timing`).
+baseline in the same process, with the same threads, interleaved (rounds of a codl block then a
+baseline block), and report the median time of each with its interquartile range, the load
+average and the CPU wait, and the ratio (baseline / codl, so > 1 means codl is faster)
+unless the timings cannot support it: spreads that overlap, an unstable side or a contended CPU
+(:mod:`codl.bench.timing`). Each benchmark says what ``--size`` means for it
+(:func:`size_help`, :func:`listing`).
 
 Programs (``codl bench NAME [options]``, :func:`programs`) are longer runs with their own
 options: training grids, convergence and validation runs, device checks. ``benchmarks/`` in the
@@ -23,7 +26,7 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
-from codl.bench.timing import Timing, measure, refusal_reason
+from codl.bench.timing import Timing, measure, measure_pair, refusal_reason, usable_cpus
 
 
 @dataclass(frozen=True)
@@ -51,11 +54,25 @@ class Result:
     codl_iqr_ms: float = 0.0
     baseline_iqr_ms: float = 0.0
     load_average: float | None = None  # the higher 1-minute load of the two sides' timings
+    #: The higher of the two sides' CPU wait (seconds the threads waited for a CPU per second
+    #: timed, :mod:`codl.bench.timing`), None where the system does not report it.
+    cpu_wait: float | None = None
+    cpus: int | None = None  # the CPUs the process could use
+    #: What the two sides are, for the table's columns ("codl ms", "torch ms" unless set).
+    codl_label: str = "codl"
+    baseline_label: str = "torch"
 
     def ratio_refused(self) -> str | None:
-        """Why :attr:`ratio` means nothing (the sides' spreads overlap), or None."""
+        """Why :attr:`ratio` means nothing (:func:`codl.bench.timing.refusal_reason`), or
+        None."""
         return refusal_reason(
-            self.codl_ms, self.codl_iqr_ms, self.baseline_ms, self.baseline_iqr_ms
+            self.codl_ms,
+            self.codl_iqr_ms,
+            self.baseline_ms,
+            self.baseline_iqr_ms,
+            cpu_wait=self.cpu_wait,
+            load_average=self.load_average,
+            cpus=self.cpus,
         )
 
 
@@ -67,7 +84,9 @@ def median_ms(fn: Callable[[], object], repeat: int) -> float:
 def run_cases(
     benchmark: str, cases: Iterable[Case], repeat: int, threads: int, progress: bool = True
 ) -> list[Result]:
-    """Times every case, codl and baseline alternately, after checking they agree."""
+    """Times every case after checking that codl and the baseline agree: interleaved, rounds
+    of one block of codl calls then one block of baseline calls
+    (:func:`codl.bench.timing.measure_pair`)."""
     from codl import _ops
 
     results = []
@@ -75,8 +94,7 @@ def run_cases(
         for case in tqdm(list(cases), desc=f"bench {benchmark}", disable=not progress, leave=False):
             if not case.same_result(case.codl(), case.baseline()):
                 raise RuntimeError(f"{benchmark}/{case.name}: codl and the baseline disagree")
-            codl = measure(case.codl, repeat)
-            baseline = measure(case.baseline, repeat)
+            codl, baseline = measure_pair(case.codl, case.baseline, repeat)
             results.append(
                 compare(
                     benchmark,
@@ -102,7 +120,8 @@ def compare(
     threads: int,
 ) -> Result:
     """The result of timing ``codl`` against ``baseline``: medians, interquartile ranges, the
-    higher of the two load averages and the ratio of the medians."""
+    higher of the two load averages and CPU waits, and the ratio of the medians."""
+    waits = [t.cpu_wait for t in (codl, baseline) if t.cpu_wait is not None]
     return Result(
         benchmark=benchmark,
         case=case,
@@ -115,26 +134,69 @@ def compare(
         codl_iqr_ms=round(codl.iqr_ms, 4),
         baseline_iqr_ms=round(baseline.iqr_ms, 4),
         load_average=round(max(codl.load_average, baseline.load_average), 2),
+        cpu_wait=round(max(waits), 3) if len(waits) == 2 else None,
+        cpus=usable_cpus(),
     )
 
 
-def _registry() -> dict[str, Callable[..., list[Result]]]:
-    from codl.bench import codecs, comm, formats, kfac, linalg, pack, ternary
+#: The micro-benchmarks (``codl bench [NAME ...]``): name -> (summary, what ``--size`` means
+#: for it). Each is the module ``codl.bench.NAME`` with ``run(*, size, repeat, threads,
+#: progress)``.
+MICROBENCHMARKS: dict[str, tuple[str, str]] = {
+    "codecs": (
+        "gradient codecs' encode and decode against the same math in torch ops",
+        "values of the gradient (any count; default 1M and 25.56M, ResNet-50's)",
+    ),
+    "comm": (
+        "projected data-parallel step with each codec against a float32 allreduce",
+        "values of the tensor the codecs' throughput is measured on (default: the CNN's "
+        "gradient); the projected step keeps the CNN's gradient",
+    ),
+    "formats": (
+        ".codl decode against gzip + torch.load of the same tensor",
+        "side of the square float32 weight (default 4096)",
+    ),
+    "kfac": (
+        "K-FAC's training steps against SGD with momentum on the Fashion-MNIST CNN",
+        "training steps per timed window (default 100)",
+    ),
+    "linalg": (
+        "batched damped inverses and eigendecompositions against torch loops",
+        "cap on the factor matrices' side (default: none, ResNet-20's and ResNet-50's sizes)",
+    ),
+    "pack": (
+        "sign and ternary packing kernels against torch ops",
+        "values per case (default 16M)",
+    ),
+    "ternary": (
+        "ternary linear layers against torch float32 and dynamic int8",
+        "side of the square weight (default 4096)",
+    ),
+}
 
-    return {
-        "codecs": codecs.run,
-        "comm": comm.run,
-        "formats": formats.run,
-        "kfac": kfac.run,
-        "linalg": linalg.run,
-        "pack": pack.run,
-        "ternary": ternary.run,
-    }
+
+def _registry() -> dict[str, Callable[..., list[Result]]]:
+    return {name: importlib.import_module(f"codl.bench.{name}").run for name in MICROBENCHMARKS}
 
 
 def available() -> list[str]:
     """The micro-benchmarks (``codl bench [NAME ...]``)."""
-    return sorted(_registry())
+    return sorted(MICROBENCHMARKS)
+
+
+def size_help() -> str:
+    """What ``--size`` means for each micro-benchmark, for ``codl bench --help``."""
+    meanings = "; ".join(f"{name}: {MICROBENCHMARKS[name][1]}" for name in available())
+    return f"problem size, per benchmark ({meanings})"
+
+
+def listing() -> str:
+    """One line per micro-benchmark: its name, what it times and what ``--size`` means."""
+    width = max(map(len, MICROBENCHMARKS))
+    return "\n".join(
+        f"{name:<{width}}  {summary}; --size: {size}"
+        for name, (summary, size) in sorted(MICROBENCHMARKS.items())
+    )
 
 
 #: The programs (``codl bench NAME [options]``): name -> summary. Each is the module
@@ -186,7 +248,12 @@ def run(
     threads: int = 2,
     progress: bool = True,
 ) -> list[Result]:
-    """Runs the named benchmarks (all by default) and returns their results."""
+    """Runs the named benchmarks (all by default) and returns their results. ``size`` means
+    what :data:`MICROBENCHMARKS` says for each benchmark (None: its default)."""
+    if size is not None and (isinstance(size, bool) or not isinstance(size, int)):
+        raise TypeError(f"size must be an int or None, got {type(size).__name__}")
+    if size is not None and size < 1:
+        raise ValueError(f"size must be at least 1, got {size}")
     registry = _registry()
     chosen = list(names) if names else sorted(registry)
     unknown = [n for n in chosen if n not in registry]
@@ -222,29 +289,58 @@ def write_json(results: list[Result], path: str | Path) -> Path:
 
 
 def format_ratio(result: Result) -> str:
-    """``12.3x``, or ``n/a (spreads overlap)`` when the ratio is refused."""
-    return "n/a (spreads overlap)" if result.ratio_refused() else f"{result.ratio:.1f}x"
+    """``12.3x``, or ``n/a (REASON)`` when the ratio is refused (REASON: the first words of
+    :meth:`Result.ratio_refused`)."""
+    reason = result.ratio_refused()
+    return f"n/a ({reason.split(':')[0]})" if reason else f"{result.ratio:.1f}x"
 
 
 def format_table(results: list[Result]) -> str:
-    """One row per result: medians with their interquartile ranges, the load average and the
-    ratio (or why it is not shown)."""
-    header = (
-        f"{'benchmark':<10} {'case':<24} {'values':>10} {'codl ms':>9} {'IQR':>7} "
-        f"{'torch ms':>9} {'IQR':>7} {'load':>5} {'ratio':>7}"
-    )
-    lines = [header, "-" * len(header)]
+    """The results, one table per benchmark with its sides' names as column heads: medians
+    with their interquartile ranges, the load average, the CPU wait and the ratio (or why
+    it is not shown, with the full reason below the table)."""
+    lines: list[str] = []
+    groups: list[list[Result]] = []
     for r in results:
-        load = "" if r.load_average is None else f"{r.load_average:.1f}"
-        lines.append(
-            f"{r.benchmark:<10} {r.case:<24} {r.numel:>10} {r.codl_ms:>9.3f} "
-            f"{r.codl_iqr_ms:>7.3f} {r.baseline_ms:>9.3f} {r.baseline_iqr_ms:>7.3f} "
-            f"{load:>5} {format_ratio(r):>7}"
+        if groups and _heads(groups[-1][0]) == _heads(r):
+            groups[-1].append(r)
+        else:
+            groups.append([r])
+    for group in groups:
+        first = group[0]
+        codl_head, baseline_head = f"{first.codl_label} ms", f"{first.baseline_label} ms"
+        cw, bw = max(9, len(codl_head)), max(9, len(baseline_head))
+        header = (
+            f"{'benchmark':<10} {'case':<24} {'values':>10} {codl_head:>{cw}} {'IQR':>7} "
+            f"{baseline_head:>{bw}} {'IQR':>7} {'load':>5} {'CPU wait':>8} {'ratio':>7}"
         )
+        if lines:
+            lines.append("")
+        lines += [header, "-" * len(header)]
+        for r in group:
+            load = "" if r.load_average is None else f"{r.load_average:.1f}"
+            wait = "" if r.cpu_wait is None else f"{r.cpu_wait:.2f}"
+            lines.append(
+                f"{r.benchmark:<10} {r.case:<24} {r.numel:>10} {r.codl_ms:>{cw}.3f} "
+                f"{r.codl_iqr_ms:>7.3f} {r.baseline_ms:>{bw}.3f} {r.baseline_iqr_ms:>7.3f} "
+                f"{load:>5} {wait:>8} {format_ratio(r):>7}"
+            )
+    for r in results:
+        reason = r.ratio_refused()
+        if reason:
+            lines.append(f"{r.benchmark}/{r.case}: no ratio: {reason}")
     for r in results:
         if r.notes:
             shown = ", ".join(f"{key} {value:g}" for key, value in r.notes.items())
             lines.append(f"{r.benchmark}/{r.case}: {shown}")
     if results:
         lines.append(f"dispatch {results[0].dispatch}, {results[0].threads} threads on both sides")
+        lines.append(
+            "IQR: interquartile range of the timed blocks; load: 1-minute load average; "
+            "CPU wait: seconds the threads waited for a CPU per second timed"
+        )
     return "\n".join(lines)
+
+
+def _heads(result: Result) -> tuple[str, str, str]:
+    return result.benchmark, result.codl_label, result.baseline_label

@@ -7,8 +7,11 @@ time at batch 64 on this machine (:func:`codl.comm.linkmodel.profile_step`) and 
 encode and decode throughput on a tensor of the gradient's size. The alpha-beta model and its
 assumptions are in :mod:`codl.comm.linkmodel`.
 
-Each row: ``codl ms`` is the projected step with the codec, ``torch ms`` with torch's float32
-allreduce, ``ratio`` their quotient (> 1: the codec is faster). The notes give the bytes ratio,
+Each row: ``projected codec ms`` is the projected step with the codec, ``projected fp32 ms``
+with a float32 ring allreduce, ``ratio`` their quotient (> 1: the codec is faster). Both are
+projections from one set of measurements, not timings of their own: they carry no spread; the
+load average is the one while the projection's inputs were measured, and a ratio is refused when
+it exceeds the CPUs (:mod:`codl.bench.timing`, rule 3). The notes give the bytes ratio,
 both efficiencies and the break-even bandwidth (serial model: below it the codec pays).
 """
 
@@ -20,6 +23,7 @@ import torch
 import torch.nn.functional as F
 
 from codl.bench import Result
+from codl.bench.timing import load_average, usable_cpus
 from codl.comm import codecs as codec_module
 from codl.comm.codecs import Codec
 from codl.comm.linkmodel import (
@@ -82,6 +86,7 @@ def run(*, size: int | None, repeat: int, threads: int, progress: bool) -> list[
             )
         )
         dispatch = _ops.get_dispatch_level()
+        load = round(load_average(), 2)  # while the projection's inputs were measured
     results = []
     for link in PRESETS.values():
         for nodes in NODES:
@@ -101,6 +106,10 @@ def run(*, size: int | None, repeat: int, threads: int, progress: bool) -> list[
                         ratio=round(dense.step_s / ours.step_s, 2),
                         dispatch=dispatch,
                         threads=threads,
+                        load_average=load,
+                        cpus=usable_cpus(),
+                        codl_label="projected codec",
+                        baseline_label="projected fp32",
                         notes={
                             "bytes_ratio": round(ours.ratio, 4),
                             "efficiency": round(ours.efficiency, 4),

@@ -82,5 +82,5 @@ def run(*, size: int | None, repeat: int, threads: int, progress: bool) -> list[
             **sizes[r.case],
             "codl_x_smaller_than_float32": round(4 * r.numel / sizes[r.case]["codl_file_bytes"], 1),
         }
-        noted.append(replace(r, notes=notes))
+        noted.append(replace(r, notes=notes, baseline_label="torch.load"))
     return noted

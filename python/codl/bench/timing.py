@@ -1,23 +1,41 @@
-"""The benchmarks' timer: ``torch.utils.benchmark.Timer`` blocks, summarised by their median and
-interquartile range, with the machine's load average while they ran, and the rule that decides
-whether a ratio of two such figures means anything.
+"""The benchmarks' timer, and the rules that decide whether a ratio of two timings means
+anything.
 
-A ratio is **refused** when the two sides' spreads overlap grossly: with medians ``a`` and
-``b`` and interquartile ranges ``iqr_a`` and ``iqr_b``, when
+:func:`measure_pair` times codl and its baseline **interleaved**: after a warm-up call of each,
+it runs rounds of one timed block of codl then one timed block of the baseline, so a change of
+clock, load or cache state during the run falls on both sides alike. Each side is summarised by
+the median and interquartile range of its blocks (per call), with the 1-minute load average and,
+on Linux, its **CPU wait**: the seconds this process's threads spent runnable but waiting for a
+CPU (``/proc/self/task/*/schedstat``) per second of its timed blocks. On a quiet machine it is
+near 0; when other work competes for the CPUs (or more threads are asked for than there are
+CPUs) it approaches the number of threads.
 
-    |a - b| <= (iqr_a + iqr_b) / 2,
+A ratio is **refused** (:func:`refusal_reason`) when
 
-that is when the spans ``a ± iqr_a / 2`` and ``b ± iqr_b / 2`` (each as wide as its side's
-interquartile range, centred on its median) meet. Then the gap between the medians is no larger
-than the run-to-run spread of a typical timing, and the printed ratio would only report noise.
+1. the two sides' spreads overlap grossly: with medians ``a`` and ``b`` and interquartile ranges
+   ``iqr_a`` and ``iqr_b``, ``|a - b| <= (iqr_a + iqr_b) / 2``, that is when the spans
+   ``a ± iqr_a / 2`` and ``b ± iqr_b / 2`` meet: the gap between the medians is no larger than
+   the run-to-run spread of a typical timing, and the ratio would only report noise;
+2. a side is unstable: its interquartile range is more than half its median
+   (:data:`MAX_RELATIVE_IQR`);
+3. the CPUs were contended: the CPU wait of either side exceeded :data:`MAX_CPU_WAIT` or,
+   where the system does not report it, the load average exceeded the CPUs this process may
+   use. Then the threads of both sides are descheduled by other work, and a baseline made of
+   many short torch ops (each a parallel region that waits for its slowest thread) slows down
+   by far more than one fused kernel: under load, ``codl bench pack`` printed 7459x for a case
+   that measures about 250x on a quiet machine, with a tight spread on both sides. Such a ratio
+   says how the machine was loaded, not how the two codes compare.
 """
 
 from __future__ import annotations
 
+import math
 import os
 import time
+import timeit
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 from torch.utils.benchmark import Measurement, Timer
@@ -26,19 +44,28 @@ from torch.utils.benchmark.utils.common import TaskSpec
 #: Measurements shorter than this are stretched: blocks of a few microseconds would be timed
 #: with the timer's own overhead in them.
 MIN_RUN_TIME_S = 0.02
+#: :func:`measure_pair` puts this many seconds' worth of calls at least into one timed block.
+MIN_BLOCK_S = 0.001
+#: Rule 2: a side whose interquartile range exceeds this fraction of its median is unstable.
+MAX_RELATIVE_IQR = 0.5
+#: Rule 3: above this CPU wait (thread-seconds waiting for a CPU per second timed).
+MAX_CPU_WAIT = 0.10
 
 _TASK = TaskSpec(stmt="fn()", setup="pass")
+_THREADS = Path("/proc/self/task")
 
 
 @dataclass(frozen=True)
 class Timing:
     """Per-call time of one function: median and interquartile range (milliseconds) over
-    ``blocks`` timed blocks, and the 1-minute load average when the last block ended."""
+    ``blocks`` timed blocks, the 1-minute load average when the last block ended, and the CPU
+    wait while the blocks ran (None where the system does not report it)."""
 
     median_ms: float
     iqr_ms: float
     blocks: int
     load_average: float
+    cpu_wait: float | None = None
 
 
 def load_average() -> float:
@@ -49,9 +76,34 @@ def load_average() -> float:
         return 0.0
 
 
+def usable_cpus() -> int:
+    """The CPUs this process may run on."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
+
+def cpu_wait_s() -> float | None:
+    """Seconds, summed over this process's threads, that they spent runnable but waiting for a
+    CPU (Linux scheduler statistics), or None where the system does not report it."""
+    total = 0
+    try:
+        tasks = list(_THREADS.iterdir())
+    except OSError:
+        return None
+    for task in tasks:
+        try:
+            total += int((task / "schedstat").read_text().split()[1])
+        except FileNotFoundError:  # a thread that ended meanwhile
+            continue
+        except (OSError, IndexError, ValueError):
+            return None
+    return total / 1e9
+
+
 def measure(fn: Callable[[], object], repeat: int) -> Timing:
-    """Times ``fn`` after one warm-up call, in at least ``repeat`` blocks, with the current
-    torch thread count.
+    """Times ``fn`` alone after one warm-up call, in at least ``repeat`` blocks, with the
+    current torch thread count (to compare two functions, use :func:`measure_pair`).
 
     ``Timer.blocked_autorange`` sizes its blocks so that the timer's overhead is negligible and
     runs blocks until ``min_run_time`` has passed. One timed call after the warm-up sets that
@@ -59,9 +111,10 @@ def measure(fn: Callable[[], object], repeat: int) -> Timing:
     so a slow case gets one-call blocks, that timed call among them; a fast case gets blocks of
     many calls, and more runs are merged in while fewer than ``repeat`` blocks were timed.
     """
-    if repeat < 1:
-        raise ValueError(f"repeat must be at least 1, got {repeat}")
+    _check_repeat(repeat)
     fn()  # warm up caches, lazy allocations and the thread pool
+    waited = cpu_wait_s()
+    wall = time.perf_counter()
     start = time.perf_counter()
     fn()
     one_call = Measurement(1, [time.perf_counter() - start], _TASK)
@@ -75,7 +128,88 @@ def measure(fn: Callable[[], object], repeat: int) -> Timing:
     while len(measurement.raw_times) < repeat:
         more = timer.blocked_autorange(min_run_time=min_run_time)
         measurement = _merged(measurement, more)
-    return summarize(measurement)
+    return summarize(measurement, cpu_wait=_cpu_wait(waited, time.perf_counter() - wall))
+
+
+def measure_pair(
+    first: Callable[[], object], second: Callable[[], object], repeat: int
+) -> tuple[Timing, Timing]:
+    """Times ``first`` and ``second`` interleaved: one warm-up call each, then rounds of one
+    timed block of ``first`` followed by one timed block of ``second``, at least ``repeat``
+    rounds and at least :data:`MIN_RUN_TIME_S` of blocks per side. A block holds as many calls
+    as make it last :data:`MIN_BLOCK_S` (one call for anything slower); when both sides get
+    one-call blocks, the round that sized the blocks is the first round."""
+    _check_repeat(repeat)
+    sides = (_Side(first), _Side(second))
+    for side in sides:
+        side.fn()  # warm up caches, lazy allocations and the thread pool
+    for side in sides:
+        side.time_block()
+    rounds = max(repeat, *(side.rounds_needed() for side in sides))
+    if any(side.calls > 1 for side in sides):  # the one-call sizing round is no such round
+        for side in sides:
+            side.reset()
+    while len(sides[0].per_call_s) < rounds:
+        for side in sides:
+            side.time_block()
+    load = load_average()
+    return sides[0].timing(load), sides[1].timing(load)
+
+
+class _Side:
+    """One side of :func:`measure_pair`: its calls per block (sized by its first block), its
+    per-call block times and the seconds its threads waited for a CPU while they ran."""
+
+    def __init__(self, fn: Callable[[], object]) -> None:
+        self.fn = fn
+        self.calls = 1
+        self.sized = False
+        self.reset()
+
+    def reset(self) -> None:
+        self.per_call_s: list[float] = []
+        self.wall_s = 0.0
+        self.waited_s: float | None = 0.0
+
+    def time_block(self) -> None:
+        before = cpu_wait_s()
+        seconds = timeit.Timer(self.fn, timer=time.perf_counter).timeit(self.calls)
+        after = cpu_wait_s()
+        self.per_call_s.append(seconds / self.calls)
+        self.wall_s += seconds
+        if self.waited_s is not None and before is not None and after is not None:
+            self.waited_s += max(after - before, 0.0)
+        else:
+            self.waited_s = None
+        if not self.sized:
+            self.calls = max(1, math.ceil(MIN_BLOCK_S / max(seconds, 1e-9)))
+            self.sized = True
+
+    def rounds_needed(self) -> int:
+        """Blocks for :data:`MIN_RUN_TIME_S` of timed calls, from the sizing block."""
+        block_s = self.per_call_s[0] * self.calls
+        return math.ceil(MIN_RUN_TIME_S / max(block_s, 1e-9))
+
+    def timing(self, load: float) -> Timing:
+        summary = summarize(Measurement(1, self.per_call_s, _TASK))
+        wait = None
+        if self.waited_s is not None and self.wall_s > 0:
+            wait = self.waited_s / self.wall_s
+        return Timing(summary.median_ms, summary.iqr_ms, summary.blocks, load, wait)
+
+
+def _cpu_wait(wait_before: float | None, wall_s: float) -> float | None:
+    wait_after = cpu_wait_s()
+    if wait_before is None or wait_after is None or wall_s <= 0:
+        return None
+    return max(wait_after - wait_before, 0.0) / wall_s
+
+
+def _check_repeat(repeat: int) -> None:
+    if isinstance(repeat, bool) or not isinstance(repeat, int):
+        raise TypeError(f"repeat must be an int, got {type(repeat).__name__}")
+    if repeat < 1:
+        raise ValueError(f"repeat must be at least 1, got {repeat}")
 
 
 def _merged(first: Measurement, second: Measurement) -> Measurement:
@@ -83,7 +217,7 @@ def _merged(first: Measurement, second: Measurement) -> Measurement:
     return Measurement(1, first.times + second.times, first.task_spec)
 
 
-def summarize(measurement: Measurement) -> Timing:
+def summarize(measurement: Measurement, *, cpu_wait: float | None = None) -> Timing:
     """The figures of a ``torch.utils.benchmark`` measurement, per call, with the load average
     now."""
     return Timing(
@@ -91,20 +225,50 @@ def summarize(measurement: Measurement) -> Timing:
         iqr_ms=1e3 * measurement.iqr,
         blocks=len(measurement.raw_times),
         load_average=load_average(),
+        cpu_wait=cpu_wait,
     )
 
 
 def spreads_overlap(a_ms: float, a_iqr_ms: float, b_ms: float, b_iqr_ms: float) -> bool:
-    """True when the ratio of ``a`` and ``b`` is refused: ``|a - b| <= (iqr_a + iqr_b) / 2``
-    (the rule of the module docstring)."""
+    """True when the ratio of ``a`` and ``b`` is refused by rule 1: ``|a - b| <= (iqr_a +
+    iqr_b) / 2`` (the module docstring)."""
     return abs(a_ms - b_ms) <= (a_iqr_ms + b_iqr_ms) / 2
 
 
-def refusal_reason(a_ms: float, a_iqr_ms: float, b_ms: float, b_iqr_ms: float) -> str | None:
-    """Why the ratio of ``a`` and ``b`` is not shown, or None when it is."""
-    if not spreads_overlap(a_ms, a_iqr_ms, b_ms, b_iqr_ms):
-        return None
-    return (
-        f"spreads overlap: |{a_ms:.4g} - {b_ms:.4g}| ms <= "
-        f"({a_iqr_ms:.4g} + {b_iqr_ms:.4g}) / 2 ms (medians closer than their mean IQR)"
-    )
+def refusal_reason(
+    a_ms: float,
+    a_iqr_ms: float,
+    b_ms: float,
+    b_iqr_ms: float,
+    *,
+    cpu_wait: float | None = None,
+    load_average: float | None = None,
+    cpus: int | None = None,
+) -> str | None:
+    """Why the ratio of ``a`` and ``b`` is not shown, or None when it is: the rules of the
+    module docstring, contention first (it explains the others). ``cpu_wait`` is the higher of
+    the two sides'; ``load_average`` is judged against ``cpus`` only when ``cpu_wait`` is
+    None."""
+    if cpu_wait is not None:
+        if cpu_wait > MAX_CPU_WAIT:
+            return (
+                f"CPU contended: the threads waited {cpu_wait:.2f} s for a CPU per second timed "
+                f"(over {MAX_CPU_WAIT:g}); rerun on a quiet machine"
+            )
+    elif load_average is not None and cpus is not None and load_average > cpus:
+        return (
+            f"CPU contended: load average {load_average:.2f} over {cpus} CPUs; rerun on a "
+            "quiet machine"
+        )
+    for median, iqr in ((a_ms, a_iqr_ms), (b_ms, b_iqr_ms)):
+        if iqr > MAX_RELATIVE_IQR * median:
+            return (
+                f"unstable: IQR {iqr:.4g} ms is more than {MAX_RELATIVE_IQR:g} of its median "
+                f"{median:.4g} ms"
+            )
+    if spreads_overlap(a_ms, a_iqr_ms, b_ms, b_iqr_ms):
+        return (
+            f"spreads overlap: |{a_ms:.4g} - {b_ms:.4g}| ms <= "
+            f"({a_iqr_ms:.4g} + {b_iqr_ms:.4g}) / 2 ms (medians closer than their mean IQR)"
+        )
+    return None
