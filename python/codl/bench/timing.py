@@ -137,16 +137,15 @@ def measure_pair(
     """Times ``first`` and ``second`` interleaved: one warm-up call each, then rounds of one
     timed block of ``first`` followed by one timed block of ``second``, at least ``repeat``
     rounds and at least :data:`MIN_RUN_TIME_S` of blocks per side. A block holds as many calls
-    as make it last :data:`MIN_BLOCK_S` (one call for anything slower); when both sides get
-    one-call blocks, the round that sized the blocks is the first round."""
+    as make it last :data:`MIN_BLOCK_S` (one call for anything slower); when both sides take
+    one call per block, the calls that showed it are the first round."""
     _check_repeat(repeat)
     sides = (_Side(first), _Side(second))
     for side in sides:
         side.fn()  # warm up caches, lazy allocations and the thread pool
-    for side in sides:
-        side.time_block()
+    single = [side.size() for side in sides]
     rounds = max(repeat, *(side.rounds_needed() for side in sides))
-    if any(side.calls > 1 for side in sides):  # the one-call sizing round is no such round
+    if not all(single):  # the sizing blocks are not blocks of the chosen size
         for side in sides:
             side.reset()
     while len(sides[0].per_call_s) < rounds:
@@ -157,19 +156,31 @@ def measure_pair(
 
 
 class _Side:
-    """One side of :func:`measure_pair`: its calls per block (sized by its first block), its
-    per-call block times and the seconds its threads waited for a CPU while they ran."""
+    """One side of :func:`measure_pair`: its calls per block, its per-call block times and the
+    seconds its threads waited for a CPU while they ran."""
+
+    MAX_CALLS = 1 << 20
 
     def __init__(self, fn: Callable[[], object]) -> None:
         self.fn = fn
         self.calls = 1
-        self.sized = False
         self.reset()
 
     def reset(self) -> None:
         self.per_call_s: list[float] = []
         self.wall_s = 0.0
         self.waited_s: float | None = 0.0
+
+    def size(self) -> bool:
+        """Sets the calls per block: one call, then more until a block lasts
+        :data:`MIN_BLOCK_S`. True when one call does (it is then a timed block)."""
+        self.calls = 1
+        self.time_block()
+        while self.per_call_s[-1] * self.calls < MIN_BLOCK_S and self.calls < self.MAX_CALLS:
+            block_s = max(self.per_call_s[-1] * self.calls, 1e-9)
+            self.calls = max(2 * self.calls, math.ceil(self.calls * MIN_BLOCK_S / block_s))
+            self.time_block()
+        return self.calls == 1
 
     def time_block(self) -> None:
         before = cpu_wait_s()
@@ -181,13 +192,10 @@ class _Side:
             self.waited_s += max(after - before, 0.0)
         else:
             self.waited_s = None
-        if not self.sized:
-            self.calls = max(1, math.ceil(MIN_BLOCK_S / max(seconds, 1e-9)))
-            self.sized = True
 
     def rounds_needed(self) -> int:
-        """Blocks for :data:`MIN_RUN_TIME_S` of timed calls, from the sizing block."""
-        block_s = self.per_call_s[0] * self.calls
+        """Blocks for :data:`MIN_RUN_TIME_S` of timed calls, from the last block's time."""
+        block_s = self.per_call_s[-1] * self.calls
         return math.ceil(MIN_RUN_TIME_S / max(block_s, 1e-9))
 
     def timing(self, load: float) -> Timing:
