@@ -150,7 +150,7 @@ MICROBENCHMARKS: dict[str, tuple[str, str]] = {
     "comm": (
         "projected data-parallel step with each codec against a float32 allreduce",
         "values of the tensor the codecs' throughput is measured on (default: the CNN's "
-        "gradient); the projected step keeps the CNN's gradient",
+        "gradient, which the projected step always uses)",
     ),
     "formats": (
         ".codl decode against gzip + torch.load of the same tensor",
