@@ -13,7 +13,8 @@ from codl.cli import main
 if __name__ == "__main__":
     if len(sys.argv) < 2 or sys.argv[1].startswith("-"):
         sys.exit(
-            f"usage: {sys.argv[0]} NAME [codl bench options]; NAME in {codl.bench.available()}"
+            f"usage: {sys.argv[0]} NAME [codl bench options] (see `codl bench --help`); "
+            f"NAME, what it times and what --size means:\n{codl.bench.listing()}"
         )
     name, options = sys.argv[1], sys.argv[2:]
     level = (
