@@ -29,6 +29,7 @@ from codl.models import FashionCNN
 from codl.training import evaluate
 
 OPTIMIZERS = ("sgd", "adam", "kfac")
+SCHEDULES = ("decay", "constant")
 
 
 @dataclass
@@ -37,6 +38,7 @@ class Point:
     seconds: float  # training wall-clock so far, evaluation excluded
     test_accuracy: float
     train_loss: float
+    step: int = 0  # optimizer steps so far
 
 
 @dataclass
@@ -57,6 +59,10 @@ class Run:
 
     def epochs_to(self, accuracy: float) -> float | None:
         return next((p.epoch for p in self.points if p.test_accuracy >= accuracy), None)
+
+    def steps_to(self, accuracy: float) -> int | None:
+        """Optimizer steps until the test accuracy first reached ``accuracy``."""
+        return next((p.step for p in self.points if p.test_accuracy >= accuracy), None)
 
 
 def make_optimizer(
@@ -92,8 +98,15 @@ def train(
     optimizer_options: dict[str, Any] | None = None,
     model_factory: Callable[[], nn.Module] = FashionCNN,
     progress: bool = True,
+    schedule: str = "decay",
 ) -> Run:
-    """Train one model; evaluate ``evaluations_per_epoch`` times an epoch on the test split."""
+    """Train one model; evaluate ``evaluations_per_epoch`` times an epoch on the test split.
+
+    ``schedule="decay"``: linear warm-up over ``warmup_epochs``, then polynomial decay to 0 at
+    the end of ``epochs``; ``"constant"``: the same warm-up, then ``learning_rate`` throughout.
+    """
+    if schedule not in SCHEDULES:
+        raise ValueError(f"schedule: expected one of {SCHEDULES}, received {schedule!r}")
     from codl.optim import warmup_polynomial_decay
 
     images, labels = train_data
@@ -102,10 +115,12 @@ def train(
     optimizer = make_optimizer(optimizer_name, model, learning_rate, optimizer_options)
     steps_per_epoch = math.ceil(len(images) / batch_size)
     total_steps = max(1, round(epochs * steps_per_epoch))
-    schedule = warmup_polynomial_decay(
+    # "constant": the same warm-up, then a decay of power 0 (the factor stays 1).
+    lr_schedule = warmup_polynomial_decay(
         optimizer,
         warmup_steps=round(warmup_epochs * steps_per_epoch),
         total_steps=total_steps,
+        decay_power=2.0 if schedule == "decay" else 0.0,
     )
     evaluate_every = max(1, steps_per_epoch // evaluations_per_epoch)
     generator = torch.Generator().manual_seed(seed)
@@ -114,7 +129,7 @@ def train(
     order = torch.randperm(len(images), generator=generator)
     running_loss = 0.0
     model.train()
-    description = f"{optimizer_name} lr={learning_rate:g} seed={seed} batch={batch_size}"
+    description = f"{optimizer_name} lr={learning_rate:g} {schedule} seed={seed} batch={batch_size}"
     for step in tqdm(range(total_steps), desc=description, disable=not progress, leave=False):
         position = (step % steps_per_epoch) * batch_size
         if step > 0 and step % steps_per_epoch == 0:
@@ -125,7 +140,7 @@ def train(
         optimizer.zero_grad(set_to_none=True)
         loss.backward()  # type: ignore[no-untyped-call]
         optimizer.step()
-        schedule.step()
+        lr_schedule.step()
         seconds += time.perf_counter() - start
         value = float(loss.detach())
         if not math.isfinite(value):
@@ -134,7 +149,9 @@ def train(
         running_loss = value if step == 0 else 0.9 * running_loss + 0.1 * value
         if (step + 1) % evaluate_every == 0 or step + 1 == total_steps:
             accuracy = evaluate(model, *test_data, batch_size=2000)
-            run.points.append(Point((step + 1) / steps_per_epoch, seconds, accuracy, running_loss))
+            run.points.append(
+                Point((step + 1) / steps_per_epoch, seconds, accuracy, running_loss, step + 1)
+            )
             if stop_at_accuracy is not None and accuracy >= stop_at_accuracy:
                 break
         if time_budget is not None and seconds >= time_budget:

@@ -7,11 +7,20 @@
         F.cross_entropy(model(x), y).backward()
         optimizer.step()
 
-Each step: (1) ``.grad`` ← K-FAC preconditioned gradient with the KL clip of Ba et al. 2017
-(:class:`~codl.optim.KFACPreconditioner`, the learning rate of each parameter's group enters
-nu = min(1, sqrt(κ / Σ lr²⟨Δ, ∇⟩))); (2) ``d = .grad + weight_decay·θ`` (weight decay is not
-preconditioned, as in kfac-pytorch's examples with SGD); (3) heavy-ball momentum
-``b ← μ b + d`` (or Nesterov); (4) ``θ ← θ - lr·b``.
+Each step: (1) ``.grad`` ← K-FAC preconditioned gradient ``v``
+(:class:`~codl.optim.KFACPreconditioner`); (2) ``.grad`` ← ``min(1, max_grad_norm / ‖v‖)·v``
+with ``‖v‖`` the L2 norm over every parameter of the param groups (the clipping ASDL's recipe
+applies after preconditioning); (3) ``d = .grad + weight_decay·θ`` (weight decay is not
+preconditioned, as in kfac-pytorch's examples with SGD); (4) heavy-ball momentum
+``b ← μ b + d`` (or Nesterov); (5) ``θ ← θ - lr·b``.
+
+Step size. The learning rate sets it: the update before momentum is
+``lr · min(1, max_grad_norm / ‖v‖) · v``, so doubling lr doubles it, clipped or not, and a
+schedule acts on it. The optional KL clip of Ba et al. 2017 / kfac-pytorch (``kl_clip=κ``, off
+by default) rescales ``v`` by ``nu = min(1, sqrt(κ / Σ lr²⟨v, ∇⟩))`` in step (1); when it binds
+the update is ``sqrt(κ / Σ⟨v, ∇⟩) · v`` whatever the learning rate, so κ, not lr, sets the step
+size (and a schedule on lr does nothing until nu reaches 1). Before issue 14 it was on by
+default (κ = 1e-3), which made lr 0.05 and 0.1 give bit-identical weights.
 
 Adaptive damping (``adaptive_damping=True``, needs ``optimizer.step(closure)`` with a closure
 that zeroes the gradients, computes the loss, calls ``backward()`` and returns the loss, as for
@@ -66,8 +75,12 @@ class KFAC(torch.optim.Optimizer):
         model: the model; its supported layers get Fisher blocks.
         lr, momentum, weight_decay, nesterov: as ``torch.optim.SGD`` (per param group).
         damping: λ (number or callable of the step; a number when ``adaptive_damping``).
-        factor_decay, factor_update_steps, inv_update_steps, kl_clip: see
+        factor_decay, factor_update_steps, inv_update_steps: see
             :class:`~codl.optim.KFACPreconditioner` (numbers or callables of the step).
+        kl_clip: κ of the KL clip (off by default; when it binds, κ sets the step size and lr
+            does not: see the module's docstring).
+        max_grad_norm: the preconditioned gradient's L2 norm over all parameters is clipped to
+            this (None: no clipping); the update is ``lr · min(1, max_grad_norm / ‖v‖) · v``.
         params: parameters or param groups (default: the model's trainable parameters).
         adaptive_damping: Levenberg-Marquardt adaptation of λ (needs ``step(closure)``).
         damping_adaptation_interval: T of the rule (Martens & Grosse use 5).
@@ -88,7 +101,7 @@ class KFAC(torch.optim.Optimizer):
         factor_decay: FloatHyper = 0.95,
         factor_update_steps: IntHyper = 10,
         inv_update_steps: IntHyper = 100,
-        kl_clip: FloatHyper | None = 1e-3,
+        kl_clip: FloatHyper | None = None,
         *,
         params: Iterable[Any] | None = None,
         nesterov: bool = False,
@@ -96,6 +109,7 @@ class KFAC(torch.optim.Optimizer):
         damping_adaptation_interval: int = 5,
         damping_bounds: tuple[float, float] = (1e-8, 1e2),
         on_nonfinite: str = "skip",
+        max_grad_norm: float | None = 1.0,
         **preconditioner_options: Any,
     ) -> None:
         if not isinstance(model, nn.Module):
@@ -133,6 +147,10 @@ class KFAC(torch.optim.Optimizer):
                 f"on_nonfinite: expected one of {', '.join(_ON_NONFINITE)}, "
                 f"received {on_nonfinite!r}"
             )
+        if max_grad_norm is not None:
+            check_float(max_grad_norm, "max_grad_norm", open_low=True)
+            if callable(max_grad_norm):
+                raise TypeError("max_grad_norm: expected a number or None")
         if adaptive_damping and callable(damping):
             raise TypeError("damping: expected a number (the initial λ) with adaptive_damping")
         if params is None:
@@ -156,6 +174,9 @@ class KFAC(torch.optim.Optimizer):
         )
         self.adaptive_damping = adaptive_damping
         self.on_nonfinite = on_nonfinite
+        self.max_grad_norm = None if max_grad_norm is None else float(max_grad_norm)
+        #: L2 norm of the preconditioned gradient at the last step (before its clipping).
+        self.last_grad_norm: float | None = None
         self._names = {id(p): name for name, p in model.named_parameters()}
         #: steps at which some parameter's update was skipped or zeroed for NaN/Inf.
         self.nonfinite_steps = 0
@@ -198,6 +219,8 @@ class KFAC(torch.optim.Optimizer):
         if self.on_nonfinite == "zero":
             for p in flagged:
                 p.grad = torch.zeros_like(p)
+        if self.max_grad_norm is not None:
+            self._clip_grad_norm(self.max_grad_norm)
 
         for group in self.param_groups:
             lr, momentum = group["lr"], group["momentum"]
@@ -221,6 +244,21 @@ class KFAC(torch.optim.Optimizer):
         if adapt and loss is not None:
             self._adapt_damping(_as_float(loss), closure, snapshot)  # type: ignore[arg-type]
         return loss
+
+    def _clip_grad_norm(self, max_norm: float) -> None:
+        """Scale every group's preconditioned ``.grad`` by ``min(1, max_norm / ‖v‖)``, ‖v‖
+        the L2 norm over all of them (as ``torch.nn.utils.clip_grad_norm_`` after ASDL's
+        preconditioning): the update is then ``lr · min(1, max_norm / ‖v‖) · v``."""
+        grads = [p.grad for group in self.param_groups for p in group["params"]]
+        present = [g for g in grads if g is not None]
+        if not present:
+            return
+        norm = math.sqrt(sum(float(g.pow(2).sum(dtype=torch.float64)) for g in present))
+        self.last_grad_norm = norm
+        if norm > max_norm and math.isfinite(norm):
+            scale = max_norm / norm
+            for g in present:
+                g.mul_(scale)
 
     def _guard_nonfinite(self, loss: Any, adapt: bool) -> list[torch.Tensor]:
         """Flag the parameters whose gradient holds NaN/Inf (all of them if ``loss`` is not

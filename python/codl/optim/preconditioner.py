@@ -84,7 +84,9 @@ class KFACPreconditioner:
         factor_decay: EMA decay of the factors (number in [0, 1) or callable).
         factor_update_steps: recompute factor statistics every this many steps (int/callable).
         inv_update_steps: recompute inverses/eigenbases every this many steps (int/callable).
-        kl_clip: KL clipping constant (Ba et al. 2017), or None to disable.
+        kl_clip: KL clipping constant κ (Ba et al. 2017, kfac-pytorch), or None to disable:
+            the gradients are scaled by ``nu = min(1, sqrt(κ / Σ lr²⟨v, ∇⟩))``. When it binds,
+            an optimizer step ``lr · nu · v`` does not depend on ``lr``: κ sets the step size.
         lr: the learning rate the KL clip assumes when :meth:`step` is called without one.
         pi_damping: split λ between A and G by the π rule (inverse method only).
         fisher: ``"empirical"`` or ``"true"`` (see :meth:`sample_fisher`).

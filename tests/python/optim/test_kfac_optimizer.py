@@ -358,6 +358,91 @@ def test_kl_clip_scales_by_nu() -> None:
         assert torch.allclose(p.grad, v * nu, rtol=1e-6, atol=0)  # type: ignore[arg-type, operator]
 
 
+def _one_kfac_step(lr: float, **options: Any) -> tuple[nn.Sequential, nn.Sequential, KFAC]:
+    """A Linear(4, 3) before (with this step's gradient) and after one KFAC step at ``lr``
+    (momentum 0, so Δθ = -lr·d)."""
+    torch.manual_seed(7)
+    before = nn.Sequential(nn.Linear(4, 3)).double()  # float64: Δθ is exact enough to compare
+    model = nn.Sequential(nn.Linear(4, 3)).double()
+    model.load_state_dict(before.state_dict())
+    generator = torch.Generator().manual_seed(8)
+    x = torch.randn(16, 4, generator=generator, dtype=torch.float64)
+    y = torch.randint(0, 3, (16,), generator=generator)
+    optimizer = KFAC(model, lr=lr, momentum=0.0, factor_update_steps=1, **options)
+    optimizer.zero_grad()
+    F.cross_entropy(model(x), y).backward()
+    optimizer.step()
+    before.zero_grad()
+    F.cross_entropy(before(x), y).backward()
+    return before, model, optimizer
+
+
+def _dense_kfac_direction(before: nn.Sequential, optimizer: KFAC) -> torch.Tensor:
+    """vec(v) = ((A + gamma_A I) ⊗ (G + gamma_G I))⁻¹ vec([∇W ∇b]) with the π-split damping, solved
+    densely in float64 from the block's factors (column-major vec)."""
+    block = optimizer.preconditioner.blocks["0"]
+    a, g = block.factors["A"].double(), block.factors["G"].double()
+    damping = optimizer.damping
+    pi = math.sqrt((a.trace() / a.shape[0]) / (g.trace() / g.shape[0]))
+    a_damped = a + pi * math.sqrt(damping) * torch.eye(a.shape[0], dtype=torch.float64)
+    g_damped = g + math.sqrt(damping) / pi * torch.eye(g.shape[0], dtype=torch.float64)
+    layer = before[0]
+    grad = torch.cat([layer.weight.grad, layer.bias.grad[:, None]], dim=1).double()  # type: ignore[index]
+    vec = torch.linalg.solve(torch.kron(a_damped, g_damped), grad.T.reshape(-1))
+    return vec.reshape(a.shape[0], g.shape[0]).T  # (out, in + 1)
+
+
+def _update(before: nn.Sequential, after: nn.Sequential) -> torch.Tensor:
+    w0, w1 = before[0], after[0]
+    return (
+        torch.cat([(w1.weight - w0.weight), (w1.bias - w0.bias)[:, None]], dim=1).detach().double()
+    )
+
+
+def test_learning_rate_scales_the_update_when_the_norm_clip_binds() -> None:
+    updates = {}
+    for lr in (0.05, 0.1):
+        before, after, optimizer = _one_kfac_step(lr, max_grad_norm=1e-3)
+        v = _dense_kfac_direction(before, optimizer)
+        assert float(v.norm()) > 1e-3  # the clip binds
+        assert optimizer.last_grad_norm == pytest.approx(float(v.norm()), rel=1e-4)
+        expected = -lr * 1e-3 * v / v.norm()  # Δθ = -lr · min(1, c/‖v‖) · v
+        updates[lr] = _update(before, after)
+        assert torch.allclose(updates[lr], expected, rtol=1e-4, atol=1e-9)
+        assert float(updates[lr].norm()) == pytest.approx(lr * 1e-3, rel=1e-4)
+    assert not torch.equal(updates[0.05], updates[0.1])
+
+
+def test_default_kfac_responds_to_the_learning_rate() -> None:
+    # At the defaults, lr 0.05 and 0.1 must not give the same weights (the old KL clip, on by
+    # default, made the update lr·nu·v with nu ∝ 1/lr: bit-identical weights).
+    (_, slow, _), (_, fast, _) = _one_kfac_step(0.05), _one_kfac_step(0.1)
+    before, _, _ = _one_kfac_step(0.1)
+    step_slow, step_fast = _update(before, slow), _update(before, fast)
+    assert float(step_fast.norm()) == pytest.approx(2 * float(step_slow.norm()), rel=1e-5)
+
+
+def test_the_kl_clip_cancels_the_learning_rate_as_documented() -> None:
+    # kl_clip (kfac-pytorch's rule) binding: Δθ = -sqrt(κ / vᵀ∇) · v whatever the lr.
+    steps = []
+    for lr in (0.05, 0.1):
+        before, after, optimizer = _one_kfac_step(lr, kl_clip=1e-8, max_grad_norm=None)
+        v = _dense_kfac_direction(before, optimizer)
+        layer = before[0]
+        grad = torch.cat([layer.weight.grad, layer.bias.grad[:, None]], dim=1).double()  # type: ignore[index]
+        expected = -math.sqrt(1e-8 / float((v * grad).sum())) * v
+        steps.append(_update(before, after))
+        assert torch.allclose(steps[-1], expected, rtol=1e-4, atol=1e-12)
+    assert torch.allclose(steps[0], steps[1], rtol=1e-5, atol=0)
+
+
+def test_max_grad_norm_is_checked() -> None:
+    with pytest.raises(ValueError, match="max_grad_norm"):
+        KFAC(_with_prelu(), max_grad_norm=0.0)
+    with pytest.raises(TypeError, match="max_grad_norm"):
+        KFAC(_with_prelu(), max_grad_norm="1")  # type: ignore[arg-type]
+
+
 def _regression(lr: float, steps: int) -> tuple[KFAC, Callable[[], torch.Tensor], list[float]]:
     torch.manual_seed(4)
     model = nn.Sequential(nn.Linear(6, 1))
