@@ -5,9 +5,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import torch
 
 
 def _cmd_info(args: argparse.Namespace) -> int:
@@ -43,16 +48,6 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
-def _run_bench_program(name: str, argv: Sequence[str]) -> int:
-    from codl import bench
-
-    try:
-        return bench.run_program(name, argv)
-    except (ValueError, FileNotFoundError) as error:
-        print(f"codl bench {name}: error: {error}", file=sys.stderr)
-        return 2
-
-
 def _cmd_demo(args: argparse.Namespace) -> int:
     from codl import demo
 
@@ -84,36 +79,118 @@ def _cmd_export_c(args: argparse.Namespace) -> int:
     return 0
 
 
-def _read_state_dict(path: Path) -> dict[str, object]:
-    """A state_dict from a .safetensors file or a .pt file (torch.load, weights_only=True)."""
+#: Keys under which training checkpoints keep the model's state_dict, in the order looked at.
+_CHECKPOINT_KEYS = ("state_dict", "model_state_dict", "model")
+
+
+def _describe(names: Sequence[str], limit: int = 8) -> str:
+    shown = ", ".join(names[:limit])
+    return shown + (f" and {len(names) - limit} more" if len(names) > limit else "")
+
+
+def _is_tensor_dict(value: object) -> bool:
     import torch
 
-    from codl.formats.safetensors_io import read_safetensors
+    return isinstance(value, dict) and any(isinstance(v, torch.Tensor) for v in value.values())
 
-    if path.suffix == ".safetensors":
-        return dict(read_safetensors(path))
-    import pickle
 
-    try:
-        loaded = torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError) as error:
-        raise ValueError(
-            f"{path}: not a state_dict torch.load(weights_only=True) reads: {error}"
-        ) from None
-    if isinstance(loaded, dict) and isinstance(loaded.get("state_dict"), dict):
-        loaded = loaded["state_dict"]  # a training checkpoint
+def _tensors_of(loaded: object, where: str) -> tuple[dict[str, torch.Tensor], str | None]:
+    """The tensors of a loaded .pt object: a state_dict, or the state_dict a training checkpoint
+    keeps under one of :data:`_CHECKPOINT_KEYS`; entries that are not tensors are skipped, and
+    the note says which (None when nothing was skipped)."""
+    import torch
+
     if not isinstance(loaded, dict):
         raise ValueError(
-            f"{path}: expected a state_dict (a dict of tensors), found {type(loaded).__name__}"
+            f"{where}: expected a state_dict (a dict of tensors) or a checkpoint dict holding "
+            f"one, found {type(loaded).__name__}"
         )
-    return dict(loaded)
+    chosen: dict[object, object] = loaded
+    taken = ""
+    skipped = []
+    if not all(isinstance(v, torch.Tensor) for v in loaded.values()):
+        key = next((k for k in _CHECKPOINT_KEYS if _is_tensor_dict(loaded.get(k))), None)
+        if key is not None:
+            chosen = loaded[key]
+            taken = f" of checkpoint[{key!r}]"
+            skipped = [f"{k!r} ({type(v).__name__})" for k, v in loaded.items() if k != key]
+    tensors = {}
+    for name, value in chosen.items():
+        if isinstance(name, str) and isinstance(value, torch.Tensor):
+            tensors[name] = value
+        else:
+            skipped.append(f"{name!r} ({type(value).__name__})")
+    if not tensors:
+        raise ValueError(
+            f"{where}: holds no tensors (expected a state_dict, or a checkpoint with one under "
+            f"{' or '.join(map(repr, _CHECKPOINT_KEYS))})"
+        )
+    if not taken and not skipped:
+        return tensors, None
+    note = f"{where}: took the {len(tensors)} tensors{taken}"
+    if skipped:
+        entries = (
+            "entry that is not a tensor" if len(skipped) == 1 else "entries that are not tensors"
+        )
+        note += f"; skipped {len(skipped)} {entries}: {_describe(skipped)}"
+    return tensors, note
+
+
+def _read_state_dict(path: Path) -> tuple[dict[str, torch.Tensor], str | None]:
+    """The tensors of a .safetensors file or of a torch.save file (read with
+    torch.load(weights_only=True): nothing is unpickled but tensors and plain containers), and
+    a note on what was skipped; ValueError in one line for anything else."""
+    import pickle
+    import re
+
+    import torch
+
+    from codl.formats import MAGIC
+    from codl.formats.safetensors_io import read_safetensors
+
+    where = str(path)
+    with path.open("rb") as file:
+        head = file.read(16)
+    size = path.stat().st_size
+    if head.startswith(MAGIC):
+        raise ValueError(f"{where}: is already a .codl file (codl inspect {where} shows it)")
+    header_size = int.from_bytes(head[:8], "little") if len(head) >= 9 else 0
+    if path.suffix == ".safetensors" or (head[8:9] == b"{" and 0 < header_size <= size - 8):
+        return dict(read_safetensors(path)), None
+    # torch.save writes a zip archive (a pickle protocol-2 stream before torch 1.6).
+    if not (head.startswith(b"PK\x03\x04") or head.startswith(b"\x80")):
+        raise ValueError(
+            f"{where}: not a model file (expected a torch.save file of a state_dict, or a "
+            ".safetensors file)"
+        )
+    try:
+        loaded = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as error:
+        found = re.search(r"Unsupported global: GLOBAL ([\w.]+)", str(error))
+        if found is not None:
+            raise ValueError(
+                f"{where}: holds a pickled {found.group(1)} object, which codl does not unpickle "
+                "(a whole model?): save model.state_dict() instead"
+            ) from None
+        raise ValueError(
+            f"{where}: not a state_dict torch.load(weights_only=True) can read "
+            f"({_first_line(error)})"
+        ) from None
+    except Exception as error:  # torch's readers fail with KeyError, IndexError, RuntimeError...
+        raise ValueError(
+            f"{where}: not a torch.save file torch.load can read ({type(error).__name__}: "
+            f"{_first_line(error)})"
+        ) from None
+    return _tensors_of(loaded, where)
 
 
 def _cmd_compress(args: argparse.Namespace) -> int:
     import codl
     from codl.formats import inspect
 
-    state = _read_state_dict(args.input)
+    state, note = _read_state_dict(args.input)
+    if note is not None:
+        print(note)
     plan: dict[str, object] | None = None
     if args.prune or args.bits is not None or args.method is not None:
         plan = {"*": {"prune": args.prune, "bits": args.bits, "method": args.method}}
@@ -137,7 +214,7 @@ def _cmd_compress(args: argparse.Namespace) -> int:
 def _cmd_inspect(args: argparse.Namespace) -> int:
     from codl.formats import read_header
 
-    infos, metadata = read_header(args.file)
+    infos, metadata = read_header(args.file, check_crcs=not args.header_only)
     if args.json:
         rows = [
             {
@@ -184,6 +261,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="codl: co-design for deep learning on CPUs (kernels, optimizers, "
         "compression). Each subcommand has its own --help.",
     )
+    parser.add_argument("--version", action="version", version=f"codl {_version()}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
     info = sub.add_parser(
@@ -202,8 +280,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="time codl against its torch baseline",
         description="Run micro-benchmarks: codl and its plain-torch baseline "
         "in the same process with the same threads; print a table (medians, interquartile "
-        "ranges, load average) and write JSON with the ratios. Longer programs run as "
-        "`codl bench PROGRAM [options]`, each with its own --help: " + ", ".join(programs()) + ".",
+        "ranges, load average) and write JSON with the ratios. `codl bench --list` lists the "
+        "micro-benchmarks NAME can be. Longer programs run as `codl bench PROGRAM [options]`, "
+        "each with its own --help: " + ", ".join(programs()) + ".",
     )
     bench.add_argument("names", nargs="*", metavar="NAME", help="benchmarks to run (default all)")
     bench.add_argument("--list", action="store_true", help="list the benchmarks and exit")
@@ -256,13 +335,19 @@ def build_parser() -> argparse.ArgumentParser:
     compress = sub.add_parser(
         "compress",
         help="prune, quantize and DEFLATE-pack a state_dict into a .codl file",
-        description="Read a state_dict (.pt through torch.load(weights_only=True), or "
-        ".safetensors) and write it as a .codl file. Without --prune/--bits every tensor is "
-        "stored losslessly; with them, every weight of 2+ dimensions is magnitude-pruned and "
-        "quantized, and the other tensors stay lossless.",
+        description="Read a state_dict (a torch.save file, read with "
+        "torch.load(weights_only=True), or a .safetensors file) and write it as a .codl file. "
+        "A training checkpoint works too: the tensors under 'state_dict', 'model_state_dict' or "
+        "'model' are taken and the other entries skipped (the command says which). A whole "
+        "pickled model is refused: save model.state_dict() instead. Without --prune/--bits "
+        "every tensor is stored losslessly; with them, every weight of 2+ dimensions is "
+        "magnitude-pruned and quantized, and the other tensors stay lossless.",
     )
     compress.add_argument(
-        "input", type=Path, metavar="IN", help="a .pt state_dict or a .safetensors file"
+        "input",
+        type=Path,
+        metavar="IN",
+        help="a torch.save state_dict or checkpoint (.pt), or a .safetensors file",
     )
     compress.add_argument("-o", "--output", type=Path, required=True, metavar="OUT.codl")
     compress.add_argument(
@@ -290,10 +375,17 @@ def build_parser() -> argparse.ArgumentParser:
         "inspect",
         help="show what a .codl file holds, tensor by tensor",
         description="Print a table of a .codl file's tensors (shape, encoding, sparsity, bits, "
-        "bytes before and after, ratio) and the totals; only the header is read.",
+        "bytes before and after, ratio) and the totals, after checking the header and every "
+        "stream's CRC32 (nothing is inflated). Exits 2 with the first fault if the file is "
+        "malformed or corrupt.",
     )
     inspect.add_argument("file", type=Path, metavar="FILE.codl")
     inspect.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    inspect.add_argument(
+        "--header-only",
+        action="store_true",
+        help="check the header only, not the streams' CRC32s (faster on large files)",
+    )
     inspect.set_defaults(run=_cmd_inspect)
 
     demo = sub.add_parser(
@@ -319,20 +411,72 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    arguments = list(sys.argv[1:] if argv is None else argv)
-    if len(arguments) >= 2 and arguments[0] == "bench":
-        from codl.bench import programs
+def _version() -> str:
+    import codl
 
-        # A program parses its own options, which the micro-benchmarks' parser would refuse.
-        if arguments[1] in programs():
-            return _run_bench_program(arguments[1], arguments[2:])
-    args = build_parser().parse_args(arguments)
+    return codl.__version__
+
+
+def _first_line(error: BaseException) -> str:
+    """An exception's message in one line (its first non-empty one), or its type's name."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    return lines[0] if lines else type(error).__name__
+
+
+def _message(error: Exception) -> str:
+    # ValueError/TypeError/OSError messages say what was wrong; for other exceptions the type
+    # helps (a RuntimeError from torch, a MemoryError...).
+    if isinstance(error, (ValueError, TypeError, OSError)):
+        return _first_line(error)
+    return f"{type(error).__name__}: {_first_line(error)}"
+
+
+def _dispatch(arguments: list[str]) -> int:
+    command = arguments[0] if arguments else "codl"
     try:
-        return int(args.run(args))
-    except (ValueError, FileNotFoundError) as error:
-        print(f"codl {args.command}: error: {error}", file=sys.stderr)
+        if len(arguments) >= 2 and arguments[0] == "bench":
+            from codl.bench import programs
+
+            # A program parses its own options, which the micro-benchmarks' parser would refuse.
+            if arguments[1] in programs():
+                command = f"bench {arguments[1]}"
+                return _run_bench_program(arguments[1], arguments[2:])
+        args = build_parser().parse_args(arguments)
+        command = args.command
+        status = int(args.run(args))
+        sys.stdout.flush()  # a closed pipe shows here, not at exit
+        return status
+    except (BrokenPipeError, KeyboardInterrupt, SystemExit):
+        raise
+    except Exception as error:
+        if os.environ.get("CODL_TRACEBACK"):
+            raise
+        print(f"codl {command}: error: {_message(error)}", file=sys.stderr)
         return 2
+
+
+def _run_bench_program(name: str, argv: Sequence[str]) -> int:
+    from codl import bench
+
+    return int(bench.run_program(name, argv))
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run a ``codl`` command. Whatever fails exits 2 with one line on stderr, ``codl COMMAND:
+    error: ...`` (set ``CODL_TRACEBACK=1`` for the traceback); a closed stdout (``codl ... |
+    head``) ends the command quietly with status 141, as SIGPIPE would."""
+    arguments = list(sys.argv[1:] if argv is None else argv)
+    try:
+        return _dispatch(arguments)
+    except BrokenPipeError:
+        # The reader went away: send the rest of the output (and Python's flush at exit) to
+        # /dev/null rather than printing a traceback.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 141
+    except KeyboardInterrupt:
+        print("codl: interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -38,10 +39,52 @@ def test_info_table_names_the_dispatch_level() -> None:
     assert dispatch_line.split()[-1] == codl.info()["dispatch"]
 
 
-@pytest.mark.parametrize("command", [[], ["info"], ["bench"], ["demo"], ["export-c"]])
+@pytest.mark.parametrize(
+    "command", [[], ["info"], ["bench"], ["demo"], ["export-c"], ["compress"], ["inspect"]]
+)
 def test_every_command_has_help(command: list[str]) -> None:
     result = run_codl(*command, "--help")
     assert result.stdout.startswith("usage: codl")
+
+
+def test_bench_help_points_to_the_list() -> None:
+    """Issue 14 item 12: `codl bench --help` says how to see the benchmark names."""
+    assert "`codl bench --list`" in " ".join(run_codl("bench", "--help").stdout.split())
+
+
+def test_version() -> None:
+    assert run_codl("--version").stdout == f"codl {codl.__version__}\n"
+
+
+def test_a_closed_stdout_ends_quietly() -> None:
+    """Issue 14 item 11: `codl info --json | head` printed a BrokenPipeError traceback. The
+    pipe's reading end is closed before codl starts, so every write fails."""
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    try:
+        result = subprocess.run(
+            [sys.executable, "-m", "codl", "info", "--json"],
+            stdout=write_end,
+            stderr=subprocess.PIPE,
+            text=True,
+            timeout=300,
+        )
+    finally:
+        os.close(write_end)
+    assert result.stderr == ""
+    assert result.returncode == 141  # as a process killed by SIGPIPE reports it in a shell
+
+
+def test_errors_are_one_line_without_traceback(tmp_path: Path) -> None:
+    (tmp_path / "notes.txt").write_text("e 1 2 3\n")  # gave `KeyError: 101` and a traceback
+    result = run_codl(
+        "compress", str(tmp_path / "notes.txt"), "-o", str(tmp_path / "x.codl"), check=False
+    )
+    assert result.returncode == 2 and result.stdout == ""
+    assert (
+        result.stderr == f"codl compress: error: {tmp_path / 'notes.txt'}: not a model file "
+        "(expected a torch.save file of a state_dict, or a .safetensors file)\n"
+    )
 
 
 def test_bench_writes_json_with_consistent_ratios(tmp_path: Path) -> None:
