@@ -477,7 +477,7 @@ def _check_tensor(
             _expect_raw_length(table, 4 * rows, name, "table", f"{rows} float32 row scales")
             scratch = numel  # the unpacked int8 codes
         else:
-            bits = _int(entry, "bits", name, 1, 8)
+            bits = _int(entry, "bits", name, 2 if encoding == "linear" else 1, 8)
             width = _int(entry, "width", name, bits, 8)
             _expect_raw_length(
                 values, (count * width + 7) // 8, name, "values", f"{count} fields of {width} bits"

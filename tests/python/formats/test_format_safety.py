@@ -435,8 +435,9 @@ def test_a_linear_field_of_2_to_the_bits_or_more_is_an_error(width: int) -> None
     loaded = load(build([linear_tensor(fields, width)]))["lin"]
     expected = torch.tensor([[-8 * 0.5, -7 * 0.5, 0.0], [7 * 0.25, 1 * 0.25, -1 * 0.25]])
     assert torch.equal(loaded, expected)
-    if width == 4:
-        return  # a 4-bit field cannot hold 16
+    if width == 4:  # a 4-bit field cannot hold 16; 1-bit linear codes are not in the format
+        expect_error(build([linear_tensor([0, 1] * 3, 4, bits=1)]), r"in \[2, 8\]", "lin", "bits")
+        return
     bad = build([linear_tensor([0, 1, 8, 16, 9, 7], width)])
     expect_error(bad, "field of 16 is out of range", "lin", "streams.values")
     core = codec.core_codec
