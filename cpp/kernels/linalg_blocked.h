@@ -486,25 +486,46 @@ void fill_nan(T* out, size_t n) {
     std::fill(out, out + n * n, std::numeric_limits<T>::quiet_NaN());
 }
 
-// out = lower triangle of input + damping I; false if the lower triangle holds NaN or Inf.
+// NaN and Inf are the values whose exponent bits are all ones; an integer test vectorizes.
+template <class T>
+struct FiniteBits {
+    using Bits = std::conditional_t<sizeof(T) == 4, std::uint32_t, std::uint64_t>;
+    static constexpr Bits exponent =
+        static_cast<Bits>(sizeof(T) == 4 ? 0x7F800000ull : 0x7FF0000000000000ull);
+    // Nonzero if any of values[0..count) is NaN or Inf (an OR-reduction, no early exit).
+    static Bits any_non_finite(const T* values, size_t count) {
+        Bits bad = 0;
+        for (size_t j = 0; j < count; ++j) {
+            Bits bits;
+            std::memcpy(&bits, values + j, sizeof bits);
+            bad |= static_cast<Bits>((bits & exponent) == exponent);
+        }
+        return bad;
+    }
+};
+
+// out = lower triangle of input + damping I; false if the input (either triangle: only the lower
+// one is read for the result, but an upper-triangle NaN says the matrix is not what the caller
+// thinks it is) holds NaN or Inf.
 template <class T>
 bool load_damped(const T* input, T* out, size_t n, T damping) {
-    // NaN and Inf are the values whose exponent bits are all ones; an integer test vectorizes.
-    using Bits = std::conditional_t<sizeof(T) == 4, std::uint32_t, std::uint64_t>;
-    constexpr Bits exponent = static_cast<Bits>(sizeof(T) == 4 ? 0x7F800000ull : 0x7FF0000000000000ull);
+    using Bits = typename FiniteBits<T>::Bits;
     Bits bad = 0;
     for (size_t i = 0; i < n; ++i) {
         const T* row = input + i * n;
         T* dst = out + i * n;
-        for (size_t j = 0; j <= i; ++j) {
-            Bits bits;
-            std::memcpy(&bits, row + j, sizeof bits);
-            bad |= static_cast<Bits>((bits & exponent) == exponent);
-            dst[j] = row[j];
-        }
+        bad |= FiniteBits<T>::any_non_finite(row, n);
+        std::copy(row, row + i + 1, dst);
         dst[i] += damping;
     }
     return bad == 0;
+}
+
+// A finite input can still overflow (the inverse of eye * 1e-40 in float32): the result is
+// checked, one read pass over the n x n output.
+template <class T>
+bool all_finite(const T* values, size_t count) {
+    return FiniteBits<T>::any_non_finite(values, count) == 0;
 }
 
 template <class T>
@@ -512,6 +533,14 @@ LinalgResult factor(const T* input, T* out, size_t n, T damping, int threads) {
     if (!load_damped(input, out, n, damping)) {
         fill_nan(out, n);
         return {LinalgStatus::non_finite, 0};
+    }
+    // A finite diagonal plus a finite damping can overflow (max + max): not the caller's NaN,
+    // and no failure of positive definiteness either.
+    for (size_t i = 0; i < n; ++i) {
+        if (!std::isfinite(out[i * n + i])) {
+            fill_nan(out, n);
+            return {LinalgStatus::non_finite_result, 0};
+        }
     }
     const size_t pivot = potrf<T>(View<T>{out, static_cast<ptrdiff_t>(n), 1}, n, threads);
     if (pivot != kNoFailure) {
@@ -526,6 +555,10 @@ LinalgResult damped_cholesky(const T* input, T* out, size_t n, T damping, int th
     const LinalgResult result = factor(input, out, n, damping, threads);
     if (result.status != LinalgStatus::ok) return result;
     for (size_t i = 0; i < n; ++i) std::fill(out + i * n + i + 1, out + (i + 1) * n, T(0));
+    if (!all_finite(out, n * n)) {
+        fill_nan(out, n);
+        return {LinalgStatus::non_finite_result, 0};
+    }
     return result;
 }
 
@@ -558,6 +591,10 @@ LinalgResult damped_inverse(const T* input, T* out, size_t n, T damping, int thr
     trtri<T>(a, n, threads);
     lauum<T>(a, n, threads);
     mirror_lower(out, n);
+    if (!all_finite(out, n * n)) {
+        fill_nan(out, n);
+        return {LinalgStatus::non_finite_result, 0};
+    }
     return result;
 }
 

@@ -310,8 +310,8 @@ def damped_cholesky(
     """``outs[i] = L`` with ``L Lᵀ = mats[i] + dampings[i] I`` (lower triangle read, upper zero).
 
     Returns ``(status, pivot)`` per matrix: 0 ok; 1 not positive definite (``pivot`` is the
-    first row whose pivot was not > 0); 2 NaN or Inf in the lower triangle. Failed outputs are
-    NaN.
+    first row whose pivot was not > 0); 2 NaN or Inf anywhere in the input; 3 a finite input
+    whose result is not finite (overflow). Failed outputs are NaN.
     """
     return _damped(_C.damped_cholesky, mats, dampings, outs)
 

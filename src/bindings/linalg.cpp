@@ -191,7 +191,8 @@ void register_linalg(py::module_& m) {
         },
         py::arg("mats"), py::arg("dampings"), py::arg("outs"), py::arg("num_threads") = 1,
         "outs[i] = L with L L^T = mats[i] + dampings[i] I (upper triangle zero). Returns (status, pivot) per "
-        "matrix: 0 ok, 1 not positive definite at pivot, 2 NaN/Inf in the input; failed outputs are NaN.");
+        "matrix: 0 ok, 1 not positive definite at pivot, 2 NaN/Inf in the input (either triangle), 3 a result "
+        "that overflowed; failed outputs are NaN.");
     m.def(
         "damped_inverse",
         [](const py::list& mats, const std::vector<double>& dampings, const py::list& outs, int num_threads) {

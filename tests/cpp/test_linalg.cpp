@@ -215,9 +215,9 @@ void check_factorizations(IsaLevel isa, std::size_t n, bool with_inverse_residua
         return;
     }
     std::vector<T> f = spd<T>(n);
-    // Noise in the upper triangle: it must never be read.
+    // Finite noise in the upper triangle: it must never be read (NaN there is an error, below).
     for (std::size_t i = 0; i < n; ++i)
-        for (std::size_t j = i + 1; j < n; ++j) f[i * n + j] = std::numeric_limits<T>::quiet_NaN();
+        for (std::size_t j = i + 1; j < n; ++j) f[i * n + j] = T(1e6) * static_cast<T>(1 + (i * 7 + j) % 5);
     std::vector<T> lower = f;
     for (std::size_t i = 0; i < n; ++i)
         for (std::size_t j = i + 1; j < n; ++j) lower[i * n + j] = f[j * n + i];
@@ -327,16 +327,45 @@ void check_failures(IsaLevel isa) {
             const codl::LinalgResult r = cholesky<T>(of(isa), f.data(), out.data(), n, T(0), 1);
             if (n > 1) CHECK_MSG(r.status == LinalgStatus::not_positive_definite && r.pivot >= 1, at);
         }
-        // NaN in the upper triangle is never read.
+        // NaN/Inf in the upper triangle (not read for the result) is still reported.
         if (n > 1) {
-            std::vector<T> f = spd<T>(n), out(n * n);
-            f[1] = std::numeric_limits<T>::quiet_NaN();
-            CHECK_MSG(cholesky<T>(of(isa), f.data(), out.data(), n, T(1), 1).status == LinalgStatus::ok, at);
+            for (const T bad : {std::numeric_limits<T>::quiet_NaN(), std::numeric_limits<T>::infinity()}) {
+                std::vector<T> f = spd<T>(n), out(n * n);
+                const std::size_t j = 1 + rng()() % (n - 1), i = rng()() % j;  // i < j: upper
+                f[i * n + j] = bad;
+                for (bool inv : {false, true}) {
+                    const codl::LinalgResult r = inv ? inverse<T>(of(isa), f.data(), out.data(), n, T(1), 1)
+                                                     : cholesky<T>(of(isa), f.data(), out.data(), n, T(1), 1);
+                    CHECK_MSG(r.status == LinalgStatus::non_finite, at + " upper n=" + std::to_string(n));
+                    CHECK_MSG(std::isnan(out[0]) && std::isnan(out[n * n - 1]), at);
+                }
+            }
+        }
+        // A finite input whose inverse overflows (tiny * I): reported, NaN outputs, never Inf.
+        {
+            const T tiny = sizeof(T) == 4 ? T(1e-40) : T(1e-310);  // subnormal: 1 / tiny > max
+            std::vector<T> f(n * n, T(0)), out(n * n);
+            for (std::size_t i = 0; i < n; ++i) f[i * n + i] = tiny;
+            const codl::LinalgResult r = inverse<T>(of(isa), f.data(), out.data(), n, T(0), 1);
+            CHECK_MSG(r.status == LinalgStatus::non_finite_result, at + " tiny n=" + std::to_string(n));
+            CHECK_MSG(std::isnan(out[0]) && std::isnan(out[n * n - 1]), at);
+            // Its Cholesky factor (sqrt(tiny)) is finite and fine.
+            CHECK_MSG(cholesky<T>(of(isa), f.data(), out.data(), n, T(0), 1).status == LinalgStatus::ok, at);
+            CHECK_MSG(out[0] == std::sqrt(tiny), at);
+        }
+        // Damping that overflows the diagonal: the factor would be Inf.
+        {
+            const T big = std::numeric_limits<T>::max();
+            std::vector<T> f(n * n, T(0)), out(n * n);
+            for (std::size_t i = 0; i < n; ++i) f[i * n + i] = big;
+            const codl::LinalgResult r = cholesky<T>(of(isa), f.data(), out.data(), n, big, 1);
+            CHECK_MSG(r.status == LinalgStatus::non_finite_result, at + " big n=" + std::to_string(n));
+            CHECK_MSG(std::isnan(out[0]) && std::isnan(out[n * n - 1]), at);
         }
     }
 }
 
-TEST_CASE("linalg statuses: NaN/Inf in the read triangle, not positive definite at the right pivot") {
+TEST_CASE("linalg statuses: NaN/Inf in either triangle, overflowing results, not positive definite at the right pivot") {
     codl_test::for_each_isa([&](IsaLevel isa, const codl::KernelTable&) {
         check_failures<float>(isa);
         check_failures<double>(isa);

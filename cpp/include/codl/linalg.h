@@ -2,7 +2,8 @@
 // damped inverses and Cholesky solves of symmetric positive definite matrices, float32 and
 // float64, plus symmetric (upper-triangle) packing.
 //
-// Matrices are row-major n x n. Inputs are symmetric and only their lower triangle is read.
+// Matrices are row-major n x n. Inputs are symmetric and only their lower triangle is read
+// (both triangles are checked for NaN/Inf; results that overflow are reported, never returned).
 // Per-matrix routines are blocked recursively (potrf, trtri, lauum as in LAPACK) so that almost
 // all the flops run in a register-blocked GEMM micro-kernel of the active ISA.
 //
@@ -21,7 +22,9 @@ namespace codl {
 enum class LinalgStatus : int {
     ok = 0,
     not_positive_definite = 1,  // pivot names the first row whose pivot was not > 0
-    non_finite = 2,             // NaN or Inf in the lower triangle of the input
+    non_finite = 2,             // NaN or Inf anywhere in the input (either triangle)
+    non_finite_result = 3,      // finite input whose damped diagonal or result overflowed (e.g. the
+                                // float32 inverse of 1e-40 I)
 };
 
 struct LinalgResult {

@@ -6,10 +6,12 @@ side by side and large ones are blocked and parallel inside. Python loops over
 ``torch.linalg`` pay a dispatch per matrix and leave cores idle on small ones
 (:mod:`codl.linalg.reference` is that loop; ``codl bench linalg`` times both).
 
-Matrices are symmetric; the kernels read their lower triangle only (LAPACK's ``uplo='L'``).
-A matrix that is not positive definite after damping, or that holds NaN or Inf, never yields
-silent garbage: :class:`LinAlgError` names every failed index and carries the results of the
-others, so a caller can retry just those (codl's K-FAC does, with larger damping).
+Matrices are symmetric; the kernels read their lower triangle only (LAPACK's ``uplo='L'``),
+but NaN or Inf anywhere in the input (upper triangle included) is an error. A matrix that is
+not positive definite after damping, that holds NaN or Inf, or whose result overflows (the
+float32 inverse of ``1e-40 * I``) never yields silent garbage: :class:`LinAlgError` names every
+failed index and carries the results of the others, so a caller can retry just those (codl's
+K-FAC does, with larger damping).
 """
 
 from __future__ import annotations
@@ -115,15 +117,26 @@ def _dampings(damping: float | Sequence[float], count: int) -> list[float]:
     return values
 
 
+def _first_non_finite(matrix: torch.Tensor) -> str:
+    """``[i, j]`` of the first NaN/Inf entry (row-major); only called on the failure path."""
+    bad = (~torch.isfinite(matrix)).nonzero()
+    return f"[{int(bad[0, 0])}, {int(bad[0, 1])}]" if bad.numel() else "?"
+
+
 def _raise_failures(
-    statuses: Sequence[tuple[int, int]], outs: list[torch.Tensor]
+    statuses: Sequence[tuple[int, int]], matrices: list[torch.Tensor], outs: list[torch.Tensor]
 ) -> list[torch.Tensor]:
     failures = {}
     for index, (code, pivot) in enumerate(statuses):
         if code == 1:
             failures[index] = f"not positive definite after damping (pivot {pivot})"
         elif code == 2:
-            failures[index] = "holds NaN or Inf"
+            failures[index] = f"holds NaN or Inf (first at {_first_non_finite(matrices[index])})"
+        elif code == 3:
+            failures[index] = (
+                f"its result is not finite ({matrices[index].dtype} overflow: the damped "
+                "matrix is too close to singular; increase the damping)"
+            )
         elif code != 0:
             failures[index] = f"failed with status {code}"
     if failures:
@@ -139,22 +152,24 @@ def damped_inverse(
     ``damping`` is one λ for all or one per matrix. Cholesky factorisation, triangular inverse
     and ``L⁻ᵀL⁻¹`` (LAPACK's potrf + potri, about n³ flops), blocked so most of the work runs in
     SIMD GEMM tiles. Raises :class:`LinAlgError` naming the matrices that are not positive
-    definite after damping or that hold NaN/Inf.
+    definite after damping, that hold NaN/Inf (in either triangle) or whose inverse overflows.
     """
     matrices = _as_matrix_list(mats, "mats")
     dampings = _dampings(damping, len(matrices))
     outs = [torch.empty_like(m) for m in matrices]
-    return _raise_failures(_ops.damped_inverse(matrices, dampings, outs), outs)
+    return _raise_failures(_ops.damped_inverse(matrices, dampings, outs), matrices, outs)
 
 
 def damped_cholesky(
     mats: Sequence[torch.Tensor] | torch.Tensor, damping: float | Sequence[float] = 0.0
 ) -> list[torch.Tensor]:
-    """Lower-triangular ``L`` with ``L Lᵀ = F + λI`` for each matrix (upper triangle zero)."""
+    """Lower-triangular ``L`` with ``L Lᵀ = F + λI`` for each matrix (upper triangle zero).
+
+    Raises :class:`LinAlgError` as :func:`damped_inverse` does."""
     matrices = _as_matrix_list(mats, "mats")
     dampings = _dampings(damping, len(matrices))
     outs = [torch.empty_like(m) for m in matrices]
-    return _raise_failures(_ops.damped_cholesky(matrices, dampings, outs), outs)
+    return _raise_failures(_ops.damped_cholesky(matrices, dampings, outs), matrices, outs)
 
 
 def cholesky_solve(

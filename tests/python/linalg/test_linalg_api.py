@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import pytest
 import torch
@@ -113,6 +114,49 @@ def test_failures_are_named_and_the_rest_still_returned() -> None:
     # Damping that makes the indefinite matrix definite fixes it.
     (fixed,) = linalg.damped_inverse([indefinite], 2.0)
     torch.testing.assert_close(fixed, torch.eye(5, dtype=torch.float64))
+
+
+@pytest.mark.parametrize("function", [linalg.damped_inverse, linalg.damped_cholesky])
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_non_finite_upper_triangle_is_reported_with_its_index(
+    function: Callable[..., list[torch.Tensor]], bad: float
+) -> None:
+    # The kernels read the lower triangle only; a NaN above the diagonal used to pass unseen.
+    good = spd(6, 10.0)
+    upper = good.clone()
+    upper[1, 4] = bad
+    with pytest.raises(linalg.LinAlgError) as raised:
+        function([good, upper], 0.1)
+    assert set(raised.value.failures) == {1}
+    assert "NaN or Inf (first at [1, 4])" in raised.value.failures[1]
+    assert "matrix 1" in str(raised.value)
+    torch.testing.assert_close(
+        raised.value.results[0],
+        torch.linalg.inv(good + 0.1 * torch.eye(6, dtype=torch.float64))
+        if function is linalg.damped_inverse
+        else torch.linalg.cholesky(good + 0.1 * torch.eye(6, dtype=torch.float64)),
+    )
+
+
+def test_an_overflowing_inverse_raises_instead_of_returning_inf() -> None:
+    # 1e-40 is a float32 subnormal: the input is finite and positive definite, 1e40 is not a
+    # float32. It used to come back as inf without an error.
+    tiny = torch.eye(3) * 1e-40
+    assert bool(torch.isfinite(tiny).all()) and float(1 / tiny[0, 0]) == math.inf
+    with pytest.raises(linalg.LinAlgError, match="matrix 1") as raised:
+        linalg.damped_inverse([torch.eye(2), tiny])
+    assert "not finite" in raised.value.failures[1] and "float32" in raised.value.failures[1]
+    torch.testing.assert_close(raised.value.results[0], torch.eye(2))
+    # Its Cholesky factor sqrt(1e-40) = 1e-20 is representable: no error, the exact value.
+    (lower,) = linalg.damped_cholesky([tiny])
+    assert torch.equal(lower, torch.eye(3) * torch.tensor(1e-40).sqrt())
+    # float64 holds 1e40: the same matrix in float64 inverts exactly.
+    (inverse,) = linalg.damped_inverse([torch.eye(3, dtype=torch.float64) * 1e-40])
+    torch.testing.assert_close(inverse, torch.eye(3, dtype=torch.float64) * 1e40)
+    # Damping that overflows the diagonal: the Cholesky factor would be inf.
+    big = torch.eye(2) * torch.finfo(torch.float32).max
+    with pytest.raises(linalg.LinAlgError, match="not finite"):
+        linalg.damped_cholesky([big], float(torch.finfo(torch.float32).max))
 
 
 def test_sym_eig_reports_non_finite_input() -> None:

@@ -106,13 +106,14 @@ def test_statuses_name_failures_and_outputs_are_nan(level: str) -> None:
     nan = _spd(20, torch.float32).clone()
     nan[5, 2] = float("nan")
     inf_upper_only = _spd(20, torch.float32).clone()
-    inf_upper_only[2, 5] = float("inf")  # the upper triangle is not read
-    mats = [good, not_pd, nan, inf_upper_only]
+    inf_upper_only[2, 5] = float("inf")  # not read for the result, but reported (issue 14)
+    overflows = torch.eye(20) * 1e-40  # finite; its float32 inverse is not
+    mats = [good, not_pd, nan, inf_upper_only, overflows]
     outs = [torch.empty(20, 20) for _ in mats]
-    statuses = _ops.damped_inverse(mats, [0.0, 0.5, 0.0, 0.0], outs)
-    assert statuses == [(0, 0), (1, 11), (2, 0), (0, 0)]
-    assert outs[1].isnan().all() and outs[2].isnan().all()
-    assert torch.isfinite(outs[0]).all() and torch.isfinite(outs[3]).all()
+    statuses = _ops.damped_inverse(mats, [0.0, 0.5, 0.0, 0.0, 0.0], outs)
+    assert statuses == [(0, 0), (1, 11), (2, 0), (2, 0), (3, 0)]
+    assert all(out.isnan().all() for out in outs[1:])
+    assert torch.isfinite(outs[0]).all()
 
 
 def test_thread_counts_give_identical_bits() -> None:
