@@ -45,6 +45,40 @@ def _check_weight(weight: object, name: str = "weight") -> torch.Tensor:
     return weight.detach()
 
 
+def _checked_tensors(
+    given: object,
+    weights: Mapping[str, torch.Tensor],
+    key: str,
+    spec: Callable[[torch.Tensor], tuple[torch.Size, torch.dtype]],
+) -> dict[str, torch.Tensor]:
+    """Clones of ``given[name]`` for every weight name, each of the shape and dtype
+    ``spec(weight)`` says; ``ValueError`` naming the first mismatch (a state saved for other
+    weights). :class:`codl.quant.KMeansQuantizer` has its twin (prune and quant are sibling
+    layers that may not import each other)."""
+    if not isinstance(given, Mapping) or set(given) != set(weights):
+        names = sorted(given) if isinstance(given, Mapping) else type(given).__name__
+        raise ValueError(
+            f"state_dict[{key!r}]: expected tensors for the weights {sorted(weights)}, "
+            f"received {names}"
+        )
+    out = {}
+    for name, weight in weights.items():
+        tensor = given[name]
+        shape, dtype = spec(weight)
+        if not isinstance(tensor, torch.Tensor) or tensor.shape != shape or tensor.dtype != dtype:
+            received = (
+                f"{tensor.dtype} of shape {tuple(tensor.shape)}"
+                if isinstance(tensor, torch.Tensor)
+                else type(tensor).__name__
+            )
+            raise ValueError(
+                f"state_dict[{key!r}][{name!r}]: expected {dtype} of shape {tuple(shape)}, "
+                f"received {received}"
+            )
+        out[name] = tensor.detach().clone().to(weight.device)
+    return out
+
+
 def _pruned_count(numel: int, sparsity: float) -> int:
     # Rounded like torch.nn.utils.prune, so sparsity * numel entries (to the nearest one) go.
     return min(numel, round(sparsity * numel))
@@ -182,6 +216,69 @@ class Pruner:
     def layer_sparsity(self) -> dict[str, float]:
         """The fraction of pruned entries of each weight."""
         return {name: 1.0 - float(mask.float().mean()) for name, mask in self.masks.items()}
+
+    def state_dict(self) -> dict[str, Any]:
+        """What resuming a (gradual) pruning run needs, as ``torch.optim.Optimizer.state_dict``
+        gives it for the optimizer: the step count, the current target, the masks (cloned),
+        and the settings they were made with (checked by :meth:`load_state_dict`). Plain
+        Python values and tensors only, so ``torch.load(..., weights_only=True)`` reads it."""
+        schedule = None
+        if self.schedule is not None:
+            schedule = {
+                "end_step": self.schedule.end_step,
+                "begin_step": self.schedule.begin_step,
+                "frequency": self.schedule.frequency,
+                "initial_sparsity": self.schedule.initial_sparsity,
+            }
+        return {
+            "step_count": self.step_count,
+            "target_sparsity": self.target_sparsity,
+            "final_sparsity": self.final_sparsity,
+            "scope": self.scope,
+            "schedule": schedule,
+            "masks": {name: mask.clone() for name, mask in self.masks.items()},
+        }
+
+    def load_state_dict(self, state_dict: Mapping[str, Any]) -> None:
+        """Resume from :meth:`state_dict`: a pruner made for the same weights with the same
+        sparsity, scope and schedule continues exactly where the saved one stopped (load the
+        model's and the optimizer's state too). Writes the loaded masks' zeros into the
+        weights. ``ValueError`` names what does not match."""
+        if not isinstance(state_dict, Mapping):
+            raise TypeError(
+                f"state_dict: expected a mapping from Pruner.state_dict(), received "
+                f"{type(state_dict).__name__}"
+            )
+        expected_keys = set(self.state_dict())
+        if set(state_dict) != expected_keys:
+            raise ValueError(
+                f"state_dict: expected the keys {sorted(expected_keys)}, received "
+                f"{sorted(state_dict)}"
+            )
+        mine = self.state_dict()
+        for key in ("final_sparsity", "scope", "schedule"):
+            if state_dict[key] != mine[key]:
+                raise ValueError(
+                    f"state_dict[{key!r}]: expected {mine[key]!r} (this pruner's), received "
+                    f"{state_dict[key]!r}"
+                )
+        step_count = state_dict["step_count"]
+        if isinstance(step_count, bool) or not isinstance(step_count, int) or step_count < 0:
+            raise ValueError(
+                f"state_dict['step_count']: expected an int >= 0, received {step_count!r}"
+            )
+        target = state_dict["target_sparsity"]
+        if isinstance(target, bool) or not isinstance(target, (int, float)):
+            raise ValueError(
+                f"state_dict['target_sparsity']: expected a float, received {target!r}"
+            )
+        masks = _checked_tensors(
+            state_dict["masks"], self.weights, "masks", lambda w: (w.shape, torch.bool)
+        )
+        self.step_count = step_count
+        self.target_sparsity = float(target)
+        self.masks = masks
+        self.apply_masks()
 
     def remove(self) -> None:
         """Drop the gradient hooks; the zeros stay in the weights."""

@@ -319,6 +319,105 @@ class KMeansQuantizer:
 
         return optimizer.register_step_post_hook(after_step)
 
+    def state_dict(self) -> dict[str, Any]:
+        """What resuming fine-tuning needs: per weight its bits, mask, codebook, indices and
+        (``reassign=True``) float shadow and last written values, cloned. Plain Python values
+        and tensors only, so ``torch.load(..., weights_only=True)`` reads it."""
+
+        def cloned(tensors: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+            return {name: tensor.clone() for name, tensor in tensors.items()}
+
+        return {
+            "bits": dict(self.bits),
+            "reassign": self.reassign,
+            "masks": cloned(self.masks),
+            "codebooks": cloned(self.codebooks),
+            "indices": cloned(self.indices),
+            "shadows": cloned(self.shadows),
+            "written": cloned(self._written),
+        }
+
+    def load_state_dict(self, state_dict: Mapping[str, Any]) -> None:
+        """Resume from :meth:`state_dict`: a quantizer made for the same weights with the same
+        bits and ``reassign`` continues exactly where the saved one stopped. The weights are
+        not written: load the model's (and the optimizer's) state as well. ``ValueError``
+        names what does not match."""
+        if not isinstance(state_dict, Mapping):
+            raise TypeError(
+                f"state_dict: expected a mapping from KMeansQuantizer.state_dict(), received "
+                f"{type(state_dict).__name__}"
+            )
+        expected_keys = {"bits", "reassign", "masks", "codebooks", "indices", "shadows", "written"}
+        if set(state_dict) != expected_keys:
+            raise ValueError(
+                f"state_dict: expected the keys {sorted(expected_keys)}, received "
+                f"{sorted(state_dict)}"
+            )
+        for key, mine in (("bits", self.bits), ("reassign", self.reassign)):
+            if state_dict[key] != mine:
+                raise ValueError(
+                    f"state_dict[{key!r}]: expected {mine!r} (this quantizer's), received "
+                    f"{state_dict[key]!r}"
+                )
+        stateful = self.weights if self.reassign else {}
+        masks = self._checked(state_dict, "masks", self.weights, lambda w: (w.shape, torch.bool))
+        indices = self._checked(
+            state_dict, "indices", self.weights, lambda w: (w.shape, torch.int64)
+        )
+        codebooks = self._checked(state_dict, "codebooks", self.weights, None)
+        shadows = self._checked(state_dict, "shadows", stateful, lambda w: (w.shape, torch.float64))
+        written = self._checked(state_dict, "written", stateful, lambda w: (w.shape, w.dtype))
+        for name, codebook in codebooks.items():
+            size = 2 ** self.bits[name]
+            if codebook.dim() != 1 or codebook.dtype != torch.float32 or codebook.numel() > size:
+                raise ValueError(
+                    f"state_dict['codebooks'][{name!r}]: expected float32 of at most {size} "
+                    f"values, received {codebook.dtype} of shape {tuple(codebook.shape)}"
+                )
+            top = int(indices[name][masks[name]].max()) if bool(masks[name].any()) else -1
+            if top >= codebook.numel():
+                raise ValueError(
+                    f"state_dict['indices'][{name!r}]: expected indices below the codebook's "
+                    f"{codebook.numel()} values, received {top}"
+                )
+        self.masks, self.indices, self.codebooks = masks, indices, codebooks
+        self.shadows, self._written = shadows, written
+
+    @staticmethod
+    def _checked(
+        state_dict: Mapping[str, Any],
+        key: str,
+        weights: Mapping[str, torch.Tensor],
+        spec: Callable[[torch.Tensor], tuple[torch.Size, torch.dtype]] | None,
+    ) -> dict[str, torch.Tensor]:
+        """Clones of ``state_dict[key][name]`` for every weight name, shaped as ``spec(weight)``
+        says (any tensor when ``spec`` is None); ``ValueError`` naming the first mismatch. The
+        twin of :func:`codl.prune.magnitude._checked_tensors` (sibling layers)."""
+        given = state_dict[key]
+        if not isinstance(given, Mapping) or set(given) != set(weights):
+            names = sorted(given) if isinstance(given, Mapping) else type(given).__name__
+            raise ValueError(
+                f"state_dict[{key!r}]: expected tensors for the weights {sorted(weights)}, "
+                f"received {names}"
+            )
+        out = {}
+        for name, weight in weights.items():
+            tensor = given[name]
+            if not isinstance(tensor, torch.Tensor):
+                raise ValueError(
+                    f"state_dict[{key!r}][{name!r}]: expected a tensor, received "
+                    f"{type(tensor).__name__}"
+                )
+            if spec is not None:
+                shape, dtype = spec(weight)
+                if tensor.shape != shape or tensor.dtype != dtype:
+                    raise ValueError(
+                        f"state_dict[{key!r}][{name!r}]: expected {dtype} of shape "
+                        f"{tuple(shape)}, received {tensor.dtype} of shape {tuple(tensor.shape)}"
+                    )
+            out[name] = tensor.detach().clone()
+        return out
+
     def remove(self) -> None:
         """Drop the gradient hooks; the weights keep their shared values."""
         for handle in self._hooks:

@@ -3,13 +3,14 @@ fine-tuning, Zhu & Gupta's AGP schedule against its formula, and bad input."""
 
 from __future__ import annotations
 
+import io
 import math
 
 import pytest
 import torch
 from torch import nn
 
-from codl.prune import AGPSchedule, magnitude_, magnitude_mask
+from codl.prune import AGPSchedule, Pruner, magnitude_, magnitude_mask
 from codl.training import fine_tune
 
 
@@ -175,3 +176,93 @@ def test_bad_weight_and_options() -> None:
         AGPSchedule(end_step=5, frequency=0)
     with pytest.raises(ValueError, match="initial_sparsity"):
         AGPSchedule(end_step=5, initial_sparsity=1.0)
+
+
+def _batch(step: int) -> tuple[torch.Tensor, torch.Tensor]:
+    generator = torch.Generator().manual_seed(1000 + step)
+    return torch.randn(16, 20, generator=generator), torch.randint(0, 4, (16,), generator=generator)
+
+
+def _train(model: nn.Module, optimizer: torch.optim.Optimizer, steps: range) -> None:
+    for step in steps:
+        x, y = _batch(step)
+        optimizer.zero_grad()
+        nn.functional.cross_entropy(model(x), y).backward()
+        optimizer.step()  # the attached pruner steps inside
+
+
+def _gradual_run(seed: int) -> tuple[nn.Module, torch.optim.Optimizer, Pruner]:
+    model = _mlp(seed)
+    pruner = magnitude_(
+        model,
+        0.8,
+        "layer",
+        AGPSchedule(end_step=9, begin_step=1, frequency=2, initial_sparsity=0.1),
+    )
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, weight_decay=1e-3)
+    pruner.attach(optimizer)
+    return model, optimizer, pruner
+
+
+def test_a_gradual_pruning_run_resumes_bit_for_bit_from_saved_state() -> None:
+    total, cut = 14, 5
+    model, optimizer, pruner = _gradual_run(seed=0)
+    _train(model, optimizer, range(total))
+    uninterrupted = {k: v.clone() for k, v in model.state_dict().items()}
+
+    model, optimizer, pruner = _gradual_run(seed=0)
+    _train(model, optimizer, range(cut))
+    buffer = io.BytesIO()
+    torch.save(
+        {
+            "model": model.state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "pruner": pruner.state_dict(),
+        },
+        buffer,
+    )
+    # Fresh objects, from another initialisation: everything must come from the checkpoint.
+    buffer.seek(0)
+    saved = torch.load(buffer, weights_only=True)
+    model, optimizer, pruner = _gradual_run(seed=7)
+    model.load_state_dict(saved["model"])
+    optimizer.load_state_dict(saved["optimizer"])
+    pruner.load_state_dict(saved["pruner"])
+    assert pruner.step_count == cut
+    _train(model, optimizer, range(cut, total))
+    resumed = model.state_dict()
+    for key, value in uninterrupted.items():
+        assert torch.equal(resumed[key], value), key
+        # Bit for bit, signed zeros included.
+        assert torch.equal(resumed[key].view(torch.int32), value.view(torch.int32)), key
+    assert pruner.step_count == total
+    assert pruner.sparsity() == pytest.approx(0.8, abs=0.01)
+
+    # The pruner's state matters: model and optimizer alone restart the schedule at step 0
+    # (sparsity 0.1 again, then the ramp from there), and the run ends elsewhere.
+    model, optimizer, pruner = _gradual_run(seed=7)
+    model.load_state_dict(saved["model"])
+    optimizer.load_state_dict(saved["optimizer"])
+    _train(model, optimizer, range(cut, total))
+    assert any(not torch.equal(model.state_dict()[k], v) for k, v in uninterrupted.items())
+
+
+def test_pruner_load_state_dict_rejects_a_state_of_other_settings_or_weights() -> None:
+    model = _mlp()
+    pruner = magnitude_(model, 0.5, "layer", AGPSchedule(end_step=4))
+    state = pruner.state_dict()
+    with pytest.raises(ValueError, match=r"state_dict\['final_sparsity'\]: expected 0\.3"):
+        magnitude_(_mlp(), 0.3, "layer", AGPSchedule(end_step=4)).load_state_dict(state)
+    with pytest.raises(ValueError, match=r"state_dict\['schedule'\]: expected None"):
+        magnitude_(_mlp(), 0.5, "layer").load_state_dict(state)
+    other = nn.Sequential(
+        nn.Linear(20, 8), nn.ReLU(), nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 4)
+    )
+    with pytest.raises(
+        ValueError, match=r"state_dict\['masks'\]\['0.weight'\]: expected torch.bool"
+    ):
+        magnitude_(other, 0.5, "layer", AGPSchedule(end_step=4)).load_state_dict(state)
+    with pytest.raises(ValueError, match="expected the keys"):
+        pruner.load_state_dict({"masks": state["masks"]})
+    with pytest.raises(TypeError, match="expected a mapping"):
+        pruner.load_state_dict([])  # type: ignore[arg-type]

@@ -4,12 +4,14 @@ shared and zeros zero, the summed centroid gradient (their eq. 3), and bad input
 
 from __future__ import annotations
 
+import io
+
 import pytest
 import torch
 from torch import nn
 
 from codl.prune import magnitude_, magnitude_mask
-from codl.quant import kmeans_, kmeans_dequantize, kmeans_quantize
+from codl.quant import KMeansQuantizer, kmeans_, kmeans_dequantize, kmeans_quantize
 from codl.training import fine_tune
 
 
@@ -227,3 +229,79 @@ def test_bad_input() -> None:
         kmeans_dequantize(torch.zeros(2), torch.tensor([0, 2]))
     with pytest.raises(ValueError, match="bits"):
         kmeans_(_mlp(), {"9.weight": 3})
+
+
+def _quantized_run(
+    seed: int, reassign: bool
+) -> tuple[nn.Module, torch.optim.Optimizer, KMeansQuantizer]:
+    torch.manual_seed(seed)
+    model = nn.Sequential(nn.Linear(12, 24), nn.ReLU(), nn.Linear(24, 3))
+    magnitude_(model, 0.3).remove()  # pruned zeros (masks unlike "all kept"); no hooks left
+    quantizer = kmeans_(model, 3, reassign=reassign)
+    optimizer = torch.optim.Adam(model.parameters(), lr=0.01)
+    quantizer.attach(optimizer)
+    return model, optimizer, quantizer
+
+
+def _train_steps(model: nn.Module, optimizer: torch.optim.Optimizer, steps: range) -> None:
+    for step in steps:
+        generator = torch.Generator().manual_seed(500 + step)
+        x, y = (
+            torch.randn(8, 12, generator=generator),
+            torch.randint(0, 3, (8,), generator=generator),
+        )
+        optimizer.zero_grad()
+        nn.functional.cross_entropy(model(x), y).backward()
+        optimizer.step()
+
+
+@pytest.mark.parametrize("reassign", [False, True])
+def test_kmeans_fine_tuning_resumes_bit_for_bit_from_saved_state(reassign: bool) -> None:
+    total, cut = 10, 4
+    model, optimizer, quantizer = _quantized_run(0, reassign)
+    _train_steps(model, optimizer, range(total))
+    uninterrupted = {k: v.clone() for k, v in model.state_dict().items()}
+    final_codebooks = {k: v.clone() for k, v in quantizer.codebooks.items()}
+
+    model, optimizer, quantizer = _quantized_run(0, reassign)
+    _train_steps(model, optimizer, range(cut))
+    buffer = io.BytesIO()
+    torch.save(
+        {
+            "model": model.state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "quantizer": quantizer.state_dict(),
+        },
+        buffer,
+    )
+    buffer.seek(0)
+    saved = torch.load(buffer, weights_only=True)
+    model, optimizer, quantizer = _quantized_run(5, reassign)  # fresh, another initialisation
+    model.load_state_dict(saved["model"])
+    optimizer.load_state_dict(saved["optimizer"])
+    quantizer.load_state_dict(saved["quantizer"])
+    _train_steps(model, optimizer, range(cut, total))
+    for key, value in uninterrupted.items():
+        assert torch.equal(model.state_dict()[key].view(torch.int32), value.view(torch.int32)), key
+    for name, codebook in final_codebooks.items():
+        assert torch.equal(quantizer.codebooks[name], codebook), name
+    # Without the quantizer's state the fresh one clusters other weights: the run differs.
+    model, optimizer, quantizer = _quantized_run(5, reassign)
+    model.load_state_dict(saved["model"])
+    optimizer.load_state_dict(saved["optimizer"])
+    _train_steps(model, optimizer, range(cut, total))
+    assert any(not torch.equal(model.state_dict()[k], v) for k, v in uninterrupted.items())
+
+
+def test_kmeans_load_state_dict_rejects_a_state_of_other_settings() -> None:
+    _, _, quantizer = _quantized_run(0, reassign=False)
+    state = quantizer.state_dict()
+    with pytest.raises(ValueError, match=r"state_dict\['reassign'\]: expected True"):
+        _quantized_run(0, reassign=True)[2].load_state_dict(state)
+    with pytest.raises(ValueError, match=r"state_dict\['bits'\]"):
+        kmeans_(_mlp(), 4).load_state_dict(state)
+    broken = dict(state, indices={k: v + 100 for k, v in state["indices"].items()})
+    with pytest.raises(ValueError, match="expected indices below the codebook"):
+        quantizer.load_state_dict(broken)
+    with pytest.raises(ValueError, match="expected the keys"):
+        quantizer.load_state_dict({"bits": state["bits"]})
