@@ -10,7 +10,7 @@
 namespace codl_bindings {
 namespace {
 
-using LinearKernel = bool (*)(const float*, std::size_t, std::size_t, const std::uint8_t*, const float*,
+using LinearKernel = codl::TernaryResult (*)(const float*, std::size_t, std::size_t, const std::uint8_t*, const float*,
                               std::size_t, const float*, float*, int);
 
 // One binding per layout / activation mode; they differ in the kernel and the packed row size.
@@ -43,14 +43,21 @@ void define_linear(py::module_& m, const char* name, LinearKernel kernel, std::s
                 bias_data = static_cast<const float*>(b.data);
             }
             checked_threads(num_threads);
-            bool finite;
+            codl::TernaryResult status;
             {
                 py::gil_scoped_release release;
-                finite = kernel(static_cast<const float*>(input.data), rows, in_features,
+                status = kernel(static_cast<const float*>(input.data), rows, in_features,
                                 static_cast<const std::uint8_t*>(weight.data), static_cast<const float*>(scales.data),
                                 out_features, bias_data, static_cast<float*>(result.data), num_threads);
             }
-            if (!finite) throw py::value_error("x: expected finite values, received NaN or Inf");
+            if (status.status == codl::TernaryStatus::non_finite_input) {
+                throw py::value_error("x: expected finite values, received NaN or Inf");
+            }
+            if (status.status == codl::TernaryStatus::invalid_code) {
+                throw py::value_error(
+                    "packed: expected 2-bit fields 0b00, 0b01 or 0b10 (codes -1, 0, +1), received 0b11 in "
+                    "weight row " + std::to_string(status.row) + " (corrupt or not packed by pack_ternary)");
+            }
         },
         py::arg("x"), py::arg("rows"), py::arg("in_features"), py::arg("packed"), py::arg("alpha"),
         py::arg("bias"), py::arg("out"), py::arg("num_threads") = 1, doc);

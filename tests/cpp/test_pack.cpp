@@ -208,6 +208,27 @@ TEST_CASE("unpack_ternary2 matches the reference and reports 0b11 fields") {
     });
 }
 
+TEST_CASE("unpack_ternary2 rejects 0b11 in the padding fields of the last byte") {
+    // n = 130: one whole block (32 bytes) and a tail byte holding values 128, 129
+    // in slots 0, 1 and padding in slots 2, 3.
+    const std::size_t n = 130;
+    std::vector<std::int8_t> codes(n, 1);
+    std::vector<std::uint8_t> packed(codl::packed_ternary2_bytes(n));
+    CHECK(codl::pack_ternary2(codes.data(), n, packed.data(), 1));
+    CHECK(packed.back() == 0x5A);  // fields 0b10, 0b10, then padding code 0 (0b01) twice
+    codl_test::for_each_isa([&](IsaLevel isa, const codl::KernelTable&) {
+        for (const std::uint8_t padding : {std::uint8_t{0x3}, std::uint8_t{0xC}, std::uint8_t{0xF}}) {
+            std::vector<std::uint8_t> bad = packed;
+            bad.back() = static_cast<std::uint8_t>((bad.back() & 0x0F) | (padding << 4));
+            std::vector<std::int8_t> out(n);
+            CHECK_MSG(!of(isa).unpack_ternary2(bad.data(), n, out.data()), codl::isa_name(isa));
+            CHECK_MSG(!codl::unpack_ternary2(bad.data(), n, out.data(), 2), codl::isa_name(isa));
+        }
+        std::vector<std::int8_t> out(n);
+        CHECK_MSG(of(isa).unpack_ternary2(packed.data(), n, out.data()) && out == codes, codl::isa_name(isa));
+    });
+}
+
 TEST_CASE("unpack_ternary3 matches the reference on arbitrary bytes") {
     codl_test::for_each_isa([&](IsaLevel isa, const codl::KernelTable&) {
         for (std::size_t n : test_lengths()) {

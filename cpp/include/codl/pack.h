@@ -30,7 +30,8 @@ struct PackKernels {
     void (*unpack_signs_f32)(const std::uint8_t* bits, std::size_t n, float* out);
     // Return false when a code is outside {-1, 0, 1}; out is then unspecified.
     bool (*pack_ternary2)(const std::int8_t* codes, std::size_t n, std::uint8_t* packed);
-    // Returns false when a 2-bit field holds 0b11, which no code maps to.
+    // Returns false when a 2-bit field holds 0b11, which no code maps to (the padding fields of
+    // the last byte included: pack writes them as code 0, field 0b01).
     bool (*unpack_ternary2)(const std::uint8_t* packed, std::size_t n, std::int8_t* codes);
     bool (*pack_ternary3)(const std::int8_t* codes, std::size_t n, std::uint8_t* packed);
     // Every byte decodes to five valid trits, so there is nothing to report.

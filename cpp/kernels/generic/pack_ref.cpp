@@ -65,10 +65,9 @@ bool unpack_ternary2(const std::uint8_t* packed, std::size_t n, std::int8_t* cod
     for (std::size_t byte = 0; byte < (n + 3) / 4; ++byte) {
         for (unsigned slot = 0; slot < 4; ++slot) {
             const std::size_t i = value_index(byte, slot, n, kTernary2BlockValues, 4);
-            if (i == n) break;
             const int field = (packed[byte] >> (2 * slot)) & 3;
-            valid = valid && field != 3;
-            codes[i] = static_cast<std::int8_t>(field - 1);
+            valid = valid && field != 3;  // padding slots of the last byte included
+            if (i < n) codes[i] = static_cast<std::int8_t>(field - 1);
         }
     }
     return valid;

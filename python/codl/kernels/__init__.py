@@ -90,7 +90,9 @@ def unpack_ternary(
 ) -> torch.Tensor:
     """int8 codes in {-1, 0, +1} of ``shape`` from :func:`pack_ternary`'s output.
 
-    Raises ``ValueError`` for ``"2bit"`` data holding the field 0b11, which no code maps to.
+    Raises ``ValueError`` for ``"2bit"`` data holding the field 0b11, which no code maps to,
+    anywhere, the padding fields of the last byte included (:func:`pack_ternary` writes them as
+    code 0, field 0b01).
     """
     size = _shape(shape)
     out = _output(out, size, torch.int8)

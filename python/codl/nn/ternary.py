@@ -31,6 +31,7 @@ from codl.ternary.packed import (
     PackedTernaryWeight,
     Packing,
     check_activations,
+    check_conv_geometry,
     check_inference_options,
     pack_weight,
     ternary_conv2d,
@@ -369,6 +370,7 @@ class FrozenTernaryConv2d(nn.Module):
         self.weight = weight
         self.kernel_size = _pair(kernel_size)
         self.stride, self.padding, self.dilation = _pair(stride), _pair(padding), _pair(dilation)
+        check_conv_geometry(self.kernel_size, self.stride, self.padding, self.dilation)
         if weight.in_features % (self.kernel_size[0] * self.kernel_size[1]):
             raise ValueError(
                 f"weight: rows of {weight.in_features} codes do not hold whole "

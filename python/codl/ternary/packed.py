@@ -231,6 +231,29 @@ def ternary_linear(
     return result
 
 
+def check_conv_geometry(
+    kernel_size: object, stride: object, padding: object, dilation: object
+) -> None:
+    """Raise ``ValueError`` unless each is a pair of ints: kernel_size, stride and dilation
+    >= 1, padding >= 0 (a stride of 0 would divide by zero in the output size)."""
+    for name, value, minimum in (
+        ("kernel_size", kernel_size, 1),
+        ("stride", stride, 1),
+        ("padding", padding, 0),
+        ("dilation", dilation, 1),
+    ):
+        if (
+            not isinstance(value, (tuple, list))
+            or len(value) != 2
+            or not all(
+                isinstance(v, int) and not isinstance(v, bool) and v >= minimum for v in value
+            )
+        ):
+            raise ValueError(
+                f"{name}: expected a pair of integers >= {minimum}, received {value!r}"
+            )
+
+
 def ternary_conv2d(
     x: torch.Tensor,
     weight: PackedTernaryWeight,
@@ -249,6 +272,7 @@ def ternary_conv2d(
     if not isinstance(x, torch.Tensor) or x.dim() != 4:
         received = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
         raise ValueError(f"x: expected a 4-D (N, C, H, W) tensor, received {received}")
+    check_conv_geometry(kernel_size, stride, padding, dilation)
     batch, channels, height, width = x.shape
     patch = channels * kernel_size[0] * kernel_size[1]
     if patch != weight.in_features:
@@ -258,6 +282,11 @@ def ternary_conv2d(
         )
     out_h = (height + 2 * padding[0] - dilation[0] * (kernel_size[0] - 1) - 1) // stride[0] + 1
     out_w = (width + 2 * padding[1] - dilation[1] * (kernel_size[1] - 1) - 1) // stride[1] + 1
+    if out_h < 1 or out_w < 1:
+        raise ValueError(
+            f"x: expected an input of at least the dilated kernel's size, received "
+            f"{height}x{width} (padding {padding}, dilation {dilation}, kernel {kernel_size})"
+        )
     columns = torch.nn.functional.unfold(x, kernel_size, dilation, padding, stride)
     rows = columns.transpose(1, 2).reshape(batch * out_h * out_w, patch)
     y = ternary_linear(rows, weight, bias)

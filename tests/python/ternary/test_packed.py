@@ -201,3 +201,75 @@ def test_ternary_conv2d_rejects_mismatched_channels() -> None:
         ternary_conv2d(torch.randn(1, 2, 8, 8), weight, None, (3, 3))
     with pytest.raises(ValueError, match=r"expected a 4-D \(N, C, H, W\) tensor"):
         ternary_conv2d(torch.randn(2, 8, 8), weight, None, (3, 3))
+
+
+def test_a_0b11_field_is_rejected_by_the_linear_operators_with_its_row(level: str) -> None:
+    # 0b11 maps to no code; the kernels used to compute with it as a code of +2 (int8 path)
+    # or garbage (float path). Rows 2 (inside in_features) and 4 (in the row padding past
+    # in_features = 100): the first is named on every thread count.
+    codes, alpha = random_weight(6, 100)
+    x = torch.randn(5, 100)
+    for activations in ("int8", "float"):
+        weight = pack_weight(codes, alpha, activations=activations)  # type: ignore[arg-type]
+        packed = weight.packed.clone()
+        packed[4, 3] |= 0x0C
+        packed[2, 31] |= 0xC0  # byte 31 of a 32-byte row: values 31 + 96 = 127 (padding)
+        for threads in (1, 2):
+            previous = codl.get_num_threads()
+            codl.set_num_threads(threads)
+            try:
+                with pytest.raises(ValueError, match="received 0b11 in weight row 2 "):
+                    ternary_linear(
+                        x,
+                        PackedTernaryWeight(packed, alpha, 100, activations=activations),  # type: ignore[arg-type]
+                    )
+            finally:
+                codl.set_num_threads(previous)
+        op = (
+            torch.ops.codl.ternary_linear
+            if activations == "int8"
+            else torch.ops.codl.ternary_linear_f32act
+        )
+        with pytest.raises(ValueError, match="0b11 in weight row 2 "):
+            op(x, packed, alpha, 100, None)
+        # The untouched weight still matches the reference: the check rejects nothing valid.
+        if activations == "int8":
+            torch.testing.assert_close(
+                ternary_linear(x, weight).double(),
+                quantized_reference(x, codes, alpha, None),
+                rtol=1e-5,
+                atol=1e-5,
+            )
+
+
+def test_unpack_rejects_0b11_in_the_tail_padding() -> None:
+    codes = torch.ones(6, dtype=torch.int8)  # 6 values: the second byte has 2 padding fields
+    packed = codl.kernels.pack_ternary(codes, format="2bit")
+    assert packed.tolist() == [0xAA, 0x5A]  # +1 is 0b10; padding is code 0, 0b01
+    assert torch.equal(codl.kernels.unpack_ternary(packed, (6,)), codes)
+    for padding in (0x30, 0xC0, 0xF0):
+        bad = packed.clone()
+        bad[1] = (bad[1] & 0x0F) | padding
+        with pytest.raises(ValueError, match="0b11"):
+            codl.kernels.unpack_ternary(bad, (6,))
+
+
+@pytest.mark.parametrize(
+    ("stride", "padding", "dilation", "name"),
+    [
+        ((0, 1), (0, 0), (1, 1), "stride"),
+        ((1, 0), (0, 0), (1, 1), "stride"),
+        ((1, 1), (-1, 0), (1, 1), "padding"),
+        ((1, 1), (0, 0), (0, 1), "dilation"),
+    ],
+)
+def test_ternary_conv2d_rejects_bad_geometry_with_value_error(
+    stride: tuple[int, int], padding: tuple[int, int], dilation: tuple[int, int], name: str
+) -> None:
+    weight = pack_weight(torch.ones(4, 3 * 9, dtype=torch.int8), 1.0)
+    with pytest.raises(ValueError, match=f"{name}: expected a pair of integers"):
+        ternary_conv2d(torch.randn(1, 3, 8, 8), weight, None, (3, 3), stride, padding, dilation)
+    with pytest.raises(ValueError, match=f"{name}: expected a pair of integers"):
+        codl.nn.FrozenTernaryConv2d(weight, None, 3, stride, padding, dilation)
+    with pytest.raises(ValueError, match="at least the dilated kernel's size"):
+        ternary_conv2d(torch.randn(1, 3, 2, 2), weight, None, (3, 3))
