@@ -10,6 +10,7 @@ is ``sys.modules["codl.data.fashion_mnist"]`` (e.g. via :func:`importlib.import_
 
 from __future__ import annotations
 
+from codl.data.checks import check_classifier_inputs
 from codl.data.fashion_mnist import (
     FASHION_MNIST_CLASSES,
     DataChoice,
@@ -19,6 +20,7 @@ from codl.data.fashion_mnist import (
     fashion_mnist_source,
     load_fashion_mnist,
     load_split,
+    normalize_images,
 )
 from codl.data.idx import DataFormatError, read_idx, write_idx
 
@@ -28,10 +30,12 @@ __all__ = [
     "DataFormatError",
     "DatasetSource",
     "FashionMNIST",
+    "check_classifier_inputs",
     "fashion_mnist",
     "fashion_mnist_source",
     "load_fashion_mnist",
     "load_split",
+    "normalize_images",
     "read_idx",
     "write_idx",
 ]

@@ -43,6 +43,7 @@ __all__ = [
     "fashion_mnist_source",
     "load_fashion_mnist",
     "load_split",
+    "normalize_images",
 ]
 
 logger = logging.getLogger("codl.data")
@@ -241,20 +242,42 @@ def load_fashion_mnist(split: str = "train", root: StrPath | None = None) -> Fas
     )
 
 
+# Mean and standard deviation of the training pixels (scaled to [0, 1]).
+_PIXEL_MEAN = 0.2860
+_PIXEL_STD = 0.3530
+
+
+def normalize_images(images: torch.Tensor) -> torch.Tensor:
+    """uint8 pixels ``(N, 28, 28)`` as a model reads them: float32 ``(N, 1, 28, 28)``,
+    ``(pixel / 255 - 0.2860) / 0.3530`` (the training pixels' mean and standard deviation)."""
+    if not isinstance(images, torch.Tensor) or images.dtype != torch.uint8:
+        got = str(images.dtype) if isinstance(images, torch.Tensor) else type(images).__name__
+        raise TypeError(f"images: expected a torch.uint8 tensor of pixels, received {got}")
+    if images.dim() != 3:
+        raise ValueError(f"images: expected shape (N, H, W), received {tuple(images.shape)}")
+    normalized = images.to(torch.float32).div_(255.0).sub_(_PIXEL_MEAN).div_(_PIXEL_STD)
+    return normalized.unsqueeze(1)
+
+
 def fashion_mnist(
-    split: str = "train", root: StrPath | None = None
+    split: str = "train", root: StrPath | None = None, *, normalize: bool = False
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Load a Fashion-MNIST split as ``(images, labels)``.
 
-    ``images`` is a ``torch.uint8`` tensor of shape (N, 28, 28) and ``labels`` a
+    With ``normalize=True``, ``images`` is what a model reads: ``torch.float32`` of shape
+    (N, 1, 28, 28), ``(pixel / 255 - mean) / std`` with the training pixels' mean and standard
+    deviation (:func:`normalize_images`; the units of :func:`codl.robust.pixel_eps`). Otherwise
+    (the default) ``images`` is a ``torch.uint8`` tensor of shape (N, 28, 28) and ``labels`` a
     ``torch.int64`` tensor of shape (N,) with values in 0..9 (see
     :data:`FASHION_MNIST_CLASSES`). The source used is logged on the ``codl.data``
     logger at INFO level; use :func:`load_fashion_mnist` or :func:`fashion_mnist_source`
     to get it programmatically. Arguments, search order and errors are as for
     :func:`load_fashion_mnist`.
     """
+    if not isinstance(normalize, bool):
+        raise TypeError(f"normalize: expected True or False, received {type(normalize).__name__}")
     data = load_fashion_mnist(split, root)
-    return data.images, data.labels
+    return (normalize_images(data.images) if normalize else data.images), data.labels
 
 
 def fashion_mnist_source(split: str = "train", root: StrPath | None = None) -> DatasetSource:
@@ -267,9 +290,6 @@ def fashion_mnist_source(split: str = "train", root: StrPath | None = None) -> D
 
 
 DataChoice = Literal["full", "subset"]
-# Mean and standard deviation of the training pixels (scaled to [0, 1]).
-_PIXEL_MEAN = 0.2860
-_PIXEL_STD = 0.3530
 
 
 def load_split(split: str, data: DataChoice) -> tuple[torch.Tensor, torch.Tensor, str]:
@@ -287,7 +307,6 @@ def load_split(split: str, data: DataChoice) -> tuple[torch.Tensor, torch.Tensor
             "data='full' needs the full Fashion-MNIST files ($CODL_DATA or "
             "/usr/share/datasets/fashion-mnist), found only the shipped subset"
         )
-    images = loaded.images.to(torch.float32).div_(255.0).sub_(_PIXEL_MEAN).div_(_PIXEL_STD)
     # Reading the subset through root= reports kind "root"; name it for what it is.
     kind = "subset" if data == "subset" else loaded.source.kind
-    return images.unsqueeze(1), loaded.labels, kind
+    return normalize_images(loaded.images), loaded.labels, kind

@@ -17,6 +17,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from codl.data.checks import check_model_reads
 from codl.distill.losses import HintLoss, KDLoss
 
 OptimizerFactory = Callable[[Iterable[nn.Parameter]], torch.optim.Optimizer]
@@ -130,6 +131,7 @@ class Distiller:
         self.history: list[dict[str, Any]] = []
         self.epochs_done = 0
         self.global_step = 0
+        self._inputs_checked = False
 
     @classmethod
     def from_config(
@@ -250,8 +252,20 @@ class Distiller:
     def train_step(self, batch: Batch, epoch: int = 0, step: int = 0) -> dict[str, float]:
         """One optimizer step on ``batch`` (``(inputs, labels)`` or inputs alone)."""
         inputs, labels, teacher_logits = _split_batch(batch)
+        if not isinstance(inputs, torch.Tensor):
+            raise TypeError(
+                "batch: expected inputs, (inputs, labels) or (inputs, labels, teacher_logits) "
+                f"of tensors, received inputs of type {type(inputs).__name__}"
+            )
         device = self._device()
         inputs = inputs.to(device)
+        if not self._inputs_checked:
+            # Once, on the first batch: a model that cannot read the inputs (uint8 pixels, a
+            # missing channel dimension) fails here with a message, not deep inside torch.
+            check_model_reads(self.student, inputs, "inputs (student)")
+            if self.teacher is not None:
+                check_model_reads(self.teacher, inputs, "inputs (teacher)")
+            self._inputs_checked = True
         labels = labels.to(device) if labels is not None else None
         teacher_logits = teacher_logits.to(device) if teacher_logits is not None else None
         self.student.train()

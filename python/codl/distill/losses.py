@@ -137,8 +137,9 @@ class KDLoss(nn.Module):
                     f"labels must have shape {tuple(positions)} (the logits without the class "
                     f"dimension), got {tuple(labels.shape)}"
                 )
-            if labels.is_floating_point() or labels.dtype == torch.bool:
+            if labels.is_floating_point() or labels.is_complex() or labels.dtype == torch.bool:
                 raise TypeError(f"labels must be an integer tensor, got {labels.dtype}")
+            labels = labels.to(torch.int64)  # cross_entropy takes int64 (or uint8) only
             labeled = counted & (labels != self.ignore_index)
             bad = labeled & ((labels < 0) | (labels >= num_classes))
             if bool(bad.any()):

@@ -27,6 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from codl.data.checks import check_classifier_inputs
 from codl.data.fashion_mnist import _PIXEL_MEAN, _PIXEL_STD
 
 __all__ = [
@@ -78,21 +79,16 @@ def _check_eps(eps: object, name: str = "eps") -> float:
 
 
 def _check_inputs(
-    model: object, x: object, y: object, clamp: tuple[float, float] | None
+    model: object,
+    x: object,
+    y: object,
+    clamp: tuple[float, float] | None,
+    loss_fn: LossFn = F.cross_entropy,
 ) -> tuple[nn.Module, torch.Tensor, torch.Tensor]:
-    if not isinstance(model, nn.Module):
-        raise TypeError(f"model: expected an nn.Module, received {type(model).__name__}")
-    if not isinstance(x, torch.Tensor) or not x.is_floating_point():
-        raise TypeError(
-            "x: expected a floating-point tensor, received "
-            + (str(x.dtype) if isinstance(x, torch.Tensor) else type(x).__name__)
-        )
-    if x.dim() == 0 or x.shape[0] == 0:
-        raise ValueError(f"x: expected a non-empty batch, received shape {tuple(x.shape)}")
-    if not isinstance(y, torch.Tensor):
-        raise TypeError(f"y: expected a tensor of labels, received {type(y).__name__}")
-    if y.shape[0] != x.shape[0]:
-        raise ValueError(f"y: expected {x.shape[0]} labels like x, received {y.shape[0]}")
+    # Labels are class indices only for the default loss; a custom loss_fn takes any target.
+    model, x, y = check_classifier_inputs(
+        model, x, y, names=("x", "y"), class_labels=loss_fn is F.cross_entropy
+    )
     if not bool(torch.isfinite(x).all()):
         raise ValueError("x: expected finite values, received NaN or Inf")
     if clamp is not None:
@@ -155,7 +151,7 @@ def fgsm(
         loss_fn: the loss ``J`` the attack increases (cross-entropy by default).
     """
     eps = _check_eps(eps)
-    model, x, y = _check_inputs(model, x, y, clamp)
+    model, x, y = _check_inputs(model, x, y, clamp, loss_fn)
     if eps == 0:
         return x.detach().clone()
     with _EvalMode(model):
@@ -194,7 +190,7 @@ def pgd(
         generator: seeds the random start, so the attack is deterministic.
     """
     eps = _check_eps(eps)
-    model, x, y = _check_inputs(model, x, y, clamp)
+    model, x, y = _check_inputs(model, x, y, clamp, loss_fn)
     if isinstance(steps, bool) or not isinstance(steps, int) or steps < 0:
         raise ValueError(f"steps: expected an int >= 0, received {steps!r}")
     if norm != "linf":

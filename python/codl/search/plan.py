@@ -335,7 +335,7 @@ def compression_search(
         )
     if isinstance(refine_rounds, bool) or not isinstance(refine_rounds, int) or refine_rounds < 0:
         raise ValueError(f"refine_rounds: expected an int >= 0, received {refine_rounds!r}")
-    data = _check_split(val_data)
+    data = _check_split(val_data, model)
     baseline, table = measure_sensitivity(
         model,
         data,

@@ -29,6 +29,7 @@ import torch
 from torch import fx, nn
 from tqdm.auto import tqdm
 
+from codl.data.checks import check_classifier_inputs
 from codl.formats.codec import DEFAULT_LEVEL
 from codl.formats.encodings import encode
 from codl.formats.spec import CompressionSpec
@@ -298,19 +299,31 @@ def _trace(model: nn.Module) -> fx.GraphModule | None:
         return None
 
 
-def _check_split(data: object) -> Split:
-    if (
-        not isinstance(data, tuple)
-        or len(data) != 2
-        or not all(isinstance(t, torch.Tensor) for t in data)
-    ):
-        raise TypeError("val_data: expected an (images, labels) tuple of tensors")
+def _check_split(data: object, model: object) -> Split:
+    """``val_data`` as ``(images, labels)`` that ``model`` can be evaluated on
+    (:func:`codl.data.check_classifier_inputs`), or TypeError/ValueError saying what came."""
+    if not isinstance(data, (tuple, list)) or len(data) != 2:
+        raise TypeError(
+            "val_data: expected an (images, labels) tuple of tensors, received "
+            + (
+                f"{type(data).__name__} of {len(data)}"
+                if isinstance(data, (tuple, list))
+                else type(data).__name__
+            )
+        )
     images, labels = data
-    if len(images) == 0 or len(images) != len(labels):
+    if (
+        isinstance(images, torch.Tensor)
+        and isinstance(labels, torch.Tensor)
+        and (len(images) == 0 or len(images) != len(labels))
+    ):
         raise ValueError(
             f"val_data: expected as many labels as images (at least one), received "
             f"{len(images)} images and {len(labels)} labels"
         )
+    _, images, labels = check_classifier_inputs(
+        model, images, labels, names=("val_data images", "val_data labels")
+    )
     return images, labels
 
 
@@ -350,7 +363,7 @@ def measure_sensitivity(
     time for later layers); ``False`` evaluates the whole model for every setting."""
     if not isinstance(model, nn.Module):
         raise TypeError(f"model: expected an nn.Module, received {type(model).__name__}")
-    data = _check_split(val_data)
+    data = _check_split(val_data, model)
     names = searchable_weights(model, layers)
     settings = candidate_settings(sparsities, bits)
     work = copy.deepcopy(model).eval()

@@ -267,3 +267,38 @@ def test_hint_loss_bad_inputs() -> None:
     with pytest.raises(ValueError, match=r"needs \(N, C, H, W\) features"):
         conv_on_flat()
     conv_on_flat.remove()
+
+
+def test_kd_loss_takes_integer_labels_of_any_width() -> None:
+    # issue 14: int32 labels reached cross_entropy and failed there ("expected target dtype to
+    # be Long or Byte, but got Int"); any integer dtype now gives the int64 result
+    torch.manual_seed(0)
+    student, teacher = torch.randn(6, 10), torch.randn(6, 10)
+    labels = torch.tensor([0, 3, 9, 2, -100, 5])
+    kd = KDLoss(temperature=2.0, alpha=0.5)
+    expected = kd(student, teacher, labels)
+    for dtype in (torch.int32, torch.int16):
+        assert torch.equal(kd(student, teacher, labels.to(dtype)), expected)
+    with pytest.raises(TypeError, match=r"labels must be an integer tensor, got torch\.float32"):
+        kd(student, teacher, labels.float())
+
+
+def test_hint_paths_of_the_readme_fit_the_shipped_models() -> None:
+    # README: HintLoss("4", "4") between TinyCNN (student) and FashionCNN (teacher): both
+    # second conv + ReLU outputs, 16 and 64 channels at 14x14, joined by a 1x1 adapter
+    from codl.models import FashionCNN, TinyCNN
+
+    student, teacher = TinyCNN(), FashionCNN()
+    hint = HintLoss("4", "4", adapter="conv1x1").attach(student, teacher)
+    x = torch.randn(3, 1, 28, 28)
+    student(x), teacher(x)
+    value = hint()
+    adapter = hint.adapter
+    assert isinstance(adapter, nn.Conv2d) and (adapter.in_channels, adapter.out_channels) == (
+        16,
+        64,
+    )
+    mapped = adapter(nn.Sequential(*list(student)[:5])(x))
+    assert torch.allclose(value, ((mapped - nn.Sequential(*list(teacher)[:5])(x)) ** 2).mean())
+    with pytest.raises(ValueError, match=r"student_module 'features.3' is not a module"):
+        HintLoss("features.3", "features.6").attach(student, teacher)
