@@ -61,5 +61,6 @@ def test_every_case_agrees_at_sizes_that_are_not_whole_blocks(numel: int) -> Non
 def test_codecs_benchmark_runs_at_a_size_not_a_multiple_of_512() -> None:
     results = bench.run(["codecs"], size=SIZE, repeat=1, threads=1, progress=False)
     assert len(results) == 10 and all(r.numel == SIZE for r in results)
-    for r in results:
-        assert r.notes["codl_GBps"] == pytest.approx(4 * SIZE / 1e9 / (r.codl_ms / 1e3), rel=0.02)
+    for r in results:  # GB/s of float32 input, rounded to 0.01
+        rate = 4 * SIZE / 1e9 / (r.codl_ms / 1e3)
+        assert r.notes["codl_GBps"] == pytest.approx(rate, abs=0.0051)
