@@ -95,6 +95,12 @@ class Codec(abc.ABC):
         """payload → ``numel`` float32 values, written to (or with ``accumulate`` added to)
         ``out`` when given, else a new tensor."""
 
+    def nonfinite_payload(self, numel: int) -> torch.Tensor:
+        """A payload of ``numel`` values that decodes to NaN (at least its first value): what
+        the two-phase collective's chunk owner sends when its sum is not finite, so every rank
+        finds it in the result. The default encodes NaNs (codecs that refuse them override)."""
+        return self.encode(torch.full((int(numel),), float("nan")))
+
     def __repr__(self) -> str:
         return f"{type(self).__name__}(error_feedback={self.error_feedback})"
 
@@ -228,6 +234,14 @@ class _BlockCodec(Codec):
         payload = _check_payload(payload, self.encoded_nbytes(numel), self.name)
         target, add = _decode_target(self.name, numel, out, accumulate)
         return payload, target, add
+
+    def nonfinite_payload(self, numel: int) -> torch.Tensor:
+        """Zeros encoded, then a NaN first scale (every block codec's payload starts with its
+        float32 scales, and decode multiplies by them)."""
+        payload = self.encode(torch.zeros(int(numel)))
+        if numel:
+            payload[:4].view(torch.float32).fill_(float("nan"))
+        return payload
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(block={self.block}, error_feedback={self.error_feedback})"

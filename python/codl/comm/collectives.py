@@ -23,8 +23,11 @@ one buffer per tensor key and phase; the codec fuses the update into ``encode``.
 Non-finite gradients are detected before encoding and every rank learns of every rank's flag
 from the first exchange, so all ranks act alike: raise :class:`NonFiniteGradientError` (the
 default) or return zeros and count the skipped step (``on_nonfinite="zero"``). A non-finite
-result (e.g. an FP16 overflow of the reduced sum) is found on the decoded output, which is
-identical on every rank, and handled the same way.
+result (an FP16 overflow of the reduced sum, or a payload from the network whose scales or
+values are NaN or Inf) is found on the decoded output, which is identical on every rank, and
+handled the same way; in the two-phase scheme the owner of a chunk whose phase-1 sum is not
+finite sends :meth:`~codl.comm.codecs.Codec.nonfinite_payload` instead of re-encoding it, so
+every rank finds it. A discarded step gives back to the error buffers what it took.
 
 Only torch.distributed collectives are used (gloo on CPU supports ``all_to_all_single``; see
 ``docs/comm.md``).
@@ -402,8 +405,12 @@ def _restore_error(
     codec: Codec, error: torch.Tensor, payload: torch.Tensor, sent: torch.Tensor
 ) -> None:
     """Undoes an encode's error update on a skipped step: error_before = error_after + decoded
-    - sent (up to float32 rounding), so the discarded payload's content is not lost."""
-    error.add_(codec.decode(payload, sent.numel())).sub_(sent)
+    - sent (up to float32 rounding), so the discarded payload's content is not lost. A payload
+    that does not decode to finite values (a faulty rank's own) leaves ``error`` as the encode
+    left it, finite."""
+    restored = error + codec.decode(payload, sent.numel()) - sent
+    if all_finite(restored):
+        error.copy_(restored)
 
 
 def _two_phase(
@@ -489,7 +496,22 @@ def _two_phase(
 
     start = time.perf_counter()
     error2 = state.error_buffer(key, 2, chunk) if use_error and state else None
-    mine = codec.encode(reduced, error=error2, key=_subkey(key, 2, rank, 0), step=step)
+    # A payload received from a peer may carry NaN or Inf (a scale corrupted on the way, a
+    # faulty peer): the sum is then not finite. Only this rank sees it, so it must not re-encode
+    # it (a codec may refuse it and leave the other ranks waiting; the error buffer would hold
+    # NaN for good): it sends a payload that decodes to NaN, which every rank then finds in the
+    # identical result below and handles by the on_nonfinite policy.
+    reduced_finite = all_finite(reduced)
+    mine: torch.Tensor | None = None
+    if reduced_finite:
+        try:
+            mine = codec.encode(reduced, error=error2, key=_subkey(key, 2, rank, 0), step=step)
+        except ValueError:  # refused (see phase 1); its error buffer may be half-updated
+            if error2 is not None:
+                error2.zero_()
+            reduced_finite = False
+    if mine is None:
+        mine = codec.nonfinite_payload(chunk)
     record.encode_s += time.perf_counter() - start
 
     start = time.perf_counter()
@@ -507,12 +529,26 @@ def _two_phase(
         begin, end = i * chunk, min((i + 1) * chunk, numel)
         if end - begin == chunk:  # whole chunks decode straight into the caller's tensor
             codec.decode(payload, chunk, out=flat[begin:end])
-        elif end > begin:  # the padded last chunk goes through the (now free) reduced buffer
-            flat[begin:end].copy_(codec.decode(payload, chunk, out=reduced)[: end - begin])
+        elif end > begin:  # the padded last chunk goes through a scratch buffer
+            tail = _workspace(state, key, "tail", chunk, torch.float32)
+            flat[begin:end].copy_(codec.decode(payload, chunk, out=tail)[: end - begin])
     record.decode_s += time.perf_counter() - start
     if not all_finite(flat):  # identical bits everywhere: all ranks agree
         record.nonfinite = True
-        _nonfinite(flat, [], "in the reduced result (overflow of the codec's range?)", on_nonfinite)
+        # The step is discarded: give back to the error buffers what this step took from them.
+        if error1 is not None and local_finite:
+            for j in range(world_size):
+                part = padded[j * chunk : (j + 1) * chunk]
+                own = _aligned_row(send, j, width, encoded)
+                _restore_error(codec, error1[j * chunk : (j + 1) * chunk], own, part)
+        if error2 is not None and reduced_finite:
+            _restore_error(codec, error2, mine, reduced)
+        _nonfinite(
+            flat,
+            [],
+            "in the reduced result (a peer's payload or an overflow of the codec's range)",
+            on_nonfinite,
+        )
 
 
 def _allgather(
@@ -576,6 +612,8 @@ def _allgather(
         codec.decode(row, numel, out=result, accumulate=True)
     flat.copy_(result)
     record.decode_s += time.perf_counter() - start
-    if not all_finite(flat):
+    if not all_finite(flat):  # e.g. a peer's payload carried NaN or Inf values
         record.nonfinite = True
-        _nonfinite(flat, [], "in the reduced result", on_nonfinite)
+        if error is not None:
+            _restore_error(codec, error, payload, scaled)
+        _nonfinite(flat, [], "in the reduced result (a peer's payload?)", on_nonfinite)

@@ -56,6 +56,7 @@ import concurrent.futures
 import math
 import threading
 import time
+import warnings
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -133,6 +134,8 @@ class HookState:
         self.total = StepRecord()
         self._lock = threading.Lock()
         self._executor: concurrent.futures.ThreadPoolExecutor | None = None
+        # Errors of the collective thread, raised by the hook's call for the last bucket.
+        self._errors: list[Exception] = []
 
     def __repr__(self) -> str:
         return (
@@ -443,7 +446,19 @@ def _reduce_bucket(
             numel = shape.numel()
             views.append(buffer[offset : offset + numel].view(shape))
             offset += numel
-        return state.codec.allreduce_(views, key=index, group=group, link=state.link)
+        try:  # PowerSGD raises on a non-finite P, Q or sum, on every rank alike
+            return state.codec.allreduce_(views, key=index, group=group, link=state.link)
+        except NonFiniteGradientError as error:
+            if state.on_nonfinite == "raise":
+                raise
+            warnings.warn(
+                f"{error} (gradient bucket {index}, step {step}); this step's result is zeroed",
+                RuntimeWarning,
+                stacklevel=2,
+            )
+            buffer.zero_()
+            state.collective.nonfinite_skips += 1
+            return StepRecord(nonfinite=True)
     allreduce(
         buffer,
         state.codec,
@@ -480,7 +495,16 @@ def _hook(state: HookState, bucket: GradBucket) -> torch.futures.Future[torch.Te
                 state.place(index, ids, buffer.device, placed)
             record = _reduce_bucket(state, buffer, shapes, index, step, compress)
         except Exception as error:
-            future.set_exception(error)  # type: ignore[arg-type]  # torch's stub is too narrow
+            # Not future.set_exception: DDP's reducer reads a Python future's value in C++ and
+            # fails to cast the stored exception to a Tensor ("RuntimeError: Unable to cast
+            # ... to Tensor"), so the user would never see the error itself. The bucket is
+            # zeroed, the future completes, and the hook raises the error from its call for the
+            # last bucket: an exception raised by the hook itself reaches backward()'s caller
+            # with its type (NonFiniteGradientError).
+            buffer.zero_()
+            with state._lock:
+                state._errors.append(error)
+            future.set_result(buffer)
             return
         record.bytes_sent += placed.bytes_sent
         record.comm_s += placed.comm_s
@@ -489,9 +513,15 @@ def _hook(state: HookState, bucket: GradBucket) -> torch.futures.Future[torch.Te
         future.set_result(buffer)
 
     if state.overlap:
-        state.executor().submit(work)
+        done = state.executor().submit(work)
+        if is_last:
+            done.result()  # one thread, in order: every bucket of this step is reduced
     else:
         work()
+    if state._errors and (is_last or not state.overlap):
+        with state._lock:
+            error, state._errors = state._errors[0], []
+        raise error
     return future
 
 

@@ -257,6 +257,9 @@ class PowerSGD:
         record.encode_s += time.perf_counter() - start
 
         reduce(q_flat)
+        if not all_finite(q_flat):  # a peer's Q held NaN or Inf: drop the corrupted warm start
+            self.qs.pop(key, None)
+            self._check_finite(q_flat, "Q")
         start = time.perf_counter()
         q_flat.div_(world_size)
         for index, (p, q, matrix) in enumerate(zip(ps, q_views, work)):

@@ -10,6 +10,7 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
+import torch.distributed as dist
 
 from codl._launch import launch
 from codl.comm.codecs import Codec
@@ -205,3 +206,47 @@ class RefusingCodec(Codec):
         if out is None:
             return values
         return out.add_(values) if accumulate else out.copy_(values)
+
+
+class CorruptingPeer(Codec):
+    """Wraps ``inner``; on rank ``rank`` at ``step`` the payload of chunk 0 in ``phase`` (1: the
+    all_to_all, 2: the all_gather) gets a NaN first float32 (a block codec's first scale, a cast
+    codec's first value): a scale corrupted on the network, or a faulty peer."""
+
+    def __init__(self, inner: Codec, *, rank: int, phase: int, step: int) -> None:
+        super().__init__(error_feedback=inner.error_feedback)
+        self.inner, self.rank, self.phase, self.step = inner, rank, phase, step
+        self.name = f"corrupting-{inner.name}"  # type: ignore[misc]
+        self.scheme = inner.scheme  # type: ignore[misc]
+
+    def encoded_nbytes(self, numel: int) -> int:
+        return self.inner.encoded_nbytes(numel)
+
+    def encode(
+        self, x: torch.Tensor, *, error: torch.Tensor | None = None, key: int = 0, step: int = 0
+    ) -> torch.Tensor:
+        payload = self.inner.encode(x, error=error, key=key, step=step)
+        # The generator key's layout (codl.comm.collectives._subkey): phase in bits 38-39,
+        # chunk in bits 0-19.
+        if (
+            dist.get_rank() == self.rank
+            and step == self.step
+            and (key >> 38) & 3 == self.phase
+            and key & 0xFFFFF == 0
+        ):
+            payload = payload.clone()
+            payload[:4].view(torch.float32).fill_(float("nan"))
+        return payload
+
+    def decode(
+        self,
+        payload: torch.Tensor,
+        numel: int,
+        *,
+        out: torch.Tensor | None = None,
+        accumulate: bool = False,
+    ) -> torch.Tensor:
+        return self.inner.decode(payload, numel, out=out, accumulate=accumulate)
+
+    def nonfinite_payload(self, numel: int) -> torch.Tensor:
+        return self.inner.nonfinite_payload(numel)

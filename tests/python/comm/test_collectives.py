@@ -5,11 +5,14 @@ costs seconds); the tests then check what it returned."""
 
 from __future__ import annotations
 
+import functools
+import math
 from typing import Any
 
 import pytest
 import torch
 from dist_helpers import (
+    CorruptingPeer,
     Float32Codec,
     RefusingCodec,
     ScaledSignCodec,
@@ -126,7 +129,41 @@ def _battery(rank: int, world_size: int) -> dict[str, Any]:
     out["reshape"] = _raises(
         lambda: allreduce(torch.ones(50), ScaledSignCodec(error_feedback=True), state=state, key=1)
     )
+    out.update(_corrupted_payloads(rank))
     out.update(_staging(rank))
+    return out
+
+
+def _corrupted_payloads(rank: int) -> dict[str, Any]:
+    """Rank 1 sends a payload whose first scale is NaN at step 1 (phase 1: to chunk 0's owner,
+    rank 0; phase 2: to every rank); steps 0 and 2 are clean."""
+    out: dict[str, Any] = {}
+    inners = {"int8": lambda: Int8(error_feedback=True), "sign_ef": lambda: SignEF()}
+    for name, inner in inners.items():
+        for phase in (1, 2):
+            for policy in ("raise", "zero"):
+                codec = CorruptingPeer(inner(), rank=1, phase=phase, step=1)
+                state = CollectiveState()
+                allreduce(rank_gradient(rank, NUMEL), codec, state=state, step=0)
+                before = {k: t.clone() for k, t in state.buffers.items()}
+                tag = f"peer/{name}/{phase}/{policy}"
+                tensor = rank_gradient(rank, NUMEL, 1)
+                if policy == "raise":
+                    out[tag] = _raises(
+                        functools.partial(allreduce, tensor, codec, state=state, step=1)
+                    )
+                else:
+                    with pytest.warns(RuntimeWarning, match="non-finite"):
+                        allreduce(tensor, codec, state=state, step=1, on_nonfinite="zero")
+                    out[tag] = tensor
+                out[f"{tag}/skips"] = state.nonfinite_skips
+                # A sum of the maxima: NaN propagates (Python's max would drop it).
+                out[f"{tag}/buffer-change"] = sum(
+                    float((state.buffers[k] - t).abs().max()) for k, t in before.items()
+                )
+                later = rank_gradient(rank, NUMEL, 2)
+                allreduce(later, codec, state=state, step=2)
+                out[f"{tag}/later"] = later
     return out
 
 
@@ -344,6 +381,39 @@ def test_empty_and_one_element(runs: Any) -> None:
     assert results[0]["empty"].numel() == 0
     # Scaled sign of one positive value per rank: scale = |v|, so the sum is exact.
     assert results[0]["one"].tolist() == [float(sum(range(1, world_size + 1)))]
+
+
+def test_corrupted_peer_payload_detected_on_every_rank(runs: Any) -> None:
+    # A NaN scale from the network (issue 14, item 4): every rank applies on_nonfinite, the
+    # error buffers keep what they held (the step is discarded), and the next step is finite.
+    _, results = runs
+    for result in results:
+        for name in ("int8", "sign_ef"):
+            for phase in (1, 2):
+                tag = f"peer/{name}/{phase}"
+                assert result[f"{tag}/raise"].startswith("NonFiniteGradientError"), tag
+                assert "reduced result" in result[f"{tag}/raise"], tag
+                assert torch.equal(result[f"{tag}/zero"], torch.zeros(NUMEL)), tag
+                for policy in ("raise", "zero"):
+                    # Counted when the step is skipped (zeroed), as for a local NaN.
+                    assert result[f"{tag}/{policy}/skips"] == (policy == "zero"), (tag, policy)
+                    change = result[f"{tag}/{policy}/buffer-change"]
+                    if result is not results[1]:  # rank 1 corrupted its own copies too
+                        assert change < 1e-6, (tag, policy)
+                    assert math.isfinite(change), (tag, policy)
+                    later = result[f"{tag}/{policy}/later"]
+                    assert bool(torch.isfinite(later).all()), (tag, policy)
+                    # A lossy estimate of the clean step's mean, identical on every rank.
+                    assert torch.equal(later, results[0][f"{tag}/{policy}/later"])
+                    reference = _mean(len(results), 2)
+                    cosine = float(torch.nn.functional.cosine_similarity(later, reference, 0))
+                    assert cosine > 0.25, (tag, policy, cosine)  # random: about 0.03
+
+
+def test_nonfinite_payload_decodes_to_nan() -> None:
+    for codec in (FP16(), BF16(), Int8(), SignEF(), TernGrad(), QSGD(), Int8(block=8)):
+        for numel in (1, 9, 1000):
+            assert bool(torch.isnan(codec.decode(codec.nonfinite_payload(numel), numel)[0]))
 
 
 def test_nonfinite_detected_on_every_rank(runs: Any) -> None:

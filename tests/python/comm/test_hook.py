@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 import torch
 import torch.nn.functional as F
-from dist_helpers import ScaledSignCodec, TopKCodec, ddp_results
+from dist_helpers import CorruptingPeer, ScaledSignCodec, TopKCodec, ddp_results
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel as DDP
 
@@ -112,19 +112,32 @@ def _battery(rank: int, world_size: int) -> dict[str, Any]:
     )
     assert state is not None
     out["topk/history"] = [r.as_dict() for r in state.history]
-    # A NaN in rank 1's batch: backward raises on both ranks.
+    # A NaN in rank 1's batch: backward raises NonFiniteGradientError itself on both ranks,
+    # with the collectives inline and on the background thread.
+    for name, overlap in (("nan", True), ("nan-inline", False)):
+        model = DDP(_model())
+        state, hook = ddp_hook(FP16(), small_tensor_numel=0, overlap=overlap)
+        model.register_comm_hook(state, hook)
+        images, labels = _batch(rank, 0)
+        if rank == 1:
+            images[0, 0] = float("nan")
+        try:
+            F.cross_entropy(model(images), labels).backward()  # type: ignore[no-untyped-call]
+            out[name] = "no error"
+        except Exception as error:
+            out[name] = f"{type(error).__name__}: {error}"
+        state.close()
+    # Rank 1 sends a NaN scale at step 0 (a payload corrupted on the network): with "zero",
+    # every rank's gradients average to zeros, with a warning, and the step is counted.
     model = DDP(_model())
-    state, hook = ddp_hook(FP16(), small_tensor_numel=0, overlap=True)
+    codec = CorruptingPeer(Int8(block=64, error_feedback=True), rank=1, phase=1, step=0)
+    state, hook = ddp_hook(codec, small_tensor_numel=0, on_nonfinite="zero")
     model.register_comm_hook(state, hook)
     images, labels = _batch(rank, 0)
-    if rank == 1:
-        images[0, 0] = float("nan")
-    try:
+    with pytest.warns(RuntimeWarning, match="non-finite"):
         F.cross_entropy(model(images), labels).backward()  # type: ignore[no-untyped-call]
-        out["nan"] = "no error"
-    except Exception as error:
-        out["nan"] = f"{type(error).__name__}: {error}"
-    state.close()
+    out["peer/grads"] = [p.grad.clone() for p in model.parameters() if p.grad is not None]
+    out["peer/skips"] = state.collective.nonfinite_skips
     return out
 
 
@@ -212,8 +225,19 @@ def test_codec_above_min_compression_goes_uncompressed(results: list[dict[str, A
 
 
 def test_nonfinite_gradient_raises_on_every_rank(results: list[dict[str, Any]]) -> None:
+    # The error itself, not "RuntimeError: Unable to cast ... to Tensor" (issue 14, item 4).
     for result in results:
-        assert "non-finite" in result["nan"], result["nan"]
+        for name in ("nan", "nan-inline"):
+            assert result[name].startswith("NonFiniteGradientError: non-finite"), result[name]
+            assert "rank(s) [1]" in result[name], result[name]
+
+
+def test_corrupted_peer_payload_zeroes_the_step(results: list[dict[str, Any]]) -> None:
+    for result in results:
+        assert result["peer/skips"] == 1
+        assert len(result["peer/grads"]) == 4
+        for grad in result["peer/grads"]:
+            assert torch.equal(grad, torch.zeros_like(grad))
 
 
 def test_bad_hook_arguments() -> None:
