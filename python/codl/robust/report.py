@@ -10,6 +10,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from codl.data.checks import check_classifier_inputs
 from codl.robust.attacks import Attack
 
 __all__ = ["RobustnessRow", "format_markdown", "robust_accuracy"]
@@ -26,10 +27,7 @@ def robust_accuracy(
 ) -> float:
     """Top-1 accuracy in percent on ``attack(model, x, y)`` for every batch (on the clean
     images when ``attack`` is None); eval mode, the model's mode restored."""
-    if not isinstance(model, nn.Module):
-        raise TypeError(f"model: expected an nn.Module, received {type(model).__name__}")
-    if len(images) != len(labels):
-        raise ValueError(f"labels: expected {len(images)} labels, received {len(labels)}")
+    model, images, labels = check_classifier_inputs(model, images, labels)
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size: expected a positive int, received {batch_size!r}")
     was_training = model.training

@@ -31,6 +31,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
+from codl.data.checks import check_classifier_inputs
 from codl.robust.attacks import Attack
 from codl.training import Stepper
 
@@ -146,6 +147,9 @@ def adversarial_finetune(
             raise ValueError("data: expected (images, labels) tensors of the same length")
         if len(images) == 0:
             raise ValueError("data: expected at least one example, received none")
+        _, images, labels = check_classifier_inputs(
+            model, images, labels, names=("data images", "data labels")
+        )
         steps = math.ceil(epochs * len(images) / batch_size)
         batches = _tensor_batches(images, labels, steps, batch_size, seed)
     else:

@@ -125,3 +125,19 @@ def test_distiller_checks_the_first_batch() -> None:
         other.train_step((normalize_images(pixels), labels))
     values = distiller.train_step((normalize_images(pixels), labels))
     assert np.isfinite(values["loss"])
+
+
+def test_robust_accuracy_and_adversarial_finetune_check_too() -> None:
+    pixels, labels = _pixels()
+    model = TinyCNN()
+    with pytest.raises(TypeError, match=r"images: expected a floating-point.*normalize=True"):
+        codl.robust.robust_accuracy(model, pixels, labels, None, progress=False)
+    with pytest.raises(TypeError, match=r"data images: expected a floating-point.*uint8"):
+        codl.robust.adversarial_finetune(
+            model, (pixels, labels), codl.robust.PGD(0.1), 0.1, progress=False
+        )
+    images = normalize_images(pixels)
+    expected = 100.0 * float((model.eval()(images).argmax(1) == labels).float().mean())
+    assert codl.robust.robust_accuracy(model, images, labels, None, progress=False) == (
+        pytest.approx(expected)
+    )
