@@ -306,6 +306,11 @@ def compression_search(
     accuracy on ``val_data`` at most ``max_accuracy_drop`` points below its own (see the module
     docstring for the method).
 
+    Cost: one evaluation on ``val_data`` per layer and setting (6 sparsities x 8 widths with
+    the defaults), plus the joint checks; on a Fashion-MNIST CNN with 10,000 images that is
+    minutes on a laptop CPU (a tqdm bar shows the progress), and seconds with 500 images and
+    ``sparsities=(0.0, 0.9), bits=(4,)`` for a first try.
+
     Args:
         model: any classifier (left unchanged); its Linear/Conv weights are searched, or the
             state_dict tensors named in ``layers``.
@@ -401,6 +406,10 @@ def compression_plan(
     max_accuracy_drop: float = 0.5,
     **options: Any,
 ) -> dict[str, dict[str, Any] | None]:
-    """The plan of :func:`compression_search` (same arguments), for ``codl.save(model, path,
-    plan=plan)``."""
+    """The plan of :func:`compression_search` (same arguments and cost: minutes with the
+    defaults on 10,000 images, with a progress bar), for ``codl.save(model, path, plan=plan)``.
+
+    ``val_data`` is ``(images, labels)`` as the model reads them (floating point, e.g.
+    ``codl.data.fashion_mnist("test", normalize=True)``); anything else raises a TypeError or
+    ValueError naming what was expected and what came."""
     return compression_search(model, val_data, max_accuracy_drop, **options).plan
