@@ -41,14 +41,11 @@ Scratch& scratch() {
 // fills dots[r * kWeightTile + c], then sink(i, j, dot) takes each.
 constexpr std::size_t kWeightTile = 16, kActivationTile = 64;
 
-// check(j, columns) runs once per weight tile, just before its first use (so the bytes it reads
-// are in cache for the dot that follows); when it returns false the remaining rows are skipped.
-template <typename Dot, typename Tile, typename Sink, typename Check>
-void gemm_rows(std::size_t m, std::size_t begin, std::size_t end, Tile tile, Sink sink, Check check) {
+template <typename Dot, typename Tile, typename Sink>
+void gemm_rows(std::size_t m, std::size_t begin, std::size_t end, Tile tile, Sink sink) {
     Dot dots[kActivationTile * kWeightTile];
     for (std::size_t j = begin; j < end; j += kWeightTile) {
         const std::size_t columns = std::min(kWeightTile, end - j);
-        if (!check(j, columns)) return;
         for (std::size_t i = 0; i < m; i += kActivationTile) {
             const std::size_t rows = std::min(kActivationTile, m - i);
             tile(i, rows, j, columns, dots);
@@ -59,54 +56,15 @@ void gemm_rows(std::size_t m, std::size_t begin, std::size_t end, Tile tile, Sin
     }
 }
 
-// Nonzero if some 2-bit field of p[0..bytes) is 0b11 (which no code maps to): an OR-reduction
-// of (b & b >> 1) over 8-byte words, masked to the low bit of each field at the end (a bit that
-// the shift carries across a byte boundary lands on an odd position and is masked away).
-std::uint64_t ternary2_bad_fields(const std::uint8_t* p, std::size_t bytes) {
-    std::uint64_t acc = 0;
-    std::size_t i = 0;
-    for (; i + 8 <= bytes; i += 8) {
-        std::uint64_t word;
-        std::memcpy(&word, p + i, sizeof word);
-        acc |= word & (word >> 1);
-    }
-    for (; i < bytes; ++i) acc |= static_cast<std::uint64_t>(p[i] & (p[i] >> 1));
-    return acc & 0x5555555555555555ull;
-}
-
-// Validates 2-bit weight tiles as gemm_rows meets them and keeps the first bad row (the
-// smallest over threads, so the answer does not depend on the thread count).
-struct CodeCheck {
-    const std::uint8_t* w = nullptr;  // null: no check (the base-3 layout: every byte is valid)
-    std::size_t row_bytes = 0;
-    std::atomic<std::size_t> first_bad{kNoBadRow};
-    static constexpr std::size_t kNoBadRow = static_cast<std::size_t>(-1);
-
-    bool operator()(std::size_t j, std::size_t columns) {
-        if (w == nullptr || ternary2_bad_fields(w + j * row_bytes, columns * row_bytes) == 0) return true;
-        std::size_t row = j;
-        while (ternary2_bad_fields(w + row * row_bytes, row_bytes) == 0) ++row;
-        std::size_t seen = first_bad.load(std::memory_order_relaxed);
-        while (row < seen && !first_bad.compare_exchange_weak(seen, row, std::memory_order_relaxed)) {
-        }
-        return false;
-    }
-    TernaryResult result() const {
-        const std::size_t row = first_bad.load();
-        if (row == kNoBadRow) return {};
-        return {TernaryStatus::invalid_code, row};
-    }
-};
-
 using IntegerDot = void (*)(const std::int8_t*, std::size_t, std::size_t, const std::int32_t*,
                             const std::uint8_t*, std::size_t, std::int32_t*, std::size_t);
 
 // Quantize the activation rows to int8 (rows of k_padded values), run `dot` over weight rows of
 // k_padded / values_per_byte bytes, and scale to float.
-TernaryResult quantized_linear(const float* x, std::size_t m, std::size_t k, std::size_t k_padded,
-                               std::size_t values_per_byte, IntegerDot dot, const std::uint8_t* w,
-                               const float* alpha, std::size_t n, const float* bias, float* y,
-                               int num_threads) {
+bool quantized_linear(const float* x, std::size_t m, std::size_t k, std::size_t k_padded,
+                      std::size_t values_per_byte, IntegerDot dot, const std::uint8_t* w,
+                      const float* alpha, std::size_t n, const float* bias, float* y,
+                      int num_threads) {
     const TernaryKernels& kernels = *active_table().ternary;
     Scratch& s = scratch();
     s.q.resize(m * k_padded);
@@ -121,16 +79,11 @@ TernaryResult quantized_linear(const float* x, std::size_t m, std::size_t k, std
             }
         }
     });
-    if (!finite.load()) return {TernaryStatus::non_finite_input, 0};
+    if (!finite.load()) return false;
     const float* scales = s.scales.data();
     const std::int8_t* q = s.q.data();
     const std::int32_t* sums = s.sums.data();
     const std::size_t row_bytes = k_padded / values_per_byte;
-    CodeCheck check;
-    if (values_per_byte == 4) {
-        check.w = w;
-        check.row_bytes = row_bytes;
-    }
     parallel_for(n, 1, min_rows(k_padded * m), num_threads, [&](std::size_t begin, std::size_t end) {
         gemm_rows<std::int32_t>(
             m, begin, end,
@@ -140,35 +93,65 @@ TernaryResult quantized_linear(const float* x, std::size_t m, std::size_t k, std
             [&](std::size_t i, std::size_t j, std::int32_t total) {
                 const float value = static_cast<float>(total) * (scales[i] * alpha[j]);
                 y[i * n + j] = bias ? value + bias[j] : value;
-            },
-            [&](std::size_t j, std::size_t columns) { return check(j, columns); });
+            });
     });
-    return check.result();
+    return true;
+}
+
+// Nonzero if some 2-bit field of p[0..bytes) is 0b11: an OR-reduction of (b & b >> 1) over
+// 8-byte words, masked to the low bit of each field at the end (a bit that the shift carries
+// across a byte boundary lands on an odd position and is masked away).
+std::uint64_t ternary2_bad_fields(const std::uint8_t* p, std::size_t bytes) {
+    std::uint64_t acc = 0;
+    std::size_t i = 0;
+    for (; i + 8 <= bytes; i += 8) {
+        std::uint64_t word;
+        std::memcpy(&word, p + i, sizeof word);
+        acc |= word & (word >> 1);
+    }
+    for (; i < bytes; ++i) acc |= static_cast<std::uint64_t>(p[i] & (p[i] >> 1));
+    return acc & 0x5555555555555555ull;
 }
 
 }  // namespace
 
-TernaryResult ternary_linear_f32(const float* x, std::size_t m, std::size_t k, const std::uint8_t* w,
+std::size_t first_invalid_ternary2_row(const std::uint8_t* w, std::size_t rows, std::size_t row_bytes,
+                                       int num_threads) {
+    std::atomic<std::size_t> first{rows};
+    // A memory-bound pass: one chunk per thread of at least 256 KiB.
+    const std::size_t min_chunk = std::max<std::size_t>(1, (std::size_t{1} << 18) / std::max<std::size_t>(row_bytes, 1));
+    parallel_for(rows, 1, min_chunk, num_threads, [&](std::size_t begin, std::size_t end) {
+        if (ternary2_bad_fields(w + begin * row_bytes, (end - begin) * row_bytes) == 0) return;
+        std::size_t row = begin;
+        while (ternary2_bad_fields(w + row * row_bytes, row_bytes) == 0) ++row;
+        std::size_t seen = first.load(std::memory_order_relaxed);
+        while (row < seen && !first.compare_exchange_weak(seen, row, std::memory_order_relaxed)) {
+        }
+    });
+    return first.load();
+}
+
+bool ternary_linear_f32(const float* x, std::size_t m, std::size_t k, const std::uint8_t* w,
                         const float* alpha, std::size_t n, const float* bias, float* y,
                         int num_threads) {
     return quantized_linear(x, m, k, ternary_padded_k(k), 4, active_table().ternary->dot_i8_t2, w,
                             alpha, n, bias, y, num_threads);
 }
 
-TernaryResult ternary3_linear_f32(const float* x, std::size_t m, std::size_t k, const std::uint8_t* w,
+bool ternary3_linear_f32(const float* x, std::size_t m, std::size_t k, const std::uint8_t* w,
                          const float* alpha, std::size_t n, const float* bias, float* y,
                          int num_threads) {
     return quantized_linear(x, m, k, ternary3_padded_k(k), 5, active_table().ternary->dot_i8_t3, w,
                             alpha, n, bias, y, num_threads);
 }
 
-TernaryResult ternary_linear_f32act(const float* x, std::size_t m, std::size_t k, const std::uint8_t* w,
+bool ternary_linear_f32act(const float* x, std::size_t m, std::size_t k, const std::uint8_t* w,
                            const float* alpha, std::size_t n, const float* bias, float* y,
                            int num_threads) {
     const TernaryKernels& kernels = *active_table().ternary;
     const std::size_t k_padded = ternary_padded_k(k);
     // Zero codes never change a sum, but 0 * Inf would, so the row is checked as a whole.
-    if (ref::max_magnitude_bits(x, m * k, 0) >= 0x7F800000) return {TernaryStatus::non_finite_input, 0};
+    if (ref::max_magnitude_bits(x, m * k, 0) >= 0x7F800000) return false;
     const float* rows = x;
     if (k_padded != k) {
         // The kernels read whole blocks: copy the rows with zeros past k.
@@ -178,9 +161,6 @@ TernaryResult ternary_linear_f32act(const float* x, std::size_t m, std::size_t k
         rows = s.padded.data();
     }
     const std::size_t row_bytes = k_padded / 4;
-    CodeCheck check;
-    check.w = w;
-    check.row_bytes = row_bytes;
     parallel_for(n, 1, min_rows(k_padded * m), num_threads, [&](std::size_t begin, std::size_t end) {
         gemm_rows<float>(
             m, begin, end,
@@ -191,10 +171,9 @@ TernaryResult ternary_linear_f32act(const float* x, std::size_t m, std::size_t k
             [&](std::size_t i, std::size_t j, float total) {
                 const float value = total * alpha[j];
                 y[i * n + j] = bias ? value + bias[j] : value;
-            },
-            [&](std::size_t j, std::size_t columns) { return check(j, columns); });
+            });
     });
-    return check.result();
+    return true;
 }
 
 void ternary_gemm_i32(const std::int8_t* a, std::size_t m, std::size_t k_padded,
@@ -213,8 +192,7 @@ void ternary_gemm_i32(const std::int8_t* a, std::size_t m, std::size_t k_padded,
                 kernels.dot_i8_t2(a + i * k_padded, rows, k_padded, sums.data() + i, w + j * (k_padded / 4),
                                   columns, dots, kWeightTile);
             },
-            [&](std::size_t i, std::size_t j, std::int32_t dot) { out[i * n + j] = dot; },
-            [](std::size_t, std::size_t) { return true; });
+            [&](std::size_t i, std::size_t j, std::int32_t dot) { out[i * n + j] = dot; });
     });
 }
 

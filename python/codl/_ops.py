@@ -13,6 +13,7 @@ one reported.
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Callable, Iterator, Sized
 from contextlib import contextmanager
 from typing import Union
@@ -188,6 +189,38 @@ def pack_ternary(codes: torch.Tensor, out: torch.Tensor, fmt: str) -> None:
 def unpack_ternary(packed: torch.Tensor, out: torch.Tensor, fmt: str) -> None:
     unpack = _C.unpack_ternary2 if fmt == "2bit" else _C.unpack_ternary3
     _run(unpack, packed, "packed", torch.uint8, out, torch.int8)
+
+
+# Weight tensors already found free of 0b11 fields, by id, with a weak reference (an id is
+# reused once its tensor is freed; the reference's callback drops the entry then) and the
+# (address, version) they had: a weight is validated once, and again only after it is written
+# in place (torch bumps ``_version``) or its storage moves. Not a WeakKeyDictionary: that
+# compares keys with ``==``, elementwise for tensors.
+_VALID_TERNARY2: dict[int, tuple[weakref.ref[torch.Tensor], tuple[int, int]]] = {}
+
+
+def check_ternary2_rows(packed: torch.Tensor, rows: int) -> None:
+    """Raise ``ValueError`` naming the first of ``rows`` packed 2-bit rows holding a field 0b11
+    (which maps to no code; the kernels would compute with it as +2). One parallel
+    OR-reduction over the bytes the first time a tensor is seen, and after each in-place write
+    to it; then a dictionary lookup."""
+    stamp = (packed.data_ptr(), packed._version)
+    key = id(packed)
+    seen = _VALID_TERNARY2.get(key)
+    if seen is not None and seen[0]() is packed and seen[1] == stamp:
+        return
+    first = _C.first_invalid_ternary2_row(
+        as_buffer(packed, "packed", torch.uint8), rows, get_num_threads()
+    )
+    if first >= 0:
+        raise ValueError(
+            f"packed: expected 2-bit fields 0b00, 0b01 or 0b10 (codes -1, 0, +1), received 0b11 "
+            f"in weight row {first} (corrupt, or not written by pack_ternary)"
+        )
+    _VALID_TERNARY2[key] = (
+        weakref.ref(packed, lambda _: _VALID_TERNARY2.pop(key, None)),
+        stamp,
+    )
 
 
 # --- ternary linear: every packed layout and activation mode shares one call shape

@@ -10,7 +10,7 @@
 namespace codl_bindings {
 namespace {
 
-using LinearKernel = codl::TernaryResult (*)(const float*, std::size_t, std::size_t, const std::uint8_t*, const float*,
+using LinearKernel = bool (*)(const float*, std::size_t, std::size_t, const std::uint8_t*, const float*,
                               std::size_t, const float*, float*, int);
 
 // One binding per layout / activation mode; they differ in the kernel and the packed row size.
@@ -43,21 +43,14 @@ void define_linear(py::module_& m, const char* name, LinearKernel kernel, std::s
                 bias_data = static_cast<const float*>(b.data);
             }
             checked_threads(num_threads);
-            codl::TernaryResult status;
+            bool finite;
             {
                 py::gil_scoped_release release;
-                status = kernel(static_cast<const float*>(input.data), rows, in_features,
+                finite = kernel(static_cast<const float*>(input.data), rows, in_features,
                                 static_cast<const std::uint8_t*>(weight.data), static_cast<const float*>(scales.data),
                                 out_features, bias_data, static_cast<float*>(result.data), num_threads);
             }
-            if (status.status == codl::TernaryStatus::non_finite_input) {
-                throw py::value_error("x: expected finite values, received NaN or Inf");
-            }
-            if (status.status == codl::TernaryStatus::invalid_code) {
-                throw py::value_error(
-                    "packed: expected 2-bit fields 0b00, 0b01 or 0b10 (codes -1, 0, +1), received 0b11 in "
-                    "weight row " + std::to_string(status.row) + " (corrupt or not packed by pack_ternary)");
-            }
+            if (!finite) throw py::value_error("x: expected finite values, received NaN or Inf");
         },
         py::arg("x"), py::arg("rows"), py::arg("in_features"), py::arg("packed"), py::arg("alpha"),
         py::arg("bias"), py::arg("out"), py::arg("num_threads") = 1, doc);
@@ -69,6 +62,25 @@ std::size_t padded_k3(std::size_t k) { return codl::ternary3_padded_k(k); }
 }  // namespace
 
 void register_ternary(py::module_& m) {
+    m.def(
+        "first_invalid_ternary2_row",
+        [](const py::buffer& packed, std::size_t rows, int num_threads) {
+            const Buffer weight = checked_buffer(packed, "packed", 'B', false);
+            if (rows == 0 || weight.size % rows != 0) {
+                throw py::value_error("rows: expected a positive divisor of the " + std::to_string(weight.size) +
+                                      " packed bytes, received " + std::to_string(rows));
+            }
+            checked_threads(num_threads);
+            std::size_t first;
+            {
+                py::gil_scoped_release release;
+                first = codl::first_invalid_ternary2_row(static_cast<const std::uint8_t*>(weight.data), rows,
+                                                         weight.size / rows, num_threads);
+            }
+            return first == rows ? -1 : static_cast<long long>(first);
+        },
+        py::arg("packed"), py::arg("rows"), py::arg("num_threads") = 1,
+        "The first of rows equal rows of 2-bit packed ternary codes holding a field 0b11, or -1 if none does.");
     define_linear(m, "ternary_linear_f32", codl::ternary_linear_f32, padded_k2, 4,
                   "elements (out_features rows of ceil(in_features / 128) * 32 bytes)",
                   "out = quantize_int8(x) @ (alpha * codes).T + bias for packed ternary weights.");

@@ -52,20 +52,13 @@ std::int32_t quantize_tail(const float* x, std::size_t begin, std::size_t k, std
                            float inverse, std::int8_t* q);
 }  // namespace ref
 
-// What a ternary linear call reports. A 2-bit field 0b11 maps to no code: the 2-bit kernels
-// check every weight tile (an OR-reduction over its bytes, just before the tile's dot reads them
-// from cache) and stop; `row` is then the first weight row (output feature) holding one, the
-// same for every thread count. Outputs are unspecified unless status is ok.
-enum class TernaryStatus : int {
-    ok = 0,
-    non_finite_input = 1,  // x holds NaN or Inf
-    invalid_code = 2,      // a 2-bit weight field holds 0b11 (row names the first such row)
-};
-struct TernaryResult {
-    TernaryStatus status = TernaryStatus::ok;
-    std::size_t row = 0;
-    explicit operator bool() const { return status == TernaryStatus::ok; }
-};
+// The first of `rows` weight rows (row_bytes each, the ternary2 layout) holding a 2-bit field
+// 0b11, which maps to no code, or `rows` if none does: one OR-reduction over the bytes, split
+// across threads; the answer does not depend on num_threads. The 2-bit linear kernels below
+// compute with whatever fields they are given (0b11 as +2), so callers holding untrusted bytes
+// check them once with this (the Python operators do, once per weight tensor and version).
+std::size_t first_invalid_ternary2_row(const std::uint8_t* w, std::size_t rows, std::size_t row_bytes,
+                                       int num_threads = 1);
 
 // Rows are padded with zero codes to whole 128-value blocks: k_padded / 4 bytes per row.
 constexpr std::size_t ternary_padded_k(std::size_t k) { return (k + 127) / 128 * 128; }
@@ -75,22 +68,21 @@ constexpr std::size_t ternary3_padded_k(std::size_t k) { return (k + 159) / 160 
 
 // y[i, j] = scale_i * alpha[j] * sum_k q[i, k] * code[j, k] + bias[j] (bias may be null), where
 // q, scale_i quantize row i of x (m rows of k floats). w holds n packed rows of k_padded / 4
-// bytes. Returns non_finite_input if x holds NaN or Inf, invalid_code if w holds a 0b11 field.
-TernaryResult ternary_linear_f32(const float* x, std::size_t m, std::size_t k, const std::uint8_t* w,
+// bytes. Returns false, leaving y unspecified, if x holds NaN or Inf.
+bool ternary_linear_f32(const float* x, std::size_t m, std::size_t k, const std::uint8_t* w,
                         const float* alpha, std::size_t n, const float* bias, float* y,
                         int num_threads = 1);
 
 // The same with w in the base-3 layout (n rows of ternary3_padded_k(k) / 5 bytes), decoded in
-// registers on every call; the integer dots equal those of the 2-bit layout exactly. Every byte
-// decodes to five valid trits, so only non_finite_input can be reported.
-TernaryResult ternary3_linear_f32(const float* x, std::size_t m, std::size_t k, const std::uint8_t* w,
+// registers on every call; the integer dots equal those of the 2-bit layout exactly.
+bool ternary3_linear_f32(const float* x, std::size_t m, std::size_t k, const std::uint8_t* w,
                          const float* alpha, std::size_t n, const float* bias, float* y,
                          int num_threads = 1);
 
 // Activations kept float: y[i, j] = alpha[j] * sum_k x[i, k] * code[j, k] + bias[j], the sum in
 // float32 in an order fixed per ISA (independent of num_threads). w as for ternary_linear_f32.
-// Reports as ternary_linear_f32 does.
-TernaryResult ternary_linear_f32act(const float* x, std::size_t m, std::size_t k, const std::uint8_t* w,
+// Returns false, leaving y unspecified, if x holds NaN or Inf.
+bool ternary_linear_f32act(const float* x, std::size_t m, std::size_t k, const std::uint8_t* w,
                            const float* alpha, std::size_t n, const float* bias, float* y,
                            int num_threads = 1);
 

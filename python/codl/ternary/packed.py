@@ -196,9 +196,30 @@ def _linear_op(name: str, kernel: LinearKernel) -> Any:
     return op
 
 
-_ternary_linear_op = _linear_op("ternary_linear", _ops.ternary_linear_f32)
+def _checked(kernel: LinearKernel) -> LinearKernel:
+    """``kernel`` behind the 2-bit layout's code check (:func:`codl._ops.check_ternary2_rows`:
+    once per weight tensor and version), so no operator computes with a field 0b11."""
+
+    def run(
+        x: torch.Tensor,
+        packed: torch.Tensor,
+        alpha: torch.Tensor,
+        bias: torch.Tensor | None,
+        out: torch.Tensor,
+    ) -> None:
+        rows = alpha.shape[0] if alpha.dim() == 1 else 0
+        if rows > 0 and packed.numel() % rows == 0:  # else the kernel names the size mismatch
+            _ops.check_ternary2_rows(packed, rows)
+        kernel(x, packed, alpha, bias, out)
+
+    return run
+
+
+_ternary_linear_op = _linear_op("ternary_linear", _checked(_ops.ternary_linear_f32))
 _ternary_linear_base3_op = _linear_op("ternary_linear_base3", _ops.ternary3_linear_f32)
-_ternary_linear_f32act_op = _linear_op("ternary_linear_f32act", _ops.ternary_linear_f32act)
+_ternary_linear_f32act_op = _linear_op(
+    "ternary_linear_f32act", _checked(_ops.ternary_linear_f32act)
+)
 
 
 def ternary_linear(

@@ -242,6 +242,21 @@ def test_a_0b11_field_is_rejected_by_the_linear_operators_with_its_row(level: st
             )
 
 
+def test_a_weight_written_in_place_after_a_valid_call_is_checked_again() -> None:
+    # The code check runs once per weight tensor and version: an in-place write after a call
+    # that passed must not slip through the cache.
+    codes, alpha = random_weight(3, 128)
+    weight = pack_weight(codes, alpha)
+    x = torch.randn(2, 128)
+    first = ternary_linear(x, weight)
+    assert torch.equal(ternary_linear(x, weight), first)  # cached: same bits
+    weight.packed[1, 0] |= 0x03
+    with pytest.raises(ValueError, match="0b11 in weight row 1 "):
+        ternary_linear(x, weight)
+    weight.packed[1, 0] &= 0xFE  # 0b11 -> 0b10: valid again
+    ternary_linear(x, weight)
+
+
 def test_unpack_rejects_0b11_in_the_tail_padding() -> None:
     codes = torch.ones(6, dtype=torch.int8)  # 6 values: the second byte has 2 padding fields
     packed = codl.kernels.pack_ternary(codes, format="2bit")
