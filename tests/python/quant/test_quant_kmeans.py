@@ -255,6 +255,7 @@ def _train_steps(model: nn.Module, optimizer: torch.optim.Optimizer, steps: rang
         optimizer.step()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("reassign", [False, True])
 def test_kmeans_fine_tuning_resumes_bit_for_bit_from_saved_state(reassign: bool) -> None:
     total, cut = 10, 4
