@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from codl import bench
-from codl.bench.timing import MAX_CPU_WAIT, cpu_wait_s, measure_pair, refusal_reason
+from codl.bench.timing import cpu_wait_s, measure_pair, refusal_reason
 
 
 def _runs(calls: list[str]) -> list[tuple[str, int]]:
@@ -74,13 +74,9 @@ def test_measure_pair_reports_each_side_and_the_cpu_wait() -> None:
 
 def test_a_contended_cpu_refuses_the_ratio() -> None:
     # Medians 1 and 100 ms with tight spreads: printed on a quiet machine.
-    assert refusal_reason(1.0, 0.01, 100.0, 1.0, cpu_wait=0.0) is None
-    reason = refusal_reason(1.0, 0.01, 100.0, 1.0, cpu_wait=MAX_CPU_WAIT + 0.05)
-    assert reason is not None and reason.startswith("CPU contended")
-    # Without scheduler statistics the load average is judged against the CPUs.
     assert refusal_reason(1.0, 0.01, 100.0, 1.0, load_average=1.9, cpus=2) is None
     reason = refusal_reason(1.0, 0.01, 100.0, 1.0, load_average=7.5, cpus=2)
-    assert reason is not None and "load average 7.50 over 2 CPUs" in reason
+    assert reason is not None and "load average 7.50 over 1.5 x 2 CPUs" in reason
 
 
 def test_an_unstable_side_refuses_the_ratio() -> None:
@@ -97,7 +93,7 @@ def test_refused_ratio_is_not_printed() -> None:
     )  # fmt: skip
     table = bench.format_table([row])
     assert "7459" not in table and "n/a (CPU contended)" in table
-    assert "no ratio: CPU contended: the threads waited 1.30 s" in table
+    assert "no ratio: CPU contended: load average 7.00" in table
 
 
 def test_measure_pair_refuses_no_repeats() -> None:
