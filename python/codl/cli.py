@@ -33,7 +33,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     from codl import bench
 
     if args.list:
-        print("\n".join(bench.available()))
+        print(bench.listing())
         return 0
     if args.dispatch:
         import codl
@@ -273,14 +273,15 @@ def build_parser() -> argparse.ArgumentParser:
     info.add_argument("--json", action="store_true", help="print JSON instead of a table")
     info.set_defaults(run=_cmd_info)
 
-    from codl.bench import programs
+    from codl.bench import programs, size_help
 
     bench = sub.add_parser(
         "bench",
         help="time codl against its torch baseline",
         description="Run micro-benchmarks: codl and its plain-torch baseline "
         "in the same process with the same threads; print a table (medians, interquartile "
-        "ranges, load average) and write JSON with the ratios. `codl bench --list` lists the "
+        "ranges, load average, CPU wait; a ratio the timings cannot support is refused: "
+        "codl.bench.timing) and write JSON with the ratios. `codl bench --list` lists the "
         "micro-benchmarks NAME can be. Longer programs run as `codl bench PROGRAM [options]`, "
         "each with its own --help: " + ", ".join(programs()) + ".",
     )
@@ -290,14 +291,14 @@ def build_parser() -> argparse.ArgumentParser:
         "--size",
         type=int,
         default=None,
-        help="problem size: values per case for pack (default 16M), the weight's side for "
-        "ternary (default 4096)",
+        help=size_help(),
     )
     bench.add_argument(
         "--repeat",
         type=int,
         default=7,
-        help="timed blocks per side, at least (median and interquartile range)",
+        help="timed rounds, at least (each a block of codl calls then a block of baseline "
+        "calls; median and interquartile range)",
     )
     bench.add_argument("--threads", type=int, default=2, help="threads for both sides")
     bench.add_argument(

@@ -110,7 +110,9 @@ def test_bench_writes_json_with_consistent_ratios(tmp_path: Path) -> None:
 
 
 def test_bench_list_and_unknown_name() -> None:
-    listed = run_codl("bench", "--list").stdout.split()
+    listing = run_codl("bench", "--list").stdout.splitlines()
+    listed = [line.split()[0] for line in listing]
+    assert all("--size: " in line for line in listing)
     assert listed == ["codecs", "comm", "formats", "kfac", "linalg", "pack", "ternary"]
     result = run_codl("bench", "no-such-bench", check=False)
     assert result.returncode == 2
