@@ -16,7 +16,6 @@ from __future__ import annotations
 import weakref
 from collections.abc import Callable, Iterator, Sized
 from contextlib import contextmanager
-from typing import Union
 
 import numpy as np
 import torch
@@ -225,7 +224,7 @@ def check_ternary2_rows(packed: torch.Tensor, rows: int) -> None:
 
 # --- ternary linear: every packed layout and activation mode shares one call shape
 _LinearKernel = Callable[
-    [np.ndarray, int, int, np.ndarray, np.ndarray, Union[np.ndarray, None], np.ndarray, int], None
+    [np.ndarray, int, int, np.ndarray, np.ndarray, np.ndarray | None, np.ndarray, int], None
 ]
 
 
@@ -389,8 +388,7 @@ def unpack_symmetric(packed: torch.Tensor, n: int, out: torch.Tensor) -> None:
 # --- format
 # The .codl format's core (codl.formats calls these). Byte arguments are anything exposing a
 # contiguous uint8 buffer (bytes, memoryview slices of a file, uint8 tensors as NumPy views).
-# Union, not X | Y: this alias is evaluated at runtime, and Python 3.9 has no X | Y of classes.
-ByteBuffer = Union[bytes, bytearray, memoryview, np.ndarray]
+ByteBuffer = bytes | bytearray | memoryview | np.ndarray
 
 
 def _bytes_view(data: ByteBuffer | torch.Tensor, name: str) -> ByteBuffer:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Union
+from typing import Any
 
 import torch
 from torch import nn
@@ -21,8 +21,8 @@ from codl.data.checks import check_model_reads
 from codl.distill.losses import HintLoss, KDLoss
 
 OptimizerFactory = Callable[[Iterable[nn.Parameter]], torch.optim.Optimizer]
-OptimizerArg = Union[torch.optim.Optimizer, OptimizerFactory, None]
-Batch = Union[Sequence[torch.Tensor], torch.Tensor]
+OptimizerArg = torch.optim.Optimizer | OptimizerFactory | None
+Batch = Sequence[torch.Tensor] | torch.Tensor
 
 CHECKPOINT_NAME = "distiller.pt"
 

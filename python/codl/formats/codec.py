@@ -6,7 +6,6 @@ reads (``zlib.decompress(data, wbits=-15)``), and both inflate with a fixed outp
 from __future__ import annotations
 
 import zlib
-from typing import Union
 
 import numpy as np
 import torch
@@ -26,7 +25,7 @@ __all__ = [
 #: of the time of its 10-12 (zlib stops at 9 anyway); decoding speed does not depend on it.
 DEFAULT_LEVEL = 9
 
-Bytes = Union[bytes, bytearray, memoryview]
+Bytes = bytes | bytearray | memoryview
 
 
 def core_codec() -> str:

@@ -9,6 +9,7 @@ the header implies, failing if the stream wants more or ends short. Whatever is 
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import os
@@ -562,7 +563,7 @@ def _check_no_overlap(records: list[_Record]) -> None:
         for index, record in enumerate(records)
         for role, stream in _streams(record)
     )
-    for (_, end, index, role), (start, _, other, other_role) in zip(spans, spans[1:]):
+    for (_, end, index, role), (start, _, other, other_role) in itertools.pairwise(spans):
         if start < end:
             raise _fail(
                 f"its bytes overlap those of tensor {records[index].info.name!r}'s {role} stream "

@@ -24,7 +24,7 @@ import fnmatch
 import math
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
-from typing import Any, Final, Literal, Optional, Union
+from typing import Any, Final, Literal
 
 import torch
 
@@ -53,8 +53,8 @@ class CompressionSpec:
     """
 
     prune: float = 0.0
-    bits: Optional[int] = None  # noqa: UP045 (a dataclass field: evaluated on Python 3.9)
-    method: Optional[Method] = None  # noqa: UP045
+    bits: int | None = None
+    method: Method | None = None
 
     def __post_init__(self) -> None:
         prune = self.prune
@@ -110,7 +110,7 @@ class CompressionSpec:
             raise type(error)(f"{where}: {error}") from None
 
 
-Plan = Mapping[str, Union[CompressionSpec, Mapping[str, Any], None]]
+Plan = Mapping[str, CompressionSpec | Mapping[str, Any] | None]
 
 
 def _is_glob(pattern: str) -> bool:

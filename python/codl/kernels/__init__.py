@@ -20,14 +20,14 @@ from __future__ import annotations
 
 import numbers
 from collections.abc import Sequence
-from typing import Literal, Union
+from typing import Literal
 
 import torch
 
 from codl import _ops
 
 TernaryFormat = Literal["2bit", "base3"]
-Shape = Union[int, Sequence[int], torch.Size]
+Shape = int | Sequence[int] | torch.Size
 
 __all__ = [
     "TernaryFormat",

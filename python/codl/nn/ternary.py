@@ -19,7 +19,7 @@ kernel (:func:`codl.ternary.packed.ternary_linear`); :meth:`TernaryConv2d.freeze
 from __future__ import annotations
 
 import copy
-from typing import Literal, Union
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -55,7 +55,7 @@ __all__ = [
     "straight_through_ternary",
 ]
 
-IntOrPair = Union[int, tuple[int, int]]
+IntOrPair = int | tuple[int, int]
 PaddingMode = Literal["zeros", "reflect", "replicate", "circular"]
 
 

@@ -8,12 +8,13 @@ read, and a bad value raises the same ``ValueError``/``TypeError`` naming the hy
 from __future__ import annotations
 
 import math
-from typing import Callable, Union, cast
+from collections.abc import Callable
+from typing import cast
 
 __all__ = ["FloatHyper", "IntHyper", "check_float", "check_int", "resolve_float", "resolve_int"]
 
-FloatHyper = Union[float, Callable[[int], float]]
-IntHyper = Union[int, Callable[[int], int]]
+FloatHyper = float | Callable[[int], float]
+IntHyper = int | Callable[[int], int]
 
 
 def _float_value(value: object, name: str, low: float, high: float, *, open_low: bool) -> float:

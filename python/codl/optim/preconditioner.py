@@ -35,8 +35,8 @@ import contextlib
 import fnmatch
 import math
 import warnings
-from collections.abc import Iterable, Iterator, Mapping
-from typing import Any, Callable
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from typing import Any
 
 import torch
 import torch.nn.functional as F

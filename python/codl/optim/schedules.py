@@ -12,7 +12,7 @@ KFAC).
 from __future__ import annotations
 
 import math
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 

@@ -24,7 +24,6 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Sequence, Sized
 from dataclasses import dataclass, field
-from typing import Union
 
 import torch
 import torch.nn.functional as F
@@ -38,7 +37,7 @@ from codl.training import Stepper
 __all__ = ["AdversarialHistory", "adversarial_finetune"]
 
 Batches = Iterable[tuple[torch.Tensor, torch.Tensor]]
-Data = Union[tuple[torch.Tensor, torch.Tensor], Batches]
+Data = tuple[torch.Tensor, torch.Tensor] | Batches
 
 
 @dataclass

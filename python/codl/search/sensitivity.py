@@ -23,7 +23,7 @@ import copy
 import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass
-from typing import Any, Literal, Union
+from typing import Any, Literal
 
 import torch
 from torch import fx, nn
@@ -47,7 +47,7 @@ __all__ = [
     "searchable_weights",
 ]
 
-Bits = Union[int, Literal["ternary"], None]
+Bits = int | Literal["ternary"] | None
 Split = tuple[torch.Tensor, torch.Tensor]
 
 DEFAULT_SPARSITIES: tuple[float, ...] = (0.0, 0.5, 0.7, 0.8, 0.9, 0.95)

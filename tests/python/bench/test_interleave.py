@@ -40,7 +40,7 @@ def test_run_cases_alternates_single_call_blocks_of_slow_sides() -> None:
     )
     bench.run_cases("t", [case], repeat=5, threads=1, progress=False)
     # Agreement check, warm-up, then rounds of one call each: strictly alternating.
-    assert calls[0] == "codl" and all(a != b for a, b in zip(calls, calls[1:]))
+    assert calls[0] == "codl" and all(a != b for a, b in itertools.pairwise(calls))
     assert len(calls) >= 2 * (2 + 5)
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -93,7 +95,7 @@ def test_accuracy_falls_as_eps_grows(
         for e in (0.0, 0.02, 0.05, 0.1)
     ]
     assert accuracies[0] == evaluate(model, images, labels)
-    assert all(a > b for a, b in zip(accuracies, accuracies[1:]))
+    assert all(a > b for a, b in itertools.pairwise(accuracies))
 
 
 def test_eps_zero_returns_x_and_model_state_is_untouched(
