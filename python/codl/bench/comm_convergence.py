@@ -9,6 +9,8 @@ run without error feedback, to show what it buys.
     python benchmarks/comm_convergence.py                       # full data, 2 and 4 processes
     python benchmarks/comm_convergence.py --quick               # smoke run on the shipped subset
     python benchmarks/comm_convergence.py --configs float32 signef --seeds 0 1 2   # mean of 3
+    python benchmarks/comm_convergence.py --schedule constant --hook-momentum  # momentum 0.9,
+                                                # constant rate, the hook told the momentum
 
 With several seeds the results hold every run and a summary: the mean and standard deviation
 of the test accuracy per world size and configuration, and the mean drop from float32.
@@ -49,6 +51,10 @@ CONFIGS: dict[str, tuple[str, float | None]] = {
 }
 
 
+#: The SGD momentum of every run.
+MOMENTUM = 0.9
+
+
 def make_codec(name: str) -> Any:
     from codl import comm  # noqa: F401  (used by the eval'd constructor)
 
@@ -74,14 +80,21 @@ def worker(
     codec = make_codec(name)
     state = None
     if codec is not None:
-        state, hook = ddp_hook(codec, warmup_steps=args.warmup_steps)
+        # --hook-momentum tells the hook the SGD's momentum: codecs with error feedback then
+        # compress the momentum (issue 14: SignEF diverged at momentum 0.9 and a constant rate).
+        hook_momentum = MOMENTUM if args.hook_momentum else 0.0
+        state, hook = ddp_hook(codec, warmup_steps=args.warmup_steps, momentum=hook_momentum)
         ddp.register_comm_hook(state, hook)
     per_rank = args.batch_size // world
     steps_per_epoch = len(images) // args.batch_size
-    optimizer = torch.optim.SGD(ddp.parameters(), lr=args.lr, momentum=0.9, weight_decay=5e-4)
-    schedule = torch.optim.lr_scheduler.OneCycleLR(
-        optimizer, max_lr=args.lr, total_steps=args.epochs * steps_per_epoch, pct_start=0.15
-    )
+    optimizer = torch.optim.SGD(ddp.parameters(), lr=args.lr, momentum=MOMENTUM, weight_decay=5e-4)
+    schedule: torch.optim.lr_scheduler.LRScheduler
+    if args.schedule == "onecycle":
+        schedule = torch.optim.lr_scheduler.OneCycleLR(
+            optimizer, max_lr=args.lr, total_steps=args.epochs * steps_per_epoch, pct_start=0.15
+        )
+    else:
+        schedule = torch.optim.lr_scheduler.ConstantLR(optimizer, factor=1.0, total_iters=0)
     loss_fn = nn.CrossEntropyLoss()
     generator = torch.Generator().manual_seed(seed)
     started = time.perf_counter()
@@ -182,6 +195,18 @@ def main(argv: Sequence[str] | None = None, *, results_dir: Path | None = None) 
     parser.add_argument("--batch-size", type=int, default=128, help="global batch")
     parser.add_argument("--lr", type=float, default=0.05)
     parser.add_argument("--warmup-steps", type=int, default=50)
+    parser.add_argument(
+        "--schedule",
+        choices=["onecycle", "constant"],
+        default="onecycle",
+        help="learning-rate schedule: one cycle up to --lr and down (default), or --lr throughout",
+    )
+    parser.add_argument(
+        "--hook-momentum",
+        action="store_true",
+        help=f"pass the SGD's momentum ({MOMENTUM}) to ddp_hook(momentum=): codecs with error "
+        "feedback then compress the momentum instead of the gradient",
+    )
     parser.add_argument("--train-limit", type=int, default=0, help="first N training images")
     parser.add_argument("--seeds", nargs="*", type=int, default=[0], help="one run per seed")
     parser.add_argument("--quick", action="store_true", help="shipped subset, 1 epoch")
