@@ -1,6 +1,7 @@
 """Convergence of compressed data-parallel training: DDP with codl's comm hooks on Fashion-MNIST.
 
-Each configuration trains the same LeNet-5-class CNN (codl.models.LeNet5) with plain
+Each configuration trains the same LeNet-5-class CNN (codl.models.LeNet5; ``--model smallcnn``
+for codl.models.SmallCNN) with plain
 DDP (float32 allreduce) or with ``codl.comm.ddp_hook(codec)``, on 2 and 4 gloo processes on
 127.0.0.1 (torch.multiprocessing, one thread each), the same seed, global batch and SGD
 schedule, and reports the test accuracy and the bytes each rank sent. Lossy codecs are also
@@ -48,7 +49,13 @@ CONFIGS: dict[str, tuple[str, float | None]] = {
     "topk 1% (no EF)": ("comm.TopK(0.01, error_feedback=False)", None),
     "powersgd r2": ("comm.PowerSGD(2)", 1.0),
     "powersgd r2 (no EF)": ("comm.PowerSGD(2, error_feedback=False)", None),
+    "qsgd": ("comm.QSGD()", None),
+    "terngrad": ("comm.TernGrad()", None),
+    "terngrad (no clip)": ("comm.TernGrad(clip=None)", None),
 }
+
+#: --model: LeNet5 (the table's model) or SmallCNN, on which issue 14 saw SignEF diverge.
+MODELS = {"lenet5": "LeNet5", "smallcnn": "SmallCNN"}
 
 
 #: The SGD momentum of every run.
@@ -65,9 +72,9 @@ def worker(
     rank: int, world: int, name: str, seed: int, args: argparse.Namespace
 ) -> dict[str, Any] | None:
     """Trains configuration ``name`` on this rank; rank 0 returns the result."""
+    from codl import models
     from codl.comm import ddp_hook
     from codl.data import DataChoice, load_split
-    from codl.models import LeNet5
     from codl.training import evaluate
 
     data: DataChoice = "subset" if args.quick else "full"
@@ -75,7 +82,7 @@ def worker(
     if args.train_limit:
         images, labels = images[: args.train_limit], labels[: args.train_limit]
     torch.manual_seed(seed)
-    model = LeNet5()
+    model = getattr(models, MODELS[args.model])()
     ddp = DistributedDataParallel(model)
     codec = make_codec(name)
     state = None
@@ -116,6 +123,7 @@ def worker(
     ring_bytes = 2 * (world - 1) / world * 4 * params * args.epochs * steps_per_epoch
     return {
         "config": name,
+        "model": args.model,
         "world_size": world,
         "seed": seed,
         "test_accuracy": round(evaluate(model, test_images, test_labels, batch_size=2000), 2),
@@ -162,7 +170,7 @@ def summarize(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return summary
 
 
-def plot(summary: list[dict[str, Any]], path: Path) -> None:
+def plot(summary: list[dict[str, Any]], path: Path, model: str = "lenet5") -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -180,7 +188,7 @@ def plot(summary: list[dict[str, Any]], path: Path) -> None:
         axis.set_xscale("log")
         axis.set_xlabel("MB sent per rank (log)")
         axis.set_ylabel("test accuracy % (mean over seeds, ± sd)")
-        axis.set_title(f"LeNet-5, Fashion-MNIST, {world} gloo processes")
+        axis.set_title(f"{MODELS[model]}, Fashion-MNIST, {world} gloo processes")
         axis.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
@@ -191,6 +199,12 @@ def main(argv: Sequence[str] | None = None, *, results_dir: Path | None = None) 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--configs", nargs="*", default=list(CONFIGS), choices=list(CONFIGS))
     parser.add_argument("--world-sizes", nargs="*", type=int, default=[2, 4])
+    parser.add_argument(
+        "--model",
+        choices=list(MODELS),
+        default="lenet5",
+        help="codl.models.LeNet5 (default) or SmallCNN (where SignEF diverged at momentum 0.9)",
+    )
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--batch-size", type=int, default=128, help="global batch")
     parser.add_argument("--lr", type=float, default=0.05)
@@ -248,6 +262,6 @@ def main(argv: Sequence[str] | None = None, *, results_dir: Path | None = None) 
         "results": results,
     }
     args.out.write_text(json.dumps(payload, indent=2) + "\n")
-    plot(summary, args.out.with_suffix(".png"))
+    plot(summary, args.out.with_suffix(".png"), args.model)
     print(f"wrote {args.out} and {args.out.with_suffix('.png')}")
     return 0

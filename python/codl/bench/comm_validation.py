@@ -77,7 +77,7 @@ def _timed_steps(
     from codl.comm import ddp_hook
 
     model = DistributedDataParallel(_model())
-    state, hook = ddp_hook(codec, small_tensor_numel=0, overlap=overlap, link=link)
+    state, hook = ddp_hook(codec, small_tensor_numel=0, overlap=overlap, link=link, momentum=0.0)
     model.register_comm_hook(state, hook)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
     times = []

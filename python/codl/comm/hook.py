@@ -81,6 +81,60 @@ from codl.comm.powersgd import PowerSGD
 Hook = Callable[["HookState", GradBucket], "torch.futures.Future[torch.Tensor]"]
 
 
+def _optimizer_momentum(optimizer: torch.optim.Optimizer) -> float:
+    """The one momentum of a ``torch.optim.SGD`` whose momentum buffer the hook can stand in
+    for (heavy ball: nesterov off, dampening 0, the same momentum in every group)."""
+    if type(optimizer) is not torch.optim.SGD:
+        raise ValueError(
+            f"momentum: expected a float or a torch.optim.SGD, received a "
+            f"{type(optimizer).__name__} (give its momentum as a float if it applies the "
+            "averaged gradient as SGD with momentum does)"
+        )
+    values = {float(group["momentum"]) for group in optimizer.param_groups}
+    if len(values) != 1:
+        raise ValueError(
+            f"momentum: the optimizer's groups have different momenta {sorted(values)}; the "
+            "hook compresses one momentum per model"
+        )
+    beta = values.pop()
+    if beta and any(g["nesterov"] or g["dampening"] for g in optimizer.param_groups):
+        raise ValueError(
+            "momentum: the hook stands in for heavy-ball momentum (nesterov=False, "
+            "dampening=0); the optimizer uses nesterov or dampening"
+        )
+    return beta
+
+
+def _hook_momentum(
+    momentum: float | torch.optim.Optimizer | None, codec: Codec | PowerSGD | None
+) -> float:
+    if momentum is None:
+        if isinstance(codec, Codec) and codec.error_feedback:
+            # The hook cannot see the optimizer: say so rather than let SGD's momentum
+            # amplify the residual unnoticed (issue 14: SignEF at momentum 0.9 ended at 28%).
+            warnings.warn(
+                f"ddp_hook: {codec!r} has error feedback, which diverges under SGD with "
+                "momentum unless the hook compresses the momentum: pass momentum=<the "
+                "optimizer's momentum> (or the torch.optim.SGD itself), or momentum=0.0 for "
+                "plain SGD",
+                UserWarning,
+                stacklevel=4,
+            )
+        return 0.0
+    if isinstance(momentum, torch.optim.Optimizer):
+        return _optimizer_momentum(momentum)
+    if (
+        isinstance(momentum, bool)
+        or not isinstance(momentum, (int, float))
+        or not 0.0 <= momentum < 1.0
+    ):
+        raise ValueError(
+            f"momentum: expected the optimizer's momentum, a float in [0, 1), or the "
+            f"torch.optim.SGD, received {momentum!r}"
+        )
+    return float(momentum)
+
+
 class HookState:
     """What the hook keeps between calls: the codec, its error-feedback buffers, the step and
     the byte and time accounting (``last_step``, ``history``, ``total``)."""
@@ -96,7 +150,7 @@ class HookState:
         on_nonfinite: OnNonfinite = "raise",
         overlap: bool = False,
         link: Link | None = None,
-        momentum: float = 0.0,
+        momentum: float | torch.optim.Optimizer | None = None,
     ) -> None:
         if codec is not None and not isinstance(codec, (Codec, PowerSGD)):
             raise TypeError(
@@ -113,17 +167,8 @@ class HookState:
             )
         if on_nonfinite not in ("raise", "zero"):
             raise ValueError(f"on_nonfinite: expected 'raise' or 'zero', received {on_nonfinite!r}")
-        if (
-            isinstance(momentum, bool)
-            or not isinstance(momentum, (int, float))
-            or not 0.0 <= momentum < 1.0
-        ):
-            raise ValueError(
-                f"momentum: expected the optimizer's momentum, a float in [0, 1), "
-                f"received {momentum!r}"
-            )
         self.codec = codec
-        self.momentum = float(momentum)
+        self.momentum = _hook_momentum(momentum, codec)
         # The averaged momentum of each parameter (by id), identical on every rank: what
         # torch.optim.SGD's momentum buffer holds when its momentum equals self.momentum.
         self.momenta: dict[int, torch.Tensor] = {}
@@ -615,7 +660,7 @@ def ddp_hook(
     on_nonfinite: OnNonfinite = "raise",
     overlap: bool = False,
     link: Link | None = None,
-    momentum: float = 0.0,
+    momentum: float | torch.optim.Optimizer | None = None,
 ) -> tuple[HookState, Hook]:
     """``(state, hook)`` for ``DistributedDataParallel.register_comm_hook(state, hook)``.
 
@@ -628,12 +673,13 @@ def ddp_hook(
     ``overlap``: run the collectives on a background thread while backward continues.
     ``link``: emulate a slow link (:class:`codl.comm.linkmodel.EmulatedLink`).
     ``momentum``: the momentum of the ``torch.optim.SGD`` that applies the gradients (nesterov
-    off, dampening 0). Set it whenever that SGD has momentum: a codec with error feedback then
-    compresses the averaged momentum, not the gradient (1-bit Adam's remedy), and the
-    returned gradients make SGD's momentum buffer that compressed momentum
-    (:meth:`HookState.compresses_momentum`; other codecs are unaffected). At 0 (the default)
-    the gradient is compressed: with error feedback and momentum 0.9 a sign codec diverges
-    (issue 14: 28% test accuracy on Fashion-MNIST against 85%).
+    off, dampening 0), or that optimizer itself. Set it whenever that SGD has momentum: a codec
+    with error feedback then compresses the averaged momentum, not the gradient (1-bit Adam's
+    remedy), and the returned gradients make SGD's momentum buffer that compressed momentum
+    (:meth:`HookState.compresses_momentum`; other codecs are unaffected). At 0 the gradient
+    is compressed: with error feedback and momentum 0.9 a sign codec diverges (issue 14: 28%
+    test accuracy on Fashion-MNIST against 85%). Left out (None), it is 0 and a codec with
+    error feedback warns, since the hook cannot see the optimizer.
     """
     state = HookState(
         codec,

@@ -235,13 +235,45 @@ def test_sign_without_error_keeps_the_sign_of_negative_zero() -> None:
 def test_terngrad_payload_matches_the_reference(dispatch: str, n: int) -> None:
     x, error = _gradient(n), _gradient(n, seed=3) * 0.1
     v = x + error
-    codec = TernGrad(block=64, seed=5, error_feedback=True)
+    codec = TernGrad(block=64, seed=5, error_feedback=True, clip=None)
     payload = codec.encode(x, error=error, key=2, step=9)
     expected_payload, expected_decoded = reference_terngrad(v, 64, reference_uniform(5, 2, 9, n))
     assert payload.numel() == codec.encoded_nbytes(n)
     assert payload.numpy().tobytes() == expected_payload
     assert torch.equal(codec.decode(payload, n), expected_decoded)
     assert torch.equal(error, v - expected_decoded)
+
+
+@pytest.mark.parametrize("n", [64, 1000, 4099])
+@pytest.mark.parametrize("error_feedback", [False, True])
+def test_terngrad_clips_at_clip_times_the_rms(n: int, error_feedback: bool) -> None:
+    # Wen et al. section 3.3: values clamped to c * sigma before ternarizing; heavy tails so
+    # that clipping changes the scales of the blocks.
+    x = _gradient(n) * (1.0 + 20.0 * (torch.arange(n) % 97 == 0))
+    error = _gradient(n, seed=3) * 0.1 if error_feedback else None
+    v = x if error is None else x + error
+    values = v.double().numpy()
+    bound = np.float32(2.5 * np.sqrt(np.mean(values * values)))
+    clamped = torch.from_numpy(np.clip(v.numpy(), -bound, bound))
+    assert bool((clamped != v).any())
+    codec = TernGrad(block=64, seed=5, error_feedback=error_feedback)
+    payload = codec.encode(x, error=error, key=2, step=9)
+    expected_payload, expected_decoded = reference_terngrad(
+        clamped, 64, reference_uniform(5, 2, 9, n)
+    )
+    assert payload.numpy().tobytes() == expected_payload
+    decoded = codec.decode(payload, n)
+    assert torch.equal(decoded, expected_decoded)
+    if error is not None:
+        # What was clipped off is fed back: the error is v - decode, as without clipping (up
+        # to the rounding of subtracting and adding the old error around the kernel).
+        torch.testing.assert_close(error, v - decoded, rtol=0, atol=1e-6 * float(v.abs().max()))
+
+
+def test_terngrad_clip_is_checked() -> None:
+    for bad in (0.0, -1.0, True, "2.5"):
+        with pytest.raises(ValueError, match="clip"):
+            TernGrad(clip=bad)  # type: ignore[arg-type]
 
 
 @pytest.mark.parametrize("n", LENGTHS)
@@ -376,7 +408,7 @@ def test_decode_accumulates_into_out(codec: Codec) -> None:
     [
         # The spacing of the levels each value is rounded between: s = max|x| for TernGrad,
         # ||x|| / (levels - 1) for QSGD.
-        (TernGrad(block=64), lambda block: block.abs().max()),
+        (TernGrad(block=64, clip=None), lambda block: block.abs().max()),
         (QSGD(levels=4, block=64), lambda block: block.double().norm() / 3),
     ],
     ids=["terngrad", "qsgd"],

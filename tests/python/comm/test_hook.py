@@ -6,6 +6,7 @@ rank, and the state survives a state_dict round trip."""
 from __future__ import annotations
 
 import copy
+import warnings
 from typing import Any
 
 import pytest
@@ -15,7 +16,7 @@ from dist_helpers import CorruptingPeer, ScaledSignCodec, TopKCodec, ddp_results
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel as DDP
 
-from codl.comm import FP16, Int8, TopK
+from codl.comm import FP16, Int8, SignEF, TopK
 from codl.comm.accounting import compression_ratio
 from codl.comm.hook import HookState, ddp_hook
 
@@ -249,3 +250,38 @@ def test_bad_hook_arguments() -> None:
         ddp_hook(FP16(), min_compression=0)
     with pytest.raises(ValueError, match="on_nonfinite"):
         ddp_hook(FP16(), on_nonfinite="ignore")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="momentum"):
+        ddp_hook(SignEF(), momentum=1.0)
+    with pytest.raises(ValueError, match="momentum"):
+        ddp_hook(SignEF(), momentum=True)  # type: ignore[arg-type]
+
+
+def test_an_error_feedback_codec_warns_when_the_momentum_is_left_out() -> None:
+    # The hook cannot see the optimizer; SGD's momentum amplifies error feedback's residual
+    # (issue 14): say so unless the user states the momentum.
+    with pytest.warns(UserWarning, match="momentum=") as record:
+        state, _ = ddp_hook(SignEF(), warmup_steps=20)
+    assert record[0].filename == __file__  # points at the caller's line
+    assert state.momentum == 0.0 and not state.compresses_momentum()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        for codec in (SignEF(), TopK(0.1, error_feedback=True)):
+            for momentum in (0.0, 0.9):
+                ddp_hook(codec, momentum=momentum)
+        ddp_hook(Int8())  # no error feedback: nothing to amplify
+        ddp_hook(None)
+
+
+def test_the_momentum_is_read_from_the_sgd_itself() -> None:
+    params = [torch.nn.Parameter(torch.zeros(3))]
+    state, _ = ddp_hook(SignEF(), momentum=torch.optim.SGD(params, lr=0.1, momentum=0.9))
+    assert state.momentum == 0.9 and state.compresses_momentum()
+    state, _ = ddp_hook(SignEF(), momentum=torch.optim.SGD(params, lr=0.1))
+    assert state.momentum == 0.0 and not state.compresses_momentum()
+    with pytest.raises(ValueError, match="Adam"):
+        ddp_hook(SignEF(), momentum=torch.optim.Adam(params))
+    with pytest.raises(ValueError, match="nesterov"):
+        ddp_hook(SignEF(), momentum=torch.optim.SGD(params, lr=0.1, momentum=0.9, nesterov=True))
+    groups = [{"params": params}, {"params": [torch.nn.Parameter(torch.zeros(2))], "momentum": 0.5}]
+    with pytest.raises(ValueError, match="different momenta"):
+        ddp_hook(SignEF(), momentum=torch.optim.SGD(groups, lr=0.1, momentum=0.9))
