@@ -7,12 +7,14 @@
   its codebook.
 * :func:`prunable_weights`: the layer weights that pruning, weight sharing and the compression
   search act on.
+* :func:`checked_state_tensors`: the per-weight tensors of a pruner's or quantizer's
+  ``state_dict``, checked against the weights they belong to.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Protocol
 
 import torch
@@ -24,6 +26,7 @@ __all__ = [
     "EVALUATION_BATCH",
     "PRUNABLE_TYPES",
     "Stepper",
+    "checked_state_tensors",
     "evaluate",
     "fine_tune",
     "prunable_weights",
@@ -146,3 +149,38 @@ def prunable_weights(
         if wanted and isinstance(weight, nn.Parameter):
             chosen[f"{name}.weight" if name else "weight"] = weight
     return chosen
+
+
+def checked_state_tensors(
+    given: object,
+    weights: Mapping[str, torch.Tensor],
+    key: str,
+    spec: Callable[[torch.Tensor], tuple[torch.Size, torch.dtype]] | None,
+) -> dict[str, torch.Tensor]:
+    """Clones of ``given[name]`` (the entry ``key`` of a ``state_dict``) for every weight name,
+    each on its weight's device and of the shape and dtype ``spec(weight)`` says (any tensor
+    when ``spec`` is None); ``ValueError`` naming the first mismatch (a state saved for other
+    weights). :class:`codl.prune.Pruner` and :class:`codl.quant.KMeansQuantizer` load with it."""
+    if not isinstance(given, Mapping) or set(given) != set(weights):
+        names = sorted(given) if isinstance(given, Mapping) else type(given).__name__
+        raise ValueError(
+            f"state_dict[{key!r}]: expected tensors for the weights {sorted(weights)}, "
+            f"received {names}"
+        )
+    out = {}
+    for name, weight in weights.items():
+        tensor = given[name]
+        if not isinstance(tensor, torch.Tensor):
+            raise ValueError(
+                f"state_dict[{key!r}][{name!r}]: expected a tensor, received "
+                f"{type(tensor).__name__}"
+            )
+        if spec is not None:
+            shape, dtype = spec(weight)
+            if tensor.shape != shape or tensor.dtype != dtype:
+                raise ValueError(
+                    f"state_dict[{key!r}][{name!r}]: expected {dtype} of shape "
+                    f"{tuple(shape)}, received {tensor.dtype} of shape {tuple(tensor.shape)}"
+                )
+        out[name] = tensor.detach().clone().to(weight.device)
+    return out

@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from codl.prune.schedule import AGPSchedule, check_sparsity
-from codl.training import prunable_weights
+from codl.training import checked_state_tensors, prunable_weights
 
 __all__ = [
     "Pruner",
@@ -43,40 +43,6 @@ def _check_weight(weight: object, name: str = "weight") -> torch.Tensor:
     if not bool(torch.isfinite(weight).all()):
         raise ValueError(f"{name}: expected finite values, received NaN or Inf")
     return weight.detach()
-
-
-def _checked_tensors(
-    given: object,
-    weights: Mapping[str, torch.Tensor],
-    key: str,
-    spec: Callable[[torch.Tensor], tuple[torch.Size, torch.dtype]],
-) -> dict[str, torch.Tensor]:
-    """Clones of ``given[name]`` for every weight name, each of the shape and dtype
-    ``spec(weight)`` says; ``ValueError`` naming the first mismatch (a state saved for other
-    weights). :class:`codl.quant.KMeansQuantizer` has its twin (prune and quant are sibling
-    layers that may not import each other)."""
-    if not isinstance(given, Mapping) or set(given) != set(weights):
-        names = sorted(given) if isinstance(given, Mapping) else type(given).__name__
-        raise ValueError(
-            f"state_dict[{key!r}]: expected tensors for the weights {sorted(weights)}, "
-            f"received {names}"
-        )
-    out = {}
-    for name, weight in weights.items():
-        tensor = given[name]
-        shape, dtype = spec(weight)
-        if not isinstance(tensor, torch.Tensor) or tensor.shape != shape or tensor.dtype != dtype:
-            received = (
-                f"{tensor.dtype} of shape {tuple(tensor.shape)}"
-                if isinstance(tensor, torch.Tensor)
-                else type(tensor).__name__
-            )
-            raise ValueError(
-                f"state_dict[{key!r}][{name!r}]: expected {dtype} of shape {tuple(shape)}, "
-                f"received {received}"
-            )
-        out[name] = tensor.detach().clone().to(weight.device)
-    return out
 
 
 def _pruned_count(numel: int, sparsity: float) -> int:
@@ -272,7 +238,7 @@ class Pruner:
             raise ValueError(
                 f"state_dict['target_sparsity']: expected a float, received {target!r}"
             )
-        masks = _checked_tensors(
+        masks = checked_state_tensors(
             state_dict["masks"], self.weights, "masks", lambda w: (w.shape, torch.bool)
         )
         self.step_count = step_count

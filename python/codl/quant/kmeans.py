@@ -34,7 +34,7 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
-from codl.training import prunable_weights
+from codl.training import checked_state_tensors, prunable_weights
 
 __all__ = [
     "Init",
@@ -360,13 +360,19 @@ class KMeansQuantizer:
                     f"{state_dict[key]!r}"
                 )
         stateful = self.weights if self.reassign else {}
-        masks = self._checked(state_dict, "masks", self.weights, lambda w: (w.shape, torch.bool))
-        indices = self._checked(
-            state_dict, "indices", self.weights, lambda w: (w.shape, torch.int64)
-        )
-        codebooks = self._checked(state_dict, "codebooks", self.weights, None)
-        shadows = self._checked(state_dict, "shadows", stateful, lambda w: (w.shape, torch.float64))
-        written = self._checked(state_dict, "written", stateful, lambda w: (w.shape, w.dtype))
+
+        def checked(
+            key: str,
+            weights: Mapping[str, torch.Tensor],
+            spec: Callable[[torch.Tensor], tuple[torch.Size, torch.dtype]] | None,
+        ) -> dict[str, torch.Tensor]:
+            return checked_state_tensors(state_dict[key], weights, key, spec)
+
+        masks = checked("masks", self.weights, lambda w: (w.shape, torch.bool))
+        indices = checked("indices", self.weights, lambda w: (w.shape, torch.int64))
+        codebooks = checked("codebooks", self.weights, None)
+        shadows = checked("shadows", stateful, lambda w: (w.shape, torch.float64))
+        written = checked("written", stateful, lambda w: (w.shape, w.dtype))
         for name, codebook in codebooks.items():
             size = 2 ** self.bits[name]
             if codebook.dim() != 1 or codebook.dtype != torch.float32 or codebook.numel() > size:
@@ -382,41 +388,6 @@ class KMeansQuantizer:
                 )
         self.masks, self.indices, self.codebooks = masks, indices, codebooks
         self.shadows, self._written = shadows, written
-
-    @staticmethod
-    def _checked(
-        state_dict: Mapping[str, Any],
-        key: str,
-        weights: Mapping[str, torch.Tensor],
-        spec: Callable[[torch.Tensor], tuple[torch.Size, torch.dtype]] | None,
-    ) -> dict[str, torch.Tensor]:
-        """Clones of ``state_dict[key][name]`` for every weight name, shaped as ``spec(weight)``
-        says (any tensor when ``spec`` is None); ``ValueError`` naming the first mismatch. The
-        twin of :func:`codl.prune.magnitude._checked_tensors` (sibling layers)."""
-        given = state_dict[key]
-        if not isinstance(given, Mapping) or set(given) != set(weights):
-            names = sorted(given) if isinstance(given, Mapping) else type(given).__name__
-            raise ValueError(
-                f"state_dict[{key!r}]: expected tensors for the weights {sorted(weights)}, "
-                f"received {names}"
-            )
-        out = {}
-        for name, weight in weights.items():
-            tensor = given[name]
-            if not isinstance(tensor, torch.Tensor):
-                raise ValueError(
-                    f"state_dict[{key!r}][{name!r}]: expected a tensor, received "
-                    f"{type(tensor).__name__}"
-                )
-            if spec is not None:
-                shape, dtype = spec(weight)
-                if tensor.shape != shape or tensor.dtype != dtype:
-                    raise ValueError(
-                        f"state_dict[{key!r}][{name!r}]: expected {dtype} of shape "
-                        f"{tuple(shape)}, received {tensor.dtype} of shape {tuple(tensor.shape)}"
-                    )
-            out[name] = tensor.detach().clone()
-        return out
 
     def remove(self) -> None:
         """Drop the gradient hooks; the weights keep their shared values."""
