@@ -526,8 +526,10 @@ def run(
     *,
     counting_batches: Sequence[int] = COUNTING_BATCHES,
     progress: bool = False,
+    on_model: Callable[[list[Row]], None] | None = None,
 ) -> list[Row]:
-    """Prepares each model and times it on every runtime (:func:`bench_model`)."""
+    """Prepares each model and times it on every runtime (:func:`bench_model`); calls
+    ``on_model`` with the rows so far after each model (a long run keeps what it measured)."""
     for name, known, what in ((models, MODELS, "model"), (runtimes, RUNTIMES, "runtime")):
         unknown = [n for n in name if n not in known]
         if unknown:
@@ -560,6 +562,8 @@ def run(
                 settings.repeat if classifier_model else settings.counting_repeat,
                 progress=progress,
             )
+            if on_model is not None:
+                on_model(rows)
     return rows
 
 
@@ -591,6 +595,10 @@ def main(argv: Sequence[str] | None = None, *, results_dir: Path | None = None) 
         help="short training on 10k images, 2k test images, fewer repeats",
     )
     parser.add_argument("--repeat", type=int, default=None, help="timed rounds per runtime")
+    parser.add_argument("--epochs", type=float, default=None, help="float training epochs")
+    parser.add_argument(
+        "--ternary-epochs", type=float, default=None, help="ternary fine-tuning epochs"
+    )
     parser.add_argument("--data", choices=["full", "subset"], default="full")
     parser.add_argument("--out", type=Path, default=out_dir / "inference.json")
     args = parser.parse_args(argv)
@@ -600,10 +608,28 @@ def main(argv: Sequence[str] | None = None, *, results_dir: Path | None = None) 
         settings = Settings(
             **{**asdict(settings), "repeat": args.repeat, "counting_repeat": args.repeat}
         )
+    for option in ("epochs", "ternary_epochs"):
+        if getattr(args, option) is not None:
+            settings = Settings(**{**asdict(settings), option: getattr(args, option)})
     skipped = [r for r in args.runtimes if not installed(r)]
     if skipped:
         print(f"not installed, skipped: {skipped}", flush=True)
-    rows = run(
+
+    def write(rows: list[Row]) -> None:
+        table = format_table(rows)
+        print(table, flush=True)
+        print(f"load average now {os.getloadavg()[0]:.2f}; codl x: runtime time / codl time")
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        payload = {
+            "machine": machine(),
+            "settings": asdict(settings),
+            "argv": list(argv) if argv is not None else None,
+            "rows": [asdict(r) for r in rows],
+            "table": table,
+        }
+        args.out.write_text(json.dumps(payload, indent=2, default=_finite) + "\n")
+
+    run(
         args.models,
         args.runtimes,
         args.threads,
@@ -611,18 +637,8 @@ def main(argv: Sequence[str] | None = None, *, results_dir: Path | None = None) 
         settings,
         counting_batches=args.counting_batches,
         progress=True,
+        on_model=write,
     )
-    table = format_table(rows)
-    print(table)
-    print(f"load average at the end {os.getloadavg()[0]:.2f}; codl x: runtime time / codl time")
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    payload = {
-        "machine": machine(),
-        "settings": asdict(settings),
-        "rows": [asdict(r) for r in rows],
-        "table": table,
-    }
-    args.out.write_text(json.dumps(payload, indent=2, default=_finite) + "\n")
     return 0
 
 
