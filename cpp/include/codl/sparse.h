@@ -1,0 +1,86 @@
+// Sparse linear layers: y = x W^T (+ bias) with W pruned (most weights zero) and stored as
+// 1x4 blocks: a block is 4 consecutive input features of one output row holding at least one
+// nonzero, kept as 4 int8 values (zeros included) with its block column (feature / 4) as uint16.
+// Rows are CSR over blocks: row j owns blocks row_ptr[j] .. row_ptr[j + 1]. Each output row has
+// one float scale (int8 weights: absmax / 127; ternary codes {-1, 0, +1}: alpha), activations are
+// quantized per row to int8 (the ternary path's quantize_row_i8) and dots are exact in int32, so
+// every ISA gives the same floats bit for bit.
+//
+// Why 1x4 blocks: 4 consecutive int8 products are one 32-bit lane of vpdpbusd / pmaddubsw / sdot,
+// so a block costs one lane of one instruction, and the activation 4-tuple a block needs is one
+// 32-bit load (a gather lane at batch 1, a broadcast at larger batches). Scalar CSR (one index
+// per value) was measured slower at every sparsity (benchmarks/README.md, "Sparse linear").
+//
+// Declarations only (ISA translation units include it).
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+
+#include "codl/kernel_table.h"
+
+namespace codl {
+
+// Block columns are uint16: at most this many blocks per row (in_features <= 262144).
+constexpr std::size_t kSparseMaxBlocks = 65536;
+// Batched kernels read activations transposed in tiles of a multiple of this many rows.
+constexpr std::size_t kSparseRowAlign = 16;
+// and at most this many rows per tile (the accumulators of one weight row stay in registers).
+constexpr std::size_t kSparseRowTile = 64;
+
+constexpr std::size_t sparse_blocks(std::size_t k) { return (k + 3) / 4; }
+
+// The blocks [*begin, *end) of row j under the clamps of the memory-safety contract below; one
+// definition, so every ISA clamps alike.
+inline void sparse_row_range(const std::int32_t* row_ptr, std::size_t blocks, std::size_t j, std::size_t* begin,
+                             std::size_t* end) {
+    const auto clamp = [blocks](std::int32_t v) {
+        return v < 0 ? std::size_t{0} : (static_cast<std::size_t>(v) > blocks ? blocks : static_cast<std::size_t>(v));
+    };
+    *begin = clamp(row_ptr[j]);
+    *end = clamp(row_ptr[j + 1]);
+    if (*end < *begin) *end = *begin;
+}
+
+// Memory safety for any input: kernels clamp a row's block range to [0, blocks] (an end below its
+// begin is an empty row) and every block column to k_blocks - 1, the same way on every ISA, so
+// corrupt indices give wrong numbers, never an out-of-bounds read. Callers that take untrusted
+// indices check them once with first_invalid_sparse_row (the Python operator does).
+struct SparseKernels {
+    // out[j - row_begin] = sum_p sum_t q[4 * col[p] + t] * values[4 * p + t] over the blocks p of
+    // row j, for row_begin <= j < row_end, exactly. q holds 4 * k_blocks int8 values in
+    // [-127, 127] (zero past in_features).
+    void (*gemv_i8_b4)(const std::int8_t* q, std::size_t k_blocks, const std::int32_t* row_ptr,
+                       std::size_t blocks, const std::uint16_t* cols, const std::int8_t* values,
+                       std::size_t row_begin, std::size_t row_end, std::int32_t* out);
+    // The same for `rows` activation rows at once, given transposed: the 4 values of block b of
+    // row r are xt[(b * rows + r) * 4 ..], rows a multiple of kSparseRowAlign and at most
+    // kSparseRowTile, values in [-127, 127]. out[(j - row_begin) * rows + r] for every r.
+    void (*gemm_i8_b4)(const std::int8_t* xt, std::size_t rows, std::size_t k_blocks,
+                       const std::int32_t* row_ptr, std::size_t blocks, const std::uint16_t* cols,
+                       const std::int8_t* values, std::size_t row_begin, std::size_t row_end,
+                       std::int32_t* out);
+};
+
+// The first row j of n whose blocks are not well formed (row_ptr[0] != 0, row_ptr[j + 1] <
+// row_ptr[j], row_ptr[n] != blocks, or a block column >= k_blocks), or n if all are; a
+// malformed row_ptr[0] or row_ptr[n] reports row 0 or n - 1. Reads row_ptr[0..n] and cols.
+std::size_t first_invalid_sparse_row(const std::int32_t* row_ptr, std::size_t n, const std::uint16_t* cols,
+                                     std::size_t blocks, std::size_t k_blocks);
+
+// y[i, j] = scale_i * w_scale[j] * sum_k q[i, k] * values(j, k) + bias[j] (bias may be null),
+// q, scale_i quantizing row i of x (m rows of k floats) to int8 with its absmax. W: n rows as
+// above over sparse_blocks(k) block columns. Returns false, leaving y unspecified, if x holds NaN
+// or Inf. Batch 1 to 3 rows run the gather kernel row by row, more rows the transposed kernel.
+bool sparse_linear_f32(const float* x, std::size_t m, std::size_t k, const std::int32_t* row_ptr,
+                       const std::uint16_t* cols, const std::int8_t* values, std::size_t blocks,
+                       const float* w_scale, std::size_t n, const float* bias, float* y,
+                       int num_threads = 1);
+
+// The integer core, for tests: out[i * n + j] = sum_k a[i, k] * values(j, k), a already int8 (m
+// rows of 4 * k_blocks values), through the same row split as sparse_linear_f32.
+void sparse_gemm_i32(const std::int8_t* a, std::size_t m, std::size_t k_blocks, const std::int32_t* row_ptr,
+                     const std::uint16_t* cols, const std::int8_t* values, std::size_t blocks, std::size_t n,
+                     std::int32_t* out, int num_threads = 1);
+
+}  // namespace codl

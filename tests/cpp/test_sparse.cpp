@@ -1,0 +1,235 @@
+// The sparse (1x4 block) kernels of every ISA this CPU runs against the scalar reference (int32
+// results bit for bit, corrupt indices included) and against an independent int64 dense product.
+#include <algorithm>
+#include <cmath>
+#include <limits>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "codl/sparse.h"
+#include "harness.h"
+
+namespace {
+
+using codl::IsaLevel;
+
+std::mt19937_64& rng() {
+    static std::mt19937_64 generator(11);
+    return generator;
+}
+
+const codl::SparseKernels& ref() { return codl::ref::sparse_kernels; }
+
+// A pruned n x k int8 weight kept dense (for the int64 oracle) and in 1x4 blocks.
+struct Weight {
+    std::size_t n, k, k_blocks;
+    std::vector<std::int8_t> dense;  // n * k
+    std::vector<std::int32_t> row_ptr;
+    std::vector<std::uint16_t> cols;
+    std::vector<std::int8_t> values;
+};
+
+Weight random_weight(std::size_t n, std::size_t k, double density, bool ternary) {
+    Weight w{n, k, codl::sparse_blocks(k), std::vector<std::int8_t>(n * k, 0), {0}, {}, {}};
+    std::uniform_real_distribution<double> u(0.0, 1.0);
+    for (auto& v : w.dense) {
+        if (u(rng()) < density) {
+            int value = ternary ? (rng()() % 2 ? 1 : -1) : static_cast<int>(rng()() % 256) - 128;
+            v = static_cast<std::int8_t>(value);
+        }
+    }
+    for (std::size_t j = 0; j < n; ++j) {
+        for (std::size_t b = 0; b < w.k_blocks; ++b) {
+            std::int8_t block[4] = {0, 0, 0, 0};
+            bool any = false;
+            for (std::size_t t = 0; t < 4 && 4 * b + t < k; ++t) {
+                block[t] = w.dense[j * k + 4 * b + t];
+                any = any || block[t] != 0;
+            }
+            if (!any) continue;
+            w.cols.push_back(static_cast<std::uint16_t>(b));
+            w.values.insert(w.values.end(), block, block + 4);
+        }
+        w.row_ptr.push_back(static_cast<std::int32_t>(w.cols.size()));
+    }
+    return w;
+}
+
+// m rows of 4 * k_blocks int8 activations in [-127, 127], zero past k.
+std::vector<std::int8_t> random_activations(std::size_t m, std::size_t k, std::size_t k_blocks) {
+    std::vector<std::int8_t> a(m * k_blocks * 4, 0);
+    for (std::size_t i = 0; i < m; ++i) {
+        for (std::size_t c = 0; c < k; ++c) {
+            a[i * k_blocks * 4 + c] = static_cast<std::int8_t>(static_cast<int>(rng()() % 255) - 127);
+        }
+        if (k > 0) a[i * k_blocks * 4] = -127;  // the extremes, against -128 weights
+    }
+    return a;
+}
+
+std::vector<std::int8_t> transposed(const std::vector<std::int8_t>& a, std::size_t m, std::size_t rows,
+                                    std::size_t k_blocks) {
+    std::vector<std::int8_t> xt(rows * k_blocks * 4, 0);
+    for (std::size_t b = 0; b < k_blocks; ++b) {
+        for (std::size_t r = 0; r < m; ++r) {
+            for (std::size_t t = 0; t < 4; ++t) xt[(b * rows + r) * 4 + t] = a[r * k_blocks * 4 + b * 4 + t];
+        }
+    }
+    return xt;
+}
+
+std::int64_t dense_dot(const Weight& w, const std::int8_t* a, std::size_t j) {
+    std::int64_t total = 0;
+    for (std::size_t c = 0; c < w.k; ++c) total += std::int64_t{a[c]} * w.dense[j * w.k + c];
+    return total;
+}
+
+// Copies of a weight's arrays at an odd offset (values and activations need no alignment).
+struct Shifted {
+    std::vector<std::int8_t> storage;
+    const std::int8_t* data;
+    explicit Shifted(const std::vector<std::int8_t>& v) : storage(v.size() + 1) {
+        std::copy(v.begin(), v.end(), storage.begin() + 1);
+        data = storage.data() + 1;
+    }
+};
+
+const std::vector<std::size_t> kLengths = {1, 3, 4, 5, 17, 64, 67, 130, 301, 1024};
+
+TEST_CASE("gemv_i8_b4: every ISA equals the reference and the int64 dense product") {
+    codl_test::for_each_isa([&](IsaLevel isa, const codl::KernelTable& table) {
+        for (std::size_t k : kLengths) {
+            for (double density : {0.0, 0.02, 0.1, 0.5, 1.0}) {
+                const std::size_t n = 1 + rng()() % 40;
+                const Weight w = random_weight(n, k, density, density == 0.1);
+                const std::vector<std::int8_t> a = random_activations(1, k, w.k_blocks);
+                const Shifted q(a), values(w.values);
+                std::vector<std::int32_t> got(n + 1, 77), want(n + 1, 77);
+                const std::size_t begin = n > 2 ? 1 : 0;
+                table.sparse->gemv_i8_b4(q.data, w.k_blocks, w.row_ptr.data(), w.cols.size(), w.cols.data(),
+                                         values.data, begin, n, got.data());
+                ref().gemv_i8_b4(q.data, w.k_blocks, w.row_ptr.data(), w.cols.size(), w.cols.data(), values.data,
+                                 begin, n, want.data());
+                const std::string at = std::string(codl::isa_name(isa)) + " k=" + std::to_string(k) +
+                                       " density=" + std::to_string(density);
+                CHECK_MSG(got == want, at);
+                CHECK_MSG(got[n - begin] == 77, at + " wrote past row_end");
+                for (std::size_t j = begin; j < n; ++j) CHECK_MSG(want[j - begin] == dense_dot(w, a.data(), j), at);
+            }
+        }
+    });
+}
+
+TEST_CASE("gemm_i8_b4: every ISA equals the reference and the int64 dense product") {
+    codl_test::for_each_isa([&](IsaLevel isa, const codl::KernelTable& table) {
+        for (std::size_t k : kLengths) {
+            for (std::size_t m : {1, 15, 16, 17, 33, 48, 64}) {
+                const std::size_t rows = (m + codl::kSparseRowAlign - 1) / codl::kSparseRowAlign * codl::kSparseRowAlign;
+                const std::size_t n = 1 + rng()() % 24;
+                const Weight w = random_weight(n, k, 0.15, false);
+                const std::vector<std::int8_t> a = random_activations(m, k, w.k_blocks);
+                const Shifted xt(transposed(a, m, rows, w.k_blocks)), values(w.values);
+                std::vector<std::int32_t> got(n * rows + 1, 77), want(n * rows + 1, 77);
+                table.sparse->gemm_i8_b4(xt.data, rows, w.k_blocks, w.row_ptr.data(), w.cols.size(), w.cols.data(),
+                                         values.data, 0, n, got.data());
+                ref().gemm_i8_b4(xt.data, rows, w.k_blocks, w.row_ptr.data(), w.cols.size(), w.cols.data(),
+                                 values.data, 0, n, want.data());
+                const std::string at = std::string(codl::isa_name(isa)) + " k=" + std::to_string(k) +
+                                       " m=" + std::to_string(m);
+                CHECK_MSG(got == want, at);
+                CHECK_MSG(got[n * rows] == 77, at + " wrote past the tile");
+                for (std::size_t j = 0; j < n; ++j) {
+                    for (std::size_t r = 0; r < m; ++r) {
+                        CHECK_MSG(want[j * rows + r] == dense_dot(w, a.data() + r * w.k_blocks * 4, j), at);
+                    }
+                }
+            }
+        }
+    });
+}
+
+TEST_CASE("corrupt row pointers and block columns: kernels clamp alike and the check names the row") {
+    const std::size_t k = 64, n = 8;
+    Weight w = random_weight(n, k, 0.3, false);
+    const std::size_t blocks = w.cols.size();
+    CHECK(codl::first_invalid_sparse_row(w.row_ptr.data(), n, w.cols.data(), blocks, w.k_blocks) == n);
+    Weight bad = w;
+    bad.cols[bad.row_ptr[3]] = 60000;  // row 3 (random_weight at density 0.3 fills every row)
+    bad.row_ptr[6] = bad.row_ptr[5] - 1;  // row 5 ends before it starts
+    CHECK(codl::first_invalid_sparse_row(bad.row_ptr.data(), n, bad.cols.data(), blocks, w.k_blocks) == 3);
+    bad.row_ptr[7] = static_cast<std::int32_t>(blocks) + 1000;  // past the blocks
+    bad.row_ptr[2] = -5;
+    CHECK(codl::first_invalid_sparse_row(bad.row_ptr.data(), n, bad.cols.data(), blocks, w.k_blocks) == 1);
+    Weight short_end = w;
+    short_end.row_ptr[n] -= 1;
+    CHECK(codl::first_invalid_sparse_row(short_end.row_ptr.data(), n, short_end.cols.data(), blocks, w.k_blocks) ==
+          n - 1);
+    Weight nonzero_start = w;
+    nonzero_start.row_ptr[0] = 1;
+    CHECK(codl::first_invalid_sparse_row(nonzero_start.row_ptr.data(), n, nonzero_start.cols.data(), blocks,
+                                         w.k_blocks) == 0);
+    const std::vector<std::int8_t> a = random_activations(16, k, w.k_blocks);
+    const std::vector<std::int8_t> xt = transposed(a, 16, 16, w.k_blocks);
+    std::vector<std::int32_t> want(n), want_t(n * 16);
+    ref().gemv_i8_b4(a.data(), w.k_blocks, bad.row_ptr.data(), blocks, bad.cols.data(), bad.values.data(), 0, n,
+                     want.data());
+    ref().gemm_i8_b4(xt.data(), 16, w.k_blocks, bad.row_ptr.data(), blocks, bad.cols.data(), bad.values.data(), 0, n,
+                     want_t.data());
+    codl_test::for_each_isa([&](IsaLevel isa, const codl::KernelTable& table) {
+        std::vector<std::int32_t> got(n), got_t(n * 16);
+        table.sparse->gemv_i8_b4(a.data(), w.k_blocks, bad.row_ptr.data(), blocks, bad.cols.data(),
+                                 bad.values.data(), 0, n, got.data());
+        table.sparse->gemm_i8_b4(xt.data(), 16, w.k_blocks, bad.row_ptr.data(), blocks, bad.cols.data(),
+                                 bad.values.data(), 0, n, got_t.data());
+        CHECK_MSG(got == want && got_t == want_t, codl::isa_name(isa));
+    });
+}
+
+TEST_CASE("sparse_linear_f32 and sparse_gemm_i32 agree across ISAs, batch sizes and threads") {
+    const IsaLevel original = codl::active_isa();
+    for (std::size_t m : {1, 2, 3, 4, 20, 64, 65, 150}) {
+        const std::size_t k = 1 + rng()() % 300, n = 1 + rng()() % 100;
+        const Weight w = random_weight(n, k, 0.1, false);
+        std::vector<float> x(m * k), scale(n), bias(n);
+        std::normal_distribution<float> normal(0.0f, 1.0f);
+        for (auto& v : x) v = normal(rng());
+        for (auto& v : scale) v = 0.01f + std::abs(normal(rng()));
+        for (auto& v : bias) v = normal(rng());
+        const std::vector<std::int8_t> a = random_activations(m, k, w.k_blocks);
+        std::vector<float> y_ref(m * n);
+        std::vector<std::int32_t> dots_ref(m * n);
+        CHECK(codl::select_isa(IsaLevel::scalar).empty());
+        CHECK(codl::sparse_linear_f32(x.data(), m, k, w.row_ptr.data(), w.cols.data(), w.values.data(),
+                                      w.cols.size(), scale.data(), n, bias.data(), y_ref.data(), 1));
+        codl::sparse_gemm_i32(a.data(), m, w.k_blocks, w.row_ptr.data(), w.cols.data(), w.values.data(),
+                              w.cols.size(), n, dots_ref.data(), 1);
+        for (std::size_t i = 0; i < m; ++i) {
+            for (std::size_t j = 0; j < n; ++j) {
+                CHECK(dots_ref[i * n + j] == dense_dot(w, a.data() + i * w.k_blocks * 4, j));
+            }
+        }
+        for (IsaLevel isa : codl_test::runnable_isas()) {
+            CHECK(codl::select_isa(isa).empty());
+            for (int threads : {1, 3}) {
+                std::vector<float> y(m * n);
+                std::vector<std::int32_t> dots(m * n);
+                CHECK(codl::sparse_linear_f32(x.data(), m, k, w.row_ptr.data(), w.cols.data(), w.values.data(),
+                                              w.cols.size(), scale.data(), n, bias.data(), y.data(), threads));
+                codl::sparse_gemm_i32(a.data(), m, w.k_blocks, w.row_ptr.data(), w.cols.data(), w.values.data(),
+                                      w.cols.size(), n, dots.data(), threads);
+                const std::string at = std::string(codl::isa_name(isa)) + " m=" + std::to_string(m) +
+                                       " threads=" + std::to_string(threads);
+                CHECK_MSG(y == y_ref, at);
+                CHECK_MSG(dots == dots_ref, at);
+            }
+        }
+        x[m * k / 2] = std::numeric_limits<float>::quiet_NaN();
+        std::vector<float> y(m * n);
+        CHECK(!codl::sparse_linear_f32(x.data(), m, k, w.row_ptr.data(), w.cols.data(), w.values.data(),
+                                       w.cols.size(), scale.data(), n, nullptr, y.data(), 2));
+    }
+    CHECK(codl::select_isa(original).empty());
+}
+
+}  // namespace
