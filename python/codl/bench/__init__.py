@@ -213,6 +213,7 @@ PROGRAMS = {
     "inference": "whole-model CPU inference: codl's frozen ternary models against torch, "
     "torch.compile, torch int8, ONNX Runtime and OpenVINO",
     "large_batch": "large mini-batches on Fashion-MNIST: where K-FAC keeps its accuracy",
+    "pool": "codl's thread pool on LeNet-5-size layers, 1 and 2 threads, quiet and contended",
     "robust_compression": "clean and PGD accuracy of compressed and adversarially tuned models",
     "sequence_kd": "sequence-level knowledge distillation (Kim and Rush 2016) on a toy task",
     "spectral_vs_l1": "spectral pruning against L1 channel pruning at the same kept widths",

@@ -1,0 +1,87 @@
+import json
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from codl.bench import PROGRAMS
+from codl.bench import pool as bench_pool
+
+
+def float_lenet(x: torch.Tensor, seed: int = 0) -> torch.Tensor:
+    """The same network as :func:`codl.bench.pool.lenet`, on torch's float ops with the
+    dequantized weights (the same seeded draws in the same order)."""
+    generator = torch.Generator().manual_seed(seed)
+    convs = []
+    for o, i, k in bench_pool.CONVS:
+        weight = bench_pool._ternary((o, i * k * k), generator)
+        convs.append((weight.dequantize().reshape(o, i, k, k), torch.randn(o, generator=generator)))
+    linears = []
+    for shape in bench_pool.LINEARS:
+        weight = bench_pool._ternary(shape, generator)
+        linears.append((weight.dequantize(), torch.randn(shape[0], generator=generator)))
+    for index, (w, b) in enumerate(convs):
+        x = F.max_pool2d(F.relu(F.conv2d(x, w, b, padding=2 if index == 0 else 0)), 2)
+    x = x.flatten(1)
+    for index, (w, b) in enumerate(linears):
+        x = F.linear(x, w, b)
+        if index < len(linears) - 1:
+            x = F.relu(x)
+    return x
+
+
+@pytest.mark.parametrize("batch", [1, 5])
+def test_lenet_matches_float_model_and_is_the_same_on_every_thread_count(batch):
+    x = torch.randn(batch, 1, 28, 28, generator=torch.Generator().manual_seed(3))
+    model = bench_pool.lenet()
+    saved = torch.get_num_threads()
+    try:
+        outputs = []
+        for threads in (1, 2):
+            torch.set_num_threads(threads)
+            outputs.append(model(x))
+    finally:
+        torch.set_num_threads(saved)
+    assert outputs[0].shape == (batch, 10)
+    assert torch.equal(outputs[0], outputs[1])
+    expected = float_lenet(x)
+    # int8 activations at each of five layers: a few percent of the logits' range.
+    assert (outputs[0] - expected).abs().max() <= 0.05 * expected.abs().max()
+
+
+def test_main_writes_rows_for_each_batch_thread_and_load(tmp_path):
+    out = tmp_path / "pool.json"
+    bench_pool.main(
+        [
+            "--batches",
+            "1",
+            "--threads",
+            "1",
+            "2",
+            "--contenders",
+            "1",
+            "--seconds",
+            "0.02",
+            "--out",
+            str(out),
+        ]
+    )
+    rows = json.loads(out.read_text())["rows"]
+    assert [(r["batch"], r["threads"], r["contenders"]) for r in rows] == [
+        (1, 1, 0),
+        (1, 2, 0),
+        (1, 1, 1),
+        (1, 2, 1),
+    ]
+    assert all(r["calls"] >= 20 and r["p90_ms"] >= r["median_ms"] > 0 for r in rows)
+    assert rows[2]["contender"] == "spin" and rows[0]["contender"] == ""
+    assert "pool" in PROGRAMS
+
+
+def test_bad_options_are_refused():
+    with pytest.raises(SystemExit):
+        bench_pool.main(["--contenders", "-1"])
+    with pytest.raises(SystemExit):
+        bench_pool.main(["--threads", "0"])
+    with pytest.raises(ValueError, match="expected one of"), bench_pool.contending(1, "sleep"):
+        pass
