@@ -1,0 +1,124 @@
+// Direct 2-D convolution with int8 activations and int8 or ternary weights: the kernel table
+// each ISA provides and the public entry points. Declarations only (ISA files include it).
+//
+// Layouts (no im2col, no padding of the reduction to 128):
+//  activations  NHWC int8, one scale per tensor, quantized once per layer. The kernels read a
+//               padded copy the core builds once per call: [Hp][Wp][Cp] bytes per image with
+//               Hp = H + 2 pad_h, Wp = W + 2 pad_w, Cp = C rounded up to kConvChannelGroup,
+//               each byte the int8 value plus 128 (so the zero border and the zero channels
+//               past C are the byte 128). Unsigned bytes are what VNNI's vpdpbusd multiplies.
+//  weights      canonical: int8 [Cout][KH][KW][Cp] (channels past Cin zero), or the same codes
+//               in {-1, 0, +1} as one ternary2 stream (codl/pack.h) of Cout * KH * KW * Cp
+//               values. The core decodes either once per call into the blocked layout the
+//               kernels read: [ceil(Cout / 16)][KH][KW][Cp / 4][16][4], output channels past
+//               Cout zero. A layer's weights are reused at every output pixel, so decoding
+//               them once per call costs a 1 / (output pixels) share of the multiply-adds.
+//  accumulators int32, exact: sum over (kh, kw, c) of activation * weight.
+//  epilogue     in the core, the same code for every ISA (float outputs agree bit for bit):
+//               y = float(acc) * (a_scale * w_scale[co]) + bias[co], then max(y, 0) with
+//               relu, written as float32 NCHW or NHWC, or requantized to int8 NHWC as
+//               q = clamp(nearbyint(y * (1 / out_scale)), -127, 127) so layers chain in int8.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+
+#include "codl/kernel_table.h"
+
+namespace codl {
+
+constexpr std::size_t kConvChannelGroup = 4;  // input channels per VNNI dword
+constexpr std::size_t kConvCoBlock = 16;      // output channels per weight block
+
+constexpr std::size_t conv_padded_channels(std::size_t c) {
+    return (c + kConvChannelGroup - 1) / kConvChannelGroup * kConvChannelGroup;
+}
+constexpr std::size_t conv_padded_out_channels(std::size_t c) {
+    return (c + kConvCoBlock - 1) / kConvCoBlock * kConvCoBlock;
+}
+
+// One convolution layer. in_c is the real channel count; channels() the padded one.
+struct ConvGeometry {
+    std::size_t in_h = 0, in_w = 0, in_c = 0, out_c = 0;
+    std::size_t kernel_h = 1, kernel_w = 1;
+    std::size_t stride_h = 1, stride_w = 1;
+    std::size_t pad_h = 0, pad_w = 0;
+    std::size_t dilation_h = 1, dilation_w = 1;
+
+    std::size_t channels() const { return conv_padded_channels(in_c); }
+    std::size_t out_c_padded() const { return conv_padded_out_channels(out_c); }
+    std::size_t padded_h() const { return in_h + 2 * pad_h; }
+    std::size_t padded_w() const { return in_w + 2 * pad_w; }
+    // 0 when the (dilated) kernel does not fit in the padded input.
+    std::size_t out_h() const {
+        const std::size_t span = dilation_h * (kernel_h - 1) + 1;
+        return padded_h() < span ? 0 : (padded_h() - span) / stride_h + 1;
+    }
+    std::size_t out_w() const {
+        const std::size_t span = dilation_w * (kernel_w - 1) + 1;
+        return padded_w() < span ? 0 : (padded_w() - span) / stride_w + 1;
+    }
+    std::size_t reduction() const { return kernel_h * kernel_w * channels(); }
+};
+
+struct ConvKernels {
+    // acc[p * out_c_padded + co] = sum_{kh, kw, c} (image[ih][iw][c] - 128) * w[co][kh][kw][c]
+    // exactly, for the output pixels (oh, ow0 + p), p < count, of one image, and every co <
+    // out_c_padded, where ih = oh * stride_h + kh * dilation_h and iw likewise (indices into the
+    // padded image). image: the padded, shifted bytes of one image; w: the blocked weights;
+    // w_sums[co]: the sum of weight co's values (kernels that multiply the shifted bytes
+    // subtract 128 * w_sums[co]).
+    void (*conv_row_i8)(const ConvGeometry& g, const std::uint8_t* image, const std::int8_t* w,
+                        const std::int32_t* w_sums, std::size_t oh, std::size_t ow0,
+                        std::size_t count, std::int32_t* acc);
+};
+
+// Where a convolution reads its activations from.
+enum class ConvInput {
+    f32_nchw,  // float32 [N][C][H][W], quantized once: absmax per tensor or the given scale
+    f32_nhwc,  // float32 [N][H][W][C], the same
+    i8_nhwc,   // int8 [N][H][W][C] with the given scale (a previous layer's int8 output)
+};
+enum class ConvOutput { f32_nchw, f32_nhwc, i8_nhwc };
+enum class ConvWeights { i8, ternary2 };
+
+enum class ConvStatus { ok, nonfinite_input, invalid_ternary_code, bad_scale };
+
+struct ConvArgs {
+    ConvGeometry g;
+    std::size_t batch = 1;
+    ConvInput input = ConvInput::f32_nchw;
+    const void* x = nullptr;
+    // f32 inputs: > 0 quantizes with this scale (values clamped to +-127), 0 with absmax / 127;
+    // int8 inputs: the scale of x (> 0).
+    float input_scale = 0.0f;
+    ConvWeights weights = ConvWeights::i8;
+    const void* w = nullptr;         // canonical layout (see above)
+    const float* w_scale = nullptr;  // out_c
+    const float* bias = nullptr;     // out_c or null
+    bool relu = false;
+    ConvOutput output = ConvOutput::f32_nchw;
+    void* out = nullptr;
+    float output_scale = 0.0f;       // i8 output: > 0
+    float* used_input_scale = nullptr;  // optional: receives the activation scale used
+};
+
+// Runs one convolution layer (threads split the output rows; results do not depend on
+// num_threads).
+ConvStatus conv2d(const ConvArgs& args, int num_threads = 1);
+
+// The integer core, for tests: acc[((n * out_h + oh) * out_w + ow) * out_c + co] from int8 NHWC
+// activations (in_c channels) and canonical int8 weights.
+void conv2d_i32(const ConvGeometry& g, std::size_t batch, const std::int8_t* x, const std::int8_t* w,
+                std::int32_t* acc, int num_threads = 1);
+
+// 2x2 max pooling with stride 2 (floor) of int8 NHWC: y[n][i][j][c] = max over the window.
+// Max commutes with the monotone quantization, so pooling the int8 values is exact.
+void maxpool2x2_i8_nhwc(const std::int8_t* x, std::size_t batch, std::size_t h, std::size_t w,
+                        std::size_t c, std::int8_t* y, int num_threads = 1);
+
+// The blocked weights and w_sums from canonical int8 weights (for tests and the core).
+void conv_block_weights(const ConvGeometry& g, const std::int8_t* w, std::int8_t* blocked,
+                        std::int32_t* w_sums);
+
+}  // namespace codl

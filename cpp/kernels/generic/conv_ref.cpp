@@ -1,0 +1,42 @@
+// Scalar reference of the direct convolution kernel: the oracle of every test. It reads the
+// same padded, shifted activations and blocked weights as the SIMD kernels and subtracts 128
+// from each byte before multiplying, so it needs no correction term.
+#include "codl/conv.h"
+
+namespace codl::ref {
+namespace {
+
+void conv_row_i8(const ConvGeometry& g, const std::uint8_t* image, const std::int8_t* w,
+                 const std::int32_t*, std::size_t oh, std::size_t ow0, std::size_t count,
+                 std::int32_t* acc) {
+    const std::size_t cp = g.channels(), wp = g.padded_w(), co_pad = g.out_c_padded();
+    const std::size_t block_bytes = g.kernel_h * g.kernel_w * cp * kConvCoBlock;
+    for (std::size_t p = 0; p < count; ++p) {
+        const std::size_t ow = ow0 + p;
+        for (std::size_t co = 0; co < co_pad; ++co) {
+            const std::int8_t* wb = w + (co / kConvCoBlock) * block_bytes;
+            std::int32_t total = 0;
+            for (std::size_t kh = 0; kh < g.kernel_h; ++kh) {
+                const std::size_t ih = oh * g.stride_h + kh * g.dilation_h;
+                for (std::size_t kw = 0; kw < g.kernel_w; ++kw) {
+                    const std::size_t iw = ow * g.stride_w + kw * g.dilation_w;
+                    const std::uint8_t* pixel = image + (ih * wp + iw) * cp;
+                    const std::int8_t* tap = wb + (kh * g.kernel_w + kw) * cp * kConvCoBlock;
+                    for (std::size_t c = 0; c < cp; ++c) {
+                        const std::int8_t weight =
+                            tap[(c / kConvChannelGroup) * kConvCoBlock * kConvChannelGroup +
+                                (co % kConvCoBlock) * kConvChannelGroup + c % kConvChannelGroup];
+                        total += (static_cast<int>(pixel[c]) - 128) * weight;
+                    }
+                }
+            }
+            acc[p * co_pad + co] = total;
+        }
+    }
+}
+
+}  // namespace
+
+const ConvKernels conv_kernels = {conv_row_i8};
+
+}  // namespace codl::ref

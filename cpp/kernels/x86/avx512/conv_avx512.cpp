@@ -1,0 +1,84 @@
+// AVX-512 VNNI direct convolution: one 32-bit lane per output channel, 16 channels a register.
+// For every kernel tap and group of 4 input channels, the 4 activation bytes of a pixel are
+// broadcast to every lane and vpdpbusd multiplies them (unsigned: the int8 value plus 128) by
+// the 16 x 4 signed weights of the block, four products per lane in one instruction; a tile of
+// P pixels x B output blocks shares each weight load among P pixels and each broadcast among B
+// blocks. The shift is removed at the end: 128 * (sum of the channel's weights).
+#include <immintrin.h>
+
+#include <cstring>
+
+#include "codl/conv.h"
+
+namespace codl::avx512 {
+namespace {
+
+std::int32_t load4(const std::uint8_t* p) {
+    std::int32_t v;
+    std::memcpy(&v, p, sizeof v);
+    return v;
+}
+
+template <int P, int B>
+void tile(const ConvGeometry& g, const std::uint8_t* image, const std::int8_t* w,
+          const std::int32_t* w_sums, std::size_t oh, std::size_t ow0, std::int32_t* acc) {
+    const std::size_t cp = g.channels(), groups = cp / kConvChannelGroup, wp = g.padded_w();
+    const std::size_t co_pad = g.out_c_padded();
+    const std::size_t block_bytes = g.kernel_h * g.kernel_w * cp * kConvCoBlock;
+    const std::size_t pixel_step = g.stride_w * cp;
+    __m512i sum[P][B];
+    for (int p = 0; p < P; ++p) {
+        for (int b = 0; b < B; ++b) sum[p][b] = _mm512_setzero_si512();
+    }
+    for (std::size_t kh = 0; kh < g.kernel_h; ++kh) {
+        const std::size_t ih = oh * g.stride_h + kh * g.dilation_h;
+        for (std::size_t kw = 0; kw < g.kernel_w; ++kw) {
+            const std::uint8_t* base = image + (ih * wp + ow0 * g.stride_w + kw * g.dilation_w) * cp;
+            const std::int8_t* taps = w + (kh * g.kernel_w + kw) * groups * 64;
+            for (std::size_t gi = 0; gi < groups; ++gi) {
+                __m512i weights[B];
+                for (int b = 0; b < B; ++b) weights[b] = _mm512_loadu_si512(taps + b * block_bytes + gi * 64);
+                for (int p = 0; p < P; ++p) {
+                    const __m512i x = _mm512_set1_epi32(load4(base + p * pixel_step + gi * kConvChannelGroup));
+                    for (int b = 0; b < B; ++b) sum[p][b] = _mm512_dpbusd_epi32(sum[p][b], x, weights[b]);
+                }
+            }
+        }
+    }
+    for (int b = 0; b < B; ++b) {
+        const __m512i correction = _mm512_slli_epi32(_mm512_loadu_si512(w_sums + b * kConvCoBlock), 7);
+        for (int p = 0; p < P; ++p) {
+            _mm512_storeu_si512(acc + p * co_pad + b * kConvCoBlock, _mm512_sub_epi32(sum[p][b], correction));
+        }
+    }
+}
+
+template <int B>
+void pixels(const ConvGeometry& g, const std::uint8_t* image, const std::int8_t* w,
+            const std::int32_t* w_sums, std::size_t oh, std::size_t ow0, std::size_t count,
+            std::int32_t* acc) {
+    constexpr int P = B == 1 ? 12 : 8;
+    const std::size_t co_pad = g.out_c_padded();
+    std::size_t p = 0;
+    for (; p + P <= count; p += P) tile<P, B>(g, image, w, w_sums, oh, ow0 + p, acc + p * co_pad);
+    for (; p + 4 <= count; p += 4) tile<4, B>(g, image, w, w_sums, oh, ow0 + p, acc + p * co_pad);
+    for (; p < count; ++p) tile<1, B>(g, image, w, w_sums, oh, ow0 + p, acc + p * co_pad);
+}
+
+void conv_row_i8(const ConvGeometry& g, const std::uint8_t* image, const std::int8_t* w,
+                 const std::int32_t* w_sums, std::size_t oh, std::size_t ow0, std::size_t count,
+                 std::int32_t* acc) {
+    const std::size_t blocks = g.out_c_padded() / kConvCoBlock;
+    const std::size_t block_bytes = g.kernel_h * g.kernel_w * g.channels() * kConvCoBlock;
+    std::size_t b = 0;
+    for (; b + 2 <= blocks; b += 2) {
+        pixels<2>(g, image, w + b * block_bytes, w_sums + b * kConvCoBlock, oh, ow0, count, acc + b * kConvCoBlock);
+    }
+    if (b < blocks) pixels<1>(g, image, w + b * block_bytes, w_sums + b * kConvCoBlock, oh, ow0, count, acc + b * kConvCoBlock);
+}
+
+}  // namespace
+
+const ConvKernels conv_kernels = {conv_row_i8};
+
+}  // namespace codl::avx512

@@ -1,0 +1,160 @@
+// Bindings of the direct convolution: check memory safety (buffer types and lengths against the
+// geometry), release the GIL, call the core.
+#include <pybind11/stl.h>
+
+#include <array>
+#include <optional>
+#include <string>
+
+#include "buffers.h"
+#include "codl/conv.h"
+#include "codl/pack.h"
+
+namespace codl_bindings {
+namespace {
+
+using Pair = std::array<std::size_t, 2>;
+
+codl::ConvInput parse_input(const std::string& layout) {
+    if (layout == "nchw") return codl::ConvInput::f32_nchw;
+    if (layout == "nhwc") return codl::ConvInput::f32_nhwc;
+    if (layout == "int8_nhwc") return codl::ConvInput::i8_nhwc;
+    throw py::value_error("input_layout: expected 'nchw', 'nhwc' or 'int8_nhwc', received '" + layout + "'");
+}
+
+codl::ConvOutput parse_output(const std::string& layout) {
+    if (layout == "nchw") return codl::ConvOutput::f32_nchw;
+    if (layout == "nhwc") return codl::ConvOutput::f32_nhwc;
+    if (layout == "int8_nhwc") return codl::ConvOutput::i8_nhwc;
+    throw py::value_error("output_layout: expected 'nchw', 'nhwc' or 'int8_nhwc', received '" + layout + "'");
+}
+
+void require_positive(const Pair& pair, const char* name) {
+    if (pair[0] == 0 || pair[1] == 0) {
+        throw py::value_error(std::string(name) + ": expected positive values, received (" +
+                              std::to_string(pair[0]) + ", " + std::to_string(pair[1]) + ")");
+    }
+}
+
+}  // namespace
+
+void register_conv(py::module_& m) {
+    m.def(
+        "conv2d_i8",
+        [](const py::buffer& x, const std::string& input_layout, const std::array<std::size_t, 4>& shape,
+           const py::buffer& weight, const std::string& weight_format, std::size_t out_channels,
+           const Pair& kernel_size, const Pair& stride, const Pair& padding, const Pair& dilation,
+           const py::buffer& weight_scale, const std::optional<py::buffer>& bias, bool relu,
+           const py::buffer& out, const std::string& output_layout, float input_scale, float output_scale,
+           int num_threads) {
+            codl::ConvArgs a;
+            a.input = parse_input(input_layout);
+            a.output = parse_output(output_layout);
+            if (weight_format == "int8") {
+                a.weights = codl::ConvWeights::i8;
+            } else if (weight_format == "ternary2") {
+                a.weights = codl::ConvWeights::ternary2;
+            } else {
+                throw py::value_error("weight_format: expected 'int8' or 'ternary2', received '" + weight_format + "'");
+            }
+            require_positive(kernel_size, "kernel_size");
+            require_positive(stride, "stride");
+            require_positive(dilation, "dilation");
+            codl::ConvGeometry& g = a.g;
+            a.batch = shape[0];
+            g.in_c = shape[1];
+            g.in_h = shape[2];
+            g.in_w = shape[3];
+            g.out_c = out_channels;
+            g.kernel_h = kernel_size[0];
+            g.kernel_w = kernel_size[1];
+            g.stride_h = stride[0];
+            g.stride_w = stride[1];
+            g.pad_h = padding[0];
+            g.pad_w = padding[1];
+            g.dilation_h = dilation[0];
+            g.dilation_w = dilation[1];
+            if (a.batch == 0 || g.in_c == 0 || g.in_h == 0 || g.in_w == 0 || g.out_c == 0) {
+                throw py::value_error("shape, out_channels: expected positive sizes, received (" +
+                                      std::to_string(a.batch) + ", " + std::to_string(g.in_c) + ", " +
+                                      std::to_string(g.in_h) + ", " + std::to_string(g.in_w) + ") and " +
+                                      std::to_string(g.out_c));
+            }
+            if (g.out_h() == 0 || g.out_w() == 0) {
+                throw py::value_error("kernel_size: expected a (dilated) kernel that fits the padded input of " +
+                                      std::to_string(g.padded_h()) + "x" + std::to_string(g.padded_w()) +
+                                      ", received " + std::to_string(g.kernel_h) + "x" + std::to_string(g.kernel_w));
+            }
+            const bool int8_in = a.input == codl::ConvInput::i8_nhwc, int8_out = a.output == codl::ConvOutput::i8_nhwc;
+            const Buffer input = checked_buffer(x, "x", int8_in ? 'b' : 'f', false);
+            require_exact(input, "x", a.batch * g.in_c * g.in_h * g.in_w, "elements (N * C * H * W)");
+            const std::size_t codes = g.out_c * g.reduction();
+            const Buffer w = checked_buffer(weight, "weight", a.weights == codl::ConvWeights::i8 ? 'b' : 'B', false);
+            require_exact(w, "weight",
+                          a.weights == codl::ConvWeights::i8 ? codes : codl::packed_ternary2_bytes(codes),
+                          a.weights == codl::ConvWeights::i8
+                              ? "elements (out_channels * KH * KW * padded in_channels)"
+                              : "bytes (out_channels * KH * KW * padded in_channels 2-bit codes)");
+            const Buffer scales = checked_buffer(weight_scale, "weight_scale", 'f', false);
+            require_exact(scales, "weight_scale", g.out_c, "elements (out_channels)");
+            if (bias) {
+                const Buffer b = checked_buffer(*bias, "bias", 'f', false);
+                require_exact(b, "bias", g.out_c, "elements (out_channels)");
+                a.bias = static_cast<const float*>(b.data);
+            }
+            const Buffer result = checked_buffer(out, "out", int8_out ? 'b' : 'f', true);
+            require_exact(result, "out", a.batch * g.out_c * g.out_h() * g.out_w(),
+                          "elements (N * out_channels * out_h * out_w)");
+            checked_threads(num_threads);
+            a.x = input.data;
+            a.w = w.data;
+            a.w_scale = static_cast<const float*>(scales.data);
+            a.relu = relu;
+            a.out = result.data;
+            a.input_scale = input_scale;
+            a.output_scale = output_scale;
+            float used = 0.0f;
+            a.used_input_scale = &used;
+            codl::ConvStatus status;
+            {
+                py::gil_scoped_release release;
+                status = codl::conv2d(a, num_threads);
+            }
+            switch (status) {
+                case codl::ConvStatus::ok: break;
+                case codl::ConvStatus::nonfinite_input:
+                    throw py::value_error("x: expected finite values, received NaN or Inf");
+                case codl::ConvStatus::invalid_ternary_code:
+                    throw py::value_error("weight: expected 2-bit fields 0b00, 0b01 or 0b10 (codes -1, 0, +1), "
+                                          "received 0b11");
+                case codl::ConvStatus::bad_scale:
+                    throw py::value_error("input_scale, output_scale: expected positive finite scales (input_scale "
+                                          "0 means absmax for float input), received " +
+                                          std::to_string(input_scale) + " and " + std::to_string(output_scale));
+            }
+            return used;
+        },
+        py::arg("x"), py::arg("input_layout"), py::arg("shape"), py::arg("weight"), py::arg("weight_format"),
+        py::arg("out_channels"), py::arg("kernel_size"), py::arg("stride"), py::arg("padding"),
+        py::arg("dilation"), py::arg("weight_scale"), py::arg("bias"), py::arg("relu"), py::arg("out"),
+        py::arg("output_layout"), py::arg("input_scale"), py::arg("output_scale"), py::arg("num_threads") = 1,
+        "Direct int8 convolution (weights int8 or 2-bit ternary in [Cout][KH][KW][Cin padded to 4]); "
+        "returns the activation scale used.");
+    m.def(
+        "maxpool2x2_i8_nhwc",
+        [](const py::buffer& x, const std::array<std::size_t, 4>& shape, const py::buffer& out, int num_threads) {
+            const Buffer input = checked_buffer(x, "x", 'b', false);
+            const Buffer result = checked_buffer(out, "out", 'b', true);
+            const std::size_t n = shape[0], h = shape[1], w = shape[2], c = shape[3];
+            require_exact(input, "x", n * h * w * c, "elements (N * H * W * C)");
+            require_exact(result, "out", n * (h / 2) * (w / 2) * c, "elements (N * H/2 * W/2 * C)");
+            checked_threads(num_threads);
+            py::gil_scoped_release release;
+            codl::maxpool2x2_i8_nhwc(static_cast<const std::int8_t*>(input.data), n, h, w, c,
+                                     static_cast<std::int8_t*>(result.data), num_threads);
+        },
+        py::arg("x"), py::arg("shape"), py::arg("out"), py::arg("num_threads") = 1,
+        "2x2 max pooling, stride 2, of int8 NHWC activations.");
+}
+
+}  // namespace codl_bindings

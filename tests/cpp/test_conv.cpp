@@ -1,0 +1,354 @@
+// The direct convolution kernels of every ISA this CPU runs against the scalar reference (int32
+// accumulators and int8 outputs bit-exact), and the entry points against an independent int64
+// convolution on unpadded int8 activations with explicit border checks.
+#include <algorithm>
+#include <cmath>
+#include <limits>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "codl/conv.h"
+#include "codl/pack.h"
+#include "harness.h"
+
+namespace {
+
+using codl::ConvGeometry;
+using codl::IsaLevel;
+
+std::mt19937_64& rng() {
+    static std::mt19937_64 generator(11);
+    return generator;
+}
+
+ConvGeometry geometry(std::size_t c, std::size_t h, std::size_t w, std::size_t co, std::size_t k,
+                      std::size_t stride, std::size_t pad, std::size_t dilation) {
+    ConvGeometry g;
+    g.in_c = c;
+    g.in_h = h;
+    g.in_w = w;
+    g.out_c = co;
+    g.kernel_h = g.kernel_w = k;
+    g.stride_h = g.stride_w = stride;
+    g.pad_h = g.pad_w = pad;
+    g.dilation_h = g.dilation_w = dilation;
+    return g;
+}
+
+struct Shape {
+    ConvGeometry g;
+    std::size_t batch;
+    const char* what;
+};
+
+// LeNet-5, FashionCNN and CSRNet-like layers, odd sizes, rectangular kernels and strides.
+std::vector<Shape> shapes() {
+    std::vector<Shape> s = {
+        {geometry(1, 28, 28, 6, 5, 1, 2, 1), 1, "lenet conv1"},
+        {geometry(6, 14, 14, 16, 5, 1, 0, 1), 2, "lenet conv2"},
+        {geometry(1, 28, 28, 32, 3, 1, 1, 1), 3, "fashion conv1"},
+        {geometry(32, 14, 14, 64, 3, 1, 1, 1), 1, "fashion conv2"},
+        {geometry(32, 13, 11, 24, 3, 1, 2, 2), 2, "csrnet dilated"},
+        {geometry(3, 17, 19, 40, 5, 2, 2, 1), 2, "stride 2 odd"},
+        {geometry(5, 9, 7, 3, 3, 2, 1, 2), 1, "odd everything"},
+        {geometry(7, 5, 6, 33, 1, 1, 0, 1), 3, "1x1"},
+        {geometry(2, 4, 4, 17, 4, 3, 3, 1), 1, "stride 3 big pad"},
+    };
+    ConvGeometry rect = geometry(9, 12, 10, 20, 3, 1, 1, 1);
+    rect.kernel_w = 2;
+    rect.stride_w = 2;
+    rect.pad_h = 0;
+    rect.dilation_h = 3;
+    s.push_back({rect, 2, "rectangular"});
+    return s;
+}
+
+std::vector<std::int8_t> random_i8(std::size_t n, int low = -128, int high = 127) {
+    std::uniform_int_distribution<int> d(low, high);
+    std::vector<std::int8_t> v(n);
+    for (auto& x : v) x = static_cast<std::int8_t>(d(rng()));
+    return v;
+}
+
+// Canonical weights [Cout][KH][KW][Cp], zero past in_c.
+std::vector<std::int8_t> random_weights(const ConvGeometry& g, int low, int high) {
+    std::vector<std::int8_t> w = random_i8(g.out_c * g.reduction(), low, high);
+    const std::size_t cp = g.channels();
+    for (std::size_t i = 0; i < w.size(); ++i) {
+        if (i % cp >= g.in_c) w[i] = 0;
+    }
+    return w;
+}
+
+// Independent oracle: int64 sums over the unpadded NHWC input, skipping taps outside it.
+std::vector<std::int64_t> oracle(const ConvGeometry& g, std::size_t batch, const std::vector<std::int8_t>& x,
+                                 const std::vector<std::int8_t>& w) {
+    const std::size_t oh = g.out_h(), ow = g.out_w(), cp = g.channels();
+    std::vector<std::int64_t> out(batch * oh * ow * g.out_c);
+    for (std::size_t n = 0; n < batch; ++n) {
+        for (std::size_t i = 0; i < oh; ++i) {
+            for (std::size_t j = 0; j < ow; ++j) {
+                for (std::size_t co = 0; co < g.out_c; ++co) {
+                    std::int64_t total = 0;
+                    for (std::size_t kh = 0; kh < g.kernel_h; ++kh) {
+                        const long y = static_cast<long>(i * g.stride_h + kh * g.dilation_h) - static_cast<long>(g.pad_h);
+                        if (y < 0 || y >= static_cast<long>(g.in_h)) continue;
+                        for (std::size_t kw = 0; kw < g.kernel_w; ++kw) {
+                            const long xx = static_cast<long>(j * g.stride_w + kw * g.dilation_w) - static_cast<long>(g.pad_w);
+                            if (xx < 0 || xx >= static_cast<long>(g.in_w)) continue;
+                            for (std::size_t c = 0; c < g.in_c; ++c) {
+                                total += static_cast<std::int64_t>(x[((n * g.in_h + y) * g.in_w + xx) * g.in_c + c]) *
+                                         w[((co * g.kernel_h + kh) * g.kernel_w + kw) * cp + c];
+                            }
+                        }
+                    }
+                    out[((n * oh + i) * ow + j) * g.out_c + co] = total;
+                }
+            }
+        }
+    }
+    return out;
+}
+
+TEST_CASE("conv_row_i8 matches the reference bit for bit on every shape, extreme values included") {
+    for (const Shape& shape : shapes()) {
+        const ConvGeometry& g = shape.g;
+        const std::size_t co_pad = g.out_c_padded();
+        // Any bytes, border included: the kernel contract is about the bytes it is given.
+        std::vector<std::uint8_t> image(g.padded_h() * g.padded_w() * g.channels());
+        for (int extreme = 0; extreme < 2; ++extreme) {
+            for (auto& b : image) b = extreme ? (rng()() % 2 ? 255 : 0) : static_cast<std::uint8_t>(rng()());
+            const std::vector<std::int8_t> w =
+                extreme ? random_weights(g, -128, -128) : random_weights(g, -128, 127);
+            std::vector<std::int8_t> blocked(co_pad * g.reduction());
+            std::vector<std::int32_t> sums(co_pad);
+            codl::conv_block_weights(g, w.data(), blocked.data(), sums.data());
+            const std::size_t ow = g.out_w();
+            for (std::size_t oh : {std::size_t{0}, g.out_h() - 1, g.out_h() / 2}) {
+                std::vector<std::int32_t> expected(ow * co_pad + 1, 7);
+                codl::ref::conv_kernels.conv_row_i8(g, image.data(), blocked.data(), sums.data(), oh, 0, ow,
+                                                    expected.data());
+                codl_test::for_each_isa([&](IsaLevel isa, const codl::KernelTable& table) {
+                    // The whole row, and a part of it starting mid-row.
+                    std::vector<std::int32_t> acc(ow * co_pad + 1, 7);
+                    table.conv->conv_row_i8(g, image.data(), blocked.data(), sums.data(), oh, 0, ow, acc.data());
+                    const std::string at = std::string(codl::isa_name(isa)) + " " + shape.what + " oh=" +
+                                           std::to_string(oh) + (extreme ? " extreme" : "");
+                    CHECK_MSG(acc == expected, at);
+                    if (ow > 1) {
+                        std::vector<std::int32_t> part((ow - 1) * co_pad + 1, 7);
+                        table.conv->conv_row_i8(g, image.data(), blocked.data(), sums.data(), oh, 1, ow - 1,
+                                                part.data());
+                        CHECK_MSG(std::equal(part.begin(), part.end() - 1, expected.begin() + co_pad), at + " ow0=1");
+                        CHECK_MSG(part.back() == 7, at + " wrote past count");
+                    }
+                });
+            }
+        }
+    }
+}
+
+TEST_CASE("conv2d_i32 equals an int64 convolution over the unpadded input on every ISA and thread count") {
+    const IsaLevel original = codl::active_isa();
+    for (const Shape& shape : shapes()) {
+        const ConvGeometry& g = shape.g;
+        const std::vector<std::int8_t> x = random_i8(shape.batch * g.in_h * g.in_w * g.in_c);
+        const std::vector<std::int8_t> w = random_weights(g, -127, 127);
+        const std::vector<std::int64_t> expected = oracle(g, shape.batch, x, w);
+        codl_test::for_each_isa([&](IsaLevel isa, const codl::KernelTable&) {
+            CHECK(codl::select_isa(isa).empty());
+            for (int threads : {1, 2, 3}) {
+                std::vector<std::int32_t> acc(expected.size(), 7);
+                codl::conv2d_i32(g, shape.batch, x.data(), w.data(), acc.data(), threads);
+                bool same = true;
+                for (std::size_t i = 0; i < acc.size(); ++i) same &= acc[i] == expected[i];
+                CHECK_MSG(same, std::string(shape.what) + " threads=" + std::to_string(threads));
+            }
+        });
+    }
+    CHECK(codl::select_isa(original).empty());
+}
+
+// The float epilogue and the int8 requantization computed here from the oracle's sums, the
+// way conv.h states them.
+TEST_CASE("conv2d: float and int8 outputs, ternary and int8 weights, agree with the stated epilogue on every ISA") {
+    const IsaLevel original = codl::active_isa();
+    std::normal_distribution<float> normal(0.0f, 1.0f);
+    for (const Shape& shape : shapes()) {
+        const ConvGeometry& g = shape.g;
+        const std::size_t batch = shape.batch, oh = g.out_h(), ow = g.out_w(), co_n = g.out_c;
+        std::vector<float> x(batch * g.in_c * g.in_h * g.in_w);  // NCHW
+        for (auto& v : x) v = normal(rng());
+        // The quantization as stated: absmax per tensor, nearest even.
+        float absmax = 0.0f;
+        for (float v : x) absmax = std::max(absmax, std::fabs(v));
+        const float inverse = 127.0f / absmax, scale = absmax / 127.0f;
+        std::vector<std::int8_t> q(x.size());  // NHWC
+        for (std::size_t n = 0; n < batch; ++n)
+            for (std::size_t c = 0; c < g.in_c; ++c)
+                for (std::size_t i = 0; i < g.in_h * g.in_w; ++i)
+                    q[(n * g.in_h * g.in_w + i) * g.in_c + c] =
+                        static_cast<std::int8_t>(std::nearbyint(x[(n * g.in_c + c) * g.in_h * g.in_w + i] * inverse));
+        for (bool ternary : {false, true}) {
+            const std::vector<std::int8_t> w = ternary ? random_weights(g, -1, 1) : random_weights(g, -127, 127);
+            std::vector<std::uint8_t> packed(codl::packed_ternary2_bytes(w.size()));
+            if (ternary) CHECK(codl::pack_ternary2(w.data(), w.size(), packed.data()));
+            std::vector<float> w_scale(co_n), bias(co_n);
+            for (std::size_t co = 0; co < co_n; ++co) {
+                w_scale[co] = 0.01f + 0.001f * static_cast<float>(co);
+                bias[co] = 0.1f * normal(rng());
+            }
+            const std::vector<std::int64_t> sums = oracle(g, batch, q, w);
+            const float out_scale = 0.05f;
+            codl_test::for_each_isa([&](IsaLevel isa, const codl::KernelTable&) {
+                CHECK(codl::select_isa(isa).empty());
+                for (int threads : {1, 2}) {
+                    for (bool relu : {false, true}) {
+                        codl::ConvArgs a;
+                        a.g = g;
+                        a.batch = batch;
+                        a.x = x.data();
+                        a.weights = ternary ? codl::ConvWeights::ternary2 : codl::ConvWeights::i8;
+                        a.w = ternary ? static_cast<const void*>(packed.data()) : static_cast<const void*>(w.data());
+                        a.w_scale = w_scale.data();
+                        a.bias = bias.data();
+                        a.relu = relu;
+                        float used = 0.0f;
+                        a.used_input_scale = &used;
+                        std::vector<float> nchw(batch * co_n * oh * ow), nhwc(nchw.size());
+                        std::vector<std::int8_t> q_out(nchw.size());
+                        a.output = codl::ConvOutput::f32_nchw;
+                        a.out = nchw.data();
+                        CHECK(codl::conv2d(a, threads) == codl::ConvStatus::ok);
+                        a.output = codl::ConvOutput::f32_nhwc;
+                        a.out = nhwc.data();
+                        CHECK(codl::conv2d(a, threads) == codl::ConvStatus::ok);
+                        a.output = codl::ConvOutput::i8_nhwc;
+                        a.output_scale = out_scale;
+                        a.out = q_out.data();
+                        CHECK(codl::conv2d(a, threads) == codl::ConvStatus::ok);
+                        CHECK(used == scale);
+                        bool f_ok = true, q_ok = true;
+                        for (std::size_t n = 0; n < batch; ++n) {
+                            for (std::size_t p = 0; p < oh * ow; ++p) {
+                                for (std::size_t co = 0; co < co_n; ++co) {
+                                    const std::size_t at = (n * oh * ow + p) * co_n + co;
+                                    float y = static_cast<float>(sums[at]) * (scale * w_scale[co]) + bias[co];
+                                    if (relu) y = std::max(y, 0.0f);
+                                    f_ok &= nhwc[at] == y && nchw[(n * co_n + co) * oh * ow + p] == y;
+                                    const float r = std::min(std::max(y * (1.0f / out_scale), -127.0f), 127.0f);
+                                    q_ok &= q_out[at] == static_cast<std::int8_t>(std::nearbyint(r));
+                                }
+                            }
+                        }
+                        const std::string at = std::string(shape.what) + (ternary ? " ternary" : " int8") +
+                                               " threads=" + std::to_string(threads) + (relu ? " relu" : "");
+                        CHECK_MSG(f_ok, at + " float");
+                        CHECK_MSG(q_ok, at + " int8");
+                    }
+                }
+            });
+        }
+    }
+    CHECK(codl::select_isa(original).empty());
+}
+
+TEST_CASE("conv2d: int8 NHWC input chains, float NHWC input matches NCHW, bad inputs are reported") {
+    const ConvGeometry g = geometry(6, 9, 8, 10, 3, 1, 1, 1);
+    std::normal_distribution<float> normal(0.0f, 1.0f);
+    std::vector<float> nchw(2 * 6 * 9 * 8), nhwc(nchw.size());
+    for (std::size_t n = 0; n < 2; ++n)
+        for (std::size_t c = 0; c < 6; ++c)
+            for (std::size_t i = 0; i < 72; ++i) {
+                const float v = normal(rng());
+                nchw[(n * 6 + c) * 72 + i] = v;
+                nhwc[(n * 72 + i) * 6 + c] = v;
+            }
+    const std::vector<std::int8_t> w = random_weights(g, -127, 127);
+    std::vector<float> w_scale(10, 0.02f);
+    const std::size_t out_n = 2 * 10 * g.out_h() * g.out_w();
+    codl::ConvArgs a;
+    a.g = g;
+    a.batch = 2;
+    a.w = w.data();
+    a.w_scale = w_scale.data();
+    a.output = codl::ConvOutput::f32_nhwc;
+    std::vector<float> from_nchw(out_n), from_nhwc(out_n), from_i8(out_n);
+    a.x = nchw.data();
+    a.input_scale = 0.03f;  // a calibrated scale clamps what lies beyond it
+    a.out = from_nchw.data();
+    CHECK(codl::conv2d(a) == codl::ConvStatus::ok);
+    a.input = codl::ConvInput::f32_nhwc;
+    a.x = nhwc.data();
+    a.out = from_nhwc.data();
+    CHECK(codl::conv2d(a) == codl::ConvStatus::ok);
+    CHECK(from_nchw == from_nhwc);
+    std::vector<std::int8_t> q(nhwc.size());
+    for (std::size_t i = 0; i < q.size(); ++i) {
+        q[i] = static_cast<std::int8_t>(std::nearbyint(std::min(std::max(nhwc[i] / 0.03f, -127.0f), 127.0f)));
+    }
+    a.input = codl::ConvInput::i8_nhwc;
+    a.x = q.data();
+    a.out = from_i8.data();
+    CHECK(codl::conv2d(a) == codl::ConvStatus::ok);
+    // x / 0.03 and x * (1 / 0.03) may round apart on a few values: compare with the products.
+    std::vector<std::int8_t> q2(nhwc.size());
+    for (std::size_t i = 0; i < q.size(); ++i) {
+        q2[i] = static_cast<std::int8_t>(std::nearbyint(std::min(std::max(nhwc[i] * (1.0f / 0.03f), -127.0f), 127.0f)));
+    }
+    a.x = q2.data();
+    a.out = from_i8.data();
+    CHECK(codl::conv2d(a) == codl::ConvStatus::ok);
+    CHECK(from_i8 == from_nhwc);
+
+    a.input_scale = 0.0f;
+    CHECK(codl::conv2d(a) == codl::ConvStatus::bad_scale);
+    a.input = codl::ConvInput::f32_nhwc;
+    a.x = nhwc.data();
+    nhwc[5] = std::numeric_limits<float>::quiet_NaN();
+    CHECK(codl::conv2d(a) == codl::ConvStatus::nonfinite_input);
+    nhwc[5] = std::numeric_limits<float>::infinity();
+    CHECK(codl::conv2d(a) == codl::ConvStatus::nonfinite_input);
+    nhwc[5] = 0.0f;
+    a.output = codl::ConvOutput::i8_nhwc;
+    a.output_scale = 0.0f;
+    CHECK(codl::conv2d(a) == codl::ConvStatus::bad_scale);
+    a.output = codl::ConvOutput::f32_nhwc;
+    std::vector<std::int8_t> codes = random_weights(g, -1, 1);
+    std::vector<std::uint8_t> packed(codl::packed_ternary2_bytes(codes.size()));
+    CHECK(codl::pack_ternary2(codes.data(), codes.size(), packed.data()));
+    packed[packed.size() / 2] |= 0xC0;  // a field 0b11
+    a.weights = codl::ConvWeights::ternary2;
+    a.w = packed.data();
+    CHECK(codl::conv2d(a) == codl::ConvStatus::invalid_ternary_code);
+}
+
+TEST_CASE("maxpool2x2_i8_nhwc takes the maximum of each window, odd sizes floored, any thread count") {
+    for (std::size_t h : {1, 2, 5, 28}) {
+        for (std::size_t w : {2, 3, 14}) {
+            for (std::size_t c : {1, 6, 33}) {
+                const std::size_t batch = 2;
+                const std::vector<std::int8_t> x = random_i8(batch * h * w * c);
+                std::vector<std::int8_t> expected(batch * (h / 2) * (w / 2) * c);
+                for (std::size_t n = 0; n < batch; ++n)
+                    for (std::size_t i = 0; i < h / 2; ++i)
+                        for (std::size_t j = 0; j < w / 2; ++j)
+                            for (std::size_t ch = 0; ch < c; ++ch) {
+                                int m = -128;
+                                for (std::size_t di = 0; di < 2; ++di)
+                                    for (std::size_t dj = 0; dj < 2; ++dj)
+                                        m = std::max<int>(m, x[((n * h + 2 * i + di) * w + 2 * j + dj) * c + ch]);
+                                expected[((n * (h / 2) + i) * (w / 2) + j) * c + ch] = static_cast<std::int8_t>(m);
+                            }
+                for (int threads : {1, 2}) {
+                    std::vector<std::int8_t> y(expected.size() + 1, 5);
+                    codl::maxpool2x2_i8_nhwc(x.data(), batch, h, w, c, y.data(), threads);
+                    CHECK(std::equal(expected.begin(), expected.end(), y.begin()) && y.back() == 5);
+                }
+            }
+        }
+    }
+}
+
+}  // namespace
