@@ -174,6 +174,11 @@ class KFAC(torch.optim.Optimizer):
             lr=float(lr),
             **preconditioner_options,
         )
+        if adaptive_damping and self.preconditioner.distributed is not None:
+            raise ValueError(
+                "adaptive_damping: not supported with a process group yet (each rank's "
+                "closure sees its own batch, so the ranks would adapt damping apart)"
+            )
         self.adaptive_damping = adaptive_damping
         self.on_nonfinite = on_nonfinite
         self.max_grad_norm = None if max_grad_norm is None else float(max_grad_norm)
@@ -266,6 +271,10 @@ class KFAC(torch.optim.Optimizer):
         """Flag the parameters whose gradient holds NaN/Inf (all of them if ``loss`` is not
         finite) and their Fisher blocks' other parameters; set their ``.grad`` to None."""
         loss_finite = loss is None or math.isfinite(_as_float(loss))
+        engine = self.preconditioner.distributed
+        if engine is not None and loss is not None:
+            # Each rank's loss is its own batch's: agree, so every rank skips alike.
+            loss_finite = not engine.any_across(not loss_finite)
         bad: dict[int, torch.Tensor] = {}
         for group in self.param_groups:
             for p in group["params"]:

@@ -28,7 +28,7 @@ import enum
 import math
 import warnings
 from abc import ABC, abstractmethod
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from typing import ClassVar, Generic, NamedTuple, TypeVar, cast
 
@@ -277,10 +277,17 @@ class SecondOrderMethod(ABC):
 
     @abstractmethod
     def refresh(
-        self, jobs: Sequence[KroneckerJob], damping: float, pi: bool, max_retries: int
+        self,
+        jobs: Sequence[KroneckerJob],
+        damping: float,
+        pi: bool,
+        max_retries: int,
+        wanted: Collection[tuple[str, str]] | None = None,
     ) -> list[KroneckerState]:
         """The new state of every job's block, in order. A factor whose decomposition fails
-        keeps its part of the previous state (or has none yet)."""
+        keeps its part of the previous state (or has none yet). ``wanted`` (layer, factor)
+        pairs limit the work to those factors (a rank's share in distributed K-FAC); the
+        others keep their previous part too."""
 
     @abstractmethod
     def load(self, tensors: Mapping[str, torch.Tensor], *, diagonal_a: bool) -> KroneckerState:
@@ -299,12 +306,19 @@ class _BatchedMethod(SecondOrderMethod, Generic[Result]):
     """
 
     def refresh(
-        self, jobs: Sequence[KroneckerJob], damping: float, pi: bool, max_retries: int
+        self,
+        jobs: Sequence[KroneckerJob],
+        damping: float,
+        pi: bool,
+        max_retries: int,
+        wanted: Collection[tuple[str, str]] | None = None,
     ) -> list[KroneckerState]:
         requests: list[_Request] = []
         spans: list[range] = []
         for job in jobs:
             own = self._requests(job, damping, pi)
+            if wanted is not None:
+                own = [r for r in own if (r.layer, r.factor) in wanted]
             spans.append(range(len(requests), len(requests) + len(own)))
             requests += own
         results: dict[int, Result] = {}

@@ -39,10 +39,13 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
 
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 
 from codl._finite import all_finite
+from codl.optim.distributed import DistributedKFAC, FactorCodec
 from codl.optim.hyperparams import (
     FloatHyper,
     IntHyper,
@@ -51,7 +54,7 @@ from codl.optim.hyperparams import (
     resolve_float,
     resolve_int,
 )
-from codl.optim.layers import KroneckerBlock, LayerBlock, NormBlock, make_block
+from codl.optim.layers import KroneckerBlock, LayerBlock, LinearBlock, NormBlock, make_block
 from codl.optim.methods import ComputeMethod, KFACWarning, method_for
 
 __all__ = ["KFACPreconditioner"]
@@ -107,6 +110,22 @@ class KFACPreconditioner:
         max_inverse_retries: a factor that is not positive definite after damping is retried
             with 10x the damping this many times (with a :class:`KFACWarning`).
         seed: seeds the true-Fisher label sampling and the Freivalds probes.
+        process_group: distributed K-FAC over this group (:mod:`codl.optim.distributed`);
+            default: the group of a ``DistributedDataParallel`` model, else none. With more
+            than one rank, every rank must hold the same averaged ``.grad`` at :meth:`step`
+            (DDP's), build the preconditioner in the same order, and call :meth:`step`,
+            :meth:`state_dict` and :meth:`load_state_dict` together (they communicate).
+        grad_worker_fraction: KAISA's fraction of ranks that hold each layer's inverses and
+            precondition its gradient, in [1/P, 1]: 1 shares inverses (memory-heavy,
+            communication-light), 1/P shares preconditioned gradients from one rank per layer.
+        factor_dtype: ``torch.float16`` or ``torch.bfloat16`` to average the factors in
+            16 bits (sums in float32); None: in their own dtype.
+        factor_codec: a dense codec (e.g. ``codl.comm.Int8()``, no error feedback) for the
+            factor average instead of ``factor_dtype``.
+        colocate_factors: a layer's A and G are decomposed on the same rank (default: each
+            factor goes to the least loaded rank of the layer's gradient workers).
+        failure_probe_s: after a failed collective, how long a rank waits for the others to
+            answer before naming the ones that did not (:class:`KFACDistributedError`).
     """
 
     def __init__(
@@ -128,9 +147,23 @@ class KFACPreconditioner:
         skip_modules: Iterable[str | type[nn.Module]] = (),
         max_inverse_retries: int = 3,
         seed: int = 0,
+        process_group: dist.ProcessGroup | None = None,
+        grad_worker_fraction: float = 1.0,
+        factor_dtype: torch.dtype | None = None,
+        factor_codec: FactorCodec | None = None,
+        colocate_factors: bool = False,
+        failure_probe_s: float = 2.0,
     ) -> None:
         if not isinstance(model, nn.Module):
             raise TypeError(f"model: expected a torch.nn.Module, received {type(model).__name__}")
+        distributed = process_group is not None
+        if isinstance(model, DistributedDataParallel):
+            # Blocks are named after the wrapped module, so a checkpoint loads with or
+            # without DDP, at any world size.
+            if process_group is None:
+                process_group = model.process_group
+            distributed = True
+            model = model.module
         self.model = model
         self.method = ComputeMethod.parse(method)
         self._strategy = method_for(self.method)
@@ -189,6 +222,26 @@ class KFACPreconditioner:
             claimed.update(id(p) for p in block.params())
             self.blocks[name] = block
             self._handles.append(module.register_forward_hook(self._make_forward_hook(block)))
+
+        #: The distributed engine (None on one process).
+        self.distributed: DistributedKFAC | None = None
+        if distributed and dist.is_initialized() and dist.get_world_size(process_group) > 1:
+            for block in self.blocks.values():
+                if isinstance(block, LinearBlock):
+                    # .grad is the ranks' mean, never this rank's own gᵀā: the factored
+                    # product does not apply (and its probe must not decide differently on
+                    # different ranks).
+                    block.factored = False
+            self.distributed = DistributedKFAC(
+                self.blocks,
+                self.method,
+                process_group,
+                grad_worker_fraction=grad_worker_fraction,
+                factor_dtype=factor_dtype,
+                factor_codec=factor_codec,
+                colocate_factors=colocate_factors,
+                failure_probe_s=failure_probe_s,
+            )
 
     # ------------------------------------------------------------------------------------
     # hooks
@@ -313,6 +366,9 @@ class KFACPreconditioner:
 
     def precondition_grads(self, lr_of: Callable[[nn.Parameter], float]) -> None:
         """:meth:`step` with a learning rate per parameter (KFAC passes its param groups')."""
+        if self.distributed is not None:
+            self._precondition_distributed(self.distributed, lr_of)
+            return
         step = self.steps
         factor_due = self._factor_update_due(step)
         inverse_every = resolve_int(self.inv_update_steps, "inv_update_steps", step)
@@ -381,6 +437,114 @@ class KFACPreconditioner:
                 block.clear_records()
         self.steps += 1
 
+    def _precondition_distributed(
+        self, engine: DistributedKFAC, lr_of: Callable[[nn.Parameter], float]
+    ) -> None:
+        """:meth:`precondition_grads` across ranks (:mod:`codl.optim.distributed`).
+
+        Decisions that skip a layer depend only on what every rank holds alike (the averaged
+        ``.grad``, the averaged factors, the shared states), so the ranks never part ways: a
+        rank whose own new statistics are not finite keeps its factors as they were and adds
+        them to the average instead (with a warning), rather than dropping the layer.
+        """
+        step = self.steps
+        factor_due = self._factor_update_due(step)
+        inverse_every = resolve_int(self.inv_update_steps, "inv_update_steps", step)
+        inverse_due = step % inverse_every == 0
+        decay = resolve_float(self.factor_decay, "factor_decay", step, high=1.0 - 1e-12)
+        damping = self.damping
+        true_fisher = self.fisher == "true"
+        try:
+            ready: list[LayerBlock] = []
+            for block in self.blocks.values():
+                grads = block.param_grads()
+                if grads is None:
+                    continue
+                if not all(all_finite(g) for g in grads):
+                    self._skip(block, "its gradient holds NaN or Inf")
+                    continue
+                if factor_due and block.inputs:
+                    if true_fisher and not block.fisher_grads:
+                        raise RuntimeError(
+                            f"layer '{block.name}': fisher='true' needs "
+                            "sample_fisher(output) after the forward and before backward at "
+                            "factor-update steps"
+                        )
+                    if block.has_records(true_fisher) and not block.update_factors(
+                        decay, true_fisher, self.loss_reduction, self.max_factor_rows
+                    ):
+                        warnings.warn(
+                            f"K-FAC: layer '{block.name}': this rank's new factor statistics "
+                            "hold NaN or Inf; its factors enter the average unchanged",
+                            KFACWarning,
+                            stacklevel=3,
+                        )
+                if block.factors:
+                    ready.append(block)
+            if factor_due:
+                engine.reduce_factors(ready, step)
+            else:
+                engine.last_bytes = dict.fromkeys(("factors", "states", "gradients"), 0)
+
+            stale = [b for b in ready if inverse_due or b.name not in engine.refreshed]
+            kronecker = [b for b in stale if isinstance(b, KroneckerBlock)]
+            engine.refresh(
+                kronecker, self._strategy, damping, self.pi_damping, self.max_inverse_retries
+            )
+            for norm in stale:
+                if isinstance(norm, NormBlock):
+                    norm.refresh(damping)  # identical factors, closed form: the same everywhere
+                    engine.refreshed.add(norm.name)
+
+            results: dict[str, tuple[list[torch.Tensor], bool]] = {}
+            for block in ready:
+                local = not isinstance(block, KroneckerBlock) or (
+                    engine.assignment.is_grad_worker(block.name, engine.rank)
+                )
+                if not local:
+                    continue
+                if block.ready():
+                    results[block.name] = (
+                        block.precondition(damping, self._check_rtol(block)),
+                        True,
+                    )
+                else:
+                    results[block.name] = ([g.clone() for g in block.param_grads() or []], False)
+            engine.share_gradients(results, [b.name for b in ready])
+
+            kl_clip = (
+                None
+                if self.kl_clip is None
+                else resolve_float(self.kl_clip, "kl_clip", step, open_low=True)
+            )
+            vg_sum = 0.0
+            if kl_clip is not None:
+                for block in ready:  # the same values in the same order on every rank
+                    preconditioned, done = results[block.name]
+                    if not done:
+                        continue
+                    for p, v in zip(block.params(), preconditioned):
+                        assert p.grad is not None
+                        vg_sum += float(torch.vdot(v.reshape(-1), p.grad.reshape(-1))) * (
+                            lr_of(p) ** 2
+                        )
+            nu = 1.0
+            if kl_clip is not None and vg_sum != 0.0 and math.isfinite(vg_sum):
+                nu = min(1.0, math.sqrt(kl_clip / abs(vg_sum)))
+            for block in ready:
+                preconditioned, done = results[block.name]
+                if not done:
+                    continue
+                for p, v in zip(block.params(), preconditioned):
+                    assert p.grad is not None
+                    p.grad.copy_(v)
+                    if nu != 1.0:
+                        p.grad.mul_(nu)
+        finally:
+            for block in self.blocks.values():
+                block.clear_records()
+        self.steps += 1
+
     @staticmethod
     def _check_rtol(block: LayerBlock) -> float:
         params = block.params()
@@ -435,7 +599,21 @@ class KFACPreconditioner:
         The inverses are saved too: they come from the factors of the last inverse update,
         which later factor updates overwrite, so recomputing them on load would change the
         steps until the next inverse update. With them, a resumed run is bit-identical.
+
+        Distributed, it is the same on every rank and does not depend on the world size: the
+        states held by some ranks only (``grad_worker_fraction < 1``) are gathered first, so
+        every rank must call it.
         """
+        engine = self.distributed
+        if engine is not None:
+            engine.gather_states(self._strategy)
+        try:
+            return self._state_dict()
+        finally:
+            if engine is not None:
+                engine.drop_foreign_states()
+
+    def _state_dict(self) -> dict[str, Any]:
         return {
             "version": STATE_VERSION,
             "method": self.method.value,
@@ -493,3 +671,7 @@ class KFACPreconditioner:
         self.damping_value = None if value is None else float(value)
         self.generator.set_state(state["generator"])
         self._factor_step_cache = (-1, False)
+        engine = self.distributed
+        if engine is not None:
+            engine.refreshed = {name for name, block in self.blocks.items() if block.inverses}
+            engine.drop_foreign_states()
