@@ -7,6 +7,10 @@
 
 #if defined(__x86_64__) || defined(_M_X64)
 #include <cpuid.h>
+#if defined(__linux__)
+#include <sys/syscall.h>
+#include <unistd.h>
+#endif
 #define CODL_X86 1
 #elif defined(__aarch64__)
 #include <sys/auxv.h>
@@ -25,6 +29,17 @@ std::uint64_t read_xcr0() {
     __asm__ volatile("xgetbv" : "=a"(eax), "=d"(edx) : "c"(0));
     return (static_cast<std::uint64_t>(edx) << 32) | eax;
 }
+
+// Linux (5.16+) enables AMX tile data per process, on request: without it the first tile
+// instruction raises SIGILL even where XCR0 allows the state.
+bool request_amx_permission() {
+#if defined(__linux__) && defined(SYS_arch_prctl)
+    constexpr long kArchReqXcompPerm = 0x1023, kXfeatureXtiledata = 18;
+    return syscall(SYS_arch_prctl, kArchReqXcompPerm, kXfeatureXtiledata) == 0;
+#else
+    return false;
+#endif
+}
 #endif
 
 CpuFeatures detect() {
@@ -39,6 +54,7 @@ CpuFeatures detect() {
         const std::uint64_t xcr0 = read_xcr0();
         f.os_saves_ymm = (xcr0 & 0x6) == 0x6;               // SSE and AVX state
         f.os_saves_zmm = f.os_saves_ymm && (xcr0 & 0xE0) == 0xE0;  // opmask, ZMM0-15, ZMM16-31
+        f.os_saves_tiles = (xcr0 & 0x60000) == 0x60000;            // XTILECFG, XTILEDATA
     }
     if (__get_cpuid_count(7, 0, &eax, &ebx, &ecx, &edx)) {
         f.avx2 = (ebx >> 5) & 1;
@@ -47,7 +63,10 @@ CpuFeatures detect() {
         f.avx512bw = (ebx >> 30) & 1;
         f.avx512vl = (ebx >> 31) & 1;
         f.avx512vnni = (ecx >> 11) & 1;
+        f.amx_tile = (edx >> 24) & 1;
+        f.amx_int8 = (edx >> 25) & 1;
     }
+    if (f.amx_tile && f.amx_int8 && f.os_saves_tiles) f.amx_permitted = request_amx_permission();
 #elif defined(CODL_ARM64)
     f.arch = "aarch64";
     f.sve = (getauxval(AT_HWCAP) & HWCAP_SVE) != 0;
@@ -64,7 +83,8 @@ std::vector<std::string> CpuFeatures::names() const {
     const std::pair<bool, const char*> all[] = {
         {avx2, "avx2"},         {fma, "fma"},           {avx512f, "avx512f"},
         {avx512bw, "avx512bw"}, {avx512dq, "avx512dq"}, {avx512vl, "avx512vl"}, {avx512vnni, "avx512_vnni"},
-        {os_saves_ymm, "os_ymm"}, {os_saves_zmm, "os_zmm"}, {sve, "sve"}};
+        {os_saves_ymm, "os_ymm"}, {os_saves_zmm, "os_zmm"}, {amx_tile, "amx_tile"},
+        {amx_int8, "amx_int8"}, {os_saves_tiles && amx_permitted, "os_amx"}, {sve, "sve"}};
     for (const auto& [present, name] : all) {
         if (present) out.emplace_back(name);
     }

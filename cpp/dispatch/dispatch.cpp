@@ -9,13 +9,23 @@
 namespace codl {
 namespace {
 
-constexpr const char* kIsaNames[kNumIsaLevels] = {"scalar", "avx2", "avx512", "sve"};
+constexpr const char* kIsaNames[kNumIsaLevels] = {"scalar", "avx2", "avx512", "sve", "amx"};
 
 // The tables, generated from codl/kernel_families.def. The build defines CODL_VARIANT_<isa>_<family>
 // as 1 where cpp/kernels/.../<family>_<isa>.cpp exists and 0 where it does not; a family without
 // a variant for an ISA runs the reference there. This is the only place that falls back.
 #define CODL_FAMILY_OF_1(isa, name) &isa::name##_kernels
 #define CODL_FAMILY_OF_0(isa, name) &ref::name##_kernels
+// amx extends avx512: a family without an amx variant runs its avx512 one (whose own fallback is
+// the reference), since the amx level requires everything avx512 does.
+#define CODL_AMX_FALLBACK_1(name) &avx512::name##_kernels
+#define CODL_AMX_FALLBACK_0(name) &ref::name##_kernels
+#define CODL_AMX_FALLBACK_(built, name) CODL_AMX_FALLBACK_##built(name)
+#define CODL_AMX_FALLBACK(built, name) CODL_AMX_FALLBACK_(built, name)
+#define CODL_AMX_OF_1(name) &amx::name##_kernels
+#define CODL_AMX_OF_0(name) CODL_AMX_FALLBACK(CODL_VARIANT_avx512_##name, name)
+#define CODL_AMX_OF_(built, name) CODL_AMX_OF_##built(name)
+#define CODL_AMX_OF(built, name) CODL_AMX_OF_(built, name)
 #define CODL_FAMILY_OF_(built, isa, name) CODL_FAMILY_OF_##built(isa, name)
 #define CODL_FAMILY_OF(built, isa, name) CODL_FAMILY_OF_(built, isa, name)
 
@@ -38,6 +48,13 @@ const KernelTable kAvx512Table{
 #include "codl/kernel_families.def"
 };
 #endif
+#if CODL_HAVE_AMX
+const KernelTable kAmxTable{
+    IsaLevel::amx,
+#define CODL_KERNEL_FAMILY(name, Table) CODL_AMX_OF(CODL_VARIANT_amx_##name, name),
+#include "codl/kernel_families.def"
+};
+#endif
 #if CODL_HAVE_SVE
 const KernelTable kSveTable{
     IsaLevel::sve,
@@ -57,6 +74,9 @@ const KernelTable* table_of(IsaLevel isa) {
 #endif
 #if CODL_HAVE_SVE
         case IsaLevel::sve: return &kSveTable;
+#endif
+#if CODL_HAVE_AMX
+        case IsaLevel::amx: return &kAmxTable;
 #endif
         default: return nullptr;
     }
@@ -89,6 +109,13 @@ std::string missing_features(IsaLevel isa) {
             need(f.os_saves_zmm, "OS support for ZMM state");
             break;
         case IsaLevel::sve: need(f.sve, "sve"); break;
+        case IsaLevel::amx:
+            missing = missing_features(IsaLevel::avx512);
+            need(f.amx_tile, "amx_tile");
+            need(f.amx_int8, "amx_int8");
+            need(f.os_saves_tiles, "OS support for AMX tile state");
+            need(f.amx_permitted, "permission for AMX tile data (arch_prctl ARCH_REQ_XCOMP_PERM)");
+            break;
     }
     return missing;
 }
@@ -122,7 +149,7 @@ std::vector<IsaLevel> built_isas() {
 const KernelTable* kernel_table(IsaLevel isa) { return table_of(isa); }
 
 IsaLevel best_isa() {
-    for (IsaLevel isa : {IsaLevel::avx512, IsaLevel::avx2, IsaLevel::sve}) {
+    for (IsaLevel isa : {IsaLevel::amx, IsaLevel::avx512, IsaLevel::avx2, IsaLevel::sve}) {
         if (isa_built(isa) && cpu_supports(isa)) return isa;
     }
     return IsaLevel::scalar;
@@ -149,7 +176,7 @@ std::string select_isa_from_environment() {
     IsaLevel isa;
     if (!parse_isa(forced, &isa)) {
         return std::string("CODL_CPU_DISPATCH=") + forced +
-               " is not a dispatch level; expected one of scalar, avx2, avx512, sve";
+               " is not a dispatch level; expected one of scalar, avx2, avx512, sve, amx";
     }
     const std::string error = select_isa(isa);
     return error.empty() ? "" : "CODL_CPU_DISPATCH=" + std::string(forced) + ": " + error;

@@ -64,7 +64,7 @@ def using_threads(num_threads: int) -> Iterator[None]:
 
 
 def get_dispatch_level() -> str:
-    """The ISA whose kernels run now: ``scalar``, ``avx2``, ``avx512`` or ``sve``."""
+    """The ISA whose kernels run now: ``scalar``, ``avx2``, ``avx512``, ``amx`` or ``sve``."""
     return _C.get_dispatch()
 
 

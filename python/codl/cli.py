@@ -305,7 +305,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--dispatch",
         default=None,
         metavar="LEVEL",
-        help="run codl's kernels at this level (scalar, avx2, avx512, sve)",
+        help="run codl's kernels at this level (scalar, avx2, avx512, amx, sve)",
     )
     bench.add_argument(
         "--json",

@@ -123,6 +123,41 @@ TEST_CASE("dot_i8_t2 equals the reference and an int64 dot of the unpacked codes
     });
 }
 
+// The AMX kernel works in 16 x 16 tiles of (activation rows, weight rows) and 64-value K steps:
+// rows from 1 to 70 cross its forwarding threshold, whole and partial groups of 16 and a second
+// 64-row chunk; weight rows not a multiple of 16 leave tile columns empty. Weights and
+// activations sit at odd addresses in buffers of exactly their size (a read past them trips
+// ASan), and the outputs' stride leaves gaps that must stay untouched.
+TEST_CASE("dot_i8_t2 on tile-crossing shapes (rows 1..70, weight rows % 16 != 0) equals the reference") {
+    codl_test::for_each_isa([&](IsaLevel isa, const codl::KernelTable&) {
+        for (std::size_t kp : {128, 256, 640, 4096}) {
+            for (std::size_t rows : {1, 2, 3, 4, 5, 15, 16, 17, 31, 33, 48, 63, 64, 65, 70}) {
+                if (kp == 4096 && rows % 2 == 0 && rows != 64) continue;  // keeps the sanitizer run short
+                for (std::size_t w_rows : {1, 15, 16, 17, 40}) {
+                    const std::vector<std::uint8_t> packed = pack_rows(random_codes(w_rows * kp));
+                    std::vector<std::uint8_t> w_buffer(packed.size() + 1);
+                    std::copy(packed.begin(), packed.end(), w_buffer.begin() + 1);
+                    std::vector<std::int8_t> a_buffer(rows * kp + 1);
+                    std::int8_t* a = a_buffer.data() + 1;
+                    for (std::size_t i = 0; i < rows * kp; ++i) {
+                        a[i] = static_cast<std::int8_t>(static_cast<int>(rng()() % 256) - 128);
+                    }
+                    std::vector<std::int32_t> sums(rows, 0);
+                    for (std::size_t r = 0; r < rows; ++r) {
+                        for (std::size_t i = 0; i < kp; ++i) sums[r] += a[r * kp + i];
+                    }
+                    const std::size_t stride = w_rows + 3;
+                    std::vector<std::int32_t> got(rows * stride, -7), want(rows * stride, -7);
+                    ref().dot_i8_t2(a, rows, kp, sums.data(), packed.data(), w_rows, want.data(), stride);
+                    of(isa).dot_i8_t2(a, rows, kp, sums.data(), w_buffer.data() + 1, w_rows, got.data(), stride);
+                    CHECK_MSG(got == want, std::string(codl::isa_name(isa)) + " k=" + std::to_string(kp) +
+                                               " rows=" + std::to_string(rows) + " w_rows=" + std::to_string(w_rows));
+                }
+            }
+        }
+    });
+}
+
 TEST_CASE("ternary_linear_f32: same floats on every ISA and thread count, near a double reference") {
     const std::size_t m = 70, k = 300, n = 37;  // more rows than one activation tile
     const std::size_t kp = codl::ternary_padded_k(k);

@@ -16,7 +16,13 @@ if os.environ.get("CI"):
     settings.load_profile("ci")
 
 
-@pytest.fixture(params=list(_ops.native_info()["isas_runnable"]))  # type: ignore[call-overload]
+RUNNABLE_LEVELS: list[str] = list(_ops.native_info()["isas_runnable"])  # type: ignore[call-overload]
+# amx has its own kernels only in the ternary family (elsewhere it runs avx512's, already covered):
+# tests/python/ternary/conftest.py adds it there, so the suite does not grow by a level.
+LEVELS_WITH_OWN_KERNELS = [lvl for lvl in RUNNABLE_LEVELS if lvl != "amx"]
+
+
+@pytest.fixture(params=LEVELS_WITH_OWN_KERNELS)
 def level(request: pytest.FixtureRequest) -> Iterator[str]:
     """Runs the test once per dispatch level this CPU runs, restoring the level it found."""
     original = codl.get_dispatch_level()

@@ -26,8 +26,8 @@ from codl.kernels import reference as ref
 NATIVE = _ops.native_info()
 RUNNABLE: list[str] = list(NATIVE["isas_runnable"])  # type: ignore[call-overload]
 BUILT: list[str] = list(NATIVE["isas_built"])  # type: ignore[call-overload]
-NOT_RUNNABLE = [lvl for lvl in ("scalar", "avx2", "avx512", "sve") if lvl not in RUNNABLE]
-ACCEPTED = "scalar, avx2, avx512, sve"
+NOT_RUNNABLE = [lvl for lvl in ("scalar", "avx2", "avx512", "sve", "amx") if lvl not in RUNNABLE]
+ACCEPTED = "scalar, avx2, avx512, sve, amx"
 
 # Prints codl.info() and checks the kernels at the level it starts with against the reference.
 INFO_SCRIPT = """

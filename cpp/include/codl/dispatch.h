@@ -13,6 +13,10 @@ struct CpuFeatures {
     // x86: instruction set bits from cpuid, and whether the OS saves the registers (xgetbv).
     bool avx2 = false, fma = false, avx512f = false, avx512bw = false, avx512dq = false,
          avx512vl = false, avx512vnni = false, os_saves_ymm = false, os_saves_zmm = false;
+    // x86 AMX: the tile and int8 instructions (cpuid), the OS saving tile state (XCR0 bits 17
+    // and 18), and this process granted tile data (Linux arch_prctl(ARCH_REQ_XCOMP_PERM),
+    // requested once by cpu_features()).
+    bool amx_tile = false, amx_int8 = false, os_saves_tiles = false, amx_permitted = false;
     // Arm: HWCAP_SVE from getauxval, and the vector length in bits when present.
     bool sve = false;
     int sve_vector_bits = 0;

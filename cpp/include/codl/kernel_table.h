@@ -10,8 +10,10 @@
 
 namespace codl {
 
-enum class IsaLevel : int { scalar = 0, avx2 = 1, avx512 = 2, sve = 3 };
-constexpr int kNumIsaLevels = 4;
+// amx is avx512 plus Intel AMX tiles (amx_tile, amx_int8): a family without an amx variant runs
+// its avx512 one there (cpp/dispatch), not the reference.
+enum class IsaLevel : int { scalar = 0, avx2 = 1, avx512 = 2, sve = 3, amx = 4 };
+constexpr int kNumIsaLevels = 5;
 
 #define CODL_KERNEL_FAMILY(name, Table) struct Table;
 #include "codl/kernel_families.def"
@@ -40,6 +42,10 @@ namespace avx512 {
 namespace sve {
 #include "codl/kernel_families.def"
 int vector_bits();  // the SVE vector length this process runs with
+}
+#define CODL_KERNEL_FAMILY(name, Table) extern const Table name##_kernels;
+namespace amx {
+#include "codl/kernel_families.def"
 }
 
 }  // namespace codl
