@@ -161,3 +161,26 @@ def comm_topk_encode(
 def comm_topk_decode(
     payload: Buffer, out: Buffer, accumulate: bool, num_threads: int = 1
 ) -> None: ...
+def conv2d_i8(
+    x: Buffer,
+    input_layout: str,
+    shape: Sequence[int],
+    weight: Buffer,
+    weight_format: str,
+    out_channels: int,
+    kernel_size: Sequence[int],
+    stride: Sequence[int],
+    padding: Sequence[int],
+    dilation: Sequence[int],
+    weight_scale: Buffer,
+    bias: Buffer | None,
+    relu: bool,
+    out: Buffer,
+    output_layout: str,
+    input_scale: float,
+    output_scale: float,
+    num_threads: int = 1,
+) -> float: ...
+def maxpool2x2_i8_nhwc(
+    x: Buffer, shape: Sequence[int], out: Buffer, num_threads: int = 1
+) -> None: ...

@@ -626,3 +626,57 @@ def comm_topk_decode(payload: torch.Tensor, out: torch.Tensor, accumulate: bool)
     _C.comm_topk_decode(
         _payload(payload), _output(out, torch.float32), accumulate, get_num_threads()
     )
+
+
+# --- direct convolution (int8 activations, int8 or 2-bit ternary weights)
+
+_CONV_DTYPE = {"nchw": torch.float32, "nhwc": torch.float32, "int8_nhwc": torch.int8}
+
+
+def conv2d_i8(
+    x: torch.Tensor,
+    input_layout: str,
+    shape: tuple[int, int, int, int],
+    weight: torch.Tensor,
+    weight_format: str,
+    out_channels: int,
+    kernel_size: tuple[int, int],
+    stride: tuple[int, int],
+    padding: tuple[int, int],
+    dilation: tuple[int, int],
+    weight_scale: torch.Tensor,
+    bias: torch.Tensor | None,
+    relu: bool,
+    out: torch.Tensor,
+    output_layout: str,
+    input_scale: float,
+    output_scale: float,
+) -> float:
+    """Direct convolution (``codl/conv.h``); returns the activation scale it used."""
+    return _C.conv2d_i8(
+        as_buffer(x, "x", _CONV_DTYPE[input_layout]),
+        input_layout,
+        shape,
+        as_buffer(weight, "weight", torch.int8 if weight_format == "int8" else torch.uint8),
+        weight_format,
+        out_channels,
+        kernel_size,
+        stride,
+        padding,
+        dilation,
+        as_buffer(weight_scale, "weight_scale", torch.float32),
+        None if bias is None else as_buffer(bias, "bias", torch.float32),
+        relu,
+        _output(out, _CONV_DTYPE[output_layout]),
+        output_layout,
+        input_scale,
+        output_scale,
+        get_num_threads(),
+    )
+
+
+def maxpool2x2_i8_nhwc(x: torch.Tensor, out: torch.Tensor) -> None:
+    n, h, w, c = x.shape
+    _C.maxpool2x2_i8_nhwc(
+        as_buffer(x, "x", torch.int8), (n, h, w, c), _output(out, torch.int8), get_num_threads()
+    )

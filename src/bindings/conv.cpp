@@ -2,7 +2,7 @@
 // geometry), release the GIL, call the core.
 #include <pybind11/stl.h>
 
-#include <array>
+#include <vector>
 #include <optional>
 #include <string>
 
@@ -13,7 +13,15 @@
 namespace codl_bindings {
 namespace {
 
-using Pair = std::array<std::size_t, 2>;
+using Sizes = std::vector<std::size_t>;
+
+// Sequences of a fixed length (shape 4, the per-axis pairs 2).
+void require_length(const Sizes& values, std::size_t length, const char* name) {
+    if (values.size() != length) {
+        throw py::value_error(std::string(name) + ": expected " + std::to_string(length) + " values, received " +
+                              std::to_string(values.size()));
+    }
+}
 
 codl::ConvInput parse_input(const std::string& layout) {
     if (layout == "nchw") return codl::ConvInput::f32_nchw;
@@ -29,7 +37,8 @@ codl::ConvOutput parse_output(const std::string& layout) {
     throw py::value_error("output_layout: expected 'nchw', 'nhwc' or 'int8_nhwc', received '" + layout + "'");
 }
 
-void require_positive(const Pair& pair, const char* name) {
+void require_positive(const Sizes& pair, const char* name) {
+    require_length(pair, 2, name);
     if (pair[0] == 0 || pair[1] == 0) {
         throw py::value_error(std::string(name) + ": expected positive values, received (" +
                               std::to_string(pair[0]) + ", " + std::to_string(pair[1]) + ")");
@@ -41,9 +50,9 @@ void require_positive(const Pair& pair, const char* name) {
 void register_conv(py::module_& m) {
     m.def(
         "conv2d_i8",
-        [](const py::buffer& x, const std::string& input_layout, const std::array<std::size_t, 4>& shape,
+        [](const py::buffer& x, const std::string& input_layout, const Sizes& shape,
            const py::buffer& weight, const std::string& weight_format, std::size_t out_channels,
-           const Pair& kernel_size, const Pair& stride, const Pair& padding, const Pair& dilation,
+           const Sizes& kernel_size, const Sizes& stride, const Sizes& padding, const Sizes& dilation,
            const py::buffer& weight_scale, const std::optional<py::buffer>& bias, bool relu,
            const py::buffer& out, const std::string& output_layout, float input_scale, float output_scale,
            int num_threads) {
@@ -57,6 +66,8 @@ void register_conv(py::module_& m) {
             } else {
                 throw py::value_error("weight_format: expected 'int8' or 'ternary2', received '" + weight_format + "'");
             }
+            require_length(shape, 4, "shape");
+            require_length(padding, 2, "padding");
             require_positive(kernel_size, "kernel_size");
             require_positive(stride, "stride");
             require_positive(dilation, "dilation");
@@ -142,7 +153,8 @@ void register_conv(py::module_& m) {
         "returns the activation scale used.");
     m.def(
         "maxpool2x2_i8_nhwc",
-        [](const py::buffer& x, const std::array<std::size_t, 4>& shape, const py::buffer& out, int num_threads) {
+        [](const py::buffer& x, const Sizes& shape, const py::buffer& out, int num_threads) {
+            require_length(shape, 4, "shape");
             const Buffer input = checked_buffer(x, "x", 'b', false);
             const Buffer result = checked_buffer(out, "out", 'b', true);
             const std::size_t n = shape[0], h = shape[1], w = shape[2], c = shape[3];
