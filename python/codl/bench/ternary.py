@@ -4,7 +4,10 @@ only, the float-activation kernel (``codl::ternary_linear_f32act``) and the base
 kernel (``codl::ternary_linear_base3``) against torch float32 at the same batches.
 
 Hot cache: the same weight every call. Cold cache: calls rotate through enough copies of the
-weight to overflow the last-level cache, so every call reads its weight from memory.
+weight to overflow the last-level cache, so every call reads its weight from memory. At batch 1
+the notes give the weight bytes read per second against the read-only bandwidth measured in the
+same run (``torch.sum`` of 1 GiB) and against a copy's. The dispatch level is the process's
+(``CODL_CPU_DISPATCH=avx512`` or ``amx`` compares the two).
 """
 
 from __future__ import annotations
@@ -50,6 +53,20 @@ def memory_bandwidth_bytes_per_s(megabytes: int = 256) -> float:
         target.copy_(source)
         best = min(best, time.perf_counter() - start)
     return 2 * source.numel() * 4 / best
+
+
+def read_bandwidth_bytes_per_s(megabytes: int = 1024) -> float:
+    """Read-only bandwidth (bytes read per second, best of 5) of ``torch.sum`` over a float32
+    buffer of ``megabytes`` MiB, at torch's thread count: the floor of a batch-1 layer, which
+    only reads its weight (a copy also writes, so its bandwidth is a different bound)."""
+    source = torch.ones(megabytes << 18)
+    source.sum()
+    best = float("inf")
+    for _ in range(5):
+        start = time.perf_counter()
+        source.sum()
+        best = min(best, time.perf_counter() - start)
+    return source.numel() * 4 / best
 
 
 def copies_to_overflow(bytes_each: int) -> int:
@@ -191,6 +208,7 @@ def run(*, size: int | None, repeat: int, threads: int, progress: bool) -> list[
     ).nbytes()
     errors = accuracy_notes(side)
     bandwidth = memory_bandwidth_bytes_per_s()
+    read_bandwidth = read_bandwidth_bytes_per_s()
     noted = []
     for result in results:
         notes: dict[str, float] = {}
@@ -212,6 +230,8 @@ def run(*, size: int | None, repeat: int, threads: int, progress: bool) -> list[
                 "weight_GB_per_s": round(achieved / 1e9, 2),
                 "copy_GB_per_s": round(bandwidth / 1e9, 2),
                 "fraction_of_copy_bandwidth": round(achieved / bandwidth, 2),
+                "read_GB_per_s": round(read_bandwidth / 1e9, 2),
+                "fraction_of_read_bandwidth": round(achieved / read_bandwidth, 2),
             }
         noted.append(replace(result, notes=notes))
     return noted

@@ -44,6 +44,9 @@ bool quantize_row_i8(const float* x, std::size_t k, std::size_t k_padded, std::i
     return true;
 }
 
+// How far ahead the batch-1 tile prefetches each weight row: 16 blocks = 512 bytes, 8 lines.
+constexpr std::size_t kPrefetchBlocks = 16;
+
 // R activation rows x C weight rows, two accumulators each (one per plane pair) so that
 // consecutive vpdpbusd do not wait on each other's latency.
 template <int R, int C>
@@ -56,6 +59,19 @@ void dot_tile(const std::int8_t* a, std::size_t k_padded, const std::int32_t* a_
         for (int c = 0; c < C; ++c) acc01[r][c] = acc23[r][c] = _mm512_setzero_si512();
     }
     for (std::size_t block = 0; block < k_padded / kTernary2BlockValues; ++block) {
+        if constexpr (R == 1) {
+            // Batch 1 streams C weight rows 1 KiB or more apart, read nowhere else: the hardware
+            // prefetcher follows so many streams only after a ramp-up per 4 KiB page, so ask
+            // for each row's line kPrefetchBlocks ahead, once per 64-byte line (2 blocks).
+            // A prefetch past a row's end never faults, and reads no byte the result uses.
+            if (block % 2 == 0) {
+                for (int c = 0; c < C; ++c) {
+                    _mm_prefetch(reinterpret_cast<const char*>(w + c * row_bytes +
+                                                               (block + kPrefetchBlocks) * kTernaryBlockBytes),
+                                 _MM_HINT_T0);
+                }
+            }
+        }
         __m512i planes01[C], planes23[C];
         for (int c = 0; c < C; ++c) {
             const __m512i packed = _mm512_broadcast_i64x4(_mm256_loadu_si256(
