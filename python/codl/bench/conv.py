@@ -72,19 +72,23 @@ def _candidates(layer: Layer, batch: int) -> dict[str, Callable[[], torch.Tensor
     }
 
 
-def run(threads: Sequence[int] = (1, 2), batches: Sequence[int] = (1, 64), repeat: int = 15) -> None:
-    print(f"{'layer':<14} {'batch':>5} {'thr':>3}  {'direct ms':>16} {'frozen ms':>16} "
-          f"{'torch fp32 ms':>16}  {'vs frozen':>9} {'vs torch':>8}  load")
+def run(
+    threads: Sequence[int] = (1, 2), batches: Sequence[int] = (1, 64), repeat: int = 15
+) -> None:
+    print(
+        f"{'layer':<14} {'batch':>5} {'thr':>3}  {'direct ms':>16} {'frozen ms':>16} "
+        f"{'torch fp32 ms':>16}  {'vs frozen':>9} {'vs torch':>8}  load"
+    )
     for layer in LAYERS:
         for batch in batches:
             fns = _candidates(layer, batch)
             for count in threads:
                 with _ops.using_threads(count), torch.no_grad():
-                    timings: dict[str, Timing] = {name: measure(fn, repeat) for name, fn in fns.items()}
+                    timings: dict[str, Timing] = {
+                        name: measure(fn, repeat) for name, fn in fns.items()
+                    }
                 direct = timings["direct"].median_ms
-                cells = "".join(
-                    f" {t.median_ms:9.4f} ±{t.iqr_ms:6.4f}" for t in timings.values()
-                )
+                cells = "".join(f" {t.median_ms:9.4f} ±{t.iqr_ms:6.4f}" for t in timings.values())
                 print(
                     f"{layer.name:<14} {batch:>5} {count:>3} {cells}  "
                     f"{timings['frozen'].median_ms / direct:8.2f}x "
