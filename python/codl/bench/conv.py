@@ -51,6 +51,7 @@ def _candidates(layer: Layer, batch: int) -> dict[str, Callable[[], torch.Tensor
     ternary = float_layer.ternary_weight()
     codes = ternary.codes.to(torch.int8)
     scale = ternary.scale.to(torch.float32).expand(layer.out_channels).contiguous()
+    assert float_layer.bias is not None  # nn.Conv2d has a bias by default
     bias = float_layer.bias.detach().to(torch.float32).contiguous()
     weight = cv.pack_conv_weight(codes, "ternary2")
     dense = (codes.float() * scale[:, None, None, None]).contiguous()
