@@ -5,6 +5,7 @@
 #include <climits>
 #include <cstring>
 #include <memory>
+#include <vector>
 
 #include "codl/codl_format.h"
 #include "codl/pack.h"
@@ -166,6 +167,99 @@ void advise_huge_pages([[maybe_unused]] void* data, [[maybe_unused]] std::size_t
 
 bool multiply_overflows(std::uint64_t a, std::uint64_t b, std::uint64_t* product) {
     return __builtin_mul_overflow(a, b, product);
+}
+
+// ---- dense shuffled floats straight from the file -----------------------------------------
+// codl's writer stores the byte planes that do not compress (the low mantissa bytes) as DEFLATE
+// stored blocks at the start of the values stream, then the compressible planes as one
+// compressed run that refers to nothing before it. Inflating the stored blocks is a copy into a
+// scratch buffer the size of the tensor (page faults, then a second pass to unshuffle it). This
+// path unshuffles the stored bytes from the file itself, inflates only the compressed tail into
+// a scratch of its own size, and unshuffles both into the output in cache-sized chunks.
+//
+// It is an optimisation, never a second parser with its own verdicts: it takes only streams
+// whose every piece checks out (stored blocks with LEN == ~NLEN inside the stream and inside
+// raw_size, a tail that inflates alone to exactly the remaining bytes using every input byte);
+// anything else (a tail that refers back into the stored bytes, a corrupt stream) returns false
+// and the caller decodes the ordinary way, which reports the error.
+struct Segment {
+    std::size_t raw_offset;  // where its bytes sit in the inflated stream
+    const std::uint8_t* data;
+    std::size_t size;
+};
+
+bool leading_stored_blocks(const std::uint8_t* in, std::size_t n, std::size_t raw_size, std::vector<Segment>* segments,
+                           std::size_t* consumed, std::size_t* produced, bool* final) {
+    std::size_t pos = 0, raw = 0;
+    *final = false;
+    while (pos < n) {
+        const std::uint8_t head = in[pos];
+        if (head & 6) break;  // BTYPE != 00: the first compressed block, byte-aligned
+        if (n - pos < 5) return false;
+        const std::size_t len = in[pos + 1] | std::size_t{in[pos + 2]} << 8;
+        const std::size_t nlen = in[pos + 3] | std::size_t{in[pos + 4]} << 8;
+        if ((len ^ nlen) != 0xFFFF || n - pos - 5 < len || raw_size - raw < len) return false;
+        if (len) segments->push_back({raw, in + pos + 5, len});
+        raw += len;
+        pos += 5 + len;
+        if (head & 1) {
+            *final = true;
+            break;
+        }
+    }
+    *consumed = pos;
+    *produced = raw;
+    return true;
+}
+
+// Copies raw bytes [offset, offset + size) of the segmented stream to dst; *cursor remembers
+// the segment of the last call (reads advance).
+void copy_raw(const std::vector<Segment>& segments, std::size_t* cursor, std::size_t offset, std::size_t size,
+              std::uint8_t* dst) {
+    std::size_t k = *cursor;
+    while (segments[k].raw_offset + segments[k].size <= offset) ++k;
+    *cursor = k;
+    while (size) {
+        const Segment& seg = segments[k];
+        const std::size_t skip = offset - seg.raw_offset;
+        const std::size_t take = std::min(size, seg.size - skip);
+        std::memcpy(dst, seg.data + skip, take);
+        dst += take;
+        offset += take;
+        size -= take;
+        ++k;
+    }
+}
+
+bool decode_shuffled_from_file(const Stream& s, std::size_t count, std::size_t itemsize, std::uint8_t* out,
+                               Backend backend) {
+    std::vector<Segment> segments;
+    std::size_t consumed = 0, produced = 0;
+    bool final = false;
+    if (!leading_stored_blocks(s.data, s.size, s.raw_size, &segments, &consumed, &produced, &final)) return false;
+    if (segments.empty() && !final) return false;  // nothing stored: the ordinary path is as good
+    std::unique_ptr<std::uint8_t[]> tail;
+    if (final) {
+        if (consumed != s.size || produced != s.raw_size) return false;
+    } else {
+        const std::size_t rest = s.raw_size - produced;
+        if (rest == 0) return false;  // a compressed block producing nothing: not codl's layout
+        tail = scratch(rest);
+        if (inflate_raw(s.data + consumed, s.size - consumed, tail.get(), rest, backend) != Status::ok) return false;
+        segments.push_back({produced, tail.get(), rest});
+    }
+    // Chunks of elements small enough that their planes stay in L1/L2 while they are unshuffled.
+    constexpr std::size_t kChunk = 8192;
+    std::unique_ptr<std::uint8_t[]> planes(new std::uint8_t[kChunk * itemsize]);
+    std::vector<std::size_t> cursors(itemsize, 0);
+    for (std::size_t first = 0; first < count; first += kChunk) {
+        const std::size_t m = std::min(kChunk, count - first);
+        for (std::size_t b = 0; b < itemsize; ++b) {
+            copy_raw(segments, &cursors[b], b * count + first, m, planes.get() + b * m);
+        }
+        unshuffle_bytes(planes.get(), m, itemsize, out + first * itemsize);
+    }
+    return true;
 }
 
 }  // namespace
@@ -334,13 +428,15 @@ Status decode_tensor(const TensorRecord& r, void* out, Field* failed, Backend ba
         const std::uint8_t* data = nullptr;
         std::unique_ptr<std::uint8_t[]> owned;
     };
+    bool values_crc_checked = false;  // set by the shuffled fast path below
     auto inflate_stream = [&](const Stream& s, Field field, Inflated* result, std::uint8_t* destination) -> Status {
         if (!r.compressed) {
             if (s.size != s.raw_size) return fail(field, Status::size_mismatch);
             result->data = s.data;
             return Status::ok;
         }
-        if (crc32(s.data, s.size) != s.crc32) return fail(field, Status::crc_mismatch);
+        const bool checked = values_crc_checked && &s == &r.values;
+        if (!checked && crc32(s.data, s.size) != s.crc32) return fail(field, Status::crc_mismatch);
         if (destination == nullptr) {
             result->owned = scratch(s.raw_size);
             destination = result->owned.get();
@@ -359,6 +455,15 @@ Status decode_tensor(const TensorRecord& r, void* out, Field* failed, Backend ba
     if (r.encoding != Encoding::raw &&
         (status = inflate_stream(r.table, Field::table, &table, nullptr)) != Status::ok) {
         return status;
+    }
+    // Dense shuffled floats: the stored planes are unshuffled from the file, only the
+    // compressed tail is inflated (falls through to the ordinary path if that does not apply).
+    if (r.encoding == Encoding::raw && !r.sparse && r.shuffle && r.itemsize > 1 && r.compressed && r.count > 0) {
+        if (crc32(r.values.data, r.values.size) != r.values.crc32) return fail(Field::values, Status::crc_mismatch);
+        values_crc_checked = true;
+        if (decode_shuffled_from_file(r.values, r.count, r.itemsize, static_cast<std::uint8_t*>(out), backend)) {
+            return Status::ok;
+        }
     }
     // Dense raw values without a shuffle inflate straight into the output.
     const bool direct = r.encoding == Encoding::raw && !r.sparse && !r.shuffle && r.compressed;
