@@ -369,7 +369,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="per-tensor plan (JSON: name or glob -> {prune, bits, method} or null), e.g. from "
         "codl.search.compression_plan; replaces --prune/--bits/--method",
     )
-    compress.add_argument("--level", type=int, default=9, help="DEFLATE level, 0-12 (default 9)")
+    compress.add_argument(
+        "--level",
+        type=int,
+        default=3,
+        help="DEFLATE level, 0-12 (default 3): higher is a little smaller and several times "
+        "slower to write (docs/format.md has a size/speed table); reading speed barely changes",
+    )
     compress.set_defaults(run=_cmd_compress)
 
     inspect = sub.add_parser(

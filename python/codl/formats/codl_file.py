@@ -174,14 +174,44 @@ def _header_entry(t: EncodedTensor, offsets: dict[str, int]) -> dict[str, Any]:
     }
 
 
+#: Input size below which :func:`encode_state_dict` encodes on the calling thread alone.
+_PARALLEL_SAVE_MIN_BYTES = 1 << 20
+
+
+def _encode_all(
+    tensors: dict[str, torch.Tensor],
+    specs: Mapping[str, Any],
+    level: int,
+    threads: int,
+) -> list[tuple[str, EncodedTensor]]:
+    """Every tensor encoded, in state_dict order. Tensors are independent: with ``threads`` > 1
+    they are encoded on a pool, largest first (the core's DEFLATE and the torch ops of the
+    quantizers release the GIL), so one big embedding does not finish last alone."""
+    names = list(tensors)
+    total = sum(t.numel() * t.element_size() for t in tensors.values())
+
+    def one(name: str) -> EncodedTensor:
+        return encode(name, tensors[name], specs[name], level=level)
+
+    if threads <= 1 or len(names) <= 1 or total < _PARALLEL_SAVE_MIN_BYTES:
+        return [(name, one(name)) for name in names]
+    order = sorted(names, key=lambda n: -tensors[n].numel() * tensors[n].element_size())
+    with ThreadPoolExecutor(max_workers=threads) as pool:
+        done = dict(zip(order, pool.map(one, order), strict=True))
+    return [(name, done[name]) for name in names]
+
+
 def encode_state_dict(
     model_or_state_dict: nn.Module | Mapping[str, torch.Tensor],
     plan: Plan | None = None,
     *,
     level: int = codec.DEFAULT_LEVEL,
     metadata: Mapping[str, str] | None = None,
+    num_threads: int | None = None,
 ) -> tuple[bytes, dict[str, torch.Tensor]]:
-    """The bytes of a ``.codl`` file and the state_dict a reader will get back from it."""
+    """The bytes of a ``.codl`` file and the state_dict a reader will get back from it.
+    Tensors are encoded on ``num_threads`` threads (default :func:`codl.get_num_threads`); the
+    bytes do not depend on it."""
     if isinstance(level, bool) or not isinstance(level, int) or not 0 <= level <= 12:
         raise ValueError(f"level: expected an int from 0 to 12, received {level!r}")
     if sys.byteorder != "little":
@@ -195,10 +225,12 @@ def encode_state_dict(
         if not isinstance(key, str) or not isinstance(value, str):
             raise TypeError(f"metadata: expected str keys and values, received {key!r}: {value!r}")
         meta[key] = value
+    threads = _ops.get_num_threads() if num_threads is None else num_threads
+    if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
+        raise ValueError(f"num_threads: expected a positive int or None, received {threads!r}")
     entries, chunks, previews = [], [], {}
     offset = 0
-    for name, tensor in tensors.items():
-        encoded = encode(name, tensor, specs[name], level=level)
+    for name, encoded in _encode_all(tensors, specs, level, threads):
         offsets = {}
         for role, stream in encoded.streams.items():
             offsets[role] = offset
@@ -236,15 +268,21 @@ def save(
     *,
     level: int = codec.DEFAULT_LEVEL,
     metadata: Mapping[str, str] | None = None,
+    num_threads: int | None = None,
 ) -> None:
     """Write a model's state_dict (or a dict of tensors) as a ``.codl`` file.
 
     Without ``plan`` every tensor is stored losslessly (DEFLATE of its bytes, floats byte-plane
     shuffled first). A ``plan`` (see :mod:`codl.formats.spec`) prunes and quantizes the tensors
     it names; :func:`load` then returns exactly :func:`codl.formats.decode_preview`'s values.
-    ``level`` is the DEFLATE level (0-12; zlib stops at 9); ``metadata`` is stored as strings.
+    ``level`` is the DEFLATE level (0-12; zlib stops at 9): lower is faster to write and a
+    little larger (docs/format.md has a size/speed table; reading speed barely depends on it).
+    ``metadata`` is stored as strings. Tensors are encoded in parallel on ``num_threads``
+    threads (default :func:`codl.get_num_threads`); the file does not depend on it.
     """
-    data, _ = encode_state_dict(model_or_state_dict, plan, level=level, metadata=metadata)
+    data, _ = encode_state_dict(
+        model_or_state_dict, plan, level=level, metadata=metadata, num_threads=num_threads
+    )
     target = Path(path)
     partial = target.with_name(target.name + ".partial")
     partial.write_bytes(data)

@@ -115,7 +115,9 @@ def quantize(tensor: torch.Tensor, spec: CompressionSpec | None, name: str = "te
         codes, scales = linear_quantize(masked, spec.bits, axis=0)
         preview = linear_dequantize(codes, scales, axis=0).to(dtype)
         offset = 1 << (spec.bits - 1)
-        values = (kept(codes.reshape(-1)).to(torch.int16) + offset).to(torch.uint8)
+        # code + 2^(bits-1) lies in [1, 2^bits - 1]: adding it to the int8 code's byte, modulo
+        # 256, gives it in one pass.
+        values = kept(codes.reshape(-1)).view(torch.uint8) + offset
         return Quantized("linear", values, preview, spec.bits, positions, scales.contiguous())
     # ternary: TWN codes per row; pruned entries are zero before ternarizing, so they stay 0.
     masked = weight if mask is None else weight * mask
