@@ -35,11 +35,17 @@ Scratch& scratch() {
 
 std::uint8_t shifted(int q) { return static_cast<std::uint8_t>(q + 128); }
 
-// q = nearbyint(x * inverse) clamped to [-127, 127]: half to even, as quantize_row_i8.
+// q = nearbyint(x * inverse) clamped to [-127, 127]: half to even, as quantize_row_i8. Adding
+// and subtracting 1.5 * 2^23 rounds a float of magnitude below 2^22 to an integer in the
+// current rounding mode (nearest even, as nearbyint), without the libm call nearbyint costs
+// at baseline x86-64 flags (it was most of the time of small layers).
 int quantize(float x, float inverse) {
     const float scaled = x * inverse;
-    const float clamped = scaled > 127.0f ? 127.0f : (scaled < -127.0f ? -127.0f : scaled);
-    return static_cast<int>(std::nearbyint(clamped));
+    // std::max(-127, NaN) is -127 (NaN from a NaN bias): never an undefined cast. Branch-free,
+    // so the loops over channels vectorize.
+    const float clamped = std::min(127.0f, std::max(-127.0f, scaled));
+    // Without -ffast-math the compiler keeps both roundings (IEEE semantics).
+    return static_cast<int>((clamped + 12582912.0f) - 12582912.0f);
 }
 
 // Fills s.image with the padded, shifted activations; false if a float input is not finite.
@@ -119,6 +125,39 @@ void run_rows(const ConvGeometry& g, const std::uint8_t* image, const std::int8_
     }
 }
 
+// y[i] = acc[i * stride] * mult[i] + bias[i] (bias may be null), then max(y, 0) with relu,
+// for i < n: the stated epilogue, with the branches outside the loop and every pointer a
+// restrict local (int8 stores alias everything, which otherwise reloads them per element).
+void epilogue(const std::int32_t* __restrict acc, std::size_t stride, const float* __restrict mult,
+              const float* __restrict bias, bool relu, std::size_t n, float* __restrict y) {
+    if (bias) {
+        for (std::size_t i = 0; i < n; ++i) y[i] = static_cast<float>(acc[i * stride]) * mult[i] + bias[i];
+    } else {
+        for (std::size_t i = 0; i < n; ++i) y[i] = static_cast<float>(acc[i * stride]) * mult[i];
+    }
+    if (relu) {
+        for (std::size_t i = 0; i < n; ++i) y[i] = std::max(y[i], 0.0f);
+    }
+}
+
+// The same for one output channel along a row: y[i] = acc[i * stride] * mult + bias[0].
+void epilogue_column(const std::int32_t* __restrict acc, std::size_t stride, float mult,
+                     const float* bias, bool relu, std::size_t n, float* __restrict y) {
+    if (bias) {
+        const float b = *bias;
+        for (std::size_t i = 0; i < n; ++i) y[i] = static_cast<float>(acc[i * stride]) * mult + b;
+    } else {
+        for (std::size_t i = 0; i < n; ++i) y[i] = static_cast<float>(acc[i * stride]) * mult;
+    }
+    if (relu) {
+        for (std::size_t i = 0; i < n; ++i) y[i] = std::max(y[i], 0.0f);
+    }
+}
+
+void requantize(const float* __restrict y, std::size_t n, float inverse, std::int8_t* __restrict q) {
+    for (std::size_t i = 0; i < n; ++i) q[i] = static_cast<std::int8_t>(quantize(y[i], inverse));
+}
+
 std::size_t min_rows(const ConvGeometry& g) {
     const std::size_t per_row = std::max<std::size_t>(g.out_w() * g.out_c_padded() * g.reduction(), 1);
     return std::max<std::size_t>(1, kMinMacsPerThread / per_row);
@@ -183,32 +222,30 @@ ConvStatus conv2d(const ConvArgs& a, int num_threads) {
     const bool relu = a.relu;
     const std::size_t oh_count = g.out_h(), ow_count = g.out_w(), out_c = g.out_c;
     const float inverse_out = a.output == ConvOutput::i8_nhwc ? 1.0f / a.output_scale : 0.0f;
-    auto value = [=](std::int32_t total, std::size_t co) {
-        float y = static_cast<float>(total) * mult[co];
-        if (bias) y += bias[co];
-        return relu ? std::max(y, 0.0f) : y;
-    };
     const std::uint8_t* image = s.image.data();
     const std::int8_t* blocked = s.blocked.data();
     const std::int32_t* sums = s.w_sums.data();
     const ConvOutput output = a.output;
     void* out = a.out;
     parallel_for(a.batch * oh_count, 1, min_rows(g), num_threads, [&](std::size_t begin, std::size_t end) {
+        std::vector<float> row(out_c);
+        float* values = row.data();
         run_rows(g, image, blocked, sums, begin, end, [&](std::size_t n, std::size_t oh, const std::int32_t* acc) {
+            if (output == ConvOutput::f32_nchw) {
+                // Channel by channel, so that each writes one contiguous run of the output row.
+                for (std::size_t co = 0; co < out_c; ++co) {
+                    float* y = static_cast<float*>(out) + ((n * out_c + co) * oh_count + oh) * ow_count;
+                    epilogue_column(acc + co, co_pad, mult[co], bias ? bias + co : nullptr, relu, ow_count, y);
+                }
+                return;
+            }
             for (std::size_t ow = 0; ow < ow_count; ++ow) {
-                const std::int32_t* pixel = acc + ow * co_pad;
                 const std::size_t at = (n * oh_count + oh) * ow_count + ow;
                 if (output == ConvOutput::f32_nhwc) {
-                    float* y = static_cast<float*>(out) + at * out_c;
-                    for (std::size_t co = 0; co < out_c; ++co) y[co] = value(pixel[co], co);
-                } else if (output == ConvOutput::i8_nhwc) {
-                    std::int8_t* y = static_cast<std::int8_t*>(out) + at * out_c;
-                    for (std::size_t co = 0; co < out_c; ++co) {
-                        y[co] = static_cast<std::int8_t>(quantize(value(pixel[co], co), inverse_out));
-                    }
+                    epilogue(acc + ow * co_pad, 1, mult, bias, relu, out_c, static_cast<float*>(out) + at * out_c);
                 } else {
-                    float* y = static_cast<float*>(out) + n * out_c * oh_count * ow_count + oh * ow_count + ow;
-                    for (std::size_t co = 0; co < out_c; ++co) y[co * oh_count * ow_count] = value(pixel[co], co);
+                    epilogue(acc + ow * co_pad, 1, mult, bias, relu, out_c, values);
+                    requantize(values, out_c, inverse_out, static_cast<std::int8_t*>(out) + at * out_c);
                 }
             }
         });

@@ -324,6 +324,38 @@ TEST_CASE("conv2d: int8 NHWC input chains, float NHWC input matches NCHW, bad in
     CHECK(codl::conv2d(a) == codl::ConvStatus::invalid_ternary_code);
 }
 
+TEST_CASE("conv2d: quantization rounds half to even and clamps, on input and requantized output") {
+    // A 1x1 convolution with weight 1 and scales 1 passes the quantized input through.
+    const ConvGeometry g = geometry(1, 1, 9, 1, 1, 1, 0, 1);
+    const std::vector<float> x = {0.5f, 1.5f, 2.5f, -0.5f, -2.5f, 126.5f, 200.0f, -300.0f, 3.49f};
+    const std::vector<float> expected = {0, 2, 2, 0, -2, 126, 127, -127, 3};
+    const std::vector<std::int8_t> w = {1, 0, 0, 0};
+    const float one = 1.0f;
+    codl::ConvArgs a;
+    a.g = g;
+    a.x = x.data();
+    a.input = codl::ConvInput::f32_nhwc;
+    a.input_scale = 1.0f;
+    a.w = w.data();
+    a.w_scale = &one;
+    std::vector<float> y(9);
+    a.output = codl::ConvOutput::f32_nhwc;
+    a.out = y.data();
+    CHECK(codl::conv2d(a) == codl::ConvStatus::ok);
+    CHECK(y == expected);
+    // Requantizing with scale 0.5 doubles: 2 * (k + 0.5) never ties, so use a bias of 0.25.
+    const float bias = 0.25f;
+    a.bias = &bias;
+    a.output = codl::ConvOutput::i8_nhwc;
+    a.output_scale = 0.5f;
+    std::vector<std::int8_t> q(9);
+    a.out = q.data();
+    CHECK(codl::conv2d(a) == codl::ConvStatus::ok);
+    // (v + 0.25) * 2: 0.5 -> 0, 4.5 -> 4, 4.5 -> 4, 0.5 -> 0, -3.5 -> -4, 253 -> 127, 254.5 -> 127, clamp, 6.5 -> 6
+    const std::vector<std::int8_t> expected_q = {0, 4, 4, 0, -4, 127, 127, -127, 6};
+    CHECK(q == expected_q);
+}
+
 TEST_CASE("maxpool2x2_i8_nhwc takes the maximum of each window, odd sizes floored, any thread count") {
     for (std::size_t h : {1, 2, 5, 28}) {
         for (std::size_t w : {2, 3, 14}) {
