@@ -25,6 +25,21 @@ def unpack_ternary2(packed: Buffer, out: Buffer, num_threads: int = 1) -> None: 
 def pack_ternary3(codes: Buffer, out: Buffer, num_threads: int = 1) -> None: ...
 def unpack_ternary3(packed: Buffer, out: Buffer, num_threads: int = 1) -> None: ...
 def first_invalid_ternary2_row(packed: Buffer, rows: int, num_threads: int = 1) -> int: ...
+def first_invalid_sparse_row(
+    row_ptr: Buffer, cols: Buffer, values: Buffer, in_features: int, out_features: int
+) -> int: ...
+def sparse_linear_f32(
+    x: Buffer,
+    rows: int,
+    in_features: int,
+    row_ptr: Buffer,
+    cols: Buffer,
+    values: Buffer,
+    scale: Buffer,
+    bias: Buffer | None,
+    out: Buffer,
+    num_threads: int = 1,
+) -> None: ...
 def ternary_linear_f32(
     x: Buffer,
     rows: int,

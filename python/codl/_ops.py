@@ -283,6 +283,77 @@ def ternary_linear_f32act(
     _ternary_linear(_C.ternary_linear_f32act, x, packed, alpha, bias, out)
 
 
+# --- sparse linear (1x4 blocks: int32 row pointers, uint16 block columns, int8 values)
+_VALID_SPARSE: dict[int, tuple[weakref.ref[torch.Tensor], tuple[object, ...]]] = {}
+
+
+def check_sparse_blocks(
+    row_ptr: torch.Tensor,
+    cols: torch.Tensor,
+    values: torch.Tensor,
+    in_features: int,
+    out_features: int,
+) -> None:
+    """Raise ``ValueError`` naming the first output row whose row pointers are not monotone
+    from 0 to the block count or whose block columns reach past ``in_features``. One pass the
+    first time these tensors are seen and after each in-place write to them; then a lookup.
+    (The kernels clamp bad indices, so an unchecked call reads no memory out of bounds.)"""
+    stamp = (
+        row_ptr.data_ptr(), row_ptr._version, cols.data_ptr(), cols._version,
+        values.data_ptr(), in_features, out_features,
+    )  # fmt: skip
+    key = id(cols)
+    seen = _VALID_SPARSE.get(key)
+    if seen is not None and seen[0]() is cols and seen[1] == stamp:
+        return
+    first = _C.first_invalid_sparse_row(
+        as_buffer(row_ptr, "row_ptr", torch.int32),
+        as_buffer(cols, "cols", torch.uint16),
+        as_buffer(values, "values", torch.int8),
+        in_features,
+        out_features,
+    )
+    if first >= 0:
+        lo, hi = int(row_ptr[first]), int(row_ptr[first + 1])
+        row_cols = cols[max(lo, 0) : max(hi, lo)].to(torch.int32)
+        raise ValueError(
+            f"row_ptr, cols: expected row pointers rising from 0 to {cols.numel()} (the block "
+            f"count) and block columns below {(in_features + 3) // 4}, received row {first} "
+            f"with row_ptr {lo}..{hi}"
+            + (
+                f" and block columns up to {int(row_cols.max())}"
+                if 0 <= lo < hi <= cols.numel()
+                else ""
+            )
+        )
+    _VALID_SPARSE[key] = (weakref.ref(cols, lambda _: _VALID_SPARSE.pop(key, None)), stamp)
+
+
+def sparse_linear_f32(
+    x: torch.Tensor,
+    row_ptr: torch.Tensor,
+    cols: torch.Tensor,
+    values: torch.Tensor,
+    scale: torch.Tensor,
+    bias: torch.Tensor | None,
+    out: torch.Tensor,
+) -> None:
+    """out (M, N) = int8-quantized x (M, K) times the 1x4-block sparse rows, scaled, plus bias."""
+    rows, in_features = x.shape
+    _C.sparse_linear_f32(
+        as_buffer(x, "x", torch.float32),
+        rows,
+        in_features,
+        as_buffer(row_ptr, "row_ptr", torch.int32),
+        as_buffer(cols, "cols", torch.uint16),
+        as_buffer(values, "values", torch.int8),
+        as_buffer(scale, "scale", torch.float32),
+        None if bias is None else as_buffer(bias, "bias", torch.float32),
+        _output(out, torch.float32),
+        get_num_threads(),
+    )
+
+
 # --- batched symmetric eigendecomposition, damped Cholesky / inverse / solve, symmetric packing
 # One call takes a list of matrices of one dtype (float32 or float64, the first one's).
 

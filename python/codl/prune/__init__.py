@@ -14,6 +14,7 @@ from __future__ import annotations
 from codl.prune.channel import ChannelGroup, channel_, channel_scores, find_channel_groups
 from codl.prune.magnitude import Pruner, magnitude_, magnitude_mask
 from codl.prune.schedule import AGPSchedule
+from codl.prune.sparse import SparseLinear, to_sparse
 from codl.prune.spectral import (
     SpectralLayer,
     SpectralSelection,
@@ -27,6 +28,7 @@ __all__ = [
     "AGPSchedule",
     "ChannelGroup",
     "Pruner",
+    "SparseLinear",
     "SpectralLayer",
     "SpectralSelection",
     "channel_",
@@ -38,4 +40,5 @@ __all__ = [
     "reconstruction_error",
     "spectral_",
     "spectral_select",
+    "to_sparse",
 ]

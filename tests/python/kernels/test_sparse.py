@@ -1,0 +1,163 @@
+"""codl.kernels.sparse and codl.prune.to_sparse against a dense torch computation on the
+dequantized weight and int8-quantized activations."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from codl import _ops
+from codl.kernels.sparse import (
+    SparseWeight,
+    dequantize_sparse,
+    pack_sparse,
+    sparse_linear,
+    worth_sparse,
+)
+from codl.prune import SparseLinear, to_sparse
+
+
+def pruned(out_features: int, in_features: int, sparsity: float, seed: int = 0) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    w = torch.randn(out_features, in_features, generator=g)
+    w[torch.rand(out_features, in_features, generator=g) < sparsity] = 0
+    return w
+
+
+def reference(x: torch.Tensor, packed: SparseWeight, bias: torch.Tensor | None) -> torch.Tensor:
+    """Per-row absmax int8 quantization of x (round half to even), exact int64 products with the
+    int8 values, scaled as the kernel does (float32 product of the two scales, then bias)."""
+    rows = x.reshape(-1, packed.in_features)
+    absmax = rows.abs().amax(dim=1)
+    inverse = torch.where(absmax > 0, 127.0 / absmax, torch.zeros_like(absmax))
+    q = torch.round(rows * inverse[:, None]).to(torch.int64)
+    x_scale = torch.where(absmax > 0, absmax / 127.0, torch.ones_like(absmax))
+    codes = torch.round(dequantize_sparse(packed) / packed.scale[:, None]).to(torch.int64)
+    dots = (q @ codes.T).float()
+    y = dots * (x_scale[:, None] * packed.scale[None, :])
+    return y if bias is None else y + bias
+
+
+@pytest.mark.parametrize("shape", [(1, 1), (7, 5), (100, 300), (256, 3136 // 7), (10, 1025)])
+@pytest.mark.parametrize("batch", [1, 3, 4, 65])
+def test_sparse_linear_matches_dense_on_dequantized_weight(
+    shape: tuple[int, int], batch: int
+) -> None:
+    n, k = shape
+    w = pruned(n, k, 0.9)
+    packed = pack_sparse(w)
+    bias = torch.randn(n)
+    x = torch.randn(batch, k)
+    y = sparse_linear(x, packed, bias)
+    torch.testing.assert_close(y, reference(x, packed, bias), rtol=1e-6, atol=1e-5)
+    # and close to the float layer: int8 weights and activations, each within half a step
+    dense = x @ w.T + bias
+    assert (y - dense).abs().max() <= 0.05 * dense.abs().max() + 1e-3
+
+
+def test_threads_and_dispatch_levels_agree_bit_for_bit() -> None:
+    w = pruned(64, 200, 0.95, seed=3)
+    packed = pack_sparse(w)
+    x = torch.randn(70, 200)
+    level = _ops.get_dispatch_level()
+    want = sparse_linear(x, packed)
+    try:
+        for isa in ("scalar", "avx2", "avx512", "sve"):
+            try:
+                _ops.set_dispatch_level(isa)
+            except ValueError:
+                continue
+            for threads in (1, 2):
+                with _ops.using_threads(threads):
+                    assert torch.equal(sparse_linear(x, packed), want)
+                    assert torch.equal(sparse_linear(x[:1], packed), want[:1])
+    finally:
+        _ops.set_dispatch_level(level)
+
+
+def test_pack_layout_and_ternary_codes() -> None:
+    codes = torch.tensor(
+        [[0, 0, 0, 0, 1, 0, 0, -1, 0], [0, 0, 0, 0, 0, 0, 0, 0, 1]], dtype=torch.int8
+    )
+    alpha = torch.tensor([0.5, 2.0])
+    packed = pack_sparse(codes, alpha)
+    # row 0 keeps block 1 (features 4..7), row 1 block 2 (feature 8, padded with zeros)
+    assert packed.row_ptr.tolist() == [0, 1, 2]
+    assert packed.cols.to(torch.int32).tolist() == [1, 2]
+    assert packed.values.tolist() == [1, 0, 0, -1, 1, 0, 0, 0]
+    assert torch.equal(dequantize_sparse(packed), codes.float() * alpha[:, None])
+    x = torch.tensor([[1.0, 2, 3, 4, 5, 6, 7, 8, 127]])
+    assert sparse_linear(x, packed).tolist() == [[0.5 * (5 - 8), 2.0 * 127]]
+
+
+def test_to_sparse_layer_and_refusal_below_the_crossover() -> None:
+    torch.manual_seed(0)
+    layer = nn.Linear(300, 100)
+    layer.weight.data[layer.weight.abs() < layer.weight.abs().quantile(0.9)] = 0
+    assert worth_sparse(layer.weight)
+    sparse = to_sparse(layer)
+    assert isinstance(sparse, SparseLinear) and sparse.sparsity >= 0.89
+    x = torch.randn(8, 300)
+    torch.testing.assert_close(
+        sparse(x), x @ sparse.dense_weight().T + layer.bias, rtol=0.02, atol=0.02
+    )
+    with pytest.raises(ValueError, match=r"expected at least 70% zero weights"):
+        to_sparse(nn.Linear(10, 10))
+    assert to_sparse(nn.Linear(10, 10), force=True).sparsity < 0.1
+
+
+def test_bad_input_raises_expected_vs_received() -> None:
+    packed = pack_sparse(pruned(8, 20, 0.5))
+    x = torch.randn(2, 20)
+
+    def with_(**tensors: torch.Tensor) -> SparseWeight:
+        fields = {"row_ptr": packed.row_ptr, "cols": packed.cols, "values": packed.values}
+        fields.update(tensors)
+        return SparseWeight(
+            fields["row_ptr"], fields["cols"], fields["values"], packed.scale, 20, 8
+        )
+
+    with pytest.raises(TypeError, match=r"x: expected dtype torch.float32, received torch.float64"):
+        sparse_linear(x.double(), packed)
+    with pytest.raises(ValueError, match=r"x: expected shape \(..., 20\), received \(2, 21\)"):
+        sparse_linear(torch.randn(2, 21), packed)
+    with pytest.raises(ValueError, match=r"bias: expected a tensor of shape"):
+        sparse_linear(x, packed, torch.zeros(7))
+    with pytest.raises(ValueError, match=r"expected finite values"):
+        sparse_linear(torch.full((1, 20), float("nan")), packed)
+    with pytest.raises(TypeError, match=r"packed: expected a SparseWeight"):
+        sparse_linear(x, "weights")  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match=r"cols: expected dtype torch.uint16, received torch.int32"):
+        sparse_linear(x, with_(cols=packed.cols.int()))
+    with pytest.raises(ValueError, match=r"packed.values: expected"):
+        sparse_linear(x, with_(values=packed.values[:-4]))
+    with pytest.raises(ValueError, match=r"packed.row_ptr: expected 9 elements"):
+        sparse_linear(x, with_(row_ptr=packed.row_ptr[:-1]))
+    bad_col = packed.cols.clone()
+    bad_col[0] = 5  # 20 features are 5 blocks: columns 0..4
+    with pytest.raises(ValueError, match=r"block columns below 5, received row 0"):
+        sparse_linear(x, with_(cols=bad_col))
+    bad_ptr = packed.row_ptr.clone()
+    start, stop = int(bad_ptr[3]), int(bad_ptr[4])
+    bad_ptr[3], bad_ptr[4] = stop + 1, start  # row 3 ends before it starts
+    with pytest.raises(
+        ValueError,
+        match=r"row pointers rising .* received row 3 with row_ptr",
+    ):
+        sparse_linear(x, with_(row_ptr=bad_ptr))
+    # a tensor fixed in place after a failed check is checked again
+    cols = packed.cols.clone()
+    ok = with_(cols=cols)
+    sparse_linear(x, ok)
+    cols[0] = 60000
+    with pytest.raises(ValueError, match=r"block columns below 5"):
+        sparse_linear(x, ok)
+    with pytest.raises(ValueError, match=r"weight: expected a non-empty 2-D"):
+        pack_sparse(torch.zeros(3))
+    with pytest.raises(ValueError, match=r"scale: expected the per-row float32 scale"):
+        pack_sparse(torch.zeros(3, 4, dtype=torch.int8))
+    with pytest.raises(TypeError, match=r"expected a float or int8 tensor, received torch.int32"):
+        pack_sparse(torch.zeros(3, 4, dtype=torch.int32))
+    with pytest.raises(ValueError, match=r"weight: expected finite values"):
+        pack_sparse(torch.full((3, 4), float("inf")))
