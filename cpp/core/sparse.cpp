@@ -16,8 +16,9 @@
 namespace codl {
 namespace {
 
-// Measured on AVX-512 (benchmarks/README.md, "Sparse linear"): at 4 rows the transposed kernel
-// (padded to 16 rows) already beats 4 gather passes.
+// The transposed kernel pads a tile to 16 rows; from 4 rows on, 4 gathers per block cost about
+// as much as one padded tile's loads (an estimate, not yet measured: the bench times batch 1, 8
+// and 64 only).
 constexpr std::size_t kGatherRows = 3;
 // Aim for at least this many block products per thread before waking another.
 constexpr std::size_t kMinBlocksPerThread = 1 << 15;

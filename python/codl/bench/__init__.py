@@ -168,6 +168,10 @@ MICROBENCHMARKS: dict[str, tuple[str, str]] = {
         "sign and ternary packing kernels against torch ops",
         "values per case (default 16M)",
     ),
+    "sparse": (
+        "sparse (1x4 int8 block) linear layers against torch dynamic int8 and float32",
+        "largest input features of the layer shapes (default: all, up to 4096)",
+    ),
     "ternary": (
         "ternary linear layers against torch float32 and dynamic int8",
         "side of the square weight (default 4096)",
