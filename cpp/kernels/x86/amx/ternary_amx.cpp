@@ -14,7 +14,7 @@
 // v % 32, bits 2 (v / 32): dword kk % 8 of the block's 32 bytes, shifted by 2 (kk / 8), holds
 // values 4kk..4kk+3 (kk < 16, plane 0 or 1) and shifted by 4 + 2 (kk / 8) values 64 + 4kk..
 // (planes 2 and 3). So each 128-value block becomes two B tiles (K = 64 each) from one 16 x 8
-// dword transpose of the weight rows.
+// dword transpose of the weight rows (loads and shuffles: 8 gathers took longer).
 #include <immintrin.h>
 
 #include <algorithm>
@@ -40,21 +40,47 @@ struct alignas(64) TileConfig {
 // instruction, so the code below spells them as literals.
 enum : int { kTileA = 4, kTileB = 5, kTileAShort = 6 };
 
-// The 16 x 8 dwords of one block of 16 weight rows (dword j of row n at index n), split into
-// the B tiles of values 0-63 (plane) and 64-127 (upper).
-void decode_block(const std::uint8_t* w, std::size_t row_bytes, __mmask16 present, std::uint8_t* lower,
+// The 16 x 8 dwords of one block of 16 weight rows, transposed (dword j of row n to lane n of
+// vector j) and split into the B tiles of values 0-63 (lower) and 64-127 (upper). Register n
+// holds row n in its low 256 bits and row n + 8 in its high 256 bits, so one 8 x 8 transpose
+// per half (in-lane unpacks, then a two-source qword permute) puts row n in lane n. Absent
+// weight rows (past w_rows) are zero fields, never read; their columns are not stored.
+void decode_block(const std::uint8_t* w, std::size_t row_bytes, std::size_t columns, std::uint8_t* lower,
                   std::uint8_t* upper) {
+    __m512i r[8];
+    for (std::size_t n = 0; n < 8; ++n) {
+        const __m256i low = n < columns ? _mm256_loadu_si256(reinterpret_cast<const __m256i*>(w + n * row_bytes))
+                                        : _mm256_setzero_si256();
+        const __m256i high = n + 8 < columns
+                                 ? _mm256_loadu_si256(reinterpret_cast<const __m256i*>(w + (n + 8) * row_bytes))
+                                 : _mm256_setzero_si256();
+        r[n] = _mm512_inserti64x4(_mm512_castsi256_si512(low), high, 1);
+    }
+    __m512i t[8], u[8];
+    for (int i = 0; i < 8; i += 2) {
+        t[i] = _mm512_unpacklo_epi32(r[i], r[i + 1]);      // rows i, i+1: dwords 0 1 | 4 5 per lane
+        t[i + 1] = _mm512_unpackhi_epi32(r[i], r[i + 1]);  // dwords 2 3 | 6 7
+    }
+    for (int i = 0; i < 8; i += 4) {
+        u[i] = _mm512_unpacklo_epi64(t[i], t[i + 2]);          // rows i..i+3, dword 0 | 4
+        u[i + 1] = _mm512_unpackhi_epi64(t[i], t[i + 2]);      // dword 1 | 5
+        u[i + 2] = _mm512_unpacklo_epi64(t[i + 1], t[i + 3]);  // dword 2 | 6
+        u[i + 3] = _mm512_unpackhi_epi64(t[i + 1], t[i + 3]);  // dword 3 | 7
+    }
+    // Lanes of u[d] (d < 4): 128-bit lane 0 = rows 0-3 dword d, lane 1 = rows 0-3 dword d + 4,
+    // lanes 2-3 the same for rows 8-11; u[d + 4] likewise for rows 4-7 and 12-15.
+    const __m512i first = _mm512_setr_epi64(0, 1, 8, 9, 4, 5, 12, 13);
+    const __m512i second = _mm512_setr_epi64(2, 3, 10, 11, 6, 7, 14, 15);
     const __m512i low_bits = _mm512_set1_epi32(0x03030303);
-    // Byte offsets of the 16 rows (scale 1: rows need not be 4-byte aligned).
-    const __m512i index = _mm512_mullo_epi32(_mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
-                                             _mm512_set1_epi32(static_cast<int>(row_bytes)));
-    for (int j = 0; j < 8; ++j) {
-        // Absent weight rows (past w_rows) gather as zero fields: their columns are not stored.
-        const __m512i dwords = _mm512_mask_i32gather_epi32(_mm512_setzero_si512(), present, index, w + 4 * j, 1);
-        _mm512_store_si512(lower + j * 64, _mm512_and_si512(dwords, low_bits));
-        _mm512_store_si512(lower + (j + 8) * 64, _mm512_and_si512(_mm512_srli_epi32(dwords, 2), low_bits));
-        _mm512_store_si512(upper + j * 64, _mm512_and_si512(_mm512_srli_epi32(dwords, 4), low_bits));
-        _mm512_store_si512(upper + (j + 8) * 64, _mm512_and_si512(_mm512_srli_epi32(dwords, 6), low_bits));
+    for (int d = 0; d < 4; ++d) {
+        for (int which = 0; which < 2; ++which) {
+            const int j = d + 4 * which;  // the dword of the block
+            const __m512i dwords = _mm512_permutex2var_epi64(u[d], which == 0 ? first : second, u[d + 4]);
+            _mm512_store_si512(lower + j * 64, _mm512_and_si512(dwords, low_bits));
+            _mm512_store_si512(lower + (j + 8) * 64, _mm512_and_si512(_mm512_srli_epi32(dwords, 2), low_bits));
+            _mm512_store_si512(upper + j * 64, _mm512_and_si512(_mm512_srli_epi32(dwords, 4), low_bits));
+            _mm512_store_si512(upper + (j + 8) * 64, _mm512_and_si512(_mm512_srli_epi32(dwords, 6), low_bits));
+        }
     }
 }
 
@@ -63,13 +89,13 @@ void decode_block(const std::uint8_t* w, std::size_t row_bytes, __mmask16 presen
 // immediates, hence the unrolled groups.
 template <int Groups>
 void accumulate(const std::int8_t* a, std::size_t k_padded, const std::uint8_t* w, std::size_t row_bytes,
-                __mmask16 present, bool last_short, std::uint8_t* lower, std::uint8_t* upper) {
+                std::size_t columns, bool last_short, std::uint8_t* lower, std::uint8_t* upper) {
     if constexpr (Groups > 0) _tile_zero(0);
     if constexpr (Groups > 1) _tile_zero(1);
     if constexpr (Groups > 2) _tile_zero(2);
     if constexpr (Groups > 3) _tile_zero(3);
     for (std::size_t block = 0; block < k_padded / kTernary2BlockValues; ++block) {
-        decode_block(w + block * kTernaryBlockBytes, row_bytes, present, lower, upper);
+        decode_block(w + block * kTernaryBlockBytes, row_bytes, columns, lower, upper);
         for (int half = 0; half < 2; ++half) {
             const std::int8_t* at = a + block * kTernary2BlockValues + 64 * half;
             _tile_loadd(5 /* B */, half == 0 ? lower : upper, 64);
@@ -118,14 +144,13 @@ void dot_i8_t2(const std::int8_t* a, std::size_t rows, std::size_t k_padded, con
         const std::int8_t* a_rows = a + r0 * k_padded;
         for (std::size_t c0 = 0; c0 < w_rows; c0 += 16) {
             const std::size_t columns = std::min<std::size_t>(16, w_rows - c0);
-            const __mmask16 present = static_cast<__mmask16>((1u << columns) - 1);
             const std::uint8_t* w_tile = w + c0 * row_bytes;
             const bool last_short = last < 16;
             switch (groups) {
-                case 1: accumulate<1>(a_rows, k_padded, w_tile, row_bytes, present, last_short, lower, upper); break;
-                case 2: accumulate<2>(a_rows, k_padded, w_tile, row_bytes, present, last_short, lower, upper); break;
-                case 3: accumulate<3>(a_rows, k_padded, w_tile, row_bytes, present, last_short, lower, upper); break;
-                default: accumulate<4>(a_rows, k_padded, w_tile, row_bytes, present, last_short, lower, upper); break;
+                case 1: accumulate<1>(a_rows, k_padded, w_tile, row_bytes, columns, last_short, lower, upper); break;
+                case 2: accumulate<2>(a_rows, k_padded, w_tile, row_bytes, columns, last_short, lower, upper); break;
+                case 3: accumulate<3>(a_rows, k_padded, w_tile, row_bytes, columns, last_short, lower, upper); break;
+                default: accumulate<4>(a_rows, k_padded, w_tile, row_bytes, columns, last_short, lower, upper); break;
             }
             if (groups > 0) _tile_stored(0, dots[0], 64);
             if (groups > 1) _tile_stored(1, dots[1], 64);
