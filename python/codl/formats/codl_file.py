@@ -196,7 +196,9 @@ def _encode_all(
     if threads <= 1 or len(names) <= 1 or total < _PARALLEL_SAVE_MIN_BYTES:
         return [(name, one(name)) for name in names]
     order = sorted(names, key=lambda n: -tensors[n].numel() * tensors[n].element_size())
-    with ThreadPoolExecutor(max_workers=threads) as pool:
+    # One thread of torch's and codl's own per pool worker: the pool is the parallelism, and
+    # each worker's ops running on `threads` threads too would oversubscribe the cores.
+    with _ops.using_threads(1), ThreadPoolExecutor(max_workers=threads) as pool:
         done = dict(zip(order, pool.map(one, order), strict=True))
     return [(name, done[name]) for name in names]
 
