@@ -197,9 +197,12 @@ def classifier(
     torch.manual_seed(0)
     model: nn.Module = LeNet5() if name == "lenet5" else FashionCNN()
     images, labels = train
-    fine_tune(model, images, labels, epochs=settings.epochs, seed=0)
-    ternary = codl.quantize_(copy.deepcopy(model), codl.TernaryConfig())
-    fine_tune(ternary, images, labels, epochs=settings.ternary_epochs, lr=1e-3, seed=1)
+    # One thread: these small nets gain little from a second, and on a shared machine torch's
+    # two-thread training steps collapse under contention (7 s instead of 0.05 s per step).
+    with _ops.using_threads(1):
+        fine_tune(model, images, labels, epochs=settings.epochs, seed=0)
+        ternary = codl.quantize_(copy.deepcopy(model), codl.TernaryConfig())
+        fine_tune(ternary, images, labels, epochs=settings.ternary_epochs, lr=1e-3, seed=1)
     return model.eval(), ternary.eval()
 
 
