@@ -1,11 +1,12 @@
-// Ternary linear layers: quantize the activation rows (in parallel), then run the active ISA's
-// integer dot kernel over weight rows in parallel, each weight row meeting the activation rows
-// four at a time, and scale to float here, once for every ISA, so float outputs agree bit for
-// bit across ISAs. The base-3 path is the same with the ternary3 dot kernel; the float-activation
+// Ternary linear layers: quantize the activation rows, then run the active ISA's integer dot
+// kernel over weight rows, both in one parallel region, each weight row meeting the activation
+// rows four at a time, and scale to float here, once for every ISA, so float outputs agree bit
+// for bit across ISAs. The base-3 path is the same with the ternary3 dot kernel; the float-activation
 // path skips quantization and sums in float32, so there ISAs differ by the order of additions.
 #include <algorithm>
 #include <atomic>
 #include <cstring>
+#include <thread>
 #include <vector>
 
 #include "codl/dispatch.h"
@@ -70,23 +71,36 @@ bool quantized_linear(const float* x, std::size_t m, std::size_t k, std::size_t 
     s.q.resize(m * k_padded);
     s.scales.resize(m);
     s.sums.resize(m);
+    // Quantization in up to q_parts row blocks and the GEMM in up to g_parts weight-row blocks,
+    // each as many as a parallel_for of its own would make, run in one parallel region: a
+    // region costs a hand-off to the workers (and, under contention, a wait for them), which at
+    // small layers is more than either step. Every chunk of the region first helps quantize
+    // (claiming blocks until none is left), then waits for the blocks other threads claimed,
+    // then runs its share of the GEMM; run serially, the first chunk quantizes every block.
+    // Each row is quantized and each output computed the same way whatever the split, so the
+    // floats do not depend on num_threads.
+    const std::size_t threads = static_cast<std::size_t>(std::max(num_threads, 1));
+    const std::size_t q_parts = std::min(threads, std::max<std::size_t>(m / min_rows(k), 1));
+    const std::size_t g_parts = std::min(threads, std::max<std::size_t>(n / min_rows(k_padded * m), 1));
+    const std::size_t q_per = (m + q_parts - 1) / q_parts, g_per = (n + g_parts - 1) / g_parts;
+    const std::size_t q_blocks = (m + q_per - 1) / q_per, g_blocks = (n + g_per - 1) / g_per;
+    const std::size_t row_bytes = k_padded / values_per_byte;
     std::atomic<bool> finite{true};
-    parallel_for(m, 1, min_rows(k), num_threads, [&](std::size_t begin, std::size_t end) {
-        for (std::size_t i = begin; i < end; ++i) {
+    std::atomic<std::size_t> q_next{0}, q_done{0};
+    auto quantize_block = [&](std::size_t b) {
+        for (std::size_t i = b * q_per; i < std::min(m, (b + 1) * q_per); ++i) {
             if (!kernels.quantize_row_i8(x + i * k, k, k_padded, s.q.data() + i * k_padded,
                                          &s.scales[i], &s.sums[i])) {
                 finite.store(false, std::memory_order_relaxed);
             }
         }
-    });
-    if (!finite.load()) return false;
-    const float* scales = s.scales.data();
-    const std::int8_t* q = s.q.data();
-    const std::int32_t* sums = s.sums.data();
-    const std::size_t row_bytes = k_padded / values_per_byte;
-    parallel_for(n, 1, min_rows(k_padded * m), num_threads, [&](std::size_t begin, std::size_t end) {
+    };
+    auto gemm_block = [&](std::size_t b) {
+        const float* scales = s.scales.data();
+        const std::int8_t* q = s.q.data();
+        const std::int32_t* sums = s.sums.data();
         gemm_rows<std::int32_t>(
-            m, begin, end,
+            m, b * g_per, std::min(n, (b + 1) * g_per),
             [&](std::size_t i, std::size_t rows, std::size_t j, std::size_t columns, std::int32_t* dots) {
                 dot(q + i * k_padded, rows, k_padded, sums + i, w + j * row_bytes, columns, dots, kWeightTile);
             },
@@ -94,7 +108,19 @@ bool quantized_linear(const float* x, std::size_t m, std::size_t k, std::size_t 
                 const float value = static_cast<float>(total) * (scales[i] * alpha[j]);
                 y[i * n + j] = bias ? value + bias[j] : value;
             });
+    };
+    const std::size_t parts = std::max(q_blocks, g_blocks);
+    parallel_for(parts, 1, 1, static_cast<int>(parts), [&](std::size_t begin, std::size_t end) {
+        for (std::size_t b; (b = q_next.fetch_add(1)) < q_blocks;) {
+            quantize_block(b);
+            q_done.fetch_add(1, std::memory_order_release);
+        }
+        // The blocks left are being quantized by threads already running them.
+        while (q_done.load(std::memory_order_acquire) < q_blocks) std::this_thread::yield();
+        if (!finite.load(std::memory_order_relaxed)) return;
+        for (std::size_t b = begin; b < std::min(end, g_blocks); ++b) gemm_block(b);
     });
+    if (!finite.load()) return false;
     return true;
 }
 

@@ -1,14 +1,29 @@
-// A small persistent pool: workers sleep on a condition variable between jobs, so a call pays a
-// wake-up (microseconds) rather than thread creation. One job runs at a time; a caller that finds
-// the pool busy, or calls from inside a job, runs its work on its own thread instead.
+// A small persistent pool. One job runs at a time; a caller that finds the pool busy, or calls
+// from inside a job, runs its work on its own thread instead.
+//
+// A job is published as one 64-bit word: its epoch (a job counter), its chunk count and the next
+// unclaimed chunk. A thread claims a chunk by a compare-and-swap of that word, so a worker that
+// read the word of an earlier job can never claim a chunk of a later one (the epoch differs and
+// the swap fails). The caller claims chunks like any worker and returns as soon as every chunk
+// has *completed* (a counter of finished chunks): it never waits for a worker that did not take
+// part, so a caller that did all the work itself (its workers asleep, or descheduled by other
+// processes on the same cores) returns at once. Workers spin briefly for the next job, since
+// layers of a small model follow each other within microseconds, then sleep on a condition
+// variable; the caller wakes sleepers with a notify and does not wait for them to come.
 #include <algorithm>
 #include <atomic>
+#include <chrono>
 #include <condition_variable>
+#include <cstdint>
 #include <mutex>
 #include <thread>
+#include <vector>
 
 #include <unistd.h>
-#include <vector>
+
+#if defined(__x86_64__) || defined(__i386__)
+#include <immintrin.h>
+#endif
 
 #include "codl/parallel.h"
 
@@ -17,46 +32,73 @@ namespace {
 
 thread_local bool inside_job = false;
 
+void cpu_relax() {
+#if defined(__x86_64__) || defined(__i386__)
+    _mm_pause();
+#elif defined(__aarch64__)
+    asm volatile("yield" ::: "memory");
+#endif
+}
+
+// The job word: epoch in the high 32 bits, chunk count in the next 16, next chunk in the low 16.
+constexpr std::uint64_t kFieldMask = 0xFFFF;
+constexpr std::size_t kMaxChunks = kFieldMask;
+
+std::uint64_t make_word(std::uint64_t epoch, std::uint64_t chunks, std::uint64_t next) {
+    return (epoch << 32) | (chunks << 16) | next;
+}
+std::uint64_t word_chunks(std::uint64_t word) { return (word >> 16) & kFieldMask; }
+std::uint64_t word_next(std::uint64_t word) { return word & kFieldMask; }
+bool claimable(std::uint64_t word) { return word_next(word) < word_chunks(word); }
+
+// How long an idle worker watches for the next job before it sleeps: long enough to catch the
+// next layer of a small model, short enough to give the core back to other work soon.
+constexpr auto kWorkerSpin = std::chrono::microseconds(20);
+
 class Pool {
 public:
     ~Pool() {
         if (forked()) return;  // the workers belong to the parent process
         {
             std::lock_guard<std::mutex> lock(mutex_);
-            stopping_ = true;
+            stopping_.store(true);
         }
         wake_.notify_all();
         for (std::thread& t : workers_) t.join();
     }
 
     // Runs chunk(c) for c in [0, chunks) on the caller and up to chunks - 1 workers; false if
-    // another job holds the pool.
+    // another job holds the pool (or the job cannot be published), and then nothing ran.
     bool run(std::size_t chunks, const std::function<void(std::size_t)>& chunk) {
         // A forked child (a DataLoader worker, say) has none of the parent's threads and may
         // have inherited a held lock: it runs its work serially.
-        if (forked()) return false;
-        std::unique_lock<std::mutex> busy(job_mutex_, std::try_to_lock);
-        if (!busy.owns_lock()) return false;
+        if (forked() || chunks > kMaxChunks) return false;
+        if (busy_.exchange(true, std::memory_order_acquire)) return false;
         grow(chunks - 1);
-        {
-            std::lock_guard<std::mutex> lock(mutex_);
-            job_.store(&chunk);
-            chunks_.store(chunks);
-            remaining_ = chunks;
-            unacknowledged_ = workers_.size();
-            next_.store(0);
-            ++generation_;
+        job_ = &chunk;
+        completed_.store(0, std::memory_order_relaxed);
+        ++epoch_;
+        // Sequentially consistent store and load: either a worker about to sleep sees this job,
+        // or this thread sees that worker counted in sleepers_ and wakes it.
+        word_.store(make_word(epoch_, chunks, 0));
+        if (sleepers_.load() > 0) {
+            // Taking the mutex orders this notify after a sleeper's last check of word_.
+            { std::lock_guard<std::mutex> lock(mutex_); }
+            wake_.notify_all();
         }
-        wake_.notify_all();
         inside_job = true;
-        const std::size_t ran = take_chunks();
+        while (take_one()) {
+        }
         inside_job = false;
-        std::unique_lock<std::mutex> lock(mutex_);
-        remaining_ -= ran;
-        // Every worker must have seen this job end before the next one may reuse the fields,
-        // or a late worker could claim a chunk of the next job with this job's counter.
-        done_.wait(lock, [this] { return remaining_ == 0 && unacknowledged_ == 0; });
-        job_.store(nullptr);
+        // Every chunk is claimed; wait only for chunks that other threads are running.
+        for (unsigned spins = 0; completed_.load(std::memory_order_acquire) != chunks; ++spins) {
+            if (spins < 256) {
+                cpu_relax();
+            } else {
+                std::this_thread::yield();  // the thread we wait for may need this core
+            }
+        }
+        busy_.store(false, std::memory_order_release);
         return true;
     }
 
@@ -65,50 +107,75 @@ public:
         return static_cast<int>(workers_.size());
     }
 
+    void hold_workers(bool hold) {
+        {
+            std::lock_guard<std::mutex> lock(mutex_);
+            held_.store(hold);
+        }
+        if (!hold) wake_.notify_all();
+    }
+
 private:
     bool forked() const { return getpid() != owner_; }
 
     void grow(std::size_t wanted) {
+        if (workers_count_.load(std::memory_order_relaxed) >= wanted) return;
         std::lock_guard<std::mutex> lock(mutex_);
-        // A new worker waits for the next job, not for one that ended before it started.
-        while (workers_.size() < wanted) {
-            workers_.emplace_back([this, current = generation_] { work(current); });
+        while (workers_.size() < wanted) workers_.emplace_back([this] { work(); });
+        workers_count_.store(workers_.size(), std::memory_order_relaxed);
+    }
+
+    // Claims one chunk of the published job and runs it; false when none is left to claim.
+    bool take_one() {
+        std::uint64_t word = word_.load(std::memory_order_acquire);
+        while (claimable(word)) {
+            if (word_.compare_exchange_weak(word, word + 1, std::memory_order_acq_rel,
+                                            std::memory_order_acquire)) {
+                // The claim is of this job: job_ cannot change before its chunks complete.
+                (*job_)(static_cast<std::size_t>(word_next(word)));
+                completed_.fetch_add(1, std::memory_order_release);
+                return true;
+            }
         }
+        return false;
     }
 
-    // Claims chunks until none are left; returns how many this thread ran.
-    std::size_t take_chunks() {
-        std::size_t ran = 0;
-        for (std::size_t c; (c = next_.fetch_add(1)) < chunks_.load(); ++ran) (*job_.load())(c);
-        return ran;
-    }
+    bool may_take() const { return !held_.load(std::memory_order_relaxed) && claimable(word_.load()); }
 
-    void work(std::uint64_t seen) {
+    void work() {
         inside_job = true;
-        std::unique_lock<std::mutex> lock(mutex_);
         for (;;) {
-            wake_.wait(lock, [&] { return stopping_ || generation_ != seen; });
-            if (stopping_) return;
-            seen = generation_;
-            lock.unlock();
-            const std::size_t ran = take_chunks();
-            lock.lock();
-            --unacknowledged_;
-            remaining_ -= ran;
-            if (remaining_ == 0 && unacknowledged_ == 0) done_.notify_one();
+            if (stopping_.load()) return;
+            if (!held_.load(std::memory_order_relaxed) && take_one()) continue;
+            // Spin a while for the next job before sleeping.
+            const auto until = std::chrono::steady_clock::now() + kWorkerSpin;
+            bool found = false;
+            for (unsigned spins = 0; !found; ++spins) {
+                for (int i = 0; i < 16; ++i) cpu_relax();
+                found = may_take() || stopping_.load();
+                if ((spins & 15) == 15 && std::chrono::steady_clock::now() >= until) break;
+            }
+            if (found) continue;
+            std::unique_lock<std::mutex> lock(mutex_);
+            sleepers_.fetch_add(1);
+            wake_.wait(lock, [this] { return stopping_.load() || may_take(); });
+            sleepers_.fetch_sub(1);
         }
     }
 
-    std::mutex job_mutex_;  // held for the whole of one job
-    std::mutex mutex_;      // guards the fields below
-    std::condition_variable wake_, done_;
+    std::atomic<bool> busy_{false};  // held by the caller for the whole of one job
+    std::atomic<std::uint64_t> word_{0};
+    std::atomic<std::size_t> completed_{0};
+    std::atomic<int> sleepers_{0};
+    std::atomic<bool> stopping_{false}, held_{false};
+    std::atomic<std::size_t> workers_count_{0};
+    // Written only by the caller that holds busy_, before it publishes word_.
+    const std::function<void(std::size_t)>* job_ = nullptr;
+    std::uint64_t epoch_ = 0;
+    std::mutex mutex_;  // guards workers_ and orders sleeping against waking
+    std::condition_variable wake_;
     std::vector<std::thread> workers_;
     const pid_t owner_ = getpid();
-    std::atomic<const std::function<void(std::size_t)>*> job_{nullptr};
-    std::atomic<std::size_t> chunks_{0}, next_{0};
-    std::size_t remaining_ = 0, unacknowledged_ = 0;
-    std::uint64_t generation_ = 0;
-    bool stopping_ = false;
 };
 
 Pool& pool() {
@@ -150,5 +217,7 @@ void parallel_tasks(std::size_t count, int num_threads, const std::function<void
 }
 
 int pool_threads_started() { return pool().started(); }
+
+void pool_hold_workers(bool hold) { pool().hold_workers(hold); }
 
 }  // namespace codl

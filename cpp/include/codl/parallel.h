@@ -9,7 +9,9 @@ namespace codl {
 
 // Splits [0, n) into contiguous chunks whose starts are multiples of `align`, at most
 // `num_threads` of them and none smaller than `min_chunk` (small jobs stay on the calling
-// thread), and runs fn(begin, end) on each. Nested or concurrent calls run serially.
+// thread), and runs fn(begin, end) on each. Nested or concurrent calls run serially. The caller
+// runs chunks too and returns once every chunk has finished, without waiting for workers that
+// took none (asleep or descheduled): a call is never much slower than running it serially.
 void parallel_for(std::size_t n, std::size_t align, std::size_t min_chunk, int num_threads,
                   const std::function<void(std::size_t, std::size_t)>& fn);
 
@@ -20,5 +22,9 @@ void parallel_tasks(std::size_t count, int num_threads, const std::function<void
 
 // Number of worker threads the pool has started so far (for reports and tests).
 int pool_threads_started();
+
+// For tests: while held, the pool's workers claim no chunk of any job (they sleep), as when the
+// operating system never schedules them; callers then run every chunk themselves.
+void pool_hold_workers(bool hold);
 
 }  // namespace codl
