@@ -4,7 +4,10 @@ machine and under contention.
 The work is a frozen LeNet-5 made of codl's ternary layers (:func:`codl.ternary.ternary_conv2d`
 and :func:`codl.ternary.ternary_linear`, int8 activations, 2-bit weights) with torch's ReLU and
 max pooling between them: at batch 1 each layer is a few microseconds of work, so the cost of
-handing a job to the pool's workers (and of waiting for them) is what is measured. With
+handing a job to the pool's workers (and of waiting for them) is what is measured. ``--work
+layers`` times the five ternary layers alone on fixed inputs of the network's im2col shapes, so
+that only codl's pool is in play (torch's unfold and pooling run OpenMP regions of their own
+on ``torch.get_num_threads()`` threads, which suffer from contention too). With
 ``--contenders N`` the same timings are taken again while N busy processes (a spinning Python
 loop each, or a 2-thread torch matmul loop with ``--contender matmul``) compete for the CPUs.
 
@@ -12,13 +15,15 @@ Each row reports the median milliseconds per forward pass with its interquartile
 90th percentile (the pool's failure mode under contention is a long tail, not a shifted median),
 and the 1-minute load average at the end of the row.
 
-    python benchmarks/pool.py [--batches 1 64] [--threads 1 2] [--contenders 1]
+    python benchmarks/pool.py [--work lenet layers] [--batches 1 64] [--threads 1 2]
+        [--contenders 1] [--contender spin|matmul] [--seconds 2]
 """
 
 from __future__ import annotations
 
 import argparse
 import functools
+import itertools
 import json
 import os
 import statistics
@@ -33,6 +38,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from codl._ops import set_num_threads
 from codl.bench import default_results_dir, machine
 from codl.bench.timing import load_average
 from codl.ternary import PackedTernaryWeight, pack_weight, ternary_conv2d, ternary_linear
@@ -44,19 +50,29 @@ LINEARS = ((120, 400), (84, 120), (10, 84))
 
 #: The busy loops a contender process runs: pure Python (one core, never sleeps) or torch
 #: matmuls on 2 threads (OpenMP threads that spin between regions, like a second model).
+#: Each stops once its parent is gone (a benchmark killed mid-run leaves no busy orphan).
 CONTENDERS = {
-    "spin": "while True:\n    pass\n",
+    "spin": (
+        "import os\nparent = os.getppid()\nwhile os.getppid() == parent:\n"
+        "    for _ in range(100_000):\n        pass\n"
+    ),
     "matmul": (
-        "import torch\ntorch.set_num_threads(2)\na = torch.randn(256, 256)\n"
-        "while True:\n    a = torch.tanh(a @ a)\n"
+        "import os\nimport torch\ntorch.set_num_threads(2)\na = torch.randn(256, 256)\n"
+        "parent = os.getppid()\nwhile os.getppid() == parent:\n    a = torch.tanh(a @ a)\n"
     ),
 }
+#: What is timed: the whole network (torch's unfold, ReLU and pooling between codl's layers, so
+#: torch's own threads take part), or codl's five ternary_linear calls alone on the network's
+#: im2col shapes (only codl's pool is in play).
+WORKS = ("lenet", "layers")
 
 
 @dataclass(frozen=True)
 class Row:
+    work: str
     batch: int
-    threads: int
+    threads: int  # codl's (codl.set_num_threads)
+    torch_threads: int
     contenders: int
     contender: str
     median_ms: float
@@ -99,7 +115,24 @@ def lenet(seed: int = 0) -> Callable[[torch.Tensor], torch.Tensor]:
     return forward
 
 
-def time_calls(fn: Callable[[], object], seconds: float, min_calls: int = 20) -> list[float]:
+def layers(batch: int, seed: int = 0) -> Callable[[], list[torch.Tensor]]:
+    """LeNet-5's five layers as codl ternary_linear calls on fixed inputs of the network's
+    im2col shapes at ``batch`` (conv1: 784 rows of 25 per image, conv2: 100 rows of 150)."""
+    generator = torch.Generator().manual_seed(seed)
+    shapes = [(o, i * k * k) for o, i, k in CONVS] + list(LINEARS)
+    rows = [batch * 28 * 28, batch * 10 * 10, batch, batch, batch]
+    weights = [_ternary(shape, generator) for shape in shapes]
+    inputs = [
+        torch.randn(r, shape[1], generator=generator) for r, shape in zip(rows, shapes, strict=True)
+    ]
+
+    def run() -> list[torch.Tensor]:
+        return [ternary_linear(x, w) for x, w in zip(inputs, weights, strict=True)]
+
+    return run
+
+
+def time_calls(fn: Callable[[], object], seconds: float, min_calls: int = 10) -> list[float]:
     """Milliseconds of each call of ``fn``, one timer per call (a block average would hide the
     tail), for about ``seconds`` and at least ``min_calls`` calls, after two warm-up calls."""
     fn()
@@ -133,29 +166,38 @@ def contending(count: int, kind: str) -> Iterator[None]:
 
 
 def measure_rows(
+    works: Sequence[str],
     batches: Sequence[int],
     threads: Sequence[int],
     contenders: int,
     contender: str,
     seconds: float,
+    torch_threads: int | None = None,
 ) -> list[Row]:
-    """One :class:`Row` per batch and thread count, each run with ``contenders`` busy
-    processes (0: none)."""
+    """One :class:`Row` per work, batch and thread count, each run with ``contenders`` busy
+    processes (0: none). torch runs on ``torch_threads`` threads, or on codl's count if None."""
     model = lenet()
     rows: list[Row] = []
     saved = torch.get_num_threads()
     try:
-        for batch in batches:
-            x = torch.randn(batch, 1, 28, 28, generator=torch.Generator().manual_seed(batch))
+        for work, batch in itertools.product(works, batches):
+            if work == "lenet":
+                x = torch.randn(batch, 1, 28, 28, generator=torch.Generator().manual_seed(batch))
+                fn: Callable[[], object] = functools.partial(model, x)
+            else:
+                fn = layers(batch)
             for count in threads:
-                torch.set_num_threads(count)
+                torch.set_num_threads(torch_threads or count)
+                set_num_threads(count)
                 with torch.inference_mode():
-                    times = time_calls(functools.partial(model, x), seconds)
+                    times = time_calls(fn, seconds)
                 quartiles = statistics.quantiles(times, n=4)
                 rows.append(
                     Row(
+                        work=work,
                         batch=batch,
                         threads=count,
+                        torch_threads=torch_threads or count,
                         contenders=contenders,
                         contender=contender if contenders else "",
                         median_ms=statistics.median(times),
@@ -167,19 +209,22 @@ def measure_rows(
                 )
     finally:
         torch.set_num_threads(saved)
+        set_num_threads(None)
     return rows
 
 
 def format_table(rows: Sequence[Row]) -> str:
     lines = [
-        "| batch | threads | contenders | median ms | IQR ms | p90 ms | calls | load |",
-        "|---|---|---|---|---|---|---|---|",
+        "| work | batch | codl threads | torch threads | contenders | median ms | IQR ms | p90 ms "
+        "| calls | load |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         busy = f"{r.contenders} {r.contender}" if r.contenders else "0"
         lines.append(
-            f"| {r.batch} | {r.threads} | {busy} | {r.median_ms:.3f} | {r.iqr_ms:.3f} | "
-            f"{r.p90_ms:.3f} | {r.calls} | {r.load_average:.2f} |"
+            f"| {r.work} | {r.batch} | {r.threads} | {r.torch_threads} | {busy} | "
+            f"{r.median_ms:.3f} | {r.iqr_ms:.3f} | {r.p90_ms:.3f} | {r.calls} | "
+            f"{r.load_average:.2f} |"
         )
     return "\n".join(lines)
 
@@ -187,12 +232,19 @@ def format_table(rows: Sequence[Row]) -> str:
 def main(argv: Sequence[str] | None = None, *, results_dir: Path | None = None) -> None:
     out_dir = results_dir or default_results_dir()
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--work", nargs="+", choices=WORKS, default=list(WORKS))
     parser.add_argument("--batches", type=int, nargs="+", default=[1, 64])
     parser.add_argument("--threads", type=int, nargs="+", default=[1, 2])
     parser.add_argument(
         "--contenders", type=int, default=1, help="busy processes in the contended run (0: none)"
     )
     parser.add_argument("--contender", choices=sorted(CONTENDERS), default="spin")
+    parser.add_argument(
+        "--torch-threads",
+        type=int,
+        default=None,
+        help="torch's threads (unfold, pooling); default: the same as codl's",
+    )
     parser.add_argument("--seconds", type=float, default=2.0, help="timing per row")
     parser.add_argument("--out", type=Path, default=out_dir / "pool.json")
     args = parser.parse_args(argv)
@@ -202,11 +254,14 @@ def main(argv: Sequence[str] | None = None, *, results_dir: Path | None = None) 
         )
     if args.contenders < 0:
         parser.error(f"--contenders: expected >= 0, received {args.contenders}")
-    rows = measure_rows(args.batches, args.threads, 0, args.contender, args.seconds)
+    if args.torch_threads is not None and args.torch_threads < 1:
+        parser.error(f"--torch-threads: expected >= 1, received {args.torch_threads}")
+    common = {"seconds": args.seconds, "torch_threads": args.torch_threads}
+    rows = measure_rows(args.work, args.batches, args.threads, 0, args.contender, **common)
     if args.contenders:
         with contending(args.contenders, args.contender):
             rows += measure_rows(
-                args.batches, args.threads, args.contenders, args.contender, args.seconds
+                args.work, args.batches, args.threads, args.contenders, args.contender, **common
             )
     table = format_table(rows)
     print(table, flush=True)

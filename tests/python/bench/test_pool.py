@@ -49,32 +49,34 @@ def test_lenet_matches_float_model_and_is_the_same_on_every_thread_count(batch):
     assert (outputs[0] - expected).abs().max() <= 0.05 * expected.abs().max()
 
 
-def test_main_writes_rows_for_each_batch_thread_and_load(tmp_path):
+def test_layers_run_lenets_im2col_shapes_with_the_same_floats_on_1_and_2_threads():
+    run = bench_pool.layers(2)
+    saved = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = run()
+        torch.set_num_threads(2)
+        two = run()
+    finally:
+        torch.set_num_threads(saved)
+    assert [tuple(y.shape) for y in one] == [(1568, 6), (200, 16), (2, 120), (2, 84), (2, 10)]
+    assert all(torch.equal(a, b) for a, b in zip(one, two, strict=True))
+
+
+def test_main_writes_rows_for_each_work_batch_thread_and_load(tmp_path):
     out = tmp_path / "pool.json"
-    bench_pool.main(
-        [
-            "--batches",
-            "1",
-            "--threads",
-            "1",
-            "2",
-            "--contenders",
-            "1",
-            "--seconds",
-            "0.02",
-            "--out",
-            str(out),
-        ]
-    )
+    options = ["--work", "layers", "--batches", "1", "--threads", "1", "2", "--seconds", "0.02"]
+    bench_pool.main([*options, "--torch-threads", "1", "--contenders", "1", "--out", str(out)])
     rows = json.loads(out.read_text())["rows"]
-    assert [(r["batch"], r["threads"], r["contenders"]) for r in rows] == [
-        (1, 1, 0),
-        (1, 2, 0),
-        (1, 1, 1),
-        (1, 2, 1),
+    assert [(r["work"], r["batch"], r["threads"], r["contenders"]) for r in rows] == [
+        ("layers", 1, 1, 0),
+        ("layers", 1, 2, 0),
+        ("layers", 1, 1, 1),
+        ("layers", 1, 2, 1),
     ]
-    assert all(r["calls"] >= 20 and r["p90_ms"] >= r["median_ms"] > 0 for r in rows)
+    assert all(r["calls"] >= 10 and r["p90_ms"] >= r["median_ms"] > 0 for r in rows)
     assert rows[2]["contender"] == "spin" and rows[0]["contender"] == ""
+    assert all(r["torch_threads"] == 1 for r in rows)
     assert "pool" in PROGRAMS
 
 
@@ -83,5 +85,7 @@ def test_bad_options_are_refused():
         bench_pool.main(["--contenders", "-1"])
     with pytest.raises(SystemExit):
         bench_pool.main(["--threads", "0"])
+    with pytest.raises(SystemExit):
+        bench_pool.main(["--torch-threads", "0"])
     with pytest.raises(ValueError, match="expected one of"), bench_pool.contending(1, "sleep"):
         pass
