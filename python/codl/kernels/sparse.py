@@ -8,9 +8,10 @@ has one float32 scale: int8 weights are ``round(w / scale)`` with ``scale = max|
 ternary codes ``{-1, 0, +1}`` are int8 values with their per-row ``alpha`` as the scale.
 
 The kernel quantizes each row of ``x`` to int8 with its absmax (as the ternary layers do) and
-sums int8 products exactly in int32, so every ISA gives the same output bit for bit. It pays
-from about 70-80% sparsity on (measured in benchmarks/README.md, "Sparse linear"); below that a
-dense kernel is faster: :func:`pack_sparse` does not choose for you, :func:`worth_sparse` says.
+sums int8 products exactly in int32, so every ISA gives the same output bit for bit. Measured
+against torch dynamic int8 (benchmarks/README.md, "Sparse linear"; a loaded machine, so
+rough): at batch 1 it pays from about 90% zeros, at batch 8 and 64 from about 95%; below, a
+dense kernel is faster. :func:`pack_sparse` does not choose for you: :func:`worth_sparse` says.
 """
 
 from __future__ import annotations
@@ -30,9 +31,9 @@ __all__ = [
     "worth_sparse",
 ]
 
-#: The measured crossover (benchmarks/README.md, "Sparse linear"): below this fraction of zero
-#: weights the dense int8 kernels are faster than the sparse one at batch 1.
-SPARSE_MIN_SPARSITY = 0.7
+#: The crossover measured at batch 1 (benchmarks/README.md, "Sparse linear"): below this
+#: fraction of zero weights torch's dense dynamic int8 was faster than the sparse kernel.
+SPARSE_MIN_SPARSITY = 0.9
 
 _MAX_IN_FEATURES = 4 * 65536  # uint16 block columns
 
