@@ -113,7 +113,16 @@ def test_bench_list_and_unknown_name() -> None:
     listing = run_codl("bench", "--list").stdout.splitlines()
     listed = [line.split()[0] for line in listing]
     assert all("--size: " in line for line in listing)
-    assert listed == ["codecs", "comm", "formats", "kfac", "linalg", "pack", "ternary"]
+    assert listed == [
+        "codecs",
+        "comm",
+        "formats",
+        "kfac",
+        "linalg",
+        "pack",
+        "sparse",
+        "ternary",
+    ]
     result = run_codl("bench", "no-such-bench", check=False)
     assert result.returncode == 2
     assert "unknown benchmark" in result.stderr and "pack" in result.stderr

@@ -32,7 +32,7 @@ KEYS = {
     "python",
     "arch",
 }
-LEVELS = ("scalar", "avx2", "avx512", "sve")
+LEVELS = ("scalar", "avx2", "avx512", "amx", "sve")
 AVX512_FLAGS = ("avx512f", "avx512bw", "avx512dq", "avx512vl", "avx512_vnni")
 
 
@@ -111,7 +111,11 @@ def test_x86_best_dispatch_from_cpuinfo() -> None:
     has_avx512 = all(flag in FLAGS for flag in AVX512_FLAGS)
     if has_avx512 and "avx512" not in info["isas_built"]:
         pytest.skip("built with CODL_ENABLE_AVX512=OFF")
-    assert info["best_dispatch"] == ("avx512" if has_avx512 else "avx2")
+    # AMX also needs the kernel's permission (arch_prctl), so the flags bound it from above.
+    has_amx = has_avx512 and all(flag in FLAGS for flag in ("amx_tile", "amx_int8"))
+    amx_runs = "amx" in info["isas_runnable"]
+    assert not amx_runs or has_amx
+    assert info["best_dispatch"] == ("amx" if amx_runs else "avx512" if has_avx512 else "avx2")
     assert ("avx512" in info["isas_runnable"]) == has_avx512
 
 

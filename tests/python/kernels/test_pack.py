@@ -175,7 +175,7 @@ CALLS: dict[str, Callable[[Case, torch.Tensor | None], torch.Tensor]] = {
 
 def test_levels_include_scalar() -> None:
     assert "scalar" in LEVELS
-    assert set(LEVELS) <= {"scalar", "avx2", "avx512", "sve"}
+    assert set(LEVELS) <= {"scalar", "avx2", "avx512", "amx", "sve"}
 
 
 @pytest.mark.parametrize("name", sorted(CALLS))
