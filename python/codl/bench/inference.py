@@ -158,10 +158,18 @@ class Prepared:
 Predict = Callable[[torch.Tensor], torch.Tensor]
 
 
+#: The runtimes that read the ONNX file torch exports (the export needs PyPI ``onnx``).
+ONNX_RUNTIMES = frozenset({"ort", "ort_int8", "openvino", "openvino_int8"})
+
+
 def installed(runtime: str) -> bool:
-    """True when the package ``runtime`` needs can be imported."""
+    """True when the packages ``runtime`` needs can be imported (``onnx`` too for those that
+    run the exported ONNX file)."""
     package = PACKAGES.get(runtime)
-    return package is None or importlib.util.find_spec(package) is not None
+    needed = [package] if package else []
+    if runtime in ONNX_RUNTIMES:
+        needed.append("onnx")
+    return all(importlib.util.find_spec(name) is not None for name in needed)
 
 
 def counting_images(count: int, shape: tuple[int, int, int], seed: int) -> torch.Tensor:
@@ -305,7 +313,7 @@ def prepare(
     wanted = set(runtimes)
     int8 = torch_static_int8(float_model, calibration) if "torch_int8" in wanted else None
     onnx_fp32 = onnx_int8 = None
-    if wanted & {"ort", "ort_int8", "openvino", "openvino_int8"}:
+    if any(installed(runtime) for runtime in wanted & ONNX_RUNTIMES):
         onnx_fp32 = export_onnx(float_model, calibration[:1], workdir / f"{name}.onnx")
         if wanted & {"ort_int8", "openvino_int8"} and installed("ort_int8"):
             onnx_int8 = ort_static_int8(onnx_fp32, calibration, workdir / f"{name}.int8.onnx")
@@ -319,7 +327,8 @@ def predictor(runtime: str, prepared: Prepared, threads: int, batch: int | None)
     ``threads`` threads (the caller sets torch's and codl's), static at ``batch`` where the
     runtime compiles for a shape (None: any batch); or why the runtime is skipped."""
     if not installed(runtime):
-        return f"not installed (pip install {PACKAGES[runtime]})"
+        extra = " onnx" if runtime in ONNX_RUNTIMES else ""
+        return f"not installed (pip install {PACKAGES[runtime]}{extra})"
     if runtime == "torch":
         return torch.no_grad()(prepared.float_model)
     if runtime == "codl":
