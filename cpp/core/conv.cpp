@@ -22,7 +22,7 @@ constexpr std::size_t kMinMacsPerThread = 1 << 17;
 
 // Scratch of the calling thread, so that steady-state calls do not allocate.
 struct Scratch {
-    std::vector<std::uint8_t> image;
+    std::vector<std::uint8_t> image, row;
     std::vector<std::int8_t> canonical, blocked;
     std::vector<std::int32_t> w_sums;
     std::vector<float> multipliers;
@@ -34,19 +34,6 @@ Scratch& scratch() {
 }
 
 std::uint8_t shifted(int q) { return static_cast<std::uint8_t>(q + 128); }
-
-// q = nearbyint(x * inverse) clamped to [-127, 127]: half to even, as quantize_row_i8. Adding
-// and subtracting 1.5 * 2^23 rounds a float of magnitude below 2^22 to an integer in the
-// current rounding mode (nearest even, as nearbyint), without the libm call nearbyint costs
-// at baseline x86-64 flags (it was most of the time of small layers).
-int quantize(float x, float inverse) {
-    const float scaled = x * inverse;
-    // std::max(-127, NaN) is -127 (NaN from a NaN bias): never an undefined cast. Branch-free,
-    // so the loops over channels vectorize.
-    const float clamped = std::min(127.0f, std::max(-127.0f, scaled));
-    // Without -ffast-math the compiler keeps both roundings (IEEE semantics).
-    return static_cast<int>((clamped + 12582912.0f) - 12582912.0f);
-}
 
 // Fills s.image with the padded, shifted activations; false if a float input is not finite.
 bool prepare_input(const ConvArgs& a, Scratch& s, float* scale) {
@@ -72,6 +59,7 @@ bool prepare_input(const ConvArgs& a, Scratch& s, float* scale) {
         return true;
     }
     const float* x = static_cast<const float*>(a.x);
+    const ConvKernels& kernels = *active_table().conv;
     const std::size_t total = a.batch * c * h * w;
     const std::int32_t max_bits = ref::max_magnitude_bits(x, total, 0);
     if (max_bits >= 0x7F800000) return false;  // converting NaN or Inf to int would be undefined
@@ -86,58 +74,86 @@ bool prepare_input(const ConvArgs& a, Scratch& s, float* scale) {
         *scale = absmax > 0.0f ? absmax / 127.0f : 1.0f;
     }
     if (a.input == ConvInput::f32_nchw) {
+        // Row by row: each channel's row quantized into a contiguous scratch row (a loop that
+        // vectorizes), then interleaved into the pixels; writing each value straight to its
+        // pixel, cp bytes apart, ran scalar and cost more than a small layer's products.
+        s.row.resize(c * w);
+        std::uint8_t* rows = s.row.data();
         for (std::size_t n = 0; n < a.batch; ++n) {
-            for (std::size_t ch = 0; ch < c; ++ch) {
-                for (std::size_t y = 0; y < h; ++y) {
-                    const float* from = x + ((n * c + ch) * h + y) * w;
-                    std::uint8_t* to = at(n, y, 0) + ch;
-                    for (std::size_t i = 0; i < w; ++i) to[i * cp] = shifted(quantize(from[i], inverse));
+            for (std::size_t y = 0; y < h; ++y) {
+                for (std::size_t ch = 0; ch < c; ++ch) {
+                    kernels.quantize_u8(x + ((n * c + ch) * h + y) * w, w, inverse, rows + ch * w);
+                }
+                std::uint8_t* to = at(n, y, 0);
+                for (std::size_t i = 0; i < w; ++i) {
+                    for (std::size_t ch = 0; ch < c; ++ch) to[i * cp + ch] = rows[ch * w + i];
                 }
             }
         }
     } else {
         for (std::size_t n = 0; n < a.batch; ++n) {
             for (std::size_t y = 0; y < h; ++y) {
-                for (std::size_t i = 0; i < w; ++i) {
-                    const float* from = x + ((n * h + y) * w + i) * c;
-                    std::uint8_t* to = at(n, y, i);
-                    for (std::size_t ch = 0; ch < c; ++ch) to[ch] = shifted(quantize(from[ch], inverse));
-                }
+                for (std::size_t i = 0; i < w; ++i) kernels.quantize_u8(x + ((n * h + y) * w + i) * c, c, inverse, at(n, y, i));
             }
         }
     }
     return true;
 }
 
-// Runs the kernel over output rows [begin, end) of the flattened (n, oh) range and hands each
-// row's accumulators (out_w x out_c_padded) to sink(n, oh, acc).
-template <typename Sink>
-void run_rows(const ConvGeometry& g, const std::uint8_t* image, const std::int8_t* blocked,
-              const std::int32_t* w_sums, std::size_t begin, std::size_t end, Sink sink) {
-    const ConvKernels& kernels = *active_table().conv;
-    const std::size_t oh_count = g.out_h(), ow_count = g.out_w();
-    const std::size_t image_bytes = g.padded_h() * g.padded_w() * g.channels();
-    std::vector<std::int32_t> acc(ow_count * g.out_c_padded());
-    for (std::size_t row = begin; row < end; ++row) {
-        const std::size_t n = row / oh_count, oh = row % oh_count;
-        kernels.conv_row_i8(g, image + n * image_bytes, blocked, w_sums, oh, 0, ow_count, acc.data());
-        sink(n, oh, acc.data());
-    }
+// Virtual pixels per kernel call on the span path: two AMX tiles of 16.
+constexpr std::size_t kSpanPixels = 32;
+
+// With stride 1, output pixel (oh, ow) reads the image from pixel oh * wp + ow on, so the
+// "virtual row" of pixels q = oh * wp + ow (0 <= ow < wp) is uniform: conv_row_i8 with oh = 0
+// and ow0 = q computes it, past the ends of the output rows too (those columns are dropped).
+// Narrow images then give the kernel runs of 32 pixels instead of rows of 10 or 14, which AMX
+// tiles of 16 pixels need; the last valid pixel reads the image's last byte, never past it.
+bool uses_spans(const ConvGeometry& g) {
+    return g.stride_h == 1 && g.stride_w == 1 && g.out_w() < kSpanPixels && active_isa() == IsaLevel::amx;
 }
 
-// y[i] = acc[i * stride] * mult[i] + bias[i] (bias may be null), then max(y, 0) with relu,
-// for i < n: the stated epilogue, with the branches outside the loop and every pointer a
-// restrict local (int8 stores alias everything, which otherwise reloads them per element).
-void epilogue(const std::int32_t* __restrict acc, std::size_t stride, const float* __restrict mult,
-              const float* __restrict bias, bool relu, std::size_t n, float* __restrict y) {
-    if (bias) {
-        for (std::size_t i = 0; i < n; ++i) y[i] = static_cast<float>(acc[i * stride]) * mult[i] + bias[i];
-    } else {
-        for (std::size_t i = 0; i < n; ++i) y[i] = static_cast<float>(acc[i * stride]) * mult[i];
+// Runs the kernel over all output pixels, in parallel, and hands each run of pixels of one
+// output row to sink(n, oh, ow0, count, acc), acc holding count x out_c_padded sums.
+template <typename Sink>
+void for_each_run(const ConvGeometry& g, std::size_t batch, const std::uint8_t* image, const std::int8_t* blocked,
+                  const std::int32_t* w_sums, int num_threads, Sink sink) {
+    const ConvKernels& kernels = *active_table().conv;
+    const std::size_t oh_count = g.out_h(), ow_count = g.out_w(), co_pad = g.out_c_padded();
+    const std::size_t wp = g.padded_w(), image_bytes = g.padded_h() * wp * g.channels();
+    const std::size_t macs_per_pixel = std::max<std::size_t>(co_pad * g.reduction(), 1);
+    if (uses_spans(g)) {
+        const std::size_t span = (oh_count - 1) * wp + ow_count;  // to the last valid pixel
+        const std::size_t pieces = (span + kSpanPixels - 1) / kSpanPixels;
+        const std::size_t min_pieces = std::max<std::size_t>(1, kMinMacsPerThread / (kSpanPixels * macs_per_pixel));
+        parallel_for(batch * pieces, 1, min_pieces, num_threads, [&](std::size_t begin, std::size_t end) {
+            std::vector<std::int32_t> acc(kSpanPixels * co_pad);
+            for (std::size_t piece = begin; piece < end; ++piece) {
+                const std::size_t n = piece / pieces, q0 = piece % pieces * kSpanPixels;
+                const std::size_t count = std::min(kSpanPixels, span - q0);
+                kernels.conv_row_i8(g, image + n * image_bytes, blocked, w_sums, 0, q0, count, acc.data());
+                for (std::size_t q = q0; q < q0 + count;) {
+                    const std::size_t oh = q / wp, ow = q % wp;
+                    if (ow >= ow_count) {
+                        q = (oh + 1) * wp;
+                        continue;
+                    }
+                    const std::size_t run_end = std::min(q0 + count, oh * wp + ow_count);
+                    sink(n, oh, ow, run_end - q, acc.data() + (q - q0) * co_pad);
+                    q = run_end;
+                }
+            }
+        });
+        return;
     }
-    if (relu) {
-        for (std::size_t i = 0; i < n; ++i) y[i] = std::max(y[i], 0.0f);
-    }
+    const std::size_t min_rows = std::max<std::size_t>(1, kMinMacsPerThread / (ow_count * macs_per_pixel));
+    parallel_for(batch * oh_count, 1, min_rows, num_threads, [&](std::size_t begin, std::size_t end) {
+        std::vector<std::int32_t> acc(ow_count * co_pad);
+        for (std::size_t row = begin; row < end; ++row) {
+            const std::size_t n = row / oh_count, oh = row % oh_count;
+            kernels.conv_row_i8(g, image + n * image_bytes, blocked, w_sums, oh, 0, ow_count, acc.data());
+            sink(n, oh, 0, ow_count, acc.data());
+        }
+    });
 }
 
 // The same for one output channel along a row: y[i] = acc[i * stride] * mult + bias[0].
@@ -154,13 +170,17 @@ void epilogue_column(const std::int32_t* __restrict acc, std::size_t stride, flo
     }
 }
 
-void requantize(const float* __restrict y, std::size_t n, float inverse, std::int8_t* __restrict q) {
-    for (std::size_t i = 0; i < n; ++i) q[i] = static_cast<std::int8_t>(quantize(y[i], inverse));
-}
 
-std::size_t min_rows(const ConvGeometry& g) {
-    const std::size_t per_row = std::max<std::size_t>(g.out_w() * g.out_c_padded() * g.reduction(), 1);
-    return std::max<std::size_t>(1, kMinMacsPerThread / per_row);
+// y = max(a, b, c, d) elementwise. Flipping the sign bit maps int8 order onto uint8 order,
+// whose max baseline x86-64 (SSE2) has as one instruction and the compiler vectorizes; int8 max
+// needs SSE4.1, so the plain form ran scalar.
+void max4_i8(const std::int8_t* __restrict a, const std::int8_t* __restrict b, const std::int8_t* __restrict c,
+             const std::int8_t* __restrict d, std::size_t n, std::int8_t* __restrict y) {
+    for (std::size_t i = 0; i < n; ++i) {
+        const auto flip = [](std::int8_t v) { return static_cast<std::uint8_t>(static_cast<std::uint8_t>(v) ^ 0x80u); };
+        const std::uint8_t m = std::max(std::max(flip(a[i]), flip(b[i])), std::max(flip(c[i]), flip(d[i])));
+        y[i] = static_cast<std::int8_t>(m ^ 0x80u);
+    }
 }
 
 }  // namespace
@@ -187,18 +207,25 @@ void conv_block_weights(const ConvGeometry& g, const std::int8_t* w, std::int8_t
     }
 }
 
+ConvStatus conv_prepare_weights(const ConvGeometry& g, ConvWeights format, const void* w,
+                                std::int8_t* blocked, std::int32_t* w_sums) {
+    const std::int8_t* canonical = static_cast<const std::int8_t*>(w);
+    std::vector<std::int8_t>& decoded = scratch().canonical;
+    if (format == ConvWeights::ternary2) {
+        decoded.resize(g.out_c * g.reduction());
+        if (!unpack_ternary2(static_cast<const std::uint8_t*>(w), decoded.size(), decoded.data(), 1)) {
+            return ConvStatus::invalid_ternary_code;
+        }
+        canonical = decoded.data();
+    }
+    conv_block_weights(g, canonical, blocked, w_sums);
+    return ConvStatus::ok;
+}
+
 ConvStatus conv2d(const ConvArgs& a, int num_threads) {
     const ConvGeometry& g = a.g;
     Scratch& s = scratch();
-    const std::size_t k = g.reduction(), co_pad = g.out_c_padded();
-    const std::int8_t* canonical = static_cast<const std::int8_t*>(a.w);
-    if (a.weights == ConvWeights::ternary2) {
-        s.canonical.resize(g.out_c * k);
-        if (!unpack_ternary2(static_cast<const std::uint8_t*>(a.w), g.out_c * k, s.canonical.data(), 1)) {
-            return ConvStatus::invalid_ternary_code;
-        }
-        canonical = s.canonical.data();
-    }
+    const std::size_t co_pad = g.out_c_padded();
     if (a.output == ConvOutput::i8_nhwc && !(a.output_scale > 0.0f && std::isfinite(a.output_scale))) {
         return ConvStatus::bad_scale;
     }
@@ -208,9 +235,16 @@ ConvStatus conv2d(const ConvArgs& a, int num_threads) {
     if (a.input != ConvInput::i8_nhwc && !(a.input_scale >= 0.0f && std::isfinite(a.input_scale))) {
         return ConvStatus::bad_scale;
     }
-    s.blocked.resize(co_pad * k);
-    s.w_sums.resize(co_pad);
-    conv_block_weights(g, canonical, s.blocked.data(), s.w_sums.data());
+    const std::int8_t* blocked_weights = static_cast<const std::int8_t*>(a.w);
+    const std::int32_t* weight_sums = a.w_sums;
+    if (a.weights != ConvWeights::blocked) {
+        s.blocked.resize(conv_blocked_bytes(g));
+        s.w_sums.resize(co_pad);
+        const ConvStatus prepared = conv_prepare_weights(g, a.weights, a.w, s.blocked.data(), s.w_sums.data());
+        if (prepared != ConvStatus::ok) return prepared;
+        blocked_weights = s.blocked.data();
+        weight_sums = s.w_sums.data();
+    }
     float scale = 1.0f;
     if (!prepare_input(a, s, &scale)) return ConvStatus::nonfinite_input;
     if (a.used_input_scale) *a.used_input_scale = scale;
@@ -223,32 +257,30 @@ ConvStatus conv2d(const ConvArgs& a, int num_threads) {
     const std::size_t oh_count = g.out_h(), ow_count = g.out_w(), out_c = g.out_c;
     const float inverse_out = a.output == ConvOutput::i8_nhwc ? 1.0f / a.output_scale : 0.0f;
     const std::uint8_t* image = s.image.data();
-    const std::int8_t* blocked = s.blocked.data();
-    const std::int32_t* sums = s.w_sums.data();
+    const std::int8_t* blocked = blocked_weights;
+    const std::int32_t* sums = weight_sums;
     const ConvOutput output = a.output;
     void* out = a.out;
-    parallel_for(a.batch * oh_count, 1, min_rows(g), num_threads, [&](std::size_t begin, std::size_t end) {
-        std::vector<float> row(out_c);
-        float* values = row.data();
-        run_rows(g, image, blocked, sums, begin, end, [&](std::size_t n, std::size_t oh, const std::int32_t* acc) {
-            if (output == ConvOutput::f32_nchw) {
-                // Channel by channel, so that each writes one contiguous run of the output row.
-                for (std::size_t co = 0; co < out_c; ++co) {
-                    float* y = static_cast<float*>(out) + ((n * out_c + co) * oh_count + oh) * ow_count;
-                    epilogue_column(acc + co, co_pad, mult[co], bias ? bias + co : nullptr, relu, ow_count, y);
-                }
-                return;
+    const ConvKernels& kernels = *active_table().conv;
+    for_each_run(g, a.batch, image, blocked, sums, num_threads,
+                 [&](std::size_t n, std::size_t oh, std::size_t ow0, std::size_t count, const std::int32_t* acc) {
+        if (output == ConvOutput::f32_nchw) {
+            // Channel by channel, so that each writes one contiguous run of the output row.
+            for (std::size_t co = 0; co < out_c; ++co) {
+                float* y = static_cast<float*>(out) + ((n * out_c + co) * oh_count + oh) * ow_count + ow0;
+                epilogue_column(acc + co, co_pad, mult[co], bias ? bias + co : nullptr, relu, count, y);
             }
-            for (std::size_t ow = 0; ow < ow_count; ++ow) {
-                const std::size_t at = (n * oh_count + oh) * ow_count + ow;
-                if (output == ConvOutput::f32_nhwc) {
-                    epilogue(acc + ow * co_pad, 1, mult, bias, relu, out_c, static_cast<float*>(out) + at * out_c);
-                } else {
-                    epilogue(acc + ow * co_pad, 1, mult, bias, relu, out_c, values);
-                    requantize(values, out_c, inverse_out, static_cast<std::int8_t*>(out) + at * out_c);
-                }
+            return;
+        }
+        for (std::size_t p = 0; p < count; ++p) {
+            const std::size_t at = (n * oh_count + oh) * ow_count + ow0 + p;
+            if (output == ConvOutput::f32_nhwc) {
+                kernels.epilogue_f32(acc + p * co_pad, out_c, mult, bias, relu, static_cast<float*>(out) + at * out_c);
+            } else {
+                kernels.epilogue_i8(acc + p * co_pad, out_c, mult, bias, relu, inverse_out,
+                                    static_cast<std::int8_t*>(out) + at * out_c);
             }
-        });
+        }
     });
     return ConvStatus::ok;
 }
@@ -272,13 +304,12 @@ void conv2d_i32(const ConvGeometry& g, std::size_t batch, const std::int8_t* x, 
     const std::uint8_t* image = s.image.data();
     const std::int8_t* blocked = s.blocked.data();
     const std::int32_t* sums = s.w_sums.data();
-    parallel_for(batch * oh_count, 1, min_rows(g), num_threads, [&](std::size_t begin, std::size_t end) {
-        run_rows(g, image, blocked, sums, begin, end, [&](std::size_t n, std::size_t oh, const std::int32_t* row) {
-            for (std::size_t ow = 0; ow < ow_count; ++ow) {
-                std::int32_t* to = acc + ((n * oh_count + oh) * ow_count + ow) * g.out_c;
-                std::memcpy(to, row + ow * co_pad, g.out_c * sizeof(std::int32_t));
-            }
-        });
+    for_each_run(g, batch, image, blocked, sums, num_threads,
+                 [&](std::size_t n, std::size_t oh, std::size_t ow0, std::size_t count, const std::int32_t* row) {
+        for (std::size_t p = 0; p < count; ++p) {
+            std::int32_t* to = acc + ((n * oh_count + oh) * ow_count + ow0 + p) * g.out_c;
+            std::memcpy(to, row + p * co_pad, g.out_c * sizeof(std::int32_t));
+        }
     });
 }
 
@@ -294,9 +325,7 @@ void maxpool2x2_i8_nhwc(const std::int8_t* x, std::size_t batch, std::size_t h, 
             std::int8_t* to = y + row * ow * c;
             for (std::size_t j = 0; j < ow; ++j) {
                 const std::int8_t *a = top + 2 * j * c, *b = bottom + 2 * j * c;
-                for (std::size_t ch = 0; ch < c; ++ch) {
-                    to[j * c + ch] = std::max(std::max(a[ch], a[c + ch]), std::max(b[ch], b[c + ch]));
-                }
+                max4_i8(a, a + c, b, b + c, c, to + j * c);
             }
         }
     });

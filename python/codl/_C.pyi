@@ -195,7 +195,17 @@ def conv2d_i8(
     input_scale: float,
     output_scale: float,
     num_threads: int = 1,
+    w_sums: Buffer | None = None,
 ) -> float: ...
+def conv_prepare_weights(
+    weight: Buffer,
+    weight_format: str,
+    out_channels: int,
+    in_channels: int,
+    kernel_size: Sequence[int],
+    blocked: Buffer,
+    w_sums: Buffer,
+) -> None: ...
 def maxpool2x2_i8_nhwc(
     x: Buffer, shape: Sequence[int], out: Buffer, num_threads: int = 1
 ) -> None: ...

@@ -702,6 +702,7 @@ def comm_topk_decode(payload: torch.Tensor, out: torch.Tensor, accumulate: bool)
 # --- direct convolution (int8 activations, int8 or 2-bit ternary weights)
 
 _CONV_DTYPE = {"nchw": torch.float32, "nhwc": torch.float32, "int8_nhwc": torch.int8}
+_CONV_WEIGHT_DTYPE = {"int8": torch.int8, "ternary2": torch.uint8, "blocked": torch.int8}
 
 
 def conv2d_i8(
@@ -722,13 +723,15 @@ def conv2d_i8(
     output_layout: str,
     input_scale: float,
     output_scale: float,
+    w_sums: torch.Tensor | None = None,
 ) -> float:
-    """Direct convolution (``codl/conv.h``); returns the activation scale it used."""
+    """Direct convolution (``codl/conv.h``); returns the activation scale it used.
+    ``weight_format="blocked"`` takes :func:`conv_prepare_weights`' output and its ``w_sums``."""
     return _C.conv2d_i8(
         as_buffer(x, "x", _CONV_DTYPE[input_layout]),
         input_layout,
         shape,
-        as_buffer(weight, "weight", torch.int8 if weight_format == "int8" else torch.uint8),
+        as_buffer(weight, "weight", _CONV_WEIGHT_DTYPE.get(weight_format, torch.int8)),
         weight_format,
         out_channels,
         kernel_size,
@@ -743,7 +746,96 @@ def conv2d_i8(
         input_scale,
         output_scale,
         get_num_threads(),
+        None if w_sums is None else as_buffer(w_sums, "w_sums", torch.int32),
     )
+
+
+def conv_prepare_weights(
+    weight: torch.Tensor,
+    weight_format: str,
+    out_channels: int,
+    in_channels: int,
+    kernel_size: tuple[int, int],
+    blocked: torch.Tensor,
+    w_sums: torch.Tensor,
+) -> None:
+    """The blocked weights and their sums (``codl/conv.h``), once, for the ``"blocked"``
+    format of :func:`conv2d_i8`."""
+    _C.conv_prepare_weights(
+        as_buffer(weight, "weight", _CONV_WEIGHT_DTYPE.get(weight_format, torch.int8)),
+        weight_format,
+        out_channels,
+        in_channels,
+        kernel_size,
+        _output(blocked, torch.int8, "blocked"),
+        _output(w_sums, torch.int32, "w_sums"),
+    )
+
+
+class BoundConv:
+    """:func:`conv2d_i8` with blocked weights and every argument but the input and output
+    fixed: the fixed buffers are checked and turned into NumPy views once, so a call costs the
+    core's own checks and two views. The tensors given must outlive this object and stay
+    where they are (their owner rebuilds it when they move)."""
+
+    def __init__(
+        self,
+        blocked: torch.Tensor,
+        w_sums: torch.Tensor,
+        out_channels: int,
+        kernel_size: tuple[int, int],
+        stride: tuple[int, int],
+        padding: tuple[int, int],
+        dilation: tuple[int, int],
+        weight_scale: torch.Tensor,
+        bias: torch.Tensor | None,
+        relu: bool,
+        input_layout: str,
+        input_scale: float,
+        output_layout: str,
+        output_scale: float,
+    ) -> None:
+        self._blocked = as_buffer(blocked, "blocked", torch.int8)
+        self._sums = as_buffer(w_sums, "w_sums", torch.int32)
+        self._scale = as_buffer(weight_scale, "weight_scale", torch.float32)
+        self._bias = None if bias is None else as_buffer(bias, "bias", torch.float32)
+        self._geometry = (out_channels, kernel_size, stride, padding, dilation)
+        self._epilogue = (relu, input_layout, input_scale, output_layout, output_scale)
+        self._input_dtype = _CONV_DTYPE[input_layout]
+        self._output_dtype = _CONV_DTYPE[output_layout]
+
+    def __call__(self, x: torch.Tensor, out: torch.Tensor) -> float:
+        """``out`` = the convolution of ``x`` (contiguous, in the input layout)."""
+        if x.dtype != self._input_dtype or out.dtype != self._output_dtype:
+            raise TypeError(
+                f"x, out: expected {self._input_dtype} and {self._output_dtype}, received "
+                f"{x.dtype} and {out.dtype}"
+            )
+        out_channels, kernel_size, stride, padding, dilation = self._geometry
+        relu, input_layout, input_scale, output_layout, output_scale = self._epilogue
+        n, a, b, c = x.shape
+        shape = (n, c, a, b) if input_layout == "int8_nhwc" else (n, a, b, c)
+        return _C.conv2d_i8(
+            x.detach().numpy(),
+            input_layout,
+            shape,
+            self._blocked,
+            "blocked",
+            out_channels,
+            kernel_size,
+            stride,
+            padding,
+            dilation,
+            self._scale,
+            self._bias,
+            relu,
+            out.detach().numpy(),
+            output_layout,
+            input_scale,
+            output_scale,
+            get_num_threads(),
+            self._sums,
+        )
 
 
 def maxpool2x2_i8_nhwc(x: torch.Tensor, out: torch.Tensor) -> None:

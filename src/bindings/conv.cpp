@@ -45,6 +45,39 @@ void require_positive(const Sizes& pair, const char* name) {
     }
 }
 
+codl::ConvWeights parse_weights(const std::string& format, bool allow_blocked) {
+    if (format == "int8") return codl::ConvWeights::i8;
+    if (format == "ternary2") return codl::ConvWeights::ternary2;
+    if (allow_blocked && format == "blocked") return codl::ConvWeights::blocked;
+    throw py::value_error(std::string("weight_format: expected 'int8', 'ternary2'") +
+                          (allow_blocked ? " or 'blocked'" : "") + ", received '" + format + "'");
+}
+
+// The weight buffer's check for its format: canonical int8, 2-bit stream, or blocked bytes.
+Buffer checked_weights(const py::buffer& weight, codl::ConvWeights format, const codl::ConvGeometry& g) {
+    const std::size_t codes = g.out_c * g.reduction();
+    switch (format) {
+        case codl::ConvWeights::i8: {
+            const Buffer w = checked_buffer(weight, "weight", 'b', false);
+            require_exact(w, "weight", codes, "elements (out_channels * KH * KW * padded in_channels)");
+            return w;
+        }
+        case codl::ConvWeights::ternary2: {
+            const Buffer w = checked_buffer(weight, "weight", 'B', false);
+            require_exact(w, "weight", codl::packed_ternary2_bytes(codes),
+                          "bytes (out_channels * KH * KW * padded in_channels 2-bit codes)");
+            return w;
+        }
+        case codl::ConvWeights::blocked: break;
+    }
+    const Buffer w = checked_buffer(weight, "weight", 'b', false);
+    require_exact(w, "weight", codl::conv_blocked_bytes(g),
+                  "elements (out_channels padded to 16 * KH * KW * padded in_channels)");
+    return w;
+}
+
+const char* kInvalidTernary = "weight: expected 2-bit fields 0b00, 0b01 or 0b10 (codes -1, 0, +1), received 0b11";
+
 }  // namespace
 
 void register_conv(py::module_& m) {
@@ -55,17 +88,11 @@ void register_conv(py::module_& m) {
            const Sizes& kernel_size, const Sizes& stride, const Sizes& padding, const Sizes& dilation,
            const py::buffer& weight_scale, const std::optional<py::buffer>& bias, bool relu,
            const py::buffer& out, const std::string& output_layout, float input_scale, float output_scale,
-           int num_threads) {
+           int num_threads, const std::optional<py::buffer>& w_sums) {
             codl::ConvArgs a;
             a.input = parse_input(input_layout);
             a.output = parse_output(output_layout);
-            if (weight_format == "int8") {
-                a.weights = codl::ConvWeights::i8;
-            } else if (weight_format == "ternary2") {
-                a.weights = codl::ConvWeights::ternary2;
-            } else {
-                throw py::value_error("weight_format: expected 'int8' or 'ternary2', received '" + weight_format + "'");
-            }
+            a.weights = parse_weights(weight_format, true);
             require_length(shape, 4, "shape");
             require_length(padding, 2, "padding");
             require_positive(kernel_size, "kernel_size");
@@ -99,13 +126,13 @@ void register_conv(py::module_& m) {
             const bool int8_in = a.input == codl::ConvInput::i8_nhwc, int8_out = a.output == codl::ConvOutput::i8_nhwc;
             const Buffer input = checked_buffer(x, "x", int8_in ? 'b' : 'f', false);
             require_exact(input, "x", a.batch * g.in_c * g.in_h * g.in_w, "elements (N * C * H * W)");
-            const std::size_t codes = g.out_c * g.reduction();
-            const Buffer w = checked_buffer(weight, "weight", a.weights == codl::ConvWeights::i8 ? 'b' : 'B', false);
-            require_exact(w, "weight",
-                          a.weights == codl::ConvWeights::i8 ? codes : codl::packed_ternary2_bytes(codes),
-                          a.weights == codl::ConvWeights::i8
-                              ? "elements (out_channels * KH * KW * padded in_channels)"
-                              : "bytes (out_channels * KH * KW * padded in_channels 2-bit codes)");
+            const Buffer w = checked_weights(weight, a.weights, g);
+            if (a.weights == codl::ConvWeights::blocked) {
+                if (!w_sums) throw py::value_error("w_sums: expected the blocked weights' sums, received None");
+                const Buffer sums = checked_buffer(*w_sums, "w_sums", 'i', false);
+                require_exact(sums, "w_sums", g.out_c_padded(), "elements (out_channels padded to 16)");
+                a.w_sums = static_cast<const std::int32_t*>(sums.data);
+            }
             const Buffer scales = checked_buffer(weight_scale, "weight_scale", 'f', false);
             require_exact(scales, "weight_scale", g.out_c, "elements (out_channels)");
             if (bias) {
@@ -135,9 +162,7 @@ void register_conv(py::module_& m) {
                 case codl::ConvStatus::ok: break;
                 case codl::ConvStatus::nonfinite_input:
                     throw py::value_error("x: expected finite values, received NaN or Inf");
-                case codl::ConvStatus::invalid_ternary_code:
-                    throw py::value_error("weight: expected 2-bit fields 0b00, 0b01 or 0b10 (codes -1, 0, +1), "
-                                          "received 0b11");
+                case codl::ConvStatus::invalid_ternary_code: throw py::value_error(kInvalidTernary);
                 case codl::ConvStatus::bad_scale:
                     throw py::value_error("input_scale, output_scale: expected positive finite scales (input_scale "
                                           "0 means absmax for float input), received " +
@@ -149,8 +174,41 @@ void register_conv(py::module_& m) {
         py::arg("out_channels"), py::arg("kernel_size"), py::arg("stride"), py::arg("padding"),
         py::arg("dilation"), py::arg("weight_scale"), py::arg("bias"), py::arg("relu"), py::arg("out"),
         py::arg("output_layout"), py::arg("input_scale"), py::arg("output_scale"), py::arg("num_threads") = 1,
-        "Direct int8 convolution (weights int8 or 2-bit ternary in [Cout][KH][KW][Cin padded to 4]); "
-        "returns the activation scale used.");
+        py::arg("w_sums") = py::none(),
+        "Direct int8 convolution (weights int8 or 2-bit ternary in [Cout][KH][KW][Cin padded to 4], or "
+        "blocked by conv_prepare_weights with their w_sums); returns the activation scale used.");
+    m.def(
+        "conv_prepare_weights",
+        [](const py::buffer& weight, const std::string& weight_format, std::size_t out_channels,
+           std::size_t in_channels, const Sizes& kernel_size, const py::buffer& blocked, const py::buffer& w_sums) {
+            codl::ConvGeometry g;
+            require_positive(kernel_size, "kernel_size");
+            if (out_channels == 0 || in_channels == 0) {
+                throw py::value_error("out_channels, in_channels: expected positive sizes, received " +
+                                      std::to_string(out_channels) + " and " + std::to_string(in_channels));
+            }
+            g.out_c = out_channels;
+            g.in_c = in_channels;
+            g.kernel_h = kernel_size[0];
+            g.kernel_w = kernel_size[1];
+            const codl::ConvWeights format = parse_weights(weight_format, false);
+            const Buffer w = checked_weights(weight, format, g);
+            const Buffer out = checked_buffer(blocked, "blocked", 'b', true);
+            require_exact(out, "blocked", codl::conv_blocked_bytes(g),
+                          "elements (out_channels padded to 16 * KH * KW * padded in_channels)");
+            const Buffer sums = checked_buffer(w_sums, "w_sums", 'i', true);
+            require_exact(sums, "w_sums", g.out_c_padded(), "elements (out_channels padded to 16)");
+            codl::ConvStatus status;
+            {
+                py::gil_scoped_release release;
+                status = codl::conv_prepare_weights(g, format, w.data, static_cast<std::int8_t*>(out.data),
+                                                    static_cast<std::int32_t*>(sums.data));
+            }
+            if (status == codl::ConvStatus::invalid_ternary_code) throw py::value_error(kInvalidTernary);
+        },
+        py::arg("weight"), py::arg("weight_format"), py::arg("out_channels"), py::arg("in_channels"),
+        py::arg("kernel_size"), py::arg("blocked"), py::arg("w_sums"),
+        "The blocked weights and their sums, once, for conv2d_i8's 'blocked' format.");
     m.def(
         "maxpool2x2_i8_nhwc",
         [](const py::buffer& x, const Sizes& shape, const py::buffer& out, int num_threads) {

@@ -3,6 +3,7 @@
 // convolution on unpadded int8 activations with explicit border checks.
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <limits>
 #include <random>
 #include <string>
@@ -54,6 +55,12 @@ std::vector<Shape> shapes() {
         {geometry(5, 9, 7, 3, 3, 2, 1, 2), 1, "odd everything"},
         {geometry(7, 5, 6, 33, 1, 1, 0, 1), 3, "1x1"},
         {geometry(2, 4, 4, 17, 4, 3, 3, 1), 1, "stride 3 big pad"},
+        // Rows of 16 pixels or more: the AMX kernel's tiles (2 x 16 pixels, pairs of 16
+        // channels, K chunks of 64 or all channels below 64) and its tails.
+        {geometry(128, 3, 33, 20, 3, 1, 1, 1), 1, "amx 2 chunks, 33 pixels"},
+        {geometry(64, 4, 40, 48, 3, 2, 1, 2), 1, "amx stride 2 dilation 2, 3 blocks"},
+        {geometry(24, 3, 36, 16, 3, 1, 1, 1), 2, "amx K 24"},
+        {geometry(96, 2, 18, 16, 1, 1, 0, 1), 1, "96 channels: VNNI"},
     };
     ConvGeometry rect = geometry(9, 12, 10, 20, 3, 1, 1, 1);
     rect.kernel_w = 2;
@@ -146,6 +153,66 @@ TEST_CASE("conv_row_i8 matches the reference bit for bit on every shape, extreme
                 });
             }
         }
+    }
+}
+
+TEST_CASE("conv epilogues equal the reference bit for bit on every ISA, NaN, signed zeros and tails included") {
+    std::uniform_real_distribution<float> scale(-0.05f, 0.05f);
+    for (std::size_t n : {std::size_t{1}, std::size_t{7}, std::size_t{8}, std::size_t{15}, std::size_t{16},
+                          std::size_t{33}, std::size_t{64}, std::size_t{70}}) {
+        std::vector<std::int32_t> acc(n);
+        std::vector<float> mult(n), bias(n);
+        for (std::size_t i = 0; i < n; ++i) {
+            acc[i] = static_cast<std::int32_t>(rng()() % 20001) - 10000;
+            mult[i] = scale(rng());
+            bias[i] = 10.0f * scale(rng());
+        }
+        acc[0] = 0;  // 0 * negative multiplier: -0.0 without a bias
+        mult[0] = -0.25f;
+        if (n > 3) {
+            bias[1] = std::numeric_limits<float>::quiet_NaN();
+            acc[2] = 1 << 30;  // far past the int8 range: clamps
+            mult[2] = 1.0f;
+            bias[3] = 0.5f * 0.1f;  // a tie after scaling: half to even
+            acc[3] = 0;
+        }
+        for (int relu = 0; relu < 2; ++relu) {
+            for (int with_bias = 0; with_bias < 2; ++with_bias) {
+                const float* b = with_bias ? bias.data() : nullptr;
+                std::vector<float> y_ref(n + 1, 9.0f);
+                std::vector<std::int8_t> q_ref(n + 1, 9);
+                codl::ref::conv_kernels.epilogue_f32(acc.data(), n, mult.data(), b, relu, y_ref.data());
+                codl::ref::conv_kernels.epilogue_i8(acc.data(), n, mult.data(), b, relu, 10.0f, q_ref.data());
+                codl_test::for_each_isa([&](IsaLevel isa, const codl::KernelTable& table) {
+                    std::vector<float> y(n + 1, 9.0f);
+                    std::vector<std::int8_t> q(n + 1, 9);
+                    table.conv->epilogue_f32(acc.data(), n, mult.data(), b, relu, y.data());
+                    table.conv->epilogue_i8(acc.data(), n, mult.data(), b, relu, 10.0f, q.data());
+                    const std::string at = std::string(codl::isa_name(isa)) + " n=" + std::to_string(n) +
+                                           " relu=" + std::to_string(relu) + " bias=" + std::to_string(with_bias);
+                    CHECK_MSG(std::memcmp(y.data(), y_ref.data(), (n + 1) * sizeof(float)) == 0, at + " f32");
+                    CHECK_MSG(q == q_ref, at + " i8");
+                });
+            }
+        }
+    }
+}
+
+TEST_CASE("quantize_u8 equals the reference bit for bit on every ISA: ties, clamps and tails") {
+    std::uniform_real_distribution<float> value(-300.0f, 300.0f);
+    for (std::size_t n : {std::size_t{1}, std::size_t{7}, std::size_t{9}, std::size_t{16}, std::size_t{37}}) {
+        std::vector<float> x(n);
+        for (auto& v : x) v = value(rng());
+        x[0] = 2.5f;  // ties at inverse 1: half to even
+        if (n > 2) x[1] = -3.5f, x[2] = 1e9f;
+        std::vector<std::uint8_t> expected(n + 1, 7);
+        codl::ref::conv_kernels.quantize_u8(x.data(), n, 1.0f, expected.data());
+        CHECK(expected[0] == 130);
+        codl_test::for_each_isa([&](IsaLevel isa, const codl::KernelTable& table) {
+            std::vector<std::uint8_t> q(n + 1, 7);
+            table.conv->quantize_u8(x.data(), n, 1.0f, q.data());
+            CHECK_MSG(q == expected, std::string(codl::isa_name(isa)) + " n=" + std::to_string(n));
+        });
     }
 }
 

@@ -71,7 +71,29 @@ struct ConvKernels {
     void (*conv_row_i8)(const ConvGeometry& g, const std::uint8_t* image, const std::int8_t* w,
                         const std::int32_t* w_sums, std::size_t oh, std::size_t ow0,
                         std::size_t count, std::int32_t* acc);
+    // The epilogue of one output pixel's n channels: y[i] = float(acc[i]) * mult[i] + bias[i]
+    // (no addition when bias is null), then max(y, 0) with relu (NaN stays NaN).
+    void (*epilogue_f32)(const std::int32_t* acc, std::size_t n, const float* mult, const float* bias,
+                         bool relu, float* y);
+    // The same y requantized: q[i] = quantize_i8(y[i], inverse).
+    void (*epilogue_i8)(const std::int32_t* acc, std::size_t n, const float* mult, const float* bias,
+                        bool relu, float inverse, std::int8_t* q);
+    // The input's bytes: q[i] = quantize_i8(x[i], inverse) + 128 (x finite).
+    void (*quantize_u8)(const float* x, std::size_t n, float inverse, std::uint8_t* q);
 };
+
+// q = nearbyint(x * inverse) clamped to [-127, 127] (NaN to -127): half to even, as
+// quantize_row_i8. Adding and subtracting 1.5 * 2^23 rounds a float of magnitude below 2^22 to
+// an integer in the current rounding mode (nearest even, as nearbyint and the SIMD
+// conversions), without the libm call nearbyint costs at baseline x86-64 flags. Branch-free, so
+// loops over it vectorize; std::max(-127, NaN) is -127, never an undefined cast.
+inline int quantize_i8(float x, float inverse) {
+    const float scaled = x * inverse;
+    const float low = -127.0f < scaled ? scaled : -127.0f;  // std::max(-127, scaled)
+    const float clamped = low < 127.0f ? low : 127.0f;        // std::min(127, low)
+    // Without -ffast-math the compiler keeps both roundings (IEEE semantics).
+    return static_cast<int>((clamped + 12582912.0f) - 12582912.0f);
+}
 
 // Where a convolution reads its activations from.
 enum class ConvInput {
@@ -80,7 +102,10 @@ enum class ConvInput {
     i8_nhwc,   // int8 [N][H][W][C] with the given scale (a previous layer's int8 output)
 };
 enum class ConvOutput { f32_nchw, f32_nhwc, i8_nhwc };
-enum class ConvWeights { i8, ternary2 };
+// i8 and ternary2: the canonical layout, decoded into the blocked one on every call; blocked:
+// the blocked layout itself with its w_sums (conv_prepare_weights), decoded once by the caller,
+// so a frozen layer pays nothing per call for its weights.
+enum class ConvWeights { i8, ternary2, blocked };
 
 enum class ConvStatus { ok, nonfinite_input, invalid_ternary_code, bad_scale };
 
@@ -93,7 +118,8 @@ struct ConvArgs {
     // int8 inputs: the scale of x (> 0).
     float input_scale = 0.0f;
     ConvWeights weights = ConvWeights::i8;
-    const void* w = nullptr;         // canonical layout (see above)
+    const void* w = nullptr;         // canonical layout (see above), or blocked
+    const std::int32_t* w_sums = nullptr;  // blocked weights only: out_c_padded sums
     const float* w_scale = nullptr;  // out_c
     const float* bias = nullptr;     // out_c or null
     bool relu = false;
@@ -120,5 +146,15 @@ void maxpool2x2_i8_nhwc(const std::int8_t* x, std::size_t batch, std::size_t h, 
 // The blocked weights and w_sums from canonical int8 weights (for tests and the core).
 void conv_block_weights(const ConvGeometry& g, const std::int8_t* w, std::int8_t* blocked,
                         std::int32_t* w_sums);
+
+// Bytes of the blocked weights: out_c_padded * reduction (only out_c, in_c and the kernel size
+// of g matter; the blocked layout does not depend on the image size).
+inline std::size_t conv_blocked_bytes(const ConvGeometry& g) { return g.out_c_padded() * g.reduction(); }
+
+// The blocked weights (conv_blocked_bytes(g)) and w_sums (out_c_padded) from canonical weights
+// (format i8 or ternary2, not blocked), once, for ConvWeights::blocked; invalid_ternary_code on
+// a 0b11 field.
+ConvStatus conv_prepare_weights(const ConvGeometry& g, ConvWeights format, const void* w,
+                                std::int8_t* blocked, std::int32_t* w_sums);
 
 }  // namespace codl

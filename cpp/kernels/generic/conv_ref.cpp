@@ -35,8 +35,31 @@ void conv_row_i8(const ConvGeometry& g, const std::uint8_t* image, const std::in
     }
 }
 
+void epilogue_f32(const std::int32_t* acc, std::size_t n, const float* mult, const float* bias, bool relu,
+                  float* y) {
+    for (std::size_t i = 0; i < n; ++i) {
+        float v = static_cast<float>(acc[i]) * mult[i];
+        if (bias) v += bias[i];
+        y[i] = relu && v < 0.0f ? 0.0f : v;
+    }
+}
+
+void epilogue_i8(const std::int32_t* acc, std::size_t n, const float* mult, const float* bias, bool relu,
+                 float inverse, std::int8_t* q) {
+    for (std::size_t i = 0; i < n; ++i) {
+        float v = static_cast<float>(acc[i]) * mult[i];
+        if (bias) v += bias[i];
+        if (relu && v < 0.0f) v = 0.0f;
+        q[i] = static_cast<std::int8_t>(quantize_i8(v, inverse));
+    }
+}
+
+void quantize_u8(const float* x, std::size_t n, float inverse, std::uint8_t* q) {
+    for (std::size_t i = 0; i < n; ++i) q[i] = static_cast<std::uint8_t>(quantize_i8(x[i], inverse) + 128);
+}
+
 }  // namespace
 
-const ConvKernels conv_kernels = {conv_row_i8};
+const ConvKernels conv_kernels = {conv_row_i8, epilogue_f32, epilogue_i8, quantize_u8};
 
 }  // namespace codl::ref

@@ -9,7 +9,9 @@ conversions built on them.
   for ternary layers in place, configured by :class:`codl.TernaryConfig`;
   :func:`sparsity_report` lists each layer's sparsity.
 * :func:`freeze`: an inference copy of a trained model, ternary layers packed
-  (``packing="2bit"|"base3"``, ``activations="int8"|"float"``) and their BatchNorms folded in.
+  (``packing="2bit"|"base3"``, ``activations="int8"|"float"``) and their BatchNorms folded in;
+  with ``calibration=`` images, static activation scales and convolutions chained in int8;
+  :func:`frozen_summary` lists what runs where.
 
 >>> model = codl.quantize_(model, codl.TernaryConfig(overrides={"0": None}))  # doctest: +SKIP
 >>> codl.nn.sparsity_report(model)  # doctest: +SKIP
@@ -17,7 +19,15 @@ conversions built on them.
 
 from __future__ import annotations
 
-from codl.nn.convert import LayerSparsity, freeze, quantize_, sparsity_report
+from codl.nn.convert import (
+    FrozenLayer,
+    Int8MaxPool2d,
+    LayerSparsity,
+    freeze,
+    frozen_summary,
+    quantize_,
+    sparsity_report,
+)
 from codl.nn.ternary import (
     FrozenTernaryConv2d,
     FrozenTernaryLinear,
@@ -26,12 +36,15 @@ from codl.nn.ternary import (
 )
 
 __all__ = [
+    "FrozenLayer",
     "FrozenTernaryConv2d",
     "FrozenTernaryLinear",
+    "Int8MaxPool2d",
     "LayerSparsity",
     "TernaryConv2d",
     "TernaryLinear",
     "freeze",
+    "frozen_summary",
     "quantize_",
     "sparsity_report",
 ]

@@ -19,17 +19,33 @@
 from __future__ import annotations
 
 import copy
+import warnings
 from typing import TypedDict
 
 import torch
 from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval, fuse_linear_bn_eval
 
-from codl.nn.ternary import TernaryConv2d, TernaryLinear, fold_ternary
+from codl.kernels.conv import max_pool2x2_int8
+from codl.nn.ternary import (
+    FrozenTernaryConv2d,
+    FrozenTernaryLinear,
+    TernaryConv2d,
+    TernaryLinear,
+    fold_ternary,
+)
 from codl.ternary.config import TernaryConfig
 from codl.ternary.packed import Activations, Packing, check_inference_options
 
-__all__ = ["LayerSparsity", "freeze", "quantize_", "sparsity_report"]
+__all__ = [
+    "FrozenLayer",
+    "Int8MaxPool2d",
+    "LayerSparsity",
+    "freeze",
+    "frozen_summary",
+    "quantize_",
+    "sparsity_report",
+]
 
 _BatchNorm = (nn.BatchNorm1d, nn.BatchNorm2d)
 
@@ -216,24 +232,269 @@ def freeze(
     *,
     activations: Activations | None = None,
     packing: Packing = "2bit",
+    calibration: torch.Tensor | None = None,
 ) -> nn.Module:
     """An inference copy of ``model`` (in eval mode) with ternary layers packed and the
     BatchNorms that follow them folded in; ``model`` itself is not changed.
 
     Args:
         model: the trained model.
-        activations: ``"int8"`` (quantized per row, integer sums) or ``"float"`` (float32
-            sums) for every ternary layer; ``None`` (the default) takes each layer's own
-            ``activations`` (set from :class:`codl.TernaryConfig`, ``"int8"`` by default).
+        activations: ``"int8"`` (quantized, integer sums) or ``"float"`` (float32 sums) for
+            every ternary layer; ``None`` (the default) takes each layer's own ``activations``
+            (set from :class:`codl.TernaryConfig`, ``"int8"`` by default).
         packing: ``"2bit"`` (the default) or ``"base3"`` (1.6 bits per code; int8 activations
             only).
+        calibration: a few representative inputs (a batch of ``model``'s input). With them,
+            the activation scales are fixed from their absmax (static quantization, as torch's
+            and ONNX Runtime's static int8), and inside each ``nn.Sequential`` a ternary
+            convolution followed by ReLU and 2x2 max-pooling and feeding another ternary
+            convolution hands it int8 NHWC activations: ReLU and requantization run in the
+            convolution's epilogue and the pooling on int8 (:class:`Int8MaxPool2d`), with no
+            float tensor in between. Without them every convolution quantizes its float input
+            by its absmax on each call. :func:`frozen_summary` says what runs where.
+
+    Layers codl has no kernel for stay torch float: a grouped or depthwise ``nn.Conv2d`` or one
+    with a padding mode other than zeros raises a ``UserWarning`` naming it.
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"model: expected a torch.nn.Module, received {type(model).__name__}")
     check_inference_options(packing, "int8" if activations is None else activations)
+    if calibration is not None and (
+        not isinstance(calibration, torch.Tensor)
+        or not calibration.is_floating_point()
+        or calibration.dim() == 0
+        or calibration.shape[0] == 0
+    ):
+        got = (
+            f"{calibration.dtype} of shape {tuple(calibration.shape)}"
+            if isinstance(calibration, torch.Tensor)
+            else type(calibration).__name__
+        )
+        raise ValueError(
+            f"calibration: expected a non-empty floating-point batch of inputs, received {got}"
+        )
     frozen = copy.deepcopy(model).eval()
     if isinstance(frozen, (TernaryLinear, TernaryConv2d)):
         return fold_ternary(frozen, None, activations, packing)
     with torch.no_grad():
         _freeze_children(frozen, activations, packing)
+        _warn_unsupported(frozen)
+        if calibration is not None:
+            _calibrate_and_chain(frozen, calibration.to(torch.float32))
     return frozen
+
+
+def _warn_unsupported(model: nn.Module) -> None:
+    for name, module in model.named_modules():
+        if type(module) is nn.Conv2d and (module.groups != 1 or module.padding_mode != "zeros"):
+            why = (
+                f"groups={module.groups}"
+                if module.groups != 1
+                else f"padding_mode={module.padding_mode!r}"
+            )
+            warnings.warn(
+                f"freeze: layer {name!r} ({why}) has no codl kernel and runs in torch float32",
+                UserWarning,
+                stacklevel=3,
+            )
+
+
+class Int8MaxPool2d(nn.Module):
+    """2x2 max pooling, stride 2, of the int8 NHWC activations a frozen convolution hands on
+    (:func:`codl.kernels.conv.max_pool2x2_int8`; max commutes with the monotone quantization,
+    so the result is exact). With ``dequantize_scale`` it returns them as float32 NCHW values
+    (int8 times the scale), for the float layers that follow; float NCHW inputs are pooled as
+    :class:`torch.nn.MaxPool2d` does."""
+
+    def __init__(self, dequantize_scale: float | None = None) -> None:
+        super().__init__()
+        self.dequantize_scale = dequantize_scale
+
+    def forward(self, input: torch.Tensor) -> torch.Tensor:
+        if input.dtype != torch.int8:
+            return nn.functional.max_pool2d(input, 2)
+        pooled = max_pool2x2_int8(input)
+        if self.dequantize_scale is None:
+            return pooled
+        return pooled.permute(0, 3, 1, 2).to(torch.float32).mul_(self.dequantize_scale)
+
+    def extra_repr(self) -> str:
+        if self.dequantize_scale is None:
+            return "int8 -> int8"
+        return f"int8 -> float32, dequantize_scale={self.dequantize_scale:.6g}"
+
+
+def _is_pool2x2(module: nn.Module | None) -> bool:
+    if type(module) is not nn.MaxPool2d:
+        return False
+    assert isinstance(module, nn.MaxPool2d)
+    pair = {module.kernel_size, module.stride} <= {2, (2, 2)}
+    return (
+        pair
+        and module.padding in (0, (0, 0))
+        and module.dilation in (1, (1, 1))
+        and not module.ceil_mode
+        and not module.return_indices
+    )
+
+
+def _calibrate_and_chain(model: nn.Module, calibration: torch.Tensor) -> None:
+    """Fix every direct convolution's input scale from the absmax of its input over
+    ``calibration``, then chain the convolutions of each Sequential in int8 (see
+    :func:`freeze`)."""
+    convs = [
+        module
+        for module in model.modules()
+        if isinstance(module, FrozenTernaryConv2d) and module.direct is not None
+    ]
+    absmax: dict[FrozenTernaryConv2d, float] = {}
+    output_max: dict[FrozenTernaryConv2d, float] = {}
+
+    def record(module: nn.Module, args: tuple[torch.Tensor, ...], output: torch.Tensor) -> None:
+        assert isinstance(module, FrozenTernaryConv2d)
+        absmax[module] = max(absmax.get(module, 0.0), float(args[0].detach().abs().max()))
+        # The largest positive output: the range after a ReLU, which every pooled output has.
+        output_max[module] = max(output_max.get(module, 0.0), float(output.detach().max()))
+
+    handles = [conv.register_forward_hook(record) for conv in convs]
+    try:
+        for start in range(0, len(calibration), 64):
+            chunk = calibration[start : start + 64]
+            model(chunk)
+    finally:
+        for handle in handles:
+            handle.remove()
+    scales = {conv: value / 127.0 for conv, value in absmax.items() if 0.0 < value < float("inf")}
+    relu_scales = {
+        conv: value / 127.0 for conv, value in output_max.items() if 0.0 < value < float("inf")
+    }
+    int8_inputs: set[FrozenTernaryConv2d] = set()
+    for sequential in [m for m in model.modules() if isinstance(m, nn.Sequential)]:
+        _chain(sequential, scales, relu_scales, int8_inputs)
+    for conv in convs:  # convolutions outside any chain: static float input scale
+        if conv.input_scale is None and conv in scales and conv not in int8_inputs:
+            conv.configure(relu=conv.relu, input_scale=scales[conv], output_scale=conv.output_scale)
+
+
+def _chain(
+    sequential: nn.Sequential,
+    scales: dict[FrozenTernaryConv2d, float],
+    relu_scales: dict[FrozenTernaryConv2d, float],
+    int8_inputs: set[FrozenTernaryConv2d],
+) -> None:
+    """Chain the direct convolutions of ``sequential`` in int8 (see :func:`freeze`):
+    ``scales`` holds each one's calibrated input scale, ``relu_scales`` its output's after a
+    ReLU; ``int8_inputs`` collects the convolutions that now take int8."""
+    modules = sequential._modules
+    names = list(modules)
+
+    def next_index(index: int) -> int:
+        while index < len(names) and isinstance(modules[names[index]], nn.Identity):
+            index += 1
+        return index
+
+    for index, name in enumerate(names):
+        conv = modules[name]
+        if not isinstance(conv, FrozenTernaryConv2d) or conv.direct is None:
+            continue
+        position = next_index(index + 1)
+        relu_at = pool_at = None
+        if position < len(names) and type(modules[names[position]]) is nn.ReLU:
+            relu_at, position = position, next_index(position + 1)
+        if position < len(names) and _is_pool2x2(modules[names[position]]):
+            pool_at, position = position, next_index(position + 1)
+        consumer = modules[names[position]] if position < len(names) else None
+        chained = (
+            isinstance(consumer, FrozenTernaryConv2d)
+            and consumer.direct is not None
+            and consumer in scales
+        )
+        int8_input = conv in int8_inputs
+        input_scale = scales.get(conv)
+        if int8_input and input_scale is None:
+            continue
+        output_scale = None
+        if chained:
+            assert isinstance(consumer, FrozenTernaryConv2d)
+            output_scale = scales[consumer]
+            int8_inputs.add(consumer)
+            if pool_at is not None:
+                modules[names[pool_at]] = Int8MaxPool2d()
+        elif pool_at is not None and relu_at is not None and conv in relu_scales:
+            # Pooling float NCHW costs more than the whole convolution (torch's max_pool2d
+            # at batch 64): pool the int8 output, then hand the float layers float32.
+            output_scale = relu_scales[conv]
+            modules[names[pool_at]] = Int8MaxPool2d(dequantize_scale=output_scale)
+        conv.configure(
+            relu=relu_at is not None,
+            input_scale=input_scale,
+            output_scale=output_scale,
+            int8_input=int8_input,
+        )
+        if relu_at is not None:
+            modules[names[relu_at]] = nn.Identity()
+
+
+class FrozenLayer(TypedDict):
+    """One row of :func:`frozen_summary`."""
+
+    name: str
+    layer: str
+    runs_on: str
+    weight_bytes: int
+
+
+def frozen_summary(model: nn.Module) -> list[FrozenLayer]:
+    """What runs where in a model from :func:`freeze`: one row per layer with weights (and
+    per int8 pooling), saying whether codl's kernels or torch float32 run it, in which
+    activation formats, and the bytes its weights take in memory."""
+    rows: list[FrozenLayer] = []
+    for name, module in model.named_modules():
+        if isinstance(module, FrozenTernaryConv2d):
+            if module.direct is not None:
+                source = "int8 NHWC" if module.int8_input else "float32 NCHW"
+                quant = "static scale" if module.input_scale is not None else "absmax per call"
+                target = "int8 NHWC" if module.output_scale is not None else "float32 NCHW"
+                relu = " + ReLU" if module.relu else ""
+                runs = f"codl direct conv{relu}: {source} ({quant}) -> {target}"
+                direct = module.direct.weight.nbytes()
+            else:
+                runs, direct = "codl im2col + ternary GEMM, float32 activations", 0
+            rows.append(
+                FrozenLayer(
+                    name=name,
+                    layer=f"FrozenTernaryConv2d {module.in_channels}->{module.out_channels}",
+                    runs_on=runs,
+                    weight_bytes=module.weight.nbytes() + direct,
+                )
+            )
+        elif isinstance(module, FrozenTernaryLinear):
+            rows.append(
+                FrozenLayer(
+                    name=name,
+                    layer=f"FrozenTernaryLinear {module.in_features}->{module.out_features}",
+                    runs_on=f"codl ternary GEMM, {module.weight.activations} activations",
+                    weight_bytes=module.weight.nbytes(),
+                )
+            )
+        elif isinstance(module, Int8MaxPool2d):
+            target = "int8" if module.dequantize_scale is None else "float32 NCHW"
+            rows.append(
+                FrozenLayer(
+                    name=name,
+                    layer="max-pool 2x2",
+                    runs_on=f"codl int8 -> {target}",
+                    weight_bytes=0,
+                )
+            )
+        elif isinstance(module, (nn.Linear, nn.Conv2d)):
+            parameters = sum(p.numel() * p.element_size() for p in module.parameters())
+            rows.append(
+                FrozenLayer(
+                    name=name,
+                    layer=type(module).__name__,
+                    runs_on="torch float32",
+                    weight_bytes=parameters,
+                )
+            )
+    return rows

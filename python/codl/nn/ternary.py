@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from codl.kernels.conv import BlockedConv, pack_conv_weight
 from codl.ternary.config import TernaryConfig
 from codl.ternary.packed import (
     Activations,
@@ -348,7 +349,14 @@ class FrozenTernaryLinear(nn.Module):
 class FrozenTernaryConv2d(nn.Module):
     """Inference-only ternary 2-D convolution (groups=1): the kernel flattened to rows of
     ``in_channels * kh * kw`` codes, packed, with a float32 scale per output channel and a bias.
-    The forward pass is :func:`codl.ternary.packed.ternary_conv2d` (im2col + the int8 kernel).
+
+    With int8 activations (the default) the forward pass is codl's direct convolution
+    (:class:`codl.kernels.conv.BlockedConv`: no im2col; the input quantized once per call, by
+    its absmax or a calibrated ``input_scale``; the weights decoded once, here, into the
+    kernels' blocked layout, one byte per code), which :func:`codl.nn.freeze` with calibration
+    images also runs on int8 NHWC inputs and outputs with ReLU fused (:meth:`configure`). With
+    float activations it is :func:`codl.ternary.packed.ternary_conv2d` (im2col + the float
+    kernel).
     """
 
     bias: torch.Tensor | None
@@ -385,8 +393,50 @@ class FrozenTernaryConv2d(nn.Module):
         self.register_buffer(
             "bias", None if bias is None else bias.detach().to(torch.float32).clone()
         )
+        self.relu = False
+        self.input_scale: float | None = None
+        self.output_scale: float | None = None
+        self.int8_input = False
+        self.direct: BlockedConv | None = None
+        if weight.activations == "int8":
+            codes = weight.unpack().reshape(self.out_channels, self.in_channels, *self.kernel_size)
+            self._conv_weight = pack_conv_weight(codes.contiguous())
+            self.configure()
+
+    def configure(
+        self,
+        *,
+        relu: bool = False,
+        input_scale: float | None = None,
+        output_scale: float | None = None,
+        int8_input: bool = False,
+    ) -> None:
+        """Set the direct convolution's epilogue and activation formats (int8 activations
+        only): ``relu`` fused; a float32 NCHW input quantized with ``input_scale`` (its absmax
+        when None), or, with ``int8_input``, an int8 NHWC input of scale ``input_scale``; a
+        float32 NCHW output, or, with ``output_scale``, an int8 NHWC output of that scale."""
+        if self.weight.activations != "int8":
+            raise ValueError("configure: the direct convolution needs int8 activations")
+        self.direct = BlockedConv(
+            self._conv_weight,
+            self.weight.alpha,
+            self.bias,
+            stride=self.stride,
+            padding=self.padding,
+            dilation=self.dilation,
+            relu=relu,
+            input_layout="int8_nhwc" if int8_input else "nchw",
+            input_scale=input_scale,
+            output_layout="nchw" if output_scale is None else "int8_nhwc",
+            output_scale=output_scale,
+        )
+        self._conv_weight = self.direct.weight
+        self.relu, self.input_scale, self.output_scale = relu, input_scale, output_scale
+        self.int8_input = int8_input
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:
+        if self.direct is not None:
+            return self.direct(input)
         return ternary_conv2d(
             input,
             self.weight,
@@ -398,10 +448,16 @@ class FrozenTernaryConv2d(nn.Module):
         )
 
     def extra_repr(self) -> str:
+        fused = ""
+        if self.direct is not None:
+            fused = (
+                f", relu={self.relu}, input={'int8' if self.int8_input else 'float32'}, "
+                f"output={'float32' if self.output_scale is None else 'int8'}"
+            )
         return (
             f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "
             f"stride={self.stride}, padding={self.padding}, dilation={self.dilation}, "
-            f"weight_bytes={self.weight.nbytes()}"
+            f"weight_bytes={self.weight.nbytes()}{fused}"
         )
 
 

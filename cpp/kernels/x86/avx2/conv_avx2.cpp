@@ -70,8 +70,60 @@ void conv_row_i8(const ConvGeometry& g, const std::uint8_t* image, const std::in
     }
 }
 
+// 8 channels of y = acc * mult (+ bias), max(0, y) with relu (VMAXPS keeps a NaN second
+// operand, as the reference keeps NaN); a tail of fewer than 8 runs the same formula in scalar.
+__m256 epilogue8(const std::int32_t* acc, const float* mult, const float* bias, bool relu) {
+    __m256 v = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(acc))),
+                             _mm256_loadu_ps(mult));
+    if (bias) v = _mm256_add_ps(v, _mm256_loadu_ps(bias));
+    if (relu) v = _mm256_max_ps(_mm256_setzero_ps(), v);
+    return v;
+}
+
+float epilogue1(std::int32_t acc, float mult, const float* bias, bool relu) {
+    float v = static_cast<float>(acc) * mult;
+    if (bias) v += *bias;
+    return relu && v < 0.0f ? 0.0f : v;
+}
+
+void epilogue_f32(const std::int32_t* acc, std::size_t n, const float* mult, const float* bias, bool relu,
+                  float* y) {
+    std::size_t i = 0;
+    for (; i + 8 <= n; i += 8) _mm256_storeu_ps(y + i, epilogue8(acc + i, mult + i, bias ? bias + i : nullptr, relu));
+    for (; i < n; ++i) y[i] = epilogue1(acc[i], mult[i], bias ? bias + i : nullptr, relu);
+}
+
+void epilogue_i8(const std::int32_t* acc, std::size_t n, const float* mult, const float* bias, bool relu,
+                 float inverse, std::int8_t* q) {
+    const __m256 inv = _mm256_set1_ps(inverse), lo = _mm256_set1_ps(-127.0f), hi = _mm256_set1_ps(127.0f);
+    std::size_t i = 0;
+    for (; i + 8 <= n; i += 8) {
+        const __m256 y = epilogue8(acc + i, mult + i, bias ? bias + i : nullptr, relu);
+        const __m256i q32 = _mm256_cvtps_epi32(_mm256_min_ps(_mm256_max_ps(_mm256_mul_ps(y, inv), lo), hi));
+        const __m128i q16 = _mm_packs_epi32(_mm256_castsi256_si128(q32), _mm256_extracti128_si256(q32, 1));
+        _mm_storel_epi64(reinterpret_cast<__m128i*>(q + i), _mm_packs_epi16(q16, q16));
+    }
+    for (; i < n; ++i) {
+        q[i] = static_cast<std::int8_t>(quantize_i8(epilogue1(acc[i], mult[i], bias ? bias + i : nullptr, relu), inverse));
+    }
+}
+
+void quantize_u8(const float* x, std::size_t n, float inverse, std::uint8_t* q) {
+    const __m256 inv = _mm256_set1_ps(inverse), lo = _mm256_set1_ps(-127.0f), hi = _mm256_set1_ps(127.0f);
+    const __m128i shift = _mm_set1_epi8(static_cast<char>(0x80));
+    std::size_t i = 0;
+    for (; i + 8 <= n; i += 8) {
+        const __m256 scaled = _mm256_mul_ps(_mm256_loadu_ps(x + i), inv);
+        const __m256i q32 = _mm256_cvtps_epi32(_mm256_min_ps(_mm256_max_ps(scaled, lo), hi));
+        const __m128i q16 = _mm_packs_epi32(_mm256_castsi256_si128(q32), _mm256_extracti128_si256(q32, 1));
+        // int8 plus 128 is the int8 with its sign bit flipped.
+        _mm_storel_epi64(reinterpret_cast<__m128i*>(q + i), _mm_xor_si128(_mm_packs_epi16(q16, q16), shift));
+    }
+    for (; i < n; ++i) q[i] = static_cast<std::uint8_t>(quantize_i8(x[i], inverse) + 128);
+}
+
 }  // namespace
 
-const ConvKernels conv_kernels = {conv_row_i8};
+const ConvKernels conv_kernels = {conv_row_i8, epilogue_f32, epilogue_i8, quantize_u8};
 
 }  // namespace codl::avx2

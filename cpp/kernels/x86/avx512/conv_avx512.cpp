@@ -77,8 +77,54 @@ void conv_row_i8(const ConvGeometry& g, const std::uint8_t* image, const std::in
     if (b < blocks) pixels<1>(g, image, w + b * block_bytes, w_sums + b * kConvCoBlock, oh, ow0, count, acc + b * kConvCoBlock);
 }
 
+// 16 channels of y = acc * mult (+ bias), max(0, y) with relu: VMAXPS returns its second
+// operand when either is NaN, so max(0, y) keeps a NaN y as the reference does. Masked loads and
+// stores cover the tail.
+__m512 epilogue16(const std::int32_t* acc, const float* mult, const float* bias, bool relu, __mmask16 m) {
+    __m512 v = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_maskz_loadu_epi32(m, acc)), _mm512_maskz_loadu_ps(m, mult));
+    if (bias) v = _mm512_add_ps(v, _mm512_maskz_loadu_ps(m, bias));
+    if (relu) v = _mm512_max_ps(_mm512_setzero_ps(), v);
+    return v;
+}
+
+__mmask16 tail_mask(std::size_t left) {
+    return left >= 16 ? static_cast<__mmask16>(0xFFFF) : static_cast<__mmask16>((1u << left) - 1);
+}
+
+void epilogue_f32(const std::int32_t* acc, std::size_t n, const float* mult, const float* bias, bool relu,
+                  float* y) {
+    for (std::size_t i = 0; i < n; i += 16) {
+        const __mmask16 m = tail_mask(n - i);
+        _mm512_mask_storeu_ps(y + i, m, epilogue16(acc + i, mult + i, bias ? bias + i : nullptr, relu, m));
+    }
+}
+
+// quantize_i8 on 16 lanes: max(scaled, -127) maps NaN to -127 (the second operand), the
+// conversion rounds half to even (MXCSR's default, as the reference's 1.5 * 2^23 trick).
+void epilogue_i8(const std::int32_t* acc, std::size_t n, const float* mult, const float* bias, bool relu,
+                 float inverse, std::int8_t* q) {
+    const __m512 inv = _mm512_set1_ps(inverse), lo = _mm512_set1_ps(-127.0f), hi = _mm512_set1_ps(127.0f);
+    for (std::size_t i = 0; i < n; i += 16) {
+        const __mmask16 m = tail_mask(n - i);
+        const __m512 y = epilogue16(acc + i, mult + i, bias ? bias + i : nullptr, relu, m);
+        const __m512 clamped = _mm512_min_ps(_mm512_max_ps(_mm512_mul_ps(y, inv), lo), hi);
+        _mm_mask_storeu_epi8(q + i, m, _mm512_cvtsepi32_epi8(_mm512_cvtps_epi32(clamped)));
+    }
+}
+
+void quantize_u8(const float* x, std::size_t n, float inverse, std::uint8_t* q) {
+    const __m512 inv = _mm512_set1_ps(inverse), lo = _mm512_set1_ps(-127.0f), hi = _mm512_set1_ps(127.0f);
+    const __m512i shift = _mm512_set1_epi32(128);
+    for (std::size_t i = 0; i < n; i += 16) {
+        const __mmask16 m = tail_mask(n - i);
+        const __m512 scaled = _mm512_mul_ps(_mm512_maskz_loadu_ps(m, x + i), inv);
+        const __m512i v = _mm512_cvtps_epi32(_mm512_min_ps(_mm512_max_ps(scaled, lo), hi));
+        _mm_mask_storeu_epi8(q + i, m, _mm512_cvtepi32_epi8(_mm512_add_epi32(v, shift)));
+    }
+}
+
 }  // namespace
 
-const ConvKernels conv_kernels = {conv_row_i8};
+const ConvKernels conv_kernels = {conv_row_i8, epilogue_f32, epilogue_i8, quantize_u8};
 
 }  // namespace codl::avx512

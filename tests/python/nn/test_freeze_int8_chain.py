@@ -1,0 +1,200 @@
+"""The whole-model path of frozen ternary CNNs: direct int8 convolutions, static scales from
+calibration images, convolutions chained in int8 NHWC with ReLU and pooling fused, checked bit
+for bit against a float64 simulation of the same arithmetic, against the unfrozen model, under
+torch.compile and torch.export, and with the fallbacks reported."""
+
+from __future__ import annotations
+
+import copy
+import warnings
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import codl
+from codl import _ops
+from codl.models import FashionCNN, LeNet5
+from codl.nn import (
+    FrozenTernaryConv2d,
+    FrozenTernaryLinear,
+    Int8MaxPool2d,
+    freeze,
+    frozen_summary,
+)
+
+
+def trained_like(model: nn.Module, seed: int = 0) -> nn.Module:
+    generator = torch.Generator().manual_seed(seed)
+    for module in model.modules():
+        if isinstance(module, (nn.BatchNorm1d, nn.BatchNorm2d)):
+            count = module.num_features
+            assert module.running_mean is not None and module.running_var is not None
+            module.running_mean.copy_(torch.randn(count, generator=generator) * 0.3)
+            module.running_var.copy_(torch.rand(count, generator=generator) + 0.5)
+            with torch.no_grad():
+                module.weight.copy_(torch.randn(count, generator=generator).abs() + 0.5)
+                module.bias.copy_(torch.randn(count, generator=generator) * 0.1)
+    return model.eval()
+
+
+def ternary(model: nn.Module) -> nn.Module:
+    torch.manual_seed(0)
+    return trained_like(codl.quantize_(model, codl.TernaryConfig()))
+
+
+def images(count: int, seed: int) -> torch.Tensor:
+    return torch.rand(count, 1, 28, 28, generator=torch.Generator().manual_seed(seed))
+
+
+def quantize(x: torch.Tensor, scale: float) -> torch.Tensor:
+    """The core's quantize_i8 in float32: x * (1 / scale), clamped, rounded half to even."""
+    inverse = torch.tensor(1.0, dtype=torch.float32) / torch.tensor(scale, dtype=torch.float32)
+    return torch.round((x * inverse).clamp(-127, 127))
+
+
+def simulate_conv(
+    q: torch.Tensor, conv: FrozenTernaryConv2d, input_scale: float, relu: bool
+) -> torch.Tensor:
+    """Float32 output of a frozen convolution from its int8 input values ``q`` (NCHW floats):
+    exact integer sums in float64, then the epilogue in float32 as conv.h states it."""
+    codes = conv.weight.unpack().reshape(conv.out_channels, conv.in_channels, *conv.kernel_size)
+    sums = F.conv2d(
+        q.double(),
+        codes.double(),
+        stride=conv.stride,
+        padding=conv.padding,
+        dilation=conv.dilation,
+    )
+    multiplier = torch.tensor(input_scale, dtype=torch.float32) * conv.weight.alpha
+    y = sums.float() * multiplier[None, :, None, None]
+    if conv.bias is not None:
+        y = y + conv.bias[None, :, None, None]
+    return y.clamp_min(0) if relu else y
+
+
+def test_chained_fashion_cnn_is_bit_exact_against_a_float64_simulation() -> None:
+    model = ternary(FashionCNN())
+    calibration = images(48, seed=1)
+    frozen = freeze(model, calibration=calibration)
+    first, second = (m for m in frozen.modules() if isinstance(m, FrozenTernaryConv2d))
+    assert first.relu and second.relu
+    assert not first.int8_input and second.int8_input
+    assert first.output_scale == second.input_scale
+    # The calibrated scales: absmax of each convolution's input over the calibration set.
+    assert first.input_scale == pytest.approx(float(calibration.abs().max()) / 127)
+    assert isinstance(frozen[2], Int8MaxPool2d) and frozen[2].dequantize_scale is None
+    assert isinstance(frozen[5], Int8MaxPool2d) and frozen[5].dequantize_scale is not None
+
+    x = images(5, seed=2)
+    assert first.input_scale is not None and second.input_scale is not None
+    assert second.output_scale is not None
+    q1 = quantize(x, first.input_scale)
+    y1 = simulate_conv(q1, first, first.input_scale, relu=True)
+    q2 = F.max_pool2d(quantize(y1, second.input_scale), 2)
+    y2 = simulate_conv(q2, second, second.input_scale, relu=True)
+    pooled = F.max_pool2d(quantize(y2, second.output_scale), 2) * second.output_scale
+    with torch.no_grad():
+        layers = list(frozen)
+        features = nn.Sequential(*layers[:7])(x)
+        assert torch.equal(features, pooled.flatten(1))
+        expected_logits = nn.Sequential(*layers[7:])(pooled.flatten(1))
+        assert torch.equal(frozen(x), expected_logits)
+
+
+@pytest.mark.parametrize("architecture", [LeNet5, FashionCNN])
+def test_chained_model_stays_close_to_the_unfrozen_ternary_model(
+    architecture: type[nn.Module],
+) -> None:
+    model = ternary(architecture())
+    frozen = freeze(model, calibration=images(64, seed=1))
+    dynamic = freeze(model)
+    x = images(32, seed=3)
+    with torch.no_grad():
+        expected = model(x)
+        chained = frozen(x)
+        per_call = dynamic(x)
+    for got in (chained, per_call):
+        assert (got - expected).norm() <= 0.06 * expected.norm()
+        assert (got.argmax(1) == expected.argmax(1)).float().mean() >= 0.85
+    kinds = [type(m) for m in frozen.modules()]
+    assert Int8MaxPool2d in kinds and nn.ReLU not in kinds[:4]
+
+
+def test_results_do_not_depend_on_threads_or_batch() -> None:
+    model = ternary(LeNet5())
+    frozen = freeze(model, calibration=images(32, seed=1))
+    x = images(9, seed=4)
+    with torch.no_grad(), _ops.using_threads(1):
+        one_thread = frozen(x)
+        one_by_one = torch.cat([frozen(x[i : i + 1]) for i in range(len(x))])
+    with torch.no_grad(), _ops.using_threads(2):
+        two_threads = frozen(x)
+    assert torch.equal(one_thread, two_threads)
+    assert torch.equal(one_thread, one_by_one)
+
+
+def test_chained_model_runs_under_torch_compile_and_torch_export() -> None:
+    frozen = freeze(ternary(FashionCNN()), calibration=images(16, seed=1))
+    x = images(3, seed=5)
+    with torch.no_grad():
+        expected = frozen(x)
+        compiled = torch.compile(copy.deepcopy(frozen), fullgraph=True, backend="aot_eager")
+        assert torch.equal(compiled(x), expected)
+        exported = torch.export.export(frozen, (x,))
+    targets = {str(node.target) for node in exported.graph.nodes}
+    assert "codl.conv2d_int8_blocked.default" in targets
+    assert "codl.max_pool2x2_int8.default" in targets
+    with torch.no_grad():
+        assert torch.equal(exported.module()(x), expected)
+
+
+def test_summary_says_what_runs_where_and_unsupported_layers_warn() -> None:
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        nn.Conv2d(1, 8, 3, padding=1),
+        nn.ReLU(),
+        nn.Conv2d(8, 8, 3, padding=1, groups=4),
+        nn.ReLU(),
+        nn.Conv2d(8, 16, 3, padding=1, padding_mode="reflect"),
+        nn.Flatten(),
+        nn.Linear(16 * 28 * 28, 10),
+    )
+    codl.quantize_(model, codl.TernaryConfig())
+    with pytest.warns(UserWarning) as caught:
+        frozen = freeze(trained_like(model), calibration=images(8, seed=1))
+    messages = " ".join(str(w.message) for w in caught)
+    assert "'2' (groups=4)" in messages
+    rows = {row["name"]: row for row in frozen_summary(frozen)}
+    assert rows["0"]["runs_on"].startswith("codl direct conv + ReLU")
+    assert rows["2"]["runs_on"] == "torch float32"
+    assert rows["6"]["layer"].startswith("FrozenTernaryLinear")
+    assert rows["0"]["weight_bytes"] > 0
+    x = images(2, seed=6)
+    with torch.no_grad():
+        assert torch.isfinite(frozen(x)).all()
+
+
+def test_bad_calibration_and_inputs_raise_clear_errors() -> None:
+    model = ternary(LeNet5())
+    with pytest.raises(ValueError, match="calibration"):
+        freeze(model, calibration=torch.zeros(0, 1, 28, 28))
+    with pytest.raises(ValueError, match="calibration"):
+        freeze(model, calibration=torch.zeros(4, 1, 28, 28, dtype=torch.int64))
+    frozen = freeze(model, calibration=images(8, seed=1))
+    with torch.no_grad(), pytest.raises(ValueError, match="1 channels"):
+        frozen(torch.zeros(2, 3, 28, 28))
+    with torch.no_grad(), pytest.raises(ValueError, match="finite"):
+        frozen(torch.full((1, 1, 28, 28), float("nan")))
+
+
+def test_freeze_without_calibration_keeps_float_boundaries_and_export_c_layout() -> None:
+    model = ternary(LeNet5())
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        frozen = freeze(model)
+    convs = [m for m in frozen.modules() if isinstance(m, FrozenTernaryConv2d)]
+    assert all(not c.int8_input and c.output_scale is None and not c.relu for c in convs)
+    assert any(isinstance(m, FrozenTernaryLinear) for m in frozen.modules())
+    assert not any(isinstance(m, Int8MaxPool2d) for m in frozen.modules())
