@@ -22,7 +22,7 @@ constexpr std::size_t kMinMacsPerThread = 1 << 17;
 
 // Scratch of the calling thread, so that steady-state calls do not allocate.
 struct Scratch {
-    std::vector<std::uint8_t> image, row;
+    std::vector<std::uint8_t> image, row, patches;
     std::vector<std::int8_t> canonical, blocked;
     std::vector<std::int32_t> w_sums;
     std::vector<float> multipliers;
@@ -48,10 +48,14 @@ bool prepare_input(const ConvArgs& a, Scratch& s, float* scale) {
         const std::int8_t* x = static_cast<const std::int8_t*>(a.x);
         for (std::size_t n = 0; n < a.batch; ++n) {
             for (std::size_t y = 0; y < h; ++y) {
+                const std::int8_t* from = x + (n * h + y) * w * c;
+                std::uint8_t* to = at(n, y, 0);
+                if (c == cp) {  // one run per row: a loop that vectorizes
+                    for (std::size_t i = 0; i < w * c; ++i) to[i] = shifted(from[i]);
+                    continue;
+                }
                 for (std::size_t i = 0; i < w; ++i) {
-                    const std::int8_t* from = x + ((n * h + y) * w + i) * c;
-                    std::uint8_t* to = at(n, y, i);
-                    for (std::size_t ch = 0; ch < c; ++ch) to[ch] = shifted(from[ch]);
+                    for (std::size_t ch = 0; ch < c; ++ch) to[i * cp + ch] = shifted(from[i * c + ch]);
                 }
             }
         }
@@ -100,16 +104,19 @@ bool prepare_input(const ConvArgs& a, Scratch& s, float* scale) {
     return true;
 }
 
-// Virtual pixels per kernel call on the span path: two AMX tiles of 16.
-constexpr std::size_t kSpanPixels = 32;
+// Virtual pixels per kernel call on the span path: many AMX tiles of 16, so that the tile
+// configuration each call loads (and releases) is paid once per 256 pixels, not per 32.
+constexpr std::size_t kSpanPixels = 256;
+// Output rows narrower than this run as spans (two AMX tiles of pixels).
+constexpr std::size_t kNarrowRow = 32;
 
 // With stride 1, output pixel (oh, ow) reads the image from pixel oh * wp + ow on, so the
 // "virtual row" of pixels q = oh * wp + ow (0 <= ow < wp) is uniform: conv_row_i8 with oh = 0
 // and ow0 = q computes it, past the ends of the output rows too (those columns are dropped).
-// Narrow images then give the kernel runs of 32 pixels instead of rows of 10 or 14, which AMX
-// tiles of 16 pixels need; the last valid pixel reads the image's last byte, never past it.
+// Narrow images then give the kernel runs of 256 pixels instead of rows of 10 or 14; AMX
+// tiles take 16 pixels. The last valid pixel reads the image's last byte, never past it.
 bool uses_spans(const ConvGeometry& g) {
-    return g.stride_h == 1 && g.stride_w == 1 && g.out_w() < kSpanPixels && active_isa() == IsaLevel::amx;
+    return g.stride_h == 1 && g.stride_w == 1 && g.out_w() < kNarrowRow && active_isa() == IsaLevel::amx;
 }
 
 // Runs the kernel over all output pixels, in parallel, and hands each run of pixels of one
@@ -218,14 +225,76 @@ ConvStatus conv_prepare_weights(const ConvGeometry& g, ConvWeights format, const
         }
         canonical = decoded.data();
     }
+    if (conv_folds_patches(g)) {
+        // [co][kh][kw][cp] -> [co][patch padded to 4], patch index (kh * kw_count + kw) * in_c + c.
+        const ConvGeometry f = conv_folded_geometry(g);
+        const std::size_t taps = g.kernel_h * g.kernel_w, cp = g.channels(), fp = f.channels();
+        std::vector<std::int8_t> folded(g.out_c * fp, 0);
+        for (std::size_t co = 0; co < g.out_c; ++co) {
+            for (std::size_t t = 0; t < taps; ++t) {
+                for (std::size_t c = 0; c < g.in_c; ++c) folded[co * fp + t * g.in_c + c] = canonical[(co * taps + t) * cp + c];
+            }
+        }
+        conv_block_weights(f, folded.data(), blocked, w_sums);
+        return ConvStatus::ok;
+    }
     conv_block_weights(g, canonical, blocked, w_sums);
     return ConvStatus::ok;
 }
 
+namespace {
+
+// The image of patches of a folded layer (conv_folds_patches) from its padded image: pixel
+// (oh, ow) holds the bytes the kernel reads for it, in (kh, kw, c) order, then 128s (zeros).
+// Each padded row is first packed tight (in_c bytes a pixel, not 4), so that a kernel row of a
+// patch is one run of kw * in_c bytes when dilation_w is 1: byte by byte, the gather cost more
+// than the convolution.
+void gather_patches(const ConvGeometry& g, std::size_t batch, const std::uint8_t* image, Scratch& s) {
+    const ConvGeometry f = conv_folded_geometry(g);
+    const std::size_t oh_count = g.out_h(), ow_count = g.out_w(), fp = f.channels(), cp = g.channels();
+    const std::size_t c = g.in_c, hp = g.padded_h(), wp = g.padded_w(), image_bytes = hp * wp * cp;
+    const std::size_t run = g.kernel_w * c, patch = f.in_c;
+    // Runs of up to 8 bytes move as one 8-byte word; the bytes past a run are rewritten by the
+    // next kernel row's run or, past the patch, reset to 128 (zero). Both buffers have 8 bytes
+    // of slack for the last word.
+    const bool words = g.dilation_w == 1 && run <= 8;
+    s.patches.assign(batch * oh_count * ow_count * fp + 8, 128);
+    s.row.resize(hp * wp * c + 8);
+    for (std::size_t n = 0; n < batch; ++n) {
+        const std::uint8_t* padded = image + n * image_bytes;
+        std::uint8_t* tight = s.row.data();
+        for (std::size_t p = 0; p < hp * wp; ++p) {
+            for (std::size_t ch = 0; ch < c; ++ch) tight[p * c + ch] = padded[p * cp + ch];
+        }
+        for (std::size_t oh = 0; oh < oh_count; ++oh) {
+            std::uint8_t* to = s.patches.data() + (n * oh_count + oh) * ow_count * fp;
+            for (std::size_t ow = 0; ow < ow_count; ++ow, to += fp) {
+                for (std::size_t kh = 0; kh < g.kernel_h; ++kh) {
+                    const std::uint8_t* from = tight + ((oh * g.stride_h + kh * g.dilation_h) * wp + ow * g.stride_w) * c;
+                    std::uint8_t* into = to + kh * run;
+                    if (words) {
+                        std::uint64_t word;
+                        std::memcpy(&word, from, sizeof word);
+                        std::memcpy(into, &word, sizeof word);
+                    } else {
+                        for (std::size_t kw = 0; kw < g.kernel_w; ++kw) {
+                            std::memcpy(into + kw * c, from + kw * g.dilation_w * c, c);
+                        }
+                    }
+                }
+                if (words) {
+                    for (std::size_t i = patch; i < fp; ++i) to[i] = 128;
+                }
+            }
+        }
+    }
+}
+
+}  // namespace
+
 ConvStatus conv2d(const ConvArgs& a, int num_threads) {
-    const ConvGeometry& g = a.g;
     Scratch& s = scratch();
-    const std::size_t co_pad = g.out_c_padded();
+    const std::size_t co_pad = a.g.out_c_padded();
     if (a.output == ConvOutput::i8_nhwc && !(a.output_scale > 0.0f && std::isfinite(a.output_scale))) {
         return ConvStatus::bad_scale;
     }
@@ -238,9 +307,9 @@ ConvStatus conv2d(const ConvArgs& a, int num_threads) {
     const std::int8_t* blocked_weights = static_cast<const std::int8_t*>(a.w);
     const std::int32_t* weight_sums = a.w_sums;
     if (a.weights != ConvWeights::blocked) {
-        s.blocked.resize(conv_blocked_bytes(g));
+        s.blocked.resize(conv_blocked_bytes(a.g));
         s.w_sums.resize(co_pad);
-        const ConvStatus prepared = conv_prepare_weights(g, a.weights, a.w, s.blocked.data(), s.w_sums.data());
+        const ConvStatus prepared = conv_prepare_weights(a.g, a.weights, a.w, s.blocked.data(), s.w_sums.data());
         if (prepared != ConvStatus::ok) return prepared;
         blocked_weights = s.blocked.data();
         weight_sums = s.w_sums.data();
@@ -248,6 +317,9 @@ ConvStatus conv2d(const ConvArgs& a, int num_threads) {
     float scale = 1.0f;
     if (!prepare_input(a, s, &scale)) return ConvStatus::nonfinite_input;
     if (a.used_input_scale) *a.used_input_scale = scale;
+    const bool folded = conv_folds_patches(a.g);
+    if (folded) gather_patches(a.g, a.batch, s.image.data(), s);
+    const ConvGeometry g = folded ? conv_folded_geometry(a.g) : a.g;
 
     s.multipliers.resize(g.out_c);
     for (std::size_t co = 0; co < g.out_c; ++co) s.multipliers[co] = scale * a.w_scale[co];
@@ -256,7 +328,7 @@ ConvStatus conv2d(const ConvArgs& a, int num_threads) {
     const bool relu = a.relu;
     const std::size_t oh_count = g.out_h(), ow_count = g.out_w(), out_c = g.out_c;
     const float inverse_out = a.output == ConvOutput::i8_nhwc ? 1.0f / a.output_scale : 0.0f;
-    const std::uint8_t* image = s.image.data();
+    const std::uint8_t* image = folded ? s.patches.data() : s.image.data();
     const std::int8_t* blocked = blocked_weights;
     const std::int32_t* sums = weight_sums;
     const ConvOutput output = a.output;
@@ -272,23 +344,21 @@ ConvStatus conv2d(const ConvArgs& a, int num_threads) {
             }
             return;
         }
-        for (std::size_t p = 0; p < count; ++p) {
-            const std::size_t at = (n * oh_count + oh) * ow_count + ow0 + p;
-            if (output == ConvOutput::f32_nhwc) {
-                kernels.epilogue_f32(acc + p * co_pad, out_c, mult, bias, relu, static_cast<float*>(out) + at * out_c);
-            } else {
-                kernels.epilogue_i8(acc + p * co_pad, out_c, mult, bias, relu, inverse_out,
-                                    static_cast<std::int8_t*>(out) + at * out_c);
-            }
+        const std::size_t at = (n * oh_count + oh) * ow_count + ow0;
+        if (output == ConvOutput::f32_nhwc) {
+            kernels.epilogue_f32(acc, co_pad, count, out_c, mult, bias, relu, static_cast<float*>(out) + at * out_c);
+        } else {
+            kernels.epilogue_i8(acc, co_pad, count, out_c, mult, bias, relu, inverse_out,
+                                static_cast<std::int8_t*>(out) + at * out_c);
         }
     });
     return ConvStatus::ok;
 }
 
-void conv2d_i32(const ConvGeometry& g, std::size_t batch, const std::int8_t* x, const std::int8_t* w,
+void conv2d_i32(const ConvGeometry& geometry, std::size_t batch, const std::int8_t* x, const std::int8_t* w,
                 std::int32_t* acc, int num_threads) {
     ConvArgs a;
-    a.g = g;
+    a.g = geometry;
     a.batch = batch;
     a.input = ConvInput::i8_nhwc;
     a.x = x;
@@ -296,12 +366,15 @@ void conv2d_i32(const ConvGeometry& g, std::size_t batch, const std::int8_t* x, 
     Scratch& s = scratch();
     float scale;
     prepare_input(a, s, &scale);
-    const std::size_t co_pad = g.out_c_padded();
-    s.blocked.resize(co_pad * g.reduction());
+    const std::size_t co_pad = geometry.out_c_padded();
+    s.blocked.resize(conv_blocked_bytes(geometry));
     s.w_sums.resize(co_pad);
-    conv_block_weights(g, w, s.blocked.data(), s.w_sums.data());
+    conv_prepare_weights(geometry, ConvWeights::i8, w, s.blocked.data(), s.w_sums.data());
+    const bool folded = conv_folds_patches(geometry);
+    if (folded) gather_patches(geometry, batch, s.image.data(), s);
+    const ConvGeometry g = folded ? conv_folded_geometry(geometry) : geometry;
     const std::size_t oh_count = g.out_h(), ow_count = g.out_w();
-    const std::uint8_t* image = s.image.data();
+    const std::uint8_t* image = folded ? s.patches.data() : s.image.data();
     const std::int8_t* blocked = s.blocked.data();
     const std::int32_t* sums = s.w_sums.data();
     for_each_run(g, batch, image, blocked, sums, num_threads,

@@ -197,6 +197,7 @@ def conv2d_i8(
     num_threads: int = 1,
     w_sums: Buffer | None = None,
 ) -> float: ...
+def conv_blocked_bytes(out_channels: int, in_channels: int, kernel_size: Sequence[int]) -> int: ...
 def conv_prepare_weights(
     weight: Buffer,
     weight_format: str,

@@ -16,6 +16,7 @@ from __future__ import annotations
 import weakref
 from collections.abc import Callable, Iterator, Sized
 from contextlib import contextmanager
+from typing import ClassVar
 
 import numpy as np
 import torch
@@ -247,6 +248,52 @@ def _ternary_linear(
         _output(out, torch.float32),
         get_num_threads(),
     )
+
+
+class BoundTernaryLinear:
+    """One packed ternary linear layer bound once: its weight checked (no 0b11 field, for the
+    2-bit layout) and turned into NumPy views here, so a call hands the core only the input
+    and output. ``layout``: ``"2bit"`` (int8 activations), ``"base3"`` or ``"2bit_float"``
+    (float32 activations). The tensors must outlive this object and stay where they are."""
+
+    _KERNELS: ClassVar[dict[str, Callable[..., None]]] = {
+        "2bit": _C.ternary_linear_f32,
+        "base3": _C.ternary3_linear_f32,
+        "2bit_float": _C.ternary_linear_f32act,
+    }
+
+    def __init__(
+        self,
+        layout: str,
+        packed: torch.Tensor,
+        alpha: torch.Tensor,
+        in_features: int,
+        bias: torch.Tensor | None,
+    ) -> None:
+        if layout not in self._KERNELS:
+            raise ValueError(
+                f"layout: expected one of {sorted(self._KERNELS)}, received {layout!r}"
+            )
+        if layout != "base3":
+            check_ternary2_rows(packed, alpha.shape[0])
+        self._kernel = self._KERNELS[layout]
+        self._packed = as_buffer(packed, "packed", torch.uint8)
+        self._alpha = as_buffer(alpha, "alpha", torch.float32)
+        self._bias = None if bias is None else as_buffer(bias, "bias", torch.float32)
+        self._in_features = in_features
+
+    def __call__(self, x: torch.Tensor, out: torch.Tensor) -> None:
+        """``out`` (M, N) = ``x`` (M, K, contiguous float32) times the weight, plus bias."""
+        self._kernel(
+            x.detach().numpy(),
+            x.shape[0],
+            self._in_features,
+            self._packed,
+            self._alpha,
+            self._bias,
+            out.detach().numpy(),
+            get_num_threads(),
+        )
 
 
 def ternary_linear_f32(
@@ -748,6 +795,11 @@ def conv2d_i8(
         get_num_threads(),
         None if w_sums is None else as_buffer(w_sums, "w_sums", torch.int32),
     )
+
+
+def conv_blocked_bytes(out_channels: int, in_channels: int, kernel_size: tuple[int, int]) -> int:
+    """Bytes of :func:`conv_prepare_weights`' blocked weights for this layer."""
+    return _C.conv_blocked_bytes(out_channels, in_channels, kernel_size)
 
 
 def conv_prepare_weights(

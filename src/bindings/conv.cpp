@@ -210,6 +210,19 @@ void register_conv(py::module_& m) {
         py::arg("kernel_size"), py::arg("blocked"), py::arg("w_sums"),
         "The blocked weights and their sums, once, for conv2d_i8's 'blocked' format.");
     m.def(
+        "conv_blocked_bytes",
+        [](std::size_t out_channels, std::size_t in_channels, const Sizes& kernel_size) {
+            require_positive(kernel_size, "kernel_size");
+            codl::ConvGeometry g;
+            g.out_c = out_channels;
+            g.in_c = in_channels;
+            g.kernel_h = kernel_size[0];
+            g.kernel_w = kernel_size[1];
+            return codl::conv_blocked_bytes(g);
+        },
+        py::arg("out_channels"), py::arg("in_channels"), py::arg("kernel_size"),
+        "Bytes of conv_prepare_weights' blocked weights (first layers fold their patches).");
+    m.def(
         "maxpool2x2_i8_nhwc",
         [](const py::buffer& x, const Sizes& shape, const py::buffer& out, int num_threads) {
             require_length(shape, 4, "shape");

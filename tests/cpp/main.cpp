@@ -1,3 +1,4 @@
+#include <chrono>
 #include <cstdio>
 #include <cstring>
 
@@ -48,8 +49,12 @@ int main(int argc, char** argv) {
     for (const TestCase& test : registry()) {
         if (filter && test.name.find(filter) == std::string::npos) continue;
         failures_in_current = 0;
+        const auto start = std::chrono::steady_clock::now();
         test.body();
-        std::printf("%s %s\n", failures_in_current ? "FAILED" : "ok    ", test.name.c_str());
+        const std::chrono::duration<double> seconds = std::chrono::steady_clock::now() - start;
+        // The time shows which tests dominate a run under emulation (the SVE stage of CI).
+        std::printf("%s %s (%.2f s)\n", failures_in_current ? "FAILED" : "ok    ", test.name.c_str(),
+                    seconds.count());
         (failures_in_current ? failed : passed)++;
     }
     std::printf("%d passed, %d failed\n", passed, failed);

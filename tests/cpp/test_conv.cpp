@@ -61,6 +61,7 @@ std::vector<Shape> shapes() {
         {geometry(64, 4, 40, 48, 3, 2, 1, 2), 1, "amx stride 2 dilation 2, 3 blocks"},
         {geometry(24, 3, 36, 16, 3, 1, 1, 1), 2, "amx K 24"},
         {geometry(96, 2, 18, 16, 1, 1, 0, 1), 1, "96 channels: VNNI"},
+        {geometry(40, 3, 20, 24, 1, 1, 0, 1), 1, "amx 1x1, weights resident"},
     };
     ConvGeometry rect = geometry(9, 12, 10, 20, 3, 1, 1, 1);
     rect.kernel_w = 2;
@@ -160,10 +161,12 @@ TEST_CASE("conv epilogues equal the reference bit for bit on every ISA, NaN, sig
     std::uniform_real_distribution<float> scale(-0.05f, 0.05f);
     for (std::size_t n : {std::size_t{1}, std::size_t{7}, std::size_t{8}, std::size_t{15}, std::size_t{16},
                           std::size_t{33}, std::size_t{64}, std::size_t{70}}) {
-        std::vector<std::int32_t> acc(n);
+        // Three pixels whose sums sit acc_stride apart (the kernels' padded channel count).
+        const std::size_t pixels = 3, stride = (n + 15) / 16 * 16;
+        std::vector<std::int32_t> acc(pixels * stride);
         std::vector<float> mult(n), bias(n);
+        for (auto& a : acc) a = static_cast<std::int32_t>(rng()() % 20001) - 10000;
         for (std::size_t i = 0; i < n; ++i) {
-            acc[i] = static_cast<std::int32_t>(rng()() % 20001) - 10000;
             mult[i] = scale(rng());
             bias[i] = 10.0f * scale(rng());
         }
@@ -179,18 +182,20 @@ TEST_CASE("conv epilogues equal the reference bit for bit on every ISA, NaN, sig
         for (int relu = 0; relu < 2; ++relu) {
             for (int with_bias = 0; with_bias < 2; ++with_bias) {
                 const float* b = with_bias ? bias.data() : nullptr;
-                std::vector<float> y_ref(n + 1, 9.0f);
-                std::vector<std::int8_t> q_ref(n + 1, 9);
-                codl::ref::conv_kernels.epilogue_f32(acc.data(), n, mult.data(), b, relu, y_ref.data());
-                codl::ref::conv_kernels.epilogue_i8(acc.data(), n, mult.data(), b, relu, 10.0f, q_ref.data());
+                std::vector<float> y_ref(pixels * n + 1, 9.0f);
+                std::vector<std::int8_t> q_ref(pixels * n + 1, 9);
+                codl::ref::conv_kernels.epilogue_f32(acc.data(), stride, pixels, n, mult.data(), b, relu, y_ref.data());
+                codl::ref::conv_kernels.epilogue_i8(acc.data(), stride, pixels, n, mult.data(), b, relu, 10.0f,
+                                                    q_ref.data());
+                CHECK(y_ref.back() == 9.0f && q_ref.back() == 9);
                 codl_test::for_each_isa([&](IsaLevel isa, const codl::KernelTable& table) {
-                    std::vector<float> y(n + 1, 9.0f);
-                    std::vector<std::int8_t> q(n + 1, 9);
-                    table.conv->epilogue_f32(acc.data(), n, mult.data(), b, relu, y.data());
-                    table.conv->epilogue_i8(acc.data(), n, mult.data(), b, relu, 10.0f, q.data());
+                    std::vector<float> y(pixels * n + 1, 9.0f);
+                    std::vector<std::int8_t> q(pixels * n + 1, 9);
+                    table.conv->epilogue_f32(acc.data(), stride, pixels, n, mult.data(), b, relu, y.data());
+                    table.conv->epilogue_i8(acc.data(), stride, pixels, n, mult.data(), b, relu, 10.0f, q.data());
                     const std::string at = std::string(codl::isa_name(isa)) + " n=" + std::to_string(n) +
                                            " relu=" + std::to_string(relu) + " bias=" + std::to_string(with_bias);
-                    CHECK_MSG(std::memcmp(y.data(), y_ref.data(), (n + 1) * sizeof(float)) == 0, at + " f32");
+                    CHECK_MSG(std::memcmp(y.data(), y_ref.data(), y.size() * sizeof(float)) == 0, at + " f32");
                     CHECK_MSG(q == q_ref, at + " i8");
                 });
             }

@@ -71,13 +71,14 @@ struct ConvKernels {
     void (*conv_row_i8)(const ConvGeometry& g, const std::uint8_t* image, const std::int8_t* w,
                         const std::int32_t* w_sums, std::size_t oh, std::size_t ow0,
                         std::size_t count, std::int32_t* acc);
-    // The epilogue of one output pixel's n channels: y[i] = float(acc[i]) * mult[i] + bias[i]
-    // (no addition when bias is null), then max(y, 0) with relu (NaN stays NaN).
-    void (*epilogue_f32)(const std::int32_t* acc, std::size_t n, const float* mult, const float* bias,
-                         bool relu, float* y);
+    // The epilogue of `pixels` output pixels of n channels each, pixel p's sums at acc + p *
+    // acc_stride and its outputs at y + p * n: y[i] = float(acc[i]) * mult[i] + bias[i] (no
+    // addition when bias is null), then max(y, 0) with relu (NaN stays NaN).
+    void (*epilogue_f32)(const std::int32_t* acc, std::size_t acc_stride, std::size_t pixels, std::size_t n,
+                         const float* mult, const float* bias, bool relu, float* y);
     // The same y requantized: q[i] = quantize_i8(y[i], inverse).
-    void (*epilogue_i8)(const std::int32_t* acc, std::size_t n, const float* mult, const float* bias,
-                        bool relu, float inverse, std::int8_t* q);
+    void (*epilogue_i8)(const std::int32_t* acc, std::size_t acc_stride, std::size_t pixels, std::size_t n,
+                        const float* mult, const float* bias, bool relu, float inverse, std::int8_t* q);
     // The input's bytes: q[i] = quantize_i8(x[i], inverse) + 128 (x finite).
     void (*quantize_u8)(const float* x, std::size_t n, float inverse, std::uint8_t* q);
 };
@@ -147,9 +148,33 @@ void maxpool2x2_i8_nhwc(const std::int8_t* x, std::size_t batch, std::size_t h, 
 void conv_block_weights(const ConvGeometry& g, const std::int8_t* w, std::int8_t* blocked,
                         std::int32_t* w_sums);
 
-// Bytes of the blocked weights: out_c_padded * reduction (only out_c, in_c and the kernel size
-// of g matter; the blocked layout does not depend on the image size).
-inline std::size_t conv_blocked_bytes(const ConvGeometry& g) { return g.out_c_padded() * g.reduction(); }
+// First layers (1 to 3 input channels) would pad every pixel to 4 channels and run one
+// multiply-add group per kernel tap, mostly zeros. The core instead gathers each output pixel's
+// whole patch (kh * kw * in_c values, up to kMaxFoldedPatch) into the channels of a new image and
+// runs a 1x1 convolution over it: a 5x5 kernel on one channel takes 7 groups instead of 25, and
+// its 28 channels fill AMX tiles. The weights are blocked for that 1x1 convolution (patch order
+// kh, kw, c), so blocked weights and their byte count follow the same rule.
+constexpr std::size_t kMaxFoldedPatch = 64;
+inline bool conv_folds_patches(const ConvGeometry& g) {
+    const std::size_t taps = g.kernel_h * g.kernel_w;
+    return g.in_c < kConvChannelGroup && taps > 1 && taps * g.in_c <= kMaxFoldedPatch;
+}
+// The 1x1 convolution of a folded layer: its input is the out_h x out_w image of patches.
+inline ConvGeometry conv_folded_geometry(const ConvGeometry& g) {
+    ConvGeometry f;
+    f.in_h = g.out_h();
+    f.in_w = g.out_w();
+    f.in_c = g.kernel_h * g.kernel_w * g.in_c;
+    f.out_c = g.out_c;
+    return f;
+}
+
+// Bytes of the blocked weights: out_c_padded * reduction, of the folded geometry for a folded
+// layer (only out_c, in_c and the kernel size of g matter, not the image size).
+inline std::size_t conv_blocked_bytes(const ConvGeometry& g) {
+    return conv_folds_patches(g) ? g.out_c_padded() * conv_folded_geometry(g).reduction()
+                                 : g.out_c_padded() * g.reduction();
+}
 
 // The blocked weights (conv_blocked_bytes(g)) and w_sums (out_c_padded) from canonical weights
 // (format i8 or ternary2, not blocked), once, for ConvWeights::blocked; invalid_ternary_code on

@@ -35,22 +35,26 @@ void conv_row_i8(const ConvGeometry& g, const std::uint8_t* image, const std::in
     }
 }
 
-void epilogue_f32(const std::int32_t* acc, std::size_t n, const float* mult, const float* bias, bool relu,
-                  float* y) {
-    for (std::size_t i = 0; i < n; ++i) {
-        float v = static_cast<float>(acc[i]) * mult[i];
-        if (bias) v += bias[i];
-        y[i] = relu && v < 0.0f ? 0.0f : v;
+void epilogue_f32(const std::int32_t* acc, std::size_t acc_stride, std::size_t pixels, std::size_t n,
+                  const float* mult, const float* bias, bool relu, float* y) {
+    for (std::size_t p = 0; p < pixels; ++p, acc += acc_stride, y += n) {
+        for (std::size_t i = 0; i < n; ++i) {
+            float v = static_cast<float>(acc[i]) * mult[i];
+            if (bias) v += bias[i];
+            y[i] = relu && v < 0.0f ? 0.0f : v;
+        }
     }
 }
 
-void epilogue_i8(const std::int32_t* acc, std::size_t n, const float* mult, const float* bias, bool relu,
-                 float inverse, std::int8_t* q) {
-    for (std::size_t i = 0; i < n; ++i) {
-        float v = static_cast<float>(acc[i]) * mult[i];
-        if (bias) v += bias[i];
-        if (relu && v < 0.0f) v = 0.0f;
-        q[i] = static_cast<std::int8_t>(quantize_i8(v, inverse));
+void epilogue_i8(const std::int32_t* acc, std::size_t acc_stride, std::size_t pixels, std::size_t n,
+                 const float* mult, const float* bias, bool relu, float inverse, std::int8_t* q) {
+    for (std::size_t p = 0; p < pixels; ++p, acc += acc_stride, q += n) {
+        for (std::size_t i = 0; i < n; ++i) {
+            float v = static_cast<float>(acc[i]) * mult[i];
+            if (bias) v += bias[i];
+            if (relu && v < 0.0f) v = 0.0f;
+            q[i] = static_cast<std::int8_t>(quantize_i8(v, inverse));
+        }
     }
 }
 

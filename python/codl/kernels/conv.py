@@ -104,9 +104,9 @@ def block_conv_weight(weight: ConvWeight) -> ConvWeight:
         )
     if weight.format == "blocked":
         return weight
-    kh, kw = weight.kernel_size
     padded_out = -(-weight.out_channels // 16) * 16
-    blocked = torch.empty(padded_out * kh * kw * _padded(weight.in_channels), dtype=torch.int8)
+    size = _ops.conv_blocked_bytes(weight.out_channels, weight.in_channels, weight.kernel_size)
+    blocked = torch.empty(size, dtype=torch.int8)
     sums = torch.empty(padded_out, dtype=torch.int32)
     _ops.conv_prepare_weights(
         weight.data,

@@ -19,12 +19,13 @@ kernel (:func:`codl.ternary.packed.ternary_linear`); :meth:`TernaryConv2d.freeze
 from __future__ import annotations
 
 import copy
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from codl import _ops
 from codl.kernels.conv import BlockedConv, pack_conv_weight
 from codl.ternary.config import TernaryConfig
 from codl.ternary.packed import (
@@ -334,10 +335,35 @@ class FrozenTernaryLinear(nn.Module):
                 )
             bias = bias.detach().to(torch.float32).clone()
         self.register_buffer("bias", bias)
+        self._bound: _ops.BoundTernaryLinear | None = None
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:
+        # Eager 2-D float32 input: the bound kernel (a few microseconds); otherwise (traced,
+        # batched shapes, anything to check) the op with its checks.
+        if (
+            type(input) is torch.Tensor
+            and input.dim() == 2
+            and input.dtype == torch.float32
+            and input.shape[1] == self.in_features
+            and not torch.compiler.is_compiling()
+        ):
+            if self._bound is None:
+                layout = self.weight.packing
+                if self.weight.activations == "float":
+                    layout = "2bit_float"
+                self._bound = _ops.BoundTernaryLinear(
+                    layout, self.weight.packed, self.weight.alpha, self.in_features, self.bias
+                )
+            out = torch.empty(input.shape[0], self.out_features)
+            self._bound(input.contiguous(), out)
+            return out
         output: torch.Tensor = ternary_linear(input, self.weight, self.bias)
         return output
+
+    def _apply(self, fn: Any, recurse: bool = True) -> FrozenTernaryLinear:
+        self._bound = None  # the bias may move; bind again on the next call
+        super()._apply(fn, recurse)  # type: ignore[no-untyped-call]
+        return self
 
     def extra_repr(self) -> str:
         return (

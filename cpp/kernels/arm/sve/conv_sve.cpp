@@ -70,14 +70,14 @@ void conv_row_i8(const ConvGeometry& g, const std::uint8_t* image, const std::in
 
 // The epilogues are the reference's, forwarded at call time (the ref table is another
 // translation unit's static): they are a small share of a layer next to its products.
-void epilogue_f32(const std::int32_t* acc, std::size_t n, const float* mult, const float* bias, bool relu,
-                  float* y) {
-    ref::conv_kernels.epilogue_f32(acc, n, mult, bias, relu, y);
+void epilogue_f32(const std::int32_t* acc, std::size_t acc_stride, std::size_t pixels, std::size_t n,
+                  const float* mult, const float* bias, bool relu, float* y) {
+    ref::conv_kernels.epilogue_f32(acc, acc_stride, pixels, n, mult, bias, relu, y);
 }
 
-void epilogue_i8(const std::int32_t* acc, std::size_t n, const float* mult, const float* bias, bool relu,
-                 float inverse, std::int8_t* q) {
-    ref::conv_kernels.epilogue_i8(acc, n, mult, bias, relu, inverse, q);
+void epilogue_i8(const std::int32_t* acc, std::size_t acc_stride, std::size_t pixels, std::size_t n,
+                 const float* mult, const float* bias, bool relu, float inverse, std::int8_t* q) {
+    ref::conv_kernels.epilogue_i8(acc, acc_stride, pixels, n, mult, bias, relu, inverse, q);
 }
 
 void quantize_u8(const float* x, std::size_t n, float inverse, std::uint8_t* q) {

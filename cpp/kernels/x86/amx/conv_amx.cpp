@@ -67,6 +67,29 @@ void tile(const ConvGeometry& g, const std::uint8_t* image, const std::int8_t* w
     if constexpr (Groups > 1 && Blocks > 1) _tile_stored(3, acc + 16 * co_pad + kConvCoBlock, c_stride);
 }
 
+// One K step (a 1x1 kernel, or a folded first layer, with at most 64 channels): the B tiles
+// of a pair of channel blocks stay loaded while the A tiles walk the pixels, 32 at a time.
+template <int Blocks>
+void single_step(const ConvGeometry& g, const std::uint8_t* image, const std::int8_t* w, std::size_t oh,
+                 std::size_t ow0, std::size_t full, std::int32_t* acc) {
+    const std::size_t cp = g.channels(), wp = g.padded_w(), co_pad = g.out_c_padded();
+    const std::size_t block_bytes = cp * kConvCoBlock;
+    const long a_stride = static_cast<long>(g.stride_w * cp);
+    const long c_stride = static_cast<long>(co_pad * sizeof(std::int32_t));
+    _tile_loadd(6, w, 64);
+    if constexpr (Blocks > 1) _tile_loadd(7, w + block_bytes, 64);
+    const std::uint8_t* row = image + (oh * g.stride_h * wp + ow0 * g.stride_w) * cp;
+    for (std::size_t p = 0; p < full; p += 16) {
+        _tile_zero(0);
+        if constexpr (Blocks > 1) _tile_zero(1);
+        _tile_loadd(4, row + p * a_stride, a_stride);
+        _tile_dpbusd(0, 4, 6);
+        if constexpr (Blocks > 1) _tile_dpbusd(1, 4, 7);
+        _tile_stored(0, acc + p * co_pad, c_stride);
+        if constexpr (Blocks > 1) _tile_stored(1, acc + p * co_pad + kConvCoBlock, c_stride);
+    }
+}
+
 void conv_row_i8(const ConvGeometry& g, const std::uint8_t* image, const std::int8_t* w,
                  const std::int32_t* w_sums, std::size_t oh, std::size_t ow0, std::size_t count,
                  std::int32_t* acc) {
@@ -89,10 +112,19 @@ void conv_row_i8(const ConvGeometry& g, const std::uint8_t* image, const std::in
     _tile_loadconfig(&config);
     const std::size_t blocks = co_pad / kConvCoBlock;
     const std::size_t block_bytes = g.kernel_h * g.kernel_w * cp * kConvCoBlock;
+    const bool one_step = g.kernel_h * g.kernel_w == 1 && cp <= 64;
     for (std::size_t b = 0; b < blocks; b += 2) {
         const std::int8_t* wb = w + b * block_bytes;
         std::int32_t* ab = acc + b * kConvCoBlock;
         const bool pair = b + 1 < blocks;
+        if (one_step) {
+            if (pair) {
+                single_step<2>(g, image, wb, oh, ow0, full, ab);
+            } else {
+                single_step<1>(g, image, wb, oh, ow0, full, ab);
+            }
+            continue;
+        }
         std::size_t p = 0;
         for (; p + 32 <= full; p += 32) {
             if (pair) {
@@ -123,14 +155,14 @@ void conv_row_i8(const ConvGeometry& g, const std::uint8_t* image, const std::in
     }
 }
 
-void epilogue_f32(const std::int32_t* acc, std::size_t n, const float* mult, const float* bias, bool relu,
-                  float* y) {
-    avx512::conv_kernels.epilogue_f32(acc, n, mult, bias, relu, y);
+void epilogue_f32(const std::int32_t* acc, std::size_t acc_stride, std::size_t pixels, std::size_t n,
+                  const float* mult, const float* bias, bool relu, float* y) {
+    avx512::conv_kernels.epilogue_f32(acc, acc_stride, pixels, n, mult, bias, relu, y);
 }
 
-void epilogue_i8(const std::int32_t* acc, std::size_t n, const float* mult, const float* bias, bool relu,
-                 float inverse, std::int8_t* q) {
-    avx512::conv_kernels.epilogue_i8(acc, n, mult, bias, relu, inverse, q);
+void epilogue_i8(const std::int32_t* acc, std::size_t acc_stride, std::size_t pixels, std::size_t n,
+                 const float* mult, const float* bias, bool relu, float inverse, std::int8_t* q) {
+    avx512::conv_kernels.epilogue_i8(acc, acc_stride, pixels, n, mult, bias, relu, inverse, q);
 }
 
 void quantize_u8(const float* x, std::size_t n, float inverse, std::uint8_t* q) {

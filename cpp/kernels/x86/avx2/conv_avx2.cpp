@@ -86,25 +86,30 @@ float epilogue1(std::int32_t acc, float mult, const float* bias, bool relu) {
     return relu && v < 0.0f ? 0.0f : v;
 }
 
-void epilogue_f32(const std::int32_t* acc, std::size_t n, const float* mult, const float* bias, bool relu,
-                  float* y) {
-    std::size_t i = 0;
-    for (; i + 8 <= n; i += 8) _mm256_storeu_ps(y + i, epilogue8(acc + i, mult + i, bias ? bias + i : nullptr, relu));
-    for (; i < n; ++i) y[i] = epilogue1(acc[i], mult[i], bias ? bias + i : nullptr, relu);
+void epilogue_f32(const std::int32_t* acc, std::size_t acc_stride, std::size_t pixels, std::size_t n,
+                  const float* mult, const float* bias, bool relu, float* y) {
+    for (std::size_t p = 0; p < pixels; ++p, acc += acc_stride, y += n) {
+        std::size_t i = 0;
+        for (; i + 8 <= n; i += 8) _mm256_storeu_ps(y + i, epilogue8(acc + i, mult + i, bias ? bias + i : nullptr, relu));
+        for (; i < n; ++i) y[i] = epilogue1(acc[i], mult[i], bias ? bias + i : nullptr, relu);
+    }
 }
 
-void epilogue_i8(const std::int32_t* acc, std::size_t n, const float* mult, const float* bias, bool relu,
-                 float inverse, std::int8_t* q) {
+void epilogue_i8(const std::int32_t* acc, std::size_t acc_stride, std::size_t pixels, std::size_t n,
+                 const float* mult, const float* bias, bool relu, float inverse, std::int8_t* q) {
     const __m256 inv = _mm256_set1_ps(inverse), lo = _mm256_set1_ps(-127.0f), hi = _mm256_set1_ps(127.0f);
-    std::size_t i = 0;
-    for (; i + 8 <= n; i += 8) {
-        const __m256 y = epilogue8(acc + i, mult + i, bias ? bias + i : nullptr, relu);
-        const __m256i q32 = _mm256_cvtps_epi32(_mm256_min_ps(_mm256_max_ps(_mm256_mul_ps(y, inv), lo), hi));
-        const __m128i q16 = _mm_packs_epi32(_mm256_castsi256_si128(q32), _mm256_extracti128_si256(q32, 1));
-        _mm_storel_epi64(reinterpret_cast<__m128i*>(q + i), _mm_packs_epi16(q16, q16));
-    }
-    for (; i < n; ++i) {
-        q[i] = static_cast<std::int8_t>(quantize_i8(epilogue1(acc[i], mult[i], bias ? bias + i : nullptr, relu), inverse));
+    for (std::size_t p = 0; p < pixels; ++p, acc += acc_stride, q += n) {
+        std::size_t i = 0;
+        for (; i + 8 <= n; i += 8) {
+            const __m256 y = epilogue8(acc + i, mult + i, bias ? bias + i : nullptr, relu);
+            const __m256i q32 = _mm256_cvtps_epi32(_mm256_min_ps(_mm256_max_ps(_mm256_mul_ps(y, inv), lo), hi));
+            const __m128i q16 = _mm_packs_epi32(_mm256_castsi256_si128(q32), _mm256_extracti128_si256(q32, 1));
+            _mm_storel_epi64(reinterpret_cast<__m128i*>(q + i), _mm_packs_epi16(q16, q16));
+        }
+        for (; i < n; ++i) {
+            q[i] = static_cast<std::int8_t>(
+                quantize_i8(epilogue1(acc[i], mult[i], bias ? bias + i : nullptr, relu), inverse));
+        }
     }
 }
 

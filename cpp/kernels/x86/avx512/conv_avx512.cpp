@@ -91,24 +91,28 @@ __mmask16 tail_mask(std::size_t left) {
     return left >= 16 ? static_cast<__mmask16>(0xFFFF) : static_cast<__mmask16>((1u << left) - 1);
 }
 
-void epilogue_f32(const std::int32_t* acc, std::size_t n, const float* mult, const float* bias, bool relu,
-                  float* y) {
-    for (std::size_t i = 0; i < n; i += 16) {
-        const __mmask16 m = tail_mask(n - i);
-        _mm512_mask_storeu_ps(y + i, m, epilogue16(acc + i, mult + i, bias ? bias + i : nullptr, relu, m));
+void epilogue_f32(const std::int32_t* acc, std::size_t acc_stride, std::size_t pixels, std::size_t n,
+                  const float* mult, const float* bias, bool relu, float* y) {
+    for (std::size_t p = 0; p < pixels; ++p, acc += acc_stride, y += n) {
+        for (std::size_t i = 0; i < n; i += 16) {
+            const __mmask16 m = tail_mask(n - i);
+            _mm512_mask_storeu_ps(y + i, m, epilogue16(acc + i, mult + i, bias ? bias + i : nullptr, relu, m));
+        }
     }
 }
 
 // quantize_i8 on 16 lanes: max(scaled, -127) maps NaN to -127 (the second operand), the
 // conversion rounds half to even (MXCSR's default, as the reference's 1.5 * 2^23 trick).
-void epilogue_i8(const std::int32_t* acc, std::size_t n, const float* mult, const float* bias, bool relu,
-                 float inverse, std::int8_t* q) {
+void epilogue_i8(const std::int32_t* acc, std::size_t acc_stride, std::size_t pixels, std::size_t n,
+                 const float* mult, const float* bias, bool relu, float inverse, std::int8_t* q) {
     const __m512 inv = _mm512_set1_ps(inverse), lo = _mm512_set1_ps(-127.0f), hi = _mm512_set1_ps(127.0f);
-    for (std::size_t i = 0; i < n; i += 16) {
-        const __mmask16 m = tail_mask(n - i);
-        const __m512 y = epilogue16(acc + i, mult + i, bias ? bias + i : nullptr, relu, m);
-        const __m512 clamped = _mm512_min_ps(_mm512_max_ps(_mm512_mul_ps(y, inv), lo), hi);
-        _mm_mask_storeu_epi8(q + i, m, _mm512_cvtsepi32_epi8(_mm512_cvtps_epi32(clamped)));
+    for (std::size_t p = 0; p < pixels; ++p, acc += acc_stride, q += n) {
+        for (std::size_t i = 0; i < n; i += 16) {
+            const __mmask16 m = tail_mask(n - i);
+            const __m512 y = epilogue16(acc + i, mult + i, bias ? bias + i : nullptr, relu, m);
+            const __m512 clamped = _mm512_min_ps(_mm512_max_ps(_mm512_mul_ps(y, inv), lo), hi);
+            _mm_mask_storeu_epi8(q + i, m, _mm512_cvtsepi32_epi8(_mm512_cvtps_epi32(clamped)));
+        }
     }
 }
 
