@@ -348,7 +348,7 @@ class FrozenTernaryLinear(nn.Module):
             and not torch.compiler.is_compiling()
         ):
             if self._bound is None:
-                layout = self.weight.packing
+                layout: str = self.weight.packing
                 if self.weight.activations == "float":
                     layout = "2bit_float"
                 self._bound = _ops.BoundTernaryLinear(
