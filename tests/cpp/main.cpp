@@ -1,5 +1,6 @@
 #include <chrono>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 
 #include "harness.h"
@@ -30,6 +31,11 @@ std::vector<codl::IsaLevel> runnable_isas() {
     return out;
 }
 
+bool emulated() {
+    static const bool value = std::getenv("CODL_TEST_EMULATED") != nullptr;
+    return value;
+}
+
 }  // namespace codl_test
 
 int main(int argc, char** argv) {
@@ -39,7 +45,8 @@ int main(int argc, char** argv) {
     const codl::CpuFeatures& f = codl::cpu_features();
     std::string features;
     for (const auto& name : f.names()) features += " " + name;
-    std::printf("codl C++ tests on %s, features:%s\n", f.arch.c_str(), features.c_str());
+    std::printf("codl C++ tests on %s, features:%s%s\n", f.arch.c_str(), features.c_str(),
+                emulated() ? " (emulated: sizes above 260 left out)" : "");
     for (codl::IsaLevel isa : codl::built_isas()) {
         const bool runs = codl::cpu_supports(isa);
         std::printf("  %-7s built, %s\n", codl::isa_name(isa),

@@ -309,7 +309,8 @@ def prepare(
         ternary = codl.quantize_(copy.deepcopy(float_model), codl.TernaryConfig())
         calibration = counting_images(settings.counting_images, shape, seed=1)
         evaluation = (counting_images(settings.counting_images, shape, seed=2), None)
-    frozen = freeze(ternary)
+    # Static activation scales from the same calibration images the int8 runtimes get.
+    frozen = freeze(ternary, calibration=calibration)
     wanted = set(runtimes)
     int8 = torch_static_int8(float_model, calibration) if "torch_int8" in wanted else None
     onnx_fp32 = onnx_int8 = None
@@ -359,11 +360,15 @@ def predictor(runtime: str, prepared: Prepared, threads: int, batch: int | None)
     if batch is not None:
         _, shape, _ = MODELS[prepared.name]
         model.reshape([batch, *shape])
-    compiled_model = core.compile_model(
-        model,
-        "CPU",
-        {"INFERENCE_NUM_THREADS": threads, "PERFORMANCE_HINT": "LATENCY", "NUM_STREAMS": 1},
-    )
+    config: dict[str, object] = {
+        "INFERENCE_NUM_THREADS": threads,
+        "PERFORMANCE_HINT": "LATENCY",
+        "NUM_STREAMS": 1,
+    }
+    if runtime == "openvino":
+        # fp32 means fp32: on AMX CPUs OpenVINO otherwise runs an fp32 model in bf16.
+        config["INFERENCE_PRECISION_HINT"] = "f32"
+    compiled_model = core.compile_model(model, "CPU", config)
     return partial(_run_openvino, compiled_model.create_infer_request())
 
 
