@@ -377,7 +377,9 @@ TEST_CASE("linalg statuses: NaN/Inf in either triangle, overflowing results, not
 
 TEST_CASE("linalg batches: results bit-identical for 1 and 2 threads, any schedule") {
     std::vector<std::size_t> sizes = {577, 3, 64, 300, 129, 1, 16, 65, 260, 0, 33};
-    if (codl_test::emulated()) sizes.erase(std::remove_if(sizes.begin(), sizes.end(), [](std::size_t n) { return n > 260; }), sizes.end());
+    if (codl_test::emulated()) {
+        sizes.erase(std::remove_if(sizes.begin(), sizes.end(), [](std::size_t n) { return n > 260; }), sizes.end());
+    }
     std::vector<std::vector<float>> inputs;
     for (std::size_t n : sizes) inputs.push_back(spd<float>(n));
     codl_test::for_each_isa([&](IsaLevel isa, const codl::KernelTable&) {
@@ -402,13 +404,16 @@ TEST_CASE("linalg batches: results bit-identical for 1 and 2 threads, any schedu
             for (const auto& r : results) CHECK(r.status == LinalgStatus::ok);
             codl::damped_cholesky(chol_jobs.data(), chol_jobs.size(), results.data(), threads);
             for (const auto& r : results) CHECK(r.status == LinalgStatus::ok);
-            // One large matrix alone: its steps run on both threads.
-            std::vector<float> big(577 * 577);
-            const codl::DampedJob<float> single{inputs[0].data(), big.data(), 577, 0.05f};
+            // The largest matrix alone: its steps run on both threads.
+            const std::size_t largest = static_cast<std::size_t>(
+                std::max_element(sizes.begin(), sizes.end()) - sizes.begin());
+            const std::size_t n_big = sizes[largest];
+            std::vector<float> big(n_big * n_big);
+            const codl::DampedJob<float> single{inputs[largest].data(), big.data(), n_big, 0.05f};
             codl::LinalgResult r;
             codl::damped_inverse(&single, 1, &r, threads);
             CHECK(r.status == LinalgStatus::ok);
-            CHECK_MSG(std::memcmp(big.data(), inv[0].data(), big.size() * sizeof(float)) == 0,
+            CHECK_MSG(std::memcmp(big.data(), inv[largest].data(), big.size() * sizeof(float)) == 0,
                       std::string(codl::isa_name(isa)) + " alone vs in a batch");
         }
         for (std::size_t i = 0; i < sizes.size(); ++i) {
@@ -418,13 +423,18 @@ TEST_CASE("linalg batches: results bit-identical for 1 and 2 threads, any schedu
             CHECK_MSG(std::memcmp(chol1[i].data(), chol2[i].data(), chol1[i].size() * sizeof(float)) == 0,
                       std::string(codl::isa_name(isa)) + " cholesky n=" + std::to_string(sizes[i]));
         }
-        // Solves: a large right-hand side split across threads.
-        const std::size_t n = 300, m = 700;
+        // Solves: a large right-hand side split across threads, on the largest factor of at
+        // most 300 rows (300 natively, 260 under emulation).
+        std::size_t at = 0;
+        for (std::size_t i = 0; i < sizes.size(); ++i) {
+            if (sizes[i] <= 300 && sizes[i] > sizes[at]) at = i;
+        }
+        const std::size_t n = sizes[at], m = 700;
         const std::vector<float> b = normal<float>(n * m);
         std::vector<float> x1(n * m), x2(n * m);
         for (codl::SolveSide side : {codl::SolveSide::left, codl::SolveSide::right}) {
-            const codl::SolveJob<float> j1{chol1[3].data(), n, b.data(), x1.data(), m};
-            const codl::SolveJob<float> j2{chol1[3].data(), n, b.data(), x2.data(), m};
+            const codl::SolveJob<float> j1{chol1[at].data(), n, b.data(), x1.data(), m};
+            const codl::SolveJob<float> j2{chol1[at].data(), n, b.data(), x2.data(), m};
             codl::cholesky_solve(&j1, 1, side, 1);
             codl::cholesky_solve(&j2, 1, side, 2);
             CHECK_MSG(std::memcmp(x1.data(), x2.data(), x1.size() * sizeof(float)) == 0,
