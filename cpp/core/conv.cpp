@@ -405,3 +405,136 @@ void maxpool2x2_i8_nhwc(const std::int8_t* x, std::size_t batch, std::size_t h, 
 }
 
 }  // namespace codl
+
+namespace codl {
+namespace {
+
+// What a chain layer writes: its kind and per-image element count.
+enum class Flow { f32, i8 };
+
+struct ChainBuffers {
+    std::vector<float> f32[2];
+    std::vector<std::int8_t> i8[2];
+};
+
+ChainBuffers& chain_buffers() {
+    thread_local ChainBuffers buffers;
+    return buffers;
+}
+
+std::size_t conv_output_elements(const ConvGeometry& g) { return g.out_h() * g.out_w() * g.out_c; }
+
+}  // namespace
+
+ChainStatus check_chain(const ChainLayer* layers, std::size_t count, std::size_t input_elements,
+                        std::size_t* output_elements) {
+    Flow flow = Flow::f32;
+    std::size_t elements = input_elements;
+    for (std::size_t i = 0; i < count; ++i) {
+        const ChainLayer& layer = layers[i];
+        switch (layer.kind) {
+            case ChainLayer::Kind::conv: {
+                const ConvArgs& a = layer.conv;
+                const bool int8_in = a.input == ConvInput::i8_nhwc;
+                if (a.input == ConvInput::f32_nhwc || int8_in != (flow == Flow::i8)) return ChainStatus::mismatched_layers;
+                if (a.g.in_h * a.g.in_w * a.g.in_c != elements || a.g.out_h() == 0 || a.g.out_w() == 0) {
+                    return ChainStatus::mismatched_layers;
+                }
+                if (a.output == ConvOutput::f32_nhwc) return ChainStatus::mismatched_layers;
+                flow = a.output == ConvOutput::i8_nhwc ? Flow::i8 : Flow::f32;
+                elements = conv_output_elements(a.g);
+                break;
+            }
+            case ChainLayer::Kind::maxpool2x2:
+                if (flow != Flow::i8 || layer.pool_h * layer.pool_w * layer.pool_c != elements) {
+                    return ChainStatus::mismatched_layers;
+                }
+                elements = (layer.pool_h / 2) * (layer.pool_w / 2) * layer.pool_c;
+                break;
+            case ChainLayer::Kind::linear:
+                if (layer.in_features != elements || layer.out_features == 0) return ChainStatus::mismatched_layers;
+                if (flow == Flow::i8 && !(layer.input_scale > 0.0f && std::isfinite(layer.input_scale))) {
+                    return ChainStatus::bad_scale;
+                }
+                flow = Flow::f32;
+                elements = layer.out_features;
+                break;
+        }
+    }
+    if (flow != Flow::f32) return ChainStatus::mismatched_layers;
+    *output_elements = elements;
+    return ChainStatus::ok;
+}
+
+ChainStatus run_chain(const ChainLayer* layers, std::size_t count, const float* x, std::size_t batch, float* out,
+                      int num_threads) {
+    ChainBuffers& buffers = chain_buffers();
+    const void* current = x;
+    int side = 0;
+    for (std::size_t i = 0; i < count; ++i) {
+        const ChainLayer& layer = layers[i];
+        const bool last = i + 1 == count;
+        switch (layer.kind) {
+            case ChainLayer::Kind::conv: {
+                ConvArgs a = layer.conv;
+                a.x = current;
+                a.batch = batch;
+                const std::size_t elements = batch * conv_output_elements(a.g);
+                if (a.output == ConvOutput::i8_nhwc) {
+                    buffers.i8[side].resize(elements);
+                    a.out = buffers.i8[side].data();
+                } else if (last) {
+                    a.out = out;
+                } else {
+                    buffers.f32[side].resize(elements);
+                    a.out = buffers.f32[side].data();
+                }
+                switch (conv2d(a, num_threads)) {
+                    case ConvStatus::ok: break;
+                    case ConvStatus::nonfinite_input: return ChainStatus::nonfinite_input;
+                    case ConvStatus::invalid_ternary_code: return ChainStatus::invalid_ternary_code;
+                    case ConvStatus::bad_scale: return ChainStatus::bad_scale;
+                }
+                current = a.out;
+                break;
+            }
+            case ChainLayer::Kind::maxpool2x2: {
+                const std::size_t elements = batch * (layer.pool_h / 2) * (layer.pool_w / 2) * layer.pool_c;
+                buffers.i8[side].resize(elements);
+                maxpool2x2_i8_nhwc(static_cast<const std::int8_t*>(current), batch, layer.pool_h, layer.pool_w,
+                                   layer.pool_c, buffers.i8[side].data(), num_threads);
+                current = buffers.i8[side].data();
+                break;
+            }
+            case ChainLayer::Kind::linear: {
+                const float* input = static_cast<const float*>(current);
+                if (layer.input_scale > 0.0f) {  // int8 input: dequantize into the other side
+                    const std::size_t n = batch * layer.in_features;
+                    std::vector<float>& values = buffers.f32[1 - side];
+                    values.resize(n);
+                    const std::int8_t* q = static_cast<const std::int8_t*>(current);
+                    for (std::size_t j = 0; j < n; ++j) values[j] = static_cast<float>(q[j]) * layer.input_scale;
+                    input = values.data();
+                }
+                float* y = out;
+                if (!last) {
+                    buffers.f32[side].resize(batch * layer.out_features);
+                    y = buffers.f32[side].data();
+                }
+                if (!ternary_linear_f32(input, batch, layer.in_features, layer.packed, layer.alpha, layer.out_features,
+                                        layer.bias, y, num_threads)) {
+                    return ChainStatus::nonfinite_input;
+                }
+                if (layer.relu) {
+                    for (std::size_t j = 0; j < batch * layer.out_features; ++j) y[j] = std::max(y[j], 0.0f);
+                }
+                current = y;
+                break;
+            }
+        }
+        side = 1 - side;
+    }
+    return ChainStatus::ok;
+}
+
+}  // namespace codl

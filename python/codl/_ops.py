@@ -890,6 +890,32 @@ class BoundConv:
         )
 
 
+class ConvChain:
+    """A chain of conv, int8 2x2 max-pool and ternary linear layers run by one call into the
+    core (``codl::run_chain``); ``layers`` are the specs :mod:`codl.nn.fused` builds (their
+    buffers are checked here, once, and kept alive by the chain)."""
+
+    def __init__(self, layers: list[tuple[object, ...]], input_shape: tuple[int, int, int]) -> None:
+        self._chain = _C.conv_chain_build(layers, input_shape)
+        self._specs = (layers, input_shape)
+        self.layers = len(layers)
+        self.output_elements = _C.conv_chain_output_elements(self._chain)
+
+    def __reduce__(self) -> tuple[type[ConvChain], tuple[object, ...]]:
+        # Copies and pickles rebuild the core's chain from its layers (the buffers copied).
+        return (ConvChain, self._specs)
+
+    def __call__(self, x: torch.Tensor, out: torch.Tensor) -> None:
+        """``out`` = the chain on ``x`` (contiguous float32 N x C x H x W)."""
+        _C.conv_chain_run(
+            self._chain,
+            x.detach().numpy(),
+            x.shape[0],
+            _output(out, torch.float32),
+            get_num_threads(),
+        )
+
+
 def maxpool2x2_i8_nhwc(x: torch.Tensor, out: torch.Tensor) -> None:
     n, h, w, c = x.shape
     _C.maxpool2x2_i8_nhwc(

@@ -9,6 +9,7 @@
 #include "buffers.h"
 #include "codl/conv.h"
 #include "codl/pack.h"
+#include "codl/ternary.h"
 
 namespace codl_bindings {
 namespace {
@@ -74,6 +75,127 @@ Buffer checked_weights(const py::buffer& weight, codl::ConvWeights format, const
     require_exact(w, "weight", codl::conv_blocked_bytes(g),
                   "elements (out_channels padded to 16 * KH * KW * padded in_channels)");
     return w;
+}
+
+// A chain built once from Python (its buffers kept alive here) and run many times.
+class ConvChain {
+public:
+    explicit ConvChain(const py::list& specs, const Sizes& input_shape) {
+        require_length(input_shape, 3, "input_shape");
+        input_elements_ = input_shape[0] * input_shape[1] * input_shape[2];
+        for (const py::handle& item : specs) {
+            const py::tuple spec = py::reinterpret_borrow<py::tuple>(item);
+            const std::string kind = spec[0].cast<std::string>();
+            codl::ChainLayer layer;
+            if (kind == "conv") {
+                layer.kind = codl::ChainLayer::Kind::conv;
+                codl::ConvArgs& a = layer.conv;
+                a.input = parse_input(spec[1].cast<std::string>());
+                const Sizes shape = spec[2].cast<Sizes>();  // (C, H, W)
+                require_length(shape, 3, "conv shape");
+                const Sizes kernel = spec[6].cast<Sizes>(), stride = spec[7].cast<Sizes>();
+                const Sizes padding = spec[8].cast<Sizes>(), dilation = spec[9].cast<Sizes>();
+                require_positive(kernel, "kernel_size");
+                require_positive(stride, "stride");
+                require_positive(dilation, "dilation");
+                require_length(padding, 2, "padding");
+                codl::ConvGeometry& g = a.g;
+                g.in_c = shape[0];
+                g.in_h = shape[1];
+                g.in_w = shape[2];
+                g.out_c = spec[5].cast<std::size_t>();
+                g.kernel_h = kernel[0];
+                g.kernel_w = kernel[1];
+                g.stride_h = stride[0];
+                g.stride_w = stride[1];
+                g.pad_h = padding[0];
+                g.pad_w = padding[1];
+                g.dilation_h = dilation[0];
+                g.dilation_w = dilation[1];
+                a.weights = codl::ConvWeights::blocked;
+                a.w = keep(spec[3], "blocked", 'b', codl::conv_blocked_bytes(g));
+                a.w_sums = static_cast<const std::int32_t*>(keep(spec[4], "w_sums", 'i', g.out_c_padded()));
+                a.w_scale = static_cast<const float*>(keep(spec[10], "weight_scale", 'f', g.out_c));
+                a.bias = spec[11].is_none() ? nullptr : static_cast<const float*>(keep(spec[11], "bias", 'f', g.out_c));
+                a.relu = spec[12].cast<bool>();
+                a.output = parse_output(spec[13].cast<std::string>());
+                a.input_scale = spec[14].cast<float>();
+                a.output_scale = spec[15].cast<float>();
+            } else if (kind == "maxpool2x2") {
+                layer.kind = codl::ChainLayer::Kind::maxpool2x2;
+                const Sizes shape = spec[1].cast<Sizes>();  // (H, W, C)
+                require_length(shape, 3, "pool shape");
+                layer.pool_h = shape[0];
+                layer.pool_w = shape[1];
+                layer.pool_c = shape[2];
+            } else if (kind == "linear") {
+                layer.kind = codl::ChainLayer::Kind::linear;
+                layer.in_features = spec[4].cast<std::size_t>();
+                layer.out_features = spec[5].cast<std::size_t>();
+                const std::size_t row_bytes = codl::ternary_padded_k(layer.in_features) / 4;
+                layer.packed = static_cast<const std::uint8_t*>(keep(spec[1], "packed", 'B', layer.out_features * row_bytes));
+                layer.alpha = static_cast<const float*>(keep(spec[2], "alpha", 'f', layer.out_features));
+                layer.bias = spec[3].is_none() ? nullptr
+                                               : static_cast<const float*>(keep(spec[3], "bias", 'f', layer.out_features));
+                layer.input_scale = spec[6].cast<float>();
+                layer.relu = spec[7].cast<bool>();
+            } else {
+                throw py::value_error("layers: expected kinds 'conv', 'maxpool2x2' or 'linear', received '" + kind + "'");
+            }
+            layers_.push_back(layer);
+        }
+        if (layers_.empty()) throw py::value_error("layers: expected at least one layer, received none");
+        if (codl::check_chain(layers_.data(), layers_.size(), input_elements_, &output_elements_) !=
+            codl::ChainStatus::ok) {
+            throw py::value_error("layers: expected each layer to take its predecessor's output (kind and size), "
+                                  "and a float32 output last");
+        }
+    }
+
+    std::size_t output_elements() const { return output_elements_; }
+
+    void run(const py::buffer& x, std::size_t batch, const py::buffer& out, int num_threads) const {
+        const Buffer input = checked_buffer(x, "x", 'f', false);
+        require_exact(input, "x", batch * input_elements_, "elements (batch * C * H * W of the chain's input)");
+        const Buffer result = checked_buffer(out, "out", 'f', true);
+        require_exact(result, "out", batch * output_elements_, "elements (batch * the chain's outputs)");
+        checked_threads(num_threads);
+        codl::ChainStatus status;
+        {
+            py::gil_scoped_release release;
+            status = codl::run_chain(layers_.data(), layers_.size(), static_cast<const float*>(input.data), batch,
+                                     static_cast<float*>(result.data), num_threads);
+        }
+        switch (status) {
+            case codl::ChainStatus::ok: return;
+            case codl::ChainStatus::nonfinite_input: throw py::value_error("x: expected finite values, received NaN or Inf");
+            case codl::ChainStatus::invalid_ternary_code:
+                throw py::value_error("weight: expected 2-bit fields 0b00, 0b01 or 0b10, received 0b11");
+            case codl::ChainStatus::bad_scale: throw py::value_error("layers: a scale is not positive and finite");
+            case codl::ChainStatus::mismatched_layers: throw py::value_error("layers: mismatched layers");
+        }
+    }
+
+private:
+    // Checks a buffer of the chain (type, exact length) and keeps it alive with the chain.
+    const void* keep(const py::handle& object, const char* name, char format, std::size_t elements) {
+        const py::buffer buffer = py::reinterpret_borrow<py::buffer>(object);
+        const Buffer checked = checked_buffer(buffer, name, format, false);
+        require_exact(checked, name, elements, "elements");
+        keep_alive_.push_back(py::reinterpret_borrow<py::object>(object));
+        return checked.data;
+    }
+
+    std::vector<codl::ChainLayer> layers_;
+    std::vector<py::object> keep_alive_;
+    std::size_t input_elements_ = 0, output_elements_ = 0;
+};
+
+const ConvChain& chain_of(const py::object& object) {
+    if (!PyCapsule_IsValid(object.ptr(), "codl.ConvChain")) {
+        throw py::type_error("chain: expected an object from conv_chain_build");
+    }
+    return *static_cast<const ConvChain*>(PyCapsule_GetPointer(object.ptr(), "codl.ConvChain"));
 }
 
 const char* kInvalidTernary = "weight: expected 2-bit fields 0b00, 0b01 or 0b10 (codes -1, 0, +1), received 0b11";
@@ -209,6 +331,29 @@ void register_conv(py::module_& m) {
         py::arg("weight"), py::arg("weight_format"), py::arg("out_channels"), py::arg("in_channels"),
         py::arg("kernel_size"), py::arg("blocked"), py::arg("w_sums"),
         "The blocked weights and their sums, once, for conv2d_i8's 'blocked' format.");
+    // The chain is an opaque capsule handed back to conv_chain_run (functions, not a class: the
+    // stub checks compare functions).
+    m.def(
+        "conv_chain_build",
+        [](const py::list& layers, const Sizes& input_shape) -> py::object {
+            auto* chain = new ConvChain(layers, input_shape);
+            return py::capsule(chain, "codl.ConvChain", [](PyObject* capsule) {
+                delete static_cast<ConvChain*>(PyCapsule_GetPointer(capsule, "codl.ConvChain"));
+            });
+        },
+        py::arg("layers"), py::arg("input_shape"),
+        "A chain of conv, 2x2 max-pool and ternary linear layers (an opaque object for conv_chain_run).");
+    m.def(
+        "conv_chain_output_elements",
+        [](const py::object& chain) { return chain_of(chain).output_elements(); }, py::arg("chain"),
+        "Outputs per image of a chain from conv_chain_build.");
+    m.def(
+        "conv_chain_run",
+        [](const py::object& chain, const py::buffer& x, std::size_t batch, const py::buffer& out, int num_threads) {
+            chain_of(chain).run(x, batch, out, num_threads);
+        },
+        py::arg("chain"), py::arg("x"), py::arg("batch"), py::arg("out"), py::arg("num_threads") = 1,
+        "Runs a chain from conv_chain_build on batch float32 images into out.");
     m.def(
         "conv_blocked_bytes",
         [](std::size_t out_channels, std::size_t in_channels, const Sizes& kernel_size) {

@@ -182,4 +182,41 @@ inline std::size_t conv_blocked_bytes(const ConvGeometry& g) {
 ConvStatus conv_prepare_weights(const ConvGeometry& g, ConvWeights format, const void* w,
                                 std::int8_t* blocked, std::int32_t* w_sums);
 
+// A straight chain of layers run by one call into the core: the path of small frozen CNNs at
+// small batches, where calling each layer from Python cost more than its products. Each
+// layer reads the previous one's output (the chain's input, float32 NCHW, for the first):
+//  conv        conv2d with `conv` (x, out and batch are set by the run; conv.input must match
+//              what the previous layer writes: f32_nchw first or after a float conv, i8_nhwc
+//              after an int8 conv or pool);
+//  maxpool2x2  int8 NHWC in and out (the previous layer's int8 output);
+//  linear      ternary 2-bit rows with int8 activations (ternary_linear_f32) over the previous
+//              output flattened in its memory order; an int8 input is first dequantized with
+//              `input_scale` (so its rows must be ordered as that NHWC memory); `relu` applies
+//              max(y, 0) to the output.
+struct ChainLayer {
+    enum class Kind { conv, maxpool2x2, linear } kind = Kind::conv;
+    ConvArgs conv;
+    // maxpool2x2: the int8 NHWC input's height, width and channels.
+    std::size_t pool_h = 0, pool_w = 0, pool_c = 0;
+    // linear
+    const std::uint8_t* packed = nullptr;
+    const float* alpha = nullptr;
+    const float* bias = nullptr;
+    std::size_t in_features = 0, out_features = 0;
+    float input_scale = 0.0f;
+    bool relu = false;
+};
+
+enum class ChainStatus { ok, nonfinite_input, invalid_ternary_code, bad_scale, mismatched_layers };
+
+// Elements (bytes for int8) each layer writes per image; mismatched_layers if a layer cannot
+// take its predecessor's output (kinds, sizes). Called once when a chain is built.
+ChainStatus check_chain(const ChainLayer* layers, std::size_t count, std::size_t input_elements,
+                        std::size_t* output_elements);
+
+// Runs the chain on `batch` images of x (float32 NCHW, input_elements each), writing the last
+// layer's float32 output to out.
+ChainStatus run_chain(const ChainLayer* layers, std::size_t count, const float* x, std::size_t batch,
+                      float* out, int num_threads = 1);
+
 }  // namespace codl

@@ -58,7 +58,7 @@ from codl import _ops
 from codl.bench.timing import Timing, measure, measure_pair
 from codl.data import load_split
 from codl.models import MCNN, CSRNet, FashionCNN, LeNet5
-from codl.nn import freeze
+from codl.nn import freeze, fuse
 from codl.training import evaluate, fine_tune
 
 #: The runtimes, in table order: name -> what it is.
@@ -70,7 +70,8 @@ RUNTIMES: dict[str, str] = {
     "ort_int8": "ONNX Runtime static int8 (QDQ)",
     "openvino": "OpenVINO fp32",
     "openvino_int8": "OpenVINO int8 (QDQ model)",
-    "codl": "codl frozen ternary",
+    "codl_layers": "codl frozen ternary, layer by layer",
+    "codl": "codl frozen ternary, fused chain",
 }
 #: The models: name -> (label, input shape of one image, classifier?).
 MODELS: dict[str, tuple[str, tuple[int, int, int], bool]] = {
@@ -146,7 +147,8 @@ class Prepared:
     name: str
     float_model: nn.Module
     ternary: nn.Module  # the unfrozen ternary twin the frozen model was packed from
-    frozen: nn.Module
+    frozen: nn.Module  # codl.nn.fuse of the frozen model where it is a chain, else the frozen model
+    layers: nn.Module  # the frozen model itself, its layers called one by one from Python
     torch_int8: nn.Module | None
     onnx_fp32: Path | None
     onnx_int8: Path | None
@@ -310,7 +312,13 @@ def prepare(
         calibration = counting_images(settings.counting_images, shape, seed=1)
         evaluation = (counting_images(settings.counting_images, shape, seed=2), None)
     # Static activation scales from the same calibration images the int8 runtimes get.
-    frozen = freeze(ternary, calibration=calibration)
+    layers = freeze(ternary, calibration=calibration)
+    notes: dict[str, str] = {}
+    try:
+        frozen: nn.Module = fuse(layers, calibration[:1])
+    except ValueError as why:  # not a straight chain (MCNN's concatenated columns)
+        frozen = layers
+        notes["codl"] = f"layer by layer: {why}"
     wanted = set(runtimes)
     int8 = torch_static_int8(float_model, calibration) if "torch_int8" in wanted else None
     onnx_fp32 = onnx_int8 = None
@@ -319,7 +327,17 @@ def prepare(
         if wanted & {"ort_int8", "openvino_int8"} and installed("ort_int8"):
             onnx_int8 = ort_static_int8(onnx_fp32, calibration, workdir / f"{name}.int8.onnx")
     return Prepared(
-        name, float_model, ternary, frozen, int8, onnx_fp32, onnx_int8, calibration, evaluation
+        name,
+        float_model,
+        ternary,
+        frozen,
+        layers,
+        int8,
+        onnx_fp32,
+        onnx_int8,
+        calibration,
+        evaluation,
+        notes,
     )
 
 
@@ -334,6 +352,8 @@ def predictor(runtime: str, prepared: Prepared, threads: int, batch: int | None)
         return torch.no_grad()(prepared.float_model)
     if runtime == "codl":
         return torch.no_grad()(prepared.frozen)
+    if runtime == "codl_layers":
+        return torch.no_grad()(prepared.layers)
     if runtime == "torch_int8":
         assert prepared.torch_int8 is not None
         return torch.no_grad()(prepared.torch_int8)
@@ -570,6 +590,8 @@ def run(
             if progress:
                 print(f"preparing {name}", flush=True)
             prepared = prepare(name, settings, Path(tmp), runtimes, data)
+            for runtime, note in prepared.notes.items():
+                print(f"  {runtime}: {note}", flush=True)
             classifier_model = MODELS[name][2]
             rows += bench_model(
                 prepared,

@@ -11,7 +11,8 @@ conversions built on them.
 * :func:`freeze`: an inference copy of a trained model, ternary layers packed
   (``packing="2bit"|"base3"``, ``activations="int8"|"float"``) and their BatchNorms folded in;
   with ``calibration=`` images, static activation scales and convolutions chained in int8;
-  :func:`frozen_summary` lists what runs where.
+  :func:`frozen_summary` lists what runs where; :func:`fuse` runs a frozen chain of layers by
+  one call into the core (small models at small batches).
 
 >>> model = codl.quantize_(model, codl.TernaryConfig(overrides={"0": None}))  # doctest: +SKIP
 >>> codl.nn.sparsity_report(model)  # doctest: +SKIP
@@ -28,6 +29,7 @@ from codl.nn.convert import (
     quantize_,
     sparsity_report,
 )
+from codl.nn.fused import FusedChain, fuse
 from codl.nn.ternary import (
     FrozenTernaryConv2d,
     FrozenTernaryLinear,
@@ -39,12 +41,14 @@ __all__ = [
     "FrozenLayer",
     "FrozenTernaryConv2d",
     "FrozenTernaryLinear",
+    "FusedChain",
     "Int8MaxPool2d",
     "LayerSparsity",
     "TernaryConv2d",
     "TernaryLinear",
     "freeze",
     "frozen_summary",
+    "fuse",
     "quantize_",
     "sparsity_report",
 ]

@@ -27,6 +27,7 @@ from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval, fuse_linear_bn_eval
 
 from codl.kernels.conv import max_pool2x2_int8
+from codl.kernels.sparse import SPARSE_MIN_SPARSITY
 from codl.nn.ternary import (
     FrozenTernaryConv2d,
     FrozenTernaryLinear,
@@ -34,6 +35,7 @@ from codl.nn.ternary import (
     TernaryLinear,
     fold_ternary,
 )
+from codl.prune.sparse import SparseLinear, to_sparse
 from codl.ternary.config import TernaryConfig
 from codl.ternary.packed import Activations, Packing, check_inference_options
 
@@ -253,8 +255,12 @@ def freeze(
             float tensor in between. Without them every convolution quantizes its float input
             by its absmax on each call. :func:`frozen_summary` says what runs where.
 
-    Layers codl has no kernel for stay torch float: a grouped or depthwise ``nn.Conv2d`` or one
-    with a padding mode other than zeros raises a ``UserWarning`` naming it.
+    A float ``nn.Linear`` with at least :data:`codl.kernels.sparse.SPARSE_MIN_SPARSITY` (90%)
+    zero weights (magnitude-pruned, ``torch.nn.utils.prune`` included) becomes a
+    :class:`codl.prune.SparseLinear` (1x4 int8 blocks, values quantized per row), where the
+    sparse kernel is faster than the dense ones. Layers codl has no kernel for stay torch float:
+    a grouped or depthwise ``nn.Conv2d`` or one with a padding mode other than zeros raises a
+    ``UserWarning`` naming it.
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"model: expected a torch.nn.Module, received {type(model).__name__}")
@@ -278,10 +284,26 @@ def freeze(
         return fold_ternary(frozen, None, activations, packing)
     with torch.no_grad():
         _freeze_children(frozen, activations, packing)
+        _sparsify(frozen)
         _warn_unsupported(frozen)
         if calibration is not None:
             _calibrate_and_chain(frozen, calibration.to(torch.float32))
     return frozen
+
+
+def _sparsify(module: nn.Module) -> None:
+    """Replace every float ``nn.Linear`` under ``module`` that is sparse enough for the sparse
+    kernel to pay by its :class:`SparseLinear`."""
+    for name, child in module._modules.items():
+        if child is None:
+            continue
+        if type(child) is nn.Linear:
+            assert isinstance(child, nn.Linear)
+            zeros = float((child.weight.detach() == 0).float().mean())
+            if zeros >= SPARSE_MIN_SPARSITY:
+                module._modules[name] = to_sparse(child)
+        else:
+            _sparsify(child)
 
 
 def _warn_unsupported(model: nn.Module) -> None:
@@ -475,6 +497,17 @@ def frozen_summary(model: nn.Module) -> list[FrozenLayer]:
                     layer=f"FrozenTernaryLinear {module.in_features}->{module.out_features}",
                     runs_on=f"codl ternary GEMM, {module.weight.activations} activations",
                     weight_bytes=module.weight.nbytes(),
+                )
+            )
+        elif isinstance(module, SparseLinear):
+            rows.append(
+                FrozenLayer(
+                    name=name,
+                    layer=f"SparseLinear {module.in_features}->{module.out_features}",
+                    runs_on=f"codl sparse int8 (1x4 blocks), {module.sparsity:.1%} zeros",
+                    weight_bytes=sum(
+                        b.numel() * b.element_size() for b in module.buffers() if b is not None
+                    ),
                 )
             )
         elif isinstance(module, Int8MaxPool2d):

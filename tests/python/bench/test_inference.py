@@ -10,6 +10,7 @@ import pytest
 import torch
 from torch import nn
 
+import codl
 from codl import bench
 from codl.bench import inference
 from codl.data import load_split
@@ -141,6 +142,10 @@ def test_classifier_rows_report_the_accuracy_of_each_model(
             assert r.median_ms is not None and r.median_ms > 0
             assert r.images_per_s == pytest.approx(r.batch / (r.median_ms * 1e-3), rel=1e-3)
             assert r.load_average is not None
+    # The fused chain (LeNet-5 is one) gives the frozen layers' floats bit for bit.
+    assert isinstance(prepared.frozen, codl.nn.FusedChain)
+    with torch.no_grad():
+        assert torch.equal(prepared.frozen(test_images), prepared.layers(test_images))
     # The frozen model computes its unfrozen ternary twin: int8 activations, quantized per row,
     # move the logits by a few percent at most, and the top-1 classes almost never.
     with torch.no_grad():

@@ -19,10 +19,13 @@ from codl.models import FashionCNN, LeNet5
 from codl.nn import (
     FrozenTernaryConv2d,
     FrozenTernaryLinear,
+    FusedChain,
     Int8MaxPool2d,
     freeze,
     frozen_summary,
+    fuse,
 )
+from codl.prune import SparseLinear
 
 
 def trained_like(model: nn.Module, seed: int = 0) -> nn.Module:
@@ -198,3 +201,88 @@ def test_freeze_without_calibration_keeps_float_boundaries_and_export_c_layout()
     assert all(not c.int8_input and c.output_scale is None and not c.relu for c in convs)
     assert any(isinstance(m, FrozenTernaryLinear) for m in frozen.modules())
     assert not any(isinstance(m, Int8MaxPool2d) for m in frozen.modules())
+
+
+def test_pruned_linear_layers_become_sparse_int8_layers() -> None:
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        nn.Flatten(),
+        nn.Linear(784, 300),
+        nn.ReLU(),
+        nn.Linear(300, 100),
+        nn.ReLU(),
+        nn.Linear(100, 10),
+    ).eval()
+    with torch.no_grad():
+        for layer, keep in ((model[1], 0.05), (model[3], 0.5)):
+            weight = layer.weight
+            threshold = weight.abs().flatten().kthvalue(int((1 - keep) * weight.numel())).values
+            weight.mul_(weight.abs() > threshold)
+    frozen = freeze(model)
+    assert isinstance(frozen[1], SparseLinear)  # 95% zeros: the sparse kernel pays
+    assert type(frozen[3]) is nn.Linear  # 50% zeros: stays dense
+    rows = {row["name"]: row for row in frozen_summary(frozen)}
+    assert rows["1"]["runs_on"].startswith("codl sparse int8")
+    assert rows["1"]["weight_bytes"] < model[1].weight.numel() * 4 * 0.15
+    x = images(16, seed=7)
+    with torch.no_grad():
+        expected, got = model(x), frozen(x)
+    # int8 values per row: within about 1% of the float model's outputs.
+    assert (got - expected).norm() <= 0.02 * expected.norm()
+    assert torch.equal(model[1].weight != 0, frozen[1].dense_weight() != 0)
+
+
+@pytest.mark.parametrize("architecture", [LeNet5, FashionCNN])
+def test_fused_chain_gives_the_frozen_models_floats_bit_for_bit(
+    architecture: type[nn.Module],
+) -> None:
+    frozen = freeze(ternary(architecture()), calibration=images(32, seed=1))
+    fused = fuse(frozen, images(1, seed=2))
+    assert isinstance(fused, FusedChain) and fused.input_shape == (1, 28, 28)
+    for batch in (1, 5):
+        x = images(batch, seed=8 + batch)
+        with torch.no_grad():
+            expected = frozen(x)
+            with _ops.using_threads(1):
+                one = fused(x)
+            with _ops.using_threads(2):
+                two = fused(x)
+        assert torch.equal(one, expected) and torch.equal(two, expected)
+
+
+def test_fused_chain_falls_back_to_the_frozen_model_when_traced_or_reshaped() -> None:
+    frozen = freeze(ternary(FashionCNN()), calibration=images(16, seed=1))
+    fused = fuse(frozen, images(1, seed=2))
+    x = images(2, seed=3)
+    with torch.no_grad():
+        expected = frozen(x)
+        compiled = torch.compile(copy.deepcopy(fused), fullgraph=True, backend="aot_eager")
+        assert torch.equal(compiled(x), expected)
+        exported = torch.export.export(fused, (x,))
+        assert torch.equal(exported.module()(x), expected)
+        # Another image size: the frozen layers run (the chain was built for 28x28).
+        with pytest.raises(ValueError, match="1 channels"):
+            fused(torch.zeros(1, 3, 28, 28))
+    with torch.no_grad(), pytest.raises(ValueError, match="finite"):
+        fused(torch.full((1, 1, 28, 28), float("nan")))
+
+
+def test_fuse_names_the_layer_it_cannot_chain() -> None:
+    model = ternary(FashionCNN())
+    frozen = freeze(model)  # no calibration: ReLU is not fused, so the chain stops there
+    with pytest.raises(ValueError, match=r"layer '1' \(ReLU\) cannot be chained"):
+        fuse(frozen, images(1, seed=2))
+
+    class Branches(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.a = nn.Identity()
+            self.b = nn.Identity()
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return torch.cat([self.a(x), self.b(x)], 1)
+
+    with pytest.raises(ValueError, match=r"not a layer of a chain|not the last layer"):
+        fuse(Branches(), images(1, seed=2))
+    with pytest.raises(ValueError, match="example"):
+        fuse(frozen, torch.zeros(28, 28))
