@@ -35,12 +35,14 @@ Scratch& scratch() {
 
 std::uint8_t shifted(int q) { return static_cast<std::uint8_t>(q + 128); }
 
-// Fills s.image with the padded, shifted activations; false if a float input is not finite.
-bool prepare_input(const ConvArgs& a, Scratch& s, float* scale) {
+// Fills s.image with the padded, shifted activations, `cp` bytes a pixel (the channels padded
+// to 4 for the kernels, or exactly in_c for a folded layer's patch gathering); false if a float
+// input is not finite.
+bool prepare_input(const ConvArgs& a, Scratch& s, float* scale, std::size_t cp) {
     const ConvGeometry& g = a.g;
-    const std::size_t cp = g.channels(), hp = g.padded_h(), wp = g.padded_w();
+    const std::size_t hp = g.padded_h(), wp = g.padded_w();
     const std::size_t c = g.in_c, h = g.in_h, w = g.in_w;
-    s.image.assign(a.batch * hp * wp * cp, 128);
+    s.image.assign(a.batch * hp * wp * cp + 8, 128);  // 8 bytes of slack: gather_patches reads words
     auto at = [&](std::size_t n, std::size_t y, std::size_t x) {
         return s.image.data() + ((n * hp + y + g.pad_h) * wp + x + g.pad_w) * cp;
     };
@@ -249,45 +251,47 @@ namespace {
 // Each padded row is first packed tight (in_c bytes a pixel, not 4), so that a kernel row of a
 // patch is one run of kw * in_c bytes when dilation_w is 1: byte by byte, the gather cost more
 // than the convolution.
-void gather_patches(const ConvGeometry& g, std::size_t batch, const std::uint8_t* image, Scratch& s) {
+void gather_patches(const ConvGeometry& g, std::size_t batch, const std::uint8_t* tight, Scratch& s,
+                    int num_threads) {
     const ConvGeometry f = conv_folded_geometry(g);
-    const std::size_t oh_count = g.out_h(), ow_count = g.out_w(), fp = f.channels(), cp = g.channels();
-    const std::size_t c = g.in_c, hp = g.padded_h(), wp = g.padded_w(), image_bytes = hp * wp * cp;
+    const std::size_t oh_count = g.out_h(), ow_count = g.out_w(), fp = f.channels();
+    const std::size_t c = g.in_c, wp = g.padded_w(), image_bytes = g.padded_h() * wp * c;
     const std::size_t run = g.kernel_w * c, patch = f.in_c;
-    // Runs of up to 8 bytes move as one 8-byte word; the bytes past a run are rewritten by the
-    // next kernel row's run or, past the patch, reset to 128 (zero). Both buffers have 8 bytes
-    // of slack for the last word.
+    // Runs of up to 8 bytes move as one 8-byte word where the word ends inside the pixel's
+    // patch: the bytes past a run are rewritten by the next kernel row's run or, past the patch,
+    // set to 128 (zero) after it, and no word reaches a pixel another thread writes. The image
+    // has 8 bytes of slack for the last word read.
     const bool words = g.dilation_w == 1 && run <= 8;
-    s.patches.assign(batch * oh_count * ow_count * fp + 8, 128);
-    s.row.resize(hp * wp * c + 8);
-    for (std::size_t n = 0; n < batch; ++n) {
-        const std::uint8_t* padded = image + n * image_bytes;
-        std::uint8_t* tight = s.row.data();
-        for (std::size_t p = 0; p < hp * wp; ++p) {
-            for (std::size_t ch = 0; ch < c; ++ch) tight[p * c + ch] = padded[p * cp + ch];
-        }
-        for (std::size_t oh = 0; oh < oh_count; ++oh) {
-            std::uint8_t* to = s.patches.data() + (n * oh_count + oh) * ow_count * fp;
+    s.patches.resize(batch * oh_count * ow_count * fp + 8);
+    std::uint8_t* patches = s.patches.data();
+    const std::size_t min_rows = std::max<std::size_t>(1, 4096 / std::max<std::size_t>(ow_count * fp, 1));
+    // Locals, captured by value: through a reference every byte stored could alias the
+    // geometry, and the compiler reloaded it for each word.
+    const std::size_t kernel_h = g.kernel_h, kernel_w = g.kernel_w, stride_h = g.stride_h, stride_w = g.stride_w;
+    const std::size_t dilation_h = g.dilation_h, dilation_w = g.dilation_w;
+    parallel_for(batch * oh_count, 1, min_rows, num_threads, [=](std::size_t begin, std::size_t end) {
+        for (std::size_t row = begin; row < end; ++row) {
+            const std::size_t n = row / oh_count, oh = row % oh_count;
+            const std::uint8_t* image = tight + n * image_bytes;
+            std::uint8_t* to = patches + row * ow_count * fp;
             for (std::size_t ow = 0; ow < ow_count; ++ow, to += fp) {
-                for (std::size_t kh = 0; kh < g.kernel_h; ++kh) {
-                    const std::uint8_t* from = tight + ((oh * g.stride_h + kh * g.dilation_h) * wp + ow * g.stride_w) * c;
+                for (std::size_t kh = 0; kh < kernel_h; ++kh) {
+                    const std::uint8_t* from = image + ((oh * stride_h + kh * dilation_h) * wp + ow * stride_w) * c;
                     std::uint8_t* into = to + kh * run;
-                    if (words) {
+                    if (words && kh * run + 8 <= fp) {  // the word stays inside this pixel
                         std::uint64_t word;
                         std::memcpy(&word, from, sizeof word);
                         std::memcpy(into, &word, sizeof word);
                     } else {
-                        for (std::size_t kw = 0; kw < g.kernel_w; ++kw) {
-                            std::memcpy(into + kw * c, from + kw * g.dilation_w * c, c);
+                        for (std::size_t kw = 0; kw < kernel_w; ++kw) {
+                            std::memcpy(into + kw * c, from + kw * dilation_w * c, c);
                         }
                     }
                 }
-                if (words) {
-                    for (std::size_t i = patch; i < fp; ++i) to[i] = 128;
-                }
+                for (std::size_t i = patch; i < fp; ++i) to[i] = 128;
             }
         }
-    }
+    });
 }
 
 }  // namespace
@@ -315,10 +319,11 @@ ConvStatus conv2d(const ConvArgs& a, int num_threads) {
         weight_sums = s.w_sums.data();
     }
     float scale = 1.0f;
-    if (!prepare_input(a, s, &scale)) return ConvStatus::nonfinite_input;
-    if (a.used_input_scale) *a.used_input_scale = scale;
     const bool folded = conv_folds_patches(a.g);
-    if (folded) gather_patches(a.g, a.batch, s.image.data(), s);
+    // A folded layer's image keeps in_c bytes a pixel (its words of patches read them in runs).
+    if (!prepare_input(a, s, &scale, folded ? a.g.in_c : a.g.channels())) return ConvStatus::nonfinite_input;
+    if (a.used_input_scale) *a.used_input_scale = scale;
+    if (folded) gather_patches(a.g, a.batch, s.image.data(), s, num_threads);
     const ConvGeometry g = folded ? conv_folded_geometry(a.g) : a.g;
 
     s.multipliers.resize(g.out_c);
@@ -365,13 +370,13 @@ void conv2d_i32(const ConvGeometry& geometry, std::size_t batch, const std::int8
     a.input_scale = 1.0f;
     Scratch& s = scratch();
     float scale;
-    prepare_input(a, s, &scale);
+    const bool folded = conv_folds_patches(geometry);
+    prepare_input(a, s, &scale, folded ? geometry.in_c : geometry.channels());
     const std::size_t co_pad = geometry.out_c_padded();
     s.blocked.resize(conv_blocked_bytes(geometry));
     s.w_sums.resize(co_pad);
     conv_prepare_weights(geometry, ConvWeights::i8, w, s.blocked.data(), s.w_sums.data());
-    const bool folded = conv_folds_patches(geometry);
-    if (folded) gather_patches(geometry, batch, s.image.data(), s);
+    if (folded) gather_patches(geometry, batch, s.image.data(), s, num_threads);
     const ConvGeometry g = folded ? conv_folded_geometry(geometry) : geometry;
     const std::size_t oh_count = g.out_h(), ow_count = g.out_w();
     const std::uint8_t* image = folded ? s.patches.data() : s.image.data();
