@@ -42,7 +42,26 @@ bool prepare_input(const ConvArgs& a, Scratch& s, float* scale, std::size_t cp) 
     const ConvGeometry& g = a.g;
     const std::size_t hp = g.padded_h(), wp = g.padded_w();
     const std::size_t c = g.in_c, h = g.in_h, w = g.in_w;
-    s.image.assign(a.batch * hp * wp * cp + 8, 128);  // 8 bytes of slack: gather_patches reads words
+    const std::size_t bytes = a.batch * hp * wp * cp + 8;  // 8 bytes of slack: gather_patches reads words
+    if (c == cp) {
+        // Every interior byte is written below: only the border is set to 128 (zero), not the
+        // whole image, which for a 256x256x64 layer was a 4 MB memset before the copy.
+        if (s.image.size() < bytes) s.image.resize(bytes);
+        std::uint8_t* image = s.image.data();
+        const std::size_t row = wp * cp;
+        for (std::size_t n = 0; n < a.batch; ++n) {
+            std::uint8_t* first = image + n * hp * row;
+            std::memset(first, 128, g.pad_h * row);
+            std::memset(first + (g.pad_h + h) * row, 128, (hp - g.pad_h - h) * row);
+            for (std::size_t y = g.pad_h; y < g.pad_h + h; ++y) {
+                std::memset(first + y * row, 128, g.pad_w * cp);
+                std::memset(first + y * row + (g.pad_w + w) * cp, 128, (wp - g.pad_w - w) * cp);
+            }
+        }
+        std::memset(image + bytes - 8, 128, 8);
+    } else {
+        s.image.assign(bytes, 128);
+    }
     auto at = [&](std::size_t n, std::size_t y, std::size_t x) {
         return s.image.data() + ((n * hp + y + g.pad_h) * wp + x + g.pad_w) * cp;
     };
@@ -83,7 +102,7 @@ bool prepare_input(const ConvArgs& a, Scratch& s, float* scale, std::size_t cp) 
         // Row by row: each channel's row quantized into a contiguous scratch row (a loop that
         // vectorizes), then interleaved into the pixels; writing each value straight to its
         // pixel, cp bytes apart, ran scalar and cost more than a small layer's products.
-        s.row.resize(c * w);
+        if (s.row.size() < c * w) s.row.resize(c * w);
         std::uint8_t* rows = s.row.data();
         for (std::size_t n = 0; n < a.batch; ++n) {
             for (std::size_t y = 0; y < h; ++y) {
@@ -262,7 +281,7 @@ void gather_patches(const ConvGeometry& g, std::size_t batch, const std::uint8_t
     // set to 128 (zero) after it, and no word reaches a pixel another thread writes. The image
     // has 8 bytes of slack for the last word read.
     const bool words = g.dilation_w == 1 && run <= 8;
-    s.patches.resize(batch * oh_count * ow_count * fp + 8);
+    if (s.patches.size() < batch * oh_count * ow_count * fp + 8) s.patches.resize(batch * oh_count * ow_count * fp + 8);
     std::uint8_t* patches = s.patches.data();
     const std::size_t min_rows = std::max<std::size_t>(1, 4096 / std::max<std::size_t>(ow_count * fp, 1));
     // Locals, captured by value: through a reference every byte stored could alias the
@@ -429,6 +448,14 @@ ChainBuffers& chain_buffers() {
 
 std::size_t conv_output_elements(const ConvGeometry& g) { return g.out_h() * g.out_w() * g.out_c; }
 
+// The buffer's storage for n elements. It only grows: resizing down and up again would zero
+// the regrown part on every layer of every call (megabytes for a 256x256 image).
+template <typename T>
+T* room(std::vector<T>& buffer, std::size_t n) {
+    if (buffer.size() < n) buffer.resize(n);
+    return buffer.data();
+}
+
 }  // namespace
 
 ChainStatus check_chain(const ChainLayer* layers, std::size_t count, std::size_t input_elements,
@@ -486,13 +513,11 @@ ChainStatus run_chain(const ChainLayer* layers, std::size_t count, const float* 
                 a.batch = batch;
                 const std::size_t elements = batch * conv_output_elements(a.g);
                 if (a.output == ConvOutput::i8_nhwc) {
-                    buffers.i8[side].resize(elements);
-                    a.out = buffers.i8[side].data();
+                    a.out = room(buffers.i8[side], elements);
                 } else if (last) {
                     a.out = out;
                 } else {
-                    buffers.f32[side].resize(elements);
-                    a.out = buffers.f32[side].data();
+                    a.out = room(buffers.f32[side], elements);
                 }
                 switch (conv2d(a, num_threads)) {
                     case ConvStatus::ok: break;
@@ -505,27 +530,23 @@ ChainStatus run_chain(const ChainLayer* layers, std::size_t count, const float* 
             }
             case ChainLayer::Kind::maxpool2x2: {
                 const std::size_t elements = batch * (layer.pool_h / 2) * (layer.pool_w / 2) * layer.pool_c;
-                buffers.i8[side].resize(elements);
+                std::int8_t* pooled = room(buffers.i8[side], elements);
                 maxpool2x2_i8_nhwc(static_cast<const std::int8_t*>(current), batch, layer.pool_h, layer.pool_w,
-                                   layer.pool_c, buffers.i8[side].data(), num_threads);
-                current = buffers.i8[side].data();
+                                   layer.pool_c, pooled, num_threads);
+                current = pooled;
                 break;
             }
             case ChainLayer::Kind::linear: {
                 const float* input = static_cast<const float*>(current);
                 if (layer.input_scale > 0.0f) {  // int8 input: dequantize into the other side
                     const std::size_t n = batch * layer.in_features;
-                    std::vector<float>& values = buffers.f32[1 - side];
-                    values.resize(n);
+                    float* values = room(buffers.f32[1 - side], n);
                     const std::int8_t* q = static_cast<const std::int8_t*>(current);
                     for (std::size_t j = 0; j < n; ++j) values[j] = static_cast<float>(q[j]) * layer.input_scale;
-                    input = values.data();
+                    input = values;
                 }
                 float* y = out;
-                if (!last) {
-                    buffers.f32[side].resize(batch * layer.out_features);
-                    y = buffers.f32[side].data();
-                }
+                if (!last) y = room(buffers.f32[side], batch * layer.out_features);
                 if (!ternary_linear_f32(input, batch, layer.in_features, layer.packed, layer.alpha, layer.out_features,
                                         layer.bias, y, num_threads)) {
                     return ChainStatus::nonfinite_input;

@@ -12,9 +12,11 @@ from __future__ import annotations
 import contextlib
 import json
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import asdict
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -119,9 +121,9 @@ def section_packing(context: DemoContext) -> Figures:
 def section_ternary(context: DemoContext) -> Figures:
     from codl.bench import median_ms
     from codl.data import load_split
-    from codl.nn import freeze
+    from codl.nn import freeze, fuse
     from codl.nn.lenet import train_models
-    from codl.ternary import pack_weight, ternary_linear
+    from codl.ternary import TernaryConfig, pack_weight, ternary_linear
     from codl.training import evaluate
 
     _heading("ternary weights {-a, 0, +a}: training, packing, inference")
@@ -142,31 +144,61 @@ def section_ternary(context: DemoContext) -> Figures:
 
     print(
         "  LeNet-5 on the shipped Fashion-MNIST subset (3000 train / 1000 test), float and "
-        "ternary twin, 3 epochs each:"
+        "ternary twin (every layer ternary, so the frozen model is one chain of codl kernels), "
+        "3 epochs each:"
     )
-    report, float_model, ternary_model = train_models(epochs=3, data="subset", progress=False)
+    report, float_model, ternary_model = train_models(
+        epochs=3, data="subset", progress=False, config=TernaryConfig()
+    )
     print(
         f"  accuracy: float {report['float_accuracy']:.1f}%, ternary "
         f"{report['ternary_accuracy']:.1f}% (gap {report['gap']:.1f} points; float layers "
-        f"kept: {', '.join(report['float_layers'])}); trained in {report['seconds']:.0f} s"
+        f"kept: {', '.join(report['float_layers']) or 'none'}); trained in "
+        f"{report['seconds']:.0f} s"
     )
     for layer in report["sparsity"]:
         print(
             f"    {layer['name']:<14} {tuple(layer['shape'])!s:<18} sparsity "
             f"{layer['sparsity']:.1%}"
         )
-    frozen = freeze(ternary_model)
+    train_images = load_split("train", "subset")[0]
     images, labels, _ = load_split("test", "subset")
+    frozen = freeze(ternary_model, calibration=train_images[:256])
+    path = "one call into the core"
+    try:
+        frozen = fuse(frozen, images[:1])
+    except ValueError:  # a float layer kept (skip_first_and_last): the layers run one by one
+        path = "layer by layer: a float first layer is not chained"
     frozen_accuracy = evaluate(frozen, images, labels)
-    with torch.no_grad():
-        batch = images[:64]
-        frozen_ms = median_ms(lambda: frozen(batch), 5)
-        float_ms = median_ms(lambda: float_model(batch), 5)
+    ort = _ort_session(float_model, images[:1])
+    speed: dict[str, dict[str, float]] = {}
     print(
-        f"  frozen (2-bit packed, BatchNorm folded, int8 activations): accuracy "
-        f"{frozen_accuracy:.1f}%, {64e3 / frozen_ms:.0f} images/s at batch 64 vs the "
-        f"float model's {64e3 / float_ms:.0f}"
+        f"  frozen (2-bit packed, BatchNorm folded, int8 activations chained, {path}): "
+        f"accuracy {frozen_accuracy:.1f}%; images/s, {torch.get_num_threads()} thread(s):"
     )
+    with torch.no_grad():
+        for batch in (1, 64):
+            x = images[:batch].contiguous()
+            rounds = 51 if batch == 1 else 7
+            runs: dict[str, Callable[[], object]] = {
+                "codl": partial(frozen, x),
+                "torch_fp32": partial(float_model, x),
+            }
+            if ort is not None:
+                runs["onnxruntime_fp32"] = partial(
+                    ort.run, None, {ort.get_inputs()[0].name: x.numpy()}
+                )
+            figures = {}
+            for name, run in runs.items():
+                time.sleep(0.05)  # let the previous runtime's spinning threads go to sleep
+                figures[name] = batch * 1e3 / median_ms(run, rounds)
+            speed[f"batch_{batch}"] = figures
+            others = ", ".join(f"{k} {v:,.0f}" for k, v in figures.items() if k != "codl")
+            print(f"    batch {batch:>2}: codl {figures['codl']:,.0f} vs {others}")
+    if ort is None:
+        print("    (ONNX Runtime not installed: pip install onnxruntime onnx to compare)")
+    frozen_ms = 64e3 / speed["batch_64"]["codl"]
+    float_ms = 64e3 / speed["batch_64"]["torch_fp32"]
     return {
         "layer": {
             "side": side,
@@ -183,8 +215,26 @@ def section_ternary(context: DemoContext) -> Figures:
             "sparsity": report["sparsity"],
             "frozen_images_per_s": 64e3 / frozen_ms,
             "float_images_per_s": 64e3 / float_ms,
+            "images_per_s": speed,
         },
     }
+
+
+def _ort_session(model: torch.nn.Module, example: torch.Tensor) -> Any:
+    """An ONNX Runtime session of ``model`` (fp32, torch's thread count), or None when
+    onnxruntime or onnx is not installed."""
+    from codl.bench.inference import export_onnx, installed
+
+    if not installed("ort"):
+        return None
+    import onnxruntime  # type: ignore[import-untyped, import-not-found, unused-ignore]
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = export_onnx(model.eval(), example, Path(tmp) / "model.onnx")
+        options = onnxruntime.SessionOptions()
+        options.intra_op_num_threads = torch.get_num_threads()
+        options.inter_op_num_threads = 1
+        return onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 
 def section_kfac(_: DemoContext) -> Figures:

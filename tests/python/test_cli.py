@@ -163,6 +163,9 @@ def test_demo_runs_on_the_shipped_subset() -> None:
     lenet = figures["ternary"]["lenet5"]
     assert round(lenet["float_accuracy"], 1) == float_accuracy
     assert round(lenet["frozen_accuracy"], 1) == frozen_accuracy
+    assert set(lenet["images_per_s"]) == {"batch_1", "batch_64"}
+    for speeds in lenet["images_per_s"].values():
+        assert speeds["codl"] > 0 and speeds["torch_fp32"] > 0
     assert set(figures["kfac"]["training"]) == {"sgd", "adam", "kfac"}
     for run in figures["kfac"]["training"].values():
         assert 10.0 < run["test_accuracy"] <= 100.0

@@ -135,12 +135,20 @@ def measure(fn: Callable[[], object], repeat: int) -> Timing:
     return summarize(measurement, cpu_wait=_cpu_wait(waited, time.perf_counter() - wall))
 
 
+#: Pause before each block of :func:`measure_pair`: longer than the spin of the thread pools
+#: involved (libgomp's default spin is well under a millisecond, codl's 20 us; ONNX Runtime
+#: and OpenVINO keep theirs spinning for milliseconds: 5 ms left codl's 2-thread rows 2-3x slow).
+SETTLE_S = 0.02
+
+
 def measure_pair(
     first: Callable[[], object], second: Callable[[], object], repeat: int
 ) -> tuple[Timing, Timing]:
     """Times ``first`` and ``second`` interleaved: one warm-up call each, then rounds of one
     timed block of ``first`` followed by one timed block of ``second``, at least ``repeat``
-    rounds and at least :data:`MIN_RUN_TIME_S` of blocks per side. A block holds as many calls
+    rounds and at least :data:`MIN_RUN_TIME_S` of blocks per side, each block after a pause of
+    :data:`SETTLE_S` (so neither side is timed against the other's spinning threads). A block
+    holds as many calls
     as make it last :data:`MIN_BLOCK_S` (one call for anything slower); when both sides take
     one call per block, the calls that showed it are the first round."""
     _check_repeat(repeat)
@@ -154,6 +162,9 @@ def measure_pair(
             side.reset()
     while len(sides[0].per_call_s) < rounds:
         for side in sides:
+            # The threads the other side left spinning (OpenMP's, ONNX Runtime's, codl's pool)
+            # would otherwise share the cores with this block's first calls.
+            time.sleep(SETTLE_S)
             side.time_block()
     load = load_average()
     return sides[0].timing(load), sides[1].timing(load)
