@@ -62,6 +62,7 @@ std::vector<Shape> shapes() {
         {geometry(24, 3, 36, 16, 3, 1, 1, 1), 2, "amx K 24"},
         {geometry(96, 2, 18, 16, 1, 1, 0, 1), 1, "96 channels: VNNI"},
         {geometry(40, 3, 20, 24, 1, 1, 0, 1), 1, "amx 1x1, weights resident"},
+        {geometry(64, 3, 34, 80, 3, 1, 1, 1), 1, "amx weights past L1: blocks outer"},
     };
     ConvGeometry rect = geometry(9, 12, 10, 20, 3, 1, 1, 1);
     rect.kernel_w = 2;
