@@ -247,13 +247,18 @@ ConvStatus conv_prepare_weights(const ConvGeometry& g, ConvWeights format, const
         canonical = decoded.data();
     }
     if (conv_folds_patches(g)) {
-        // [co][kh][kw][cp] -> [co][patch padded to 4], patch index (kh * kw_count + kw) * in_c + c.
+        // [co][kh][kw][cp] -> [co][f.kernel_h][f.channels()]: value (kh, kw, c) at
+        // (kh * kw_count + kw) * in_c + c of the one patch, or at kw * in_c + c of row kh.
         const ConvGeometry f = conv_folded_geometry(g);
         const std::size_t taps = g.kernel_h * g.kernel_w, cp = g.channels(), fp = f.channels();
-        std::vector<std::int8_t> folded(g.out_c * fp, 0);
+        std::vector<std::int8_t> folded(g.out_c * f.reduction(), 0);
         for (std::size_t co = 0; co < g.out_c; ++co) {
-            for (std::size_t t = 0; t < taps; ++t) {
-                for (std::size_t c = 0; c < g.in_c; ++c) folded[co * fp + t * g.in_c + c] = canonical[(co * taps + t) * cp + c];
+            for (std::size_t kh = 0; kh < g.kernel_h; ++kh) {
+                for (std::size_t kw = 0; kw < g.kernel_w; ++kw) {
+                    const std::size_t t = kh * g.kernel_w + kw;
+                    const std::size_t at = f.kernel_h == 1 ? co * fp + t * g.in_c : (co * g.kernel_h + kh) * fp + kw * g.in_c;
+                    for (std::size_t c = 0; c < g.in_c; ++c) folded[at + c] = canonical[(co * taps + t) * cp + c];
+                }
             }
         }
         conv_block_weights(f, folded.data(), blocked, w_sums);
@@ -265,49 +270,52 @@ ConvStatus conv_prepare_weights(const ConvGeometry& g, ConvWeights format, const
 
 namespace {
 
-// The image of patches of a folded layer (conv_folds_patches) from its padded image: pixel
-// (oh, ow) holds the bytes the kernel reads for it, in (kh, kw, c) order, then 128s (zeros).
-// Each padded row is first packed tight (in_c bytes a pixel, not 4), so that a kernel row of a
-// patch is one run of kw * in_c bytes when dilation_w is 1: byte by byte, the gather cost more
-// than the convolution.
+// The image a folded layer (conv_folds_patches) convolves, from its padded image (in_c bytes a
+// pixel): pixel (y, x) holds, for each of the `rows` kernel rows it folds (kernel_h for a whole
+// patch, 1 for row folding), the kw * in_c bytes that row of the kernel reads at output column
+// x, then 128s (zeros) up to the padded channel count. For a whole patch y is the output row
+// (source rows y * stride_h + r * dilation_h); for row folding y is the padded input row.
+// With dilation_w 1 a kernel row is one run of bytes, copied in 8-byte words where the word
+// stays inside the pixel (no word reaches a pixel another thread writes) and bytewise after;
+// the image has 8 bytes of slack for the last word read.
 void gather_patches(const ConvGeometry& g, std::size_t batch, const std::uint8_t* tight, Scratch& s,
                     int num_threads) {
     const ConvGeometry f = conv_folded_geometry(g);
-    const std::size_t oh_count = g.out_h(), ow_count = g.out_w(), fp = f.channels();
+    const bool whole = f.kernel_h == 1;
+    const std::size_t rows_out = f.in_h, ow_count = f.in_w, fp = f.channels();
     const std::size_t c = g.in_c, wp = g.padded_w(), image_bytes = g.padded_h() * wp * c;
-    const std::size_t run = g.kernel_w * c, patch = f.in_c;
-    // Runs of up to 8 bytes move as one 8-byte word where the word ends inside the pixel's
-    // patch: the bytes past a run are rewritten by the next kernel row's run or, past the patch,
-    // set to 128 (zero) after it, and no word reaches a pixel another thread writes. The image
-    // has 8 bytes of slack for the last word read.
-    const bool words = g.dilation_w == 1 && run <= 8;
-    if (s.patches.size() < batch * oh_count * ow_count * fp + 8) s.patches.resize(batch * oh_count * ow_count * fp + 8);
+    const std::size_t run = g.kernel_w * c, values = whole ? g.kernel_h * run : run;
+    const std::size_t rows = whole ? g.kernel_h : 1;
+    const std::size_t size = batch * rows_out * ow_count * fp + 8;
+    if (s.patches.size() < size) s.patches.resize(size);
     std::uint8_t* patches = s.patches.data();
     const std::size_t min_rows = std::max<std::size_t>(1, 4096 / std::max<std::size_t>(ow_count * fp, 1));
     // Locals, captured by value: through a reference every byte stored could alias the
     // geometry, and the compiler reloaded it for each word.
-    const std::size_t kernel_h = g.kernel_h, kernel_w = g.kernel_w, stride_h = g.stride_h, stride_w = g.stride_w;
-    const std::size_t dilation_h = g.dilation_h, dilation_w = g.dilation_w;
-    parallel_for(batch * oh_count, 1, min_rows, num_threads, [=](std::size_t begin, std::size_t end) {
+    const std::size_t stride_h = whole ? g.stride_h : 1, stride_w = g.stride_w;
+    const std::size_t dilation_h = g.dilation_h, dilation_w = g.dilation_w, kernel_w = g.kernel_w;
+    parallel_for(batch * rows_out, 1, min_rows, num_threads, [=](std::size_t begin, std::size_t end) {
         for (std::size_t row = begin; row < end; ++row) {
-            const std::size_t n = row / oh_count, oh = row % oh_count;
+            const std::size_t n = row / rows_out, y = row % rows_out;
             const std::uint8_t* image = tight + n * image_bytes;
             std::uint8_t* to = patches + row * ow_count * fp;
-            for (std::size_t ow = 0; ow < ow_count; ++ow, to += fp) {
-                for (std::size_t kh = 0; kh < kernel_h; ++kh) {
-                    const std::uint8_t* from = image + ((oh * stride_h + kh * dilation_h) * wp + ow * stride_w) * c;
-                    std::uint8_t* into = to + kh * run;
-                    if (words && kh * run + 8 <= fp) {  // the word stays inside this pixel
-                        std::uint64_t word;
-                        std::memcpy(&word, from, sizeof word);
-                        std::memcpy(into, &word, sizeof word);
-                    } else {
-                        for (std::size_t kw = 0; kw < kernel_w; ++kw) {
-                            std::memcpy(into + kw * c, from + kw * dilation_w * c, c);
-                        }
+            for (std::size_t x = 0; x < ow_count; ++x, to += fp) {
+                for (std::size_t r = 0; r < rows; ++r) {
+                    const std::uint8_t* from = image + ((y * stride_h + r * dilation_h) * wp + x * stride_w) * c;
+                    std::uint8_t* into = to + r * run;
+                    if (dilation_w != 1) {
+                        for (std::size_t kw = 0; kw < kernel_w; ++kw) std::memcpy(into + kw * c, from + kw * dilation_w * c, c);
+                        continue;
                     }
+                    std::size_t i = 0;
+                    for (; i + 8 <= run || (i < run && r * run + i + 8 <= fp); i += 8) {
+                        std::uint64_t word;
+                        std::memcpy(&word, from + i, sizeof word);
+                        std::memcpy(into + i, &word, sizeof word);
+                    }
+                    for (; i < run; ++i) into[i] = from[i];
                 }
-                for (std::size_t i = patch; i < fp; ++i) to[i] = 128;
+                for (std::size_t i = values; i < fp; ++i) to[i] = 128;
             }
         }
     });

@@ -63,6 +63,9 @@ std::vector<Shape> shapes() {
         {geometry(96, 2, 18, 16, 1, 1, 0, 1), 1, "96 channels: VNNI"},
         {geometry(40, 3, 20, 24, 1, 1, 0, 1), 1, "amx 1x1, weights resident"},
         {geometry(64, 3, 34, 80, 3, 1, 1, 1), 1, "amx weights past L1: blocks outer"},
+        // First layers whose whole patch is too large to fold: one kernel row folded.
+        {geometry(3, 12, 40, 16, 9, 1, 4, 1), 2, "9x9 on 3 channels: rows folded"},
+        {geometry(2, 13, 11, 8, 7, 1, 3, 2), 1, "7x7 dilated on 2 channels: rows folded"},
     };
     ConvGeometry rect = geometry(9, 12, 10, 20, 3, 1, 1, 1);
     rect.kernel_w = 2;

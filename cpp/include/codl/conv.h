@@ -149,23 +149,40 @@ void conv_block_weights(const ConvGeometry& g, const std::int8_t* w, std::int8_t
                         std::int32_t* w_sums);
 
 // First layers (1 to 3 input channels) would pad every pixel to 4 channels and run one
-// multiply-add group per kernel tap, mostly zeros. The core instead gathers each output pixel's
-// whole patch (kh * kw * in_c values, up to kMaxFoldedPatch) into the channels of a new image and
-// runs a 1x1 convolution over it: a 5x5 kernel on one channel takes 7 groups instead of 25, and
-// its 28 channels fill AMX tiles. The weights are blocked for that 1x1 convolution (patch order
-// kh, kw, c), so blocked weights and their byte count follow the same rule.
+// multiply-add group per kernel tap, mostly zeros. The core instead gathers the values a kernel
+// reads into the channels of a new image:
+//  - the whole patch (kh * kw * in_c values, up to kMaxFoldedPatch), for a 1x1 convolution
+//    over the out_h x out_w image of patches: a 5x5 kernel on one channel takes 7 groups
+//    instead of 25, and its 28 channels fill AMX tiles;
+//  - or, for larger kernels, one kernel row (kw * in_c values, up to kMaxFoldedPatch) per
+//    padded input row, for a kh x 1 convolution over the padded_h x out_w image of rows
+//    (stride_h and dilation_h kept): MCNN's 9x9 on 3 channels takes 9 x 7 groups instead of
+//    81, at 28 channels that AMX takes.
+// The weights are blocked for the folded convolution (values in kh, kw, c order), so blocked
+// weights and their byte count follow the same rule.
 constexpr std::size_t kMaxFoldedPatch = 64;
-inline bool conv_folds_patches(const ConvGeometry& g) {
-    const std::size_t taps = g.kernel_h * g.kernel_w;
-    return g.in_c < kConvChannelGroup && taps > 1 && taps * g.in_c <= kMaxFoldedPatch;
+inline bool conv_folds_whole_patch(const ConvGeometry& g) {
+    return g.kernel_h * g.kernel_w * g.in_c <= kMaxFoldedPatch;
 }
-// The 1x1 convolution of a folded layer: its input is the out_h x out_w image of patches.
+inline bool conv_folds_patches(const ConvGeometry& g) {
+    return g.in_c < kConvChannelGroup && g.kernel_w > 1 &&
+           (conv_folds_whole_patch(g) || g.kernel_w * g.in_c <= kMaxFoldedPatch);
+}
+// The convolution of a folded layer over its gathered image.
 inline ConvGeometry conv_folded_geometry(const ConvGeometry& g) {
     ConvGeometry f;
-    f.in_h = g.out_h();
-    f.in_w = g.out_w();
-    f.in_c = g.kernel_h * g.kernel_w * g.in_c;
     f.out_c = g.out_c;
+    f.in_w = g.out_w();
+    if (conv_folds_whole_patch(g)) {
+        f.in_h = g.out_h();
+        f.in_c = g.kernel_h * g.kernel_w * g.in_c;
+        return f;
+    }
+    f.in_h = g.padded_h();
+    f.in_c = g.kernel_w * g.in_c;
+    f.kernel_h = g.kernel_h;
+    f.stride_h = g.stride_h;
+    f.dilation_h = g.dilation_h;
     return f;
 }
 
