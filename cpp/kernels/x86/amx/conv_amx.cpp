@@ -17,6 +17,7 @@
 #include <cstring>
 
 #include "codl/conv.h"
+#include "tile_config.h"
 
 namespace codl::amx {
 namespace {
@@ -24,13 +25,6 @@ namespace {
 // Below this many (padded) input channels a TDPBUSD multiplies fewer bytes per row than its 64,
 // and the VNNI kernel, as fast per product, wins by its cheaper loads.
 constexpr std::size_t kMinAmxChannels = 16;
-
-struct alignas(64) TileConfig {
-    std::uint8_t palette = 1, start_row = 0;
-    std::uint8_t reserved[14] = {};
-    std::uint16_t colsb[16] = {};
-    std::uint8_t rows[16] = {};
-};
 
 // Tiles 0-3: C (pixel group g, channel block b at 2 g + b); 4, 5: A; 6, 7: B.
 template <int Groups, int Blocks>

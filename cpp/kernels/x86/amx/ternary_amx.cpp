@@ -21,19 +21,12 @@
 #include <cstring>
 
 #include "codl/ternary.h"
+#include "tile_config.h"
 
 namespace codl::amx {
 namespace {
 
 constexpr std::size_t kMinAmxRows = 4;
-
-// The LDTILECFG operand (palette 1): bytes per row and rows of each tile register.
-struct alignas(64) TileConfig {
-    std::uint8_t palette = 1, start_row = 0;
-    std::uint8_t reserved[14] = {};
-    std::uint16_t colsb[16] = {};
-    std::uint8_t rows[16] = {};
-};
 
 // Tiles 0-3: C, 16 activation rows each (the last may be shorter); 4: A, 16 rows; 5: B; 6: A
 // for a last group of fewer than 16 rows. GCC's tile intrinsics paste the tile number into the
