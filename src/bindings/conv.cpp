@@ -77,6 +77,41 @@ Buffer checked_weights(const py::buffer& weight, codl::ConvWeights format, const
     return w;
 }
 
+// One layer's geometry from its image's (C, H, W), out_channels and the per-axis pairs,
+// checked: positive sizes and a (dilated) kernel that fits the padded image.
+codl::ConvGeometry checked_geometry(std::size_t c, std::size_t h, std::size_t w, std::size_t out_c,
+                                   const Sizes& kernel_size, const Sizes& stride, const Sizes& padding,
+                                   const Sizes& dilation) {
+    require_length(padding, 2, "padding");
+    require_positive(kernel_size, "kernel_size");
+    require_positive(stride, "stride");
+    require_positive(dilation, "dilation");
+    codl::ConvGeometry g;
+    g.in_c = c;
+    g.in_h = h;
+    g.in_w = w;
+    g.out_c = out_c;
+    g.kernel_h = kernel_size[0];
+    g.kernel_w = kernel_size[1];
+    g.stride_h = stride[0];
+    g.stride_w = stride[1];
+    g.pad_h = padding[0];
+    g.pad_w = padding[1];
+    g.dilation_h = dilation[0];
+    g.dilation_w = dilation[1];
+    if (g.in_c == 0 || g.in_h == 0 || g.in_w == 0 || g.out_c == 0) {
+        throw py::value_error("shape, out_channels: expected positive sizes, received (C, H, W) = (" +
+                              std::to_string(g.in_c) + ", " + std::to_string(g.in_h) + ", " + std::to_string(g.in_w) +
+                              ") and " + std::to_string(g.out_c));
+    }
+    if (g.out_h() == 0 || g.out_w() == 0) {
+        throw py::value_error("kernel_size: expected a (dilated) kernel that fits the padded input of " +
+                              std::to_string(g.padded_h()) + "x" + std::to_string(g.padded_w()) + ", received " +
+                              std::to_string(g.kernel_h) + "x" + std::to_string(g.kernel_w));
+    }
+    return g;
+}
+
 // A chain built once from Python (its buffers kept alive here) and run many times.
 class ConvChain {
 public:
@@ -93,25 +128,9 @@ public:
                 a.input = parse_input(spec[1].cast<std::string>());
                 const Sizes shape = spec[2].cast<Sizes>();  // (C, H, W)
                 require_length(shape, 3, "conv shape");
-                const Sizes kernel = spec[6].cast<Sizes>(), stride = spec[7].cast<Sizes>();
-                const Sizes padding = spec[8].cast<Sizes>(), dilation = spec[9].cast<Sizes>();
-                require_positive(kernel, "kernel_size");
-                require_positive(stride, "stride");
-                require_positive(dilation, "dilation");
-                require_length(padding, 2, "padding");
-                codl::ConvGeometry& g = a.g;
-                g.in_c = shape[0];
-                g.in_h = shape[1];
-                g.in_w = shape[2];
-                g.out_c = spec[5].cast<std::size_t>();
-                g.kernel_h = kernel[0];
-                g.kernel_w = kernel[1];
-                g.stride_h = stride[0];
-                g.stride_w = stride[1];
-                g.pad_h = padding[0];
-                g.pad_w = padding[1];
-                g.dilation_h = dilation[0];
-                g.dilation_w = dilation[1];
+                a.g = checked_geometry(shape[0], shape[1], shape[2], spec[5].cast<std::size_t>(), spec[6].cast<Sizes>(),
+                                       spec[7].cast<Sizes>(), spec[8].cast<Sizes>(), spec[9].cast<Sizes>());
+                const codl::ConvGeometry& g = a.g;
                 a.weights = codl::ConvWeights::blocked;
                 a.w = keep(spec[3], "blocked", 'b', codl::conv_blocked_bytes(g));
                 a.w_sums = static_cast<const std::int32_t*>(keep(spec[4], "w_sums", 'i', g.out_c_padded()));
@@ -216,35 +235,10 @@ void register_conv(py::module_& m) {
             a.output = parse_output(output_layout);
             a.weights = parse_weights(weight_format, true);
             require_length(shape, 4, "shape");
-            require_length(padding, 2, "padding");
-            require_positive(kernel_size, "kernel_size");
-            require_positive(stride, "stride");
-            require_positive(dilation, "dilation");
-            codl::ConvGeometry& g = a.g;
             a.batch = shape[0];
-            g.in_c = shape[1];
-            g.in_h = shape[2];
-            g.in_w = shape[3];
-            g.out_c = out_channels;
-            g.kernel_h = kernel_size[0];
-            g.kernel_w = kernel_size[1];
-            g.stride_h = stride[0];
-            g.stride_w = stride[1];
-            g.pad_h = padding[0];
-            g.pad_w = padding[1];
-            g.dilation_h = dilation[0];
-            g.dilation_w = dilation[1];
-            if (a.batch == 0 || g.in_c == 0 || g.in_h == 0 || g.in_w == 0 || g.out_c == 0) {
-                throw py::value_error("shape, out_channels: expected positive sizes, received (" +
-                                      std::to_string(a.batch) + ", " + std::to_string(g.in_c) + ", " +
-                                      std::to_string(g.in_h) + ", " + std::to_string(g.in_w) + ") and " +
-                                      std::to_string(g.out_c));
-            }
-            if (g.out_h() == 0 || g.out_w() == 0) {
-                throw py::value_error("kernel_size: expected a (dilated) kernel that fits the padded input of " +
-                                      std::to_string(g.padded_h()) + "x" + std::to_string(g.padded_w()) +
-                                      ", received " + std::to_string(g.kernel_h) + "x" + std::to_string(g.kernel_w));
-            }
+            if (a.batch == 0) throw py::value_error("shape: expected a positive batch, received 0");
+            a.g = checked_geometry(shape[1], shape[2], shape[3], out_channels, kernel_size, stride, padding, dilation);
+            const codl::ConvGeometry& g = a.g;
             const bool int8_in = a.input == codl::ConvInput::i8_nhwc, int8_out = a.output == codl::ConvOutput::i8_nhwc;
             const Buffer input = checked_buffer(x, "x", int8_in ? 'b' : 'f', false);
             require_exact(input, "x", a.batch * g.in_c * g.in_h * g.in_w, "elements (N * C * H * W)");
