@@ -155,10 +155,11 @@ std::unique_ptr<std::uint8_t[]> scratch(std::size_t n) {
 // A fresh output tensor is mostly page faults: 4 KB pages cost more than the decode itself
 // (64 MB: ~50 ms of faults against ~15 ms of decoding). Asking for transparent huge pages on
 // its 2 MB-aligned interior makes each fault map 2 MB. Only a hint; large outputs only.
-void advise_huge_pages([[maybe_unused]] void* data, [[maybe_unused]] std::size_t size) {
+void advise_huge_pages([[maybe_unused]] void* data, [[maybe_unused]] std::size_t size,
+                       [[maybe_unused]] std::size_t at_least = std::size_t{4} << 21) {
 #if defined(__linux__) && defined(MADV_HUGEPAGE)
     constexpr std::uintptr_t kHugePage = std::uintptr_t{1} << 21;
-    if (size < 4 * kHugePage) return;
+    if (size < at_least) return;
     const std::uintptr_t begin = (reinterpret_cast<std::uintptr_t>(data) + kHugePage - 1) & ~(kHugePage - 1);
     const std::uintptr_t end = (reinterpret_cast<std::uintptr_t>(data) + size) & ~(kHugePage - 1);
     if (end > begin) madvise(reinterpret_cast<void*>(begin), end - begin, MADV_HUGEPAGE);
@@ -526,6 +527,172 @@ Status decode_tensor(const TensorRecord& r, void* out, Field* failed, Backend ba
         }
     }
     return Status::bad_request;
+}
+
+// ---- format 2: byte planes ------------------------------------------------------------------
+namespace {
+
+template <typename T>
+T rotate_left(T v, int k) {
+    constexpr int bits = 8 * sizeof(T);
+    return static_cast<T>(static_cast<T>(v << k) | static_cast<T>(v >> (bits - k)));
+}
+
+template <typename T>
+void split_typed(const std::uint8_t* in, std::size_t count, bool sign_last, std::uint8_t* planes) {
+    constexpr std::size_t size = sizeof(T);
+    for (std::size_t i = 0; i < count; ++i) {
+        T v;
+        std::memcpy(&v, in + i * size, size);
+        if (sign_last) v = rotate_left<T>(v, 1);
+        for (std::size_t k = 0; k < size; ++k) planes[k * count + i] = static_cast<std::uint8_t>(v >> (8 * k));
+    }
+}
+
+// One 16/32/64-bit store per element from the planes (the loops vectorise).
+template <typename T>
+void join_typed(const std::uint8_t* const* planes, std::size_t count, bool sign_last, std::uint8_t* out) {
+    constexpr std::size_t size = sizeof(T);
+    constexpr int back = 8 * size - 1;  // rotating right by one is rotating left by bits - 1
+    if constexpr (size == 2) {
+        const std::uint8_t *p0 = planes[0], *p1 = planes[1];
+        for (std::size_t i = 0; i < count; ++i) {
+            T v = static_cast<T>(p0[i] | p1[i] << 8);
+            if (sign_last) v = rotate_left<T>(v, back);
+            std::memcpy(out + size * i, &v, size);
+        }
+    } else if constexpr (size == 4) {
+        const std::uint8_t *p0 = planes[0], *p1 = planes[1], *p2 = planes[2], *p3 = planes[3];
+        for (std::size_t i = 0; i < count; ++i) {
+            T v = static_cast<T>(p0[i]) | static_cast<T>(p1[i]) << 8 | static_cast<T>(p2[i]) << 16 |
+                  static_cast<T>(p3[i]) << 24;
+            if (sign_last) v = rotate_left<T>(v, back);
+            std::memcpy(out + size * i, &v, size);
+        }
+    } else {
+        for (std::size_t i = 0; i < count; ++i) {
+            T v = 0;
+            for (std::size_t k = 0; k < size; ++k) v |= static_cast<T>(planes[k][i]) << (8 * k);
+            if (sign_last) v = rotate_left<T>(v, back);
+            std::memcpy(out + size * i, &v, size);
+        }
+    }
+}
+
+bool plane_itemsize(std::size_t itemsize) { return itemsize == 2 || itemsize == 4 || itemsize == 8; }
+
+}  // namespace
+
+void split_planes(const std::uint8_t* in, std::size_t count, std::size_t itemsize, bool sign_last,
+                  std::uint8_t* planes) {
+    switch (itemsize) {
+        case 2: return split_typed<std::uint16_t>(in, count, sign_last, planes);
+        case 4: return split_typed<std::uint32_t>(in, count, sign_last, planes);
+        case 8: return split_typed<std::uint64_t>(in, count, sign_last, planes);
+        default: shuffle_bytes(in, count, itemsize, planes);  // no rotation below 2 bytes
+    }
+}
+
+void join_planes(const std::uint8_t* const* planes, std::size_t count, std::size_t itemsize, bool sign_last,
+                 std::uint8_t* out) {
+    switch (itemsize) {
+        case 2: return join_typed<std::uint16_t>(planes, count, sign_last, out);
+        case 4: return join_typed<std::uint32_t>(planes, count, sign_last, out);
+        case 8: return join_typed<std::uint64_t>(planes, count, sign_last, out);
+        default:
+            for (std::size_t i = 0; i < count; ++i) {
+                for (std::size_t k = 0; k < itemsize; ++k) out[i * itemsize + k] = planes[k][i];
+            }
+    }
+}
+
+Status decode_planes(const Stream* planes, std::size_t itemsize, std::size_t count, bool sign_last,
+                     std::uint8_t* out, std::size_t* failed_plane, Backend backend) {
+    *failed_plane = 0;
+    if (!plane_itemsize(itemsize)) return Status::bad_request;
+    auto fail = [&](std::size_t k, Status status) {
+        *failed_plane = k;
+        return status;
+    };
+    for (std::size_t k = 0; k < itemsize; ++k) {
+        if (planes[k].raw_size != count) return fail(k, Status::size_mismatch);
+    }
+    for (std::size_t k = 0; k < itemsize; ++k) {
+        if (crc32(planes[k].data, planes[k].size) != planes[k].crc32) return fail(k, Status::crc_mismatch);
+    }
+    // Each plane as segments: a stored-only stream's blocks in place, or its inflated bytes.
+    std::vector<std::vector<Segment>> segments(itemsize);
+    std::vector<std::size_t> inflated;  // planes that need the scratch, in order
+    for (std::size_t k = 0; k < itemsize; ++k) {
+        const Stream& s = planes[k];
+        std::size_t consumed = 0, produced = 0;
+        bool final = false;
+        if (leading_stored_blocks(s.data, s.size, s.raw_size, &segments[k], &consumed, &produced, &final) && final &&
+            consumed == s.size && produced == s.raw_size) {
+            continue;
+        }
+        segments[k].clear();
+        inflated.push_back(k);
+    }
+    std::unique_ptr<std::uint8_t[]> buffer = scratch(inflated.size() * count);
+    for (std::size_t j = 0; j < inflated.size(); ++j) {
+        const std::size_t k = inflated[j];
+        std::uint8_t* target = buffer.get() + j * count;
+        const Status status = inflate_raw(planes[k].data, planes[k].size, target, count, backend);
+        if (status != Status::ok) return fail(k, status);
+        segments[k].push_back({0, target, count});
+    }
+    if (count == 0) return Status::ok;
+    // A chunk is a few MB of a larger tensor: its 2 MB-aligned interior is worth the hint.
+    advise_huge_pages(out, count * itemsize, std::size_t{1} << 21);
+    // Pieces of elements small enough that their planes stay in L1 while they are joined.
+    constexpr std::size_t kPiece = 8192;
+    std::unique_ptr<std::uint8_t[]> piece(new std::uint8_t[kPiece * itemsize]);
+    std::vector<std::size_t> cursors(itemsize, 0);
+    const std::uint8_t* pointers[8];
+    for (std::size_t first = 0; first < count; first += kPiece) {
+        const std::size_t m = std::min(kPiece, count - first);
+        for (std::size_t k = 0; k < itemsize; ++k) {
+            const std::vector<Segment>& segs = segments[k];
+            std::size_t c = cursors[k];
+            while (segs[c].raw_offset + segs[c].size <= first) ++c;  // the segments cover [0, count)
+            cursors[k] = c;
+            if (first + m <= segs[c].raw_offset + segs[c].size) {  // inside one segment: read in place
+                pointers[k] = segs[c].data + (first - segs[c].raw_offset);
+                continue;
+            }
+            copy_raw(segs, &cursors[k], first, m, piece.get() + k * m);
+            pointers[k] = piece.get() + k * m;
+        }
+        join_planes(pointers, m, itemsize, sign_last, out + first * itemsize);
+    }
+    return Status::ok;
+}
+
+Status decode_planes_ref(const Stream* planes, std::size_t itemsize, std::size_t count, bool sign_last,
+                         std::uint8_t* out, std::size_t* failed_plane, Backend backend) {
+    *failed_plane = 0;
+    if (!plane_itemsize(itemsize)) return Status::bad_request;
+    std::vector<std::vector<std::uint8_t>> bytes(itemsize);
+    for (std::size_t k = 0; k < itemsize; ++k) {
+        *failed_plane = k;
+        if (planes[k].raw_size != count) return Status::size_mismatch;
+        if (crc32(planes[k].data, planes[k].size) != planes[k].crc32) return Status::crc_mismatch;
+        bytes[k].resize(std::max<std::size_t>(count, 1));
+        const Status status = inflate_raw(planes[k].data, planes[k].size, bytes[k].data(), count, backend);
+        if (status != Status::ok) return status;
+    }
+    *failed_plane = 0;
+    for (std::size_t i = 0; i < count; ++i) {
+        std::uint64_t v = 0;
+        for (std::size_t k = 0; k < itemsize; ++k) v |= std::uint64_t{bytes[k][i]} << (8 * k);
+        if (sign_last) {  // the sign comes back from bit 0 to the top bit
+            const std::uint64_t sign = v & 1;
+            v = (v >> 1) | (sign << (8 * itemsize - 1));
+        }
+        for (std::size_t k = 0; k < itemsize; ++k) out[i * itemsize + k] = static_cast<std::uint8_t>(v >> (8 * k));
+    }
+    return Status::ok;
 }
 
 }  // namespace codl::format

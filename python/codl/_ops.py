@@ -14,7 +14,7 @@ one reported.
 from __future__ import annotations
 
 import weakref
-from collections.abc import Callable, Iterator, Sized
+from collections.abc import Callable, Iterator, Sequence, Sized
 from contextlib import contextmanager
 from typing import ClassVar
 
@@ -574,6 +574,29 @@ def shuffle_bytes(data: torch.Tensor, itemsize: int, *, inverse: bool = False) -
 
 
 StreamArgument = tuple[ByteBuffer, int, int]  # stored bytes, inflated size, CRC32 of the bytes
+
+
+def split_planes(data: torch.Tensor, itemsize: int, *, sign_last: bool) -> torch.Tensor:
+    """Byte planes of a uint8 tensor of ``itemsize``-byte elements, each element rotated left by
+    one bit first when ``sign_last`` (format 2's float layout)."""
+    out = torch.empty_like(data)
+    _C.format_split_planes(
+        as_buffer(data, "data", torch.uint8), itemsize, sign_last, _output(out, torch.uint8)
+    )
+    return out
+
+
+def decode_planes(
+    planes: Sequence[StreamArgument],
+    itemsize: int,
+    *,
+    sign_last: bool,
+    out: torch.Tensor,
+    backend: str = "best",
+) -> tuple[int, str] | None:
+    """Decode one chunk's byte-plane streams into ``out`` (uint8 bytes of the elements); None on
+    success, else (the plane at fault, what was wrong). GIL released while it runs."""
+    return _C.format_decode_planes(planes, itemsize, sign_last, _output(out, torch.uint8), backend)
 
 
 def decode_tensor(

@@ -234,6 +234,55 @@ void register_format(py::module_& m) {
         },
         py::arg("data"), py::arg("itemsize"), py::arg("out"), py::arg("inverse") = false);
     m.def(
+        "format_split_planes",
+        [](const py::buffer& data, std::size_t itemsize, bool sign_last, const py::buffer& out) {
+            check_itemsize(itemsize);
+            const Buffer in = checked_buffer(data, "data", 'B', false);
+            const Buffer o = checked_buffer(out, "out", 'B', true);
+            if (in.size % itemsize || o.size != in.size) {
+                throw py::value_error("data, out: expected equal sizes that are multiples of itemsize " +
+                                      std::to_string(itemsize) + ", received " + std::to_string(in.size) + " and " +
+                                      std::to_string(o.size));
+            }
+            py::gil_scoped_release release;
+            fmt::split_planes(static_cast<const std::uint8_t*>(in.data), in.size / itemsize, itemsize, sign_last,
+                              static_cast<std::uint8_t*>(o.data));
+        },
+        py::arg("data"), py::arg("itemsize"), py::arg("sign_last"), py::arg("out"),
+        "Byte planes of itemsize-byte elements, each rotated left one bit first when sign_last.");
+    m.def(
+        "format_decode_planes",
+        [](const std::vector<StreamArg>& planes, std::size_t itemsize, bool sign_last, const py::buffer& out,
+           const std::string& backend) -> std::optional<std::pair<std::size_t, std::string>> {
+            if (itemsize != 2 && itemsize != 4 && itemsize != 8) {
+                throw py::value_error("itemsize: expected 2, 4 or 8, received " + std::to_string(itemsize));
+            }
+            if (planes.size() != itemsize) {
+                throw py::value_error("planes: expected " + std::to_string(itemsize) + " streams, received " +
+                                      std::to_string(planes.size()));
+            }
+            std::vector<fmt::Stream> streams;
+            for (const StreamArg& plane : planes) streams.push_back(to_stream(plane, "planes"));
+            const fmt::Backend chosen = available_backend(backend);
+            const Buffer o = checked_buffer(out, "out", 'B', true);
+            if (o.size % itemsize) {
+                throw py::value_error("out: expected a multiple of itemsize " + std::to_string(itemsize) +
+                                      " bytes, received " + std::to_string(o.size));
+            }
+            fmt::Status status;
+            std::size_t failed = 0;
+            {
+                py::gil_scoped_release release;
+                status = fmt::decode_planes(streams.data(), itemsize, o.size / itemsize, sign_last,
+                                            static_cast<std::uint8_t*>(o.data), &failed, chosen);
+            }
+            if (status == fmt::Status::ok) return std::nullopt;
+            return std::make_pair(failed, std::string(fmt::status_message(status)));
+        },
+        py::arg("planes"), py::arg("itemsize"), py::arg("sign_last"), py::arg("out"), py::arg("backend") = "best",
+        "Decode one chunk of byte-plane streams into out (len(out) / itemsize elements). None on success, "
+        "else (the failing plane, what was wrong).");
+    m.def(
         "format_decode_tensor",
         [](const std::string& encoding, std::uint64_t numel, std::uint64_t count, bool sparse, std::size_t itemsize,
            bool shuffle, int bits, int width, std::uint64_t rows, bool compressed,

@@ -454,4 +454,90 @@ TEST_CASE("format: shuffled floats whose first planes are stored blocks decode f
     }
 }
 
+TEST_CASE("format: byte planes split and join back, the sign rotated to bit 0 and back") {
+    // float32 -1.5 = 0xBFC00000: rotated left by one it is 0x7F800001, so its top byte is the
+    // exponent 0x7F and its bit 0 the sign.
+    const std::uint8_t minus_one_and_half[4] = {0x00, 0x00, 0xC0, 0xBF};
+    std::uint8_t planes[4];
+    fmt::split_planes(minus_one_and_half, 1, 4, true, planes);
+    CHECK(planes[3] == 0x7F && planes[2] == 0x80 && planes[1] == 0x00 && planes[0] == 0x01);
+    for (const std::size_t itemsize : {1u, 2u, 4u, 8u}) {
+        for (const bool sign_last : {false, true}) {
+            const std::size_t n = 1001;
+            const Bytes dense = random_bytes(n * itemsize);
+            Bytes split(dense.size()), back(dense.size()), shuffled(dense.size());
+            fmt::split_planes(dense.data(), n, itemsize, sign_last, split.data());
+            fmt::shuffle_bytes(dense.data(), n, itemsize, shuffled.data());
+            if (!sign_last || itemsize == 1) CHECK(split == shuffled);
+            std::vector<const std::uint8_t*> pointers;
+            for (std::size_t k = 0; k < itemsize; ++k) pointers.push_back(split.data() + k * n);
+            fmt::join_planes(pointers.data(), n, itemsize, sign_last, back.data());
+            CHECK(back == dense);
+        }
+    }
+}
+
+TEST_CASE("format: decode_planes matches its reference for stored, compressed and mixed planes") {
+    if (backends().empty()) return;
+    for (const std::size_t itemsize : {2u, 4u, 8u}) {
+        for (const std::size_t count : {0u, 1u, 1000u, 70000u, 140001u}) {
+            for (const bool sign_last : {false, true}) {
+                for (unsigned pattern = 0; pattern < 3; ++pattern) {
+                    Bytes dense = random_bytes(count * itemsize);
+                    for (std::size_t i = 0; i < count; ++i) dense[i * itemsize + itemsize - 1] %= 4;
+                    Bytes split(dense.size());
+                    fmt::split_planes(dense.data(), count, itemsize, sign_last, split.data());
+                    std::vector<Stored> planes(itemsize);
+                    for (std::size_t k = 0; k < itemsize; ++k) {
+                        const Bytes plane(split.begin() + k * count, split.begin() + (k + 1) * count);
+                        // pattern 0: every plane stored; 1: every plane compressed; 2: alternate,
+                        // stored in blocks of 1000 bytes (pieces straddle the blocks).
+                        const bool stored = pattern == 0 || (pattern == 2 && k % 2 == 0);
+                        planes[k].bytes = stored ? stored_blocks(plane.data(), count, true, pattern == 2 ? 1000 : 65535)
+                                                 : deflate(plane, fmt::Backend::best, 1 + static_cast<int>(k));
+                        planes[k].raw_size = count;
+                    }
+                    std::vector<fmt::Stream> streams;
+                    for (const Stored& p : planes) streams.push_back(p.stream());
+                    Bytes out(dense.size() + 1, 0xEE), ref(dense.size() + 1, 0xEE);
+                    std::size_t failed = 99;
+                    CHECK(fmt::decode_planes(streams.data(), itemsize, count, sign_last, out.data(), &failed) ==
+                          fmt::Status::ok);
+                    CHECK(fmt::decode_planes_ref(streams.data(), itemsize, count, sign_last, ref.data(), &failed) ==
+                          fmt::Status::ok);
+                    CHECK(out == ref);
+                    CHECK(Bytes(out.begin(), out.end() - 1) == dense);
+                    CHECK(out.back() == 0xEE);
+                    if (count == 0) continue;
+                    // Faults in the last plane: a CRC, a size, a stream cut short. Both report the
+                    // plane, and the output is not touched.
+                    const std::size_t last = itemsize - 1;
+                    for (int fault = 0; fault < 3; ++fault) {
+                        Stored bad = planes[last];
+                        std::vector<fmt::Stream> faulty = streams;
+                        if (fault == 2) bad.bytes.pop_back();
+                        faulty[last] = bad.stream();
+                        if (fault == 0) faulty[last].crc32 ^= 1;
+                        if (fault == 1) faulty[last].raw_size += 1;
+                        Bytes untouched(dense.size(), 0xEE);
+                        for (const bool reference : {false, true}) {
+                            failed = 99;
+                            const auto decode = reference ? fmt::decode_planes_ref : fmt::decode_planes;
+                            const fmt::Status status =
+                                decode(faulty.data(), itemsize, count, sign_last, untouched.data(), &failed, fmt::Backend::best);
+                            CHECK(status != fmt::Status::ok);
+                            CHECK(failed == last);
+                            if (!reference) CHECK(untouched == Bytes(dense.size(), 0xEE));
+                        }
+                    }
+                }
+            }
+        }
+    }
+    std::size_t failed = 0;
+    fmt::Stream one[3];
+    std::uint8_t out[3];
+    CHECK(fmt::decode_planes(one, 3, 1, false, out, &failed) == fmt::Status::bad_request);
+}
+
 }  // namespace

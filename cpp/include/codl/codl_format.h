@@ -82,6 +82,30 @@ struct Stream {
     std::uint32_t crc32 = 0;   // of the `size` stored bytes
 };
 
+// ---- format 2: byte planes in streams of their own -------------------------------------------
+// A dense float tensor is stored in chunks of elements; a chunk's `itemsize` byte planes are each a
+// DEFLATE stream of its own (plane k: byte k of every element, `count` bytes). With `sign_last` each
+// element's bits were rotated left by one first: the sign moves to bit 0, so the top plane of a
+// float32 or bfloat16 is exactly its 8 exponent bits (ZipNN's bit reordering), which an order-0
+// Huffman code takes to their entropy, and the planes below hold mantissa bits (and the sign).
+//
+// split_planes: in[count * itemsize] -> planes[itemsize * count], plane k at planes + k * count.
+void split_planes(const std::uint8_t* in, std::size_t count, std::size_t itemsize, bool sign_last,
+                  std::uint8_t* planes);
+// Joins the planes back: out[count * itemsize]. (split_planes' inverse; planes[k] has count bytes.)
+void join_planes(const std::uint8_t* const* planes, std::size_t count, std::size_t itemsize, bool sign_last,
+                 std::uint8_t* out);
+// Decodes one chunk: every plane's CRC32 is checked and every plane inflated (raw_size must be
+// `count`) before out is written. Planes that are DEFLATE stored blocks only are copied from the
+// stream's bytes in cache-sized pieces; the others are inflated into a scratch buffer. On failure
+// *failed_plane names the plane and out is untouched. itemsize is 2, 4 or 8.
+Status decode_planes(const Stream* planes, std::size_t itemsize, std::size_t count, bool sign_last,
+                     std::uint8_t* out, std::size_t* failed_plane, Backend backend = Backend::best);
+// The reference decode_planes is tested against: every plane inflated whole, then joined byte by
+// byte and rotated back one bit at a time.
+Status decode_planes_ref(const Stream* planes, std::size_t itemsize, std::size_t count, bool sign_last,
+                         std::uint8_t* out, std::size_t* failed_plane, Backend backend = Backend::best);
+
 // What a tensor's header says, already checked for consistency by the caller (the Python
 // reader): the decoder re-checks every size it relies on and reports size_mismatch.
 struct TensorRecord {

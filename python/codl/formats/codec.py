@@ -18,7 +18,10 @@ __all__ = [
     "crc32",
     "deflate",
     "deflate_planes",
+    "encode_plane",
+    "huffman_only",
     "inflate_python",
+    "stored",
 ]
 
 #: Compression level of :func:`codl.save`. On float weights libdeflate's 3 is within 0.3% of
@@ -120,6 +123,56 @@ def deflate_planes(data: torch.Tensor, itemsize: int, level: int = DEFAULT_LEVEL
             )
         index = run_end
     return b"".join(pieces)
+
+
+def stored(data: Bytes) -> bytes:
+    """``data`` as one DEFLATE stream of stored blocks only (no compression)."""
+    return _stored_blocks(memoryview(data).cast("B"), final=True)
+
+
+def huffman_only(data: Bytes) -> bytes:
+    """Raw DEFLATE of ``data`` with literals only (zlib's ``Z_HUFFMAN_ONLY``): one order-0
+    Huffman code per block of 32 Ki symbols, each block stored instead where that is smaller.
+
+    On a float's exponent plane this is ZipNN's Huffman coding: the exponents of trained weights
+    repeat in short runs of varying values, which LZ77 matches code worse than literals (MiniLM's
+    float32 exponent plane: 2.63 bits/byte here, the plane's order-0 entropy; 3.10 at libdeflate
+    level 3, 2.63 again only at level 12, 20x slower). Python's zlib releases the GIL while it
+    compresses."""
+    compressor = zlib.compressobj(9, zlib.DEFLATED, -15, 9, zlib.Z_HUFFMAN_ONLY)
+    return compressor.compress(data) + compressor.flush()
+
+
+#: Bytes of a plane its coding is judged on: this many pieces of PLANE_PIECE_BYTES, spread
+#: evenly over the plane (planes this small or smaller are coded whole every way).
+PLANE_PIECES = 8
+PLANE_PIECE_BYTES = 8192
+#: A plane whose sample Huffman codes less than this much smaller is stored: random mantissa
+#: bytes, whose Huffman codes would save nothing and inflate ~8x slower than a copy.
+MIN_HUFFMAN_SAVING = 0.005
+#: LZ77 (DEFLATE at the caller's level) replaces Huffman-only coding of a plane when its sample
+#: comes out this much smaller: runs and repeats (zero or constant tensors, integer-valued floats).
+MIN_LZ_SAVING = 0.1
+
+
+def encode_plane(plane: Bytes, level: int = DEFAULT_LEVEL) -> bytes:
+    """One byte plane as a raw DEFLATE stream: stored, Huffman-only or DEFLATE at ``level``,
+    whichever a sample of it says (the whole plane when it is small). Level 0 stores."""
+    view = memoryview(plane).cast("B")
+    if level == 0:
+        return stored(view)
+    size = len(view)
+    if size <= PLANE_PIECES * PLANE_PIECE_BYTES:
+        candidates = [stored(view), huffman_only(view), deflate(view, level)]
+        return min(candidates, key=len)  # ties: the first, the cheapest to read
+    step = (size - PLANE_PIECE_BYTES) // (PLANE_PIECES - 1)
+    sample = b"".join(view[i * step : i * step + PLANE_PIECE_BYTES] for i in range(PLANE_PIECES))
+    huffman, lz = len(huffman_only(sample)), len(deflate(sample, min(level, SAMPLE_LEVEL)))
+    if lz < (1.0 - MIN_LZ_SAVING) * huffman:
+        return deflate(view, level)
+    if huffman > (1.0 - MIN_HUFFMAN_SAVING) * len(sample):
+        return stored(view)
+    return huffman_only(view)
 
 
 def _byte_view(data: torch.Tensor) -> memoryview:

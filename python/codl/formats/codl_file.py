@@ -28,8 +28,18 @@ from torch import nn
 
 import codl
 from codl import _ops
-from codl.formats import codec
-from codl.formats.encodings import DTYPES, ENCODINGS, EncodedTensor, encode
+from codl.formats import codec, encodings
+from codl.formats.encodings import (
+    DTYPES,
+    ENCODINGS,
+    EncodedTensor,
+    StoredStream,
+    chunk_bounds,
+    encode,
+    encode_chunk,
+    encode_planes,
+    planes_layout,
+)
 from codl.formats.spec import Plan, plan_to_json, resolve_plan
 
 __all__ = [
@@ -47,8 +57,11 @@ __all__ = [
 #: The first 8 bytes of every .codl file (PNG-style: a non-ASCII byte, then the name, then
 #: CR LF, ^Z, so text-mode transfers and truncations show).
 MAGIC: Final = b"\x89CODL\r\n\x1a"
-#: (major, minor): readers accept their major version and any minor one.
-VERSION: Final = (1, 0)
+#: (major, minor) written. Readers accept the major versions they know (1 and 2) and any minor.
+VERSION: Final = (2, 0)
+#: Major versions this reader reads: 1 (every stream one object) and 2 (adds byte planes in
+#: chunks: the ``chunk`` and ``sign_last`` fields, ``values`` as a list of streams).
+READABLE_MAJORS: Final = (1, 2)
 #: magic, major, minor, then the header's stored length, inflated length and CRC32 of the
 #: stored bytes (u32 each): little-endian, 24 bytes. The JSON header is itself a raw DEFLATE
 #: stream (names and offsets repeat: it shrinks ~6x, which matters for small models).
@@ -101,7 +114,11 @@ class TensorInfo:
     width: int  # bits per stored field (codebook/linear)
     shuffle: bool
     stored_bytes: int  # compressed bytes of its streams
-    streams: dict[str, dict[str, int]]
+    #: role -> {offset, length, raw_length, crc32}; in the byte-plane layout "values" is a list
+    #: of them (chunk after chunk, plane after plane)
+    streams: dict[str, Any]
+    chunk: int = 0  # elements per chunk of byte planes (format 2); 0: one values stream
+    sign_last: bool = False  # format 2: elements rotated left one bit before the split
 
     @property
     def numel(self) -> int:
@@ -151,8 +168,28 @@ def _state_dict(
     return tensors
 
 
-def _header_entry(t: EncodedTensor, offsets: dict[str, int]) -> dict[str, Any]:
+def _stream_entry(stream: StoredStream, offset: int) -> dict[str, int]:
     return {
+        "offset": offset,
+        "length": len(stream.data),
+        "raw_length": stream.raw_length,
+        "crc32": stream.crc32,
+    }
+
+
+def _header_entry(t: EncodedTensor, offset: int) -> tuple[dict[str, Any], list[bytes]]:
+    """The tensor's header entry, its streams placed from ``offset`` on, and their bytes."""
+    chunks: list[bytes] = []
+    streams: dict[str, Any] = {}
+    for role, s in t.streams.items():
+        parts = s if isinstance(s, list) else [s]
+        entries = []
+        for part in parts:
+            entries.append(_stream_entry(part, offset))
+            chunks.append(part.data)
+            offset += len(part.data)
+        streams[role] = entries if isinstance(s, list) else entries[0]
+    entry = {
         "name": t.name,
         "dtype": t.dtype,
         "shape": list(t.shape),
@@ -162,16 +199,11 @@ def _header_entry(t: EncodedTensor, offsets: dict[str, int]) -> dict[str, Any]:
         "bits": t.bits,
         "width": t.width,
         "shuffle": t.shuffle,
-        "streams": {
-            role: {
-                "offset": offsets[role],
-                "length": len(s.data),
-                "raw_length": s.raw_length,
-                "crc32": s.crc32,
-            }
-            for role, s in t.streams.items()
-        },
+        "chunk": t.chunk,
+        "sign_last": t.sign_last,
+        "streams": streams,
     }
+    return entry, chunks
 
 
 #: Input size below which :func:`encode_state_dict` encodes on the calling thread alone.
@@ -184,23 +216,52 @@ def _encode_all(
     level: int,
     threads: int,
 ) -> list[tuple[str, EncodedTensor]]:
-    """Every tensor encoded, in state_dict order. Tensors are independent: with ``threads`` > 1
-    they are encoded on a pool, largest first (the core's DEFLATE and the torch ops of the
-    quantizers release the GIL), so one big embedding does not finish last alone."""
-    names = list(tensors)
+    """Every tensor encoded, in state_dict order. The work is split into independent jobs (a
+    tensor, or one chunk of a lossless float tensor's byte planes); with ``threads`` > 1 they run
+    on a pool, largest first (the core's DEFLATE, Python's zlib and the torch ops of the
+    quantizers release the GIL), so one big embedding is spread over the threads too."""
     total = sum(t.numel() * t.element_size() for t in tensors.values())
+    planes = {n for n, t in tensors.items() if planes_layout(t, specs[n])}
+    raws = {n: encodings.tensor_bytes(tensors[n]) for n in planes}
+    # (size, tensor name, chunk index or -1 for a whole tensor)
+    jobs: list[tuple[int, str, int]] = []
+    for name, tensor in tensors.items():
+        size = tensor.numel() * tensor.element_size()
+        if name in planes:
+            for index, (start, stop) in enumerate(chunk_bounds(tensor.numel())):
+                jobs.append(((stop - start) * tensor.element_size(), name, index))
+        else:
+            jobs.append((size, name, -1))
 
-    def one(name: str) -> EncodedTensor:
-        return encode(name, tensors[name], specs[name], level=level)
+    def run(job: tuple[int, str, int]) -> EncodedTensor | list[StoredStream]:
+        _, name, index = job
+        if index < 0:
+            return encode(name, tensors[name], specs[name], level=level)
+        tensor = tensors[name]
+        start, stop = chunk_bounds(tensor.numel())[index]
+        return encode_chunk(raws[name], tensor.element_size(), start, stop, level)
 
-    if threads <= 1 or len(names) <= 1 or total < _PARALLEL_SAVE_MIN_BYTES:
-        return [(name, one(name)) for name in names]
-    order = sorted(names, key=lambda n: -tensors[n].numel() * tensors[n].element_size())
-    # One thread of torch's and codl's own per pool worker: the pool is the parallelism, and
-    # each worker's ops running on `threads` threads too would oversubscribe the cores.
-    with _ops.using_threads(1), ThreadPoolExecutor(max_workers=threads) as pool:
-        done = dict(zip(order, pool.map(one, order), strict=True))
-    return [(name, done[name]) for name in names]
+    if threads <= 1 or len(jobs) <= 1 or total < _PARALLEL_SAVE_MIN_BYTES:
+        results = [run(job) for job in jobs]
+    else:
+        order = sorted(range(len(jobs)), key=lambda i: -jobs[i][0])
+        # One thread of torch's and codl's own per pool worker: the pool is the parallelism,
+        # and each worker's ops running on `threads` threads too would oversubscribe the cores.
+        with _ops.using_threads(1), ThreadPoolExecutor(max_workers=threads) as pool:
+            done = dict(zip(order, pool.map(lambda i: run(jobs[i]), order), strict=True))
+        results = [done[i] for i in range(len(jobs))]
+    encoded: dict[str, EncodedTensor] = {}
+    chunks: dict[str, list[list[StoredStream]]] = {}
+    for (_, name, index), result in zip(jobs, results, strict=True):
+        if index < 0:
+            assert isinstance(result, EncodedTensor)
+            encoded[name] = result
+        else:
+            assert isinstance(result, list)
+            chunks.setdefault(name, []).append(result)
+    for name, parts in chunks.items():
+        encoded[name] = encode_planes(name, tensors[name], parts)
+    return [(name, encoded[name]) for name in tensors]
 
 
 def encode_state_dict(
@@ -233,12 +294,10 @@ def encode_state_dict(
     entries, chunks, previews = [], [], {}
     offset = 0
     for name, encoded in _encode_all(tensors, specs, level, threads):
-        offsets = {}
-        for role, stream in encoded.streams.items():
-            offsets[role] = offset
-            chunks.append(stream.data)
-            offset += len(stream.data)
-        entries.append(_header_entry(encoded, offsets))
+        entry, data = _header_entry(encoded, offset)
+        entries.append(entry)
+        chunks.extend(data)
+        offset += sum(len(d) for d in data)
         assert encoded.preview is not None
         previews[name] = encoded.preview
     header = json.dumps(
@@ -330,15 +389,17 @@ class _Stream:
 class _Record:
     info: TensorInfo
     positions: _Stream | None
-    values: _Stream
+    values: _Stream | None  # None in the byte-plane layout: then `parts`
     table: _Stream | None
     rows: int
     #: Bytes decoding allocates: the result, the float32 buffer a quantized tensor of another
     #: dtype is decoded into, the inflated streams and the decoder's scratch (``max_bytes``).
     out_bytes: int
+    #: The byte-plane layout's values streams, chunk after chunk, plane after plane.
+    parts: tuple[_Stream, ...] = ()
 
 
-def _read_preamble(data: memoryview) -> tuple[dict[str, Any], int]:
+def _read_preamble(data: memoryview) -> tuple[dict[str, Any], int, int]:
     if len(data) < _PREAMBLE.size:
         raise _fail(
             f"file of {len(data)} bytes is shorter than the {_PREAMBLE.size}-byte preamble",
@@ -350,10 +411,9 @@ def _read_preamble(data: memoryview) -> tuple[dict[str, Any], int]:
             f"expected the magic {MAGIC!r}, received {bytes(magic)!r}: not a .codl file",
             field="magic",
         )
-    if major != VERSION[0]:
-        raise _fail(
-            f"expected format version {VERSION[0]}.x, received {major}.{minor}", field="version"
-        )
+    if major not in READABLE_MAJORS:
+        known = " or ".join(f"{m}.x" for m in READABLE_MAJORS)
+        raise _fail(f"expected format version {known}, received {major}.{minor}", field="version")
     if header_length > len(data) - _PREAMBLE.size:
         raise _fail(
             f"header of {header_length} bytes does not fit in the {len(data)}-byte file",
@@ -383,14 +443,18 @@ def _read_preamble(data: memoryview) -> tuple[dict[str, Any], int]:
         raise _fail(f"the header is not valid JSON ({error})", field="header") from None
     if not isinstance(header, dict):
         raise _fail("expected a JSON object", field="header")
-    return header, start + header_length
+    return header, start + header_length, major
 
 
 def _check_stream(
     streams: Mapping[str, Any], role: str, name: str, data_start: int, data_length: int
 ) -> _Stream:
-    where = f"streams.{role}"
-    entry = streams.get(role)
+    return _check_stream_entry(streams.get(role), f"streams.{role}", name, data_start, data_length)
+
+
+def _check_stream_entry(
+    entry: object, where: str, name: str, data_start: int, data_length: int
+) -> _Stream:
     if not isinstance(entry, dict):
         raise _fail("expected an object with offset, length, raw_length, crc32", name, where)
     offset = _int(entry, "offset", name)
@@ -416,6 +480,42 @@ def _check_stream(
     return _Stream(data_start + offset, length, raw_length, crc)
 
 
+def _check_parts(
+    listed: object,
+    name: str,
+    dtype: str,
+    count: int,
+    chunk: int,
+    data_start: int,
+    data_length: int,
+) -> tuple[_Stream, ...]:
+    """The values of the byte-plane layout: ceil(count / chunk) chunks of itemsize streams, the
+    stream of plane k of chunk c inflating to one byte per element of the chunk."""
+    itemsize = _itemsize(dtype)
+    chunks = -(-count // chunk)
+    if not isinstance(listed, list) or len(listed) != chunks * itemsize:
+        raise _fail(
+            f"expected a list of {chunks * itemsize} streams ({chunks} chunks of {chunk} elements, "
+            f"{itemsize} byte planes each)",
+            name,
+            "streams.values",
+        )
+    parts = []
+    for index, part in enumerate(listed):
+        where = f"streams.values[{index}]"
+        stream = _check_stream_entry(part, where, name, data_start, data_length)
+        elements = min(chunk, count - index // itemsize * chunk)
+        if stream.raw_length != elements:
+            raise _fail(
+                f"expected {elements} bytes (one byte plane of {elements} elements), received "
+                f"{stream.raw_length}",
+                name,
+                f"{where}.raw_length",
+            )
+        parts.append(stream)
+    return tuple(parts)
+
+
 def _expect_raw_length(stream: _Stream, expected: int, name: str, role: str, what: str) -> None:
     if stream.raw_length != expected:
         raise _fail(
@@ -426,7 +526,7 @@ def _expect_raw_length(stream: _Stream, expected: int, name: str, role: str, wha
 
 
 def _check_tensor(
-    entry: object, index: int, data_start: int, data_length: int, seen: set[str]
+    entry: object, index: int, data_start: int, data_length: int, seen: set[str], major: int = 2
 ) -> _Record:
     if not isinstance(entry, dict):
         raise _fail("expected an object", field=f"tensors[{index}]")
@@ -477,7 +577,29 @@ def _check_tensor(
         raise _fail(
             f"expected streams {sorted(roles)}, received {sorted(streams)}", name, "streams"
         )
-    checked = {role: _check_stream(streams, role, name, data_start, data_length) for role in roles}
+    # Format 2: a dense float tensor may be stored in chunks of byte planes.
+    chunk, sign_last = 0, False
+    if major >= 2:
+        chunk = _int(entry, "chunk", name)
+        sign_last = _bool(entry, "sign_last", name)
+    parts: tuple[_Stream, ...] = ()
+    if chunk:
+        if encoding != "raw" or sparse or not shuffle or count == 0:
+            raise _fail(
+                "chunks of byte planes are for dense, non-empty raw floats stored shuffled",
+                name,
+                "chunk",
+            )
+        if _itemsize(dtype) == 1 or not DTYPES[dtype].is_floating_point:
+            raise _fail(f"byte planes are for floats of 2+ bytes, not {dtype}", name, "shuffle")
+        parts = _check_parts(streams["values"], name, dtype, count, chunk, data_start, data_length)
+    elif sign_last:
+        raise _fail("expected false without chunks of byte planes (chunk 0)", name, "sign_last")
+    checked = {
+        role: _check_stream(streams, role, name, data_start, data_length)
+        for role in roles
+        if not (parts and role == "values")
+    }
     positions = checked.get("positions")
     if positions is not None and not count <= positions.raw_length <= 10 * count:
         raise _fail(
@@ -487,8 +609,12 @@ def _check_tensor(
         )
     itemsize = _itemsize(dtype)
     bits, width, rows = 8 * itemsize, 0, 0
-    values, table = checked["values"], checked.get("table")
-    if encoding == "raw":
+    values, table = checked.get("values"), checked.get("table")
+    if parts:
+        # The result, and one chunk's inflated planes (the scratch of decode_planes).
+        out_bytes = numel * itemsize + min(count, chunk) * itemsize
+    elif encoding == "raw":
+        assert values is not None
         if shuffle and (itemsize == 1 or not DTYPES[dtype].is_floating_point):
             raise _fail(
                 f"byte-plane shuffle is for floats of 2+ bytes, not {dtype}", name, "shuffle"
@@ -502,6 +628,7 @@ def _check_tensor(
         scratch = 0 if direct else values.raw_length * (2 if sparse and shuffle else 1)
         out_bytes = numel * itemsize + scratch + (positions.raw_length if positions else 0)
     else:
+        assert values is not None
         if not DTYPES[dtype].is_floating_point:
             raise _fail(f"encoding {encoding!r} decodes to floats, not {dtype}", name, "dtype")
         if shuffle:
@@ -540,16 +667,19 @@ def _check_tensor(
         # The float32 result, then (other dtypes) the cast copy, and every inflated stream.
         out_bytes = numel * 4 + (numel * itemsize if dtype != "float32" else 0) + scratch
         out_bytes += sum(s.raw_length for s in checked.values())
-    stored = sum(s.length for s in checked.values())
-    stream_info = {
-        role: {
+    stored = sum(s.length for s in checked.values()) + sum(p.length for p in parts)
+
+    def described(s: _Stream) -> dict[str, int]:
+        return {
             "offset": s.offset - data_start,
             "length": s.length,
             "raw_length": s.raw_length,
             "crc32": s.crc32,
         }
-        for role, s in checked.items()
-    }
+
+    stream_info: dict[str, Any] = {role: described(s) for role, s in checked.items()}
+    if parts:
+        stream_info["values"] = [described(p) for p in parts]
     info = TensorInfo(
         name,
         dtype,
@@ -562,12 +692,14 @@ def _check_tensor(
         shuffle,
         stored,
         stream_info,
+        chunk,
+        sign_last,
     )
-    return _Record(info, positions, values, table, rows, out_bytes)
+    return _Record(info, positions, values, table, rows, out_bytes, parts)
 
 
 def _read(data: memoryview) -> tuple[list[_Record], dict[str, Any]]:
-    header, data_start = _read_preamble(data)
+    header, data_start, major = _read_preamble(data)
     data_length = _int(header, "data_length", None)
     if data_length != len(data) - data_start:
         raise _fail(
@@ -589,7 +721,8 @@ def _read(data: memoryview) -> tuple[list[_Record], dict[str, Any]]:
         )
     seen: set[str] = set()
     records = [
-        _check_tensor(entry, i, data_start, data_length, seen) for i, entry in enumerate(tensors)
+        _check_tensor(entry, i, data_start, data_length, seen, major)
+        for i, entry in enumerate(tensors)
     ]
     _check_no_overlap(records)
     return records, metadata
@@ -643,6 +776,7 @@ def inspect(source: Source, *, check_crcs: bool = False) -> list[TensorInfo]:
 
 def _streams(record: _Record) -> list[tuple[str, _Stream]]:
     pairs = [("positions", record.positions), ("values", record.values), ("table", record.table)]
+    pairs += [(f"values[{i}]", part) for i, part in enumerate(record.parts)]
     return [(role, stream) for role, stream in pairs if stream is not None]
 
 
@@ -677,6 +811,7 @@ def _decode(record: _Record, data: memoryview) -> torch.Tensor:
         inflated = _inflate(stream, data, info.name, role, core)
         return inflated, stream.raw_length, stream.crc32
 
+    assert record.values is not None
     values = argument(record.values, "values")
     assert values is not None
     if check_fields:
@@ -705,6 +840,36 @@ def _decode(record: _Record, data: memoryview) -> torch.Tensor:
     if quantized and DTYPES[info.dtype] != torch.float32:
         result = result.to(DTYPES[info.dtype])
     return result
+
+
+def _decode_chunk(record: _Record, index: int, data: memoryview, out: torch.Tensor) -> None:
+    """Chunk ``index`` of a tensor in byte planes, into its elements of ``out`` (the tensor's
+    flat result): the core joins the planes (CRCs checked, stored planes read in place); without
+    a codec in the core Python's zlib inflates them and NumPy joins them."""
+    info = record.info
+    itemsize = out.element_size()
+    start = index * info.chunk
+    stop = min(start + info.chunk, info.count)
+    planes = record.parts[index * itemsize : (index + 1) * itemsize]
+    target = out[start:stop].view(torch.uint8)
+    if codec.core_codec() != "none":
+        arguments = [(data[p.offset : p.offset + p.length], p.raw_length, p.crc32) for p in planes]
+        failure = _ops.decode_planes(arguments, itemsize, sign_last=info.sign_last, out=target)
+        if failure is not None:
+            plane, message = failure
+            raise _fail(message, info.name, f"streams.values[{index * itemsize + plane}]")
+        return
+    inflated = [
+        np.frombuffer(
+            _inflate(p, data, info.name, f"values[{index * itemsize + k}]", core=False), np.uint8
+        )
+        for k, p in enumerate(planes)
+    ]
+    unsigned = np.dtype(f"<u{itemsize}")
+    joined = np.stack(inflated, axis=1).reshape(-1).view(unsigned)
+    if info.sign_last:
+        joined = (joined >> unsigned.type(1)) | (joined << unsigned.type(8 * itemsize - 1))
+    target.numpy()[:] = joined.view(np.uint8)
 
 
 def _inflate(
@@ -770,17 +935,49 @@ def load(
             field="shape",
         )
     threads = _ops.get_num_threads() if num_threads is None else num_threads
+    # Jobs: a whole tensor, or one chunk of a tensor in byte planes (into its preallocated result).
+    planes = {
+        r.info.name: torch.empty(r.info.numel, dtype=DTYPES[r.info.dtype])
+        for r in records
+        if r.parts
+    }
+    jobs: list[tuple[int, _Record, int]] = []  # (bytes decoded, record, chunk index or -1)
+    for r in records:
+        if r.parts:
+            itemsize = _itemsize(r.info.dtype)
+            for index in range(len(r.parts) // itemsize):
+                size = min(r.info.chunk, r.info.count - index * r.info.chunk) * itemsize
+                jobs.append((size, r, index))
+        else:
+            jobs.append((r.out_bytes, r, -1))
+
+    def run(job: tuple[int, _Record, int]) -> torch.Tensor | None:
+        _, record, index = job
+        if index < 0:
+            return _decode(record, data)
+        _decode_chunk(record, index, data, planes[record.info.name])
+        return None
+
     # Starting a pool costs ~0.1-0.5 ms: below a few MB it costs more than it saves.
-    if threads <= 1 or len(records) <= 1 or total < _PARALLEL_LOAD_MIN_BYTES:
-        return {r.info.name: _decode(r, data) for r in records}
-    # The core releases the GIL while it inflates and decodes, so tensors decode in parallel;
-    # largest first, so the pool does not wait on one big tensor at the end.
-    order = sorted(records, key=lambda r: -r.out_bytes)
-    with ThreadPoolExecutor(max_workers=threads) as pool:
-        decoded = dict(
-            zip([r.info.name for r in order], pool.map(lambda r: _decode(r, data), order))
-        )
-    return {r.info.name: decoded[r.info.name] for r in records}
+    if threads <= 1 or len(jobs) <= 1 or total < _PARALLEL_LOAD_MIN_BYTES:
+        for job in jobs:
+            if job[2] >= 0:
+                run(job)
+        decoded = {job[1].info.name: run(job) for job in jobs if job[2] < 0}
+    else:
+        # The core releases the GIL while it inflates and decodes, so jobs run in parallel;
+        # largest first, so the pool does not wait on one big tensor at the end.
+        order = sorted(jobs, key=lambda job: -job[0])
+        with ThreadPoolExecutor(max_workers=threads) as pool:
+            results = list(pool.map(run, order))
+        decoded = {job[1].info.name: out for job, out in zip(order, results) if job[2] < 0}
+    state: dict[str, torch.Tensor] = {}
+    for r in records:
+        name = r.info.name
+        result = planes[name].reshape(r.info.shape) if r.parts else decoded[name]
+        assert result is not None
+        state[name] = result
+    return state
 
 
 def load_into(model: nn.Module, source: Source, *, strict: bool = True) -> Any:

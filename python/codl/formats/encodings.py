@@ -21,15 +21,21 @@ from codl.quant import kmeans_dequantize, kmeans_quantize, linear_dequantize, li
 from codl.ternary import ternarize
 
 __all__ = [
+    "CHUNK_ELEMENTS",
     "DTYPES",
     "ENCODINGS",
     "EncodedTensor",
     "Quantized",
     "StoredStream",
+    "chunk_bounds",
     "decode_preview",
     "dtype_name",
     "encode",
+    "encode_chunk",
+    "encode_planes",
+    "planes_layout",
     "quantize",
+    "tensor_bytes",
 ]
 
 #: dtypes the format stores, by the name the header uses.
@@ -46,6 +52,9 @@ DTYPES: Final[dict[str, torch.dtype]] = {
     "bool": torch.bool,
 }
 ENCODINGS: Final[tuple[str, ...]] = ("raw", "codebook", "linear", "ternary")
+#: Elements per chunk of a dense float tensor in byte planes (format 2): each chunk's planes are
+#: streams of their own, so one large tensor encodes and decodes on several threads.
+CHUNK_ELEMENTS: Final = 1 << 20
 _NAMES: Final[dict[torch.dtype, str]] = {v: k for k, v in DTYPES.items()}
 
 
@@ -58,6 +67,11 @@ def dtype_name(dtype: torch.dtype, where: str) -> str:
 def _bytes_of(tensor: torch.Tensor) -> torch.Tensor:
     """The tensor's memory as a flat uint8 tensor (little-endian, as the format stores it)."""
     return tensor.contiguous().reshape(-1).view(torch.uint8)
+
+
+def tensor_bytes(tensor: torch.Tensor) -> torch.Tensor:
+    """A tensor's values as a flat uint8 tensor (a copy only if it is not contiguous)."""
+    return _bytes_of(tensor.detach().cpu())
 
 
 @dataclass
@@ -152,7 +166,8 @@ class StoredStream:
 
 @dataclass
 class EncodedTensor:
-    """One tensor ready to be written: its header fields and its compressed streams."""
+    """One tensor ready to be written: its header fields and its compressed streams. In the
+    byte-plane layout (``chunk`` > 0) ``streams["values"]`` is the list of the chunks' planes."""
 
     name: str
     dtype: str
@@ -163,8 +178,72 @@ class EncodedTensor:
     bits: int = 0
     width: int = 0
     shuffle: bool = False
-    streams: dict[str, StoredStream] = field(default_factory=dict)
+    streams: dict[str, StoredStream | list[StoredStream]] = field(default_factory=dict)
     preview: torch.Tensor | None = None
+    chunk: int = 0
+    sign_last: bool = False
+
+    @property
+    def stored_bytes(self) -> int:
+        """Bytes of all its streams in the file."""
+        return sum(
+            sum(len(p.data) for p in s) if isinstance(s, list) else len(s.data)
+            for s in self.streams.values()
+        )
+
+
+def planes_layout(tensor: torch.Tensor, spec: CompressionSpec | None) -> bool:
+    """Whether ``tensor`` is stored in format 2's byte planes: a lossless dense float tensor of
+    2 or more bytes per element, with at least one element."""
+    return (
+        (spec is None or spec.lossless)
+        and tensor.is_floating_point()
+        and tensor.element_size() >= 2
+        and tensor.numel() > 0
+    )
+
+
+def chunk_bounds(count: int, chunk: int | None = None) -> list[tuple[int, int]]:
+    """The [start, stop) element ranges of the chunks of ``count`` elements (``chunk``, by
+    default :data:`CHUNK_ELEMENTS`, each; the last one shorter)."""
+    size = CHUNK_ELEMENTS if chunk is None else chunk
+    return [(start, min(start + size, count)) for start in range(0, count, size)]
+
+
+def encode_chunk(
+    raw: torch.Tensor, itemsize: int, start: int, stop: int, level: int
+) -> list[StoredStream]:
+    """Elements [start, stop) of ``raw`` (a tensor's bytes, flat uint8) as ``itemsize`` plane
+    streams, each element rotated left one bit first (the sign to bit 0, the exponent to the
+    top byte): :func:`codec.encode_plane` picks each plane's coding."""
+    count = stop - start
+    planes = _ops.split_planes(raw[start * itemsize : stop * itemsize], itemsize, sign_last=True)
+    streams = []
+    for k in range(itemsize):
+        data = codec.encode_plane(planes[k * count : (k + 1) * count].numpy().data, level)
+        streams.append(StoredStream(data, count, codec.crc32(data)))
+    return streams
+
+
+def encode_planes(
+    name: str, tensor: torch.Tensor, chunks: list[list[StoredStream]]
+) -> EncodedTensor:
+    """The tensor's entry from its chunks' plane streams (:func:`encode_chunk` of each range of
+    :func:`chunk_bounds`)."""
+    encoded = EncodedTensor(
+        name,
+        dtype_name(tensor.dtype, name),
+        tuple(int(d) for d in tensor.shape),
+        "raw",
+        tensor.numel(),
+        False,
+        shuffle=True,
+        preview=tensor.detach().cpu().contiguous(),
+        chunk=CHUNK_ELEMENTS,
+        sign_last=True,
+    )
+    encoded.streams["values"] = [stream for chunk in chunks for stream in chunk]
+    return encoded
 
 
 def _smaller_packing(values: torch.Tensor, bits: int, level: int) -> tuple[int, StoredStream]:
@@ -188,8 +267,17 @@ def encode(
     level: int = codec.DEFAULT_LEVEL,
     shuffle: bool = True,
 ) -> EncodedTensor:
-    """Quantize ``tensor`` by ``spec`` and compress its streams."""
+    """Quantize ``tensor`` by ``spec`` and compress its streams (lossless dense floats: in
+    byte planes, chunk after chunk on this thread)."""
     dtype = dtype_name(tensor.dtype, name)
+    if shuffle and planes_layout(tensor, spec):
+        raw = _bytes_of(tensor.detach().cpu())
+        itemsize = tensor.element_size()
+        chunks = [
+            encode_chunk(raw, itemsize, start, stop, level)
+            for start, stop in chunk_bounds(tensor.numel())
+        ]
+        return encode_planes(name, tensor, chunks)
     q = quantize(tensor, spec, name)
     count = q.values.numel()
     encoded = EncodedTensor(

@@ -119,7 +119,7 @@ def packed_bytes(
     """Bytes of ``tensor``'s streams in a ``.codl`` file when stored with ``setting`` (the
     header entry, ~200 bytes of JSON before DEFLATE, is not counted)."""
     encoded = encode(name, tensor, setting.spec(), level=level)
-    return sum(len(stream.data) for stream in encoded.streams.values())
+    return encoded.stored_bytes
 
 
 @dataclass(frozen=True)
@@ -382,7 +382,7 @@ def measure_sensitivity(
             downstream = _Downstream.build(work, traced, name, data, logits)
             for setting in settings:
                 encoded = encode(name, original, setting.spec(), level=level)
-                size = sum(len(stream.data) for stream in encoded.streams.values())
+                size = encoded.stored_bytes
                 if setting.spec() is None:
                     accuracy = baseline  # stored exactly: the model is unchanged
                 else:

@@ -1,6 +1,7 @@
-"""An independent reader of the .codl layout of docs/format.md, written from the spec with
-Python's zlib, struct, json and NumPy only (no codl code), in float64 where it computes values.
-The tests compare codl.load against it, which also proves every stream inflates with zlib."""
+"""An independent reader of the .codl layout of docs/format.md (versions 1.x and 2.x), written
+from the spec with Python's zlib, struct, json and NumPy only (no codl code), in float64 where it
+computes values. The tests compare codl.load against it, which also proves every stream inflates
+with zlib."""
 
 from __future__ import annotations
 
@@ -30,21 +31,60 @@ def inflate(data: bytes, raw_length: int) -> bytes:
     return out
 
 
+def version_of(blob: bytes) -> tuple[int, int]:
+    magic, major, minor = struct.unpack_from("<8sHH", blob)
+    assert magic == b"\x89CODL\r\n\x1a"
+    return major, minor
+
+
 def header_of(blob: bytes) -> tuple[dict[str, Any], int]:
-    magic, major, _minor, length, raw_length, crc = struct.unpack_from("<8sHHIII", blob)
-    assert magic == b"\x89CODL\r\n\x1a" and major == 1
+    major, _minor = version_of(blob)
+    assert major in (1, 2)
+    length, raw_length, crc = struct.unpack_from("<III", blob, 12)
     stored = blob[24 : 24 + length]
     assert zlib.crc32(stored) == crc
-    return json.loads(inflate(stored, raw_length)), 24 + length
+    header = json.loads(inflate(stored, raw_length))
+    if major == 1:  # version 1 has neither field: one values stream per tensor
+        for entry in header["tensors"]:
+            assert "chunk" not in entry and "sign_last" not in entry
+            entry["chunk"], entry["sign_last"] = 0, False
+    return header, 24 + length
+
+
+def stream_of(blob: bytes, s: dict[str, int], data_start: int) -> bytes:
+    stored = blob[data_start + s["offset"] : data_start + s["offset"] + s["length"]]
+    assert zlib.crc32(stored) == s["crc32"]
+    return inflate(stored, s["raw_length"])
 
 
 def streams_of(blob: bytes, entry: dict[str, Any], data_start: int) -> dict[str, bytes]:
+    """Each stream inflated; a list of streams (version 2's byte planes: chunk after chunk,
+    plane after plane) becomes the values stream of version 1's shuffled layout: each chunk's
+    planes are the chunk's elements shuffled."""
     out = {}
     for role, s in entry["streams"].items():
-        stored = blob[data_start + s["offset"] : data_start + s["offset"] + s["length"]]
-        assert zlib.crc32(stored) == s["crc32"], role
-        out[role] = inflate(stored, s["raw_length"])
+        if isinstance(s, list):
+            assert role == "values" and entry["chunk"] > 0
+            itemsize = len(s) // -(-entry["count"] // entry["chunk"])
+            parts = [stream_of(blob, p, data_start) for p in s]
+            chunks = [b"".join(parts[i : i + itemsize]) for i in range(0, len(parts), itemsize)]
+            out[role] = b"".join(
+                np.frombuffer(c, np.uint8).reshape(itemsize, -1).T.tobytes() for c in chunks
+            )
+        else:
+            out[role] = stream_of(blob, s, data_start)
     return out
+
+
+def rotate_right_one_bit(elements: np.ndarray) -> np.ndarray:
+    """(count, itemsize) little-endian bytes, each element's bits rotated right by one: bit 0
+    (where sign_last put the sign) back to the top."""
+    itemsize = elements.shape[1]
+    unsigned = np.dtype(f"<u{itemsize}")
+    values = np.ascontiguousarray(elements).view(unsigned).reshape(-1)
+    top = unsigned.type(8 * itemsize - 1)
+    back = (values >> unsigned.type(1)) | ((values & unsigned.type(1)) << top)
+    return back.view(np.uint8).reshape(elements.shape)
 
 
 def positions_of(data: bytes, count: int) -> list[int]:
@@ -97,9 +137,11 @@ def decode(blob: bytes) -> dict[str, np.ndarray]:
             dtype = NUMPY_DTYPES.get(entry["dtype"])
             itemsize = 2 if entry["dtype"] == "bfloat16" else np.dtype(dtype).itemsize
             raw = np.frombuffer(streams["values"], dtype=np.uint8)
-            if entry["shuffle"]:
+            if entry["shuffle"] and not entry["chunk"]:
                 raw = raw.reshape(itemsize, count).T.reshape(-1)
             elements = raw.reshape(count, itemsize)
+            if entry["sign_last"]:
+                elements = rotate_right_one_bit(elements)
             dense = np.zeros((numel, itemsize), dtype=np.uint8)
             dense[positions] = elements
             if entry["dtype"] == "bfloat16":  # as float32: bf16 is float32's upper half

@@ -58,18 +58,27 @@ def split(blob: bytes) -> tuple[dict[str, Any], bytes]:
     return header, blob[24 + length :]
 
 
-def seal(header: dict[str, Any], data: bytes, *, fix_crcs: bool = False) -> bytes:
+def seal(
+    header: dict[str, Any],
+    data: bytes,
+    *,
+    fix_crcs: bool = False,
+    version: tuple[int, int] = codl.formats.VERSION,
+) -> bytes:
     """Reassemble a file; the header's CRC (and optionally every stream's) made to match, so a
     mutation reaches the checks behind the CRCs."""
     if fix_crcs:
         for entry in header["tensors"]:
-            for stream in entry["streams"].values():
-                stored = data[stream["offset"] : stream["offset"] + stream["length"]]
-                stream["crc32"] = zlib.crc32(stored)
+            for streams in entry["streams"].values():
+                for stream in streams if isinstance(streams, list) else [streams]:
+                    stored = data[stream["offset"] : stream["offset"] + stream["length"]]
+                    stream["crc32"] = zlib.crc32(stored)
     raw = json.dumps(header).encode()
     compressor = zlib.compressobj(9, zlib.DEFLATED, -15)
     stored = compressor.compress(raw) + compressor.flush()
-    preamble = PREAMBLE.pack(b"\x89CODL\r\n\x1a", 1, 0, len(stored), len(raw), zlib.crc32(stored))
+    preamble = PREAMBLE.pack(
+        b"\x89CODL\r\n\x1a", *version, len(stored), len(raw), zlib.crc32(stored)
+    )
     return preamble + stored + data
 
 
@@ -103,7 +112,9 @@ def test_not_a_codl_file() -> None:
     expect_error(b"", "shorter than the 24-byte preamble", field="preamble")
     expect_error(b"PK\x03\x04" + bytes(40), "not a .codl file", field="magic")
     expect_error(
-        b"\x89CODL\r\n\x1a\x02\x00" + VALID[10:], r"version 1\.x, received 2\.0", field="version"
+        b"\x89CODL\r\n\x1a\x03\x00" + VALID[10:],
+        r"version 1\.x or 2\.x, received 3\.0",
+        field="version",
     )
 
 
@@ -124,7 +135,7 @@ def test_corrupt_header() -> None:
     not_json = seal({}, b"")[:24]  # a header that inflates to something that is not JSON
     compressor = zlib.compressobj(9, zlib.DEFLATED, -15)
     garbage = compressor.compress(b"{'tensors': ") + compressor.flush()
-    not_json = PREAMBLE.pack(b"\x89CODL\r\n\x1a", 1, 0, len(garbage), 12, zlib.crc32(garbage))
+    not_json = PREAMBLE.pack(b"\x89CODL\r\n\x1a", 2, 0, len(garbage), 12, zlib.crc32(garbage))
     expect_error(not_json + garbage, "not valid JSON", field="header")
 
 
@@ -314,18 +325,26 @@ def deflate_raw(raw: bytes) -> bytes:
 def build(tensors: list[dict[str, Any]], metadata: dict[str, str] | None = None) -> bytes:
     """A file from header entries whose ``streams`` map each role to its inflated bytes."""
     entries, data = [], b""
+
+    def placed(raw: bytes) -> dict[str, int]:
+        nonlocal data
+        stored = deflate_raw(raw)
+        stream = {
+            "offset": len(data),
+            "length": len(stored),
+            "raw_length": len(raw),
+            "crc32": zlib.crc32(stored),
+        }
+        data += stored
+        return stream
+
     for tensor in tensors:
-        entry = {k: v for k, v in tensor.items() if k != "streams"}
-        entry["streams"] = {}
-        for role, raw in tensor["streams"].items():
-            stored = deflate_raw(raw)
-            entry["streams"][role] = {
-                "offset": len(data),
-                "length": len(stored),
-                "raw_length": len(raw),
-                "crc32": zlib.crc32(stored),
-            }
-            data += stored
+        entry = {"chunk": 0, "sign_last": False}
+        entry.update({k: v for k, v in tensor.items() if k != "streams"})
+        entry["streams"] = {
+            role: [placed(r) for r in raw] if isinstance(raw, list) else placed(raw)
+            for role, raw in tensor["streams"].items()
+        }
         entries.append(entry)
     return seal({"tensors": entries, "data_length": len(data), "metadata": metadata or {}}, data)
 
@@ -375,7 +394,7 @@ def test_streams_may_not_alias_or_overlap() -> None:
     alias = json.loads(json.dumps(tensor_entry(header, "raw")))
     alias["name"] = "alias"
     header["tensors"].append(alias)
-    expect_error(seal(header, data), "overlap", "alias", "streams.values.offset")
+    expect_error(seal(header, data), "overlap", "alias", "streams.values[0].offset")
     header, data = split(VALID)
     kmeans = tensor_entry(header, "kmeans")["streams"]
     table = kmeans["table"]
@@ -385,8 +404,8 @@ def test_streams_may_not_alias_or_overlap() -> None:
         load(seal(header, data))
     assert info.value.tensor == "kmeans" and info.value.field is not None
     header, data = split(VALID)
-    tensor_entry(header, "raw")["streams"]["values"]["length"] = 0
-    expect_error(seal(header, data), "never empty", "raw", "streams.values.length")
+    tensor_entry(header, "raw")["streams"]["values"][1]["length"] = 0
+    expect_error(seal(header, data), "never empty", "raw", "streams.values[1].length")
 
 
 def test_many_aliased_tensors_are_refused_before_their_entries_are_checked() -> None:
@@ -464,14 +483,27 @@ def test_inspect_checks_every_streams_crc_on_request() -> None:
         codl.formats.inspect(blob, check_crcs=True)
     assert (info.value.tensor, info.value.field) == ("ternary", "streams.table")
     header, data = split(VALID)
-    tensor_entry(header, "half")["streams"]["values"]["crc32"] ^= 1  # a wrong CRC in the header
+    tensor_entry(header, "half")["streams"]["values"][1]["crc32"] ^= 1  # a wrong CRC in the header
     with pytest.raises(FormatError, match="CRC32 mismatch") as info:
         codl.formats.read_header(seal(header, data), check_crcs=True)
-    assert (info.value.tensor, info.value.field) == ("half", "streams.values")
+    assert (info.value.tensor, info.value.field) == ("half", "streams.values[1]")
 
 
 # ------------------------------------------- fuzz of the classes of issue 14 items 6-8
-STREAMS = [(e["name"], role) for e in HEADER["tensors"] for role in e["streams"]]
+STREAMS = [
+    (e["name"], role, index)
+    for e in HEADER["tensors"]
+    for role, streams in e["streams"].items()
+    for index in (range(len(streams)) if isinstance(streams, list) else [None])
+]
+
+
+def _stream_at(header: dict[str, Any], where: tuple[str, str, int | None]) -> dict[str, int]:
+    name, role, index = where
+    streams = tensor_entry(header, name)["streams"][role]
+    return streams if index is None else streams[index]
+
+
 QUANTIZED = [e["name"] for e in HEADER["tensors"] if e["encoding"] != "raw"]
 
 issue_14_mutation = st.one_of(
@@ -520,11 +552,10 @@ def test_fuzz_aliases_retypes_and_stream_flips(change: tuple[Any, ...]) -> None:
             load(blob, max_bytes=FUZZ_LIMIT)
         return
     if kind == "alias":
-        (name, role), (target, target_role) = STREAMS[change[1]], STREAMS[change[2]]
-        stream = tensor_entry(header, name)["streams"][role]
-        source = tensor_entry(header, target)["streams"][target_role]
+        stream = _stream_at(header, STREAMS[change[1]])
+        source = _stream_at(header, STREAMS[change[2]])
         stream.update(offset=max(0, source["offset"] + change[3]), length=source["length"])
-        if stream == tensor_entry(HEADER, name)["streams"][role]:
+        if stream == _stream_at(HEADER, STREAMS[change[1]]):
             return  # unchanged: the file is the valid one
         with pytest.raises(FormatError):
             load(seal(header, DATA, fix_crcs=True), max_bytes=FUZZ_LIMIT, num_threads=2)
