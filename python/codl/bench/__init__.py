@@ -219,6 +219,8 @@ PROGRAMS = {
     "large_batch": "large mini-batches on Fashion-MNIST: where K-FAC keeps its accuracy",
     "pool": "codl's thread pool on LeNet-5-size layers, 1 and 2 threads, quiet and contended",
     "robust_compression": "clean and PGD accuracy of compressed and adversarially tuned models",
+    "scale": "projected step and scaling efficiency of SGD and distributed K-FAC, 2 to 100,000 "
+    "nodes, K-FAC's bytes against KAISA's, and the projection on rate-limited processes",
     "sequence_kd": "sequence-level knowledge distillation (Kim and Rush 2016) on a toy task",
     "spectral_vs_l1": "spectral pruning against L1 channel pruning at the same kept widths",
     "time_to_accuracy": "time to accuracy on Fashion-MNIST: SGD, Adam (torch) and K-FAC (codl)",

@@ -30,6 +30,24 @@ takes milliseconds it is not.
 Scaling efficiency (weak scaling: the per-node batch stays fixed) = (forward + backward) / step.
 The alpha terms grow linearly with P: a flat ring at 100,000 nodes is latency-bound, which is why
 large machines reduce hierarchically; the projection shows where that happens.
+
+Work beyond the data-parallel step (a second-order method's factor exchange, its inversions, the
+broadcast of its results) enters as :class:`Phase` objects: every ``every`` steps a rank spends
+``compute_s`` and then runs collectives one after another, in parallel *lanes* (disjoint groups
+of ranks, such as the columns of KAISA's grid); a phase costs ``compute_s`` plus its slowest
+lane, and adds that divided by ``every`` to the step (amortized). A collective costs
+(:func:`collective_terms`, Thakur et al. 2005, section 4):
+
+- ``allreduce`` of S bytes over g ranks (ring): 2 (g - 1) alpha + 2 (g - 1) / g · S / B;
+- ``all_to_all`` of chunks of S bytes (one to each peer): (g - 1) alpha + (g - 1) S / B;
+- ``all_gather`` of S bytes from each rank (ring): (g - 1) alpha + (g - 1) S / B;
+- ``broadcast`` of S bytes to g ranks: the cheaper of a binomial tree,
+  ceil(log2 g) (alpha + S / B), and van de Geijn's scatter then ring all-gather,
+  (ceil(log2 g) + g - 1) alpha + 2 (g - 1) / g · S / B (MPICH switches between them by size).
+
+With phases, the efficiency is ``reference_s / step`` when the single-node step
+``reference_s`` is given (weak scaling against one node doing all of the method's work), else
+(forward + backward) / step as above.
 """
 
 from __future__ import annotations
@@ -127,6 +145,8 @@ class Projection:
     efficiency: float
     bytes_sent: float
     ring_bytes: float
+    #: Amortized seconds per step of the phases (0 without them).
+    phases_s: float = 0.0
 
     @property
     def ratio(self) -> float:
@@ -247,6 +267,90 @@ def _check_link(nodes: int, bandwidth: float, latency: float) -> None:
         raise ValueError(f"latency: expected a finite number >= 0 (seconds), received {latency!r}")
 
 
+#: The collectives :func:`collective_terms` prices.
+COLLECTIVES = ("allreduce", "all_to_all", "all_gather", "broadcast")
+
+
+@dataclass(frozen=True)
+class Collective:
+    """One collective over ``group_size`` ranks: ``op`` (one of :data:`COLLECTIVES`) of
+    ``nbytes`` (the whole buffer for ``allreduce`` and ``broadcast``, one rank's chunk for
+    ``all_to_all`` and ``all_gather``)."""
+
+    op: str
+    group_size: int
+    nbytes: float
+
+    def __post_init__(self) -> None:
+        if self.op not in COLLECTIVES:
+            raise ValueError(f"op: expected one of {COLLECTIVES}, received {self.op!r}")
+        if (
+            isinstance(self.group_size, bool)
+            or not isinstance(self.group_size, int)
+            or self.group_size < 1
+        ):
+            raise ValueError(f"group_size: expected an integer >= 1, received {self.group_size!r}")
+        if not (
+            isinstance(self.nbytes, (int, float))
+            and self.nbytes >= 0
+            and math.isfinite(self.nbytes)
+        ):
+            raise ValueError(f"nbytes: expected a finite number >= 0, received {self.nbytes!r}")
+
+
+def collective_terms(collective: Collective, bandwidth: float, latency: float) -> tuple[int, float]:
+    """(messages, bytes) on one rank's critical path of ``collective`` (module docstring): its
+    time is ``messages · latency + bytes / bandwidth``. A broadcast takes the cheaper of the
+    binomial tree and the scatter + all-gather on this link."""
+    _check_link(1, bandwidth, latency)
+    g, size = collective.group_size, float(collective.nbytes)
+    if g == 1:
+        return 0, 0.0
+    if collective.op == "allreduce":
+        return 2 * (g - 1), 2 * (g - 1) / g * size
+    if collective.op in ("all_to_all", "all_gather"):
+        return g - 1, (g - 1) * size
+    depth = math.ceil(math.log2(g))
+    tree = (depth, depth * size)
+    scatter_gather = (depth + g - 1, 2 * (g - 1) / g * size)
+    return min(tree, scatter_gather, key=lambda t: t[0] * latency + t[1] / bandwidth)
+
+
+def collective_time(collective: Collective, bandwidth: float, latency: float) -> float:
+    """Seconds of ``collective`` on a link of ``bandwidth`` bytes/s and ``latency`` s/message."""
+    messages, nbytes = collective_terms(collective, bandwidth, latency)
+    return messages * latency + nbytes / bandwidth
+
+
+@dataclass(frozen=True)
+class Phase:
+    """Work one rank does every ``every`` steps beyond the data-parallel step: ``compute_s``
+    seconds on its critical path, then the collectives of each lane one after another; lanes
+    (disjoint groups of ranks) run at the same time, so the slowest one counts."""
+
+    name: str
+    every: int
+    compute_s: float = 0.0
+    lanes: tuple[tuple[Collective, ...], ...] = ()
+
+    def __post_init__(self) -> None:
+        if isinstance(self.every, bool) or not isinstance(self.every, int) or self.every < 1:
+            raise ValueError(f"every: expected an integer >= 1 (steps), received {self.every!r}")
+        if not (
+            isinstance(self.compute_s, (int, float))
+            and self.compute_s >= 0
+            and math.isfinite(self.compute_s)
+        ):
+            raise ValueError(
+                f"compute_s: expected a finite number >= 0 (seconds), received {self.compute_s!r}"
+            )
+
+    def time(self, bandwidth: float, latency: float) -> float:
+        """Seconds of one occurrence: ``compute_s`` plus the slowest lane."""
+        lanes = [sum(collective_time(c, bandwidth, latency) for c in lane) for lane in self.lanes]
+        return self.compute_s + max(lanes, default=0.0)
+
+
 def comm_time(
     codec: Codec | None, numel: int, nodes: int, bandwidth: float, latency: float
 ) -> float:
@@ -303,12 +407,25 @@ def project(
     *,
     overlap: bool = True,
     throughput: CodecThroughput | None = None,
+    phases: Sequence[Phase] = (),
+    reference_s: float | None = None,
 ) -> Projection:
     """Projected step time and weak-scaling efficiency on ``nodes`` ranks (module docstring).
     ``codec=None`` is the float32 ring allreduce; a codec needs its measured ``throughput``
     (:func:`measure_throughput`, or :func:`measure_powersgd_throughput` for PowerSGD, whose
-    exchange is three float32 ring allreduces per bucket)."""
+    exchange is three float32 ring allreduces per bucket). ``phases``: work beyond the
+    data-parallel step, amortized over their periods; ``reference_s``: the single-node step the
+    efficiency is measured against (default: forward + backward)."""
     _check_link(nodes, bandwidth, latency)
+    for phase in phases:
+        if not isinstance(phase, Phase):
+            raise TypeError(f"phases: expected Phase objects, received {type(phase).__name__}")
+    if reference_s is not None and not (
+        isinstance(reference_s, (int, float)) and reference_s > 0 and math.isfinite(reference_s)
+    ):
+        raise ValueError(
+            f"reference_s: expected a finite number > 0 (seconds), received {reference_s!r}"
+        )
     if codec is not None and not isinstance(codec, (Codec, PowerSGD)):
         raise TypeError(
             f"codec: expected a codl.comm.Codec, a PowerSGD or None, received "
@@ -333,16 +450,20 @@ def project(
     else:
         step = step_profile.compute_s + comm + codec_s
     step += step_profile.overhead_s
+    phases_s = sum(phase.time(bandwidth, latency) / phase.every for phase in phases)
+    step += phases_s
     ring = sum(ring_allreduce_bytes(n, nodes) for n in step_profile.bucket_numels)
+    reference = step_profile.compute_s if reference_s is None else float(reference_s)
     return Projection(
         nodes=nodes,
         compute_s=step_profile.compute_s,
         comm_s=comm,
         codec_s=codec_s,
         step_s=step,
-        efficiency=step_profile.compute_s / step if step > 0 else 1.0,
+        efficiency=reference / step if step > 0 else 1.0,
         bytes_sent=sent,
         ring_bytes=ring,
+        phases_s=phases_s,
     )
 
 
@@ -354,18 +475,22 @@ def with_measured_overhead(
     *,
     overlap: bool = True,
     throughput: CodecThroughput | None = None,
+    phases: Sequence[Phase] = (),
 ) -> StepProfile:
     """``step_profile`` with ``overhead_s`` set from a step measured with ``codec`` on ``nodes``
-    ranks over the real link without throttling: what that step took beyond the compute and the
-    codec's time (its exchange is charged to the overhead too, so the projection then adds only
-    the alpha-beta cost of the link being modelled). Never negative."""
+    ranks over the real link without throttling: what that step took beyond the compute, the
+    codec's time and the phases' compute (its exchanges are charged to the overhead too, so the
+    projection then adds only the alpha-beta cost of the link being modelled). Never
+    negative."""
     if not (isinstance(measured_step_s, (int, float)) and math.isfinite(measured_step_s)):
         raise ValueError(
             f"measured_step_s: expected a finite number of seconds, received {measured_step_s!r}"
         )
     bare = replace(step_profile, overhead_s=0.0)
     # An instantaneous link: comm is 0 (bytes / 1e300 s), so this is compute plus codec.
-    modelled = project(bare, codec, nodes, 1e300, 0.0, overlap=overlap, throughput=throughput)
+    modelled = project(
+        bare, codec, nodes, 1e300, 0.0, overlap=overlap, throughput=throughput, phases=phases
+    )
     return replace(bare, overhead_s=max(0.0, float(measured_step_s) - modelled.step_s))
 
 
@@ -409,6 +534,13 @@ class EmulatedLink:
         delay = messages * self.latency + nbytes / self.bandwidth
         self.slept_s += delay
         time.sleep(delay)
+
+    def wait_collective(self, op: str, group_size: int, nbytes: float) -> None:
+        """Sleeps what :func:`collective_terms` charges for ``op`` over ``group_size`` ranks
+        (the signature of distributed K-FAC's ``observer``)."""
+        self.wait(
+            *collective_terms(Collective(op, group_size, nbytes), self.bandwidth, self.latency)
+        )
 
     def __repr__(self) -> str:
         return f"EmulatedLink(bandwidth={self.bandwidth:g}, latency={self.latency:g})"

@@ -34,6 +34,11 @@ Every rank ends each step with bitwise-identical preconditioned gradients: each 
 one rank from state that every rank using it received as the same bytes (the owner unpacks its
 own broadcast too), and the KL clip sums the same values in the same order everywhere.
 
+Traffic. :func:`plan_traffic` computes the :class:`TrafficPlan` of an engine (every collective
+and its bytes) from the same assignment and packing code without running it; the engine's
+``observer`` hears every collective it makes (``codl bench scale`` projects and validates with
+both).
+
 Faults. Each collective is bounded by the process group's timeout
 (``init_process_group(timeout=...)``); a collective that fails (a peer died or timed out) raises
 :class:`KFACDistributedError` naming the ranks that did not answer a roll-call on the group's
@@ -58,7 +63,7 @@ from typing import Any, Protocol
 import torch
 import torch.distributed as dist
 
-from codl.optim.layers import KroneckerBlock, LayerBlock
+from codl.optim.layers import KroneckerBlock, LayerBlock, NormBlock
 from codl.optim.methods import ComputeMethod, KFACWarning, SecondOrderMethod
 
 __all__ = [
@@ -66,7 +71,9 @@ __all__ = [
     "DistributedKFAC",
     "FactorCodec",
     "KFACDistributedError",
+    "TrafficPlan",
     "assign_work",
+    "plan_traffic",
     "save_checkpoint",
 ]
 
@@ -337,23 +344,7 @@ class DistributedKFAC:
         self.size = len(self.global_ranks)
         self.rank = dist.get_rank(group)
         self.method = method
-        if isinstance(grad_worker_fraction, bool) or not isinstance(
-            grad_worker_fraction, (int, float)
-        ):
-            raise TypeError(
-                f"grad_worker_fraction: expected a number, received {grad_worker_fraction!r}"
-            )
-        workers = grad_worker_fraction * self.size
-        grad_workers = round(workers)
-        if (
-            not 1.0 / self.size - 1e-9 <= grad_worker_fraction <= 1.0
-            or abs(workers - grad_workers) > 1e-6
-            or self.size % grad_workers
-        ):
-            raise ValueError(
-                f"grad_worker_fraction: expected a value in [1/{self.size}, 1] whose product "
-                f"with the world size {self.size} divides it, received {grad_worker_fraction!r}"
-            )
+        grad_workers = grad_workers_of(grad_worker_fraction, self.size)
         if factor_dtype is not None and factor_dtype not in (torch.float16, torch.bfloat16):
             raise ValueError(
                 "factor_dtype: expected None, torch.float16 or torch.bfloat16, "
@@ -398,21 +389,19 @@ class DistributedKFAC:
             name: b for name, b in self.blocks.items() if isinstance(b, KroneckerBlock)
         }
         self.sizes = {name: _factor_sizes(b) for name, b in self.kronecker.items()}
-        costs = {
-            name: {
-                f: (float(n) ** 3 if not diagonal else float(n))
-                for f, (n, diagonal) in sizes.items()
-            }
-            for name, sizes in self.sizes.items()
-        }
         self.assignment = assign_work(
-            costs, self.size, grad_workers, colocate_factors=colocate_factors
+            inversion_costs(self.sizes), self.size, grad_workers, colocate_factors=colocate_factors
         )
         #: Layers whose state has been computed at least once (the same on every rank).
         self.refreshed: set[str] = set()
         #: Bytes this rank sent, by kind, at the last step and in total.
         self.last_bytes: dict[str, int] = {}
         self.total_bytes: dict[str, int] = {"factors": 0, "states": 0, "gradients": 0}
+        #: Called after every collective of this engine as ``observer(op, group_size, nbytes)``
+        #: (op "all_to_all" with one chunk's bytes, "all_gather" with this rank's bytes,
+        #: "broadcast" with the buffer's bytes, "allreduce"): what a link emulator
+        #: (``codl.comm.linkmodel.EmulatedLink.wait_collective``) or a byte counter needs.
+        self.observer: Callable[[str, int, int], None] | None = None
 
         a = self.assignment
         self._column_group: dist.ProcessGroup | None = None
@@ -529,6 +518,7 @@ class DistributedKFAC:
         recv = torch.empty_like(send)
         with self._guard("the factor average (all_to_all)", self.global_ranks):
             dist.all_to_all_single(recv.view(-1), send.view(-1), group=self.group)
+        self._observe("all_to_all", p, width)
         total = torch.zeros(c, dtype=flat.dtype)
         for i in range(p):  # rank order: the sum is the same wherever it runs
             codec.decode(recv[i, :nbytes], c, out=total, accumulate=True)
@@ -539,11 +529,16 @@ class DistributedKFAC:
             # all_gather_single where torch has it, else its older name.
             gather = getattr(dist, "all_gather_single", None) or dist.all_gather_into_tensor
             gather(gathered.view(-1), mine, group=self.group)
+        self._observe("all_gather", p, width)
         out = torch.empty(p * c, dtype=flat.dtype)
         for i in range(p):
             codec.decode(gathered[i, :nbytes], c, out=out[i * c : (i + 1) * c])
         self._count("factors", 2 * (p - 1) * nbytes)
         return out[:n]
+
+    def _observe(self, op: str, group_size: int, nbytes: int) -> None:
+        if self.observer is not None:
+            self.observer(op, group_size, nbytes)
 
     def _count(self, kind: str, nbytes: int) -> None:
         self.last_bytes[kind] = self.last_bytes.get(kind, 0) + nbytes
@@ -641,6 +636,7 @@ class DistributedKFAC:
                     "sharing the K-FAC states", [self.global_ranks[m] for m in members]
                 ):
                     dist.broadcast(buffer, self.global_ranks[src], group=group)
+                self._observe("broadcast", len(members), buffer.numel() * buffer.element_size())
                 if src == self.rank:
                     self._count(
                         "states", (len(members) - 1) * buffer.numel() * buffer.element_size()
@@ -696,6 +692,7 @@ class DistributedKFAC:
                 "sharing the preconditioned gradients", [self.global_ranks[m] for m in row]
             ):
                 dist.broadcast(buffer, self.global_ranks[src], group=self._row_group)
+            self._observe("broadcast", len(row), buffer.numel() * buffer.element_size())
             if src == self.rank:
                 self._count("gradients", (len(row) - 1) * buffer.numel() * buffer.element_size())
                 continue
@@ -715,12 +712,219 @@ class DistributedKFAC:
         t = torch.tensor([1 if flag else 0], dtype=torch.int32)
         with self._guard("agreeing on a flag", self.global_ranks):
             dist.all_reduce(t, op=dist.ReduceOp.MAX, group=self.group)
+        self._observe("allreduce", self.size, t.numel() * t.element_size())
         return bool(t.item())
 
 
 def _factor_sizes(block: KroneckerBlock) -> dict[str, tuple[int, bool]]:
     """Each factor's size and whether it is diagonal (known before any factor exists)."""
     return {"A": (block.a_size, block.diagonal_a), "G": (block.out_features, False)}
+
+
+def grad_workers_of(grad_worker_fraction: float, world_size: int) -> int:
+    """The gradient workers per layer, ``grad_worker_fraction · world_size``: a ValueError
+    unless the fraction is in [1/P, 1] and its product with P divides P."""
+    if isinstance(grad_worker_fraction, bool) or not isinstance(grad_worker_fraction, (int, float)):
+        raise TypeError(
+            f"grad_worker_fraction: expected a number, received {grad_worker_fraction!r}"
+        )
+    if isinstance(world_size, bool) or not isinstance(world_size, int) or world_size < 1:
+        raise ValueError(f"world_size: expected an integer >= 1, received {world_size!r}")
+    workers = grad_worker_fraction * world_size
+    grad_workers = round(workers) if math.isfinite(workers) else 0
+    if (
+        not 1.0 / world_size - 1e-9 <= grad_worker_fraction <= 1.0
+        or abs(workers - grad_workers) > 1e-6
+        or grad_workers < 1
+        or world_size % grad_workers
+    ):
+        raise ValueError(
+            f"grad_worker_fraction: expected a value in [1/{world_size}, 1] whose product "
+            f"with the world size {world_size} divides it, received {grad_worker_fraction!r}"
+        )
+    return grad_workers
+
+
+def inversion_costs(
+    sizes: Mapping[str, Mapping[str, tuple[int, bool]]],
+) -> dict[str, dict[str, float]]:
+    """The cost :func:`assign_work` balances: n³ for an n x n factor, n for a diagonal one."""
+    return {
+        name: {f: (float(n) ** 3 if not diagonal else float(n)) for f, (n, diagonal) in s.items()}
+        for name, s in sizes.items()
+    }
+
+
+# --------------------------------------------------------------------------------------------
+# the traffic plan (what the engine sends, computed without running it)
+# --------------------------------------------------------------------------------------------
+
+
+def _factor_shapes(block: LayerBlock) -> list[torch.Size]:
+    """The shapes of ``block``'s factors in the order :meth:`DistributedKFAC.reduce_factors`
+    packs them (sorted keys), known before any factor exists."""
+    if isinstance(block, KroneckerBlock):
+        a = [block.a_size] if block.diagonal_a else [block.a_size, block.a_size]
+        return [torch.Size(a), torch.Size([block.out_features, block.out_features])]
+    if isinstance(block, NormBlock):
+        return [torch.Size([block.units, block.k, block.k])]
+    raise TypeError(f"block {block.name!r}: no factor shapes for {type(block).__name__}")
+
+
+@dataclass(frozen=True)
+class TrafficPlan:
+    """What :class:`DistributedKFAC` sends for one model, world size and configuration: built
+    by :func:`plan_traffic` from the engine's own assignment and packing rules.
+
+    ``factor_*``: the factor average, one all-to-all of ``P`` chunks and one all-gather of one
+    chunk per rank, each chunk ``factor_chunk_nbytes`` of payload in a row of
+    ``factor_chunk_width`` bytes (the payload rounded up to 16: what goes on the wire).
+    ``state_broadcasts``: (column, source rank, bytes) of each broadcast of an inverse update,
+    to the column's ``grad_workers`` ranks. ``gradient_broadcasts``: (column, bytes) of each
+    broadcast of a step's preconditioned gradients, within every row (``columns`` ranks), from
+    the row's rank in that column.
+    """
+
+    world_size: int
+    assignment: Assignment
+    itemsize: int
+    factor_numel: int
+    factor_chunk_nbytes: int
+    factor_chunk_width: int
+    state_broadcasts: tuple[tuple[int, int, int], ...]
+    gradient_broadcasts: tuple[tuple[int, int], ...]
+
+    @property
+    def grad_workers(self) -> int:
+        return self.assignment.grad_workers
+
+    @property
+    def columns(self) -> int:
+        return self.assignment.columns
+
+    def rank_bytes(self, rank: int) -> dict[str, int]:
+        """Bytes ``rank`` sends at a step with a factor and an inverse update, as the engine
+        counts them (``last_bytes``: payload bytes; a broadcast counted at its source as
+        (group - 1) x buffer)."""
+        if not 0 <= rank < self.world_size:
+            raise ValueError(f"rank: expected 0 <= rank < {self.world_size}, received {rank!r}")
+        p = self.world_size
+        states = sum(
+            (self.grad_workers - 1) * nbytes
+            for _, src, nbytes in self.state_broadcasts
+            if src == rank
+        )
+        gradients = sum(
+            (self.columns - 1) * nbytes
+            for column, nbytes in self.gradient_broadcasts
+            if column == rank % self.columns
+        )
+        factors = 2 * (p - 1) * self.factor_chunk_nbytes if p > 1 else 0
+        return {"factors": factors, "states": states, "gradients": gradients}
+
+    def wire_bytes(self) -> dict[str, int]:
+        """Bytes on the wire, all ranks together, per occurrence of each exchange: the factor
+        average (each rank sends P - 1 rows in each phase), an inverse update's broadcasts and
+        one step's gradient broadcasts (a broadcast to g ranks puts (g - 1) x its buffer on
+        the wire, whatever its algorithm)."""
+        p = self.world_size
+        return {
+            "factors": p * 2 * (p - 1) * self.factor_chunk_width,
+            "states": sum((self.grad_workers - 1) * n for _, _, n in self.state_broadcasts),
+            "gradients": self.grad_workers
+            * sum((self.columns - 1) * n for _, n in self.gradient_broadcasts),
+        }
+
+    def wire_bytes_per_step(self, factor_update_steps: int, inv_update_steps: int) -> float:
+        """:meth:`wire_bytes` amortized: factors every ``factor_update_steps``, states every
+        ``inv_update_steps``, gradients every step."""
+        for name, value in (
+            ("factor_update_steps", factor_update_steps),
+            ("inv_update_steps", inv_update_steps),
+        ):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name}: expected an integer >= 1, received {value!r}")
+        wire = self.wire_bytes()
+        return (
+            wire["factors"] / factor_update_steps
+            + wire["states"] / inv_update_steps
+            + wire["gradients"]
+        )
+
+
+def plan_traffic(
+    blocks: Mapping[str, LayerBlock],
+    method: ComputeMethod | str,
+    world_size: int,
+    *,
+    grad_worker_fraction: float = 1.0,
+    factor_dtype: torch.dtype | None = None,
+    factor_codec: FactorCodec | None = None,
+    colocate_factors: bool = False,
+) -> TrafficPlan:
+    """The :class:`TrafficPlan` of a :class:`DistributedKFAC` built with these arguments on
+    ``world_size`` ranks (``blocks``: a preconditioner's, e.g. ``KFACPreconditioner(model)``
+    on one process): the same :func:`assign_work`, the same packing (upper triangles, one flag
+    value per packed part) and the same payload rules. Every block is taken to have factors
+    and a gradient (the steady state)."""
+    method = ComputeMethod.parse(method)
+    grad_workers = grad_workers_of(grad_worker_fraction, world_size)
+    if factor_dtype is not None and factor_dtype not in (torch.float16, torch.bfloat16):
+        raise ValueError(
+            "factor_dtype: expected None, torch.float16 or torch.bfloat16, "
+            f"received {factor_dtype!r}"
+        )
+    if factor_codec is not None and factor_dtype is not None:
+        raise ValueError("factor_codec and factor_dtype: give one of them, not both")
+    kronecker = {n: b for n, b in blocks.items() if isinstance(b, KroneckerBlock)}
+    sizes = {name: _factor_sizes(b) for name, b in kronecker.items()}
+    assignment = assign_work(
+        inversion_costs(sizes), world_size, grad_workers, colocate_factors=colocate_factors
+    )
+    params = [p for b in blocks.values() for p in b.params()]
+    dtype = params[0].dtype if params else torch.float32
+    itemsize = torch.empty((), dtype=dtype).element_size()
+
+    n = sum(_packed_numel(shape) for b in blocks.values() for shape in _factor_shapes(b))
+    chunk = -(-n // world_size)
+    if factor_codec is not None:
+        nbytes = int(factor_codec.encoded_nbytes(chunk))
+    elif factor_dtype is not None:
+        nbytes = chunk * torch.empty((), dtype=factor_dtype).element_size()
+    else:
+        nbytes = chunk * itemsize
+    width = -(-nbytes // _ALIGN) * _ALIGN
+
+    states: list[tuple[int, int, int]] = []
+    if grad_workers > 1:
+        for column in range(assignment.columns):
+            names = [name for name in kronecker if assignment.column[name] == column]
+            for src in assignment.column_ranks(column):
+                numel = 0
+                for name in names:
+                    for factor, (size, diagonal) in sizes[name].items():
+                        if assignment.owner[(name, factor)] == src:
+                            shapes = _part_shapes(method, factor, size, diagonal)
+                            numel += 1 + sum(_vector_numel(k, s) for k, s in shapes.items())
+                if numel:
+                    states.append((column, src, numel * itemsize))
+    gradients: list[tuple[int, int]] = []
+    if assignment.columns > 1:
+        by_column: dict[int, int] = {}
+        for name, block in kronecker.items():
+            numel = 1 + sum(p.numel() for p in block.params())
+            by_column[assignment.column[name]] = by_column.get(assignment.column[name], 0) + numel
+        gradients = [(column, by_column[column] * itemsize) for column in sorted(by_column)]
+    return TrafficPlan(
+        world_size=world_size,
+        assignment=assignment,
+        itemsize=itemsize,
+        factor_numel=n,
+        factor_chunk_nbytes=nbytes if world_size > 1 else 0,
+        factor_chunk_width=width if world_size > 1 else 0,
+        state_broadcasts=tuple(states),
+        gradient_broadcasts=tuple(gradients),
+    )
 
 
 # --------------------------------------------------------------------------------------------

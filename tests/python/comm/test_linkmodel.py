@@ -4,6 +4,7 @@ link emulator's accounting and ``codl bench comm``."""
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import pytest
 import torch
@@ -19,11 +20,15 @@ from codl.comm.linkmodel import (
     PRESETS,
     TOFU_D,
     CodecThroughput,
+    Collective,
     EmulatedLink,
+    Phase,
     StepProfile,
     break_even_bandwidth,
     bucket_layout,
     codec_time,
+    collective_terms,
+    collective_time,
     comm_time,
     measure_powersgd_throughput,
     profile_step,
@@ -224,3 +229,81 @@ def test_bench_comm_rows_agree_with_project() -> None:
             exact = two_phase_bytes(FP16(), numel, nodes) / ring_allreduce_bytes(numel, nodes)
             assert r.notes["bytes_ratio"] == round(exact, 4)
             assert 0.5 <= exact < (0.5001 if nodes == 2 else 0.55)
+
+
+# --------------------------------------------------------------------------------------------
+# collectives and phases (K-FAC's traffic in the projection)
+# --------------------------------------------------------------------------------------------
+
+
+def test_collective_terms_by_hand() -> None:
+    # Ring allreduce of 1000 bytes over 4: 2 (P - 1) = 6 messages, 2 * 3 / 4 * 1000 bytes.
+    assert collective_terms(Collective("allreduce", 4, 1000), 1e9, 1e-6) == (6, 1500.0)
+    # All-to-all and all-gather of 100-byte chunks over 4: 3 messages of 100 bytes each.
+    assert collective_terms(Collective("all_to_all", 4, 100), 1e9, 1e-6) == (3, 300.0)
+    assert collective_terms(Collective("all_gather", 4, 100), 1e9, 1e-6) == (3, 300.0)
+    # Broadcast over 4: tree = 2 steps of the whole buffer; scatter + all-gather =
+    # (2 + 3) messages and 2 * 3 / 4 of the buffer. 100 bytes: the tree (2.2e-6 s < 5.15e-6 s).
+    assert collective_terms(Collective("broadcast", 4, 100), 1e9, 1e-6) == (2, 200.0)
+    # 1e8 bytes: tree 0.2 s + 2 us, scatter + all-gather 0.15 s + 5 us.
+    assert collective_terms(Collective("broadcast", 4, 1e8), 1e9, 1e-6) == (5, 1.5e8)
+    # Alone in its group: nothing moves.
+    assert collective_terms(Collective("broadcast", 1, 1e8), 1e9, 1e-6) == (0, 0.0)
+    assert collective_time(Collective("all_gather", 4, 100), 1e9, 1e-6) == pytest.approx(
+        3e-6 + 300 / 1e9, rel=1e-12
+    )
+
+
+def test_project_adds_amortized_phases_by_hand() -> None:
+    phase = Phase(
+        "kfac",
+        every=4,
+        compute_s=0.004,
+        lanes=((Collective("allreduce", 4, 1000),), (Collective("broadcast", 2, 500),)),
+    )
+    # Lanes in parallel: max(6 us + 1500 B / 1e9, 1 us + 500 B / 1e9); every 4th step.
+    once = 0.004 + max(6e-6 + 1500 / 1e9, 1e-6 + 500 / 1e9)
+    assert phase.time(1e9, 1e-6) == pytest.approx(once, rel=1e-12)
+    base = project(PROFILE, None, 4, 1e9, 1e-6, overlap=False)
+    result = project(PROFILE, None, 4, 1e9, 1e-6, overlap=False, phases=[phase])
+    assert result.phases_s == pytest.approx(once / 4, rel=1e-12)
+    assert result.step_s == pytest.approx(base.step_s + once / 4, rel=1e-12)
+    assert result.efficiency == pytest.approx(0.03 / result.step_s, rel=1e-12)
+    ref = project(PROFILE, None, 4, 1e9, 1e-6, overlap=False, phases=[phase], reference_s=0.05)
+    assert ref.efficiency == pytest.approx(0.05 / result.step_s, rel=1e-12)
+    # The overhead measured with phases leaves out their compute (the link is instantaneous).
+    calibrated = with_measured_overhead(PROFILE, 0.04, None, 4, overlap=False, phases=[phase])
+    assert calibrated.overhead_s == pytest.approx(0.04 - 0.03 - 0.004 / 4, rel=1e-9)
+
+
+def test_emulated_link_sleeps_what_a_collective_costs() -> None:
+    link = EmulatedLink(1e9, 1e-6)
+    link.wait_collective("all_to_all", 4, 1000)
+    assert link.slept_s == pytest.approx(3e-6 + 3000 / 1e9, rel=1e-12)
+
+
+@pytest.mark.parametrize(
+    ("make", "match"),
+    [
+        (lambda: Collective("reduce", 4, 10), "op: expected one of"),
+        (lambda: Collective("broadcast", 0, 10), "group_size: expected an integer >= 1"),
+        (lambda: Collective("broadcast", 2, -1), "nbytes: expected a finite number >= 0"),
+        (lambda: Phase("p", every=0), "every: expected an integer >= 1"),
+        (lambda: Phase("p", every=1, compute_s=-1.0), "compute_s: expected a finite number"),
+        (
+            lambda: collective_time(Collective("broadcast", 2, 10), -1e9, 1e-6),
+            "bandwidth: expected a finite number > 0",
+        ),
+        (
+            lambda: project(PROFILE, None, 0, 1e9, 1e-6, phases=[Phase("p", 1)]),
+            "nodes: expected an integer >= 1",
+        ),
+        (
+            lambda: project(PROFILE, None, 2, 1e9, 1e-6, reference_s=0.0),
+            "reference_s: expected a finite number > 0",
+        ),
+    ],
+)
+def test_collectives_and_phases_refuse_bad_input(make: Any, match: str) -> None:
+    with pytest.raises(ValueError, match=match):
+        make()
