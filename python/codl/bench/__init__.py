@@ -61,10 +61,15 @@ class Result:
     #: What the two sides are, for the table's columns ("codl ms", "torch ms" unless set).
     codl_label: str = "codl"
     baseline_label: str = "torch"
+    #: Why the case was not timed (its baseline's package is not installed, say); its times
+    #: and ratio are then 0 and mean nothing.
+    skipped: str | None = None
 
     def ratio_refused(self) -> str | None:
         """Why :attr:`ratio` means nothing (:func:`codl.bench.timing.refusal_reason`), or
         None."""
+        if self.skipped is not None:
+            return f"skipped: {self.skipped}"
         return refusal_reason(
             self.codl_ms,
             self.codl_iqr_ms,
@@ -153,7 +158,8 @@ MICROBENCHMARKS: dict[str, tuple[str, str]] = {
         "gradient, which the projected step always uses)",
     ),
     "formats": (
-        ".codl decode against gzip + torch.load of the same tensor",
+        ".codl decode against gzip + torch.load of the same tensor; a MiniLM-shaped model's "
+        "save and load against torch.save, safetensors and ZipNN",
         "side of the square float32 weight (default 4096)",
     ),
     "kfac": (
@@ -327,6 +333,9 @@ def format_table(results: list[Result]) -> str:
             lines.append("")
         lines += [header, "-" * len(header)]
         for r in group:
+            if r.skipped is not None:
+                lines.append(f"{r.benchmark:<10} {r.case:<24} {r.numel:>10} skipped: {r.skipped}")
+                continue
             load = "" if r.load_average is None else f"{r.load_average:.1f}"
             wait = "" if r.cpu_wait is None else f"{r.cpu_wait:.2f}"
             lines.append(
@@ -336,7 +345,7 @@ def format_table(results: list[Result]) -> str:
             )
     for r in results:
         reason = r.ratio_refused()
-        if reason:
+        if reason and r.skipped is None:
             lines.append(f"{r.benchmark}/{r.case}: no ratio: {reason}")
     for r in results:
         if r.notes:
@@ -348,6 +357,14 @@ def format_table(results: list[Result]) -> str:
             "IQR: interquartile range of the timed blocks; load: 1-minute load average; "
             "CPU wait: seconds the threads waited for a CPU per second timed"
         )
+    # A benchmark may sum its rows up in a table of its own (``markdown_table(results)``).
+    for name in dict.fromkeys(r.benchmark for r in results):
+        if name not in MICROBENCHMARKS:
+            continue
+        summary = getattr(importlib.import_module(f"codl.bench.{name}"), "markdown_table", None)
+        text = summary([r for r in results if r.benchmark == name]) if summary else ""
+        if text:
+            lines += ["", text]
     return "\n".join(lines)
 
 

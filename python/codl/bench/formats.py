@@ -11,15 +11,34 @@ scaled down with ``size``), random normal weights of std 0.05 (trained weights c
 little better losslessly). ``codl.load`` of the .codl file against ``torch.load`` of the plain
 ``torch.save`` file, both from the page cache, and ``codl.save`` against ``torch.save``, at the
 benchmark's thread count.
+
+The lossless MiniLM case is also timed against the two public lossless formats, each in its own
+interleaved pair with codl: **safetensors** (``safetensors.torch.save_file``, and ``load`` of the
+file's bytes, so the tensors are in memory as after ``torch.load`` and ``codl.load``;
+``load_file`` maps the file instead and its call returns before any page is read) and **ZipNN**
+(``ZipNN(input_format="torch", threads=T)``, one blob per tensor, the blobs in one file after a
+JSON index of names and lengths; 0.5.4 rotates a float32 tensor's bits in place while it
+compresses, so its save compresses a copy, and the copy is in its time). torch.save/torch.load
+and safetensors have no thread setting and run on the calling thread; ZipNN and codl get the
+benchmark's thread count. Both libraries are optional (``pip install codl[bench]``): where one
+is not importable its rows say ``skipped: not installed``. :func:`markdown_table` sums the
+MiniLM rows up per baseline: file sizes over the raw bytes, save and load times, codl's ratios.
 """
 
 from __future__ import annotations
 
 import gzip
+import importlib
 import io
+import json
 import os
 import tempfile
+import warnings
+from collections.abc import Callable
 from dataclasses import replace
+from functools import partial
+from types import ModuleType
+from typing import Any
 
 import torch
 
@@ -121,14 +140,105 @@ def minilm_state_dict(side: int = DEFAULT_SIDE) -> dict[str, torch.Tensor]:
     return {name: torch.randn(shape, generator=generator) * 0.05 for name, shape in shapes}
 
 
-def model_cases(side: int, directory: str) -> tuple[list[Case], dict[str, dict[str, float]]]:
-    """Load and save of the MiniLM-shaped state dict, files written under ``directory``."""
+#: The public lossless formats the lossless MiniLM case is also timed against: label -> the
+#: module that must be importable and the package that provides it.
+OPTIONAL_BASELINES: dict[str, tuple[str, str]] = {
+    "safetensors": ("safetensors.torch", "safetensors"),
+    "ZipNN": ("zipnn", "zipnn"),
+}
+
+
+def optional_module(name: str) -> ModuleType | None:
+    """``importlib.import_module(name)``, or None when it cannot be imported (zipnn 0.5.4 warns
+    about ``torch.jit.script`` on import: silenced here)."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)
+            return importlib.import_module(name)
+    except ImportError:
+        return None
+
+
+def zipnn_save(module: Any, state: dict[str, torch.Tensor], path: str, threads: int) -> None:
+    """Each tensor compressed by ``ZipNN(input_format="torch", threads=threads)``, the blobs in
+    one file after an 8-byte length and a JSON index (names, blob lengths)."""
+    codec = module.ZipNN(input_format="torch", threads=threads)
+    # zipnn 0.5.4 rotates a float32 tensor's bits in place while it compresses: give it a copy.
+    blobs = [bytes(codec.compress(tensor.clone())) for tensor in state.values()]
+    index = json.dumps({"names": list(state), "lengths": [len(b) for b in blobs]}).encode()
+    with open(path, "wb") as file:
+        file.write(len(index).to_bytes(8, "little"))
+        file.write(index)
+        for blob in blobs:
+            file.write(blob)
+
+
+def zipnn_load(module: Any, path: str, threads: int) -> dict[str, torch.Tensor]:
+    """The state dict :func:`zipnn_save` wrote to ``path``."""
+    codec = module.ZipNN(input_format="torch", threads=threads)
+    with open(path, "rb") as file:
+        data = memoryview(file.read())
+    length = int.from_bytes(data[:8], "little")
+    index = json.loads(bytes(data[8 : 8 + length]))
+    offset = 8 + length
+    state: dict[str, torch.Tensor] = {}
+    for name, size in zip(index["names"], index["lengths"], strict=True):
+        state[name] = codec.decompress(data[offset : offset + size])
+        offset += size
+    return state
+
+
+def safetensors_load(module: Any, path: str) -> dict[str, torch.Tensor]:
+    """safetensors' ``load`` of the file's bytes: every tensor in memory, as ``torch.load`` and
+    ``codl.load`` return them (``load_file`` maps the file and reads pages on first touch)."""
+    with open(path, "rb") as file:
+        loaded: dict[str, torch.Tensor] = module.load(file.read())
+    return loaded
+
+
+def _baseline_io(
+    label: str, module: Any, threads: int
+) -> tuple[Callable[[dict[str, torch.Tensor], str], None], Callable[[str], dict[str, Any]]]:
+    """Save and load functions of an optional baseline."""
+    if label == "safetensors":
+        return (lambda state, path: module.save_file(state, path)), (
+            lambda path: safetensors_load(module, path)
+        )
+    return (lambda state, path: zipnn_save(module, state, path, threads)), (
+        lambda path: zipnn_load(module, path, threads)
+    )
+
+
+def model_cases(
+    side: int, directory: str, threads: int = 1
+) -> tuple[list[Case], dict[str, dict[str, float]], list[tuple[str, int, str]]]:
+    """Load and save of the MiniLM-shaped state dict, files written under ``directory``; the
+    sizes each case's files have, and the (case, values, reason) of each skipped baseline."""
     state = minilm_state_dict(side)
     numel = sum(t.numel() for t in state.values())
+    raw_bytes = float(sum(t.numel() * t.element_size() for t in state.values()))
     plain = os.path.join(directory, "plain.pt")
     torch.save(state, plain)
     result: list[Case] = []
     sizes: dict[str, dict[str, float]] = {}
+    skipped: list[tuple[str, int, str]] = []
+
+    def file_sizes(codl_bytes: int, baseline_bytes: int, torch_save: bool) -> dict[str, float]:
+        figures = {
+            "codl_file_bytes": float(codl_bytes),
+            "baseline_file_bytes": float(baseline_bytes),
+        }
+        ratio = round(baseline_bytes / codl_bytes, 3)
+        if torch_save:  # the key the rows against torch.save always had
+            figures["codl_x_smaller_than_torch_save"] = ratio
+        return {
+            **figures,
+            "raw_bytes": raw_bytes,
+            "codl_size_ratio": round(raw_bytes / codl_bytes, 4),
+            "baseline_size_ratio": round(raw_bytes / baseline_bytes, 4),
+            "codl_x_smaller_than_baseline": ratio,
+        }
+
     for label, plan in MODEL_PLANS.items():
         path = os.path.join(directory, f"{label}.codl")
         blob, decoded = encode_state_dict(state, plan)
@@ -137,10 +247,7 @@ def model_cases(side: int, directory: str) -> tuple[list[Case], dict[str, dict[s
         # What torch.load reads back is the state dict codl returns: the same values.
         baseline_path = os.path.join(directory, f"{label}.pt")
         torch.save(decoded, baseline_path)
-        file_sizes = {
-            "codl_file_bytes": float(len(blob)),
-            "baseline_file_bytes": float(os.path.getsize(baseline_path)),
-        }
+        torch_sizes = file_sizes(len(blob), os.path.getsize(baseline_path), True)
 
         def load_codl(path: str = path) -> dict[str, torch.Tensor]:
             return codl.load(path)
@@ -158,13 +265,50 @@ def model_cases(side: int, directory: str) -> tuple[list[Case], dict[str, dict[s
             return True
 
         name = f"MiniLM-L6 {label}"
-        result.append(Case(f"{name} load (vs torch.load)", numel, load_codl, load_torch, _same))
-        result.append(
-            Case(f"{name} save (vs torch.save)", numel, save_codl, save_torch, lambda a, b: a == b)
-        )
-        sizes[f"{name} load (vs torch.load)"] = file_sizes
-        sizes[f"{name} save (vs torch.save)"] = file_sizes
-    return result, sizes
+        pairs: list[tuple[str, str, Callable[[], object], Callable[[], object], dict[str, float]]]
+        pairs = [("torch.load", "torch.save", load_torch, save_torch, torch_sizes)]
+        # The public lossless formats: against the lossless case only (the quantized cases'
+        # baselines store the dequantized float32 values, which is not what they would ship).
+        for baseline in OPTIONAL_BASELINES if plan is None else ():
+            module_name, package = OPTIONAL_BASELINES[baseline]
+            module = optional_module(module_name)
+            if module is None:
+                reason = f"not installed (pip install {package})"
+                skipped += [
+                    (f"{name} {op} (vs {baseline})", numel, reason) for op in ("load", "save")
+                ]
+                continue
+            save_to, load_from = _baseline_io(baseline, module, threads)
+            saved = os.path.join(directory, f"{label}.{baseline}")
+            save_to(state, saved)
+
+            def save_other(
+                save_to: Callable[[dict[str, torch.Tensor], str], None] = save_to,
+                saved: str = saved,
+            ) -> bool:
+                save_to(state, saved + ".new")
+                return True
+
+            sized = file_sizes(len(blob), os.path.getsize(saved), False)
+            pairs.append((baseline, baseline, partial(load_from, saved), save_other, sized))
+        for load_label, save_label, load_side, save_side, sized in pairs:
+            load_case = f"{name} load (vs {load_label})"
+            save_case = f"{name} save (vs {save_label})"
+            result.append(Case(load_case, numel, load_codl, load_side, _same))
+            result.append(Case(save_case, numel, save_codl, save_side, lambda a, b: a == b))
+            sizes[load_case] = sized
+            sizes[save_case] = sized
+    return result, sizes, skipped
+
+
+#: The thread count each baseline runs at: ZipNN takes the benchmark's; torch.save/torch.load
+#: and safetensors have no setting and run on the calling thread.
+def baseline_threads(baseline: str, threads: int) -> int:
+    return threads if baseline == "ZipNN" else 1
+
+
+def _baseline_of(case: str) -> str:
+    return case.rsplit("(vs ", 1)[1].rstrip(")")
 
 
 def run(*, size: int | None, repeat: int, threads: int, progress: bool) -> list[Result]:
@@ -173,21 +317,19 @@ def run(*, size: int | None, repeat: int, threads: int, progress: bool) -> list[
     side = size or DEFAULT_SIDE
     case_list, sizes = cases(side)
     with tempfile.TemporaryDirectory(prefix="codl-bench-formats-") as directory:
-        model_list, model_sizes = model_cases(side, directory)
+        model_list, model_sizes, skipped = model_cases(side, directory, threads)
         sizes.update(model_sizes)
         results = run_cases("formats", case_list + model_list, repeat, threads, progress)
     noted = []
     for r in results:
         if r.case.startswith("MiniLM"):
             in_mb = 4 * r.numel / 1e6
-            baseline = "torch.save" if " save " in r.case else "torch.load"
+            baseline = _baseline_of(r.case)
             model_notes = {
                 "codl_MB_per_s_float32": round(in_mb / (r.codl_ms * 1e-3), 1),
                 "baseline_MB_per_s_float32": round(in_mb / (r.baseline_ms * 1e-3), 1),
                 **sizes[r.case],
-                "codl_x_smaller_than_torch_save": round(
-                    sizes[r.case]["baseline_file_bytes"] / sizes[r.case]["codl_file_bytes"], 3
-                ),
+                "baseline_threads": float(baseline_threads(baseline, threads)),
             }
             noted.append(replace(r, notes=model_notes, baseline_label=baseline))
             continue
@@ -199,4 +341,80 @@ def run(*, size: int | None, repeat: int, threads: int, progress: bool) -> list[
             "codl_x_smaller_than_float32": round(4 * r.numel / sizes[r.case]["codl_file_bytes"], 1),
         }
         noted.append(replace(r, notes=notes, baseline_label="torch.load"))
+    dispatch = codl.get_dispatch_level()
+    for case, numel, reason in skipped:
+        noted.append(skipped_result(case, numel, reason, dispatch=dispatch, threads=threads))
     return noted
+
+
+def skipped_result(case: str, numel: int, reason: str, *, dispatch: str, threads: int) -> Result:
+    """The row of a case whose baseline could not run: no timings, ``skipped`` says why."""
+    return Result(
+        "formats",
+        case,
+        numel,
+        codl_ms=0.0,
+        baseline_ms=0.0,
+        ratio=0.0,
+        dispatch=dispatch,
+        threads=threads,
+        baseline_label=_baseline_of(case),
+        skipped=reason,
+    )
+
+
+def markdown_table(results: list[Result]) -> str:
+    """The MiniLM rows as one Markdown table, a row per codl case and baseline: file sizes as
+    raw bytes over file bytes, save and load medians (IQR) of both sides in milliseconds, and
+    codl's ratios (baseline / codl time, so > 1: codl is faster; baseline file / codl file)."""
+    rows: dict[tuple[str, str], dict[str, Result]] = {}
+    for r in results:
+        if r.benchmark != "formats" or not r.case.startswith("MiniLM-L6 "):
+            continue
+        label, op = r.case.removeprefix("MiniLM-L6 ").split(" ")[:2]
+        baseline = (
+            _baseline_of(r.case).replace("torch.load", "torch").replace("torch.save", "torch")
+        )
+        rows.setdefault((label, baseline), {})[op] = r
+    if not rows:
+        return ""
+    threads = next(iter(next(iter(rows.values())).values())).threads
+    lines = [
+        f"MiniLM-L6 state dict, {threads} thread(s) (ms: median (IQR); x: baseline / codl)",
+        "",
+        "| case | baseline | raw/file codl | raw/file baseline | codl x smaller "
+        "| save ms codl | save ms baseline | save x | load ms codl | load ms baseline | load x |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for (label, baseline), ops in rows.items():
+        first = next(iter(ops.values()))
+        if first.skipped is not None:
+            cells = [label, baseline, f"skipped: {first.skipped}", *[""] * 8]
+            lines.append("| " + " | ".join(cells) + " |")
+            continue
+        notes = first.notes
+        cells = [
+            label,
+            baseline if baseline != "ZipNN" else f"ZipNN ({first.threads} thr)",
+            f"{notes['codl_size_ratio']:.4f}",
+            f"{notes['baseline_size_ratio']:.4f}",
+            f"{notes['codl_x_smaller_than_baseline']:.3f}x",
+        ]
+        for op in ("save", "load"):
+            timed = ops.get(op)
+            if timed is None:
+                cells += ["", "", ""]
+                continue
+            reason = timed.ratio_refused()
+            cells += [
+                f"{timed.codl_ms:.1f} ({timed.codl_iqr_ms:.1f})",
+                f"{timed.baseline_ms:.1f} ({timed.baseline_iqr_ms:.1f})",
+                f"n/a ({reason.split(':')[0]})" if reason else f"{timed.ratio:.2f}x",
+            ]
+        lines.append("| " + " | ".join(cells) + " |")
+    lines.append("")
+    lines.append(
+        "torch.save/torch.load and safetensors run on the calling thread (no thread setting); "
+        "codl and ZipNN at the benchmark's threads"
+    )
+    return "\n".join(lines)
