@@ -140,6 +140,19 @@ bool uses_spans(const ConvGeometry& g) {
     return g.stride_h == 1 && g.stride_w == 1 && g.out_w() < kNarrowRow && active_isa() == IsaLevel::amx;
 }
 
+// Calls row_fn(n, oh, acc) for every output row of the batch, in parallel (at least
+// kMinMacsPerThread multiply-adds a thread), acc a per-thread buffer of acc_size sums.
+template <typename RowFn>
+void for_each_row(const ConvGeometry& g, std::size_t batch, int num_threads, std::size_t acc_size, RowFn row_fn) {
+    const std::size_t oh_count = g.out_h(), ow_count = g.out_w();
+    const std::size_t macs_per_pixel = std::max<std::size_t>(g.out_c_padded() * g.reduction(), 1);
+    const std::size_t min_rows = std::max<std::size_t>(1, kMinMacsPerThread / (ow_count * macs_per_pixel));
+    parallel_for(batch * oh_count, 1, min_rows, num_threads, [&](std::size_t begin, std::size_t end) {
+        std::vector<std::int32_t> acc(acc_size);
+        for (std::size_t row = begin; row < end; ++row) row_fn(row / oh_count, row % oh_count, acc.data());
+    });
+}
+
 // Runs the kernel over all output pixels, in parallel, and hands each run of pixels of one
 // output row to sink(n, oh, ow0, count, acc), acc holding count x out_c_padded sums.
 template <typename Sink>
@@ -173,14 +186,9 @@ void for_each_run(const ConvGeometry& g, std::size_t batch, const std::uint8_t* 
         });
         return;
     }
-    const std::size_t min_rows = std::max<std::size_t>(1, kMinMacsPerThread / (ow_count * macs_per_pixel));
-    parallel_for(batch * oh_count, 1, min_rows, num_threads, [&](std::size_t begin, std::size_t end) {
-        std::vector<std::int32_t> acc(ow_count * co_pad);
-        for (std::size_t row = begin; row < end; ++row) {
-            const std::size_t n = row / oh_count, oh = row % oh_count;
-            kernels.conv_row_i8(g, image + n * image_bytes, blocked, w_sums, oh, 0, ow_count, acc.data());
-            sink(n, oh, 0, ow_count, acc.data());
-        }
+    for_each_row(g, batch, num_threads, ow_count * co_pad, [&](std::size_t n, std::size_t oh, std::int32_t* acc) {
+        kernels.conv_row_i8(g, image + n * image_bytes, blocked, w_sums, oh, 0, ow_count, acc);
+        sink(n, oh, 0, ow_count, acc);
     });
 }
 
@@ -366,6 +374,15 @@ ConvStatus conv2d(const ConvArgs& a, int num_threads) {
     const ConvOutput output = a.output;
     void* out = a.out;
     const ConvKernels& kernels = *active_table().conv;
+    if (output == ConvOutput::i8_nhwc && kernels.conv_row_requant_i8 && !uses_spans(g)) {
+        const std::size_t image_bytes = g.padded_h() * g.padded_w() * g.channels();
+        std::int8_t* q = static_cast<std::int8_t*>(out);
+        for_each_row(g, a.batch, num_threads, 0, [&](std::size_t n, std::size_t oh, std::int32_t*) {
+            kernels.conv_row_requant_i8(g, image + n * image_bytes, blocked, sums, oh, 0, ow_count, out_c, mult, bias,
+                                        relu, inverse_out, q + (n * oh_count + oh) * ow_count * out_c);
+        });
+        return ConvStatus::ok;
+    }
     for_each_run(g, a.batch, image, blocked, sums, num_threads,
                  [&](std::size_t n, std::size_t oh, std::size_t ow0, std::size_t count, const std::int32_t* acc) {
         if (output == ConvOutput::f32_nchw) {

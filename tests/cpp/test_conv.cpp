@@ -161,6 +161,94 @@ TEST_CASE("conv_row_i8 matches the reference bit for bit on every shape, extreme
     }
 }
 
+TEST_CASE("conv_row_requant_i8 equals conv_row_i8 then epilogue_i8 of the reference, bit for bit, on every ISA that fuses") {
+    std::uniform_real_distribution<float> scale(-0.002f, 0.002f);
+    for (const Shape& shape : shapes()) {
+        const ConvGeometry& g = shape.g;
+        const std::size_t co_pad = g.out_c_padded(), ow = g.out_w(), n = g.out_c;
+        std::vector<std::uint8_t> image(g.padded_h() * g.padded_w() * g.channels());
+        for (auto& b : image) b = static_cast<std::uint8_t>(rng()());
+        const std::vector<std::int8_t> w = random_weights(g, -128, 127);
+        std::vector<std::int8_t> blocked(co_pad * g.reduction());
+        std::vector<std::int32_t> sums(co_pad);
+        codl::conv_block_weights(g, w.data(), blocked.data(), sums.data());
+        std::vector<float> mult(n), bias(n);
+        for (std::size_t i = 0; i < n; ++i) {
+            mult[i] = scale(rng());
+            bias[i] = 1000.0f * scale(rng());
+        }
+        if (n > 1) bias[1] = std::numeric_limits<float>::quiet_NaN();
+        const std::size_t oh = g.out_h() / 2;
+        std::vector<std::int32_t> acc(ow * co_pad);
+        codl::ref::conv_kernels.conv_row_i8(g, image.data(), blocked.data(), sums.data(), oh, 0, ow, acc.data());
+        for (int relu = 0; relu < 2; ++relu) {
+            for (int with_bias = 0; with_bias < 2; ++with_bias) {
+                const float* b = with_bias ? bias.data() : nullptr;
+                std::vector<std::int8_t> expected(ow * n + 1, 9);
+                codl::ref::conv_kernels.epilogue_i8(acc.data(), co_pad, ow, n, mult.data(), b, relu, 0.5f, expected.data());
+                std::size_t clamped = 0, zero = 0;
+                for (std::size_t i = 0; i < ow * n; ++i) {
+                    clamped += expected[i] == 127 || expected[i] == -127;
+                    zero += expected[i] == 0;
+                }
+                // The scales put outputs on both sides of the clamps and of zero.
+                CHECK_MSG(clamped < ow * n && zero < ow * n, shape.what);
+                codl_test::for_each_isa([&](IsaLevel isa, const codl::KernelTable& table) {
+                    if (!table.conv->conv_row_requant_i8) return;
+                    const std::string at = std::string(codl::isa_name(isa)) + " " + shape.what +
+                                           " relu=" + std::to_string(relu) + " bias=" + std::to_string(with_bias);
+                    std::vector<std::int8_t> q(ow * n + 1, 9);
+                    table.conv->conv_row_requant_i8(g, image.data(), blocked.data(), sums.data(), oh, 0, ow, n,
+                                                    mult.data(), b, relu, 0.5f, q.data());
+                    CHECK_MSG(q == expected, at);
+                    if (ow > 1) {  // a part of the row starting mid-row
+                        std::vector<std::int8_t> part((ow - 1) * n + 1, 9);
+                        table.conv->conv_row_requant_i8(g, image.data(), blocked.data(), sums.data(), oh, 1, ow - 1, n,
+                                                        mult.data(), b, relu, 0.5f, part.data());
+                        CHECK_MSG(std::equal(part.begin(), part.end() - 1, expected.begin() + n), at + " ow0=1");
+                        CHECK_MSG(part.back() == 9, at + " wrote past count");
+                    }
+                });
+            }
+        }
+    }
+}
+
+TEST_CASE("conv_row_i8 and conv_row_requant_i8: every row width from 1 to 29 pixels, one to three channel blocks") {
+    // Kernels cut a row into tiles of several pixels and a last tile of the rest: every
+    // remainder of every tile size, for single blocks of 16 channels, pairs, and both.
+    std::vector<float> mult(48, 0.001f);
+    for (std::size_t co : {std::size_t{16}, std::size_t{32}, std::size_t{48}}) {
+        for (std::size_t width = 1; width <= 29; ++width) {
+            const ConvGeometry g = geometry(8, 3, width, co, 3, 1, 1, 1);
+            std::vector<std::uint8_t> image(g.padded_h() * g.padded_w() * g.channels());
+            for (auto& b : image) b = static_cast<std::uint8_t>(rng()());
+            const std::vector<std::int8_t> w = random_weights(g, -128, 127);
+            std::vector<std::int8_t> blocked(co * g.reduction());
+            std::vector<std::int32_t> sums(co);
+            codl::conv_block_weights(g, w.data(), blocked.data(), sums.data());
+            std::vector<std::int32_t> expected(width * co);
+            codl::ref::conv_kernels.conv_row_i8(g, image.data(), blocked.data(), sums.data(), 1, 0, width, expected.data());
+            std::vector<std::int8_t> expected_q(width * co);
+            codl::ref::conv_kernels.epilogue_i8(expected.data(), co, width, co, mult.data(), nullptr, false, 1.0f,
+                                                expected_q.data());
+            codl_test::for_each_isa([&](IsaLevel isa, const codl::KernelTable& table) {
+                const std::string at = std::string(codl::isa_name(isa)) + " co=" + std::to_string(co) +
+                                       " width=" + std::to_string(width);
+                std::vector<std::int32_t> acc(width * co);
+                table.conv->conv_row_i8(g, image.data(), blocked.data(), sums.data(), 1, 0, width, acc.data());
+                CHECK_MSG(acc == expected, at);
+                if (table.conv->conv_row_requant_i8) {
+                    std::vector<std::int8_t> q(width * co);
+                    table.conv->conv_row_requant_i8(g, image.data(), blocked.data(), sums.data(), 1, 0, width, co,
+                                                    mult.data(), nullptr, false, 1.0f, q.data());
+                    CHECK_MSG(q == expected_q, at + " requantized");
+                }
+            });
+        }
+    }
+}
+
 TEST_CASE("conv epilogues equal the reference bit for bit on every ISA, NaN, signed zeros and tails included") {
     std::uniform_real_distribution<float> scale(-0.05f, 0.05f);
     for (std::size_t n : {std::size_t{1}, std::size_t{7}, std::size_t{8}, std::size_t{15}, std::size_t{16},

@@ -81,6 +81,15 @@ struct ConvKernels {
                         const float* mult, const float* bias, bool relu, float inverse, std::int8_t* q);
     // The input's bytes: q[i] = quantize_i8(x[i], inverse) + 128 (x finite).
     void (*quantize_u8)(const float* x, std::size_t n, float inverse, std::uint8_t* q);
+    // conv_row_i8 then epilogue_i8 of the same pixels in one pass: q[p * n + co] for p < count
+    // and co < n (n <= out_c_padded), bit for bit what the two give, with the sums requantized
+    // while they are still in registers (a row's int32 sums of 64 channels and 256 pixels are
+    // 64 KiB: written out and read back they cost a 3x3 64-channel layer 7% of its time).
+    // Null in a table whose ISA does not fuse: the core then runs the two.
+    void (*conv_row_requant_i8)(const ConvGeometry& g, const std::uint8_t* image, const std::int8_t* w,
+                                const std::int32_t* w_sums, std::size_t oh, std::size_t ow0, std::size_t count,
+                                std::size_t n, const float* mult, const float* bias, bool relu, float inverse,
+                                std::int8_t* q) = nullptr;
 };
 
 // q = nearbyint(x * inverse) clamped to [-127, 127] (NaN to -127): half to even, as

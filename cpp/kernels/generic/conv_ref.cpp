@@ -1,6 +1,8 @@
 // Scalar reference of the direct convolution kernel: the oracle of every test. It reads the
 // same padded, shifted activations and blocked weights as the SIMD kernels and subtracts 128
 // from each byte before multiplying, so it needs no correction term.
+#include <vector>
+
 #include "codl/conv.h"
 
 namespace codl::ref {
@@ -62,8 +64,19 @@ void quantize_u8(const float* x, std::size_t n, float inverse, std::uint8_t* q) 
     for (std::size_t i = 0; i < n; ++i) q[i] = static_cast<std::uint8_t>(quantize_i8(x[i], inverse) + 128);
 }
 
+// The fused kernels' twin: literally the two steps it fuses.
+void conv_row_requant_i8(const ConvGeometry& g, const std::uint8_t* image, const std::int8_t* w,
+                         const std::int32_t* w_sums, std::size_t oh, std::size_t ow0, std::size_t count,
+                         std::size_t n, const float* mult, const float* bias, bool relu, float inverse,
+                         std::int8_t* q) {
+    thread_local std::vector<std::int32_t> acc;
+    acc.resize(count * g.out_c_padded());
+    conv_row_i8(g, image, w, w_sums, oh, ow0, count, acc.data());
+    epilogue_i8(acc.data(), g.out_c_padded(), count, n, mult, bias, relu, inverse, q);
+}
+
 }  // namespace
 
-const ConvKernels conv_kernels = {conv_row_i8, epilogue_f32, epilogue_i8, quantize_u8};
+const ConvKernels conv_kernels = {conv_row_i8, epilogue_f32, epilogue_i8, quantize_u8, conv_row_requant_i8};
 
 }  // namespace codl::ref
