@@ -924,6 +924,12 @@ class ConvChain:
         self.layers = len(layers)
         self.output_elements = _C.conv_chain_output_elements(self._chain)
 
+    @property
+    def conv_layouts(self) -> list[tuple[str, str]]:
+        """(input layout, output layout) of each convolution in the chain, in order: "nchw"
+        (float32) or "int8_nhwc"."""
+        return [(str(spec[1]), str(spec[13])) for spec in self._specs[0] if spec[0] == "conv"]
+
     def __reduce__(self) -> tuple[type[ConvChain], tuple[object, ...]]:
         # Copies and pickles rebuild the core's chain from its layers (the buffers copied).
         return (ConvChain, self._specs)

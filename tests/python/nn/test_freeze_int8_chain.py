@@ -250,6 +250,50 @@ def test_fused_chain_gives_the_frozen_models_floats_bit_for_bit(
         assert torch.equal(one, expected) and torch.equal(two, expected)
 
 
+class TwoStages(nn.Module):
+    """CSRNet's shape in small: a frontend and a dilated backend, two Sequentials, so that
+    freeze hands float32 from one to the other."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.frontend = nn.Sequential(
+            nn.Conv2d(1, 8, 3, padding=1),
+            nn.ReLU(),
+            nn.MaxPool2d(2),
+            nn.Conv2d(8, 16, 3, padding=1),
+            nn.ReLU(),
+        )
+        self.backend = nn.Sequential(
+            nn.Conv2d(16, 16, 3, padding=2, dilation=2), nn.ReLU(), nn.Conv2d(16, 8, 3, padding=1)
+        )
+        self.output_layer = nn.Conv2d(8, 1, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.output_layer(self.backend(self.frontend(x)))
+
+
+def test_fused_chain_keeps_int8_across_sequentials_and_the_frozen_models_floats() -> None:
+    frozen = freeze(ternary(TwoStages()), calibration=images(16, seed=1))
+    boundary = frozen.frontend[3]
+    assert isinstance(boundary, FrozenTernaryConv2d) and boundary.output_scale is None
+    fused = fuse(frozen, images(1, seed=2))
+    # The frontend's last convolution requantizes for the backend instead of writing floats,
+    # and the backend's last one for the 1x1 output layer (another module's Sequential
+    # boundary): only the input and the chain's output are float32.
+    assert fused._chain.conv_layouts == [
+        ("nchw", "int8_nhwc"),
+        ("int8_nhwc", "int8_nhwc"),
+        ("int8_nhwc", "int8_nhwc"),
+        ("int8_nhwc", "int8_nhwc"),
+        ("int8_nhwc", "nchw"),
+    ]
+    assert frozen.backend[2].output_scale is None  # the frozen layers hand floats there
+    for batch in (1, 3):
+        x = images(batch, seed=20 + batch)
+        with torch.no_grad():
+            assert torch.equal(fused(x), frozen(x))
+
+
 def test_fused_chain_falls_back_to_the_frozen_model_when_traced_or_reshaped() -> None:
     frozen = freeze(ternary(FashionCNN()), calibration=images(16, seed=1))
     fused = fuse(frozen, images(1, seed=2))
