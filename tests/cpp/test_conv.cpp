@@ -214,11 +214,12 @@ TEST_CASE("conv_row_requant_i8 equals conv_row_i8 then epilogue_i8 of the refere
     }
 }
 
-TEST_CASE("conv_row_i8 and conv_row_requant_i8: every row width from 1 to 29 pixels, one to three channel blocks") {
+TEST_CASE("conv_row_i8 and conv_row_requant_i8: every row width from 1 to 29 pixels, one to seven channel blocks") {
     // Kernels cut a row into tiles of several pixels and a last tile of the rest: every
-    // remainder of every tile size, for single blocks of 16 channels, pairs, and both.
-    std::vector<float> mult(48, 0.001f);
-    for (std::size_t co : {std::size_t{16}, std::size_t{32}, std::size_t{48}}) {
+    // remainder of every tile size, for tiles of one, two and four blocks of 16 channels and
+    // their mixes (112 channels: 4 + 2 + 1 blocks).
+    std::vector<float> mult(112, 0.001f);
+    for (std::size_t co : {std::size_t{16}, std::size_t{32}, std::size_t{48}, std::size_t{64}, std::size_t{112}}) {
         for (std::size_t width = 1; width <= 29; ++width) {
             const ConvGeometry g = geometry(8, 3, width, co, 3, 1, 1, 1);
             std::vector<std::uint8_t> image(g.padded_h() * g.padded_w() * g.channels());
