@@ -137,8 +137,11 @@ def measure(fn: Callable[[], object], repeat: int) -> Timing:
 
 #: Pause before each block of :func:`measure_pair`: longer than the spin of the thread pools
 #: involved (libgomp's default spin is well under a millisecond, codl's 20 us; ONNX Runtime
-#: and OpenVINO keep theirs spinning for milliseconds: 5 ms left codl's 2-thread rows 2-3x slow).
-SETTLE_S = 0.02
+#: and OpenVINO keep theirs spinning for milliseconds: 5 ms left codl's 2-thread rows 2-3x slow,
+#: and after 20 ms an ONNX Runtime session with 2 intra-op threads still slowed codl's next
+#: 2-thread FashionCNN batch from 3.5 to 5.3-5.4 ms on the 2-vCPU EPYC; after 100 ms it did not,
+#: nor with its spinning turned off).
+SETTLE_S = 0.1
 
 
 def measure_pair(
