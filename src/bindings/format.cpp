@@ -7,6 +7,7 @@
 #include <optional>
 #include <string>
 #include <tuple>
+#include <utility>
 
 #include "buffers.h"
 #include "codl/codl_format.h"
@@ -58,6 +59,19 @@ void check_itemsize(std::size_t itemsize) {
     if (itemsize != 1 && itemsize != 2 && itemsize != 4 && itemsize != 8) {
         throw py::value_error("itemsize: expected 1, 2, 4 or 8 bytes, received " + std::to_string(itemsize));
     }
+}
+
+// The input and output of a transform that keeps the size (byte shuffles, plane splits): equal
+// sizes, a multiple of itemsize.
+std::pair<Buffer, Buffer> checked_byte_transform(const py::buffer& data, const py::buffer& out, std::size_t itemsize) {
+    check_itemsize(itemsize);
+    Buffer in = checked_buffer(data, "data", 'B', false);
+    Buffer o = checked_buffer(out, "out", 'B', true);
+    if (in.size % itemsize || o.size != in.size) {
+        throw py::value_error("data, out: expected equal sizes that are multiples of itemsize " + std::to_string(itemsize) +
+                              ", received " + std::to_string(in.size) + " and " + std::to_string(o.size));
+    }
+    return {in, o};
 }
 
 using StreamArg = std::tuple<py::buffer, std::size_t, std::uint32_t>;  // bytes, raw size, CRC32
@@ -215,14 +229,7 @@ void register_format(py::module_& m) {
     m.def(
         "format_shuffle",
         [](const py::buffer& data, std::size_t itemsize, const py::buffer& out, bool inverse) {
-            check_itemsize(itemsize);
-            const Buffer in = checked_buffer(data, "data", 'B', false);
-            const Buffer o = checked_buffer(out, "out", 'B', true);
-            if (in.size % itemsize || o.size != in.size) {
-                throw py::value_error("data, out: expected equal sizes that are multiples of itemsize " +
-                                      std::to_string(itemsize) + ", received " + std::to_string(in.size) + " and " +
-                                      std::to_string(o.size));
-            }
+            const auto [in, o] = checked_byte_transform(data, out, itemsize);
             py::gil_scoped_release release;
             const auto* src = static_cast<const std::uint8_t*>(in.data);
             auto* dst = static_cast<std::uint8_t*>(o.data);
@@ -236,14 +243,7 @@ void register_format(py::module_& m) {
     m.def(
         "format_split_planes",
         [](const py::buffer& data, std::size_t itemsize, bool sign_last, const py::buffer& out) {
-            check_itemsize(itemsize);
-            const Buffer in = checked_buffer(data, "data", 'B', false);
-            const Buffer o = checked_buffer(out, "out", 'B', true);
-            if (in.size % itemsize || o.size != in.size) {
-                throw py::value_error("data, out: expected equal sizes that are multiples of itemsize " +
-                                      std::to_string(itemsize) + ", received " + std::to_string(in.size) + " and " +
-                                      std::to_string(o.size));
-            }
+            const auto [in, o] = checked_byte_transform(data, out, itemsize);
             py::gil_scoped_release release;
             fmt::split_planes(static_cast<const std::uint8_t*>(in.data), in.size / itemsize, itemsize, sign_last,
                               static_cast<std::uint8_t*>(o.data));

@@ -11,6 +11,9 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
+
+# Linear(6, 12), LayerNorm(12), Linear(12, 10), Linear(10, 3): module names 0, 1, 3, 5.
+from test_distributed import make_model
 from torch import nn
 
 from codl._launch import launch
@@ -19,20 +22,6 @@ from codl.optim.distributed import plan_traffic
 from codl.optim.profile import KFACWork, profile_work, rank_work
 
 STEPS = 4  # factors every step, inverses every 2: two inverse updates
-
-
-def make_model() -> nn.Module:
-    """test_distributed.py's model: Linear(6, 12), LayerNorm(12), Linear(12, 10), Linear(10, 3)
-    (module names 0, 1, 3, 5)."""
-    torch.manual_seed(0)
-    return nn.Sequential(
-        nn.Linear(6, 12),
-        nn.LayerNorm(12),
-        nn.Tanh(),
-        nn.Linear(12, 10),
-        nn.Tanh(),
-        nn.Linear(10, 3),
-    )
 
 
 def blocks() -> dict[str, Any]:
