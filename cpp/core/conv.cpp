@@ -329,6 +329,62 @@ void gather_patches(const ConvGeometry& g, std::size_t batch, const std::uint8_t
     });
 }
 
+// The folded layer's image (gather_patches) in channel planes (conv_planes_layout) instead: for
+// each folded row, each group of 4 folded channels, the row's pixels. A group whose 4 bytes are
+// one run of the padded image (dilation_w 1 and one kernel row) is copied a word a pixel; one
+// that straddles two kernel rows or the end of the patch goes byte by byte (zeros, 128, past it).
+void gather_planes(const ConvGeometry& g, std::size_t batch, const std::uint8_t* tight, Scratch& s, int num_threads) {
+    const ConvGeometry f = conv_folded_geometry(g);
+    const bool whole = f.kernel_h == 1;
+    const std::size_t rows_out = f.in_h, ow_count = f.in_w, groups = f.channels() / kConvChannelGroup;
+    const std::size_t plane_w = conv_plane_width(f), row_bytes = groups * plane_w * kConvChannelGroup;
+    const std::size_t c = g.in_c, wp = g.padded_w(), image_bytes = g.padded_h() * wp * c;
+    const std::size_t run = g.kernel_w * c, values = whole ? g.kernel_h * run : run;
+    const std::size_t size = batch * rows_out * row_bytes;
+    if (s.patches.size() < size) s.patches.resize(size);
+    std::uint8_t* planes = s.patches.data();
+    // Where folded channel k of output pixel 0 reads, relative to the row's first source pixel:
+    // kernel row k / run, tap (k % run) / c, channel k % c. -1 past the patch.
+    std::vector<long> source(groups * kConvChannelGroup, -1);
+    for (std::size_t k = 0; k < values; ++k) {
+        const std::size_t r = k / run, kw = k % run / c, ch = k % c;
+        source[k] = static_cast<long>((r * g.dilation_h * wp + kw * g.dilation_w) * c + ch);
+    }
+    std::vector<char> one_word(groups);
+    for (std::size_t gi = 0; gi < groups; ++gi) {
+        bool contiguous = true;
+        for (std::size_t b = 1; b < kConvChannelGroup; ++b) {
+            const long first = source[gi * kConvChannelGroup];
+            contiguous &= first >= 0 && source[gi * kConvChannelGroup + b] == first + static_cast<long>(b);
+        }
+        one_word[gi] = contiguous;
+    }
+    const std::size_t min_rows = std::max<std::size_t>(1, 4096 / std::max<std::size_t>(row_bytes, 1));
+    const std::size_t stride_h = whole ? g.stride_h : 1, pixel_step = g.stride_w * c;
+    const long* from_k = source.data();
+    const char* word = one_word.data();
+    parallel_for(batch * rows_out, 1, min_rows, num_threads, [=](std::size_t begin, std::size_t end) {
+        for (std::size_t row = begin; row < end; ++row) {
+            const std::size_t n = row / rows_out, y = row % rows_out;
+            const std::uint8_t* origin = tight + n * image_bytes + y * stride_h * wp * c;
+            std::uint8_t* to = planes + row * row_bytes;
+            for (std::size_t gi = 0; gi < groups; ++gi, to += plane_w * kConvChannelGroup) {
+                const long* k = from_k + gi * kConvChannelGroup;
+                if (word[gi]) {
+                    const std::uint8_t* from = origin + k[0];
+                    for (std::size_t x = 0; x < ow_count; ++x) std::memcpy(to + x * 4, from + x * pixel_step, 4);
+                    continue;
+                }
+                for (std::size_t x = 0; x < ow_count; ++x) {
+                    for (std::size_t b = 0; b < kConvChannelGroup; ++b) {
+                        to[x * 4 + b] = k[b] < 0 ? 128 : origin[x * pixel_step + static_cast<std::size_t>(k[b])];
+                    }
+                }
+            }
+        }
+    });
+}
+
 }  // namespace
 
 ConvStatus conv2d(const ConvArgs& a, int num_threads) {
@@ -358,7 +414,15 @@ ConvStatus conv2d(const ConvArgs& a, int num_threads) {
     // A folded layer's image keeps in_c bytes a pixel (its words of patches read them in runs).
     if (!prepare_input(a, s, &scale, folded ? a.g.in_c : a.g.channels())) return ConvStatus::nonfinite_input;
     if (a.used_input_scale) *a.used_input_scale = scale;
-    if (folded) gather_patches(a.g, a.batch, s.image.data(), s, num_threads);
+    const ConvKernels& kernels = *active_table().conv;
+    // Folded layers of few channels with int8 outputs run the planar kernel, the rest by pixels.
+    const bool planar = folded && a.output == ConvOutput::i8_nhwc && kernels.conv_row_planar_requant_i8 &&
+                        a.g.out_c <= kernels.planar_max_channels;
+    if (planar) {
+        gather_planes(a.g, a.batch, s.image.data(), s, num_threads);
+    } else if (folded) {
+        gather_patches(a.g, a.batch, s.image.data(), s, num_threads);
+    }
     const ConvGeometry g = folded ? conv_folded_geometry(a.g) : a.g;
 
     s.multipliers.resize(g.out_c);
@@ -373,7 +437,15 @@ ConvStatus conv2d(const ConvArgs& a, int num_threads) {
     const std::int32_t* sums = weight_sums;
     const ConvOutput output = a.output;
     void* out = a.out;
-    const ConvKernels& kernels = *active_table().conv;
+    if (planar) {
+        const std::size_t image_bytes = conv_planes_bytes(g);
+        std::int8_t* q = static_cast<std::int8_t*>(out);
+        for_each_row(g, a.batch, num_threads, 0, [&](std::size_t n, std::size_t oh, std::int32_t*) {
+            kernels.conv_row_planar_requant_i8(g, image + n * image_bytes, blocked, sums, oh, 0, ow_count, out_c, mult,
+                                               bias, relu, inverse_out, q + (n * oh_count + oh) * ow_count * out_c);
+        });
+        return ConvStatus::ok;
+    }
     if (output == ConvOutput::i8_nhwc && kernels.conv_row_requant_i8 && !uses_spans(g)) {
         const std::size_t image_bytes = g.padded_h() * g.padded_w() * g.channels();
         std::int8_t* q = static_cast<std::int8_t*>(out);

@@ -66,6 +66,10 @@ std::vector<Shape> shapes() {
         // First layers whose whole patch is too large to fold: one kernel row folded.
         {geometry(3, 12, 40, 16, 9, 1, 4, 1), 2, "9x9 on 3 channels: rows folded"},
         {geometry(2, 13, 11, 8, 7, 1, 3, 2), 1, "7x7 dilated on 2 channels: rows folded"},
+        // MCNN's first layers (planar kernels: 20 and 24 channels) and a whole patch of 27.
+        {geometry(3, 9, 37, 20, 7, 1, 3, 1), 2, "7x7 on 3 channels to 20"},
+        {geometry(3, 11, 18, 24, 5, 2, 2, 1), 1, "5x5 stride 2 on 3 channels to 24"},
+        {geometry(3, 10, 19, 13, 3, 1, 2, 2), 2, "3x3 dilated whole patch to 13"},
     };
     ConvGeometry rect = geometry(9, 12, 10, 20, 3, 1, 1, 1);
     rect.kernel_w = 2;
@@ -212,6 +216,72 @@ TEST_CASE("conv_row_requant_i8 equals conv_row_i8 then epilogue_i8 of the refere
             }
         }
     }
+}
+
+// The planar kernels read the image in channel planes: the same outputs as the pixel-layout
+// reference from the same bytes, for every channel count up to the kernels' limit (each one a
+// different number of accumulators and transpose tail), rows that are not a multiple of 16 pixels
+// and runs that start mid-row.
+TEST_CASE("conv_row_planar_requant_i8 equals the pixel-layout reference bit for bit, 1 to 28 channels, every ISA that has it") {
+    std::uniform_real_distribution<float> scale(-0.002f, 0.002f);
+    struct Case {
+        std::size_t c, h, w, k, stride, dilation;
+    };
+    const Case cases[] = {{28, 9, 37, 9, 1, 1}, {4, 3, 16, 1, 1, 1}, {24, 7, 21, 7, 2, 1}, {16, 6, 50, 3, 1, 2}, {12, 1, 5, 1, 1, 1}};
+    std::size_t checked = 0;
+    for (const Case& k : cases) {
+        for (std::size_t co = 1; co <= 28; ++co) {
+            ConvGeometry g = geometry(k.c, k.h, k.w, co, 1, 1, 0, 1);
+            g.kernel_h = k.k;
+            g.stride_h = k.stride;
+            g.dilation_h = k.dilation;
+            CHECK(codl::conv_planes_layout(g));
+            const std::size_t cp = g.channels(), groups = cp / 4, plane_w = codl::conv_plane_width(g);
+            const std::size_t co_pad = g.out_c_padded(), ow = g.out_w();
+            std::vector<std::uint8_t> image(g.padded_h() * g.padded_w() * cp), planes(codl::conv_planes_bytes(g), 0);
+            for (auto& b : image) b = static_cast<std::uint8_t>(rng()());
+            for (std::size_t y = 0; y < g.padded_h(); ++y)
+                for (std::size_t x = 0; x < g.padded_w(); ++x)
+                    for (std::size_t ch = 0; ch < cp; ++ch)
+                        planes[((y * groups + ch / 4) * plane_w + x) * 4 + ch % 4] = image[(y * g.padded_w() + x) * cp + ch];
+            const std::vector<std::int8_t> w = random_weights(g, -128, 127);
+            std::vector<std::int8_t> blocked(co_pad * g.reduction());
+            std::vector<std::int32_t> sums(co_pad);
+            codl::conv_block_weights(g, w.data(), blocked.data(), sums.data());
+            std::vector<float> mult(co), bias(co);
+            for (std::size_t i = 0; i < co; ++i) {
+                mult[i] = scale(rng());
+                bias[i] = 1000.0f * scale(rng());
+            }
+            if (co > 2) bias[2] = std::numeric_limits<float>::quiet_NaN();
+            const std::size_t oh = g.out_h() - 1;
+            for (int relu = 0; relu < 2; ++relu) {
+                std::vector<std::int8_t> expected(ow * co + 1, 9);
+                codl::ref::conv_kernels.conv_row_requant_i8(g, image.data(), blocked.data(), sums.data(), oh, 0, ow, co,
+                                                            mult.data(), bias.data(), relu, 0.5f, expected.data());
+                codl_test::for_each_isa([&](IsaLevel isa, const codl::KernelTable& table) {
+                    if (!table.conv->conv_row_planar_requant_i8 || co > table.conv->planar_max_channels) return;
+                    const std::string at = std::string(codl::isa_name(isa)) + " c=" + std::to_string(k.c) +
+                                           " k=" + std::to_string(k.k) + " co=" + std::to_string(co) +
+                                           " relu=" + std::to_string(relu);
+                    std::vector<std::int8_t> q(ow * co + 1, 9);
+                    table.conv->conv_row_planar_requant_i8(g, planes.data(), blocked.data(), sums.data(), oh, 0, ow, co,
+                                                           mult.data(), bias.data(), relu, 0.5f, q.data());
+                    CHECK_MSG(q == expected, at);
+                    if (ow > 3) {  // a run from pixel 3: plane loads not on a 16-pixel boundary
+                        std::vector<std::int8_t> part((ow - 3) * co + 1, 9);
+                        table.conv->conv_row_planar_requant_i8(g, planes.data(), blocked.data(), sums.data(), oh, 3,
+                                                               ow - 3, co, mult.data(), bias.data(), relu, 0.5f,
+                                                               part.data());
+                        CHECK_MSG(std::equal(part.begin(), part.end() - 1, expected.begin() + 3 * co), at + " ow0=3");
+                        CHECK_MSG(part.back() == 9, at + " wrote past count");
+                    }
+                    ++checked;
+                });
+            }
+        }
+    }
+    CHECK(checked > 0);  // the reference has the kernel, so at least it ran
 }
 
 TEST_CASE("conv_row_i8 and conv_row_requant_i8: every row width from 1 to 29 pixels, one to seven channel blocks") {

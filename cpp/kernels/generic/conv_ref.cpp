@@ -75,8 +75,43 @@ void conv_row_requant_i8(const ConvGeometry& g, const std::uint8_t* image, const
     epilogue_i8(acc.data(), g.out_c_padded(), count, n, mult, bias, relu, inverse, q);
 }
 
+// The planar kernels' twin: the sums read from the channel planes, then the same epilogue.
+void conv_row_planar_requant_i8(const ConvGeometry& g, const std::uint8_t* planes, const std::int8_t* w,
+                                const std::int32_t*, std::size_t oh, std::size_t ow0, std::size_t count,
+                                std::size_t n, const float* mult, const float* bias, bool relu, float inverse,
+                                std::int8_t* q) {
+    const std::size_t cp = g.channels(), groups = cp / kConvChannelGroup, plane_w = conv_plane_width(g);
+    const std::size_t co_pad = g.out_c_padded(), block_bytes = g.kernel_h * cp * kConvCoBlock;
+    thread_local std::vector<std::int32_t> acc;
+    acc.resize(count * co_pad);
+    for (std::size_t p = 0; p < count; ++p) {
+        for (std::size_t co = 0; co < co_pad; ++co) {
+            const std::int8_t* wb = w + (co / kConvCoBlock) * block_bytes;
+            std::int32_t total = 0;
+            for (std::size_t kh = 0; kh < g.kernel_h; ++kh) {
+                const std::size_t y = oh * g.stride_h + kh * g.dilation_h;
+                const std::int8_t* tap = wb + kh * cp * kConvCoBlock;
+                for (std::size_t c = 0; c < cp; ++c) {
+                    const std::uint8_t value =
+                        planes[((y * groups + c / kConvChannelGroup) * plane_w + ow0 + p) * kConvChannelGroup +
+                               c % kConvChannelGroup];
+                    const std::int8_t weight =
+                        tap[(c / kConvChannelGroup) * kConvCoBlock * kConvChannelGroup +
+                            (co % kConvCoBlock) * kConvChannelGroup + c % kConvChannelGroup];
+                    total += (static_cast<int>(value) - 128) * weight;
+                }
+            }
+            acc[p * co_pad + co] = total;
+        }
+    }
+    epilogue_i8(acc.data(), co_pad, count, n, mult, bias, relu, inverse, q);
+}
+
 }  // namespace
 
-const ConvKernels conv_kernels = {conv_row_i8, epilogue_f32, epilogue_i8, quantize_u8, conv_row_requant_i8};
+// The reference takes any channel count; its limit is the AVX-512 kernel's, so that forcing the
+// scalar kernels runs the same paths of the core.
+const ConvKernels conv_kernels = {conv_row_i8,         epilogue_f32, epilogue_i8, quantize_u8, conv_row_requant_i8,
+                                  conv_row_planar_requant_i8, 28};
 
 }  // namespace codl::ref

@@ -6,6 +6,7 @@
 // blocks. The shift is removed at the end: 128 * (sum of the channel's weights).
 #include <immintrin.h>
 
+#include <algorithm>
 #include <cstring>
 
 #include "codl/conv.h"
@@ -160,6 +161,134 @@ void conv_row_requant_i8(const ConvGeometry& g, const std::uint8_t* image, const
     row(g, image, w, w_sums, oh, ow0, count, Requantize{q, n, mult, bias, relu, inverse});
 }
 
+// Channel planes (conv_planes_layout), for layers of at most kPlanarMaxChannels outputs: a
+// register holds 16 pixels of one group of 4 channels, each output channel has its own
+// accumulator, and vpdpbusd takes the channel's 4 weights as a broadcast memory operand (free on
+// the load ports), so each plane load feeds C multiply-adds and no lane computes a padding
+// channel. The epilogue runs per channel on 16 pixels, then a byte transpose writes the pixels'
+// channels contiguously.
+constexpr std::size_t kPlanarMaxChannels = 28;  // C accumulators + the plane in 32 registers
+
+// Four channels' 16 output bytes each (one channel a 128-bit lane) rearranged so that lane k,
+// dword p' holds pixel 4k + p''s 4 channels: vpermd gathers dword k of every lane (pixels 4k ..
+// 4k + 3 of the 4 channels) into lane k, vpshufb turns that lane from channel-major to
+// pixel-major (AVX-512 F and BW only: the ISA level does not promise VBMI's vpermb).
+__m512i pixels_by_dword(__m128i c0, __m128i c1, __m128i c2, __m128i c3) {
+    const __m512i lanes = _mm512_inserti32x4(
+        _mm512_inserti32x4(_mm512_inserti32x4(_mm512_castsi128_si512(c0), c1, 1), c2, 2), c3, 3);
+    const __m512i by_pixel_group = _mm512_set_epi32(15, 11, 7, 3, 14, 10, 6, 2, 13, 9, 5, 1, 12, 8, 4, 0);
+    const __m512i channel_major_to_pixel_major = _mm512_broadcast_i32x4(
+        _mm_setr_epi8(0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15));
+    return _mm512_shuffle_epi8(_mm512_permutexvar_epi32(by_pixel_group, lanes), channel_major_to_pixel_major);
+}
+
+// bytes[c]: channel c's outputs for 16 pixels (c < C, zero past n). Writes pixel p < pixels's
+// channels [0, n) to q + p * n.
+template <int C>
+void transpose_outputs(const __m128i* bytes, std::size_t pixels, std::size_t n, std::int8_t* q) {
+    int c0 = 0;
+    for (; c0 + 16 <= C; c0 += 16) {
+        // A 4 x 4 dword transpose per lane across four groups of 4 channels leaves pixel 4k + p'
+        // in lane k of r[p'], its 16 channels in order.
+        __m512i z[4];
+        for (int j = 0; j < 4; ++j) {
+            z[j] = pixels_by_dword(bytes[c0 + 4 * j], bytes[c0 + 4 * j + 1], bytes[c0 + 4 * j + 2], bytes[c0 + 4 * j + 3]);
+        }
+        const __m512i a = _mm512_unpacklo_epi32(z[0], z[1]), b = _mm512_unpackhi_epi32(z[0], z[1]);
+        const __m512i c = _mm512_unpacklo_epi32(z[2], z[3]), d = _mm512_unpackhi_epi32(z[2], z[3]);
+        alignas(64) std::int8_t lanes[4][4][16];  // [p'][k]: pixel 4k + p'
+        _mm512_store_si512(lanes[0], _mm512_unpacklo_epi64(a, c));
+        _mm512_store_si512(lanes[1], _mm512_unpackhi_epi64(a, c));
+        _mm512_store_si512(lanes[2], _mm512_unpacklo_epi64(b, d));
+        _mm512_store_si512(lanes[3], _mm512_unpackhi_epi64(b, d));
+        const __mmask16 m = tail_mask(n - static_cast<std::size_t>(c0));
+        for (std::size_t p = 0; p < pixels; ++p) {
+            _mm_mask_storeu_epi8(q + p * n + c0, m, _mm_load_si128(reinterpret_cast<const __m128i*>(lanes[p % 4][p / 4])));
+        }
+    }
+    for (; c0 < C && static_cast<std::size_t>(c0) < n; c0 += 4) {
+        alignas(64) std::int8_t dwords[64];  // pixel p's 4 channels at 4 p
+        _mm512_store_si512(dwords, pixels_by_dword(bytes[c0], bytes[c0 + 1], bytes[c0 + 2], bytes[c0 + 3]));
+        const std::size_t count = std::min<std::size_t>(4, n - static_cast<std::size_t>(c0));
+        for (std::size_t p = 0; p < pixels; ++p) std::memcpy(q + p * n + c0, dwords + 4 * p, count);
+    }
+}
+
+// Pixels x0 .. x0 + pixels - 1 (pixels <= 16) of output row oh, channels 0 .. C - 1 (C >= n, the
+// weights of channels past n zero or another layer's padding, their outputs not written).
+template <int C>
+void planar_chunk(const ConvGeometry& g, const std::uint8_t* planes, const std::int8_t* w, const std::int32_t* w_sums,
+                  std::size_t oh, std::size_t x0, std::size_t pixels, std::size_t n, const float* mult,
+                  const float* bias, bool relu, float inverse, std::int8_t* q) {
+    const std::size_t groups = g.channels() / kConvChannelGroup, plane_bytes = conv_plane_width(g) * 4;
+    const std::size_t block_bytes = g.kernel_h * g.channels() * kConvCoBlock;
+    const __mmask16 m = tail_mask(pixels);
+    __m512i acc[C];
+    // The shift of the unsigned bytes, removed up front: -128 * (sum of the channel's weights).
+#pragma GCC unroll 32
+    for (int c = 0; c < C; ++c) acc[c] = _mm512_set1_epi32(-128 * w_sums[c]);
+    const std::int8_t* second = C > 16 ? w + block_bytes : w;
+    for (std::size_t kh = 0; kh < g.kernel_h; ++kh) {
+        const std::uint8_t* row = planes + (oh * g.stride_h + kh * g.dilation_h) * groups * plane_bytes + x0 * 4;
+        const std::size_t tap = kh * groups * 64;
+        for (std::size_t gi = 0; gi < groups; ++gi) {
+            const __m512i x = _mm512_maskz_loadu_epi32(m, row + gi * plane_bytes);
+            const std::int8_t* w0 = w + tap + gi * 64;
+            const std::int8_t* w1 = second + tap + gi * 64;
+            // Unrolled, so that the accumulators stay in registers (GCC kept a rolled loop's
+            // array on the stack: a store and a load per multiply-add).
+#pragma GCC unroll 32
+            for (int c = 0; c < C; ++c) {
+                const std::int8_t* at = c < 16 ? w0 + 4 * c : w1 + 4 * (c - 16);
+                std::int32_t weights;
+                std::memcpy(&weights, at, sizeof weights);
+                acc[c] = _mm512_dpbusd_epi32(acc[c], x, _mm512_set1_epi32(weights));
+            }
+        }
+    }
+    const __m512 inv = _mm512_set1_ps(inverse), lo = _mm512_set1_ps(-127.0f), hi = _mm512_set1_ps(127.0f);
+    __m128i bytes[C];
+#pragma GCC unroll 32
+    for (int c = 0; c < C; ++c) {
+        if (static_cast<std::size_t>(c) >= n) {
+            bytes[c] = _mm_setzero_si128();
+            continue;
+        }
+        __m512 y = _mm512_mul_ps(_mm512_cvtepi32_ps(acc[c]), _mm512_set1_ps(mult[c]));
+        if (bias) y = _mm512_add_ps(y, _mm512_set1_ps(bias[c]));
+        if (relu) y = _mm512_max_ps(_mm512_setzero_ps(), y);
+        const __m512 clamped = _mm512_min_ps(_mm512_max_ps(_mm512_mul_ps(y, inv), lo), hi);
+        bytes[c] = _mm512_cvtsepi32_epi8(_mm512_cvtps_epi32(clamped));
+    }
+    transpose_outputs<C>(bytes, pixels, n, q);
+}
+
+template <int C>
+void planar_row(const ConvGeometry& g, const std::uint8_t* planes, const std::int8_t* w, const std::int32_t* w_sums,
+                std::size_t oh, std::size_t ow0, std::size_t count, std::size_t n, const float* mult,
+                const float* bias, bool relu, float inverse, std::int8_t* q) {
+    for (std::size_t p = 0; p < count; p += kConvPlanePixels) {
+        planar_chunk<C>(g, planes, w, w_sums, oh, ow0 + p, std::min(kConvPlanePixels, count - p), n, mult, bias, relu,
+                        inverse, q + p * n);
+    }
+}
+
+void conv_row_planar_requant_i8(const ConvGeometry& g, const std::uint8_t* planes, const std::int8_t* w,
+                                const std::int32_t* w_sums, std::size_t oh, std::size_t ow0, std::size_t count,
+                                std::size_t n, const float* mult, const float* bias, bool relu, float inverse,
+                                std::int8_t* q) {
+    switch ((n + 3) / 4) {
+        case 1: return planar_row<4>(g, planes, w, w_sums, oh, ow0, count, n, mult, bias, relu, inverse, q);
+        case 2: return planar_row<8>(g, planes, w, w_sums, oh, ow0, count, n, mult, bias, relu, inverse, q);
+        case 3: return planar_row<12>(g, planes, w, w_sums, oh, ow0, count, n, mult, bias, relu, inverse, q);
+        case 4: return planar_row<16>(g, planes, w, w_sums, oh, ow0, count, n, mult, bias, relu, inverse, q);
+        case 5: return planar_row<20>(g, planes, w, w_sums, oh, ow0, count, n, mult, bias, relu, inverse, q);
+        case 6: return planar_row<24>(g, planes, w, w_sums, oh, ow0, count, n, mult, bias, relu, inverse, q);
+        case 7: return planar_row<28>(g, planes, w, w_sums, oh, ow0, count, n, mult, bias, relu, inverse, q);
+        default: return;  // n is 0 or above kPlanarMaxChannels: the core does not call it
+    }
+}
+
 void epilogue_f32(const std::int32_t* acc, std::size_t acc_stride, std::size_t pixels, std::size_t n,
                   const float* mult, const float* bias, bool relu, float* y) {
     for (std::size_t p = 0; p < pixels; ++p, acc += acc_stride, y += n) {
@@ -194,6 +323,7 @@ void quantize_u8(const float* x, std::size_t n, float inverse, std::uint8_t* q) 
 
 }  // namespace
 
-const ConvKernels conv_kernels = {conv_row_i8, epilogue_f32, epilogue_i8, quantize_u8, conv_row_requant_i8};
+const ConvKernels conv_kernels = {conv_row_i8,         epilogue_f32, epilogue_i8, quantize_u8, conv_row_requant_i8,
+                                  conv_row_planar_requant_i8, kPlanarMaxChannels};
 
 }  // namespace codl::avx512
