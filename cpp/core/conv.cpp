@@ -385,6 +385,47 @@ void gather_planes(const ConvGeometry& g, std::size_t batch, const std::uint8_t*
     });
 }
 
+// Layers whose output channels fill no whole number of 16-channel blocks, or fewer than two,
+// run the planar kernel (int8 outputs, stride_w 1, and an image the core can lay out in planes:
+// a folded first layer's gathered patches or a previous layer's int8 output); the rest by pixels.
+bool runs_planar(const ConvKernels& kernels, const ConvArgs& a, const ConvGeometry& g, bool folded) {
+    return kernels.conv_row_planar_requant_i8 && a.output == ConvOutput::i8_nhwc && conv_planes_layout(g) &&
+           (folded || a.input == ConvInput::i8_nhwc) && g.out_c <= kernels.planar_max_channels &&
+           (g.out_c < 2 * kConvCoBlock || g.out_c % kConvCoBlock != 0);
+}
+
+// An int8 NHWC input in channel planes (conv_planes_layout), shifted by 128, zeros (128) on the
+// border and in the channels past in_c: one word a pixel and group where the group is whole.
+void prepare_planes(const ConvArgs& a, Scratch& s) {
+    const ConvGeometry& g = a.g;
+    const std::size_t c = g.in_c, h = g.in_h, w = g.in_w, groups = g.channels() / kConvChannelGroup;
+    const std::size_t plane = conv_plane_width(g) * kConvChannelGroup, image_bytes = conv_planes_bytes(g);
+    s.patches.assign(a.batch * image_bytes, 128);
+    const std::int8_t* x = static_cast<const std::int8_t*>(a.x);
+    for (std::size_t n = 0; n < a.batch; ++n) {
+        for (std::size_t y = 0; y < h; ++y) {
+            const std::int8_t* from = x + (n * h + y) * w * c;
+            std::uint8_t* row = s.patches.data() + n * image_bytes + (y + g.pad_h) * groups * plane + g.pad_w * 4;
+            for (std::size_t gi = 0; gi < groups; ++gi) {
+                std::uint8_t* to = row + gi * plane;
+                const std::size_t first = gi * kConvChannelGroup;
+                if (first + kConvChannelGroup <= c) {
+                    for (std::size_t i = 0; i < w; ++i) {
+                        std::uint32_t word;
+                        std::memcpy(&word, from + i * c + first, sizeof word);
+                        word ^= 0x80808080u;  // + 128 in each byte
+                        std::memcpy(to + i * 4, &word, sizeof word);
+                    }
+                    continue;
+                }
+                for (std::size_t i = 0; i < w; ++i) {
+                    for (std::size_t ch = first; ch < c; ++ch) to[i * 4 + ch - first] = shifted(from[i * c + ch]);
+                }
+            }
+        }
+    }
+}
+
 }  // namespace
 
 ConvStatus conv2d(const ConvArgs& a, int num_threads) {
@@ -411,19 +452,22 @@ ConvStatus conv2d(const ConvArgs& a, int num_threads) {
     }
     float scale = 1.0f;
     const bool folded = conv_folds_patches(a.g);
-    // A folded layer's image keeps in_c bytes a pixel (its words of patches read them in runs).
-    if (!prepare_input(a, s, &scale, folded ? a.g.in_c : a.g.channels())) return ConvStatus::nonfinite_input;
-    if (a.used_input_scale) *a.used_input_scale = scale;
-    const ConvKernels& kernels = *active_table().conv;
-    // Folded layers of few channels with int8 outputs run the planar kernel, the rest by pixels.
-    const bool planar = folded && a.output == ConvOutput::i8_nhwc && kernels.conv_row_planar_requant_i8 &&
-                        a.g.out_c <= kernels.planar_max_channels;
-    if (planar) {
-        gather_planes(a.g, a.batch, s.image.data(), s, num_threads);
-    } else if (folded) {
-        gather_patches(a.g, a.batch, s.image.data(), s, num_threads);
-    }
     const ConvGeometry g = folded ? conv_folded_geometry(a.g) : a.g;
+    const ConvKernels& kernels = *active_table().conv;
+    const bool planar = runs_planar(kernels, a, g, folded);
+    if (planar && !folded) {
+        prepare_planes(a, s);
+        scale = a.input_scale;
+    } else {
+        // A folded layer's image keeps in_c bytes a pixel (its words of patches read them in runs).
+        if (!prepare_input(a, s, &scale, folded ? a.g.in_c : a.g.channels())) return ConvStatus::nonfinite_input;
+        if (planar) {
+            gather_planes(a.g, a.batch, s.image.data(), s, num_threads);
+        } else if (folded) {
+            gather_patches(a.g, a.batch, s.image.data(), s, num_threads);
+        }
+    }
+    if (a.used_input_scale) *a.used_input_scale = scale;
 
     s.multipliers.resize(g.out_c);
     for (std::size_t co = 0; co < g.out_c; ++co) s.multipliers[co] = scale * a.w_scale[co];
@@ -432,7 +476,7 @@ ConvStatus conv2d(const ConvArgs& a, int num_threads) {
     const bool relu = a.relu;
     const std::size_t oh_count = g.out_h(), ow_count = g.out_w(), out_c = g.out_c;
     const float inverse_out = a.output == ConvOutput::i8_nhwc ? 1.0f / a.output_scale : 0.0f;
-    const std::uint8_t* image = folded ? s.patches.data() : s.image.data();
+    const std::uint8_t* image = folded || planar ? s.patches.data() : s.image.data();
     const std::int8_t* blocked = blocked_weights;
     const std::int32_t* sums = weight_sums;
     const ConvOutput output = a.output;

@@ -222,19 +222,24 @@ TEST_CASE("conv_row_requant_i8 equals conv_row_i8 then epilogue_i8 of the refere
 // reference from the same bytes, for every channel count up to the kernels' limit (each one a
 // different number of accumulators and transpose tail), rows that are not a multiple of 16 pixels
 // and runs that start mid-row.
-TEST_CASE("conv_row_planar_requant_i8 equals the pixel-layout reference bit for bit, 1 to 28 channels, every ISA that has it") {
+TEST_CASE("conv_row_planar_requant_i8 equals the pixel-layout reference bit for bit, 1 to 64 channels, every ISA that has it") {
     std::uniform_real_distribution<float> scale(-0.002f, 0.002f);
     struct Case {
-        std::size_t c, h, w, k, stride, dilation;
+        std::size_t c, h, w, kh, kw, stride_h, dilation, pad_w;
     };
-    const Case cases[] = {{28, 9, 37, 9, 1, 1}, {4, 3, 16, 1, 1, 1}, {24, 7, 21, 7, 2, 1}, {16, 6, 50, 3, 1, 2}, {12, 1, 5, 1, 1, 1}};
+    // Folded first layers (kernel_w 1) and layers over int8 images (kernel_w > 1, padded).
+    const Case cases[] = {{28, 9, 37, 9, 1, 1, 1, 0}, {4, 3, 16, 1, 1, 1, 1, 0},  {24, 7, 21, 7, 1, 2, 1, 0},
+                          {16, 6, 50, 3, 1, 1, 2, 0}, {12, 1, 5, 1, 1, 1, 1, 0},  {20, 5, 19, 5, 5, 1, 1, 2},
+                          {8, 7, 33, 3, 3, 2, 2, 2},  {40, 3, 17, 3, 2, 1, 1, 0}};
     std::size_t checked = 0;
     for (const Case& k : cases) {
-        for (std::size_t co = 1; co <= 28; ++co) {
+        for (std::size_t co = 1; co <= 64; co += co < 28 ? 1 : 3) {
             ConvGeometry g = geometry(k.c, k.h, k.w, co, 1, 1, 0, 1);
-            g.kernel_h = k.k;
-            g.stride_h = k.stride;
-            g.dilation_h = k.dilation;
+            g.kernel_h = k.kh;
+            g.kernel_w = k.kw;
+            g.stride_h = k.stride_h;
+            g.dilation_h = g.dilation_w = k.dilation;
+            g.pad_w = k.pad_w;
             CHECK(codl::conv_planes_layout(g));
             const std::size_t cp = g.channels(), groups = cp / 4, plane_w = codl::conv_plane_width(g);
             const std::size_t co_pad = g.out_c_padded(), ow = g.out_w();
@@ -262,7 +267,7 @@ TEST_CASE("conv_row_planar_requant_i8 equals the pixel-layout reference bit for 
                 codl_test::for_each_isa([&](IsaLevel isa, const codl::KernelTable& table) {
                     if (!table.conv->conv_row_planar_requant_i8 || co > table.conv->planar_max_channels) return;
                     const std::string at = std::string(codl::isa_name(isa)) + " c=" + std::to_string(k.c) +
-                                           " k=" + std::to_string(k.k) + " co=" + std::to_string(co) +
+                                           " k=" + std::to_string(k.kh) + "x" + std::to_string(k.kw) + " co=" + std::to_string(co) +
                                            " relu=" + std::to_string(relu);
                     std::vector<std::int8_t> q(ow * co + 1, 9);
                     table.conv->conv_row_planar_requant_i8(g, planes.data(), blocked.data(), sums.data(), oh, 0, ow, co,
@@ -485,6 +490,71 @@ TEST_CASE("conv2d: float and int8 outputs, ternary and int8 weights, agree with 
                 }
             });
         }
+    }
+    CHECK(codl::select_isa(original).empty());
+}
+
+// Layers over a previous layer's int8 output whose channel counts take the planar kernel (fewer
+// than 32, or not a multiple of 16) and two that do not, against the oracle's requantization.
+TEST_CASE("conv2d: int8 NHWC in and out, planar and pixel kernels, agree with the stated epilogue on every ISA") {
+    struct Case {
+        ConvGeometry g;
+        const char* what;
+    };
+    ConvGeometry strided = geometry(20, 14, 23, 20, 5, 1, 2, 1);
+    strided.stride_h = 2;
+    const Case cases[] = {{geometry(20, 16, 21, 40, 5, 1, 2, 1), "MCNN 20 -> 40, 5x5"},
+                          {geometry(40, 9, 18, 20, 5, 1, 2, 1), "MCNN 40 -> 20"},
+                          {geometry(16, 11, 35, 8, 7, 1, 3, 1), "MCNN 16 -> 8, 7x7"},
+                          {geometry(6, 7, 9, 10, 3, 1, 1, 2), "dilated, 6 channels"},
+                          {strided, "stride_h 2"},
+                          {geometry(24, 8, 20, 48, 3, 1, 1, 1), "48: pixel kernel"},
+                          {geometry(20, 8, 20, 12, 3, 2, 1, 1), "stride_w 2: pixel kernel"}};
+    const IsaLevel original = codl::active_isa();
+    for (const Case& k : cases) {
+        const ConvGeometry& g = k.g;
+        const std::size_t batch = 2, co_n = g.out_c, pixels = batch * g.out_h() * g.out_w();
+        const std::vector<std::int8_t> x = random_i8(batch * g.in_h * g.in_w * g.in_c, -127, 127);
+        const std::vector<std::int8_t> w = random_weights(g, -1, 1);
+        const std::vector<std::int64_t> sums = oracle(g, batch, x, w);
+        std::vector<float> w_scale(co_n), bias(co_n);
+        for (std::size_t co = 0; co < co_n; ++co) {
+            w_scale[co] = 0.02f + 0.001f * static_cast<float>(co);
+            bias[co] = 0.05f * static_cast<float>(static_cast<int>(co % 7) - 3);
+        }
+        const float in_scale = 0.02f, out_scale = 0.04f;
+        std::vector<std::int8_t> expected(pixels * co_n);
+        for (std::size_t i = 0; i < expected.size(); ++i) {
+            const std::size_t co = i % co_n;
+            const float y = std::max(static_cast<float>(sums[i]) * (in_scale * w_scale[co]) + bias[co], 0.0f);
+            expected[i] = static_cast<std::int8_t>(std::nearbyint(std::min(std::max(y * (1.0f / out_scale), -127.0f), 127.0f)));
+        }
+        codl_test::for_each_isa([&](IsaLevel isa, const codl::KernelTable&) {
+            CHECK(codl::select_isa(isa).empty());
+            for (int threads : {1, 2}) {
+                codl::ConvArgs a;
+                a.g = g;
+                a.batch = batch;
+                a.input = codl::ConvInput::i8_nhwc;
+                a.x = x.data();
+                a.input_scale = in_scale;
+                a.w = w.data();
+                a.w_scale = w_scale.data();
+                a.bias = bias.data();
+                a.relu = true;
+                a.output = codl::ConvOutput::i8_nhwc;
+                a.output_scale = out_scale;
+                std::vector<std::int8_t> q(expected.size() + 1, 9);
+                a.out = q.data();
+                float used = 0.0f;
+                a.used_input_scale = &used;
+                CHECK(codl::conv2d(a, threads) == codl::ConvStatus::ok);
+                const std::string at = std::string(codl::isa_name(isa)) + " " + k.what + " threads=" + std::to_string(threads);
+                CHECK_MSG(std::equal(expected.begin(), expected.end(), q.begin()), at);
+                CHECK_MSG(q.back() == 9, at + " wrote past the output");
+                CHECK_MSG(used == in_scale, at + " input scale");
+            }
+        });
     }
     CHECK(codl::select_isa(original).empty());
 }

@@ -81,7 +81,7 @@ void conv_row_planar_requant_i8(const ConvGeometry& g, const std::uint8_t* plane
                                 std::size_t n, const float* mult, const float* bias, bool relu, float inverse,
                                 std::int8_t* q) {
     const std::size_t cp = g.channels(), groups = cp / kConvChannelGroup, plane_w = conv_plane_width(g);
-    const std::size_t co_pad = g.out_c_padded(), block_bytes = g.kernel_h * cp * kConvCoBlock;
+    const std::size_t co_pad = g.out_c_padded(), block_bytes = g.kernel_h * g.kernel_w * cp * kConvCoBlock;
     thread_local std::vector<std::int32_t> acc;
     acc.resize(count * co_pad);
     for (std::size_t p = 0; p < count; ++p) {
@@ -90,15 +90,18 @@ void conv_row_planar_requant_i8(const ConvGeometry& g, const std::uint8_t* plane
             std::int32_t total = 0;
             for (std::size_t kh = 0; kh < g.kernel_h; ++kh) {
                 const std::size_t y = oh * g.stride_h + kh * g.dilation_h;
-                const std::int8_t* tap = wb + kh * cp * kConvCoBlock;
-                for (std::size_t c = 0; c < cp; ++c) {
-                    const std::uint8_t value =
-                        planes[((y * groups + c / kConvChannelGroup) * plane_w + ow0 + p) * kConvChannelGroup +
-                               c % kConvChannelGroup];
-                    const std::int8_t weight =
-                        tap[(c / kConvChannelGroup) * kConvCoBlock * kConvChannelGroup +
-                            (co % kConvCoBlock) * kConvChannelGroup + c % kConvChannelGroup];
-                    total += (static_cast<int>(value) - 128) * weight;
+                for (std::size_t kw = 0; kw < g.kernel_w; ++kw) {
+                    const std::size_t x = ow0 + p + kw * g.dilation_w;
+                    const std::int8_t* tap = wb + (kh * g.kernel_w + kw) * cp * kConvCoBlock;
+                    for (std::size_t c = 0; c < cp; ++c) {
+                        const std::uint8_t value =
+                            planes[((y * groups + c / kConvChannelGroup) * plane_w + x) * kConvChannelGroup +
+                                   c % kConvChannelGroup];
+                        const std::int8_t weight =
+                            tap[(c / kConvChannelGroup) * kConvCoBlock * kConvChannelGroup +
+                                (co % kConvCoBlock) * kConvChannelGroup + c % kConvChannelGroup];
+                        total += (static_cast<int>(value) - 128) * weight;
+                    }
                 }
             }
             acc[p * co_pad + co] = total;
@@ -112,6 +115,6 @@ void conv_row_planar_requant_i8(const ConvGeometry& g, const std::uint8_t* plane
 // The reference takes any channel count; its limit is the AVX-512 kernel's, so that forcing the
 // scalar kernels runs the same paths of the core.
 const ConvKernels conv_kernels = {conv_row_i8,         epilogue_f32, epilogue_i8, quantize_u8, conv_row_requant_i8,
-                                  conv_row_planar_requant_i8, 28};
+                                  conv_row_planar_requant_i8, 64};
 
 }  // namespace codl::ref

@@ -161,13 +161,15 @@ void conv_row_requant_i8(const ConvGeometry& g, const std::uint8_t* image, const
     row(g, image, w, w_sums, oh, ow0, count, Requantize{q, n, mult, bias, relu, inverse});
 }
 
-// Channel planes (conv_planes_layout), for layers of at most kPlanarMaxChannels outputs: a
-// register holds 16 pixels of one group of 4 channels, each output channel has its own
-// accumulator, and vpdpbusd takes the channel's 4 weights as a broadcast memory operand (free on
-// the load ports), so each plane load feeds C multiply-adds and no lane computes a padding
-// channel. The epilogue runs per channel on 16 pixels, then a byte transpose writes the pixels'
-// channels contiguously.
-constexpr std::size_t kPlanarMaxChannels = 28;  // C accumulators + the plane in 32 registers
+// Channel planes (conv_planes_layout), for layers of few output channels or a count that is not
+// a multiple of 16: a register holds 16 pixels of one group of 4 channels, each output channel has
+// its own accumulator, and vpdpbusd takes the channel's 4 weights as a broadcast memory operand
+// (free on the load ports), so each plane load feeds C multiply-adds and no lane computes a
+// padding channel. The epilogue runs per channel on 16 pixels, then a byte transpose writes the
+// pixels' channels contiguously. More than kPassChannels channels run in passes: 16 at a time
+// while more than kPassChannels are left, then the rest, so every pass starts on a weight block.
+constexpr std::size_t kPassChannels = 28;  // C accumulators + the plane in 32 registers
+constexpr std::size_t kPlanarMaxChannels = 64;
 
 // Four channels' 16 output bytes each (one channel a 128-bit lane) rearranged so that lane k,
 // dword p' holds pixel 4k + p''s 4 channels: vpermd gathers dword k of every lane (pixels 4k ..
@@ -183,9 +185,9 @@ __m512i pixels_by_dword(__m128i c0, __m128i c1, __m128i c2, __m128i c3) {
 }
 
 // bytes[c]: channel c's outputs for 16 pixels (c < C, zero past n). Writes pixel p < pixels's
-// channels [0, n) to q + p * n.
+// channels [0, n) to q + p * stride.
 template <int C>
-void transpose_outputs(const __m128i* bytes, std::size_t pixels, std::size_t n, std::int8_t* q) {
+void transpose_outputs(const __m128i* bytes, std::size_t pixels, std::size_t n, std::size_t stride, std::int8_t* q) {
     int c0 = 0;
     for (; c0 + 16 <= C; c0 += 16) {
         // A 4 x 4 dword transpose per lane across four groups of 4 channels leaves pixel 4k + p'
@@ -203,25 +205,27 @@ void transpose_outputs(const __m128i* bytes, std::size_t pixels, std::size_t n, 
         _mm512_store_si512(lanes[3], _mm512_unpackhi_epi64(b, d));
         const __mmask16 m = tail_mask(n - static_cast<std::size_t>(c0));
         for (std::size_t p = 0; p < pixels; ++p) {
-            _mm_mask_storeu_epi8(q + p * n + c0, m, _mm_load_si128(reinterpret_cast<const __m128i*>(lanes[p % 4][p / 4])));
+            _mm_mask_storeu_epi8(q + p * stride + c0, m, _mm_load_si128(reinterpret_cast<const __m128i*>(lanes[p % 4][p / 4])));
         }
     }
     for (; c0 < C && static_cast<std::size_t>(c0) < n; c0 += 4) {
         alignas(64) std::int8_t dwords[64];  // pixel p's 4 channels at 4 p
         _mm512_store_si512(dwords, pixels_by_dword(bytes[c0], bytes[c0 + 1], bytes[c0 + 2], bytes[c0 + 3]));
         const std::size_t count = std::min<std::size_t>(4, n - static_cast<std::size_t>(c0));
-        for (std::size_t p = 0; p < pixels; ++p) std::memcpy(q + p * n + c0, dwords + 4 * p, count);
+        for (std::size_t p = 0; p < pixels; ++p) std::memcpy(q + p * stride + c0, dwords + 4 * p, count);
     }
 }
 
-// Pixels x0 .. x0 + pixels - 1 (pixels <= 16) of output row oh, channels 0 .. C - 1 (C >= n, the
-// weights of channels past n zero or another layer's padding, their outputs not written).
+// Pixels x0 .. x0 + pixels - 1 (pixels <= 16) of output row oh, channels 0 .. C - 1 of the
+// pass (w, w_sums, mult and bias start at its first channel, a multiple of 16; C >= n, the weights
+// of channels past n zero or the next pass's, their outputs not written); pixel p's n outputs go
+// to q + p * stride.
 template <int C>
 void planar_chunk(const ConvGeometry& g, const std::uint8_t* planes, const std::int8_t* w, const std::int32_t* w_sums,
-                  std::size_t oh, std::size_t x0, std::size_t pixels, std::size_t n, const float* mult,
-                  const float* bias, bool relu, float inverse, std::int8_t* q) {
+                  std::size_t oh, std::size_t x0, std::size_t pixels, std::size_t n, std::size_t stride,
+                  const float* mult, const float* bias, bool relu, float inverse, std::int8_t* q) {
     const std::size_t groups = g.channels() / kConvChannelGroup, plane_bytes = conv_plane_width(g) * 4;
-    const std::size_t block_bytes = g.kernel_h * g.channels() * kConvCoBlock;
+    const std::size_t block_bytes = g.kernel_h * g.kernel_w * g.channels() * kConvCoBlock;
     const __mmask16 m = tail_mask(pixels);
     __m512i acc[C];
     // The shift of the unsigned bytes, removed up front: -128 * (sum of the channel's weights).
@@ -230,19 +234,22 @@ void planar_chunk(const ConvGeometry& g, const std::uint8_t* planes, const std::
     const std::int8_t* second = C > 16 ? w + block_bytes : w;
     for (std::size_t kh = 0; kh < g.kernel_h; ++kh) {
         const std::uint8_t* row = planes + (oh * g.stride_h + kh * g.dilation_h) * groups * plane_bytes + x0 * 4;
-        const std::size_t tap = kh * groups * 64;
-        for (std::size_t gi = 0; gi < groups; ++gi) {
-            const __m512i x = _mm512_maskz_loadu_epi32(m, row + gi * plane_bytes);
-            const std::int8_t* w0 = w + tap + gi * 64;
-            const std::int8_t* w1 = second + tap + gi * 64;
-            // Unrolled, so that the accumulators stay in registers (GCC kept a rolled loop's
-            // array on the stack: a store and a load per multiply-add).
+        for (std::size_t kw = 0; kw < g.kernel_w; ++kw) {
+            const std::uint8_t* at_tap = row + kw * g.dilation_w * 4;
+            const std::size_t tap = (kh * g.kernel_w + kw) * groups * 64;
+            for (std::size_t gi = 0; gi < groups; ++gi) {
+                const __m512i x = _mm512_maskz_loadu_epi32(m, at_tap + gi * plane_bytes);
+                const std::int8_t* w0 = w + tap + gi * 64;
+                const std::int8_t* w1 = second + tap + gi * 64;
+                // Unrolled, so that the accumulators stay in registers (GCC kept a rolled loop's
+                // array on the stack: a store and a load per multiply-add).
 #pragma GCC unroll 32
-            for (int c = 0; c < C; ++c) {
-                const std::int8_t* at = c < 16 ? w0 + 4 * c : w1 + 4 * (c - 16);
-                std::int32_t weights;
-                std::memcpy(&weights, at, sizeof weights);
-                acc[c] = _mm512_dpbusd_epi32(acc[c], x, _mm512_set1_epi32(weights));
+                for (int c = 0; c < C; ++c) {
+                    const std::int8_t* at = c < 16 ? w0 + 4 * c : w1 + 4 * (c - 16);
+                    std::int32_t weights;
+                    std::memcpy(&weights, at, sizeof weights);
+                    acc[c] = _mm512_dpbusd_epi32(acc[c], x, _mm512_set1_epi32(weights));
+                }
             }
         }
     }
@@ -260,32 +267,36 @@ void planar_chunk(const ConvGeometry& g, const std::uint8_t* planes, const std::
         const __m512 clamped = _mm512_min_ps(_mm512_max_ps(_mm512_mul_ps(y, inv), lo), hi);
         bytes[c] = _mm512_cvtsepi32_epi8(_mm512_cvtps_epi32(clamped));
     }
-    transpose_outputs<C>(bytes, pixels, n, q);
+    transpose_outputs<C>(bytes, pixels, n, stride, q);
 }
 
-template <int C>
-void planar_row(const ConvGeometry& g, const std::uint8_t* planes, const std::int8_t* w, const std::int32_t* w_sums,
-                std::size_t oh, std::size_t ow0, std::size_t count, std::size_t n, const float* mult,
-                const float* bias, bool relu, float inverse, std::int8_t* q) {
-    for (std::size_t p = 0; p < count; p += kConvPlanePixels) {
-        planar_chunk<C>(g, planes, w, w_sums, oh, ow0 + p, std::min(kConvPlanePixels, count - p), n, mult, bias, relu,
-                        inverse, q + p * n);
-    }
+using PlanarChunk = void (*)(const ConvGeometry&, const std::uint8_t*, const std::int8_t*, const std::int32_t*,
+                             std::size_t, std::size_t, std::size_t, std::size_t, std::size_t, const float*,
+                             const float*, bool, float, std::int8_t*);
+
+// The chunk kernel of a pass of `channels` (1 .. kPassChannels): C = channels rounded up to 4.
+PlanarChunk chunk_for(std::size_t channels) {
+    static constexpr PlanarChunk by_groups[] = {planar_chunk<4>,  planar_chunk<8>,  planar_chunk<12>, planar_chunk<16>,
+                                                planar_chunk<20>, planar_chunk<24>, planar_chunk<28>};
+    return by_groups[(channels + 3) / 4 - 1];
 }
 
 void conv_row_planar_requant_i8(const ConvGeometry& g, const std::uint8_t* planes, const std::int8_t* w,
                                 const std::int32_t* w_sums, std::size_t oh, std::size_t ow0, std::size_t count,
                                 std::size_t n, const float* mult, const float* bias, bool relu, float inverse,
                                 std::int8_t* q) {
-    switch ((n + 3) / 4) {
-        case 1: return planar_row<4>(g, planes, w, w_sums, oh, ow0, count, n, mult, bias, relu, inverse, q);
-        case 2: return planar_row<8>(g, planes, w, w_sums, oh, ow0, count, n, mult, bias, relu, inverse, q);
-        case 3: return planar_row<12>(g, planes, w, w_sums, oh, ow0, count, n, mult, bias, relu, inverse, q);
-        case 4: return planar_row<16>(g, planes, w, w_sums, oh, ow0, count, n, mult, bias, relu, inverse, q);
-        case 5: return planar_row<20>(g, planes, w, w_sums, oh, ow0, count, n, mult, bias, relu, inverse, q);
-        case 6: return planar_row<24>(g, planes, w, w_sums, oh, ow0, count, n, mult, bias, relu, inverse, q);
-        case 7: return planar_row<28>(g, planes, w, w_sums, oh, ow0, count, n, mult, bias, relu, inverse, q);
-        default: return;  // n is 0 or above kPlanarMaxChannels: the core does not call it
+    if (n == 0 || n > kPlanarMaxChannels) return;  // the core does not call it so
+    const std::size_t block_bytes = g.kernel_h * g.kernel_w * g.channels() * kConvCoBlock;
+    for (std::size_t p = 0; p < count; p += kConvPlanePixels) {
+        const std::size_t pixels = std::min(kConvPlanePixels, count - p);
+        for (std::size_t co0 = 0; co0 < n;) {
+            const std::size_t left = n - co0;
+            const std::size_t channels = left > kPassChannels ? kConvCoBlock : left;
+            chunk_for(channels)(g, planes, w + co0 / kConvCoBlock * block_bytes, w_sums + co0, oh, ow0 + p, pixels,
+                                channels, n, mult + co0, bias ? bias + co0 : nullptr, relu, inverse,
+                                q + p * n + co0);
+            co0 += channels;
+        }
     }
 }
 
