@@ -35,6 +35,24 @@ Scratch& scratch() {
 
 std::uint8_t shifted(int q) { return static_cast<std::uint8_t>(q + 128); }
 
+// The scale of a float input (the given one, or absmax / 127) and its inverse; false if the input
+// is not finite (converting NaN or Inf to int would be undefined).
+bool float_input_scale(const ConvArgs& a, float* scale, float* inverse) {
+    const std::size_t total = a.batch * a.g.in_c * a.g.in_h * a.g.in_w;
+    const std::int32_t max_bits = ref::max_magnitude_bits(static_cast<const float*>(a.x), total, 0);
+    if (max_bits >= 0x7F800000) return false;
+    if (a.input_scale > 0.0f) {
+        *inverse = 1.0f / a.input_scale;
+        *scale = a.input_scale;
+    } else {
+        float absmax;
+        std::memcpy(&absmax, &max_bits, sizeof absmax);
+        *inverse = absmax > 0.0f ? 127.0f / absmax : 0.0f;
+        *scale = absmax > 0.0f ? absmax / 127.0f : 1.0f;
+    }
+    return true;
+}
+
 // Fills s.image with the padded, shifted activations, `cp` bytes a pixel (the channels padded
 // to 4 for the kernels, or exactly in_c for a folded layer's patch gathering); false if a float
 // input is not finite.
@@ -85,19 +103,8 @@ bool prepare_input(const ConvArgs& a, Scratch& s, float* scale, std::size_t cp) 
     }
     const float* x = static_cast<const float*>(a.x);
     const ConvKernels& kernels = *active_table().conv;
-    const std::size_t total = a.batch * c * h * w;
-    const std::int32_t max_bits = ref::max_magnitude_bits(x, total, 0);
-    if (max_bits >= 0x7F800000) return false;  // converting NaN or Inf to int would be undefined
     float inverse;
-    if (a.input_scale > 0.0f) {
-        inverse = 1.0f / a.input_scale;
-        *scale = a.input_scale;
-    } else {
-        float absmax;
-        std::memcpy(&absmax, &max_bits, sizeof absmax);
-        inverse = absmax > 0.0f ? 127.0f / absmax : 0.0f;
-        *scale = absmax > 0.0f ? absmax / 127.0f : 1.0f;
-    }
+    if (!float_input_scale(a, scale, &inverse)) return false;
     if (a.input == ConvInput::f32_nchw) {
         // Row by row: each channel's row quantized into a contiguous scratch row (a loop that
         // vectorizes), then interleaved into the pixels; writing each value straight to its
@@ -329,69 +336,117 @@ void gather_patches(const ConvGeometry& g, std::size_t batch, const std::uint8_t
     });
 }
 
-// The folded layer's image (gather_patches) in channel planes (conv_planes_layout) instead: for
-// each folded row, each group of 4 folded channels, the row's pixels. A group whose 4 bytes are
-// one run of the padded image (dilation_w 1 and one kernel row) is copied a word a pixel; one
-// that straddles two kernel rows or the end of the patch goes byte by byte (zeros, 128, past it).
-void gather_planes(const ConvGeometry& g, std::size_t batch, const std::uint8_t* tight, Scratch& s, int num_threads) {
+// A folded layer's input as padded, shifted channel rows, s.image = [batch][in_c][padded_h]
+// [padded_w] bytes: from float NCHW each row is quantized in place (no interleaving into pixels);
+// the other inputs are scattered value by value (first layers have 1 to 3 channels). False if a
+// float input is not finite.
+bool prepare_channel_rows(const ConvArgs& a, Scratch& s, float* scale) {
+    const ConvGeometry& g = a.g;
+    const std::size_t c = g.in_c, h = g.in_h, w = g.in_w, hp = g.padded_h(), wp = g.padded_w();
+    s.image.assign(a.batch * c * hp * wp, 128);
+    auto row = [&](std::size_t n, std::size_t ch, std::size_t y) {
+        return s.image.data() + ((n * c + ch) * hp + y + g.pad_h) * wp + g.pad_w;
+    };
+    if (a.input == ConvInput::i8_nhwc) {
+        const std::int8_t* x = static_cast<const std::int8_t*>(a.x);
+        for (std::size_t n = 0; n < a.batch; ++n)
+            for (std::size_t ch = 0; ch < c; ++ch)
+                for (std::size_t y = 0; y < h; ++y)
+                    for (std::size_t i = 0; i < w; ++i) row(n, ch, y)[i] = shifted(x[((n * h + y) * w + i) * c + ch]);
+        *scale = a.input_scale;
+        return true;
+    }
+    float inverse;
+    if (!float_input_scale(a, scale, &inverse)) return false;
+    const float* x = static_cast<const float*>(a.x);
+    if (a.input == ConvInput::f32_nchw) {
+        const ConvKernels& kernels = *active_table().conv;
+        for (std::size_t n = 0; n < a.batch; ++n)
+            for (std::size_t ch = 0; ch < c; ++ch)
+                for (std::size_t y = 0; y < h; ++y)
+                    kernels.quantize_u8(x + ((n * c + ch) * h + y) * w, w, inverse, row(n, ch, y));
+        return true;
+    }
+    for (std::size_t n = 0; n < a.batch; ++n)
+        for (std::size_t ch = 0; ch < c; ++ch)
+            for (std::size_t y = 0; y < h; ++y)
+                for (std::size_t i = 0; i < w; ++i)
+                    row(n, ch, y)[i] = shifted(quantize_i8(x[((n * h + y) * w + i) * c + ch], inverse));
+    return true;
+}
+
+// out[4 x + b] = from[b][x * step]: a plane's pixels from four streams of bytes. With step 1 the
+// compiler vectorizes it into byte unpacks.
+void interleave4(const std::uint8_t* __restrict s0, const std::uint8_t* __restrict s1,
+                 const std::uint8_t* __restrict s2, const std::uint8_t* __restrict s3, std::size_t count,
+                 std::size_t step, std::uint8_t* __restrict out) {
+    if (step == 1) {
+        for (std::size_t x = 0; x < count; ++x) {
+            out[4 * x] = s0[x];
+            out[4 * x + 1] = s1[x];
+            out[4 * x + 2] = s2[x];
+            out[4 * x + 3] = s3[x];
+        }
+        return;
+    }
+    for (std::size_t x = 0; x < count; ++x) {
+        out[4 * x] = s0[x * step];
+        out[4 * x + 1] = s1[x * step];
+        out[4 * x + 2] = s2[x * step];
+        out[4 * x + 3] = s3[x * step];
+    }
+}
+
+// The folded layer's image (gather_patches) in channel planes (conv_planes_layout) instead, from
+// its channel rows (prepare_channel_rows): folded channel k of a pixel is one channel row read
+// from an offset (its kernel row, tap and channel), so each plane row interleaves four shifted
+// byte rows; the folded channels past the patch read a row of 128s (zeros).
+void gather_planes(const ConvGeometry& g, std::size_t batch, const std::uint8_t* rows, Scratch& s, int num_threads) {
     const ConvGeometry f = conv_folded_geometry(g);
     const bool whole = f.kernel_h == 1;
     const std::size_t rows_out = f.in_h, ow_count = f.in_w, groups = f.channels() / kConvChannelGroup;
     const std::size_t plane_w = conv_plane_width(f), row_bytes = groups * plane_w * kConvChannelGroup;
-    const std::size_t c = g.in_c, wp = g.padded_w(), image_bytes = g.padded_h() * wp * c;
+    const std::size_t c = g.in_c, hp = g.padded_h(), wp = g.padded_w(), image_bytes = c * hp * wp;
     const std::size_t run = g.kernel_w * c, values = whole ? g.kernel_h * run : run;
     const std::size_t size = batch * rows_out * row_bytes;
     if (s.patches.size() < size) s.patches.resize(size);
+    if (s.row.size() < wp) s.row.resize(wp);
+    std::fill(s.row.begin(), s.row.end(), std::uint8_t{128});
     std::uint8_t* planes = s.patches.data();
-    // Where folded channel k of output pixel 0 reads, relative to the row's first source pixel:
-    // kernel row k / run, tap (k % run) / c, channel k % c. -1 past the patch.
+    // Folded channel k reads channel k % c of kernel row k / run at tap (k % run) / c: its offset
+    // from the channel rows of the output row's first source row; -1 past the patch.
     std::vector<long> source(groups * kConvChannelGroup, -1);
     for (std::size_t k = 0; k < values; ++k) {
         const std::size_t r = k / run, kw = k % run / c, ch = k % c;
-        source[k] = static_cast<long>((r * g.dilation_h * wp + kw * g.dilation_w) * c + ch);
-    }
-    std::vector<char> one_word(groups);
-    for (std::size_t gi = 0; gi < groups; ++gi) {
-        bool contiguous = true;
-        for (std::size_t b = 1; b < kConvChannelGroup; ++b) {
-            const long first = source[gi * kConvChannelGroup];
-            contiguous &= first >= 0 && source[gi * kConvChannelGroup + b] == first + static_cast<long>(b);
-        }
-        one_word[gi] = contiguous;
+        source[k] = static_cast<long>((ch * hp + r * g.dilation_h) * wp + kw * g.dilation_w);
     }
     const std::size_t min_rows = std::max<std::size_t>(1, 4096 / std::max<std::size_t>(row_bytes, 1));
-    const std::size_t stride_h = whole ? g.stride_h : 1, pixel_step = g.stride_w * c;
-    const long* from_k = source.data();
-    const char* word = one_word.data();
+    const std::size_t stride_h = whole ? g.stride_h : 1, step = g.stride_w;
+    const long* offsets = source.data();
+    const std::uint8_t* zeros = s.row.data();
     parallel_for(batch * rows_out, 1, min_rows, num_threads, [=](std::size_t begin, std::size_t end) {
         for (std::size_t row = begin; row < end; ++row) {
             const std::size_t n = row / rows_out, y = row % rows_out;
-            const std::uint8_t* origin = tight + n * image_bytes + y * stride_h * wp * c;
+            const std::uint8_t* origin = rows + n * image_bytes + y * stride_h * wp;
             std::uint8_t* to = planes + row * row_bytes;
             for (std::size_t gi = 0; gi < groups; ++gi, to += plane_w * kConvChannelGroup) {
-                const long* k = from_k + gi * kConvChannelGroup;
-                if (word[gi]) {
-                    const std::uint8_t* from = origin + k[0];
-                    for (std::size_t x = 0; x < ow_count; ++x) std::memcpy(to + x * 4, from + x * pixel_step, 4);
-                    continue;
-                }
-                for (std::size_t x = 0; x < ow_count; ++x) {
-                    for (std::size_t b = 0; b < kConvChannelGroup; ++b) {
-                        to[x * 4 + b] = k[b] < 0 ? 128 : origin[x * pixel_step + static_cast<std::size_t>(k[b])];
-                    }
-                }
+                const long* k = offsets + gi * kConvChannelGroup;
+                const std::uint8_t* from[kConvChannelGroup];
+                for (std::size_t b = 0; b < kConvChannelGroup; ++b) from[b] = k[b] < 0 ? zeros : origin + k[b];
+                // The row of zeros is read with the same step, so it is as long as a padded row.
+                interleave4(from[0], from[1], from[2], from[3], ow_count, step, to);
             }
         }
     });
 }
 
-// Layers whose output channels fill no whole number of 16-channel blocks, or fewer than two,
-// run the planar kernel (int8 outputs, stride_w 1, and an image the core can lay out in planes:
-// a folded first layer's gathered patches or a previous layer's int8 output); the rest by pixels.
+// Folded first layers (up to planar_max_channels: CSRNet's 3 -> 64 ran 2.11 ms by pixels and
+// 1.56 ms in planes) and layers over int8 whose output channels fill no whole number of 16-channel
+// blocks, or fewer than two, run the planar kernel (int8 outputs, stride_w 1); the rest by pixels.
 bool runs_planar(const ConvKernels& kernels, const ConvArgs& a, const ConvGeometry& g, bool folded) {
     return kernels.conv_row_planar_requant_i8 && a.output == ConvOutput::i8_nhwc && conv_planes_layout(g) &&
            (folded || a.input == ConvInput::i8_nhwc) && g.out_c <= kernels.planar_max_channels &&
-           (g.out_c < 2 * kConvCoBlock || g.out_c % kConvCoBlock != 0);
+           (folded || g.out_c < 2 * kConvCoBlock || g.out_c % kConvCoBlock != 0);
 }
 
 // An int8 NHWC input in channel planes (conv_planes_layout), shifted by 128, zeros (128) on the
@@ -458,14 +513,13 @@ ConvStatus conv2d(const ConvArgs& a, int num_threads) {
     if (planar && !folded) {
         prepare_planes(a, s);
         scale = a.input_scale;
+    } else if (planar) {
+        if (!prepare_channel_rows(a, s, &scale)) return ConvStatus::nonfinite_input;
+        gather_planes(a.g, a.batch, s.image.data(), s, num_threads);
     } else {
         // A folded layer's image keeps in_c bytes a pixel (its words of patches read them in runs).
         if (!prepare_input(a, s, &scale, folded ? a.g.in_c : a.g.channels())) return ConvStatus::nonfinite_input;
-        if (planar) {
-            gather_planes(a.g, a.batch, s.image.data(), s, num_threads);
-        } else if (folded) {
-            gather_patches(a.g, a.batch, s.image.data(), s, num_threads);
-        }
+        if (folded) gather_patches(a.g, a.batch, s.image.data(), s, num_threads);
     }
     if (a.used_input_scale) *a.used_input_scale = scale;
 
