@@ -49,7 +49,10 @@ from torch.utils.benchmark.utils.common import TaskSpec
 #: with the timer's own overhead in them.
 MIN_RUN_TIME_S = 0.02
 #: :func:`measure_pair` puts this many seconds' worth of calls at least into one timed block.
-MIN_BLOCK_S = 0.001
+#: Not less: on the 2-vCPU EPYC a block of one call of codl's 2-thread LeNet-5 batch 64 took
+#: 2.9-3.5 ms, blocks of 6 calls 1.8-2.1 ms a call (the pool's workers sleep between blocks and
+#: the first call wakes them), so 1 ms blocks timed the wake-up, not the model.
+MIN_BLOCK_S = 0.01
 #: Rule 2: a side whose interquartile range exceeds this fraction of its median is unstable.
 MAX_RELATIVE_IQR = 0.5
 #: Rule 3: a load average above this many times the usable CPUs.
@@ -143,6 +146,13 @@ def measure(fn: Callable[[], object], repeat: int) -> Timing:
 #: nor with its spinning turned off).
 SETTLE_S = 0.1
 
+#: After the pause each block of :func:`measure_pair` of calls shorter than this starts with
+#: untimed calls for this long: the pause idles the CPUs, and the calls right after it run slow until the
+#: cores are back in their steady state (on the 2-vCPU EPYC, codl's 2-thread LeNet-5 batch 64
+#: took 3.0 ms a call for the first two calls after a 100 ms sleep against 1.9 ms in steady
+#: state, and the pairs of one-call blocks reported 3.3-3.5 ms).
+WARM_UP_S = 0.01
+
 
 def measure_pair(
     first: Callable[[], object], second: Callable[[], object], repeat: int
@@ -150,10 +160,10 @@ def measure_pair(
     """Times ``first`` and ``second`` interleaved: one warm-up call each, then rounds of one
     timed block of ``first`` followed by one timed block of ``second``, at least ``repeat``
     rounds and at least :data:`MIN_RUN_TIME_S` of blocks per side, each block after a pause of
-    :data:`SETTLE_S` (so neither side is timed against the other's spinning threads). A block
-    holds as many calls
-    as make it last :data:`MIN_BLOCK_S` (one call for anything slower); when both sides take
-    one call per block, the calls that showed it are the first round."""
+    :data:`SETTLE_S` (so neither side is timed against the other's spinning threads) and, for
+    short calls, :data:`WARM_UP_S` of untimed ones (the cores back from idle). A block holds as
+    many calls as make it last :data:`MIN_BLOCK_S` (one call for anything slower); when both
+    sides take one call per block, the calls that showed it are the first round."""
     _check_repeat(repeat)
     sides = (_Side(first), _Side(second))
     for side in sides:
@@ -168,6 +178,7 @@ def measure_pair(
             # The threads the other side left spinning (OpenMP's, ONNX Runtime's, codl's pool)
             # would otherwise share the cores with this block's first calls.
             time.sleep(SETTLE_S)
+            side.wake()
             side.time_block()
     load = load_average()
     return sides[0].timing(load), sides[1].timing(load)
@@ -199,6 +210,15 @@ class _Side:
             self.calls = max(2 * self.calls, math.ceil(self.calls * MIN_BLOCK_S / block_s))
             self.time_block()
         return self.calls == 1
+
+    def wake(self) -> None:
+        """Untimed calls for :data:`WARM_UP_S` when a call is shorter than that (a longer call
+        leaves the idle start a small part of itself)."""
+        if not self.per_call_s or self.per_call_s[-1] >= WARM_UP_S:
+            return
+        start = time.perf_counter()
+        while time.perf_counter() - start < WARM_UP_S:
+            self.fn()
 
     def time_block(self) -> None:
         before = cpu_wait_s()

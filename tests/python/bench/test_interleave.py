@@ -34,8 +34,9 @@ def test_run_cases_alternates_single_call_blocks_of_slow_sides() -> None:
     case = bench.Case(
         "slow",
         1,
-        _recording(calls, "codl", 0.002),  # type: ignore[arg-type]
-        _recording(calls, "torch", 0.002),  # type: ignore[arg-type]
+        # Calls longer than a block's minimum and the warm-up: one call a block, no warm-up.
+        _recording(calls, "codl", 0.012),  # type: ignore[arg-type]
+        _recording(calls, "torch", 0.012),  # type: ignore[arg-type]
         torch.equal,
     )
     bench.run_cases("t", [case], repeat=5, threads=1, progress=False)
