@@ -147,10 +147,9 @@ def measure(fn: Callable[[], object], repeat: int) -> Timing:
 SETTLE_S = 0.1
 
 #: After the pause each block of :func:`measure_pair` of calls shorter than this starts with
-#: untimed calls for this long: the pause idles the CPUs, and the calls right after it run slow until the
-#: cores are back in their steady state (on the 2-vCPU EPYC, codl's 2-thread LeNet-5 batch 64
-#: took 3.0 ms a call for the first two calls after a 100 ms sleep against 1.9 ms in steady
-#: state, and the pairs of one-call blocks reported 3.3-3.5 ms).
+#: untimed calls for this long: the pause idles the CPUs, and the first calls after it run slow
+#: (on the 2-vCPU EPYC, codl's 2-thread LeNet-5 batch 64 took 2.0-2.2 ms for its first call
+#: after a 100 ms sleep against 1.6-1.9 ms in steady state).
 WARM_UP_S = 0.01
 
 
