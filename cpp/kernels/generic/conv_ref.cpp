@@ -8,10 +8,13 @@
 namespace codl::ref {
 namespace {
 
-void conv_row_i8(const ConvGeometry& g, const std::uint8_t* image, const std::int8_t* w,
-                 const std::int32_t*, std::size_t oh, std::size_t ow0, std::size_t count,
-                 std::int32_t* acc) {
-    const std::size_t cp = g.channels(), wp = g.padded_w(), co_pad = g.out_c_padded();
+// acc[p * out_c_padded + co] for the output pixels (oh, ow0 + p), p < count, with the image's
+// byte of (padded row y, padded column x, channel c) read as byte_at(y, x, c): the one
+// definition of the sums, for the pixel layout and the channel planes alike.
+template <typename ByteAt>
+void sums(const ConvGeometry& g, const std::int8_t* w, std::size_t oh, std::size_t ow0, std::size_t count,
+          ByteAt byte_at, std::int32_t* acc) {
+    const std::size_t cp = g.channels(), co_pad = g.out_c_padded();
     const std::size_t block_bytes = g.kernel_h * g.kernel_w * cp * kConvCoBlock;
     for (std::size_t p = 0; p < count; ++p) {
         const std::size_t ow = ow0 + p;
@@ -22,19 +25,26 @@ void conv_row_i8(const ConvGeometry& g, const std::uint8_t* image, const std::in
                 const std::size_t ih = oh * g.stride_h + kh * g.dilation_h;
                 for (std::size_t kw = 0; kw < g.kernel_w; ++kw) {
                     const std::size_t iw = ow * g.stride_w + kw * g.dilation_w;
-                    const std::uint8_t* pixel = image + (ih * wp + iw) * cp;
                     const std::int8_t* tap = wb + (kh * g.kernel_w + kw) * cp * kConvCoBlock;
                     for (std::size_t c = 0; c < cp; ++c) {
                         const std::int8_t weight =
                             tap[(c / kConvChannelGroup) * kConvCoBlock * kConvChannelGroup +
                                 (co % kConvCoBlock) * kConvChannelGroup + c % kConvChannelGroup];
-                        total += (static_cast<int>(pixel[c]) - 128) * weight;
+                        total += (static_cast<int>(byte_at(ih, iw, c)) - 128) * weight;
                     }
                 }
             }
             acc[p * co_pad + co] = total;
         }
     }
+}
+
+void conv_row_i8(const ConvGeometry& g, const std::uint8_t* image, const std::int8_t* w,
+                 const std::int32_t*, std::size_t oh, std::size_t ow0, std::size_t count,
+                 std::int32_t* acc) {
+    const std::size_t cp = g.channels(), wp = g.padded_w();
+    sums(g, w, oh, ow0, count, [&](std::size_t y, std::size_t x, std::size_t c) { return image[(y * wp + x) * cp + c]; },
+         acc);
 }
 
 void epilogue_f32(const std::int32_t* acc, std::size_t acc_stride, std::size_t pixels, std::size_t n,
@@ -80,34 +90,16 @@ void conv_row_planar_requant_i8(const ConvGeometry& g, const std::uint8_t* plane
                                 const std::int32_t*, std::size_t oh, std::size_t ow0, std::size_t count,
                                 std::size_t n, const float* mult, const float* bias, bool relu, float inverse,
                                 std::int8_t* q) {
-    const std::size_t cp = g.channels(), groups = cp / kConvChannelGroup, plane_w = conv_plane_width(g);
-    const std::size_t co_pad = g.out_c_padded(), block_bytes = g.kernel_h * g.kernel_w * cp * kConvCoBlock;
+    const std::size_t groups = g.channels() / kConvChannelGroup, plane_w = conv_plane_width(g);
     thread_local std::vector<std::int32_t> acc;
-    acc.resize(count * co_pad);
-    for (std::size_t p = 0; p < count; ++p) {
-        for (std::size_t co = 0; co < co_pad; ++co) {
-            const std::int8_t* wb = w + (co / kConvCoBlock) * block_bytes;
-            std::int32_t total = 0;
-            for (std::size_t kh = 0; kh < g.kernel_h; ++kh) {
-                const std::size_t y = oh * g.stride_h + kh * g.dilation_h;
-                for (std::size_t kw = 0; kw < g.kernel_w; ++kw) {
-                    const std::size_t x = ow0 + p + kw * g.dilation_w;
-                    const std::int8_t* tap = wb + (kh * g.kernel_w + kw) * cp * kConvCoBlock;
-                    for (std::size_t c = 0; c < cp; ++c) {
-                        const std::uint8_t value =
-                            planes[((y * groups + c / kConvChannelGroup) * plane_w + x) * kConvChannelGroup +
-                                   c % kConvChannelGroup];
-                        const std::int8_t weight =
-                            tap[(c / kConvChannelGroup) * kConvCoBlock * kConvChannelGroup +
-                                (co % kConvCoBlock) * kConvChannelGroup + c % kConvChannelGroup];
-                        total += (static_cast<int>(value) - 128) * weight;
-                    }
-                }
-            }
-            acc[p * co_pad + co] = total;
-        }
-    }
-    epilogue_i8(acc.data(), co_pad, count, n, mult, bias, relu, inverse, q);
+    acc.resize(count * g.out_c_padded());
+    sums(
+        g, w, oh, ow0, count,
+        [&](std::size_t y, std::size_t x, std::size_t c) {
+            return planes[((y * groups + c / kConvChannelGroup) * plane_w + x) * kConvChannelGroup + c % kConvChannelGroup];
+        },
+        acc.data());
+    epilogue_i8(acc.data(), g.out_c_padded(), count, n, mult, bias, relu, inverse, q);
 }
 
 }  // namespace
