@@ -93,9 +93,9 @@ struct ConvKernels {
     // The same outputs as conv_row_requant_i8 from the image in channel planes (conv_planes_layout:
     // geometries with stride_w 1), for layers of few output channels or a count that is not a
     // multiple of 16: 16 pixels a register and one accumulator per output channel, so 20 or 24
-    // channels issue 20 or 24 multiply-adds, not the 32 of two channel blocks (MCNN's first layers
-    // spent 37% of their products on the padding). Null where the ISA has none; takes n <=
-    // planar_max_channels.
+    // channels issue 20 or 24 multiply-adds, not the 32 of two channel blocks (MCNN's 3 -> 20
+    // first layer spent 37% of its products on the padding). Null where the ISA has none; takes
+    // n <= planar_max_channels.
     void (*conv_row_planar_requant_i8)(const ConvGeometry& g, const std::uint8_t* planes, const std::int8_t* w,
                                        const std::int32_t* w_sums, std::size_t oh, std::size_t ow0,
                                        std::size_t count, std::size_t n, const float* mult, const float* bias,
@@ -107,7 +107,8 @@ struct ConvKernels {
 // group of 4 channels, the row's padded pixels (conv_plane_width of them, the ones past padded_w
 // unused) of 4 bytes each, byte = int8 value plus 128 as in the pixel layout. Byte of (row y,
 // channel c, pixel x): planes[((y * groups + c / 4) * conv_plane_width(g) + x) * 4 + c % 4].
-// Output pixels 16 apart are then one 64-byte load apart for every tap, which needs stride_w 1.
+// 16 consecutive output pixels of a 4-channel group are then one 64-byte load at every tap,
+// which needs stride_w 1.
 constexpr std::size_t kConvPlanePixels = 16;  // pixels a plane load takes; planes are 64-byte rows
 inline bool conv_planes_layout(const ConvGeometry& g) { return g.stride_w == 1; }
 inline std::size_t conv_plane_width(const ConvGeometry& g) {
