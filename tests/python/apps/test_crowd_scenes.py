@@ -20,6 +20,10 @@ def test_a_scene_is_its_seed_and_holds_every_head_in_the_frame() -> None:
     assert first.count == 300 and first.heads.shape == (300, 2)
     rows, columns = first.heads[:, 0], first.heads[:, 1]
     assert bool(((rows >= 0) & (rows < 96) & (columns >= 0) & (columns < 128)).all())
+    # Small frames too, where a head at the top row is a pixel from the edge.
+    for seed in range(20):
+        heads = render_scene(60, Camera(height=32, width=48), seed=seed).heads
+        assert bool(((heads[:, 0] >= 0) & (heads[:, 0] < 32)).all()), seed
 
 
 def test_perspective_puts_more_and_smaller_people_far_away() -> None:

@@ -7,9 +7,11 @@ reads a state dict from a NumPy ``.npz`` without unpickling and checks every nam
 value against the model; and the data, :func:`render_scene` (synthetic crowd scenes with exactly
 known heads, seen by a :class:`Camera`), :func:`density_map` (geometry-adaptive ground truth),
 :class:`SyntheticCrowds` (a seeded data set of frames and density maps) and :func:`count_errors`
-(MAE and MSE of the counts).
+(MAE and MSE of the counts); :func:`adapt_teacher` (the teacher's backend fine-tuned on cached
+frontend features with K-FAC, SGD or Adam, its held-out MAE per epoch).
 """
 
+from codl.apps.crowd.adapt import Adaptation, adapt_teacher, frontend_features
 from codl.apps.crowd.data import SyntheticCrowds, count_errors
 from codl.apps.crowd.scenes import Camera, Scene, density_map, render_scene
 from codl.apps.crowd.teacher import (
@@ -22,12 +24,15 @@ from codl.apps.crowd.teacher import (
 
 __all__ = [
     "INSTALL_HINT",
+    "Adaptation",
     "Camera",
     "Scene",
     "SyntheticCrowds",
     "TeacherNotInstalledError",
+    "adapt_teacher",
     "count_errors",
     "density_map",
+    "frontend_features",
     "load_state_npz",
     "load_teacher",
     "render_scene",

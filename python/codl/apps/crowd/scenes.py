@@ -118,7 +118,8 @@ def render_scene(count: int, camera: Camera | None = None, *, seed: int = 0) -> 
     feet = feet + torch.rand(count, generator=generator) - 0.5
     columns = torch.rand(count, generator=generator) * w
     heights = camera.person_height_at(feet)
-    heads = torch.stack([feet - 0.9 * heights, columns], dim=1)
+    # The half-row jitter can lift a head at the top row just out of the frame: it stays in.
+    heads = torch.stack([(feet - 0.9 * heights).clamp(0.0, h - 1e-3), columns], dim=1)
     colours = torch.rand(count, 2, 3, generator=generator)
     ys = torch.arange(h, dtype=torch.float32)[:, None]
     xs = torch.arange(w, dtype=torch.float32)[None, :]

@@ -1,0 +1,129 @@
+"""Adapting the pretrained teacher to a new domain: the backend and output layer fine-tuned on
+cached frontend features (the VGG-16 frontend stays as trained), with codl's K-FAC or with SGD
+or Adam for comparison. The loss is CSRNet's: the squared error of the density map, summed over
+its pixels and averaged over the batch."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+from torch.utils.data import Dataset
+from tqdm import tqdm
+
+from codl.apps.crowd.data import count_errors
+from codl.models import CSRNet
+from codl.optim import KFAC
+
+OPTIMIZERS = ("kfac", "sgd", "adam")
+
+
+@dataclass
+class Adaptation:
+    """What :func:`adapt_teacher` did: per epoch, the seconds since it started (feature caching
+    included), the mean training loss and the counts' MAE on the held-out frames."""
+
+    optimizer: str
+    seconds: list[float] = field(default_factory=list)
+    train_loss: list[float] = field(default_factory=list)
+    val_mae: list[float] = field(default_factory=list)
+    mae_before: float = float("nan")
+
+
+def frontend_features(
+    teacher: CSRNet, data: Dataset[tuple[torch.Tensor, torch.Tensor]], batch_size: int = 8
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The teacher's frontend features of every frame of ``data`` and the frames' density maps,
+    stacked (no gradients; the frontend is not trained)."""
+    features, densities = [], []
+    frames = [data[i] for i in range(len(data))]  # type: ignore[arg-type]
+    teacher.eval()
+    with torch.no_grad():
+        for start in range(0, len(frames), batch_size):
+            chunk = frames[start : start + batch_size]
+            features.append(teacher.frontend(torch.stack([image for image, _ in chunk])))
+            densities.append(torch.stack([density for _, density in chunk]))
+    return torch.cat(features), torch.cat(densities).unsqueeze(1)
+
+
+def _head(teacher: CSRNet) -> nn.Sequential:
+    return nn.Sequential(teacher.backend, teacher.output_layer)
+
+
+def _mae(head: nn.Module, features: torch.Tensor, densities: torch.Tensor) -> float:
+    head.eval()
+    with torch.no_grad():
+        return count_errors(head(features), densities)[0]
+
+
+def adapt_teacher(
+    teacher: CSRNet,
+    train: Dataset[tuple[torch.Tensor, torch.Tensor]],
+    val: Dataset[tuple[torch.Tensor, torch.Tensor]],
+    *,
+    optimizer: str = "kfac",
+    epochs: int = 5,
+    batch_size: int = 4,
+    lr: float | None = None,
+    seed: int = 0,
+    progress: bool = False,
+) -> Adaptation:
+    """Fine-tunes ``teacher``'s backend and output layer in place on ``train`` (frames and their
+    density maps at the teacher's 1/8 resolution) and returns the :class:`Adaptation`, with the
+    MAE on ``val`` before and after every epoch.
+
+    ``lr`` defaults per optimizer: 0.05 for K-FAC (damping 0.01, factors every step, inverses
+    every 5), 1e-6 for SGD with momentum 0.95, 1e-5 for Adam. First measurements (16 synthetic
+    64 x 96 frames, 4 epochs): Adam took the held-out MAE from 37.6 to 20.8, SGD to 36.2, K-FAC
+    to 8.5 after 3 epochs and back to 52.6 after the 4th: its step and damping are not yet tuned
+    for this loss."""
+    if optimizer not in OPTIMIZERS:
+        raise ValueError(f"optimizer: expected one of {', '.join(OPTIMIZERS)}, got {optimizer!r}")
+    if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 0:
+        raise ValueError(f"epochs: expected an int >= 0, got {epochs!r}")
+    start = time.perf_counter()
+    features, densities = frontend_features(teacher, train)
+    val_features, val_densities = frontend_features(teacher, val)
+    if features.shape[-2:] != densities.shape[-2:]:
+        raise ValueError(
+            f"density maps of {tuple(densities.shape[-2:])} for features of "
+            f"{tuple(features.shape[-2:])}: the maps must be at 1/8 of the frames (downsample=8)"
+        )
+    head = _head(teacher)
+    result = Adaptation(optimizer, mae_before=_mae(head, val_features, val_densities))
+    parameters = list(head.parameters())
+    if optimizer == "kfac":
+        step_size = 0.05 if lr is None else lr
+        opt: torch.optim.Optimizer = KFAC(
+            head, lr=step_size, damping=1e-2, factor_update_steps=1, inv_update_steps=5
+        )
+    elif optimizer == "sgd":
+        opt = torch.optim.SGD(parameters, lr=1e-6 if lr is None else lr, momentum=0.95)
+    else:
+        opt = torch.optim.Adam(parameters, lr=1e-5 if lr is None else lr)
+    generator = torch.Generator().manual_seed(seed)
+    bar = tqdm(total=epochs, desc=f"adapting ({optimizer})", disable=not progress)
+    for _ in range(epochs):
+        head.train()
+        order = torch.randperm(features.shape[0], generator=generator)
+        losses = []
+        for first in range(0, len(order), batch_size):
+            batch = order[first : first + batch_size]
+            opt.zero_grad()
+            loss = (head(features[batch]) - densities[batch]).pow(2).flatten(1).sum(1).mean()
+            if not torch.isfinite(loss):
+                raise FloatingPointError(
+                    f"adapting with {optimizer}: the loss became {float(loss)}"
+                )
+            loss.backward()
+            opt.step()
+            losses.append(loss.item())
+        result.seconds.append(time.perf_counter() - start)
+        result.train_loss.append(sum(losses) / len(losses))
+        result.val_mae.append(_mae(head, val_features, val_densities))
+        bar.update(1)
+    bar.close()
+    teacher.eval()
+    return result
