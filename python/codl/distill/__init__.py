@@ -2,6 +2,8 @@
 
 * :class:`KDLoss`: soft targets at temperature T (Hinton, Vinyals and Dean 2015, eq. 2 and
   the T² factor of §2), with unlabeled examples (soft term only) and sequence logits.
+* :class:`DensityKDLoss`: density maps of counting nets (pixel-wise squared error plus a count
+  term).
 * :class:`HintLoss`: FitNets hints (Romero et al. 2015, eq. 3) through forward hooks on
   modules named by path, with a learned adapter.
 * :class:`Distiller`: the training loop (teacher frozen under ``torch.no_grad``, progress bars,
@@ -19,7 +21,7 @@
 from __future__ import annotations
 
 from codl.distill.distiller import Distiller, NonFiniteLossError
-from codl.distill.losses import IGNORE_INDEX, HintLoss, KDLoss
+from codl.distill.losses import IGNORE_INDEX, DensityKDLoss, HintLoss, KDLoss
 from codl.distill.sequence import (
     DigitsToWords,
     Seq2Seq,
@@ -33,6 +35,7 @@ from codl.distill.sequence import (
 
 __all__ = [
     "IGNORE_INDEX",
+    "DensityKDLoss",
     "DigitsToWords",
     "Distiller",
     "HintLoss",

@@ -18,7 +18,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from codl.data.checks import check_model_reads
-from codl.distill.losses import HintLoss, KDLoss
+from codl.distill.losses import DensityKDLoss, HintLoss, KDLoss
 
 OptimizerFactory = Callable[[Iterable[nn.Parameter]], torch.optim.Optimizer]
 OptimizerArg = torch.optim.Optimizer | OptimizerFactory | None
@@ -54,7 +54,8 @@ class Distiller:
     Each loss in ``losses`` is called according to its kind:
 
     * :class:`KDLoss`: ``loss(student_logits, teacher_logits, labels)`` (labels ``None`` for an
-      unlabeled batch; -100 hides one example's label);
+      unlabeled batch; -100 hides one example's label); :class:`DensityKDLoss` likewise, with
+      density maps for logits;
     * :class:`HintLoss`: ``loss()`` on the features its hooks recorded (the hooks are attached
       here, so a wrong module path fails now, before training);
     * anything else (``nn.CrossEntropyLoss()``, a function): ``loss(student_logits, labels)``,
@@ -109,7 +110,9 @@ class Distiller:
                 f"{len(self.weights)}"
             )
         needs_teacher = [
-            type(loss).__name__ for loss in self.losses if isinstance(loss, (KDLoss, HintLoss))
+            type(loss).__name__
+            for loss in self.losses
+            if isinstance(loss, (KDLoss, DensityKDLoss, HintLoss))
         ]
         if teacher is None and needs_teacher:
             raise ValueError(f"teacher is None but losses {needs_teacher} need a teacher")
@@ -230,11 +233,12 @@ class Distiller:
         terms: dict[str, torch.Tensor] = {}
         total = student_logits.new_zeros(())
         for name, loss, weight in zip(self.names, self.losses, self.weights):
-            if isinstance(loss, KDLoss):
+            if isinstance(loss, (KDLoss, DensityKDLoss)):
                 assert teacher_logits is not None
                 if teacher_logits.shape != student_logits.shape:
                     raise ValueError(
-                        "teacher and student outputs must have the same shape for KDLoss, got "
+                        "teacher and student outputs must have the same shape for "
+                        f"{type(loss).__name__}, got "
                         f"teacher {tuple(teacher_logits.shape)} and student "
                         f"{tuple(student_logits.shape)}"
                     )

@@ -8,6 +8,10 @@
   ½‖u_h(x) - r(v_g(x))‖², a regressor r (the *adapter*) maps the student's guided layer to the
   teacher's hint layer. Features are captured with forward hooks, so the models' code is left
   alone (torchdistill's approach).
+* :class:`DensityKDLoss`: density-map distillation for counting nets: the pixel-wise squared
+  error to the teacher's map (the loss of MCNN and CSRNet, with the teacher's map as the
+  target) plus a term on the difference of the counts, as counting students are distilled
+  (Liu et al., "Efficient Crowd Counting via Structured Knowledge Transfer", ACM MM 2020).
 """
 
 from __future__ import annotations
@@ -384,3 +388,61 @@ class HintLoss(nn.Module):
         super()._load_from_state_dict(
             state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
         )
+
+
+class DensityKDLoss(nn.Module):
+    """Density-map distillation, per map::
+
+        sum over pixels (s - t)^2 + count_weight * |sum(s) - sum(t)|
+
+    averaged over the batch, where ``s`` is the student's density map and ``t`` the teacher's
+    (N x 1 x h x w, the same shape; no gradient reaches the teacher). The pixel term is
+    CSRNet's training loss with the teacher's map as the target; the count term keeps the
+    student's total right where the pixel term alone spreads a small error over many pixels.
+
+    With ``labels`` (ground-truth density maps of the same shape, or ``None`` for unlabeled
+    frames), ``alpha`` weighs the teacher against the truth: ``alpha * loss(s, t) + (1 - alpha)
+    * loss(s, labels)``.
+
+    Args:
+        count_weight: weight of the count term (>= 0; default 0.1).
+        alpha: weight in [0, 1] of the teacher's term when labels are given (default 1: the
+            labels are ignored).
+    """
+
+    def __init__(self, count_weight: float = 0.1, alpha: float = 1.0) -> None:
+        super().__init__()
+        self.count_weight = _check_number("count_weight", count_weight)
+        self.alpha = _check_number("alpha", alpha)
+        if self.count_weight < 0:
+            raise ValueError(f"count_weight must be >= 0, got {count_weight}")
+        if not 0.0 <= self.alpha <= 1.0:
+            raise ValueError(f"alpha must be in [0, 1], got {alpha}")
+
+    def _to(self, student: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        difference = (student - target).flatten(1)
+        return (difference.pow(2).sum(1) + self.count_weight * difference.sum(1).abs()).mean()
+
+    def forward(
+        self,
+        student_maps: torch.Tensor,
+        teacher_maps: torch.Tensor,
+        labels: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        if student_maps.shape != teacher_maps.shape:
+            raise ValueError(
+                f"student maps {tuple(student_maps.shape)} and teacher maps "
+                f"{tuple(teacher_maps.shape)} differ in shape"
+            )
+        loss = self._to(student_maps, teacher_maps.detach())
+        if labels is None or self.alpha == 1.0:
+            return loss
+        if labels.shape != student_maps.shape:
+            raise ValueError(
+                f"labels {tuple(labels.shape)} must be density maps of the student's shape "
+                f"{tuple(student_maps.shape)}"
+            )
+        return self.alpha * loss + (1.0 - self.alpha) * self._to(student_maps, labels)
+
+    def extra_repr(self) -> str:
+        return f"count_weight={self.count_weight}, alpha={self.alpha}"

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import copy
 import warnings
+from collections.abc import Mapping
 from typing import TypedDict
 
 import torch
@@ -235,6 +236,7 @@ def freeze(
     activations: Activations | None = None,
     packing: Packing = "2bit",
     calibration: torch.Tensor | None = None,
+    ranges: Mapping[str, tuple[float, float]] | None = None,
 ) -> nn.Module:
     """An inference copy of ``model`` (in eval mode) with ternary layers packed and the
     BatchNorms that follow them folded in; ``model`` itself is not changed.
@@ -253,7 +255,12 @@ def freeze(
             convolution hands it int8 NHWC activations: ReLU and requantization run in the
             convolution's epilogue and the pooling on int8 (:class:`Int8MaxPool2d`), with no
             float tensor in between. Without them every convolution quantizes its float input
-            by its absmax on each call. :func:`frozen_summary` says what runs where.
+            by its absmax on each call. :func:`frozen_summary` says what runs where. The
+            ranges measured are kept as the frozen model's ``calibrated_ranges``.
+        ranges: instead of ``calibration``, the ranges a calibration measured (a frozen
+            model's ``calibrated_ranges``: per convolution's name, its input's absmax and its
+            output's largest value), so a model file can carry its static scales without
+            images; the frozen model is then the calibrated one bit for bit.
 
     A float ``nn.Linear`` with at least :data:`codl.kernels.sparse.SPARSE_MIN_SPARSITY` (90%)
     zero weights (magnitude-pruned, ``torch.nn.utils.prune`` included) becomes a
@@ -286,8 +293,13 @@ def freeze(
         _freeze_children(frozen, activations, packing)
         _sparsify(frozen)
         _warn_unsupported(frozen)
+        if calibration is not None and ranges is not None:
+            raise ValueError("pass calibration images or their ranges, not both")
         if calibration is not None:
-            _calibrate_and_chain(frozen, calibration.to(torch.float32))
+            ranges = _calibrated_ranges(frozen, calibration.to(torch.float32))
+        if ranges is not None:
+            _chain_in_int8(frozen, _checked_ranges(frozen, ranges))
+            frozen.__dict__["calibrated_ranges"] = dict(ranges)  # a plain attribute, not state
     return frozen
 
 
@@ -360,25 +372,31 @@ def _is_pool2x2(module: nn.Module | None) -> bool:
     )
 
 
-def _calibrate_and_chain(model: nn.Module, calibration: torch.Tensor) -> None:
-    """Fix every direct convolution's input scale from the absmax of its input over
-    ``calibration``, then chain the convolutions of each Sequential in int8 (see
-    :func:`freeze`)."""
-    convs = [
-        module
-        for module in model.modules()
+def _direct_convolutions(model: nn.Module) -> dict[str, FrozenTernaryConv2d]:
+    return {
+        name: module
+        for name, module in model.named_modules()
         if isinstance(module, FrozenTernaryConv2d) and module.direct is not None
-    ]
-    absmax: dict[FrozenTernaryConv2d, float] = {}
-    output_max: dict[FrozenTernaryConv2d, float] = {}
+    }
+
+
+def _calibrated_ranges(
+    model: nn.Module, calibration: torch.Tensor
+) -> dict[str, tuple[float, float]]:
+    """Per direct convolution's name: its input's absmax and its output's largest value over
+    ``calibration``."""
+    convs = _direct_convolutions(model)
+    names = {module: name for name, module in convs.items()}
+    absmax: dict[str, float] = {}
+    output_max: dict[str, float] = {}
 
     def record(module: nn.Module, args: tuple[torch.Tensor, ...], output: torch.Tensor) -> None:
-        assert isinstance(module, FrozenTernaryConv2d)
-        absmax[module] = max(absmax.get(module, 0.0), float(args[0].detach().abs().max()))
+        name = names[module]  # type: ignore[index]
+        absmax[name] = max(absmax.get(name, 0.0), float(args[0].detach().abs().max()))
         # The largest positive output: the range after a ReLU, which every pooled output has.
-        output_max[module] = max(output_max.get(module, 0.0), float(output.detach().max()))
+        output_max[name] = max(output_max.get(name, 0.0), float(output.detach().max()))
 
-    handles = [conv.register_forward_hook(record) for conv in convs]
+    handles = [conv.register_forward_hook(record) for conv in convs.values()]
     try:
         for start in range(0, len(calibration), 64):
             chunk = calibration[start : start + 64]
@@ -386,14 +404,40 @@ def _calibrate_and_chain(model: nn.Module, calibration: torch.Tensor) -> None:
     finally:
         for handle in handles:
             handle.remove()
-    scales = {conv: value / 127.0 for conv, value in absmax.items() if 0.0 < value < float("inf")}
-    relu_scales = {
-        conv: value / 127.0 for conv, value in output_max.items() if 0.0 < value < float("inf")
-    }
+    return {name: (absmax[name], output_max[name]) for name in convs if name in absmax}
+
+
+def _checked_ranges(
+    model: nn.Module, ranges: Mapping[str, tuple[float, float]]
+) -> dict[FrozenTernaryConv2d, tuple[float, float]]:
+    convs = _direct_convolutions(model)
+    unknown = sorted(set(ranges) - set(convs))
+    if unknown:
+        raise ValueError(
+            f"ranges: {unknown} name no direct convolution of the model (it has {sorted(convs)})"
+        )
+    checked = {}
+    for name, value in ranges.items():
+        pair = tuple(value)
+        if len(pair) != 2 or not all(isinstance(v, (int, float)) for v in pair):
+            raise ValueError(
+                f"ranges[{name!r}]: expected (input absmax, output max), got {value!r}"
+            )
+        checked[convs[name]] = (float(pair[0]), float(pair[1]))
+    return checked
+
+
+def _chain_in_int8(
+    model: nn.Module, ranges: Mapping[FrozenTernaryConv2d, tuple[float, float]]
+) -> None:
+    """Fix every direct convolution's input scale from its calibrated range, then chain the
+    convolutions of each Sequential in int8 (see :func:`freeze`)."""
+    scales = {conv: a / 127.0 for conv, (a, _) in ranges.items() if 0.0 < a < float("inf")}
+    relu_scales = {conv: m / 127.0 for conv, (_, m) in ranges.items() if 0.0 < m < float("inf")}
     int8_inputs: set[FrozenTernaryConv2d] = set()
     for sequential in [m for m in model.modules() if isinstance(m, nn.Sequential)]:
         _chain(sequential, scales, relu_scales, int8_inputs)
-    for conv in convs:  # convolutions outside any chain: static float input scale
+    for conv in _direct_convolutions(model).values():  # outside any chain: static float scale
         if conv.input_scale is None and conv in scales and conv not in int8_inputs:
             conv.configure(relu=conv.relu, input_scale=scales[conv], output_scale=conv.output_scale)
 

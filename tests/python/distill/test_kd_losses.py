@@ -10,6 +10,7 @@ import pytest
 import torch
 from torch import nn
 
+import codl
 from codl.distill import HintLoss, KDLoss
 
 
@@ -302,3 +303,69 @@ def test_hint_paths_of_the_readme_fit_the_shipped_models() -> None:
     assert torch.allclose(value, ((mapped - nn.Sequential(*list(teacher)[:5])(x)) ** 2).mean())
     with pytest.raises(ValueError, match=r"student_module 'features.3' is not a module"):
         HintLoss("features.3", "features.6").attach(student, teacher)
+
+
+# --- DensityKDLoss ------------------------------------------------------------------------------
+
+
+def _density_loss_by_hand(student, target, count_weight):
+    per_map = []
+    for s, t in zip(student, target):
+        squared = sum(float(v) ** 2 for v in (s - t).flatten())
+        per_map.append(squared + count_weight * abs(float(s.sum()) - float(t.sum())))
+    return sum(per_map) / len(per_map)
+
+
+def test_density_kd_loss_is_pixel_squared_error_plus_count_term():
+    generator = torch.Generator().manual_seed(0)
+    student = torch.rand(3, 1, 4, 5, generator=generator)
+    teacher = torch.rand(3, 1, 4, 5, generator=generator)
+    loss = codl.distill.DensityKDLoss(count_weight=0.5)(student, teacher)
+    assert loss.item() == pytest.approx(_density_loss_by_hand(student, teacher, 0.5), rel=1e-5)
+
+
+def test_density_kd_loss_mixes_the_labels_by_alpha_and_never_grads_the_teacher():
+    generator = torch.Generator().manual_seed(1)
+    student = torch.rand(2, 1, 3, 3, generator=generator, requires_grad=True)
+    teacher = torch.rand(2, 1, 3, 3, generator=generator, requires_grad=True)
+    labels = torch.rand(2, 1, 3, 3, generator=generator)
+    loss = codl.distill.DensityKDLoss(count_weight=0.2, alpha=0.25)(student, teacher, labels)
+    expected = 0.25 * _density_loss_by_hand(student.detach(), teacher.detach(), 0.2) + 0.75 * (
+        _density_loss_by_hand(student.detach(), labels, 0.2)
+    )
+    assert loss.item() == pytest.approx(expected, rel=1e-5)
+    loss.backward()
+    assert teacher.grad is None and student.grad is not None
+
+
+def test_density_kd_loss_rejects_bad_settings_and_shapes():
+    with pytest.raises(ValueError, match="count_weight"):
+        codl.distill.DensityKDLoss(count_weight=-1)
+    with pytest.raises(ValueError, match="alpha"):
+        codl.distill.DensityKDLoss(alpha=1.5)
+    with pytest.raises(ValueError, match="differ in shape"):
+        codl.distill.DensityKDLoss()(torch.zeros(1, 1, 2, 2), torch.zeros(1, 1, 2, 3))
+    with pytest.raises(ValueError, match="labels"):
+        codl.distill.DensityKDLoss(alpha=0.5)(
+            torch.zeros(1, 1, 2, 2), torch.zeros(1, 1, 2, 2), torch.zeros(1, 1, 3, 3)
+        )
+
+
+def test_distiller_trains_a_counting_student_on_the_teachers_maps():
+    torch.manual_seed(0)
+    teacher = torch.nn.Conv2d(3, 1, 3, padding=1)
+    student = torch.nn.Conv2d(3, 1, 3, padding=1)
+    frames = torch.rand(16, 3, 8, 8)
+    distiller = codl.distill.Distiller(
+        teacher,
+        student,
+        losses=[codl.distill.DensityKDLoss()],
+        optimizer=lambda p: torch.optim.Adam(p, lr=0.05),
+    )
+    loss = codl.distill.DensityKDLoss()
+    with torch.no_grad():
+        before = loss(student(frames), teacher(frames)).item()
+    distiller.fit([frames[:8], frames[8:]], epochs=60, progress=False)
+    with torch.no_grad():
+        after = loss(student(frames), teacher(frames)).item()
+    assert after < 0.05 * before

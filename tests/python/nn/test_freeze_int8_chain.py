@@ -330,3 +330,29 @@ def test_fuse_names_the_layer_it_cannot_chain() -> None:
         fuse(Branches(), images(1, seed=2))
     with pytest.raises(ValueError, match="example"):
         fuse(frozen, torch.zeros(28, 28))
+
+
+def test_calibrated_ranges_replace_the_images_bit_for_bit() -> None:
+    model = ternary(FashionCNN())
+    calibration = images(32, seed=1)
+    calibrated = freeze(model, calibration=calibration)
+    ranges = calibrated.calibrated_ranges
+    first_name = next(
+        n for n, m in calibrated.named_modules() if isinstance(m, FrozenTernaryConv2d)
+    )
+    assert ranges[first_name][0] == float(calibration.abs().max())
+    from_ranges = freeze(model, ranges=ranges)
+    x = images(3, seed=4)
+    with torch.no_grad():
+        assert torch.equal(from_ranges(x), calibrated(x))
+    assert [r["runs_on"] for r in frozen_summary(from_ranges)] == [
+        r["runs_on"] for r in frozen_summary(calibrated)
+    ]
+
+
+def test_ranges_naming_no_convolution_or_given_with_images_are_refused() -> None:
+    model = ternary(FashionCNN())
+    with pytest.raises(ValueError, match="name no direct convolution"):
+        freeze(model, ranges={"nowhere": (1.0, 1.0)})
+    with pytest.raises(ValueError, match="not both"):
+        freeze(model, calibration=images(2, seed=0), ranges={})
