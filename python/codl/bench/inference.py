@@ -364,15 +364,7 @@ def predictor(runtime: str, prepared: Prepared, threads: int, batch: int | None)
     if path is None:
         return "no int8 ONNX model (quantize_static needs onnxruntime)"
     if runtime.startswith("ort"):
-        import onnxruntime  # type: ignore[import-untyped, import-not-found, unused-ignore]
-
-        options = onnxruntime.SessionOptions()
-        options.intra_op_num_threads = threads
-        options.inter_op_num_threads = 1
-        session = onnxruntime.InferenceSession(
-            str(path), options, providers=["CPUExecutionProvider"]
-        )
-        return partial(_run_ort, session)
+        return onnxruntime_predictor(path, threads)
     import openvino  # type: ignore[import-untyped, import-not-found, unused-ignore]
 
     core = openvino.Core()
@@ -390,6 +382,18 @@ def predictor(runtime: str, prepared: Prepared, threads: int, batch: int | None)
         config["INFERENCE_PRECISION_HINT"] = "f32"
     compiled_model = core.compile_model(model, "CPU", config)
     return partial(_run_openvino, compiled_model.create_infer_request())
+
+
+def onnxruntime_predictor(path: Path, threads: int) -> Predict:
+    """The ONNX model at ``path`` (input ``images``) in an ONNX Runtime CPU session on
+    ``threads`` intra-op threads, as a function of a batch."""
+    import onnxruntime  # type: ignore[import-untyped, import-not-found, unused-ignore]
+
+    options = onnxruntime.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    session = onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    return partial(_run_ort, session)
 
 
 def _run_ort(session: Any, images: torch.Tensor) -> torch.Tensor:

@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from codl.apps.crowd import Camera, SyntheticCrowds, count_errors, load_teacher
-from codl.apps.crowd.adapt import adapt_teacher, frontend_features
+from codl.apps.crowd.adapt import adapt_teacher, cache_features, frontend_features
+from codl.apps.crowd.teacher import Normalized, normalize_frames
 
 CAMERA = Camera(height=32, width=48)
 
@@ -25,7 +26,11 @@ def test_frontend_features_are_the_teachers_frontend_on_every_frame() -> None:
     features, densities = frontend_features(teacher, data, batch_size=2)
     assert features.shape == (3, 512, 4, 6) and densities.shape == (3, 1, 4, 6)
     with torch.no_grad():
-        direct = teacher.frontend(torch.stack([data[i][0] for i in range(3)]))
+        frames = torch.stack([data[i][0] for i in range(3)])
+        mean = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
+        std = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
+        torch.testing.assert_close(normalize_frames(frames), (frames - mean) / std)
+        direct = teacher.frontend((frames - mean) / std)
     torch.testing.assert_close(features, direct)
     assert torch.equal(densities[:, 0], torch.stack([data[i][1] for i in range(3)]))
 
@@ -45,8 +50,18 @@ def test_adam_adaptation_lowers_the_training_loss_and_leaves_the_frontend_alone(
     with torch.no_grad():
         images = torch.stack([val[i][0] for i in range(len(val))])
         maps = torch.stack([val[i][1] for i in range(len(val))]).unsqueeze(1)
-        mae, _ = count_errors(teacher(images), maps)
+        mae, _ = count_errors(Normalized(teacher)(images), maps)
     assert math.isclose(mae, result.val_mae[-1], rel_tol=1e-4)
+
+
+def test_cached_features_give_the_same_adaptation_as_the_frames() -> None:
+    train, val = _data(4, seed=1), _data(2, seed=2)
+    teacher = load_teacher()
+    cached = cache_features(teacher, train, val)
+    from_cache = adapt_teacher(teacher, cached, optimizer="sgd", epochs=2, batch_size=2)
+    from_frames = adapt_teacher(load_teacher(), train, val, optimizer="sgd", epochs=2, batch_size=2)
+    assert from_cache.val_mae == from_frames.val_mae
+    assert from_cache.seconds[0] >= cached.seconds
 
 
 @pytest.mark.slow

