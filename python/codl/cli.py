@@ -325,6 +325,8 @@ def _onnxruntime_int8(teacher: torch.nn.Module, frame: torch.Tensor) -> Any:
 
 
 def _cmd_crowd(args: argparse.Namespace) -> int:
+    import dataclasses
+
     import torch
 
     from codl.apps.crowd.pipeline import RunConfig, run_pipeline
@@ -334,9 +336,17 @@ def _cmd_crowd(args: argparse.Namespace) -> int:
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     config = RunConfig.small() if args.small else RunConfig()
+    if args.data is not None:
+        config = dataclasses.replace(config, data_root=str(args.data), dataset=args.dataset)
     baselines = {} if args.no_onnxruntime else {"teacher_int8_onnxruntime": _onnxruntime_int8}
     try:
-        result = run_pipeline(args.run_dir, config, baselines=baselines, progress=True)
+        result = run_pipeline(
+            args.run_dir,
+            config,
+            baselines=baselines,
+            command=" ".join(["codl", *sys.argv[1:]]),
+            progress=True,
+        )
     except TeacherNotInstalledError as error:
         raise ValueError(str(error)) from None
     minutes = sum(result.seconds.values()) / 60
@@ -563,6 +573,21 @@ def build_parser() -> argparse.ArgumentParser:
     )
     crowd.add_argument("run_dir", type=Path, metavar="RUN_DIR", help="folder for the run")
     crowd.add_argument("--small", action="store_true", help="tiny frames and sets (a smoke run)")
+    crowd.add_argument(
+        "--data",
+        type=Path,
+        default=None,
+        metavar="PATH",
+        help="a public data set on disk for the target domain instead of synthetic frames: "
+        "ShanghaiTech (the folder holding part_A_final/part_B_final, or a part) or UCF-QNRF "
+        "(UCF-QNRF_ECCV18); images resized to the run's frame size",
+    )
+    crowd.add_argument(
+        "--dataset",
+        choices=("shanghaitech-a", "shanghaitech-b", "ucf-qnrf"),
+        default="shanghaitech-a",
+        help="which data set --data holds (default shanghaitech-a)",
+    )
     crowd.add_argument(
         "--no-onnxruntime",
         action="store_true",

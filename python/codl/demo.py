@@ -448,6 +448,77 @@ def section_distill(_: DemoContext) -> Figures:
     return asdict(r)
 
 
+def section_crowd(_: DemoContext) -> Figures:
+    from codl.apps.crowd import RunConfig, report_figures, run_pipeline
+    from codl.apps.crowd.teacher import TeacherNotInstalledError, teacher_weights_path
+
+    _heading("application: crowd counting, teacher to a 1/1000-size student")
+    try:
+        teacher_weights_path()
+    except TeacherNotInstalledError as error:
+        print(f"  {error}; running the synthetic-only part")
+        return _crowd_synthetic_only()
+    config = RunConfig.demo()
+    with tempfile.TemporaryDirectory(prefix="codl-demo-crowd-") as folder:
+        run_pipeline(folder, config, progress=False)
+        figures = report_figures(folder)
+    errors, sizes, scene = figures.errors, figures.sizes, figures.scene
+    print(
+        f"  pretrained CSRNet ({figures.parameters['teacher']:,} parameters) adapted to "
+        f"{config.train_frames} synthetic {config.height}x{config.width} frames with K-FAC, SGD "
+        f"and Adam; held-out count MAE {errors['teacher_pretrained']['mae']:.1f} before, "
+        f"{errors['teacher_adapted']['mae']:.1f} after"
+    )
+    print(
+        f"  student ({figures.parameters['student']:,} parameters) distilled on "
+        f"{config.unlabeled_frames} unlabeled frames, ternarized: {sizes['student_codl']:,}-byte "
+        f".codl file (1/{sizes['teacher_float32'] // sizes['student_codl']:,} of float32 CSRNet), "
+        f"MAE {errors['student']['mae']:.1f}; new scene {scene['before_mae']:.1f} -> "
+        f"{scene['after_mae']:.1f} after re-distilling on {scene['frames']:.0f} frames"
+    )
+    for row, cells in figures.table.items():
+        print(f"    {row:<19} speed {cells['speed'].text()}")
+    print(
+        "  (a toy run at tiny resolution; `codl crowd RUN_DIR` runs the full pipeline, "
+        "docs/crowd/report.md has its report)"
+    )
+    return {
+        "errors": errors,
+        "sizes": sizes,
+        "scene": scene,
+        "table": {
+            row: {kind: asdict(cell) for kind, cell in cells.items()}
+            for row, cells in figures.table.items()
+        },
+    }
+
+
+def _crowd_synthetic_only() -> Figures:
+    """Without the teacher: a student trained on the synthetic ground truth, compressed and
+    run from its .codl file."""
+    from codl.apps.crowd import (
+        CrowdStudent,
+        RunConfig,
+        count_errors,
+        distill_student,
+        load_student,
+        save_student,
+    )
+    from codl.apps.crowd.pipeline import stack_frames
+
+    config = RunConfig.demo()
+    frames, truth = stack_frames(config.data("unlabeled"))
+    student, _ = distill_student(frames, truth, student=CrowdStudent(), epochs=12, ternary_epochs=3)
+    test_frames, test_truth = stack_frames(config.data("test"))
+    with tempfile.TemporaryDirectory(prefix="codl-demo-crowd-") as folder:
+        path = save_student(student, Path(folder) / "student.codl", calibration=frames)
+        size = path.stat().st_size
+        with torch.no_grad():
+            mae, _ = count_errors(load_student(path)(test_frames), test_truth)
+    print(f"  student trained on ground truth: {size:,}-byte .codl file, count MAE {mae:.1f}")
+    return {"student_codl_bytes": size, "student_mae": mae}
+
+
 SECTIONS: list[Section] = [
     section_info,
     section_packing,
@@ -456,6 +527,7 @@ SECTIONS: list[Section] = [
     section_comm,
     section_distill,
     section_downsizing,
+    section_crowd,
 ]
 
 

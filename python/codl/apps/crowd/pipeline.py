@@ -3,7 +3,8 @@
 
 1. **Compute node.** The pretrained CSRNet teacher is adapted to the target camera's frames
    (backend and output layer on cached frontend features) with codl's K-FAC and, from the same
-   pretrained weights and features, with SGD and Adam: their held-out error against time.
+   pretrained weights and features, with SGD and Adam: their held-out error against time. The
+   adapted teacher with the lowest final held-out error teaches the student.
 2. **Learning algorithm.** A :class:`CrowdStudent` is distilled from the adapted teacher on
    unlabeled frames (:class:`codl.distill.DensityKDLoss`), then ternarized and fine-tuned.
 3. **Downsizing.** The ternary student is written as a ``.codl`` file (2-bit weights) and runs
@@ -26,6 +27,7 @@ from __future__ import annotations
 
 import copy
 import json
+import math
 import os
 import platform
 import statistics
@@ -37,11 +39,14 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch.nn import functional as F
+from torch.utils.data import Dataset
 from tqdm import tqdm
 
 import codl
 from codl.apps.crowd.adapt import OPTIMIZERS, adapt_teacher, cache_features
 from codl.apps.crowd.data import SyntheticCrowds
+from codl.apps.crowd.public import UCFQNRF, ShanghaiTech
 from codl.apps.crowd.scenes import Camera
 from codl.apps.crowd.student import (
     CrowdStudent,
@@ -80,7 +85,7 @@ class RunConfig:
     val_frames: int = 48
     unlabeled_frames: int = 384
     test_frames: int = 64
-    adapt_epochs: int = 6
+    adapt_epochs: int = 4
     optimizers: tuple[str, ...] = OPTIMIZERS
     student_epochs: int = 30
     ternary_epochs: int = 10
@@ -93,6 +98,9 @@ class RunConfig:
     link_latency: float = 50e-6
     projected_nodes: tuple[int, ...] = (1, 2, 4, 8, 16, 64, 256)
     seed: int = 0
+    #: A public data set on disk for the target domain (see :meth:`data`), and which one.
+    data_root: str | None = None
+    dataset: str = "shanghaitech-a"
 
     @classmethod
     def small(cls) -> RunConfig:
@@ -115,6 +123,28 @@ class RunConfig:
             projected_nodes=(1, 2, 8),
         )
 
+    @classmethod
+    def demo(cls) -> RunConfig:
+        """``codl demo``'s run, well under a minute: small frames, enough of them for the
+        student to learn something."""
+        return cls(
+            height=64,
+            width=96,
+            train_frames=16,
+            val_frames=8,
+            unlabeled_frames=96,
+            test_frames=16,
+            adapt_epochs=2,
+            student_epochs=12,
+            ternary_epochs=3,
+            scene_frames=48,
+            scene_epochs=4,
+            serve_height=240,
+            serve_width=320,
+            speed_seconds=0.5,
+            projected_nodes=(1, 2, 8, 64),
+        )
+
     def camera(self) -> Camera:
         """The target scene's camera."""
         return Camera(height=self.height, width=self.width)
@@ -132,9 +162,13 @@ class RunConfig:
             noise=0.03,
         )
 
-    def data(self, split: str, camera: Camera | None = None) -> SyntheticCrowds:
+    def data(self, split: str, camera: Camera | None = None) -> Frames:
         """The split's frames: ``train``, ``val``, ``unlabeled``, ``test``, ``scene`` (unlabeled
-        frames of the new scene) or ``scene_test``; each from its own seed."""
+        frames of the new scene) or ``scene_test``; each from its own seed. With
+        ``data_root``, the first four come from that public data set instead (:data:`DATASETS`;
+        train, val and unlabeled from consecutive images of its training split, test from its
+        test split), each image resized to the run's frame size; the new scene stays
+        synthetic."""
         sizes = {
             "train": self.train_frames,
             "val": self.val_frames,
@@ -143,13 +177,73 @@ class RunConfig:
             "scene": self.scene_frames,
             "scene_test": self.test_frames,
         }
+        if self.data_root is not None and not split.startswith("scene"):
+            return self._public(split, sizes)
         offsets = {"train": 1, "val": 2, "unlabeled": 3, "test": 4, "scene": 5, "scene_test": 6}
         if camera is None:
             camera = self.new_camera() if split.startswith("scene") else self.camera()
         return SyntheticCrowds(sizes[split], camera, seed=self.seed * 10 + offsets[split])
 
+    def _public(self, split: str, sizes: dict[str, int]) -> Frames:
+        assert self.data_root is not None
+        if self.dataset not in DATASETS:
+            raise ValueError(f"dataset: expected one of {sorted(DATASETS)}, got {self.dataset!r}")
+        source_split = "test" if split == "test" else "train"
+        images = DATASETS[self.dataset](self.data_root, source_split)
+        first = {"train": 0, "val": self.train_frames, "unlabeled": 0, "test": 0}[split]
+        if split == "unlabeled":  # the labels of these frames are never read
+            first = self.train_frames + self.val_frames
+        indices = list(range(first, min(first + sizes[split], len(images))))
+        if not indices:
+            raise ValueError(
+                f"{self.data_root}: {len(images)} {source_split} images leave none for the "
+                f"{split} frames (the run takes {sizes[split]} after the first {first})"
+            )
+        return Resized(images, indices, self.height, self.width)
 
-def stack_frames(data: SyntheticCrowds) -> tuple[torch.Tensor, torch.Tensor]:
+
+#: The public data sets a run can take its frames from (``RunConfig.data_root``).
+DATASETS: dict[str, Callable[[str, str], ShanghaiTech | UCFQNRF]] = {
+    "shanghaitech-a": lambda root, split: ShanghaiTech(root, "A", split),
+    "shanghaitech-b": lambda root, split: ShanghaiTech(root, "B", split),
+    "ucf-qnrf": lambda root, split: UCFQNRF(root, split, max_side=1024),
+}
+
+
+class Resized(Dataset[tuple[torch.Tensor, torch.Tensor]]):
+    """Items ``indices`` of ``images`` resized to ``height`` x ``width`` (bilinear), their
+    density maps resized to 1/8 of that and rescaled to keep each map's count."""
+
+    def __init__(
+        self,
+        images: Dataset[tuple[torch.Tensor, torch.Tensor]],
+        indices: list[int],
+        height: int,
+        width: int,
+    ) -> None:
+        self.images, self.indices, self.height, self.width = images, indices, height, width
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        image, density = self.images[self.indices[index]]
+        frame = F.interpolate(
+            image[None], (self.height, self.width), mode="bilinear", align_corners=False
+        )[0].clamp(0, 1)
+        resized = F.interpolate(
+            density[None, None], (self.height // 8, self.width // 8), mode="area"
+        )[0, 0]
+        total = float(resized.sum())
+        if total > 0:
+            resized = resized * (float(density.sum()) / total)
+        return frame, resized
+
+
+Frames = SyntheticCrowds | Resized
+
+
+def stack_frames(data: Frames) -> tuple[torch.Tensor, torch.Tensor]:
     """All frames of ``data`` and their density maps (N x 1 x h x w), stacked."""
     items = [data[i] for i in range(len(data))]
     return torch.stack([f for f, _ in items]), torch.stack([d for _, d in items]).unsqueeze(1)
@@ -199,10 +293,12 @@ def run_pipeline(
     config: RunConfig | None = None,
     *,
     baselines: Mapping[str, Baseline] | None = None,
+    command: str | None = None,
     progress: bool = True,
 ) -> RunResult:
     """Run the whole pipeline (module docstring) into ``run_dir`` (created; files replaced).
-    ``baselines``: more counters for the speed table, by name (see :data:`Baseline`). Needs the
+    ``baselines``: more counters for the speed table, by name (see :data:`Baseline`);
+    ``command``: how the run was started, for the report. Needs the
     ``csrnet`` package (:func:`load_teacher` says how to install it)."""
     config = config or RunConfig()
     folder = Path(run_dir)
@@ -217,6 +313,7 @@ def run_pipeline(
         "codl": codl.info().get("version", ""),
         "torch": torch.__version__,
         "started": time.strftime("%Y-%m-%d %H:%M:%S"),
+        "command": command,
     }
     _write_json(folder / CONFIG, meta)
     steps = tqdm(total=6, desc="crowd pipeline", disable=not progress)
@@ -234,6 +331,7 @@ def run_pipeline(
     cached = cache_features(pretrained, config.data("train"), config.data("val"))
     adaptations = {}
     adapted: nn.Module | None = None
+    best = math.inf
     for name in config.optimizers:
         teacher = load_teacher()
         record = adapt_teacher(
@@ -245,8 +343,9 @@ def run_pipeline(
             progress=progress,
         )
         adaptations[name] = asdict(record)
-        if adapted is None or name == "kfac":
-            adapted = teacher
+        final = record.val_mae[-1] if record.val_mae else record.mae_before
+        if adapted is None or final < best:  # the student learns from the best teacher
+            adapted, best = teacher, final
     assert adapted is not None
     _write_json(folder / ADAPTATION, {"feature_seconds": cached.seconds, "runs": adaptations})
     save(adapted, folder / TEACHER)

@@ -403,6 +403,8 @@ def _markdown(figures: Figures) -> str:
         f"{config['serve_height']} x {config['serve_width']} for speed. Every error below is "
         "recomputed from the saved models; times are the run's records.",
         "",
+        f"Command: `{meta.get('command') or 'codl crowd RUN_DIR'}`, then `codl report RUN_DIR`.",
+        "",
         "## Speed x Memory",
         "",
         "| component | speed | memory |",
