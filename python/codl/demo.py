@@ -448,6 +448,9 @@ def section_distill(_: DemoContext) -> Figures:
     return asdict(r)
 
 
+OPTIMIZER_NAMES = {"kfac": "K-FAC", "sgd": "SGD", "adam": "Adam"}
+
+
 def section_crowd(_: DemoContext) -> Figures:
     from codl.apps.crowd import RunConfig, report_figures, run_pipeline
     from codl.apps.crowd.teacher import TeacherNotInstalledError, teacher_weights_path
@@ -465,8 +468,9 @@ def section_crowd(_: DemoContext) -> Figures:
     errors, sizes, scene = figures.errors, figures.sizes, figures.scene
     print(
         f"  pretrained CSRNet ({figures.parameters['teacher']:,} parameters) adapted to "
-        f"{config.train_frames} synthetic {config.height}x{config.width} frames with K-FAC, SGD "
-        f"and Adam; held-out count MAE {errors['teacher_pretrained']['mae']:.1f} before, "
+        f"{config.train_frames} synthetic {config.height}x{config.width} frames with "
+        f"{' and '.join(OPTIMIZER_NAMES[name] for name in config.optimizers)}; held-out count "
+        f"MAE {errors['teacher_pretrained']['mae']:.1f} before, "
         f"{errors['teacher_adapted']['mae']:.1f} after"
     )
     print(

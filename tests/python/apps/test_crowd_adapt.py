@@ -62,6 +62,11 @@ def test_cached_features_give_the_same_adaptation_as_the_frames() -> None:
     from_frames = adapt_teacher(load_teacher(), train, val, optimizer="sgd", epochs=2, batch_size=2)
     assert from_cache.val_mae == from_frames.val_mae
     assert from_cache.seconds[0] >= cached.seconds
+    # a time budget ends the run after the first epoch past it
+    budgeted = adapt_teacher(
+        load_teacher(), cached, optimizer="adam", epochs=5, batch_size=2, max_seconds=0.0
+    )
+    assert len(budgeted.val_mae) == len(budgeted.seconds) == 1
 
 
 @pytest.mark.slow

@@ -117,13 +117,15 @@ def adapt_teacher(
     lr: float | None = None,
     seed: int = 0,
     kfac_options: Mapping[str, Any] | None = None,
+    max_seconds: float | None = None,
     progress: bool = False,
 ) -> Adaptation:
     """Fine-tunes ``teacher``'s backend and output layer in place on ``train`` (frames and their
     density maps at the teacher's 1/8 resolution) and returns the :class:`Adaptation`, with the
     MAE on ``val`` before and after every epoch. ``train`` may be the :class:`CachedFeatures`
     of both sets instead (``val`` is then not read), so optimizers are compared on the same
-    features computed once.
+    features computed once. ``max_seconds``: stop after the first epoch that ends past this
+    time (features included), so optimizers can be given the same time.
 
     ``lr`` and ``batch_size`` default per optimizer: K-FAC lr 0.2 on 16 frames a step
     (:data:`KFAC_DEFAULTS`: damping 1, momentum 0.5, KL clip 3e-3, factors every 2 steps,
@@ -180,6 +182,8 @@ def adapt_teacher(
         result.train_loss.append(sum(losses) / len(losses))
         result.val_mae.append(_mae(head, val_features, val_densities))
         bar.update(1)
+        if max_seconds is not None and result.seconds[-1] >= max_seconds:
+            break
     bar.close()
     teacher.eval()
     return result

@@ -61,6 +61,8 @@ from codl.comm.linkmodel import measure_throughput
 from codl.distill import DensityKDLoss
 from codl.formats import save
 
+#: The most epochs an optimizer gets within K-FAC's time.
+MAX_EPOCHS_IN_BUDGET = 50
 #: Files of a run folder.
 CONFIG = "config.json"
 ADAPTATION = "adaptation.json"
@@ -83,12 +85,12 @@ class RunConfig:
     width: int = 160
     train_frames: int = 128
     val_frames: int = 48
-    unlabeled_frames: int = 384
+    unlabeled_frames: int = 1024
     test_frames: int = 64
     adapt_epochs: int = 4
     optimizers: tuple[str, ...] = OPTIMIZERS
-    student_epochs: int = 30
-    ternary_epochs: int = 10
+    student_epochs: int = 40
+    ternary_epochs: int = 15
     scene_frames: int = 256
     scene_epochs: int = 10
     serve_height: int = 480
@@ -130,12 +132,13 @@ class RunConfig:
         return cls(
             height=64,
             width=96,
-            train_frames=16,
+            train_frames=32,
             val_frames=8,
-            unlabeled_frames=96,
+            unlabeled_frames=192,
             test_frames=16,
             adapt_epochs=2,
-            student_epochs=12,
+            optimizers=("kfac", "adam"),
+            student_epochs=15,
             ternary_epochs=3,
             scene_frames=48,
             scene_epochs=4,
@@ -332,16 +335,22 @@ def run_pipeline(
     adaptations = {}
     adapted: nn.Module | None = None
     best = math.inf
-    for name in config.optimizers:
+    # K-FAC first, for its epochs; then each other optimizer for as many epochs as fit in the
+    # time K-FAC took (its epochs are cheaper), so time to target compares equal budgets.
+    budget: float | None = None
+    for name in sorted(config.optimizers, key=lambda name: name != "kfac"):
         teacher = load_teacher()
         record = adapt_teacher(
             teacher,
             cached,
             optimizer=name,
-            epochs=config.adapt_epochs,
+            epochs=config.adapt_epochs if budget is None else MAX_EPOCHS_IN_BUDGET,
             seed=config.seed,
+            max_seconds=budget,
             progress=progress,
         )
+        if name == "kfac" and record.seconds:
+            budget = record.seconds[-1]
         adaptations[name] = asdict(record)
         final = record.val_mae[-1] if record.val_mae else record.mae_before
         if adapted is None or final < best:  # the student learns from the best teacher
