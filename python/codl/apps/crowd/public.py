@@ -27,6 +27,7 @@ be finite numeric N x 2 arrays.
 
 from __future__ import annotations
 
+import abc
 import os
 import re
 from pathlib import Path
@@ -113,7 +114,7 @@ def _points(value: Any, path: Path, name: str) -> np.ndarray[Any, np.dtype[np.fl
     return points
 
 
-class _AnnotatedImages(Dataset[tuple[torch.Tensor, torch.Tensor]]):
+class _AnnotatedImages(Dataset[tuple[torch.Tensor, torch.Tensor]], abc.ABC):
     """Images and their head annotations: the item logic :class:`ShanghaiTech` and
     :class:`UCFQNRF` share; they say where the files are and how an annotation is read."""
 
@@ -129,8 +130,9 @@ class _AnnotatedImages(Dataset[tuple[torch.Tensor, torch.Tensor]]):
         """Each image's annotation file."""
         self.downsample, self.max_side = downsample, max_side
 
+    @abc.abstractmethod
     def _read_points(self, path: Path) -> np.ndarray[Any, np.dtype[np.float64]]:
-        raise NotImplementedError
+        """The N x 2 (x, y) head positions of the annotation file ``path``."""
 
     def __len__(self) -> int:
         return len(self.paths)
