@@ -152,20 +152,6 @@ std::unique_ptr<std::uint8_t[]> scratch(std::size_t n) {
     return std::unique_ptr<std::uint8_t[]>(new std::uint8_t[std::max<std::size_t>(n, 1)]);
 }
 
-// A fresh output tensor is mostly page faults: 4 KB pages cost more than the decode itself
-// (64 MB: ~50 ms of faults against ~15 ms of decoding). Asking for transparent huge pages on
-// its 2 MB-aligned interior makes each fault map 2 MB. Only a hint; large outputs only.
-void advise_huge_pages([[maybe_unused]] void* data, [[maybe_unused]] std::size_t size,
-                       [[maybe_unused]] std::size_t at_least = std::size_t{4} << 21) {
-#if defined(__linux__) && defined(MADV_HUGEPAGE)
-    constexpr std::uintptr_t kHugePage = std::uintptr_t{1} << 21;
-    if (size < at_least) return;
-    const std::uintptr_t begin = (reinterpret_cast<std::uintptr_t>(data) + kHugePage - 1) & ~(kHugePage - 1);
-    const std::uintptr_t end = (reinterpret_cast<std::uintptr_t>(data) + size) & ~(kHugePage - 1);
-    if (end > begin) madvise(reinterpret_cast<void*>(begin), end - begin, MADV_HUGEPAGE);
-#endif
-}
-
 bool multiply_overflows(std::uint64_t a, std::uint64_t b, std::uint64_t* product) {
     return __builtin_mul_overflow(a, b, product);
 }
@@ -264,6 +250,17 @@ bool decode_shuffled_from_file(const Stream& s, std::size_t count, std::size_t i
 }
 
 }  // namespace
+
+void advise_huge_pages([[maybe_unused]] void* data, [[maybe_unused]] std::size_t size,
+                       [[maybe_unused]] std::size_t at_least) {
+#if defined(__linux__) && defined(MADV_HUGEPAGE)
+    constexpr std::uintptr_t kHugePage = std::uintptr_t{1} << 21;
+    if (size < at_least) return;
+    const std::uintptr_t begin = (reinterpret_cast<std::uintptr_t>(data) + kHugePage - 1) & ~(kHugePage - 1);
+    const std::uintptr_t end = (reinterpret_cast<std::uintptr_t>(data) + size) & ~(kHugePage - 1);
+    if (end > begin) madvise(reinterpret_cast<void*>(begin), end - begin, MADV_HUGEPAGE);
+#endif
+}
 
 const char* status_message(Status status) {
     switch (status) {
@@ -638,8 +635,10 @@ Status decode_planes(const Stream* planes, std::size_t itemsize, std::size_t cou
     for (std::size_t j = 0; j < inflated.size(); ++j) {
         const std::size_t k = inflated[j];
         std::uint8_t* target = buffer.get() + j * count;
-        const Status status = inflate_raw(planes[k].data, planes[k].size, target, count, backend);
-        if (status != Status::ok) return fail(k, status);
+        if (!inflate_literals(planes[k].data, planes[k].size, target, count)) {
+            const Status status = inflate_raw(planes[k].data, planes[k].size, target, count, backend);
+            if (status != Status::ok) return fail(k, status);
+        }
         segments[k].push_back({0, target, count});
     }
     if (count == 0) return Status::ok;

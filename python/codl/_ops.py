@@ -586,6 +586,12 @@ def split_planes(data: torch.Tensor, itemsize: int, *, sign_last: bool) -> torch
     return out
 
 
+def advise_huge_pages(out: torch.Tensor, *, at_least: int = 4 << 20) -> None:
+    """Ask the kernel for 2 MB pages on a fresh tensor of at least ``at_least`` bytes before it
+    is first written: faulting in its memory then costs ~4x less (a hint; Linux only)."""
+    _C.format_advise_huge_pages(_output(out.view(torch.uint8), torch.uint8), at_least)
+
+
 def decode_planes(
     planes: Sequence[StreamArgument],
     itemsize: int,

@@ -283,6 +283,15 @@ void register_format(py::module_& m) {
         "Decode one chunk of byte-plane streams into out (len(out) / itemsize elements). None on success, "
         "else (the failing plane, what was wrong).");
     m.def(
+        "format_advise_huge_pages",
+        [](const py::buffer& out, std::size_t at_least) {
+            const Buffer o = checked_buffer(out, "out", 'B', true);
+            fmt::advise_huge_pages(o.data, o.size, at_least);
+        },
+        py::arg("out"), py::arg("at_least"),
+        "Ask for transparent huge pages on out's 2 MB-aligned interior before it is first written "
+        "(a hint; outputs of at least at_least bytes).");
+    m.def(
         "format_decode_tensor",
         [](const std::string& encoding, std::uint64_t numel, std::uint64_t count, bool sparse, std::size_t itemsize,
            bool shuffle, int bits, int width, std::uint64_t rows, bool compressed,

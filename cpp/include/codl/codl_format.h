@@ -46,6 +46,18 @@ std::size_t deflate_raw(const std::uint8_t* in, std::size_t n, std::uint8_t* out
 Status inflate_raw(const std::uint8_t* in, std::size_t n, std::uint8_t* out, std::size_t raw_size,
                    Backend backend = Backend::best);
 std::uint32_t crc32(const std::uint8_t* data, std::size_t n, std::uint32_t crc = 0);
+// The fast path for the literal-only streams codl writes for byte planes (Huffman-only, stored
+// or fixed blocks; cpp/core/inflate_literals.cpp): several literals per table lookup. True only
+// when the stream is valid and inflates to exactly raw_size bytes using every input byte; false
+// for anything else (a length code, a corrupt or odd stream), and the caller then inflates it
+// with inflate_raw, whose Status stands. Needs no zlib. Never reads or writes out of bounds.
+bool inflate_literals(const std::uint8_t* in, std::size_t n, std::uint8_t* out, std::size_t raw_size);
+
+// A fresh output buffer is mostly page faults: with 4 KB pages, faulting in 90 MB took 38-46 ms
+// here against 9-11 ms with 2 MB pages (more than decoding it). Asks for transparent huge pages
+// on the buffer's 2 MB-aligned interior, before it is first written, if it holds at least
+// `at_least` bytes. Only a hint (Linux; a no-op elsewhere or where THP is off).
+void advise_huge_pages(void* data, std::size_t size, std::size_t at_least = std::size_t{4} << 21);
 
 // ---- kernels (scalar references in cpp/kernels/generic/bitpack_ref.cpp) -------------------
 // Fields of `width` bits (1..8), LSB first: field i occupies bits [i*width, (i+1)*width) of

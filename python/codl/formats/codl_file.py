@@ -9,14 +9,16 @@ the header implies, failing if the stream wants more or ends short. Whatever is 
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
 import math
+import mmap
 import os
 import struct
 import sys
 import zlib
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -746,11 +748,29 @@ def _check_no_overlap(records: list[_Record]) -> None:
             )
 
 
-def _as_memoryview(source: Source) -> memoryview:
+@contextlib.contextmanager
+def _opened(source: Source) -> Iterator[memoryview]:
+    """The file's bytes as a memoryview: a path is memory-mapped for the duration (reading a
+    90 MB file into a fresh bytes object cost 54 ms, more than decoding it; a mapping of the
+    page cache costs ~1 ms). Every decoded tensor is a copy, so nothing outlives the mapping."""
     if isinstance(source, (bytes, bytearray, memoryview)):
         view = memoryview(source)
-        return view.cast("B") if view.format != "B" or view.ndim != 1 else view
-    return memoryview(Path(source).read_bytes())
+        yield view.cast("B") if view.format != "B" or view.ndim != 1 else view
+        return
+    with open(source, "rb") as file:
+        size = os.fstat(file.fileno()).st_size
+        if size == 0:  # mmap refuses an empty file; the header check reports it
+            yield memoryview(b"")
+            return
+        mapping = mmap.mmap(file.fileno(), 0, access=mmap.ACCESS_READ)
+    view = memoryview(mapping)
+    try:
+        yield view
+    finally:
+        view.release()
+        # A slice still referenced (say by an exception's traceback) keeps it open: GC closes it.
+        with contextlib.suppress(BufferError):
+            mapping.close()
 
 
 def read_header(
@@ -759,12 +779,12 @@ def read_header(
     """The checked header of a ``.codl`` file: per-tensor info and the metadata. With
     ``check_crcs`` every stream's CRC32 is checked too (nothing is inflated): FormatError names
     the first corrupt stream."""
-    data = _as_memoryview(source)
-    records, metadata = _read(data)
-    if check_crcs:
-        for record in records:
-            for role, stream in _streams(record):
-                _check_crc(stream, data, record.info.name, role)
+    with _opened(source) as data:
+        records, metadata = _read(data)
+        if check_crcs:
+            for record in records:
+                for role, stream in _streams(record):
+                    _check_crc(stream, data, record.info.name, role)
     return [r.info for r in records], metadata
 
 
@@ -922,7 +942,13 @@ def load(
     ``num_threads`` threads (default :func:`codl.get_num_threads`). Raises :class:`FormatError`
     if anything in the file is malformed or corrupt.
     """
-    data = _as_memoryview(source)
+    with _opened(source) as data:
+        return _load(data, max_bytes, num_threads)
+
+
+def _load(
+    data: memoryview, max_bytes: int | None, num_threads: int | None
+) -> dict[str, torch.Tensor]:
     records, _ = _read(data)
     limit = (
         max(_MIN_DEFAULT_LIMIT, _DEFAULT_EXPANSION * len(data)) if max_bytes is None else max_bytes
@@ -941,6 +967,9 @@ def load(
         for r in records
         if r.parts
     }
+    if codec.core_codec() != "none":
+        for tensor in planes.values():
+            _ops.advise_huge_pages(tensor)
     jobs: list[tuple[int, _Record, int]] = []  # (bytes decoded, record, chunk index or -1)
     for r in records:
         if r.parts:

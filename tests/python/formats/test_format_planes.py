@@ -21,6 +21,7 @@ from codl_reference import version_of
 from test_format_safety import expect_error, seal, split, tensor_entry
 
 import codl
+from codl import _C, _ops
 from codl.formats import codec, encode_state_dict, encodings
 
 DATA = Path(__file__).parent / "data"
@@ -245,3 +246,14 @@ def test_a_corrupt_plane_is_named(small_chunks: int) -> None:
     assert info.value.tensor == "w"
     assert json.dumps(header)  # the header stayed JSON throughout
     assert struct.calcsize("<8sHHIII") == 24
+
+
+def test_the_huge_page_hint_keeps_the_data_and_checks_its_argument() -> None:
+    """advise_huge_pages is a hint: it never changes a tensor's bytes, whatever its size, and a
+    read-only buffer is refused with ValueError like every output argument."""
+    for numel in (0, 1000, 3 << 20):
+        tensor = torch.arange(numel, dtype=torch.float32)
+        _ops.advise_huge_pages(tensor, at_least=0)
+        assert torch.equal(tensor, torch.arange(numel, dtype=torch.float32))
+    with pytest.raises(ValueError, match="read-only"):
+        _C.format_advise_huge_pages(memoryview(bytes(16)), 0)

@@ -572,3 +572,30 @@ def test_fuzz_aliases_retypes_and_stream_flips(change: tuple[Any, ...]) -> None:
     else:
         assert result[change[1]].dtype == DTYPES_BY_NAME.get(change[2], torch.float32)
         assert _allocated(blob, result) <= FUZZ_LIMIT
+
+
+def _open_descriptors() -> int:
+    return len(list(Path("/proc/self/fd").iterdir()))
+
+
+@pytest.mark.skipif(not Path("/proc/self/fd").is_dir(), reason="counts descriptors in /proc")
+def test_a_path_is_read_through_a_mapping_that_is_closed_after_the_load(tmp_path: Path) -> None:
+    """codl.load(path) maps the file instead of reading it into memory: the tensors are copies,
+    the same as from the bytes, the mapping and its descriptor are gone afterwards (the file can
+    be replaced), and a corrupt or empty file still raises FormatError, leaving nothing open."""
+    path = tmp_path / "model.codl"
+    path.write_bytes(VALID)
+    before = _open_descriptors()
+    from_path = load(path)
+    assert _open_descriptors() == before
+    for name, tensor in load(VALID).items():
+        assert torch.equal(from_path[name], tensor)
+    path.write_bytes(VALID[: len(VALID) // 2])  # replaced while the loaded tensors live on
+    with pytest.raises(FormatError):
+        load(path)
+    path.write_bytes(b"")
+    with pytest.raises(FormatError, match="preamble"):
+        load(path)
+    assert _open_descriptors() == before
+    for name, tensor in load(VALID).items():
+        assert torch.equal(from_path[name], tensor)

@@ -1,0 +1,209 @@
+// inflate_literals against the general inflaters: zlib's Huffman-only streams of many symbol
+// distributions (codes of 1 to 15 bits), hand-written fixed-code and stored blocks mixed in one
+// stream, streams it must leave to the fallback (matches, wrong sizes, trailing bytes,
+// truncation), and bit flips: whatever it accepts, inflate_raw accepts with the same bytes.
+#include <cmath>
+#include <cstring>
+#include <random>
+#include <vector>
+
+#include "codl/codl_format.h"
+#include "harness.h"
+
+#if CODL_TEST_ZLIB
+#include <zlib.h>
+#endif
+
+namespace {
+
+namespace fmt = codl::format;
+using Bytes = std::vector<std::uint8_t>;
+
+std::mt19937_64& rng() {
+    static std::mt19937_64 generator(18);
+    return generator;
+}
+
+// Bytes whose value v has probability proportional to ratio^v (over `symbols` values): a ratio
+// of 0.5 gives codes of 1 to 15 bits, one near 1 the flat distribution of random bytes.
+Bytes skewed_bytes(std::size_t n, double ratio, int symbols = 256) {
+    std::vector<double> weights(static_cast<std::size_t>(symbols));
+    for (int v = 0; v < symbols; ++v) weights[static_cast<std::size_t>(v)] = std::pow(ratio, v);
+    std::discrete_distribution<int> pick(weights.begin(), weights.end());
+    Bytes out(n);
+    for (auto& b : out) b = static_cast<std::uint8_t>(pick(rng()));
+    return out;
+}
+
+// What the fast path must agree with: the general inflater's verdict and bytes.
+bool general_inflate(const Bytes& stream, std::size_t raw_size, Bytes* out) {
+    out->assign(raw_size + 1, 0);
+    return fmt::inflate_raw(stream.data(), stream.size(), out->data(), raw_size) == fmt::Status::ok;
+}
+
+bool fast_inflate(const Bytes& stream, std::size_t raw_size, Bytes* out) {
+    out->assign(raw_size, 0xAA);
+    return fmt::inflate_literals(stream.data(), stream.size(), out->data(), raw_size);
+}
+
+// Raw DEFLATE blocks written bit by bit (RFC 1951): fixed-code literals and stored blocks.
+struct BitWriter {
+    Bytes bytes;
+    std::uint64_t pending = 0;
+    int count = 0;
+    void put(std::uint32_t value, int bits) {  // LSB first
+        pending |= std::uint64_t{value} << count;
+        count += bits;
+        while (count >= 8) {
+            bytes.push_back(static_cast<std::uint8_t>(pending));
+            pending >>= 8;
+            count -= 8;
+        }
+    }
+    void put_code(std::uint32_t code, int bits) {  // Huffman codes go MSB first
+        for (int i = bits - 1; i >= 0; --i) put((code >> i) & 1u, 1);
+    }
+    void flush_byte() {
+        if (count > 0) put(0, 8 - count);
+    }
+    void fixed_block(const std::uint8_t* data, std::size_t n, bool final) {
+        put(final ? 1u : 0u, 1);
+        put(1, 2);
+        for (std::size_t i = 0; i < n; ++i) {
+            const std::uint32_t v = data[i];
+            if (v < 144) put_code(0x30 + v, 8);
+            else put_code(0x190 + (v - 144), 9);
+        }
+        put_code(0, 7);  // end of block: symbol 256, seven zero bits
+    }
+    void stored_block(const std::uint8_t* data, std::size_t n, bool final) {
+        put(final ? 1u : 0u, 1);
+        put(0, 2);
+        flush_byte();
+        const std::uint32_t len = static_cast<std::uint32_t>(n);
+        put(len & 0xffffu, 16);
+        put(~len & 0xffffu, 16);
+        for (std::size_t i = 0; i < n; ++i) put(data[i], 8);
+    }
+};
+
+#if CODL_TEST_ZLIB
+// zlib's Z_HUFFMAN_ONLY at level 9 and memLevel 9, as codl's writer calls it.
+Bytes huffman_only(const Bytes& in) {
+    z_stream zs{};
+    CHECK(deflateInit2(&zs, 9, Z_DEFLATED, -15, 9, Z_HUFFMAN_ONLY) == Z_OK);
+    Bytes out(deflateBound(&zs, static_cast<uLong>(in.size())) + 16);
+    zs.next_in = const_cast<Bytef*>(in.data());
+    zs.avail_in = static_cast<uInt>(in.size());
+    zs.next_out = out.data();
+    zs.avail_out = static_cast<uInt>(out.size());
+    CHECK(deflate(&zs, Z_FINISH) == Z_STREAM_END);
+    out.resize(zs.total_out);
+    deflateEnd(&zs);
+    return out;
+}
+#endif
+
+}  // namespace
+
+#if CODL_TEST_ZLIB
+TEST_CASE("inflate_literals: zlib's Huffman-only streams decode exactly, codes of 1 to 15 bits") {
+    const std::size_t sizes[] = {0, 1, 2, 7, 100, 4097, 40000, 300000};
+    const double ratios[] = {0.05, 0.5, 0.7, 0.9, 0.97, 1.0};
+    for (std::size_t n : sizes) {
+        for (double ratio : ratios) {
+            const Bytes data = skewed_bytes(n, ratio);
+            const Bytes stream = huffman_only(data);
+            Bytes fast;
+            CHECK_MSG(fast_inflate(stream, n, &fast), "n=" + std::to_string(n) + " ratio=" + std::to_string(ratio));
+            CHECK(fast == data);
+        }
+    }
+    // Two symbols only, and one symbol only (zlib then adds a second code).
+    for (int symbols : {1, 2}) {
+        const Bytes data = skewed_bytes(70000, 0.5, symbols);
+        Bytes fast;
+        CHECK(fast_inflate(huffman_only(data), data.size(), &fast) && fast == data);
+    }
+}
+
+TEST_CASE("inflate_literals: streams with matches, wrong sizes, trailing bytes or cut short go to the fallback") {
+    const Bytes data = skewed_bytes(50000, 0.8);
+    const Bytes stream = huffman_only(data);
+    Bytes fast, general;
+    CHECK(!fast_inflate(stream, data.size() - 1, &fast));
+    CHECK(!general_inflate(stream, data.size() - 1, &general));
+    CHECK(!fast_inflate(stream, data.size() + 1, &fast));
+    CHECK(!general_inflate(stream, data.size() + 1, &general));
+    Bytes trailed = stream;
+    trailed.push_back(0);
+    CHECK(!fast_inflate(trailed, data.size(), &fast));
+    for (std::size_t cut : {std::size_t{0}, std::size_t{1}, stream.size() / 2, stream.size() - 1}) {
+        const Bytes cut_stream(stream.begin(), stream.begin() + static_cast<std::ptrdiff_t>(cut));
+        CHECK(!fast_inflate(cut_stream, data.size(), &fast));
+    }
+    // Ordinary DEFLATE of repetitive bytes uses length/distance codes: never decoded here.
+    Bytes repetitive(60000);
+    for (std::size_t i = 0; i < repetitive.size(); ++i) repetitive[i] = static_cast<std::uint8_t>(i % 97);
+    Bytes lz(fmt::deflate_bound(repetitive.size()));
+    lz.resize(fmt::deflate_raw(repetitive.data(), repetitive.size(), lz.data(), lz.size(), 6));
+    CHECK(!fast_inflate(lz, repetitive.size(), &fast));
+    CHECK(general_inflate(lz, repetitive.size(), &general));
+}
+
+TEST_CASE("inflate_literals: whatever it accepts after bit flips, inflate_raw accepts with the same bytes") {
+    const Bytes data = skewed_bytes(20000, 0.6);
+    const Bytes stream = huffman_only(data);
+    std::uniform_int_distribution<std::size_t> where(0, stream.size() * 8 - 1);
+    int accepted = 0;
+    for (int trial = 0; trial < 3000; ++trial) {
+        Bytes corrupt = stream;
+        const int flips = 1 + trial % 3;
+        for (int f = 0; f < flips; ++f) {
+            const std::size_t bit = where(rng());
+            corrupt[bit / 8] = static_cast<std::uint8_t>(corrupt[bit / 8] ^ (1u << (bit % 8)));
+        }
+        Bytes fast, general;
+        if (fast_inflate(corrupt, data.size(), &fast)) {
+            ++accepted;
+            CHECK(general_inflate(corrupt, data.size(), &general));
+            general.resize(data.size());
+            CHECK(fast == general);
+        }
+    }
+    // A flip inside a literal's code that maps it onto another code of the same length keeps
+    // the size: some flips are accepted (and must then agree), most are not.
+    CHECK(accepted < 3000);
+}
+#endif
+
+TEST_CASE("inflate_literals: fixed-code and stored blocks, mixed in one stream") {
+    const Bytes a = skewed_bytes(3000, 0.9), b = skewed_bytes(70000, 1.0), c = skewed_bytes(1, 1.0);
+    BitWriter w;
+    w.fixed_block(a.data(), a.size(), false);
+    w.stored_block(b.data(), 65535, false);
+    w.stored_block(b.data() + 65535, b.size() - 65535, false);
+    w.fixed_block(c.data(), c.size(), false);
+    w.stored_block(nullptr, 0, false);
+    w.fixed_block(a.data(), 0, true);
+    w.flush_byte();
+    Bytes expected = a;
+    expected.insert(expected.end(), b.begin(), b.end());
+    expected.insert(expected.end(), c.begin(), c.end());
+    Bytes fast, general;
+    CHECK(fast_inflate(w.bytes, expected.size(), &fast) && fast == expected);
+    CHECK(general_inflate(w.bytes, expected.size(), &general));
+    // A stored block whose NLEN is not LEN's complement is corrupt: left to the fallback.
+    BitWriter bad;
+    bad.stored_block(c.data(), 1, true);
+    bad.bytes[1] ^= 0xff;
+    CHECK(!fast_inflate(bad.bytes, 1, &fast));
+    // Symbols 286 and 287 have fixed codes but are invalid.
+    BitWriter invalid;
+    invalid.put(1, 1);
+    invalid.put(1, 2);
+    invalid.put_code(0xC6, 8);  // 286
+    invalid.put_code(0, 7);
+    invalid.flush_byte();
+    CHECK(!fast_inflate(invalid.bytes, 0, &fast));
+}
