@@ -605,65 +605,94 @@ void join_planes(const std::uint8_t* const* planes, std::size_t count, std::size
 
 Status decode_planes(const Stream* planes, std::size_t itemsize, std::size_t count, bool sign_last,
                      std::uint8_t* out, std::size_t* failed_plane, Backend backend) {
+    const PlaneChunk chunk{planes, count, out};
+    std::size_t failed_chunk = 0;
+    return decode_plane_chunks(&chunk, 1, itemsize, sign_last, &failed_chunk, failed_plane, backend);
+}
+
+Status decode_plane_chunks(const PlaneChunk* chunks, std::size_t n_chunks, std::size_t itemsize, bool sign_last,
+                           std::size_t* failed_chunk, std::size_t* failed_plane, Backend backend) {
+    *failed_chunk = 0;
     *failed_plane = 0;
     if (!plane_itemsize(itemsize)) return Status::bad_request;
-    auto fail = [&](std::size_t k, Status status) {
+    auto fail = [&](std::size_t c, std::size_t k, Status status) {
+        *failed_chunk = c;
         *failed_plane = k;
         return status;
     };
-    for (std::size_t k = 0; k < itemsize; ++k) {
-        if (planes[k].raw_size != count) return fail(k, Status::size_mismatch);
+    for (std::size_t c = 0; c < n_chunks; ++c) {
+        for (std::size_t k = 0; k < itemsize; ++k) {
+            if (chunks[c].planes[k].raw_size != chunks[c].count) return fail(c, k, Status::size_mismatch);
+        }
     }
-    for (std::size_t k = 0; k < itemsize; ++k) {
-        if (crc32(planes[k].data, planes[k].size) != planes[k].crc32) return fail(k, Status::crc_mismatch);
+    for (std::size_t c = 0; c < n_chunks; ++c) {
+        for (std::size_t k = 0; k < itemsize; ++k) {
+            const Stream& s = chunks[c].planes[k];
+            if (crc32(s.data, s.size) != s.crc32) return fail(c, k, Status::crc_mismatch);
+        }
     }
     // Each plane as segments: a stored-only stream's blocks in place, or its inflated bytes.
-    std::vector<std::vector<Segment>> segments(itemsize);
-    std::vector<std::size_t> inflated;  // planes that need the scratch, in order
-    for (std::size_t k = 0; k < itemsize; ++k) {
-        const Stream& s = planes[k];
+    std::vector<std::vector<Segment>> segments(n_chunks * itemsize);
+    std::vector<std::size_t> inflated;  // planes (c * itemsize + k) that need the scratch, in order
+    std::size_t scratch_bytes = 0;
+    for (std::size_t p = 0; p < segments.size(); ++p) {
+        const Stream& s = chunks[p / itemsize].planes[p % itemsize];
         std::size_t consumed = 0, produced = 0;
         bool final = false;
-        if (leading_stored_blocks(s.data, s.size, s.raw_size, &segments[k], &consumed, &produced, &final) && final &&
+        if (leading_stored_blocks(s.data, s.size, s.raw_size, &segments[p], &consumed, &produced, &final) && final &&
             consumed == s.size && produced == s.raw_size) {
             continue;
         }
-        segments[k].clear();
-        inflated.push_back(k);
+        segments[p].clear();
+        inflated.push_back(p);
+        scratch_bytes += s.raw_size;
     }
-    std::unique_ptr<std::uint8_t[]> buffer = scratch(inflated.size() * count);
+    // The Huffman-coded planes (in practice each chunk's exponent plane) two at a time through
+    // inflate_literals' interleaved loop; whatever it does not take, zlib or libdeflate inflates
+    // and judges.
+    std::unique_ptr<std::uint8_t[]> buffer = scratch(scratch_bytes);
+    std::vector<LiteralStream> streams(inflated.size());
+    for (std::size_t j = 0, offset = 0; j < inflated.size(); ++j) {
+        const Stream& s = chunks[inflated[j] / itemsize].planes[inflated[j] % itemsize];
+        streams[j] = {s.data, s.size, buffer.get() + offset, s.raw_size};
+        offset += s.raw_size;
+    }
+    std::unique_ptr<bool[]> decoded(new bool[std::max<std::size_t>(inflated.size(), 1)]);
+    inflate_literals(streams.data(), streams.size(), decoded.get());
     for (std::size_t j = 0; j < inflated.size(); ++j) {
-        const std::size_t k = inflated[j];
-        std::uint8_t* target = buffer.get() + j * count;
-        if (!inflate_literals(planes[k].data, planes[k].size, target, count)) {
-            const Status status = inflate_raw(planes[k].data, planes[k].size, target, count, backend);
-            if (status != Status::ok) return fail(k, status);
+        const std::size_t p = inflated[j];
+        const LiteralStream& s = streams[j];
+        if (!decoded[j]) {
+            const Status status = inflate_raw(s.in, s.size, s.out, s.raw_size, backend);
+            if (status != Status::ok) return fail(p / itemsize, p % itemsize, status);
         }
-        segments[k].push_back({0, target, count});
+        segments[p].push_back({0, s.out, s.raw_size});
     }
-    if (count == 0) return Status::ok;
-    // A chunk is a few MB of a larger tensor: its 2 MB-aligned interior is worth the hint.
-    advise_huge_pages(out, count * itemsize, std::size_t{1} << 21);
     // Pieces of elements small enough that their planes stay in L1 while they are joined.
     constexpr std::size_t kPiece = 8192;
     std::unique_ptr<std::uint8_t[]> piece(new std::uint8_t[kPiece * itemsize]);
-    std::vector<std::size_t> cursors(itemsize, 0);
+    std::vector<std::size_t> cursors(itemsize);
     const std::uint8_t* pointers[8];
-    for (std::size_t first = 0; first < count; first += kPiece) {
-        const std::size_t m = std::min(kPiece, count - first);
-        for (std::size_t k = 0; k < itemsize; ++k) {
-            const std::vector<Segment>& segs = segments[k];
-            std::size_t c = cursors[k];
-            while (segs[c].raw_offset + segs[c].size <= first) ++c;  // the segments cover [0, count)
-            cursors[k] = c;
-            if (first + m <= segs[c].raw_offset + segs[c].size) {  // inside one segment: read in place
-                pointers[k] = segs[c].data + (first - segs[c].raw_offset);
-                continue;
+    for (std::size_t c = 0; c < n_chunks; ++c) {
+        const std::size_t count = chunks[c].count;
+        const std::vector<Segment>* chunk_segments = segments.data() + c * itemsize;
+        std::fill(cursors.begin(), cursors.end(), 0);
+        for (std::size_t first = 0; first < count; first += kPiece) {
+            const std::size_t m = std::min(kPiece, count - first);
+            for (std::size_t k = 0; k < itemsize; ++k) {
+                const std::vector<Segment>& segs = chunk_segments[k];
+                std::size_t i = cursors[k];
+                while (segs[i].raw_offset + segs[i].size <= first) ++i;  // the segments cover [0, count)
+                cursors[k] = i;
+                if (first + m <= segs[i].raw_offset + segs[i].size) {  // inside one segment: read in place
+                    pointers[k] = segs[i].data + (first - segs[i].raw_offset);
+                    continue;
+                }
+                copy_raw(segs, &cursors[k], first, m, piece.get() + k * m);
+                pointers[k] = piece.get() + k * m;
             }
-            copy_raw(segs, &cursors[k], first, m, piece.get() + k * m);
-            pointers[k] = piece.get() + k * m;
+            join_planes(pointers, m, itemsize, sign_last, chunks[c].out + first * itemsize);
         }
-        join_planes(pointers, m, itemsize, sign_last, out + first * itemsize);
     }
     return Status::ok;
 }

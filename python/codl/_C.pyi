@@ -112,6 +112,12 @@ def format_decode_planes(
     out: Buffer,
     backend: str = "best",
 ) -> tuple[int, str] | None: ...
+def format_decode_plane_chunks(
+    chunks: Sequence[tuple[Sequence[tuple[Buffer, int, int]], Buffer]],
+    itemsize: int,
+    sign_last: bool,
+    backend: str = "best",
+) -> tuple[int, int, str] | None: ...
 def format_decode_tensor(
     encoding: str,
     numel: int,

@@ -605,6 +605,20 @@ def decode_planes(
     return _C.format_decode_planes(planes, itemsize, sign_last, _output(out, torch.uint8), backend)
 
 
+def decode_plane_chunks(
+    chunks: Sequence[tuple[Sequence[StreamArgument], torch.Tensor]],
+    itemsize: int,
+    *,
+    sign_last: bool,
+    backend: str = "best",
+) -> tuple[int, int, str] | None:
+    """Decode several chunks, each its byte-plane streams and its ``out`` (uint8 bytes of the
+    elements), the Huffman-coded planes of two chunks at a time in one interleaved loop; None on
+    success, else (chunk, plane, what was wrong), with no ``out`` written. GIL released."""
+    arguments = [(planes, _output(out, torch.uint8)) for planes, out in chunks]
+    return _C.format_decode_plane_chunks(arguments, itemsize, sign_last, backend)
+
+
 def decode_tensor(
     encoding: str,
     *,

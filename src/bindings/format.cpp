@@ -283,6 +283,44 @@ void register_format(py::module_& m) {
         "Decode one chunk of byte-plane streams into out (len(out) / itemsize elements). None on success, "
         "else (the failing plane, what was wrong).");
     m.def(
+        "format_decode_plane_chunks",
+        [](const std::vector<std::pair<std::vector<StreamArg>, py::buffer>>& chunks, std::size_t itemsize,
+           bool sign_last, const std::string& backend)
+            -> std::optional<std::tuple<std::size_t, std::size_t, std::string>> {
+            if (itemsize != 2 && itemsize != 4 && itemsize != 8) {
+                throw py::value_error("itemsize: expected 2, 4 or 8, received " + std::to_string(itemsize));
+            }
+            const fmt::Backend chosen = available_backend(backend);
+            std::vector<std::vector<fmt::Stream>> streams(chunks.size());
+            std::vector<fmt::PlaneChunk> pieces(chunks.size());
+            for (std::size_t c = 0; c < chunks.size(); ++c) {
+                const auto& [planes, out] = chunks[c];
+                if (planes.size() != itemsize) {
+                    throw py::value_error("chunks[" + std::to_string(c) + "]: expected " + std::to_string(itemsize) +
+                                          " streams, received " + std::to_string(planes.size()));
+                }
+                for (const StreamArg& plane : planes) streams[c].push_back(to_stream(plane, "chunks"));
+                const Buffer o = checked_buffer(out, "out", 'B', true);
+                if (o.size % itemsize) {
+                    throw py::value_error("chunks[" + std::to_string(c) + "] out: expected a multiple of itemsize " +
+                                          std::to_string(itemsize) + " bytes, received " + std::to_string(o.size));
+                }
+                pieces[c] = {streams[c].data(), o.size / itemsize, static_cast<std::uint8_t*>(o.data)};
+            }
+            fmt::Status status;
+            std::size_t failed_chunk = 0, failed_plane = 0;
+            {
+                py::gil_scoped_release release;
+                status = fmt::decode_plane_chunks(pieces.data(), pieces.size(), itemsize, sign_last, &failed_chunk,
+                                                  &failed_plane, chosen);
+            }
+            if (status == fmt::Status::ok) return std::nullopt;
+            return std::make_tuple(failed_chunk, failed_plane, std::string(fmt::status_message(status)));
+        },
+        py::arg("chunks"), py::arg("itemsize"), py::arg("sign_last"), py::arg("backend") = "best",
+        "Decode several chunks (each: its itemsize plane streams and its out buffer), their Huffman planes "
+        "two at a time. None on success, else (chunk, plane, what was wrong); no out is written on failure.");
+    m.def(
         "format_advise_huge_pages",
         [](const py::buffer& out, std::size_t at_least) {
             const Buffer o = checked_buffer(out, "out", 'B', true);

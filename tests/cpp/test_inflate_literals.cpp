@@ -207,3 +207,78 @@ TEST_CASE("inflate_literals: fixed-code and stored blocks, mixed in one stream")
     invalid.flush_byte();
     CHECK(!fast_inflate(invalid.bytes, 0, &fast));
 }
+
+#if CODL_TEST_ZLIB
+TEST_CASE("decode_plane_chunks: chunks of several tensors, Huffman planes in pairs, match the reference") {
+    // Chunks of different sizes (an odd number of them, so one Huffman plane decodes alone),
+    // exponent-like planes Huffman-only, the others stored, compressed with matches or Huffman:
+    // each chunk decodes as decode_planes_ref decodes it alone.
+    for (const std::size_t itemsize : {2u, 4u, 8u}) {
+        for (const bool sign_last : {false, true}) {
+            const std::size_t counts[] = {70000, 1, 40000, 0, 123457};
+            const std::size_t n_chunks = sizeof(counts) / sizeof(counts[0]);
+            std::vector<Bytes> dense(n_chunks), encoded(n_chunks * itemsize);
+            std::vector<fmt::Stream> streams(n_chunks * itemsize);
+            for (std::size_t c = 0; c < n_chunks; ++c) {
+                const std::size_t count = counts[c];
+                dense[c] = skewed_bytes(count * itemsize, 1.0);
+                const Bytes top = skewed_bytes(count, 0.6);  // a skewed top byte, like exponents
+                for (std::size_t i = 0; i < count; ++i) dense[c][i * itemsize + itemsize - 1] = top[i];
+                Bytes split(dense[c].size());
+                fmt::split_planes(dense[c].data(), count, itemsize, sign_last, split.data());
+                for (std::size_t k = 0; k < itemsize; ++k) {
+                    const Bytes plane(split.begin() + static_cast<std::ptrdiff_t>(k * count),
+                                      split.begin() + static_cast<std::ptrdiff_t>((k + 1) * count));
+                    Bytes& stream = encoded[c * itemsize + k];
+                    if (k + 1 == itemsize || (k + c) % 3 == 0) {
+                        stream = huffman_only(plane);
+                    } else {
+                        stream.resize(fmt::deflate_bound(plane.size()));
+                        stream.resize(fmt::deflate_raw(plane.data(), plane.size(), stream.data(), stream.size(),
+                                                       static_cast<int>(k % 2) * 6));  // stored or LZ77
+                    }
+                    streams[c * itemsize + k] = {stream.data(), stream.size(), count,
+                                                 fmt::crc32(stream.data(), stream.size())};
+                }
+            }
+            std::vector<Bytes> out(n_chunks);
+            std::vector<fmt::PlaneChunk> chunks(n_chunks);
+            for (std::size_t c = 0; c < n_chunks; ++c) {
+                out[c].assign(counts[c] * itemsize + 1, 0xEE);
+                chunks[c] = {streams.data() + c * itemsize, counts[c], out[c].data()};
+            }
+            std::size_t failed_chunk = 99, failed_plane = 99;
+            CHECK(fmt::decode_plane_chunks(chunks.data(), n_chunks, itemsize, sign_last, &failed_chunk,
+                                           &failed_plane) == fmt::Status::ok);
+            for (std::size_t c = 0; c < n_chunks; ++c) {
+                Bytes ref(counts[c] * itemsize + 1, 0xEE);
+                std::size_t failed = 99;
+                CHECK(fmt::decode_planes_ref(streams.data() + c * itemsize, itemsize, counts[c], sign_last, ref.data(),
+                                             &failed) == fmt::Status::ok);
+                CHECK(out[c] == ref);
+                CHECK(Bytes(out[c].begin(), out[c].end() - 1) == dense[c]);
+            }
+            // A Huffman plane of chunk 2 cut short by a byte (the CRC made to match: the last byte
+            // always holds some of the final block's bits): the chunk and plane are named and no
+            // chunk's output is written.
+            Bytes damaged = encoded[2 * itemsize + itemsize - 1];
+            damaged.pop_back();
+            std::vector<fmt::Stream> faulty = streams;
+            faulty[2 * itemsize + itemsize - 1] = {damaged.data(), damaged.size(), counts[2],
+                                                   fmt::crc32(damaged.data(), damaged.size())};
+            for (std::size_t c = 0; c < n_chunks; ++c) {
+                std::fill(out[c].begin(), out[c].end(), 0xEE);
+                chunks[c].planes = faulty.data() + c * itemsize;
+            }
+            Bytes expected_general;
+            const bool still_valid = general_inflate(damaged, counts[2], &expected_general);
+            const fmt::Status status = fmt::decode_plane_chunks(chunks.data(), n_chunks, itemsize, sign_last,
+                                                                &failed_chunk, &failed_plane);
+            CHECK(!still_valid);  // the general inflater rejects it too
+            CHECK(status != fmt::Status::ok);
+            CHECK(failed_chunk == 2 && failed_plane == itemsize - 1);
+            for (std::size_t c = 0; c < n_chunks; ++c) CHECK(out[c] == Bytes(out[c].size(), 0xEE));
+        }
+    }
+}
+#endif

@@ -52,6 +52,15 @@ std::uint32_t crc32(const std::uint8_t* data, std::size_t n, std::uint32_t crc =
 // for anything else (a length code, a corrupt or odd stream), and the caller then inflates it
 // with inflate_raw, whose Status stands. Needs no zlib. Never reads or writes out of bounds.
 bool inflate_literals(const std::uint8_t* in, std::size_t n, std::uint8_t* out, std::size_t raw_size);
+// Several streams, decoded two at a time in one interleaved loop (one stream's lookups wait on
+// each other; two streams' do not): succeeded[i] as inflate_literals' result for stream i.
+struct LiteralStream {
+    const std::uint8_t* in;
+    std::size_t size;
+    std::uint8_t* out;
+    std::size_t raw_size;
+};
+void inflate_literals(const LiteralStream* streams, std::size_t count, bool* succeeded);
 
 // A fresh output buffer is mostly page faults: with 4 KB pages, faulting in 90 MB took 38-46 ms
 // here against 9-11 ms with 2 MB pages (more than decoding it). Asks for transparent huge pages
@@ -113,6 +122,18 @@ void join_planes(const std::uint8_t* const* planes, std::size_t count, std::size
 // *failed_plane names the plane and out is untouched. itemsize is 2, 4 or 8.
 Status decode_planes(const Stream* planes, std::size_t itemsize, std::size_t count, bool sign_last,
                      std::uint8_t* out, std::size_t* failed_plane, Backend backend = Backend::best);
+// Several chunks in one call, of one tensor or of several (the same itemsize and sign_last):
+// chunk c's `itemsize` planes decode into its `count` elements at its `out`. The Huffman-coded
+// planes of different chunks are decoded two at a time (inflate_literals' interleaved loop,
+// ~1.5x one at a time). Every check of every chunk passes before any out is written; on
+// failure *failed_chunk and *failed_plane name the stream.
+struct PlaneChunk {
+    const Stream* planes;  // itemsize streams
+    std::size_t count;
+    std::uint8_t* out;     // count * itemsize bytes
+};
+Status decode_plane_chunks(const PlaneChunk* chunks, std::size_t n_chunks, std::size_t itemsize, bool sign_last,
+                           std::size_t* failed_chunk, std::size_t* failed_plane, Backend backend = Backend::best);
 // The reference decode_planes is tested against: every plane inflated whole, then joined byte by
 // byte and rotated back one bit at a time.
 Status decode_planes_ref(const Stream* planes, std::size_t itemsize, std::size_t count, bool sign_last,

@@ -892,6 +892,32 @@ def _decode_chunk(record: _Record, index: int, data: memoryview, out: torch.Tens
     target.numpy()[:] = joined.view(np.uint8)
 
 
+def _decode_chunks(
+    chunks: list[tuple[_Record, int]], data: memoryview, outs: dict[str, torch.Tensor]
+) -> None:
+    """Chunks of byte planes of one itemsize and ``sign_last`` (of one tensor or several), each
+    into its tensor's flat result in ``outs``: in the core in one call, which decodes the chunks'
+    Huffman-coded planes two at a time (~1.5x one at a time); otherwise one by one."""
+    if codec.core_codec() == "none" or len(chunks) == 1:
+        for record, index in chunks:
+            _decode_chunk(record, index, data, outs[record.info.name])
+        return
+    arguments = []
+    itemsize = outs[chunks[0][0].info.name].element_size()
+    for record, index in chunks:
+        info = record.info
+        start = index * info.chunk
+        stop = min(start + info.chunk, info.count)
+        planes = record.parts[index * itemsize : (index + 1) * itemsize]
+        streams = [(data[p.offset : p.offset + p.length], p.raw_length, p.crc32) for p in planes]
+        arguments.append((streams, outs[info.name][start:stop].view(torch.uint8)))
+    failure = _ops.decode_plane_chunks(arguments, itemsize, sign_last=chunks[0][0].info.sign_last)
+    if failure is not None:
+        chunk, plane, message = failure
+        record, index = chunks[chunk]
+        raise _fail(message, record.info.name, f"streams.values[{index * itemsize + plane}]")
+
+
 def _inflate(
     stream: _Stream, data: memoryview, name: str, role: str, core: bool
 ) -> bytes | np.ndarray:
@@ -970,36 +996,41 @@ def _load(
     if codec.core_codec() != "none":
         for tensor in planes.values():
             _ops.advise_huge_pages(tensor)
-    jobs: list[tuple[int, _Record, int]] = []  # (bytes decoded, record, chunk index or -1)
+    # Jobs: a whole tensor, or two chunks of byte planes (of one tensor or two, into their
+    # preallocated results), paired by size so that the core's interleaved decode of their
+    # Huffman planes ends both together.
+    chunks: dict[tuple[int, bool], list[tuple[int, _Record, int]]] = {}
     for r in records:
         if r.parts:
             itemsize = _itemsize(r.info.dtype)
             for index in range(len(r.parts) // itemsize):
                 size = min(r.info.chunk, r.info.count - index * r.info.chunk) * itemsize
-                jobs.append((size, r, index))
-        else:
-            jobs.append((r.out_bytes, r, -1))
+                chunks.setdefault((itemsize, r.info.sign_last), []).append((size, r, index))
+    jobs: list[tuple[int, _Record | None, list[tuple[_Record, int]]]] = []  # (bytes, whole, chunks)
+    for group in chunks.values():
+        group.sort(key=lambda unit: -unit[0])
+        for i in range(0, len(group), 2):
+            pair = group[i : i + 2]
+            jobs.append((sum(unit[0] for unit in pair), None, [(r, k) for _, r, k in pair]))
+    jobs += [(r.out_bytes, r, []) for r in records if not r.parts]
 
-    def run(job: tuple[int, _Record, int]) -> torch.Tensor | None:
-        _, record, index = job
-        if index < 0:
-            return _decode(record, data)
-        _decode_chunk(record, index, data, planes[record.info.name])
+    def run(job: tuple[int, _Record | None, list[tuple[_Record, int]]]) -> torch.Tensor | None:
+        _, whole, pair = job
+        if whole is not None:
+            return _decode(whole, data)
+        _decode_chunks(pair, data, planes)
         return None
 
     # Starting a pool costs ~0.1-0.5 ms: below a few MB it costs more than it saves.
     if threads <= 1 or len(jobs) <= 1 or total < _PARALLEL_LOAD_MIN_BYTES:
-        for job in jobs:
-            if job[2] >= 0:
-                run(job)
-        decoded = {job[1].info.name: run(job) for job in jobs if job[2] < 0}
+        results = [run(job) for job in jobs]
     else:
         # The core releases the GIL while it inflates and decodes, so jobs run in parallel;
         # largest first, so the pool does not wait on one big tensor at the end.
-        order = sorted(jobs, key=lambda job: -job[0])
+        jobs.sort(key=lambda job: -job[0])
         with ThreadPoolExecutor(max_workers=threads) as pool:
-            results = list(pool.map(run, order))
-        decoded = {job[1].info.name: out for job, out in zip(order, results) if job[2] < 0}
+            results = list(pool.map(run, jobs))
+    decoded = {job[1].info.name: out for job, out in zip(jobs, results) if job[1] is not None}
     state: dict[str, torch.Tensor] = {}
     for r in records:
         name = r.info.name

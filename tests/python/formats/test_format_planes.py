@@ -257,3 +257,30 @@ def test_the_huge_page_hint_keeps_the_data_and_checks_its_argument() -> None:
         assert torch.equal(tensor, torch.arange(numel, dtype=torch.float32))
     with pytest.raises(ValueError, match="read-only"):
         _C.format_advise_huge_pages(memoryview(bytes(16)), 0)
+
+
+def test_chunks_of_two_tensors_decode_together_and_a_fault_names_its_tensor(
+    small_chunks: int,
+) -> None:
+    """load pairs chunks across tensors of one dtype for the core's interleaved Huffman decode:
+    two one-chunk tensors come back bit-exact, and a damaged exponent plane in the second is
+    reported against that tensor and stream, not its partner."""
+    g = torch.Generator().manual_seed(4)
+    tensors = {
+        "a": torch.randn(small_chunks, generator=g) * 0.05,
+        "b": torch.randn(900, generator=g),
+    }
+    blob, _ = encode_state_dict(tensors)
+    for threads in (1, 2):
+        loaded = codl.load(blob, num_threads=threads)
+        for name, tensor in tensors.items():
+            assert torch.equal(loaded[name], tensor)
+    header, data = split(blob)
+    exponent = tensor_entry(header, "b")["streams"]["values"][3]
+    damaged = bytearray(data)
+    damaged[exponent["offset"] + exponent["length"] // 2] ^= 0xFF
+    with pytest.raises(codl.FormatError) as info:
+        codl.load(seal(header, bytes(damaged), fix_crcs=True))
+    assert info.value.tensor == "b" and info.value.field == "streams.values[3]"
+    with pytest.raises(ValueError, match="expected 4 streams"):
+        _ops.decode_plane_chunks([([], torch.empty(4, dtype=torch.uint8))], 4, sign_last=True)
