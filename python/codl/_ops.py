@@ -529,6 +529,13 @@ def deflate(data: ByteBuffer | torch.Tensor, level: int, backend: str = "best") 
     return bytes(_C.format_deflate(_bytes_view(data, "data"), level, backend))
 
 
+def deflate_literals(data: ByteBuffer | torch.Tensor, block_bytes: int = 1 << 15) -> bytes:
+    """Literal-only raw DEFLATE of ``data``: pieces of ``block_bytes`` merged into blocks while
+    one code costs no more bits than two, one order-0 Huffman code (at most 15 bits) per block,
+    stored blocks where those are smaller. GIL released."""
+    return bytes(_C.format_deflate_literals(_bytes_view(data, "data"), block_bytes))
+
+
 def inflate_into(data: ByteBuffer, out: torch.Tensor, backend: str = "best") -> str | None:
     """Inflate exactly ``out.numel()`` bytes into the uint8 ``out``; None, or what was wrong."""
     return _C.format_inflate(data, _output(out, torch.uint8), backend)

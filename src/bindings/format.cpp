@@ -128,6 +128,27 @@ void register_format(py::module_& m) {
         py::arg("data"), py::arg("level"), py::arg("backend") = "best",
         "Raw DEFLATE (RFC 1951) of a uint8 buffer.");
     m.def(
+        "format_deflate_literals",
+        [](const py::buffer& data, std::size_t block_bytes) {
+            if (block_bytes < 1024) {
+                throw py::value_error("block_bytes: expected at least 1024, received " + std::to_string(block_bytes));
+            }
+            const Buffer in = checked_buffer(data, "data", 'B', false);
+            std::string out(fmt::deflate_bound(in.size), '\0');
+            std::size_t size;
+            {
+                py::gil_scoped_release release;
+                size = fmt::deflate_literals(static_cast<const std::uint8_t*>(in.data), in.size,
+                                             reinterpret_cast<std::uint8_t*>(out.data()), out.size(), block_bytes);
+            }
+            if (size == 0) throw std::runtime_error("literal-only DEFLATE did not fit its bound");
+            out.resize(size);
+            return py::bytes(out);
+        },
+        py::arg("data"), py::arg("block_bytes") = fmt::kLiteralBlockBytes,
+        "Literal-only raw DEFLATE of a uint8 buffer: an order-0 Huffman code per block of pieces of "
+        "block_bytes (merged while one code costs no more; stored blocks where smaller).");
+    m.def(
         "format_inflate",
         [](const py::buffer& data, const py::buffer& out, const std::string& backend) -> std::optional<std::string> {
             const fmt::Backend chosen = available_backend(backend);

@@ -46,6 +46,14 @@ std::size_t deflate_raw(const std::uint8_t* in, std::size_t n, std::uint8_t* out
 Status inflate_raw(const std::uint8_t* in, std::size_t n, std::uint8_t* out, std::size_t raw_size,
                    Backend backend = Backend::best);
 std::uint32_t crc32(const std::uint8_t* data, std::size_t n, std::uint32_t crc = 0);
+// Literal-only DEFLATE of in[0, n) (cpp/core/deflate_literals.cpp): pieces of block_bytes,
+// each merged into the block before it when one code for both costs no more bits; each block
+// one order-0 Huffman code of at most 15 bits, or stored blocks where those are not larger. Any zlib inflates it; inflate_literals decodes
+// it fast. Returns the size written into out[0, capacity), 0 if it does not fit (with blocks of
+// 1024 bytes or more, deflate_bound(n) always does). Needs no zlib.
+constexpr std::size_t kLiteralBlockBytes = std::size_t{1} << 15;
+std::size_t deflate_literals(const std::uint8_t* in, std::size_t n, std::uint8_t* out, std::size_t capacity,
+                             std::size_t block_bytes = kLiteralBlockBytes);
 // The fast path for the literal-only streams codl writes for byte planes (Huffman-only, stored
 // or fixed blocks; cpp/core/inflate_literals.cpp): several literals per table lookup. True only
 // when the stream is valid and inflates to exactly raw_size bytes using every input byte; false

@@ -284,3 +284,26 @@ def test_chunks_of_two_tensors_decode_together_and_a_fault_names_its_tensor(
     assert info.value.tensor == "b" and info.value.field == "streams.values[3]"
     with pytest.raises(ValueError, match="expected 4 streams"):
         _ops.decode_plane_chunks([([], torch.empty(4, dtype=torch.uint8))], 4, sign_last=True)
+
+
+def test_huffman_only_is_read_by_pythons_zlib_and_no_larger_than_zlibs_own() -> None:
+    """codl's literal-only coder (blocks merged while their distribution holds) against zlib's
+    Z_HUFFMAN_ONLY on an exponent plane whose distribution drifts and then holds: the same bytes
+    back through Python's zlib, at most zlib's size, and fewer blocks where nothing drifts."""
+    g = torch.Generator().manual_seed(8)
+    scales = torch.cat([torch.full((1 << 15,), 0.01 * (1 + k)) for k in range(8)])
+    weights = torch.cat([torch.randn(8 << 15, generator=g) * scales, torch.randn(1 << 19) * 0.02])
+    bits = weights.view(torch.int32).numpy().view(np.uint32)
+    plane = ((bits >> np.uint32(23)) & np.uint32(0xFF)).astype(np.uint8).tobytes()
+    ours = codec.huffman_only(plane)
+    compressor = zlib.compressobj(9, zlib.DEFLATED, -15, 9, zlib.Z_HUFFMAN_ONLY)
+    theirs = compressor.compress(plane) + compressor.flush()
+    assert zlib.decompress(ours, wbits=-15) == plane
+    assert len(ours) <= len(theirs)
+    # One piece alone is its own block; a uniform plane of many pieces is far fewer blocks
+    # than zlib's one per 32 Ki symbols, and so fewer code descriptions.
+    uniform = plane[-(1 << 19) :]
+    zlib_uniform = zlib.compressobj(9, zlib.DEFLATED, -15, 9, zlib.Z_HUFFMAN_ONLY)
+    assert len(codec.huffman_only(uniform)) < len(
+        zlib_uniform.compress(uniform) + zlib_uniform.flush()
+    )
