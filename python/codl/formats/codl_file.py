@@ -485,24 +485,23 @@ def _check_stream_entry(
     return _Stream(data_start + offset, length, raw_length, crc)
 
 
-def _check_chunk_streams(
+def _check_parts(
     listed: object,
     name: str,
+    dtype: str,
     count: int,
     chunk: int,
-    per_chunk: int,
-    what: str,
     data_start: int,
     data_length: int,
 ) -> tuple[_Stream, ...]:
-    """``values`` as a list of ceil(count / chunk) chunks of ``per_chunk`` streams, each
-    inflating to one byte per element of its chunk (``what`` names such a stream)."""
+    """The values of the byte-plane layout: ceil(count / chunk) chunks of itemsize streams, the
+    stream of plane k of chunk c inflating to one byte per element of the chunk."""
+    itemsize = _itemsize(dtype)
     chunks = -(-count // chunk)
-    if not isinstance(listed, list) or len(listed) != chunks * per_chunk:
-        each = f", {per_chunk} byte planes each" if per_chunk > 1 else ""
+    if not isinstance(listed, list) or len(listed) != chunks * itemsize:
         raise _fail(
-            f"expected a list of {chunks * per_chunk} streams ({chunks} chunks of {chunk} "
-            f"elements{each})",
+            f"expected a list of {chunks * itemsize} streams ({chunks} chunks of {chunk} elements, "
+            f"{itemsize} byte planes each)",
             name,
             "streams.values",
         )
@@ -510,10 +509,38 @@ def _check_chunk_streams(
     for index, part in enumerate(listed):
         where = f"streams.values[{index}]"
         stream = _check_stream_entry(part, where, name, data_start, data_length)
-        elements = min(chunk, count - index // per_chunk * chunk)
+        elements = min(chunk, count - index // itemsize * chunk)
         if stream.raw_length != elements:
             raise _fail(
-                f"expected {elements} bytes ({what} of {elements} elements), received "
+                f"expected {elements} bytes (one byte plane of {elements} elements), received "
+                f"{stream.raw_length}",
+                name,
+                f"{where}.raw_length",
+            )
+        parts.append(stream)
+    return tuple(parts)
+
+
+def _check_code_chunks(
+    listed: object, name: str, count: int, chunk: int, data_start: int, data_length: int
+) -> tuple[_Stream, ...]:
+    """The values of a quantized tensor's chunked codes (format 2.1): ceil(count / chunk)
+    streams, stream c inflating to the 8-bit fields of elements [c * chunk, (c + 1) * chunk)."""
+    chunks = -(-count // chunk)
+    if not isinstance(listed, list) or len(listed) != chunks:
+        raise _fail(
+            f"expected a list of {chunks} streams ({chunks} chunks of {chunk} codes)",
+            name,
+            "streams.values",
+        )
+    parts = []
+    for index, part in enumerate(listed):
+        where = f"streams.values[{index}]"
+        stream = _check_stream_entry(part, where, name, data_start, data_length)
+        elements = min(chunk, count - index * chunk)
+        if stream.raw_length != elements:
+            raise _fail(
+                f"expected {elements} bytes (the 8-bit codes of {elements} elements), received "
                 f"{stream.raw_length}",
                 name,
                 f"{where}.raw_length",
@@ -597,9 +624,7 @@ def _check_tensor(
                 name,
                 "chunk",
             )
-        parts = _check_chunk_streams(
-            streams["values"], name, count, chunk, 1, "the 8-bit codes", data_start, data_length
-        )
+        parts = _check_code_chunks(streams["values"], name, count, chunk, data_start, data_length)
     elif chunk:
         if encoding != "raw" or sparse or not shuffle or count == 0:
             raise _fail(
@@ -609,16 +634,7 @@ def _check_tensor(
             )
         if _itemsize(dtype) == 1 or not DTYPES[dtype].is_floating_point:
             raise _fail(f"byte planes are for floats of 2+ bytes, not {dtype}", name, "shuffle")
-        parts = _check_chunk_streams(
-            streams["values"],
-            name,
-            count,
-            chunk,
-            _itemsize(dtype),
-            "one byte plane",
-            data_start,
-            data_length,
-        )
+        parts = _check_parts(streams["values"], name, dtype, count, chunk, data_start, data_length)
     elif sign_last:
         raise _fail("expected false without chunks of byte planes (chunk 0)", name, "sign_last")
     checked = {
