@@ -19,10 +19,9 @@ import struct
 import sys
 import threading
 import zlib
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from functools import partial
 from pathlib import Path
 from typing import Any, Final, Union
 
@@ -62,10 +61,9 @@ __all__ = [
 #: CR LF, ^Z, so text-mode transfers and truncations show).
 MAGIC: Final = b"\x89CODL\r\n\x1a"
 #: (major, minor) written. Readers accept the major versions they know (1 and 2) and any minor.
-VERSION: Final = (2, 1)
+VERSION: Final = (2, 0)
 #: Major versions this reader reads: 1 (every stream one object) and 2 (adds byte planes in
-#: chunks: the ``chunk`` and ``sign_last`` fields, ``values`` as a list of streams; 2.1 also
-#: chunks the 8-bit codes of dense codebook and linear tensors).
+#: chunks: the ``chunk`` and ``sign_last`` fields, ``values`` as a list of streams).
 READABLE_MAJORS: Final = (1, 2)
 #: magic, major, minor, then the header's stored length, inflated length and CRC32 of the
 #: stored bytes (u32 each): little-endian, 24 bytes. The JSON header is itself a raw DEFLATE
@@ -521,34 +519,6 @@ def _check_parts(
     return tuple(parts)
 
 
-def _check_code_chunks(
-    listed: object, name: str, count: int, chunk: int, data_start: int, data_length: int
-) -> tuple[_Stream, ...]:
-    """The values of a quantized tensor's chunked codes (format 2.1): ceil(count / chunk)
-    streams, stream c inflating to the 8-bit fields of elements [c * chunk, (c + 1) * chunk)."""
-    chunks = -(-count // chunk)
-    if not isinstance(listed, list) or len(listed) != chunks:
-        raise _fail(
-            f"expected a list of {chunks} streams ({chunks} chunks of {chunk} codes)",
-            name,
-            "streams.values",
-        )
-    parts = []
-    for index, part in enumerate(listed):
-        where = f"streams.values[{index}]"
-        stream = _check_stream_entry(part, where, name, data_start, data_length)
-        elements = min(chunk, count - index * chunk)
-        if stream.raw_length != elements:
-            raise _fail(
-                f"expected {elements} bytes (the 8-bit codes of {elements} elements), received "
-                f"{stream.raw_length}",
-                name,
-                f"{where}.raw_length",
-            )
-        parts.append(stream)
-    return tuple(parts)
-
-
 def _expect_raw_length(stream: _Stream, expected: int, name: str, role: str, what: str) -> None:
     if stream.raw_length != expected:
         raise _fail(
@@ -616,16 +586,7 @@ def _check_tensor(
         chunk = _int(entry, "chunk", name)
         sign_last = _bool(entry, "sign_last", name)
     parts: tuple[_Stream, ...] = ()
-    code_chunks = bool(chunk) and encoding in ("codebook", "linear")  # format 2.1
-    if code_chunks:
-        if sparse or shuffle or sign_last or count == 0:
-            raise _fail(
-                "chunks of codes are for dense, non-empty tensors, unshuffled, sign_last false",
-                name,
-                "chunk",
-            )
-        parts = _check_code_chunks(streams["values"], name, count, chunk, data_start, data_length)
-    elif chunk:
+    if chunk:
         if encoding != "raw" or sparse or not shuffle or count == 0:
             raise _fail(
                 "chunks of byte planes are for dense, non-empty raw floats stored shuffled",
@@ -652,7 +613,7 @@ def _check_tensor(
     itemsize = _itemsize(dtype)
     bits, width, rows = 8 * itemsize, 0, 0
     values, table = checked.get("values"), checked.get("table")
-    if parts and not code_chunks:
+    if parts:
         # The result, and one chunk's inflated planes (the scratch of decode_planes).
         out_bytes = numel * itemsize + min(count, chunk) * itemsize
     elif encoding == "raw":
@@ -670,7 +631,7 @@ def _check_tensor(
         scratch = 0 if direct else values.raw_length * (2 if sparse and shuffle else 1)
         out_bytes = numel * itemsize + scratch + (positions.raw_length if positions else 0)
     else:
-        assert values is not None or code_chunks
+        assert values is not None
         if not DTYPES[dtype].is_floating_point:
             raise _fail(f"encoding {encoding!r} decodes to floats, not {dtype}", name, "dtype")
         if shuffle:
@@ -680,7 +641,6 @@ def _check_tensor(
         assert table is not None
         rows = shape[0]
         if encoding == "ternary":
-            assert values is not None  # ternary codes are never chunked
             bits = _int(entry, "bits", name, 2, 2)
             if sparse:
                 raise _fail("ternary tensors are stored dense (zeros are codes)", name, "sparse")
@@ -690,26 +650,9 @@ def _check_tensor(
         else:
             bits = _int(entry, "bits", name, 2 if encoding == "linear" else 1, 8)
             width = _int(entry, "width", name, bits, 8)
-            if code_chunks:
-                if width != 8:
-                    raise _fail("chunks of codes hold one byte per field: width 8", name, "width")
-                row = numel // rows if rows else 0
-                if encoding == "linear" and (row == 0 or chunk % row):
-                    raise _fail(
-                        f"expected whole rows of {row} elements per chunk of linear codes, "
-                        f"received {chunk}",
-                        name,
-                        "chunk",
-                    )
-            else:
-                assert values is not None
-                _expect_raw_length(
-                    values,
-                    (count * width + 7) // 8,
-                    name,
-                    "values",
-                    f"{count} fields of {width} bits",
-                )
+            _expect_raw_length(
+                values, (count * width + 7) // 8, name, "values", f"{count} fields of {width} bits"
+            )
             if encoding == "codebook":
                 entries = table.raw_length // 4
                 if table.raw_length % 4 or not 1 <= entries <= 1 << bits:
@@ -724,11 +667,9 @@ def _check_tensor(
                 _expect_raw_length(table, 4 * rows, name, "table", f"{rows} float32 channel scales")
                 # the scales copied out; fields wider than `bits` unpacked to be checked
                 scratch = 4 * rows + (count if width not in (bits, 8) else 0)
-        # The float32 result, then (other dtypes) the cast copy, and every inflated stream
-        # (of chunked codes: one chunk per decoding thread, bounded here by two).
+        # The float32 result, then (other dtypes) the cast copy, and every inflated stream.
         out_bytes = numel * 4 + (numel * itemsize if dtype != "float32" else 0) + scratch
         out_bytes += sum(s.raw_length for s in checked.values())
-        out_bytes += 2 * min(count, chunk) if code_chunks else 0
     stored = sum(s.length for s in checked.values()) + sum(p.length for p in parts)
 
     def described(s: _Stream) -> dict[str, int]:
@@ -922,59 +863,6 @@ def _decode(record: _Record, data: memoryview) -> torch.Tensor:
     return result
 
 
-def _decode_whole(record: _Record, data: memoryview) -> tuple[str, torch.Tensor]:
-    return record.info.name, _decode(record, data)
-
-
-def _decode_code_chunk(
-    record: _Record,
-    index: int,
-    data: memoryview,
-    out: torch.Tensor,
-    table: bytes | np.ndarray,
-) -> None:
-    """Chunk ``index`` of a quantized tensor's chunked codes (format 2.1) into its elements of
-    ``out`` (the float32 flat result): its stream CRC-checked and inflated, then dequantized by
-    the core with the tensor's codebook, or with the scales of the chunk's rows (a chunk of a
-    linear tensor holds whole rows)."""
-    info = record.info
-    start = index * info.chunk
-    stop = min(start + info.chunk, info.count)
-    count = stop - start
-    role = f"values[{index}]"
-    fields = _inflate(record.parts[index], data, info.name, role, codec.core_codec() != "none")
-    table_bytes = np.frombuffer(table, dtype=np.uint8)
-    if info.encoding == "linear":
-        _check_linear_fields(fields, info, count, f"streams.{role}")
-        row = info.numel // record.rows
-        rows = count // row
-        scales = table_bytes[4 * (start // row) : 4 * (start // row + rows)]
-        table_argument = (scales, len(scales), 0)
-    else:
-        rows = 1
-        table_argument = (table_bytes, len(table_bytes), 0)
-    failure = _ops.decode_tensor(
-        info.encoding,
-        numel=count,
-        count=count,
-        sparse=False,
-        itemsize=4,
-        shuffle=False,
-        bits=info.bits,
-        width=8,
-        rows=rows,
-        compressed=False,
-        positions=None,
-        values=(fields, count, 0),
-        table=table_argument,
-        out=out[start:stop].view(torch.uint8),
-    )
-    if failure is not None:
-        stream, message = failure
-        field = f"streams.{role}" if stream == "values" else f"streams.{stream}" if stream else None
-        raise _fail(message, info.name, field)
-
-
 def _decode_chunk(record: _Record, index: int, data: memoryview, out: torch.Tensor) -> None:
     """Chunk ``index`` of a tensor in byte planes, into its elements of ``out`` (the tensor's
     flat result): the core joins the planes (CRCs checked, stored planes read in place); without
@@ -1048,27 +936,20 @@ def _inflate(
     return inflated
 
 
-def _check_linear_fields(
-    packed: bytes | memoryview | np.ndarray,
-    info: TensorInfo,
-    count: int | None = None,
-    field: str = "streams.values",
-) -> None:
-    """A linear field is a code plus 2^(bits-1): one of 2^bits or more is an error (``count``
-    fields, by default the tensor's)."""
-    count = info.count if count is None else count
-    if count == 0 or info.bits == 8:
+def _check_linear_fields(packed: bytes | memoryview | np.ndarray, info: TensorInfo) -> None:
+    """A linear field is a code plus 2^(bits-1): one of 2^bits or more is an error."""
+    if info.count == 0:
         return
     fields = np.frombuffer(packed, dtype=np.uint8)
     if info.width != 8:
-        fields = _ops.unpack_fields(fields, count, info.width).numpy()
-    largest = int(fields[:count].max())
+        fields = _ops.unpack_fields(fields, info.count, info.width).numpy()
+    largest = int(fields[: info.count].max())
     if largest >> info.bits:
         raise _fail(
             f"a field of {largest} is out of range for {info.bits}-bit codes (at most "
             f"{(1 << info.bits) - 1})",
             info.name,
-            field,
+            "streams.values",
         )
 
 
@@ -1123,50 +1004,39 @@ def _load(
             field="shape",
         )
     threads = _ops.get_num_threads() if num_threads is None else num_threads
-    # Chunked tensors decode into results allocated here: byte planes into their dtype, chunked
-    # codes into float32 (cast at the end for other dtypes).
+    # Jobs: a whole tensor, or one chunk of a tensor in byte planes (into its preallocated result).
     planes = {
         r.info.name: torch.empty(r.info.numel, dtype=DTYPES[r.info.dtype])
         for r in records
-        if r.parts and r.info.encoding == "raw"
-    }
-    codes = {
-        r.info.name: torch.empty(r.info.numel, dtype=torch.float32)
-        for r in records
-        if r.parts and r.info.encoding != "raw"
+        if r.parts
     }
     if codec.core_codec() != "none":
-        for tensor in [*planes.values(), *codes.values()]:
+        for tensor in planes.values():
             _ops.advise_huge_pages(tensor)
-    # Jobs (bytes decoded, the work): a whole tensor; two chunks of byte planes (of one tensor
-    # or two), paired by size so that the core's interleaved decode of their Huffman planes
-    # ends both together; one chunk of codes.
-    jobs: list[tuple[int, Callable[[], tuple[str, torch.Tensor] | None]]] = []
-    units: dict[tuple[int, bool], list[tuple[int, _Record, int]]] = {}
+    # Jobs: a whole tensor, or two chunks of byte planes (of one tensor or two, into their
+    # preallocated results), paired by size so that the core's interleaved decode of their
+    # Huffman planes ends both together.
+    chunks: dict[tuple[int, bool], list[tuple[int, _Record, int]]] = {}
     for r in records:
-        if r.parts and r.info.encoding == "raw":
+        if r.parts:
             itemsize = _itemsize(r.info.dtype)
             for index in range(len(r.parts) // itemsize):
                 size = min(r.info.chunk, r.info.count - index * r.info.chunk) * itemsize
-                units.setdefault((itemsize, r.info.sign_last), []).append((size, r, index))
-        elif r.parts:
-            assert r.table is not None
-            table = _inflate(r.table, data, r.info.name, "table", codec.core_codec() != "none")
-            for index in range(len(r.parts)):
-                size = 4 * min(r.info.chunk, r.info.count - index * r.info.chunk)
-                work = partial(_decode_code_chunk, r, index, data, codes[r.info.name], table)
-                jobs.append((size, work))
-        else:
-            jobs.append((r.out_bytes, partial(_decode_whole, r, data)))
-    for group in units.values():
+                chunks.setdefault((itemsize, r.info.sign_last), []).append((size, r, index))
+    jobs: list[tuple[int, _Record | None, list[tuple[_Record, int]]]] = []  # (bytes, whole, chunks)
+    for group in chunks.values():
         group.sort(key=lambda unit: -unit[0])
         for i in range(0, len(group), 2):
-            pair = [(r, k) for _, r, k in group[i : i + 2]]
-            size = sum(unit[0] for unit in group[i : i + 2])
-            jobs.append((size, partial(_decode_chunks, pair, data, planes)))
+            pair = group[i : i + 2]
+            jobs.append((sum(unit[0] for unit in pair), None, [(r, k) for _, r, k in pair]))
+    jobs += [(r.out_bytes, r, []) for r in records if not r.parts]
 
-    def run(job: tuple[int, Callable[[], tuple[str, torch.Tensor] | None]]) -> Any:
-        return job[1]()
+    def run(job: tuple[int, _Record | None, list[tuple[_Record, int]]]) -> torch.Tensor | None:
+        _, whole, pair = job
+        if whole is not None:
+            return _decode(whole, data)
+        _decode_chunks(pair, data, planes)
+        return None
 
     # Starting a pool costs ~0.1-0.5 ms: below a few MB it costs more than it saves.
     if threads <= 1 or len(jobs) <= 1 or total < _PARALLEL_LOAD_MIN_BYTES:
@@ -1176,18 +1046,13 @@ def _load(
         # largest first, so the pool does not wait on one big tensor at the end.
         jobs.sort(key=lambda job: -job[0])
         results = list(_load_pool(threads).map(run, jobs))
-    decoded: dict[str, torch.Tensor] = dict(result for result in results if result is not None)
+    decoded = {job[1].info.name: out for job, out in zip(jobs, results) if job[1] is not None}
     state: dict[str, torch.Tensor] = {}
     for r in records:
         name = r.info.name
-        if name in planes:
-            state[name] = planes[name].reshape(r.info.shape)
-        elif name in codes:
-            result = codes[name].reshape(r.info.shape)
-            dtype = DTYPES[r.info.dtype]
-            state[name] = result if dtype == torch.float32 else result.to(dtype)
-        else:
-            state[name] = decoded[name]
+        result = planes[name].reshape(r.info.shape) if r.parts else decoded[name]
+        assert result is not None
+        state[name] = result
     return state
 
 

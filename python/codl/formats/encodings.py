@@ -8,7 +8,6 @@ C++ decoder. :func:`encode` packs and DEFLATE-compresses the streams.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from typing import Final
 
@@ -29,7 +28,6 @@ __all__ = [
     "Quantized",
     "StoredStream",
     "chunk_bounds",
-    "code_chunk",
     "decode_preview",
     "dtype_name",
     "encode",
@@ -212,19 +210,6 @@ def chunk_bounds(count: int, chunk: int | None = None) -> list[tuple[int, int]]:
     return [(start, min(start + size, count)) for start in range(0, count, size)]
 
 
-def code_chunk(encoding: str, shape: tuple[int, ...]) -> int:
-    """Elements per chunk of a dense quantized tensor's 8-bit codes (format 2.1):
-    :data:`CHUNK_ELEMENTS`, for ``linear`` rounded down to whole rows (its scales go by rows,
-    so each chunk decodes with its own rows' scales), at least one row; 0 for the encodings
-    that are not chunked."""
-    if encoding == "codebook":
-        return CHUNK_ELEMENTS
-    if encoding != "linear" or not shape or shape[0] == 0:
-        return 0
-    row = math.prod(shape) // shape[0]
-    return max(row, CHUNK_ELEMENTS // max(row, 1) * row)
-
-
 def encode_chunk(
     raw: torch.Tensor, itemsize: int, start: int, stop: int, level: int
 ) -> list[StoredStream]:
@@ -318,18 +303,9 @@ def encode(
         else:
             encoded.streams["values"] = StoredStream.of(raw, level)
         return encoded
-    chunk = code_chunk(q.encoding, tuple(tensor.shape)) if q.bits == 8 else 0
     if q.encoding == "ternary":
         packed = kernels.pack_ternary(q.values, format="2bit")
         encoded.streams["values"] = StoredStream.of(packed, level)
-    elif q.positions is None and chunk and count > chunk:
-        # 8-bit codes of a large dense tensor: a stream per chunk, so that a reader decodes
-        # them on several threads (format 2.1).
-        fields = _ops.pack_fields(q.values, 8)
-        encoded.width, encoded.chunk = 8, chunk
-        encoded.streams["values"] = [
-            StoredStream.of(fields[start:stop], level) for start, stop in chunk_bounds(count, chunk)
-        ]
     else:
         encoded.width, encoded.streams["values"] = _smaller_packing(q.values, q.bits, level)
     assert q.table is not None

@@ -60,19 +60,10 @@ def stream_of(blob: bytes, s: dict[str, int], data_start: int) -> bytes:
 def streams_of(blob: bytes, entry: dict[str, Any], data_start: int) -> dict[str, bytes]:
     """Each stream inflated; a list of streams (version 2's byte planes: chunk after chunk,
     plane after plane) becomes the values stream of version 1's shuffled layout: each chunk's
-    planes are the chunk's elements shuffled; version 2.1's chunks of 8-bit codes are joined."""
+    planes are the chunk's elements shuffled."""
     out = {}
     for role, s in entry["streams"].items():
-        if isinstance(s, list) and entry["encoding"] != "raw":
-            # Version 2.1: a quantized tensor's 8-bit codes in chunks, one stream each, whole
-            # rows per chunk for linear; concatenated they are the one values stream.
-            assert role == "values" and entry["chunk"] > 0 and entry["width"] == 8
-            assert len(s) == -(-entry["count"] // entry["chunk"])
-            if entry["encoding"] == "linear":
-                row = int(np.prod(entry["shape"], dtype=np.int64)) // entry["shape"][0]
-                assert entry["chunk"] % row == 0
-            out[role] = b"".join(stream_of(blob, p, data_start) for p in s)
-        elif isinstance(s, list):
+        if isinstance(s, list):
             assert role == "values" and entry["chunk"] > 0
             itemsize = len(s) // -(-entry["count"] // entry["chunk"])
             parts = [stream_of(blob, p, data_start) for p in s]

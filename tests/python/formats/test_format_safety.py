@@ -113,7 +113,7 @@ def test_not_a_codl_file() -> None:
     expect_error(b"PK\x03\x04" + bytes(40), "not a .codl file", field="magic")
     expect_error(
         b"\x89CODL\r\n\x1a\x03\x00" + VALID[10:],
-        r"version 1\.x or 2\.x, received 3\.1",
+        r"version 1\.x or 2\.x, received 3\.0",
         field="version",
     )
 
