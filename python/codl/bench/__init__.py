@@ -228,6 +228,8 @@ PROGRAMS = {
     "distill_patient": "patient and consistent distillation on Fashion-MNIST",
     "inference": "whole-model CPU inference: codl's frozen ternary models against torch, "
     "torch.compile, torch int8, ONNX Runtime and OpenVINO",
+    "kfac_step_ddp": "distributed K-FAC's step against distributed SGD's, amortized over its "
+    "update periods, on several processes at a chosen batch per rank",
     "large_batch": "large mini-batches on Fashion-MNIST: where K-FAC keeps its accuracy",
     "pool": "codl's thread pool on LeNet-5-size layers, 1 and 2 threads, quiet and contended",
     "robust_compression": "clean and PGD accuracy of compressed and adversarially tuned models",
