@@ -117,12 +117,9 @@ def amortized_ms(row: dict[str, Any], factor_steps: int, inverse_steps: int) -> 
     """A K-FAC row's mean step over one inverse cycle: a plain step, plus each update's extra
     time over it as often as the update comes (factors every ``factor_steps``, inverses every
     ``inverse_steps``)."""
-    plain = row["plain_ms"]
-    return (
-        plain
-        + (row["factor_ms"] - plain) / factor_steps
-        + (row["inverse_ms"] - plain) / inverse_steps
-    )
+    plain = float(row["plain_ms"])
+    factor, inverse = float(row["factor_ms"]), float(row["inverse_ms"])
+    return plain + (factor - plain) / factor_steps + (inverse - plain) / inverse_steps
 
 
 def main(argv: Sequence[str] | None = None, *, results_dir: Path | None = None) -> None:
