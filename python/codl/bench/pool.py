@@ -7,7 +7,12 @@ max pooling between them: at batch 1 each layer is a few microseconds of work, s
 handing a job to the pool's workers (and of waiting for them) is what is measured. ``--work
 layers`` times the five ternary layers alone on fixed inputs of the network's im2col shapes, so
 that only codl's pool is in play (torch's unfold and pooling run OpenMP regions of their own
-on ``torch.get_num_threads()`` threads, which suffer from contention too). With
+on ``torch.get_num_threads()`` threads, which suffer from contention too). ``--work fused`` times
+the whole-model path a user gets: ``codl.models.LeNet5`` ternarized, frozen with static int8
+activations and run by :func:`codl.nn.fuse` as one call into the core (no torch op between the
+layers). ``--gap-ms G`` sleeps G milliseconds before each timed call, as a caller that serves
+requests as they come: the pool's workers have gone to sleep, and the operating system places
+them anew when they wake. With
 ``--contenders N`` the same timings are taken again while N busy processes (a spinning Python
 loop each, or a 2-thread torch matmul loop with ``--contender matmul``) compete for the CPUs.
 
@@ -15,8 +20,8 @@ Each row reports the median milliseconds per forward pass with its interquartile
 90th percentile (the pool's failure mode under contention is a long tail, not a shifted median),
 and the 1-minute load average at the end of the row.
 
-    python benchmarks/pool.py [--work lenet layers] [--batches 1 64] [--threads 1 2]
-        [--contenders 1] [--contender spin|matmul] [--seconds 2]
+    python benchmarks/pool.py [--work lenet layers fused] [--batches 1 64] [--threads 1 2]
+        [--contenders 1] [--contender spin|matmul] [--seconds 2] [--gap-ms 0]
 """
 
 from __future__ import annotations
@@ -41,7 +46,15 @@ import torch.nn.functional as F
 from codl._ops import set_num_threads
 from codl.bench import default_results_dir, machine
 from codl.bench.timing import load_average
-from codl.ternary import PackedTernaryWeight, pack_weight, ternary_conv2d, ternary_linear
+from codl.models import LeNet5
+from codl.nn import freeze, fuse, quantize_
+from codl.ternary import (
+    PackedTernaryWeight,
+    TernaryConfig,
+    pack_weight,
+    ternary_conv2d,
+    ternary_linear,
+)
 
 #: LeNet-5's layers: (out_channels, in_channels, kernel) for the convolutions, then
 #: (out_features, in_features) for the fully connected layers.
@@ -62,9 +75,9 @@ CONTENDERS = {
     ),
 }
 #: What is timed: the whole network (torch's unfold, ReLU and pooling between codl's layers, so
-#: torch's own threads take part), or codl's five ternary_linear calls alone on the network's
-#: im2col shapes (only codl's pool is in play).
-WORKS = ("lenet", "layers")
+#: torch's own threads take part), codl's five ternary_linear calls alone on the network's
+#: im2col shapes (only codl's pool is in play), or the frozen network as one fused chain.
+WORKS = ("lenet", "layers", "fused")
 
 
 @dataclass(frozen=True)
@@ -80,6 +93,7 @@ class Row:
     p90_ms: float
     calls: int
     load_average: float
+    gap_ms: float = 0.0  # the sleep before each timed call
 
 
 def _ternary(shape: tuple[int, int], generator: torch.Generator) -> PackedTernaryWeight:
@@ -132,14 +146,31 @@ def layers(batch: int, seed: int = 0) -> Callable[[], list[torch.Tensor]]:
     return run
 
 
-def time_calls(fn: Callable[[], object], seconds: float, min_calls: int = 10) -> list[float]:
+def fused_lenet(seed: int = 0) -> Callable[[torch.Tensor], torch.Tensor]:
+    """``codl.models.LeNet5`` (seeded initial weights) ternarized, frozen with static int8
+    activations calibrated on 16 seeded images, and fused into one chain for inputs of shape
+    (N, 1, 28, 28) (the chain takes any batch)."""
+    torch.manual_seed(seed)
+    model = quantize_(LeNet5(), TernaryConfig())
+    calibration = torch.rand(16, 1, 28, 28, generator=torch.Generator().manual_seed(seed))
+    chain = fuse(freeze(model, calibration=calibration), calibration[:1])
+    return torch.no_grad()(chain)
+
+
+def time_calls(
+    fn: Callable[[], object], seconds: float, min_calls: int = 10, gap_s: float = 0.0
+) -> list[float]:
     """Milliseconds of each call of ``fn``, one timer per call (a block average would hide the
-    tail), for about ``seconds`` and at least ``min_calls`` calls, after two warm-up calls."""
+    tail), for about ``seconds`` of calls and at least ``min_calls`` calls, after two warm-up
+    calls; with ``gap_s``, a sleep of that long before each call (not timed)."""
     fn()
     fn()
     times: list[float] = []
     end = time.perf_counter() + seconds
     while len(times) < min_calls or time.perf_counter() < end:
+        if gap_s:
+            time.sleep(gap_s)
+            end += gap_s
         start = time.perf_counter_ns()
         fn()
         times.append((time.perf_counter_ns() - start) / 1e6)
@@ -173,24 +204,31 @@ def measure_rows(
     contender: str,
     seconds: float,
     torch_threads: int | None = None,
+    gap_ms: float = 0.0,
 ) -> list[Row]:
     """One :class:`Row` per work, batch and thread count, each run with ``contenders`` busy
-    processes (0: none). torch runs on ``torch_threads`` threads, or on codl's count if None."""
+    processes (0: none) and a sleep of ``gap_ms`` before each timed call. torch runs on
+    ``torch_threads`` threads, or on codl's count if None."""
     model = lenet()
+    chain = fused_lenet() if "fused" in works else None
     rows: list[Row] = []
     saved = torch.get_num_threads()
     try:
         for work, batch in itertools.product(works, batches):
+            x = torch.randn(batch, 1, 28, 28, generator=torch.Generator().manual_seed(batch))
+            fn: Callable[[], object]
             if work == "lenet":
-                x = torch.randn(batch, 1, 28, 28, generator=torch.Generator().manual_seed(batch))
-                fn: Callable[[], object] = functools.partial(model, x)
+                fn = functools.partial(model, x)
+            elif work == "fused":
+                assert chain is not None
+                fn = functools.partial(chain, x)
             else:
                 fn = layers(batch)
             for count in threads:
                 torch.set_num_threads(torch_threads or count)
                 set_num_threads(count)
                 with torch.inference_mode():
-                    times = time_calls(fn, seconds)
+                    times = time_calls(fn, seconds, gap_s=gap_ms / 1e3)
                 quartiles = statistics.quantiles(times, n=4)
                 rows.append(
                     Row(
@@ -205,6 +243,7 @@ def measure_rows(
                         p90_ms=statistics.quantiles(times, n=10)[8],
                         calls=len(times),
                         load_average=load_average(),
+                        gap_ms=gap_ms,
                     )
                 )
     finally:
@@ -215,14 +254,14 @@ def measure_rows(
 
 def format_table(rows: Sequence[Row]) -> str:
     lines = [
-        "| work | batch | codl threads | torch threads | contenders | median ms | IQR ms | p90 ms "
-        "| calls | load |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| work | batch | gap ms | codl threads | torch threads | contenders | median ms | IQR ms "
+        "| p90 ms | calls | load |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         busy = f"{r.contenders} {r.contender}" if r.contenders else "0"
         lines.append(
-            f"| {r.work} | {r.batch} | {r.threads} | {r.torch_threads} | {busy} | "
+            f"| {r.work} | {r.batch} | {r.gap_ms:g} | {r.threads} | {r.torch_threads} | {busy} | "
             f"{r.median_ms:.3f} | {r.iqr_ms:.3f} | {r.p90_ms:.3f} | {r.calls} | "
             f"{r.load_average:.2f} |"
         )
@@ -246,6 +285,9 @@ def main(argv: Sequence[str] | None = None, *, results_dir: Path | None = None) 
         help="torch's threads (unfold, pooling); default: the same as codl's",
     )
     parser.add_argument("--seconds", type=float, default=2.0, help="timing per row")
+    parser.add_argument(
+        "--gap-ms", type=float, default=0.0, help="sleep before each timed call (default 0)"
+    )
     parser.add_argument("--out", type=Path, default=out_dir / "pool.json")
     args = parser.parse_args(argv)
     if any(b < 1 for b in args.batches) or any(t < 1 for t in args.threads):
@@ -256,7 +298,9 @@ def main(argv: Sequence[str] | None = None, *, results_dir: Path | None = None) 
         parser.error(f"--contenders: expected >= 0, received {args.contenders}")
     if args.torch_threads is not None and args.torch_threads < 1:
         parser.error(f"--torch-threads: expected >= 1, received {args.torch_threads}")
-    common = {"seconds": args.seconds, "torch_threads": args.torch_threads}
+    if not args.gap_ms >= 0:
+        parser.error(f"--gap-ms: expected >= 0, received {args.gap_ms}")
+    common = {"seconds": args.seconds, "torch_threads": args.torch_threads, "gap_ms": args.gap_ms}
     rows = measure_rows(args.work, args.batches, args.threads, 0, args.contender, **common)
     if args.contenders:
         with contending(args.contenders, args.contender):
