@@ -9,6 +9,10 @@
 #include <thread>
 #include <vector>
 
+#if defined(__linux__)
+#include <sched.h>
+#endif
+
 #include "codl/parallel.h"
 #include "codl/ternary.h"
 #include "harness.h"
@@ -212,6 +216,39 @@ TEST_CASE("ternary_linear_f32: one region for quantization and GEMM, same floats
         CHECK_MSG(!codl::ternary_linear_f32(x.data(), m, k, packed.data(), alpha.data(), n, nullptr, y.data(), threads),
                   "threads=" + std::to_string(threads));
     }
+}
+
+
+TEST_CASE("move_off_cpu moves the calling thread to another allowed CPU and keeps its mask") {
+    CHECK(!codl::move_off_cpu(-1));
+#if defined(__linux__)
+    // On a thread of its own: the test's main thread keeps whatever it had.
+    std::thread([] {
+        cpu_set_t before;
+        CHECK(sched_getaffinity(0, sizeof before, &before) == 0);
+        const int cpu = codl::current_cpu();
+        CHECK(cpu >= 0);
+        if (CPU_COUNT(&before) < 2) {
+            CHECK(!codl::move_off_cpu(cpu));  // nowhere to go
+            return;
+        }
+        CHECK(codl::move_off_cpu(cpu));
+        CHECK_MSG(codl::current_cpu() != cpu, "still on cpu " + std::to_string(cpu));
+        cpu_set_t after;
+        CHECK(sched_getaffinity(0, sizeof after, &after) == 0);
+        CHECK(CPU_EQUAL(&before, &after));
+        // A CPU outside the mask is refused.
+        cpu_set_t only;
+        CPU_ZERO(&only);
+        CPU_SET(codl::current_cpu(), &only);
+        CHECK(sched_setaffinity(0, sizeof only, &only) == 0);
+        CHECK(!codl::move_off_cpu(codl::current_cpu()));
+        CHECK(!codl::move_off_cpu(cpu == codl::current_cpu() ? cpu + 1 : cpu));
+    }).join();
+#else
+    CHECK(codl::current_cpu() == -1);
+    CHECK(!codl::move_off_cpu(0));
+#endif
 }
 
 }  // namespace

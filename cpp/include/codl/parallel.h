@@ -23,6 +23,14 @@ void parallel_tasks(std::size_t count, int num_threads, const std::function<void
 // Number of worker threads the pool has started so far (for reports and tests).
 int pool_threads_started();
 
+// The CPU the calling thread runs on (-1 where the system does not say).
+int current_cpu();
+
+// Moves the calling thread off `cpu` onto another CPU its affinity mask allows, keeping the
+// mask; false (and nothing changed) where the mask holds no other CPU, `cpu` is not in it, or
+// the system has no such call. A pool worker woken on its caller's CPU uses it.
+bool move_off_cpu(int cpu);
+
 // For tests: while held, the pool's workers claim no chunk of any job (they sleep), as when the
 // operating system never schedules them; callers then run every chunk themselves.
 void pool_hold_workers(bool hold);
