@@ -27,6 +27,7 @@ import torch
 from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval, fuse_linear_bn_eval
 
+from codl import _ops
 from codl.kernels.conv import max_pool2x2_int8
 from codl.kernels.sparse import SPARSE_MIN_SPARSITY
 from codl.nn.ternary import (
@@ -300,7 +301,22 @@ def freeze(
         if ranges is not None:
             _chain_in_int8(frozen, _checked_ranges(frozen, ranges))
             frozen.__dict__["calibrated_ranges"] = dict(ranges)  # a plain attribute, not state
+    if next(frozen.parameters(), None) is None:
+        # Every product runs in codl's kernels: torch's glue between them (torch.cat, copies)
+        # runs on one thread, so that no OpenMP worker spins on the core codl's pool needs.
+        frozen.register_forward_pre_hook(_enter_torch_on_one_thread)
+        frozen.register_forward_hook(_leave_torch_on_one_thread, always_call=True)
     return frozen
+
+
+def _enter_torch_on_one_thread(module: nn.Module, args: object) -> None:
+    if not torch.compiler.is_compiling():
+        _ops.enter_torch_on_one_thread()
+
+
+def _leave_torch_on_one_thread(module: nn.Module, args: object, output: object) -> None:
+    if not torch.compiler.is_compiling():
+        _ops.leave_torch_on_one_thread()
 
 
 def _sparsify(module: nn.Module) -> None:

@@ -356,3 +356,61 @@ def test_ranges_naming_no_convolution_or_given_with_images_are_refused() -> None
         freeze(model, ranges={"nowhere": (1.0, 1.0)})
     with pytest.raises(ValueError, match="not both"):
         freeze(model, calibration=images(2, seed=0), ranges={})
+
+
+class _ThreadsSeen(nn.Module):
+    """Records torch's and codl's thread counts when it runs (a glue op between layers)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.seen: list[tuple[int, int]] = []
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.seen.append((torch.get_num_threads(), _ops.get_num_threads()))
+        return x
+
+
+def test_an_all_codl_model_runs_torchs_glue_on_one_thread_and_codl_on_the_callers() -> None:
+    model = ternary(FashionCNN())
+    model.insert(7, _ThreadsSeen())  # after the Flatten
+    frozen = freeze(model, calibration=images(8, seed=1))
+    probe = frozen[7]
+    x = images(2, seed=7)
+    with torch.no_grad(), _ops.using_threads(2):
+        expected = frozen(x)
+        assert probe.seen[-1] == (1, 2)
+        assert torch.get_num_threads() == 2 and _ops.get_num_threads() == 2
+        # codl's count follows torch's where it is not set: torch's count from before the call.
+        _ops.set_num_threads(None)
+        torch.set_num_threads(2)
+        assert torch.equal(frozen(x), expected)
+        assert probe.seen[-1] == (1, 2)
+        assert torch.get_num_threads() == 2 and _ops._num_threads is None
+        # An error inside the model restores both counts as well.
+        with pytest.raises(ValueError):
+            frozen(torch.zeros(2, 3, 28, 28))
+        assert torch.get_num_threads() == 2 and _ops._num_threads is None
+
+
+def test_a_model_with_torch_float_layers_keeps_torchs_threads() -> None:
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1, groups=1), _ThreadsSeen(), nn.Flatten())
+    codl.quantize_(model, codl.TernaryConfig())
+    model.append(nn.Linear(4 * 28 * 28, 10))  # stays torch float32: it has parameters
+    frozen = freeze(model, calibration=images(4, seed=1))
+    with torch.no_grad(), _ops.using_threads(2):
+        frozen(images(1, seed=2))
+    assert frozen[1].seen[-1] == (2, 2)
+
+
+def test_torch_on_one_thread_nests_and_ignores_an_unmatched_leave() -> None:
+    with _ops.using_threads(2):
+        _ops.leave_torch_on_one_thread()  # nothing entered: nothing changes
+        assert torch.get_num_threads() == 2
+        _ops.enter_torch_on_one_thread()
+        _ops.enter_torch_on_one_thread()
+        assert torch.get_num_threads() == 1 and _ops.get_num_threads() == 2
+        _ops.leave_torch_on_one_thread()
+        assert torch.get_num_threads() == 1
+        _ops.leave_torch_on_one_thread()
+        assert torch.get_num_threads() == 2
