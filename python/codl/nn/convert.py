@@ -269,6 +269,12 @@ def freeze(
     sparse kernel is faster than the dense ones. Layers codl has no kernel for stay torch float:
     a grouped or depthwise ``nn.Conv2d`` or one with a padding mode other than zeros raises a
     ``UserWarning`` naming it.
+
+    When no torch float layer is left (the frozen model has no parameters), each call runs
+    torch's own ops between codl's kernels (``torch.cat``, copies) on one thread and codl's
+    kernels on the caller's thread count, so that no OpenMP worker spins on a core codl's pool
+    needs (:func:`codl._ops.enter_torch_on_one_thread`); ``torch.set_num_threads`` is
+    process-wide, so torch ops other Python threads run meanwhile get one thread too.
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"model: expected a torch.nn.Module, received {type(model).__name__}")
