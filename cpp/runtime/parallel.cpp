@@ -95,9 +95,9 @@ public:
         job_ = &chunk;
         completed_.store(0, std::memory_order_relaxed);
         ++epoch_;
+        caller_cpu_.store(current_cpu(), std::memory_order_relaxed);  // published with the job
         // Sequentially consistent store and load: either a worker about to sleep sees this job,
         // or this thread sees that worker counted in sleepers_ and wakes it.
-        caller_cpu_.store(current_cpu(), std::memory_order_relaxed);
         word_.store(make_word(epoch_, chunks, 0));
         if (sleepers_.load() > 0) {
             // Taking the mutex orders this notify after a sleeper's last check of word_.

@@ -77,8 +77,8 @@ def enter_torch_on_one_thread() -> None:
 
     A model whose every product runs in codl's kernels keeps torch's glue ops between them
     (``torch.cat``, copies) off the second core: a 2-thread torch op leaves libgomp's worker
-    spinning on that core for milliseconds while codl's pool needs it (MCNN, 2 threads: 6.6-7.1
-    ms a call, 3.6 ms with torch's glue on one thread)."""
+    spinning on that core for milliseconds while codl's pool needs it (MCNN's frozen model, 2
+    threads: 7.05-7.24 ms a call, 4.37-4.52 ms with torch's glue on one thread)."""
     global _torch_on_one_thread_depth, _torch_on_one_thread_saved, _num_threads
     with _torch_on_one_thread_lock:
         if _torch_on_one_thread_depth == 0:
