@@ -147,16 +147,35 @@ bool uses_spans(const ConvGeometry& g) {
     return g.stride_h == 1 && g.stride_w == 1 && g.out_w() < kNarrowRow && active_isa() == IsaLevel::amx;
 }
 
+// Output rows a thread takes at least: kMinMacsPerThread multiply-adds.
+std::size_t min_rows_per_thread(const ConvGeometry& g) {
+    const std::size_t macs_per_pixel = std::max<std::size_t>(g.out_c_padded() * g.reduction(), 1);
+    return std::max<std::size_t>(1, kMinMacsPerThread / (std::max<std::size_t>(g.out_w(), 1) * macs_per_pixel));
+}
+
 // Calls row_fn(n, oh, acc) for every output row of the batch, in parallel (at least
 // kMinMacsPerThread multiply-adds a thread), acc a per-thread buffer of acc_size sums.
 template <typename RowFn>
 void for_each_row(const ConvGeometry& g, std::size_t batch, int num_threads, std::size_t acc_size, RowFn row_fn) {
-    const std::size_t oh_count = g.out_h(), ow_count = g.out_w();
-    const std::size_t macs_per_pixel = std::max<std::size_t>(g.out_c_padded() * g.reduction(), 1);
-    const std::size_t min_rows = std::max<std::size_t>(1, kMinMacsPerThread / (ow_count * macs_per_pixel));
+    const std::size_t oh_count = g.out_h(), min_rows = min_rows_per_thread(g);
     parallel_for(batch * oh_count, 1, min_rows, num_threads, [&](std::size_t begin, std::size_t end) {
         std::vector<std::int32_t> acc(acc_size);
         for (std::size_t row = begin; row < end; ++row) row_fn(row / oh_count, row % oh_count, acc.data());
+    });
+}
+
+// Calls rows_fn(n, oh, rows) for runs of output rows of one image that together cover the batch,
+// in parallel as for_each_row, each thread's share in as few runs as image boundaries allow.
+template <typename RowsFn>
+void for_each_row_run(const ConvGeometry& g, std::size_t batch, int num_threads, RowsFn rows_fn) {
+    const std::size_t oh_count = g.out_h(), min_rows = min_rows_per_thread(g);
+    parallel_for(batch * oh_count, 1, min_rows, num_threads, [&](std::size_t begin, std::size_t end) {
+        while (begin < end) {
+            const std::size_t n = begin / oh_count, oh = begin % oh_count;
+            const std::size_t rows = std::min(end - begin, oh_count - oh);
+            rows_fn(n, oh, rows);
+            begin += rows;
+        }
     });
 }
 
@@ -544,12 +563,12 @@ ConvStatus conv2d(const ConvArgs& a, int num_threads) {
         });
         return ConvStatus::ok;
     }
-    if (output == ConvOutput::i8_nhwc && kernels.conv_row_requant_i8 && !uses_spans(g)) {
+    if (output == ConvOutput::i8_nhwc && kernels.conv_rows_requant_i8 && !uses_spans(g)) {
         const std::size_t image_bytes = g.padded_h() * g.padded_w() * g.channels();
         std::int8_t* q = static_cast<std::int8_t*>(out);
-        for_each_row(g, a.batch, num_threads, 0, [&](std::size_t n, std::size_t oh, std::int32_t*) {
-            kernels.conv_row_requant_i8(g, image + n * image_bytes, blocked, sums, oh, 0, ow_count, out_c, mult, bias,
-                                        relu, inverse_out, q + (n * oh_count + oh) * ow_count * out_c);
+        for_each_row_run(g, a.batch, num_threads, [&](std::size_t n, std::size_t oh, std::size_t rows) {
+            kernels.conv_rows_requant_i8(g, image + n * image_bytes, blocked, sums, oh, rows, 0, ow_count, out_c, mult,
+                                         bias, relu, inverse_out, q + (n * oh_count + oh) * ow_count * out_c);
         });
         return ConvStatus::ok;
     }

@@ -55,6 +55,7 @@ std::vector<Shape> shapes() {
         {geometry(5, 9, 7, 3, 3, 2, 1, 2), 1, "odd everything"},
         {geometry(7, 5, 6, 33, 1, 1, 0, 1), 3, "1x1"},
         {geometry(2, 4, 4, 17, 4, 3, 3, 1), 1, "stride 3 big pad"},
+        {geometry(5, 3, 4, 20, 1, 1, 1, 1), 2, "1x1 padded: rows that read only the border"},
         // Rows of 16 pixels or more: the AMX kernel's tiles (2 x 16 pixels, pairs of 16
         // channels, K chunks of 64 or all channels below 64) and its tails.
         {geometry(128, 3, 33, 20, 3, 1, 1, 1), 1, "amx 2 chunks, 33 pixels"},
@@ -97,6 +98,18 @@ std::vector<std::int8_t> random_weights(const ConvGeometry& g, int low, int high
     return w;
 }
 
+// The core's padded images hold the byte 128 (the value 0) on their border, and the row kernels
+// may skip the taps that read only border rows (conv.h): the tests' images do the same.
+void zero_border(const ConvGeometry& g, std::vector<std::uint8_t>& image) {
+    const std::size_t cp = g.channels(), wp = g.padded_w();
+    for (std::size_t y = 0; y < g.padded_h(); ++y) {
+        for (std::size_t x = 0; x < wp; ++x) {
+            const bool inside = y >= g.pad_h && y < g.pad_h + g.in_h && x >= g.pad_w && x < g.pad_w + g.in_w;
+            if (!inside) std::fill_n(image.begin() + static_cast<std::ptrdiff_t>((y * wp + x) * cp), cp, std::uint8_t{128});
+        }
+    }
+}
+
 // Independent oracle: int64 sums over the unpadded NHWC input, skipping taps outside it.
 std::vector<std::int64_t> oracle(const ConvGeometry& g, std::size_t batch, const std::vector<std::int8_t>& x,
                                  const std::vector<std::int8_t>& w) {
@@ -131,10 +144,11 @@ TEST_CASE("conv_row_i8 matches the reference bit for bit on every shape, extreme
     for (const Shape& shape : shapes()) {
         const ConvGeometry& g = shape.g;
         const std::size_t co_pad = g.out_c_padded();
-        // Any bytes, border included: the kernel contract is about the bytes it is given.
+        // Any bytes inside the border, extremes included.
         std::vector<std::uint8_t> image(g.padded_h() * g.padded_w() * g.channels());
         for (int extreme = 0; extreme < 2; ++extreme) {
             for (auto& b : image) b = extreme ? (rng()() % 2 ? 255 : 0) : static_cast<std::uint8_t>(rng()());
+            zero_border(g, image);
             const std::vector<std::int8_t> w =
                 extreme ? random_weights(g, -128, -128) : random_weights(g, -128, 127);
             std::vector<std::int8_t> blocked(co_pad * g.reduction());
@@ -165,13 +179,15 @@ TEST_CASE("conv_row_i8 matches the reference bit for bit on every shape, extreme
     }
 }
 
-TEST_CASE("conv_row_requant_i8 equals conv_row_i8 then epilogue_i8 of the reference, bit for bit, on every ISA that fuses") {
+TEST_CASE("conv_rows_requant_i8 on one row equals conv_row_i8 then epilogue_i8 of the reference, bit for bit, on every ISA that fuses") {
     std::uniform_real_distribution<float> scale(-0.002f, 0.002f);
+    std::size_t clamped = 0, zero = 0, outputs = 0;
     for (const Shape& shape : shapes()) {
         const ConvGeometry& g = shape.g;
         const std::size_t co_pad = g.out_c_padded(), ow = g.out_w(), n = g.out_c;
         std::vector<std::uint8_t> image(g.padded_h() * g.padded_w() * g.channels());
         for (auto& b : image) b = static_cast<std::uint8_t>(rng()());
+        zero_border(g, image);
         const std::vector<std::int8_t> w = random_weights(g, -128, 127);
         std::vector<std::int8_t> blocked(co_pad * g.reduction());
         std::vector<std::int32_t> sums(co_pad);
@@ -190,24 +206,22 @@ TEST_CASE("conv_row_requant_i8 equals conv_row_i8 then epilogue_i8 of the refere
                 const float* b = with_bias ? bias.data() : nullptr;
                 std::vector<std::int8_t> expected(ow * n + 1, 9);
                 codl::ref::conv_kernels.epilogue_i8(acc.data(), co_pad, ow, n, mult.data(), b, relu, 0.5f, expected.data());
-                std::size_t clamped = 0, zero = 0;
                 for (std::size_t i = 0; i < ow * n; ++i) {
                     clamped += expected[i] == 127 || expected[i] == -127;
                     zero += expected[i] == 0;
                 }
-                // The scales put outputs on both sides of the clamps and of zero.
-                CHECK_MSG(clamped < ow * n && zero < ow * n, shape.what);
+                outputs += ow * n;
                 codl_test::for_each_isa([&](IsaLevel isa, const codl::KernelTable& table) {
-                    if (!table.conv->conv_row_requant_i8) return;
+                    if (!table.conv->conv_rows_requant_i8) return;
                     const std::string at = std::string(codl::isa_name(isa)) + " " + shape.what +
                                            " relu=" + std::to_string(relu) + " bias=" + std::to_string(with_bias);
                     std::vector<std::int8_t> q(ow * n + 1, 9);
-                    table.conv->conv_row_requant_i8(g, image.data(), blocked.data(), sums.data(), oh, 0, ow, n,
+                    table.conv->conv_rows_requant_i8(g, image.data(), blocked.data(), sums.data(), oh, 1, 0, ow, n,
                                                     mult.data(), b, relu, 0.5f, q.data());
                     CHECK_MSG(q == expected, at);
                     if (ow > 1) {  // a part of the row starting mid-row
                         std::vector<std::int8_t> part((ow - 1) * n + 1, 9);
-                        table.conv->conv_row_requant_i8(g, image.data(), blocked.data(), sums.data(), oh, 1, ow - 1, n,
+                        table.conv->conv_rows_requant_i8(g, image.data(), blocked.data(), sums.data(), oh, 1, 1, ow - 1, n,
                                                         mult.data(), b, relu, 0.5f, part.data());
                         CHECK_MSG(std::equal(part.begin(), part.end() - 1, expected.begin() + n), at + " ow0=1");
                         CHECK_MSG(part.back() == 9, at + " wrote past count");
@@ -216,6 +230,60 @@ TEST_CASE("conv_row_requant_i8 equals conv_row_i8 then epilogue_i8 of the refere
             }
         }
     }
+    // The scales put outputs on both sides of the clamps and of zero, over all the shapes (a
+    // small row alone may land all on a clamp).
+    CHECK(clamped > 0 && clamped < outputs / 2 && zero < outputs / 2);
+}
+
+// Several rows a call: every row of every shape (the first and last read border rows), and a run
+// of rows from the second, each row's outputs where they would be, against the reference one row
+// at a time; and nothing written past the rows.
+TEST_CASE("conv_rows_requant_i8 over many rows equals the reference row by row, on every ISA that fuses") {
+    std::uniform_real_distribution<float> scale(-0.002f, 0.002f);
+    std::size_t checked = 0, between = 0, outputs = 0;
+    for (const Shape& shape : shapes()) {
+        const ConvGeometry& g = shape.g;
+        const std::size_t co_pad = g.out_c_padded(), ow = g.out_w(), oh = g.out_h(), n = g.out_c;
+        std::vector<std::uint8_t> image(g.padded_h() * g.padded_w() * g.channels());
+        for (auto& b : image) b = static_cast<std::uint8_t>(rng()());
+        zero_border(g, image);
+        const std::vector<std::int8_t> w = random_weights(g, -128, 127);
+        std::vector<std::int8_t> blocked(co_pad * g.reduction());
+        std::vector<std::int32_t> sums(co_pad);
+        codl::conv_block_weights(g, w.data(), blocked.data(), sums.data());
+        std::vector<float> mult(n), bias(n);
+        for (std::size_t i = 0; i < n; ++i) {
+            mult[i] = 0.05f * scale(rng());
+            bias[i] = 10.0f * scale(rng());
+        }
+        std::vector<std::int8_t> expected(oh * ow * n);
+        for (std::size_t row = 0; row < oh; ++row) {
+            codl::ref::conv_kernels.conv_rows_requant_i8(g, image.data(), blocked.data(), sums.data(), row, 1, 0, ow, n,
+                                                         mult.data(), bias.data(), true, 0.5f,
+                                                         expected.data() + row * ow * n);
+        }
+        for (const std::int8_t v : expected) between += v != 0 && v != 127;
+        outputs += expected.size();
+        codl_test::for_each_isa([&](IsaLevel isa, const codl::KernelTable& table) {
+            if (!table.conv->conv_rows_requant_i8) return;
+            const std::string at = std::string(codl::isa_name(isa)) + " " + shape.what;
+            std::vector<std::int8_t> q(oh * ow * n + 1, 9);
+            table.conv->conv_rows_requant_i8(g, image.data(), blocked.data(), sums.data(), 0, oh, 0, ow, n, mult.data(),
+                                             bias.data(), true, 0.5f, q.data());
+            CHECK_MSG(std::equal(expected.begin(), expected.end(), q.begin()), at + " all rows");
+            CHECK_MSG(q.back() == 9, at + " wrote past the rows");
+            if (oh > 2) {
+                std::vector<std::int8_t> part((oh - 2) * ow * n + 1, 9);
+                table.conv->conv_rows_requant_i8(g, image.data(), blocked.data(), sums.data(), 1, oh - 2, 0, ow, n,
+                                                 mult.data(), bias.data(), true, 0.5f, part.data());
+                CHECK_MSG(std::equal(part.begin(), part.end() - 1, expected.begin() + ow * n), at + " rows 1 .. oh - 2");
+                CHECK_MSG(part.back() == 9, at + " wrote past the run");
+            }
+            ++checked;
+        });
+    }
+    CHECK(checked > 0);
+    CHECK(between > outputs / 4);  // outputs off the clamp and off zero (relu), not a constant
 }
 
 // The planar kernels read the image in channel planes: the same outputs as the pixel-layout
@@ -262,7 +330,7 @@ TEST_CASE("conv_row_planar_requant_i8 equals the pixel-layout reference bit for 
             const std::size_t oh = g.out_h() - 1;
             for (int relu = 0; relu < 2; ++relu) {
                 std::vector<std::int8_t> expected(ow * co + 1, 9);
-                codl::ref::conv_kernels.conv_row_requant_i8(g, image.data(), blocked.data(), sums.data(), oh, 0, ow, co,
+                codl::ref::conv_kernels.conv_rows_requant_i8(g, image.data(), blocked.data(), sums.data(), oh, 1, 0, ow, co,
                                                             mult.data(), bias.data(), relu, 0.5f, expected.data());
                 codl_test::for_each_isa([&](IsaLevel isa, const codl::KernelTable& table) {
                     if (!table.conv->conv_row_planar_requant_i8 || co > table.conv->planar_max_channels) return;
@@ -289,7 +357,7 @@ TEST_CASE("conv_row_planar_requant_i8 equals the pixel-layout reference bit for 
     CHECK(checked > 0);  // the reference has the kernel, so at least it ran
 }
 
-TEST_CASE("conv_row_i8 and conv_row_requant_i8: every row width from 1 to 29 pixels, one to seven channel blocks") {
+TEST_CASE("conv_row_i8 and conv_rows_requant_i8: every row width from 1 to 29 pixels, one to seven channel blocks") {
     // Kernels cut a row into tiles of several pixels and a last tile of the rest: every
     // remainder of every tile size, for tiles of one, two and four blocks of 16 channels and
     // their mixes (112 channels: 4 + 2 + 1 blocks).
@@ -299,6 +367,7 @@ TEST_CASE("conv_row_i8 and conv_row_requant_i8: every row width from 1 to 29 pix
             const ConvGeometry g = geometry(8, 3, width, co, 3, 1, 1, 1);
             std::vector<std::uint8_t> image(g.padded_h() * g.padded_w() * g.channels());
             for (auto& b : image) b = static_cast<std::uint8_t>(rng()());
+            zero_border(g, image);
             const std::vector<std::int8_t> w = random_weights(g, -128, 127);
             std::vector<std::int8_t> blocked(co * g.reduction());
             std::vector<std::int32_t> sums(co);
@@ -314,9 +383,9 @@ TEST_CASE("conv_row_i8 and conv_row_requant_i8: every row width from 1 to 29 pix
                 std::vector<std::int32_t> acc(width * co);
                 table.conv->conv_row_i8(g, image.data(), blocked.data(), sums.data(), 1, 0, width, acc.data());
                 CHECK_MSG(acc == expected, at);
-                if (table.conv->conv_row_requant_i8) {
+                if (table.conv->conv_rows_requant_i8) {
                     std::vector<std::int8_t> q(width * co);
-                    table.conv->conv_row_requant_i8(g, image.data(), blocked.data(), sums.data(), 1, 0, width, co,
+                    table.conv->conv_rows_requant_i8(g, image.data(), blocked.data(), sums.data(), 1, 1, 0, width, co,
                                                     mult.data(), nullptr, false, 1.0f, q.data());
                     CHECK_MSG(q == expected_q, at + " requantized");
                 }

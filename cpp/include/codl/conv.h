@@ -65,9 +65,12 @@ struct ConvKernels {
     // acc[p * out_c_padded + co] = sum_{kh, kw, c} (image[ih][iw][c] - 128) * w[co][kh][kw][c]
     // exactly, for the output pixels (oh, ow0 + p), p < count, of one image, and every co <
     // out_c_padded, where ih = oh * stride_h + kh * dilation_h and iw likewise (indices into the
-    // padded image). image: the padded, shifted bytes of one image; w: the blocked weights;
-    // w_sums[co]: the sum of weight co's values (kernels that multiply the shifted bytes
-    // subtract 128 * w_sums[co]).
+    // padded image). image: the padded, shifted bytes of one image, whose border (the pad_h
+    // rows above and below, the pad_w columns either side) holds the byte 128, the value 0, as
+    // the core writes it: kernels may skip the taps that read only border rows (a 3x3 layer with
+    // dilation 2 on 32 x 32 pixels does a third fewer products on 4 rows of 32); w: the blocked
+    // weights; w_sums[co]: the sum of weight co's values (kernels that multiply the shifted
+    // bytes subtract 128 * w_sums[co]).
     void (*conv_row_i8)(const ConvGeometry& g, const std::uint8_t* image, const std::int8_t* w,
                         const std::int32_t* w_sums, std::size_t oh, std::size_t ow0,
                         std::size_t count, std::int32_t* acc);
@@ -81,16 +84,18 @@ struct ConvKernels {
                         const float* mult, const float* bias, bool relu, float inverse, std::int8_t* q);
     // The input's bytes: q[i] = quantize_i8(x[i], inverse) + 128 (x finite).
     void (*quantize_u8)(const float* x, std::size_t n, float inverse, std::uint8_t* q);
-    // conv_row_i8 then epilogue_i8 of the same pixels in one pass: q[p * n + co] for p < count
-    // and co < n (n <= out_c_padded), bit for bit what the two give, with the sums requantized
-    // while they are still in registers (a row's int32 sums of 64 channels and 256 pixels are
-    // 64 KiB: written out and read back they cost a 3x3 64-channel layer 7% of its time).
-    // Null in a table whose ISA does not fuse: the core then runs the two.
-    void (*conv_row_requant_i8)(const ConvGeometry& g, const std::uint8_t* image, const std::int8_t* w,
-                                const std::int32_t* w_sums, std::size_t oh, std::size_t ow0, std::size_t count,
-                                std::size_t n, const float* mult, const float* bias, bool relu, float inverse,
-                                std::int8_t* q) = nullptr;
-    // The same outputs as conv_row_requant_i8 from the image in channel planes (conv_planes_layout:
+    // conv_row_i8 then epilogue_i8 of the same pixels in one pass, for rows oh .. oh + rows - 1:
+    // pixel p < count of row oh + r, channel co < n (n <= out_c_padded) at q[(r * count + p) * n +
+    // co], bit for bit what the two give, with the sums requantized while they are still in
+    // registers (a row's int32 sums of 64 channels and 256 pixels are 64 KiB: written out and read
+    // back they cost a 3x3 64-channel layer 7% of its time). Several rows a call let a kernel
+    // keep a few output channels' weights in cache while it runs all the rows over them. Null in
+    // a table whose ISA does not fuse: the core then runs the two.
+    void (*conv_rows_requant_i8)(const ConvGeometry& g, const std::uint8_t* image, const std::int8_t* w,
+                                 const std::int32_t* w_sums, std::size_t oh, std::size_t rows, std::size_t ow0,
+                                 std::size_t count, std::size_t n, const float* mult, const float* bias, bool relu,
+                                 float inverse, std::int8_t* q) = nullptr;
+    // The outputs of one row of conv_rows_requant_i8 from the image in channel planes (conv_planes_layout:
     // geometries with stride_w 1), for layers of few output channels or a count that is not a
     // multiple of 16: 16 pixels a register and one accumulator per output channel, so 20 or 24
     // channels issue 20 or 24 multiply-adds, not the 32 of two channel blocks (MCNN's 3 -> 20

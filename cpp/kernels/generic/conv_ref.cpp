@@ -74,15 +74,17 @@ void quantize_u8(const float* x, std::size_t n, float inverse, std::uint8_t* q) 
     for (std::size_t i = 0; i < n; ++i) q[i] = static_cast<std::uint8_t>(quantize_i8(x[i], inverse) + 128);
 }
 
-// The fused kernels' twin: literally the two steps it fuses.
-void conv_row_requant_i8(const ConvGeometry& g, const std::uint8_t* image, const std::int8_t* w,
-                         const std::int32_t* w_sums, std::size_t oh, std::size_t ow0, std::size_t count,
-                         std::size_t n, const float* mult, const float* bias, bool relu, float inverse,
-                         std::int8_t* q) {
+// The fused kernels' twin: literally the two steps it fuses, row after row.
+void conv_rows_requant_i8(const ConvGeometry& g, const std::uint8_t* image, const std::int8_t* w,
+                          const std::int32_t* w_sums, std::size_t oh, std::size_t rows, std::size_t ow0,
+                          std::size_t count, std::size_t n, const float* mult, const float* bias, bool relu,
+                          float inverse, std::int8_t* q) {
     thread_local std::vector<std::int32_t> acc;
     acc.resize(count * g.out_c_padded());
-    conv_row_i8(g, image, w, w_sums, oh, ow0, count, acc.data());
-    epilogue_i8(acc.data(), g.out_c_padded(), count, n, mult, bias, relu, inverse, q);
+    for (std::size_t r = 0; r < rows; ++r) {
+        conv_row_i8(g, image, w, w_sums, oh + r, ow0, count, acc.data());
+        epilogue_i8(acc.data(), g.out_c_padded(), count, n, mult, bias, relu, inverse, q + r * count * n);
+    }
 }
 
 // The planar kernels' twin: the sums read from the channel planes, then the same epilogue.
@@ -106,7 +108,7 @@ void conv_row_planar_requant_i8(const ConvGeometry& g, const std::uint8_t* plane
 
 // The reference takes any channel count; its limit is the AVX-512 kernel's, so that forcing the
 // scalar kernels runs the same paths of the core.
-const ConvKernels conv_kernels = {conv_row_i8,         epilogue_f32, epilogue_i8, quantize_u8, conv_row_requant_i8,
+const ConvKernels conv_kernels = {conv_row_i8,         epilogue_f32, epilogue_i8, quantize_u8, conv_rows_requant_i8,
                                   conv_row_planar_requant_i8, 64};
 
 }  // namespace codl::ref

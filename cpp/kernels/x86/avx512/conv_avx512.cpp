@@ -34,21 +34,35 @@ __m512 epilogue16(__m512i acc, const float* mult, const float* bias, bool relu, 
     return v;
 }
 
-// quantize_i8 on 16 lanes: max(scaled, -127) maps NaN to -127 (the second operand), the
-// conversion rounds half to even (MXCSR's default, as the reference's 1.5 * 2^23 trick).
-__m128i requantize16(__m512 y, float inverse) {
+// quantize_i8 on 16 lanes, as int32 levels in [-127, 127]: max(scaled, -127) maps NaN to -127
+// (the second operand), the conversion rounds half to even (MXCSR's default, as the reference's
+// 1.5 * 2^23 trick).
+__m512i levels16(__m512 y, float inverse) {
     const __m512 clamped = _mm512_min_ps(_mm512_max_ps(_mm512_mul_ps(y, _mm512_set1_ps(inverse)), _mm512_set1_ps(-127.0f)),
                                          _mm512_set1_ps(127.0f));
-    return _mm512_cvtsepi32_epi8(_mm512_cvtps_epi32(clamped));
+    return _mm512_cvtps_epi32(clamped);
 }
 
-// Where a tile's finished sums go, 16 channels of one pixel at a time: the int32 row
-// (conv_row_i8), or requantized in registers into the int8 outputs (conv_row_requant_i8).
+__m128i requantize16(__m512 y, float inverse) { return _mm512_cvtsepi32_epi8(levels16(y, inverse)); }
+
+// Four vectors of 16 int32 levels in [-127, 127] as 64 bytes, v0's 16 first: vpackssdw and
+// vpacksswb narrow within each 128-bit lane, leaving v_k's values 4L .. 4L + 3 in dword 4L + k,
+// and vpermd puts them in order. One 64-byte store a pixel instead of four vpmovsdb.
+__m512i narrow4(__m512i v0, __m512i v1, __m512i v2, __m512i v3) {
+    const __m512i bytes = _mm512_packs_epi16(_mm512_packs_epi32(v0, v1), _mm512_packs_epi32(v2, v3));
+    return _mm512_permutexvar_epi32(_mm512_setr_epi32(0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15), bytes);
+}
+
+// Where a tile's finished sums go, the B blocks of 16 channels of one pixel at a time: the int32
+// row (conv_row_i8), or requantized in registers into the int8 outputs (conv_rows_requant_i8); at_row(r, count):
+// the sink of the r-th row of a call of count pixels a row.
 struct StoreSums {
     std::int32_t* acc;
     std::size_t co_pad;
-    void operator()(std::size_t p, std::size_t co, __m512i sums) const {
-        _mm512_storeu_si512(acc + p * co_pad + co, sums);
+    StoreSums at_row(std::size_t r, std::size_t count) const { return {acc + r * count * co_pad, co_pad}; }
+    template <int B>
+    void pixel(std::size_t p, std::size_t co, const __m512i* sums) const {
+        for (int b = 0; b < B; ++b) _mm512_storeu_si512(acc + p * co_pad + co + b * kConvCoBlock, sums[b]);
     }
 };
 
@@ -59,33 +73,58 @@ struct Requantize {
     const float* bias;
     bool relu;
     float inverse;
-    void operator()(std::size_t p, std::size_t co, __m512i sums) const {
-        if (co >= n) return;  // the zero channels that pad out_c to a block
-        const __mmask16 m = tail_mask(n - co);
-        const __m512 y = epilogue16(sums, mult + co, bias ? bias + co : nullptr, relu, m);
-        _mm_mask_storeu_epi8(q + p * n + co, m, requantize16(y, inverse));
+    Requantize at_row(std::size_t r, std::size_t count) const {
+        return {q + r * count * n, n, mult, bias, relu, inverse};
+    }
+    // The levels quantize_i8 gives 16 channels from co, as int32.
+    __m512i levels(__m512i sums, std::size_t co, __mmask16 m) const {
+        return levels16(epilogue16(sums, mult + co, bias ? bias + co : nullptr, relu, m), inverse);
+    }
+    template <int B>
+    void pixel(std::size_t p, std::size_t co0, const __m512i* sums) const {
+        std::int8_t* out = q + p * n + co0;
+        if constexpr (B == 4) {
+            if (co0 + 4 * kConvCoBlock <= n) {
+                const __mmask16 all = 0xFFFF;
+                _mm512_storeu_si512(out, narrow4(levels(sums[0], co0, all), levels(sums[1], co0 + 16, all),
+                                                 levels(sums[2], co0 + 32, all), levels(sums[3], co0 + 48, all)));
+                return;
+            }
+        }
+        for (int b = 0; b < B; ++b) {
+            const std::size_t co = co0 + b * kConvCoBlock;
+            if (co >= n) return;  // the zero channels that pad out_c to a block
+            const __mmask16 m = tail_mask(n - co);
+            _mm_mask_storeu_epi8(out + b * kConvCoBlock, m, _mm512_cvtsepi32_epi8(levels(sums[b], co, m)));
+        }
     }
 };
 
-// Pixels p0 .. p0 + P - 1 of the call and the B blocks of channels from co0: their sums go to
-// sink(p, co, 16 sums).
+// Pixels p0 .. p0 + P - 1 of the call and the B blocks of channels from co0, over the kernel rows
+// [kh_begin, kh_end): their sums go to sink.pixel(p, co, B vectors of 16 sums). start: the
+// blocks' first sums (the unsigned bytes' shift, see row_starts).
 template <int P, int B, typename Sink>
-void tile(const ConvGeometry& g, const std::uint8_t* image, const std::int8_t* w,
-          const std::int32_t* w_sums, std::size_t oh, std::size_t ow0, std::size_t p0, std::size_t co0,
+void tile(const ConvGeometry& g, const std::uint8_t* image, const std::int8_t* w, const std::int32_t* start,
+          std::size_t kh_begin, std::size_t kh_end, std::size_t oh, std::size_t ow0, std::size_t p0, std::size_t co0,
           const Sink& sink) {
     const std::size_t cp = g.channels(), groups = cp / kConvChannelGroup, wp = g.padded_w();
     const std::size_t block_bytes = g.kernel_h * g.kernel_w * cp * kConvCoBlock;
     const std::size_t pixel_step = g.stride_w * cp;
     __m512i sum[P][B];
-    for (int p = 0; p < P; ++p) {
-        for (int b = 0; b < B; ++b) sum[p][b] = _mm512_setzero_si512();
+    for (int b = 0; b < B; ++b) {
+        const __m512i first = _mm512_loadu_si512(start + b * kConvCoBlock);
+        for (int p = 0; p < P; ++p) sum[p][b] = first;
     }
-    for (std::size_t kh = 0; kh < g.kernel_h; ++kh) {
+    // With dilation_w 1 a kernel row's taps read one contiguous run of kernel_w * cp bytes a
+    // pixel, and their weights follow each other too: one loop of kernel_w * groups.
+    const bool merged = g.dilation_w == 1;
+    const std::size_t kw_count = merged ? 1 : g.kernel_w, run = merged ? g.kernel_w * groups : groups;
+    for (std::size_t kh = kh_begin; kh < kh_end; ++kh) {
         const std::size_t ih = oh * g.stride_h + kh * g.dilation_h;
-        for (std::size_t kw = 0; kw < g.kernel_w; ++kw) {
+        for (std::size_t kw = 0; kw < kw_count; ++kw) {
             const std::uint8_t* base = image + (ih * wp + (ow0 + p0) * g.stride_w + kw * g.dilation_w) * cp;
             const std::int8_t* taps = w + (kh * g.kernel_w + kw) * groups * 64;
-            for (std::size_t gi = 0; gi < groups; ++gi) {
+            for (std::size_t gi = 0; gi < run; ++gi) {
                 __m512i weights[B];
                 for (int b = 0; b < B; ++b) weights[b] = _mm512_loadu_si512(taps + b * block_bytes + gi * 64);
                 for (int p = 0; p < P; ++p) {
@@ -95,32 +134,29 @@ void tile(const ConvGeometry& g, const std::uint8_t* image, const std::int8_t* w
             }
         }
     }
-    for (int b = 0; b < B; ++b) {
-        const __m512i correction = _mm512_slli_epi32(_mm512_loadu_si512(w_sums + b * kConvCoBlock), 7);
-        for (int p = 0; p < P; ++p) sink(p0 + p, co0 + b * kConvCoBlock, _mm512_sub_epi32(sum[p][b], correction));
-    }
+    for (int p = 0; p < P; ++p) sink.template pixel<B>(p0 + p, co0, sum[p]);
 }
 
 // `left` (<= P) pixels of a row as one tile of exactly that many (a one-pixel tile has B
 // accumulator chains, so each vpdpbusd waits out its predecessor's latency: on FashionCNN's
 // 14-pixel rows 8 + 4 + 1 + 1 cost the last two pixels as much as eight).
 template <int P, int B, typename Sink>
-void last_pixels(const ConvGeometry& g, const std::uint8_t* image, const std::int8_t* w,
-                 const std::int32_t* w_sums, std::size_t oh, std::size_t ow0, std::size_t p0, std::size_t left,
-                 std::size_t co0, const Sink& sink) {
+void last_pixels(const ConvGeometry& g, const std::uint8_t* image, const std::int8_t* w, const std::int32_t* start,
+                 std::size_t kh_begin, std::size_t kh_end, std::size_t oh, std::size_t ow0, std::size_t p0,
+                 std::size_t left, std::size_t co0, const Sink& sink) {
     if constexpr (P > 0) {
         if (left == P) {
-            tile<P, B>(g, image, w, w_sums, oh, ow0, p0, co0, sink);
+            tile<P, B>(g, image, w, start, kh_begin, kh_end, oh, ow0, p0, co0, sink);
         } else {
-            last_pixels<P - 1, B>(g, image, w, w_sums, oh, ow0, p0, left, co0, sink);
+            last_pixels<P - 1, B>(g, image, w, start, kh_begin, kh_end, oh, ow0, p0, left, co0, sink);
         }
     }
 }
 
 template <int B, typename Sink>
-void pixels(const ConvGeometry& g, const std::uint8_t* image, const std::int8_t* w,
-            const std::int32_t* w_sums, std::size_t oh, std::size_t ow0, std::size_t count, std::size_t co0,
-            const Sink& sink) {
+void pixels(const ConvGeometry& g, const std::uint8_t* image, const std::int8_t* w, const std::int32_t* start,
+            std::size_t kh_begin, std::size_t kh_end, std::size_t oh, std::size_t ow0, std::size_t count,
+            std::size_t co0, const Sink& sink) {
     // 12, 16 or 24 accumulators plus B weights and a broadcast in the 32 registers. Four blocks
     // a tile ran 64- and 128-channel 3x3 layers 2-4% faster than two (fewer tiles per row, so
     // less of each tile's start and requantization); 512 channels the same.
@@ -134,39 +170,99 @@ void pixels(const ConvGeometry& g, const std::uint8_t* image, const std::int8_t*
     std::size_t p = 0;
     for (std::size_t t = 0; t < tiles; ++t) {
         const std::size_t pixels = size + (t < larger ? 1 : 0);
-        last_pixels<P, B>(g, image, w, w_sums, oh, ow0, p, pixels, co0, sink);
+        last_pixels<P, B>(g, image, w, start, kh_begin, kh_end, oh, ow0, p, pixels, co0, sink);
         p += pixels;
     }
 }
 
+// The kernel rows [kh_begin, kh_end) of output row oh that read image rows, not the zero border:
+// the rows outside read the byte 128 at every pixel and channel (the core's padded image), so
+// they add 128 * (their weights' sum) to every pixel's sum, which the shift's correction removes
+// again; the tiles skip them (a 32-pixel row of a 3x3 layer with dilation 2 skips a third of its
+// products on 4 of 32 rows).
+void live_kernel_rows(const ConvGeometry& g, std::size_t oh, std::size_t* kh_begin, std::size_t* kh_end) {
+    std::size_t begin = 0, end = 0;
+    for (std::size_t kh = 0; kh < g.kernel_h; ++kh) {
+        const std::size_t ih = oh * g.stride_h + kh * g.dilation_h;
+        if (ih < g.pad_h || ih >= g.pad_h + g.in_h) continue;
+        if (end == 0) begin = kh;
+        end = kh + 1;
+    }
+    *kh_begin = begin;
+    *kh_end = end;
+}
+
+// start[16 b + i], b < B: the sum a tile of the B blocks from w (w_sums) starts from over kernel
+// rows [kh_begin, kh_end), so that it ends with the exact sum: -128 * (the weights' sum over those
+// rows), since it multiplies the bytes, i.e. the values plus 128. Computed as the products of the
+// byte 128 with the skipped rows' weights (vpdpbusd, as the tile would have) minus 128 * w_sums.
+template <int B>
+void block_starts(const ConvGeometry& g, const std::int8_t* w, const std::int32_t* w_sums, std::size_t kh_begin,
+                  std::size_t kh_end, std::int32_t* start) {
+    const std::size_t row_bytes = g.kernel_w * g.channels() * kConvCoBlock, block_bytes = g.kernel_h * row_bytes;
+    const __m512i border = _mm512_set1_epi8(static_cast<char>(0x80));
+    for (int b = 0; b < B; ++b) {
+        __m512i sum = _mm512_sub_epi32(_mm512_setzero_si512(),
+                                       _mm512_slli_epi32(_mm512_loadu_si512(w_sums + b * kConvCoBlock), 7));
+        for (std::size_t kh = 0; kh < g.kernel_h; ++kh) {
+            if (kh >= kh_begin && kh < kh_end) continue;
+            const std::int8_t* at = w + b * block_bytes + kh * row_bytes;
+            for (std::size_t i = 0; i < row_bytes; i += 64) {
+                sum = _mm512_dpbusd_epi32(sum, border, _mm512_loadu_si512(at + i));
+            }
+        }
+        _mm512_storeu_si512(start + b * kConvCoBlock, sum);
+    }
+}
+
+// The B blocks from co0 (weights w, sums w_sums) of rows oh0 .. oh0 + rows - 1, row after row, so
+// that the blocks' weights stay in L2 while every row reads them: a 512 -> 512 3x3 layer's 2.3 MiB
+// of weights do not fit, and row after row over all blocks streamed them from L3 on every row
+// (from memory on the first, where a chain of layers had moved them out).
+template <int B, typename Sink>
+void block_rows(const ConvGeometry& g, const std::uint8_t* image, const std::int8_t* w, const std::int32_t* w_sums,
+                std::size_t co0, std::size_t oh0, std::size_t rows, std::size_t ow0, std::size_t count,
+                const Sink& sink) {
+    alignas(64) std::int32_t start[B * kConvCoBlock];
+    for (std::size_t r = 0; r < rows; ++r) {
+        std::size_t kh_begin = 0, kh_end = 0;
+        live_kernel_rows(g, oh0 + r, &kh_begin, &kh_end);
+        block_starts<B>(g, w, w_sums, kh_begin, kh_end, start);
+        pixels<B>(g, image, w, start, kh_begin, kh_end, oh0 + r, ow0, count, co0, sink.at_row(r, count));
+    }
+}
+
 template <typename Sink>
-void row(const ConvGeometry& g, const std::uint8_t* image, const std::int8_t* w, const std::int32_t* w_sums,
-         std::size_t oh, std::size_t ow0, std::size_t count, const Sink& sink) {
+void rows(const ConvGeometry& g, const std::uint8_t* image, const std::int8_t* w, const std::int32_t* w_sums,
+          std::size_t oh0, std::size_t row_count, std::size_t ow0, std::size_t count, const Sink& sink) {
     const std::size_t blocks = g.out_c_padded() / kConvCoBlock;
     const std::size_t block_bytes = g.kernel_h * g.kernel_w * g.channels() * kConvCoBlock;
     std::size_t b = 0;
     for (; b + 4 <= blocks; b += 4) {
-        pixels<4>(g, image, w + b * block_bytes, w_sums + b * kConvCoBlock, oh, ow0, count, b * kConvCoBlock, sink);
+        block_rows<4>(g, image, w + b * block_bytes, w_sums + b * kConvCoBlock, b * kConvCoBlock, oh0, row_count, ow0,
+                      count, sink);
     }
     for (; b + 2 <= blocks; b += 2) {
-        pixels<2>(g, image, w + b * block_bytes, w_sums + b * kConvCoBlock, oh, ow0, count, b * kConvCoBlock, sink);
+        block_rows<2>(g, image, w + b * block_bytes, w_sums + b * kConvCoBlock, b * kConvCoBlock, oh0, row_count, ow0,
+                      count, sink);
     }
     if (b < blocks) {
-        pixels<1>(g, image, w + b * block_bytes, w_sums + b * kConvCoBlock, oh, ow0, count, b * kConvCoBlock, sink);
+        block_rows<1>(g, image, w + b * block_bytes, w_sums + b * kConvCoBlock, b * kConvCoBlock, oh0, row_count, ow0,
+                      count, sink);
     }
 }
 
 void conv_row_i8(const ConvGeometry& g, const std::uint8_t* image, const std::int8_t* w,
                  const std::int32_t* w_sums, std::size_t oh, std::size_t ow0, std::size_t count,
                  std::int32_t* acc) {
-    row(g, image, w, w_sums, oh, ow0, count, StoreSums{acc, g.out_c_padded()});
+    rows(g, image, w, w_sums, oh, 1, ow0, count, StoreSums{acc, g.out_c_padded()});
 }
 
-void conv_row_requant_i8(const ConvGeometry& g, const std::uint8_t* image, const std::int8_t* w,
-                         const std::int32_t* w_sums, std::size_t oh, std::size_t ow0, std::size_t count,
-                         std::size_t n, const float* mult, const float* bias, bool relu, float inverse,
-                         std::int8_t* q) {
-    row(g, image, w, w_sums, oh, ow0, count, Requantize{q, n, mult, bias, relu, inverse});
+void conv_rows_requant_i8(const ConvGeometry& g, const std::uint8_t* image, const std::int8_t* w,
+                          const std::int32_t* w_sums, std::size_t oh, std::size_t row_count, std::size_t ow0,
+                          std::size_t count, std::size_t n, const float* mult, const float* bias, bool relu,
+                          float inverse, std::int8_t* q) {
+    rows(g, image, w, w_sums, oh, row_count, ow0, count, Requantize{q, n, mult, bias, relu, inverse});
 }
 
 // Channel planes (conv_planes_layout), for layers of few output channels or a count that is not
@@ -342,7 +438,7 @@ void quantize_u8(const float* x, std::size_t n, float inverse, std::uint8_t* q) 
 
 }  // namespace
 
-const ConvKernels conv_kernels = {conv_row_i8,         epilogue_f32, epilogue_i8, quantize_u8, conv_row_requant_i8,
+const ConvKernels conv_kernels = {conv_row_i8,         epilogue_f32, epilogue_i8, quantize_u8, conv_rows_requant_i8,
                                   conv_row_planar_requant_i8, kPlanarMaxChannels};
 
 }  // namespace codl::avx512
