@@ -8,11 +8,18 @@
 
 #include <algorithm>
 #include <cstring>
+#include <vector>
 
 #include "codl/conv.h"
 
 namespace codl::avx512 {
 namespace {
+
+// The tiles and their epilogue's helpers are inlined into the loop over a block's rows, as GCC did
+// not always decide to: called, the helpers put a tile's sums through memory, and called tiles ran
+// CSRNet's 64- and 128-channel layers 2-5% slower (measured in one process against the inlined
+// code).
+#define CODL_INLINE inline __attribute__((always_inline))
 
 std::int32_t load4(const std::uint8_t* p) {
     std::int32_t v;
@@ -27,7 +34,7 @@ __mmask16 tail_mask(std::size_t left) {
 // 16 channels of y = acc * mult (+ bias), max(0, y) with relu: VMAXPS returns its second
 // operand when either is NaN, so max(0, y) keeps a NaN y as the reference does. Masked loads
 // cover the tail.
-__m512 epilogue16(__m512i acc, const float* mult, const float* bias, bool relu, __mmask16 m) {
+CODL_INLINE __m512 epilogue16(__m512i acc, const float* mult, const float* bias, bool relu, __mmask16 m) {
     __m512 v = _mm512_mul_ps(_mm512_cvtepi32_ps(acc), _mm512_maskz_loadu_ps(m, mult));
     if (bias) v = _mm512_add_ps(v, _mm512_maskz_loadu_ps(m, bias));
     if (relu) v = _mm512_max_ps(_mm512_setzero_ps(), v);
@@ -37,7 +44,7 @@ __m512 epilogue16(__m512i acc, const float* mult, const float* bias, bool relu, 
 // quantize_i8 on 16 lanes, as int32 levels in [-127, 127]: max(scaled, -127) maps NaN to -127
 // (the second operand), the conversion rounds half to even (MXCSR's default, as the reference's
 // 1.5 * 2^23 trick).
-__m512i levels16(__m512 y, float inverse) {
+CODL_INLINE __m512i levels16(__m512 y, float inverse) {
     const __m512 clamped = _mm512_min_ps(_mm512_max_ps(_mm512_mul_ps(y, _mm512_set1_ps(inverse)), _mm512_set1_ps(-127.0f)),
                                          _mm512_set1_ps(127.0f));
     return _mm512_cvtps_epi32(clamped);
@@ -48,20 +55,19 @@ __m128i requantize16(__m512 y, float inverse) { return _mm512_cvtsepi32_epi8(lev
 // Four vectors of 16 int32 levels in [-127, 127] as 64 bytes, v0's 16 first: vpackssdw and
 // vpacksswb narrow within each 128-bit lane, leaving v_k's values 4L .. 4L + 3 in dword 4L + k,
 // and vpermd puts them in order. One 64-byte store a pixel instead of four vpmovsdb.
-__m512i narrow4(__m512i v0, __m512i v1, __m512i v2, __m512i v3) {
+CODL_INLINE __m512i narrow4(__m512i v0, __m512i v1, __m512i v2, __m512i v3) {
     const __m512i bytes = _mm512_packs_epi16(_mm512_packs_epi32(v0, v1), _mm512_packs_epi32(v2, v3));
     return _mm512_permutexvar_epi32(_mm512_setr_epi32(0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15), bytes);
 }
 
 // Where a tile's finished sums go, the B blocks of 16 channels of one pixel at a time: the int32
-// row (conv_row_i8), or requantized in registers into the int8 outputs (conv_rows_requant_i8); at_row(r, count):
-// the sink of the r-th row of a call of count pixels a row.
+// row (conv_row_i8), or requantized in registers into the int8 outputs (conv_rows_requant_i8).
+// pixel(i, ...): the call's output pixel i, row r's pixel p at i = r * count + p.
 struct StoreSums {
     std::int32_t* acc;
     std::size_t co_pad;
-    StoreSums at_row(std::size_t r, std::size_t count) const { return {acc + r * count * co_pad, co_pad}; }
     template <int B>
-    void pixel(std::size_t p, std::size_t co, const __m512i* sums) const {
+    CODL_INLINE void pixel(std::size_t p, std::size_t co, const __m512i* sums) const {
         for (int b = 0; b < B; ++b) _mm512_storeu_si512(acc + p * co_pad + co + b * kConvCoBlock, sums[b]);
     }
 };
@@ -73,15 +79,12 @@ struct Requantize {
     const float* bias;
     bool relu;
     float inverse;
-    Requantize at_row(std::size_t r, std::size_t count) const {
-        return {q + r * count * n, n, mult, bias, relu, inverse};
-    }
     // The levels quantize_i8 gives 16 channels from co, as int32.
-    __m512i levels(__m512i sums, std::size_t co, __mmask16 m) const {
+    CODL_INLINE __m512i levels(__m512i sums, std::size_t co, __mmask16 m) const {
         return levels16(epilogue16(sums, mult + co, bias ? bias + co : nullptr, relu, m), inverse);
     }
     template <int B>
-    void pixel(std::size_t p, std::size_t co0, const __m512i* sums) const {
+    CODL_INLINE void pixel(std::size_t p, std::size_t co0, const __m512i* sums) const {
         std::int8_t* out = q + p * n + co0;
         if constexpr (B == 4) {
             if (co0 + 4 * kConvCoBlock <= n) {
@@ -100,33 +103,47 @@ struct Requantize {
     }
 };
 
-// Pixels p0 .. p0 + P - 1 of the call and the B blocks of channels from co0, over the kernel rows
-// [kh_begin, kh_end): their sums go to sink.pixel(p, co, B vectors of 16 sums). start: the
-// blocks' first sums (the unsigned bytes' shift, see row_starts).
-template <int P, int B, typename Sink>
-void tile(const ConvGeometry& g, const std::uint8_t* image, const std::int8_t* w, const std::int32_t* start,
-          std::size_t kh_begin, std::size_t kh_end, std::size_t oh, std::size_t ow0, std::size_t p0, std::size_t co0,
-          const Sink& sink) {
+// The taps a run of pixels computes, [kh_begin, kh_end) x [kw_begin, kw_end), and the sums it
+// starts from. The image's border holds the byte 128, the value 0, so a tap that reads only border
+// bytes adds 128 * (its weights) to a sum, which the shift's correction takes out again: pixels
+// whose taps read the border skip those taps and start from sums that leave them out (a 3x3
+// layer with dilation 2 on 32 x 32 pixels skips a third of its products on 4 rows and 4 columns of
+// 32).
+struct Taps {
+    std::size_t kh_begin, kh_end, kw_begin, kw_end;
+    const std::int32_t* start;  // [16 b + i]: -128 * (the weights' sum over the taps), b < B
+};
+
+// A tile: P pixels from output pixel (oh, ow), the next one a row down or a column right, and the
+// B blocks of channels from co0 over the taps: pixel p's sums go to sink.pixel(out0 + p *
+// out_step, co0, B vectors of 16 sums).
+template <int P, int B, bool Down, typename Sink>
+CODL_INLINE void tile(const ConvGeometry& g, const std::uint8_t* image, const std::int8_t* w, const Taps& taps_in,
+                      std::size_t oh, std::size_t ow, std::size_t out0, std::size_t out_step, std::size_t co0,
+                      const Sink& sink) {
+    const Taps taps = taps_in;  // a copy: the int8 stores of the epilogue may alias the caller's
     const std::size_t cp = g.channels(), groups = cp / kConvChannelGroup, wp = g.padded_w();
     const std::size_t block_bytes = g.kernel_h * g.kernel_w * cp * kConvCoBlock;
-    const std::size_t pixel_step = g.stride_w * cp;
+    const std::size_t pixel_step = Down ? g.stride_h * wp * cp : g.stride_w * cp;
     __m512i sum[P][B];
     for (int b = 0; b < B; ++b) {
-        const __m512i first = _mm512_loadu_si512(start + b * kConvCoBlock);
+        const __m512i first = _mm512_loadu_si512(taps.start + b * kConvCoBlock);
         for (int p = 0; p < P; ++p) sum[p][b] = first;
     }
-    // With dilation_w 1 a kernel row's taps read one contiguous run of kernel_w * cp bytes a
-    // pixel, and their weights follow each other too: one loop of kernel_w * groups.
+    // With dilation_w 1 a kernel row's taps read one contiguous run of cp bytes a tap and pixel,
+    // and their weights follow each other too: one loop over the taps' groups.
+    const std::size_t kw_taps = taps.kw_end - taps.kw_begin;
     const bool merged = g.dilation_w == 1;
-    const std::size_t kw_count = merged ? 1 : g.kernel_w, run = merged ? g.kernel_w * groups : groups;
-    for (std::size_t kh = kh_begin; kh < kh_end; ++kh) {
+    const std::size_t kw_count = merged ? 1 : kw_taps, run = merged ? kw_taps * groups : groups;
+    for (std::size_t kh = taps.kh_begin; kh < taps.kh_end; ++kh) {
         const std::size_t ih = oh * g.stride_h + kh * g.dilation_h;
-        for (std::size_t kw = 0; kw < kw_count; ++kw) {
-            const std::uint8_t* base = image + (ih * wp + (ow0 + p0) * g.stride_w + kw * g.dilation_w) * cp;
-            const std::int8_t* taps = w + (kh * g.kernel_w + kw) * groups * 64;
+        for (std::size_t k = 0; k < kw_count; ++k) {
+            const std::size_t kw = taps.kw_begin + k;
+            const std::uint8_t* base = image + (ih * wp + ow * g.stride_w + kw * g.dilation_w) * cp;
+            const std::int8_t* at_tap = w + (kh * g.kernel_w + kw) * groups * 64;
             for (std::size_t gi = 0; gi < run; ++gi) {
                 __m512i weights[B];
-                for (int b = 0; b < B; ++b) weights[b] = _mm512_loadu_si512(taps + b * block_bytes + gi * 64);
+                for (int b = 0; b < B; ++b) weights[b] = _mm512_loadu_si512(at_tap + b * block_bytes + gi * 64);
                 for (int p = 0; p < P; ++p) {
                     const __m512i x = _mm512_set1_epi32(load4(base + p * pixel_step + gi * kConvChannelGroup));
                     for (int b = 0; b < B; ++b) sum[p][b] = _mm512_dpbusd_epi32(sum[p][b], x, weights[b]);
@@ -134,34 +151,35 @@ void tile(const ConvGeometry& g, const std::uint8_t* image, const std::int8_t* w
             }
         }
     }
-    for (int p = 0; p < P; ++p) sink.template pixel<B>(p0 + p, co0, sum[p]);
+    for (int p = 0; p < P; ++p) sink.template pixel<B>(Down ? out0 + p * out_step : out0 + p, co0, sum[p]);
 }
 
-// `left` (<= P) pixels of a row as one tile of exactly that many (a one-pixel tile has B
-// accumulator chains, so each vpdpbusd waits out its predecessor's latency: on FashionCNN's
-// 14-pixel rows 8 + 4 + 1 + 1 cost the last two pixels as much as eight).
-template <int P, int B, typename Sink>
-void last_pixels(const ConvGeometry& g, const std::uint8_t* image, const std::int8_t* w, const std::int32_t* start,
-                 std::size_t kh_begin, std::size_t kh_end, std::size_t oh, std::size_t ow0, std::size_t p0,
-                 std::size_t left, std::size_t co0, const Sink& sink) {
+// `left` (<= P) pixels as one tile of exactly that many (a one-pixel tile has B accumulator
+// chains, so each vpdpbusd waits out its predecessor's latency: on FashionCNN's 14-pixel rows
+// 8 + 4 + 1 + 1 cost the last two pixels as much as eight).
+template <int P, int B, bool Down, typename Sink>
+CODL_INLINE void last_pixels(std::size_t left, const ConvGeometry& g, const std::uint8_t* image,
+                             const std::int8_t* w, const Taps& taps, std::size_t oh, std::size_t ow, std::size_t out0,
+                             std::size_t out_step, std::size_t co0, const Sink& sink) {
     if constexpr (P > 0) {
         if (left == P) {
-            tile<P, B>(g, image, w, start, kh_begin, kh_end, oh, ow0, p0, co0, sink);
+            tile<P, B, Down>(g, image, w, taps, oh, ow, out0, out_step, co0, sink);
         } else {
-            last_pixels<P - 1, B>(g, image, w, start, kh_begin, kh_end, oh, ow0, p0, left, co0, sink);
+            last_pixels<P - 1, B, Down>(left, g, image, w, taps, oh, ow, out0, out_step, co0, sink);
         }
     }
 }
 
-template <int B, typename Sink>
-void pixels(const ConvGeometry& g, const std::uint8_t* image, const std::int8_t* w, const std::int32_t* start,
-            std::size_t kh_begin, std::size_t kh_end, std::size_t oh, std::size_t ow0, std::size_t count,
-            std::size_t co0, const Sink& sink) {
+// count pixels from (oh, ow), along the row or down the column, in tiles (see tile).
+template <int B, bool Down, typename Sink>
+CODL_INLINE void pixels(const ConvGeometry& g, const std::uint8_t* image, const std::int8_t* w, const Taps& taps,
+                        std::size_t oh, std::size_t ow, std::size_t count, std::size_t out0, std::size_t out_step,
+                        std::size_t co0, const Sink& sink) {
     // 12, 16 or 24 accumulators plus B weights and a broadcast in the 32 registers. Four blocks
     // a tile ran 64- and 128-channel 3x3 layers 2-4% faster than two (fewer tiles per row, so
     // less of each tile's start and requantization); 512 channels the same.
     constexpr int P = B == 1 ? 12 : B == 2 ? 8 : 6;
-    // The row in tiles of as equal sizes as the fewest tiles allow: 32 pixels as 6 6 5 5 5 5, not
+    // In tiles of as equal sizes as the fewest tiles allow: 32 pixels as 6 6 5 5 5 5, not
     // 6 6 6 6 6 2. A tile of 2 pixels and 4 blocks loads 4 weight vectors for 8 multiply-adds and
     // waited on L2; on CSRNet's 512-channel layers (rows of 32) it cost 4% of the layer.
     const std::size_t tiles = (count + P - 1) / P;
@@ -170,65 +188,138 @@ void pixels(const ConvGeometry& g, const std::uint8_t* image, const std::int8_t*
     std::size_t p = 0;
     for (std::size_t t = 0; t < tiles; ++t) {
         const std::size_t pixels = size + (t < larger ? 1 : 0);
-        last_pixels<P, B>(g, image, w, start, kh_begin, kh_end, oh, ow0, p, pixels, co0, sink);
+        last_pixels<P, B, Down>(pixels, g, image, w, taps, Down ? oh + p : oh, Down ? ow : ow + p,
+                                out0 + p * out_step, out_step, co0, sink);
         p += pixels;
     }
 }
 
-// The kernel rows [kh_begin, kh_end) of output row oh that read image rows, not the zero border:
-// the rows outside read the byte 128 at every pixel and channel (the core's padded image), so
-// they add 128 * (their weights' sum) to every pixel's sum, which the shift's correction removes
-// again; the tiles skip them (a 32-pixel row of a 3x3 layer with dilation 2 skips a third of its
-// products on 4 of 32 rows).
-void live_kernel_rows(const ConvGeometry& g, std::size_t oh, std::size_t* kh_begin, std::size_t* kh_end) {
-    std::size_t begin = 0, end = 0;
-    for (std::size_t kh = 0; kh < g.kernel_h; ++kh) {
-        const std::size_t ih = oh * g.stride_h + kh * g.dilation_h;
-        if (ih < g.pad_h || ih >= g.pad_h + g.in_h) continue;
-        if (end == 0) begin = kh;
-        end = kh + 1;
+// The taps [begin, end) along one axis whose input index (out * stride + tap * dilation, in the
+// padded image) falls inside the image [pad, pad + size): one run, since it grows with the tap.
+void live_taps(std::size_t out, std::size_t stride, std::size_t dilation, std::size_t pad, std::size_t size,
+               std::size_t kernel, std::size_t* begin, std::size_t* end) {
+    std::size_t b = 0, e = 0;
+    for (std::size_t k = 0; k < kernel; ++k) {
+        const std::size_t at = out * stride + k * dilation;
+        if (at < pad || at >= pad + size) continue;
+        if (e == 0) b = k;
+        e = k + 1;
     }
-    *kh_begin = begin;
-    *kh_end = end;
+    *begin = b;
+    *end = e;
 }
 
-// start[16 b + i], b < B: the sum a tile of the B blocks from w (w_sums) starts from over kernel
-// rows [kh_begin, kh_end), so that it ends with the exact sum: -128 * (the weights' sum over those
-// rows), since it multiplies the bytes, i.e. the values plus 128. Computed as the products of the
-// byte 128 with the skipped rows' weights (vpdpbusd, as the tile would have) minus 128 * w_sums.
+// The tap borders of the B blocks from w: [(tap * B + b) * 16 + i], 128 * (the sum of tap
+// (kh, kw)'s weights), tap = kh * kernel_w + kw: the products of the byte 128 with each tap's
+// weights (vpdpbusd, as a tile would have computed them).
 template <int B>
-void block_starts(const ConvGeometry& g, const std::int8_t* w, const std::int32_t* w_sums, std::size_t kh_begin,
-                  std::size_t kh_end, std::int32_t* start) {
-    const std::size_t row_bytes = g.kernel_w * g.channels() * kConvCoBlock, block_bytes = g.kernel_h * row_bytes;
+void tap_borders(const ConvGeometry& g, const std::int8_t* w, std::int32_t* tap_border) {
+    const std::size_t tap_bytes = g.channels() * kConvCoBlock, taps = g.kernel_h * g.kernel_w;
     const __m512i border = _mm512_set1_epi8(static_cast<char>(0x80));
+    for (std::size_t tap = 0; tap < taps; ++tap) {
+        for (int b = 0; b < B; ++b) {
+            const std::int8_t* at = w + (b * taps + tap) * tap_bytes;
+            __m512i sum = _mm512_setzero_si512();
+            for (std::size_t i = 0; i < tap_bytes; i += 64) {
+                sum = _mm512_dpbusd_epi32(sum, border, _mm512_loadu_si512(at + i));
+            }
+            _mm512_storeu_si512(tap_border + (tap * B + b) * kConvCoBlock, sum);
+        }
+    }
+}
+
+// Taps::start for the taps (kh_begin .. kw_end) of B blocks: -128 * w_sums plus 128 * the weights
+// of every tap left out.
+template <int B>
+void tap_starts(const ConvGeometry& g, const std::int32_t* w_sums, const std::int32_t* tap_border, Taps* taps,
+                std::int32_t* start) {
     for (int b = 0; b < B; ++b) {
         __m512i sum = _mm512_sub_epi32(_mm512_setzero_si512(),
                                        _mm512_slli_epi32(_mm512_loadu_si512(w_sums + b * kConvCoBlock), 7));
         for (std::size_t kh = 0; kh < g.kernel_h; ++kh) {
-            if (kh >= kh_begin && kh < kh_end) continue;
-            const std::int8_t* at = w + b * block_bytes + kh * row_bytes;
-            for (std::size_t i = 0; i < row_bytes; i += 64) {
-                sum = _mm512_dpbusd_epi32(sum, border, _mm512_loadu_si512(at + i));
+            for (std::size_t kw = 0; kw < g.kernel_w; ++kw) {
+                if (kh >= taps->kh_begin && kh < taps->kh_end && kw >= taps->kw_begin && kw < taps->kw_end) continue;
+                const std::int32_t* border = tap_border + ((kh * g.kernel_w + kw) * B + b) * kConvCoBlock;
+                sum = _mm512_add_epi32(sum, _mm512_loadu_si512(border));
             }
         }
         _mm512_storeu_si512(start + b * kConvCoBlock, sum);
     }
+    taps->start = start;
 }
 
-// The B blocks from co0 (weights w, sums w_sums) of rows oh0 .. oh0 + rows - 1, row after row, so
-// that the blocks' weights stay in L2 while every row reads them: a 512 -> 512 3x3 layer's 2.3 MiB
-// of weights do not fit, and row after row over all blocks streamed them from L3 on every row
-// (from memory on the first, where a chain of layers had moved them out).
+// The B blocks from co0 (weights w, sums w_sums) of rows oh0 .. oh0 + rows - 1, pixels ow0 ..
+// ow0 + count - 1 of each: row after row over the same blocks, so that their weights stay in L2
+// while every row reads them (a 512 -> 512 3x3 layer's 2.3 MiB of weights do not fit, and all
+// blocks a row streamed them from L3 on every row, from memory on the first where a chain of
+// layers had moved them out). Where the call has whole rows, the columns at the ends whose taps
+// read border columns run as columns, down the rows, in tiles that skip those taps.
 template <int B, typename Sink>
 void block_rows(const ConvGeometry& g, const std::uint8_t* image, const std::int8_t* w, const std::int32_t* w_sums,
                 std::size_t co0, std::size_t oh0, std::size_t rows, std::size_t ow0, std::size_t count,
                 const Sink& sink) {
-    alignas(64) std::int32_t start[B * kConvCoBlock];
-    for (std::size_t r = 0; r < rows; ++r) {
-        std::size_t kh_begin = 0, kh_end = 0;
-        live_kernel_rows(g, oh0 + r, &kh_begin, &kh_end);
-        block_starts<B>(g, w, w_sums, kh_begin, kh_end, start);
-        pixels<B>(g, image, w, start, kh_begin, kh_end, oh0 + r, ow0, count, co0, sink.at_row(r, count));
+    thread_local std::vector<std::int32_t> tap_border;
+    tap_border.resize(g.kernel_h * g.kernel_w * B * kConvCoBlock);
+    tap_borders<B>(g, w, tap_border.data());
+    alignas(64) std::int32_t start[B * kConvCoBlock], start_column[B * kConvCoBlock];
+    // Inner columns [left, right): every tap reads image columns.
+    std::size_t left = ow0, right = ow0 + count;
+    if (ow0 == 0 && count == g.out_w()) {
+        auto whole = [&](std::size_t ow) {
+            std::size_t begin = 0, end = 0;
+            live_taps(ow, g.stride_w, g.dilation_w, g.pad_w, g.in_w, g.kernel_w, &begin, &end);
+            return begin == 0 && end == g.kernel_w;
+        };
+        while (left < right && !whole(left)) ++left;
+        while (right > left && !whole(right - 1)) --right;
+        // Worth it where the skipped taps are 2% of a row's or more: 32-pixel rows, not the wide
+        // rows of the first layers (0.3% of a 256-pixel row, and those layers ran 2-3% slower
+        // with their end columns apart).
+        std::size_t skipped = 0;
+        for (std::size_t ow = 0; ow < count; ++ow) {
+            if (ow == left) ow = right;
+            if (ow >= count) break;
+            std::size_t begin = 0, end = 0;
+            live_taps(ow, g.stride_w, g.dilation_w, g.pad_w, g.in_w, g.kernel_w, &begin, &end);
+            skipped += g.kernel_w - (end - begin);
+        }
+        if (skipped * 50 < count * g.kernel_w) left = ow0, right = ow0 + count;
+    }
+    // Rows whose kernel rows all read the image leave their end columns to tiles down the
+    // columns, a band of rows at a time, so that the band's pixels are still in cache; the
+    // other rows (the first and last) run whole.
+    auto all_kernel_rows = [&](std::size_t r) {
+        std::size_t begin = 0, end = 0;
+        live_taps(oh0 + r, g.stride_h, g.dilation_h, g.pad_h, g.in_h, g.kernel_h, &begin, &end);
+        return begin == 0 && end == g.kernel_h;
+    };
+    constexpr std::size_t band_rows = B == 1 ? 12 : B == 2 ? 8 : 6;  // a tile of pixels (see pixels)
+    for (std::size_t r = 0; r < rows;) {
+        Taps taps{0, 0, 0, g.kernel_w, nullptr};
+        if (!all_kernel_rows(r)) {
+            live_taps(oh0 + r, g.stride_h, g.dilation_h, g.pad_h, g.in_h, g.kernel_h, &taps.kh_begin, &taps.kh_end);
+            tap_starts<B>(g, w_sums, tap_border.data(), &taps, start);
+            pixels<B, false>(g, image, w, taps, oh0 + r, ow0, count, r * count, 1, co0, sink);
+            ++r;
+            continue;
+        }
+        std::size_t end = r + 1;
+        while (end < rows && end - r < band_rows && all_kernel_rows(end)) ++end;
+        taps.kh_end = g.kernel_h;
+        tap_starts<B>(g, w_sums, tap_border.data(), &taps, start);
+        for (std::size_t row = r; row < end; ++row) {
+            pixels<B, false>(g, image, w, taps, oh0 + row, left, right - left, row * count + left - ow0, 1, co0,
+                             sink);
+        }
+        for (std::size_t ow = ow0; ow < ow0 + count; ++ow) {
+            if (ow == left) ow = right;
+            if (ow >= ow0 + count) break;
+            Taps column{0, g.kernel_h, 0, 0, nullptr};
+            live_taps(ow, g.stride_w, g.dilation_w, g.pad_w, g.in_w, g.kernel_w, &column.kw_begin, &column.kw_end);
+            tap_starts<B>(g, w_sums, tap_border.data(), &column, start_column);
+            pixels<B, true>(g, image, w, column, oh0 + r, ow, end - r, r * count + ow - ow0, count, co0, sink);
+        }
+        r = end;
     }
 }
 
@@ -435,6 +526,8 @@ void quantize_u8(const float* x, std::size_t n, float inverse, std::uint8_t* q) 
         _mm_mask_storeu_epi8(q + i, m, _mm512_cvtepi32_epi8(_mm512_add_epi32(v, shift)));
     }
 }
+
+#undef CODL_INLINE
 
 }  // namespace
 
