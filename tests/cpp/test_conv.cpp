@@ -217,12 +217,12 @@ TEST_CASE("conv_rows_requant_i8 on one row equals conv_row_i8 then epilogue_i8 o
                                            " relu=" + std::to_string(relu) + " bias=" + std::to_string(with_bias);
                     std::vector<std::int8_t> q(ow * n + 1, 9);
                     table.conv->conv_rows_requant_i8(g, image.data(), blocked.data(), sums.data(), oh, 1, 0, ow, n,
-                                                    mult.data(), b, relu, 0.5f, q.data());
+                                                     mult.data(), b, relu, 0.5f, q.data(), ow * n, 0);
                     CHECK_MSG(q == expected, at);
                     if (ow > 1) {  // a part of the row starting mid-row
                         std::vector<std::int8_t> part((ow - 1) * n + 1, 9);
                         table.conv->conv_rows_requant_i8(g, image.data(), blocked.data(), sums.data(), oh, 1, 1, ow - 1, n,
-                                                        mult.data(), b, relu, 0.5f, part.data());
+                                                         mult.data(), b, relu, 0.5f, part.data(), (ow - 1) * n, 0);
                         CHECK_MSG(std::equal(part.begin(), part.end() - 1, expected.begin() + n), at + " ow0=1");
                         CHECK_MSG(part.back() == 9, at + " wrote past count");
                     }
@@ -238,7 +238,7 @@ TEST_CASE("conv_rows_requant_i8 on one row equals conv_row_i8 then epilogue_i8 o
 // Several rows a call: every row of every shape (the first and last read border rows), and a run
 // of rows from the second, each row's outputs where they would be, against the reference one row
 // at a time; and nothing written past the rows.
-TEST_CASE("conv_rows_requant_i8 over many rows equals the reference row by row, on every ISA that fuses") {
+TEST_CASE("conv_rows_requant_i8 over many rows equals the reference row by row, also rows a stride apart XOR 0x80, on every ISA that fuses") {
     std::uniform_real_distribution<float> scale(-0.002f, 0.002f);
     std::size_t checked = 0, between = 0, outputs = 0;
     for (const Shape& shape : shapes()) {
@@ -260,7 +260,7 @@ TEST_CASE("conv_rows_requant_i8 over many rows equals the reference row by row, 
         for (std::size_t row = 0; row < oh; ++row) {
             codl::ref::conv_kernels.conv_rows_requant_i8(g, image.data(), blocked.data(), sums.data(), row, 1, 0, ow, n,
                                                          mult.data(), bias.data(), true, 0.5f,
-                                                         expected.data() + row * ow * n);
+                                                         expected.data() + row * ow * n, ow * n, 0);
         }
         for (const std::int8_t v : expected) between += v != 0 && v != 127;
         outputs += expected.size();
@@ -269,13 +269,33 @@ TEST_CASE("conv_rows_requant_i8 over many rows equals the reference row by row, 
             const std::string at = std::string(codl::isa_name(isa)) + " " + shape.what;
             std::vector<std::int8_t> q(oh * ow * n + 1, 9);
             table.conv->conv_rows_requant_i8(g, image.data(), blocked.data(), sums.data(), 0, oh, 0, ow, n, mult.data(),
-                                             bias.data(), true, 0.5f, q.data());
+                                             bias.data(), true, 0.5f, q.data(), ow * n, 0);
             CHECK_MSG(std::equal(expected.begin(), expected.end(), q.begin()), at + " all rows");
             CHECK_MSG(q.back() == 9, at + " wrote past the rows");
+            // Rows a stride apart with bytes between them (a padded image's border), every byte
+            // XOR 0x80 (the value plus 128): the rows land where asked and the gaps stay.
+            const std::size_t stride = ow * n + 2 * n + 3;
+            std::vector<std::int8_t> laid(oh * stride, 9);
+            table.conv->conv_rows_requant_i8(g, image.data(), blocked.data(), sums.data(), 0, oh, 0, ow, n, mult.data(),
+                                             bias.data(), true, 0.5f, laid.data(), stride, 0x80);
+            bool rows_match = true, gaps_kept = true;
+            for (std::size_t row = 0; row < oh; ++row) {
+                for (std::size_t i = 0; i < stride; ++i) {
+                    const std::int8_t got = laid[row * stride + i];
+                    if (i < ow * n) {
+                        rows_match &= static_cast<std::uint8_t>(got) ==
+                                      (static_cast<std::uint8_t>(expected[row * ow * n + i]) ^ 0x80u);
+                    } else {
+                        gaps_kept &= got == 9;
+                    }
+                }
+            }
+            CHECK_MSG(rows_match, at + " rows a stride apart, XOR 0x80");
+            CHECK_MSG(gaps_kept, at + " wrote between the rows");
             if (oh > 2) {
                 std::vector<std::int8_t> part((oh - 2) * ow * n + 1, 9);
                 table.conv->conv_rows_requant_i8(g, image.data(), blocked.data(), sums.data(), 1, oh - 2, 0, ow, n,
-                                                 mult.data(), bias.data(), true, 0.5f, part.data());
+                                                 mult.data(), bias.data(), true, 0.5f, part.data(), ow * n, 0);
                 CHECK_MSG(std::equal(part.begin(), part.end() - 1, expected.begin() + ow * n), at + " rows 1 .. oh - 2");
                 CHECK_MSG(part.back() == 9, at + " wrote past the run");
             }
@@ -331,7 +351,8 @@ TEST_CASE("conv_row_planar_requant_i8 equals the pixel-layout reference bit for 
             for (int relu = 0; relu < 2; ++relu) {
                 std::vector<std::int8_t> expected(ow * co + 1, 9);
                 codl::ref::conv_kernels.conv_rows_requant_i8(g, image.data(), blocked.data(), sums.data(), oh, 1, 0, ow, co,
-                                                            mult.data(), bias.data(), relu, 0.5f, expected.data());
+                                                             mult.data(), bias.data(), relu, 0.5f, expected.data(),
+                                                             ow * co, 0);
                 codl_test::for_each_isa([&](IsaLevel isa, const codl::KernelTable& table) {
                     if (!table.conv->conv_row_planar_requant_i8 || co > table.conv->planar_max_channels) return;
                     const std::string at = std::string(codl::isa_name(isa)) + " c=" + std::to_string(k.c) +
@@ -339,13 +360,21 @@ TEST_CASE("conv_row_planar_requant_i8 equals the pixel-layout reference bit for 
                                            " relu=" + std::to_string(relu);
                     std::vector<std::int8_t> q(ow * co + 1, 9);
                     table.conv->conv_row_planar_requant_i8(g, planes.data(), blocked.data(), sums.data(), oh, 0, ow, co,
-                                                           mult.data(), bias.data(), relu, 0.5f, q.data());
+                                                           mult.data(), bias.data(), relu, 0.5f, q.data(), 0);
                     CHECK_MSG(q == expected, at);
+                    std::vector<std::int8_t> flipped(ow * co + 1, 9);
+                    table.conv->conv_row_planar_requant_i8(g, planes.data(), blocked.data(), sums.data(), oh, 0, ow, co,
+                                                           mult.data(), bias.data(), relu, 0.5f, flipped.data(), 0x80);
+                    bool all_flipped = flipped.back() == 9;
+                    for (std::size_t i = 0; i < ow * co; ++i) {
+                        all_flipped &= static_cast<std::uint8_t>(flipped[i]) == (static_cast<std::uint8_t>(q[i]) ^ 0x80u);
+                    }
+                    CHECK_MSG(all_flipped, at + " XOR 0x80");
                     if (ow > 3) {  // a run from pixel 3: plane loads not on a 16-pixel boundary
                         std::vector<std::int8_t> part((ow - 3) * co + 1, 9);
                         table.conv->conv_row_planar_requant_i8(g, planes.data(), blocked.data(), sums.data(), oh, 3,
                                                                ow - 3, co, mult.data(), bias.data(), relu, 0.5f,
-                                                               part.data());
+                                                               part.data(), 0);
                         CHECK_MSG(std::equal(part.begin(), part.end() - 1, expected.begin() + 3 * co), at + " ow0=3");
                         CHECK_MSG(part.back() == 9, at + " wrote past count");
                     }
@@ -386,7 +415,7 @@ TEST_CASE("conv_row_i8 and conv_rows_requant_i8: every row width from 1 to 29 pi
                 if (table.conv->conv_rows_requant_i8) {
                     std::vector<std::int8_t> q(width * co);
                     table.conv->conv_rows_requant_i8(g, image.data(), blocked.data(), sums.data(), 1, 1, 0, width, co,
-                                                    mult.data(), nullptr, false, 1.0f, q.data());
+                                                     mult.data(), nullptr, false, 1.0f, q.data(), width * co, 0);
                     CHECK_MSG(q == expected_q, at + " requantized");
                 }
             });

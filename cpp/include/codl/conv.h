@@ -85,17 +85,19 @@ struct ConvKernels {
     // The input's bytes: q[i] = quantize_i8(x[i], inverse) + 128 (x finite).
     void (*quantize_u8)(const float* x, std::size_t n, float inverse, std::uint8_t* q);
     // conv_row_i8 then epilogue_i8 of the same pixels in one pass, for rows oh .. oh + rows - 1:
-    // pixel p < count of row oh + r, channel co < n (n <= out_c_padded) at q[(r * count + p) * n +
-    // co], bit for bit what the two give, with the sums requantized while they are still in
-    // registers (a row's int32 sums of 64 channels and 256 pixels are 64 KiB: written out and read
-    // back they cost a 3x3 64-channel layer 7% of its time). Several rows a call let a kernel
-    // keep a few output channels' weights in cache while it runs all the rows over them. Null in
-    // a table whose ISA does not fuse: the core then runs the two.
+    // pixel p < count of row oh + r, channel co < n (n <= out_c_padded) at q[r * q_row_stride +
+    // p * n + co], bit for bit what the two give XOR flip (0, or 0x80 for the value plus 128: the
+    // next layer's padded image, written in place), with the sums requantized while they are
+    // still in registers (a row's int32 sums of 64 channels and 256 pixels are 64 KiB: written
+    // out and read back they cost a 3x3 64-channel layer 7% of its time). Several rows a call let
+    // a kernel keep a few output channels' weights in cache while it runs all the rows over them.
+    // Null in a table whose ISA does not fuse: the core then runs the two.
     void (*conv_rows_requant_i8)(const ConvGeometry& g, const std::uint8_t* image, const std::int8_t* w,
                                  const std::int32_t* w_sums, std::size_t oh, std::size_t rows, std::size_t ow0,
                                  std::size_t count, std::size_t n, const float* mult, const float* bias, bool relu,
-                                 float inverse, std::int8_t* q) = nullptr;
-    // The outputs of one row of conv_rows_requant_i8 from the image in channel planes (conv_planes_layout:
+                                 float inverse, std::int8_t* q, std::size_t q_row_stride,
+                                 std::uint8_t flip) = nullptr;
+    // The outputs of one row of conv_rows_requant_i8 (XOR flip) from the image in channel planes (conv_planes_layout:
     // geometries with stride_w 1), for layers of few output channels or a count that is not a
     // multiple of 16: 16 pixels a register and one accumulator per output channel, so 20 or 24
     // channels issue 20 or 24 multiply-adds, not the 32 of two channel blocks (MCNN's 3 -> 20
@@ -104,7 +106,7 @@ struct ConvKernels {
     void (*conv_row_planar_requant_i8)(const ConvGeometry& g, const std::uint8_t* planes, const std::int8_t* w,
                                        const std::int32_t* w_sums, std::size_t oh, std::size_t ow0,
                                        std::size_t count, std::size_t n, const float* mult, const float* bias,
-                                       bool relu, float inverse, std::int8_t* q) = nullptr;
+                                       bool relu, float inverse, std::int8_t* q, std::uint8_t flip) = nullptr;
     std::size_t planar_max_channels = 0;
 };
 

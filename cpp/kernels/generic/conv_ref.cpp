@@ -74,16 +74,23 @@ void quantize_u8(const float* x, std::size_t n, float inverse, std::uint8_t* q) 
     for (std::size_t i = 0; i < n; ++i) q[i] = static_cast<std::uint8_t>(quantize_i8(x[i], inverse) + 128);
 }
 
-// The fused kernels' twin: literally the two steps it fuses, row after row.
+// XORs every one of n bytes with flip.
+void flip_bytes(std::int8_t* q, std::size_t n, std::uint8_t flip) {
+    for (std::size_t i = 0; i < n; ++i) q[i] = static_cast<std::int8_t>(static_cast<std::uint8_t>(q[i]) ^ flip);
+}
+
+// The fused kernels' twin: literally the two steps it fuses, row after row, then the flip.
 void conv_rows_requant_i8(const ConvGeometry& g, const std::uint8_t* image, const std::int8_t* w,
                           const std::int32_t* w_sums, std::size_t oh, std::size_t rows, std::size_t ow0,
                           std::size_t count, std::size_t n, const float* mult, const float* bias, bool relu,
-                          float inverse, std::int8_t* q) {
+                          float inverse, std::int8_t* q, std::size_t q_row_stride, std::uint8_t flip) {
     thread_local std::vector<std::int32_t> acc;
     acc.resize(count * g.out_c_padded());
     for (std::size_t r = 0; r < rows; ++r) {
+        std::int8_t* row = q + r * q_row_stride;
         conv_row_i8(g, image, w, w_sums, oh + r, ow0, count, acc.data());
-        epilogue_i8(acc.data(), g.out_c_padded(), count, n, mult, bias, relu, inverse, q + r * count * n);
+        epilogue_i8(acc.data(), g.out_c_padded(), count, n, mult, bias, relu, inverse, row);
+        flip_bytes(row, count * n, flip);
     }
 }
 
@@ -91,7 +98,7 @@ void conv_rows_requant_i8(const ConvGeometry& g, const std::uint8_t* image, cons
 void conv_row_planar_requant_i8(const ConvGeometry& g, const std::uint8_t* planes, const std::int8_t* w,
                                 const std::int32_t*, std::size_t oh, std::size_t ow0, std::size_t count,
                                 std::size_t n, const float* mult, const float* bias, bool relu, float inverse,
-                                std::int8_t* q) {
+                                std::int8_t* q, std::uint8_t flip) {
     const std::size_t groups = g.channels() / kConvChannelGroup, plane_w = conv_plane_width(g);
     thread_local std::vector<std::int32_t> acc;
     acc.resize(count * g.out_c_padded());
@@ -102,6 +109,7 @@ void conv_row_planar_requant_i8(const ConvGeometry& g, const std::uint8_t* plane
         },
         acc.data());
     epilogue_i8(acc.data(), g.out_c_padded(), count, n, mult, bias, relu, inverse, q);
+    flip_bytes(q, count * n, flip);
 }
 
 }  // namespace

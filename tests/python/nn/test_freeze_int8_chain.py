@@ -294,6 +294,44 @@ def test_fused_chain_keeps_int8_across_sequentials_and_the_frozen_models_floats(
             assert torch.equal(fused(x), frozen(x))
 
 
+class WideLayers(nn.Sequential):
+    """Layers of 32 and 64 channels, which run by pixels (not in channel planes): each hands its
+    int8 output to the next as that layer's padded image, straight after a convolution (with
+    dilation and a wider border) and after a pooling; the last one reads a plain int8 tensor
+    (its 20 channels run in planes)."""
+
+    def __init__(self) -> None:
+        super().__init__(
+            nn.Conv2d(1, 32, 3, padding=1),
+            nn.ReLU(),
+            nn.Conv2d(32, 32, 3, padding=1),
+            nn.ReLU(),
+            nn.Conv2d(32, 64, 3, padding=2, dilation=2),
+            nn.ReLU(),
+            nn.MaxPool2d(2),
+            nn.Conv2d(64, 32, 3, padding=1),
+            nn.ReLU(),
+            nn.Conv2d(32, 20, 3, padding=1),
+            nn.ReLU(),
+            nn.Conv2d(20, 1, 1),
+        )
+
+
+def test_fused_chain_hands_padded_images_between_layers_bit_for_bit(level: str) -> None:
+    frozen = freeze(ternary(WideLayers()), calibration=images(16, seed=1))
+    fused = fuse(frozen, images(1, seed=2))
+    for batch in (1, 3):
+        x = images(batch, seed=30 + batch)
+        with torch.no_grad():
+            expected = frozen(x)
+            with _ops.using_threads(1):
+                one = fused(x)
+            with _ops.using_threads(2):
+                two = fused(x)
+        assert expected.abs().max() > 0 and expected.std() > 0  # not a constant output
+        assert torch.equal(one, expected) and torch.equal(two, expected), level
+
+
 def test_fused_chain_falls_back_to_the_frozen_model_when_traced_or_reshaped() -> None:
     frozen = freeze(ternary(FashionCNN()), calibration=images(16, seed=1))
     fused = fuse(frozen, images(1, seed=2))

@@ -62,13 +62,14 @@ CODL_INLINE __m512i narrow4(__m512i v0, __m512i v1, __m512i v2, __m512i v3) {
 
 // Where a tile's finished sums go, the B blocks of 16 channels of one pixel at a time: the int32
 // row (conv_row_i8), or requantized in registers into the int8 outputs (conv_rows_requant_i8).
-// pixel(i, ...): the call's output pixel i, row r's pixel p at i = r * count + p.
+// pixel(r, p, ...): pixel p of the call's row r.
 struct StoreSums {
     std::int32_t* acc;
-    std::size_t co_pad;
+    std::size_t co_pad, row_stride;
     template <int B>
-    CODL_INLINE void pixel(std::size_t p, std::size_t co, const __m512i* sums) const {
-        for (int b = 0; b < B; ++b) _mm512_storeu_si512(acc + p * co_pad + co + b * kConvCoBlock, sums[b]);
+    CODL_INLINE void pixel(std::size_t r, std::size_t p, std::size_t co, const __m512i* sums) const {
+        std::int32_t* out = acc + r * row_stride + p * co_pad + co;
+        for (int b = 0; b < B; ++b) _mm512_storeu_si512(out + b * kConvCoBlock, sums[b]);
     }
 };
 
@@ -79,18 +80,21 @@ struct Requantize {
     const float* bias;
     bool relu;
     float inverse;
+    std::size_t row_stride;
+    std::uint8_t flip;  // XORed into every output byte
     // The levels quantize_i8 gives 16 channels from co, as int32.
     CODL_INLINE __m512i levels(__m512i sums, std::size_t co, __mmask16 m) const {
         return levels16(epilogue16(sums, mult + co, bias ? bias + co : nullptr, relu, m), inverse);
     }
     template <int B>
-    CODL_INLINE void pixel(std::size_t p, std::size_t co0, const __m512i* sums) const {
-        std::int8_t* out = q + p * n + co0;
+    CODL_INLINE void pixel(std::size_t r, std::size_t p, std::size_t co0, const __m512i* sums) const {
+        std::int8_t* out = q + r * row_stride + p * n + co0;
         if constexpr (B == 4) {
             if (co0 + 4 * kConvCoBlock <= n) {
                 const __mmask16 all = 0xFFFF;
-                _mm512_storeu_si512(out, narrow4(levels(sums[0], co0, all), levels(sums[1], co0 + 16, all),
-                                                 levels(sums[2], co0 + 32, all), levels(sums[3], co0 + 48, all)));
+                const __m512i bytes = narrow4(levels(sums[0], co0, all), levels(sums[1], co0 + 16, all),
+                                              levels(sums[2], co0 + 32, all), levels(sums[3], co0 + 48, all));
+                _mm512_storeu_si512(out, _mm512_xor_si512(bytes, _mm512_set1_epi8(static_cast<char>(flip))));
                 return;
             }
         }
@@ -98,7 +102,8 @@ struct Requantize {
             const std::size_t co = co0 + b * kConvCoBlock;
             if (co >= n) return;  // the zero channels that pad out_c to a block
             const __mmask16 m = tail_mask(n - co);
-            _mm_mask_storeu_epi8(out + b * kConvCoBlock, m, _mm512_cvtsepi32_epi8(levels(sums[b], co, m)));
+            const __m128i bytes = _mm512_cvtsepi32_epi8(levels(sums[b], co, m));
+            _mm_mask_storeu_epi8(out + b * kConvCoBlock, m, _mm_xor_si128(bytes, _mm_set1_epi8(static_cast<char>(flip))));
         }
     }
 };
@@ -115,11 +120,11 @@ struct Taps {
 };
 
 // A tile: P pixels from output pixel (oh, ow), the next one a row down or a column right, and the
-// B blocks of channels from co0 over the taps: pixel p's sums go to sink.pixel(out0 + p *
-// out_step, co0, B vectors of 16 sums).
+// B blocks of channels from co0 over the taps: the sums of the first go to sink.pixel(out_r,
+// out_p, co0, B vectors of 16 sums), the next ones' to the next row or pixel.
 template <int P, int B, bool Down, typename Sink>
 CODL_INLINE void tile(const ConvGeometry& g, const std::uint8_t* image, const std::int8_t* w, const Taps& taps_in,
-                      std::size_t oh, std::size_t ow, std::size_t out0, std::size_t out_step, std::size_t co0,
+                      std::size_t oh, std::size_t ow, std::size_t out_r, std::size_t out_p, std::size_t co0,
                       const Sink& sink) {
     const Taps taps = taps_in;  // a copy: the int8 stores of the epilogue may alias the caller's
     const std::size_t cp = g.channels(), groups = cp / kConvChannelGroup, wp = g.padded_w();
@@ -151,7 +156,9 @@ CODL_INLINE void tile(const ConvGeometry& g, const std::uint8_t* image, const st
             }
         }
     }
-    for (int p = 0; p < P; ++p) sink.template pixel<B>(Down ? out0 + p * out_step : out0 + p, co0, sum[p]);
+    for (int p = 0; p < P; ++p) {
+        sink.template pixel<B>(Down ? out_r + p : out_r, Down ? out_p : out_p + p, co0, sum[p]);
+    }
 }
 
 // `left` (<= P) pixels as one tile of exactly that many (a one-pixel tile has B accumulator
@@ -159,13 +166,13 @@ CODL_INLINE void tile(const ConvGeometry& g, const std::uint8_t* image, const st
 // 8 + 4 + 1 + 1 cost the last two pixels as much as eight).
 template <int P, int B, bool Down, typename Sink>
 CODL_INLINE void last_pixels(std::size_t left, const ConvGeometry& g, const std::uint8_t* image,
-                             const std::int8_t* w, const Taps& taps, std::size_t oh, std::size_t ow, std::size_t out0,
-                             std::size_t out_step, std::size_t co0, const Sink& sink) {
+                             const std::int8_t* w, const Taps& taps, std::size_t oh, std::size_t ow, std::size_t out_r,
+                             std::size_t out_p, std::size_t co0, const Sink& sink) {
     if constexpr (P > 0) {
         if (left == P) {
-            tile<P, B, Down>(g, image, w, taps, oh, ow, out0, out_step, co0, sink);
+            tile<P, B, Down>(g, image, w, taps, oh, ow, out_r, out_p, co0, sink);
         } else {
-            last_pixels<P - 1, B, Down>(left, g, image, w, taps, oh, ow, out0, out_step, co0, sink);
+            last_pixels<P - 1, B, Down>(left, g, image, w, taps, oh, ow, out_r, out_p, co0, sink);
         }
     }
 }
@@ -173,7 +180,7 @@ CODL_INLINE void last_pixels(std::size_t left, const ConvGeometry& g, const std:
 // count pixels from (oh, ow), along the row or down the column, in tiles (see tile).
 template <int B, bool Down, typename Sink>
 CODL_INLINE void pixels(const ConvGeometry& g, const std::uint8_t* image, const std::int8_t* w, const Taps& taps,
-                        std::size_t oh, std::size_t ow, std::size_t count, std::size_t out0, std::size_t out_step,
+                        std::size_t oh, std::size_t ow, std::size_t count, std::size_t out_r, std::size_t out_p,
                         std::size_t co0, const Sink& sink) {
     // 12, 16 or 24 accumulators plus B weights and a broadcast in the 32 registers. Four blocks
     // a tile ran 64- and 128-channel 3x3 layers 2-4% faster than two (fewer tiles per row, so
@@ -189,7 +196,7 @@ CODL_INLINE void pixels(const ConvGeometry& g, const std::uint8_t* image, const 
     for (std::size_t t = 0; t < tiles; ++t) {
         const std::size_t pixels = size + (t < larger ? 1 : 0);
         last_pixels<P, B, Down>(pixels, g, image, w, taps, Down ? oh + p : oh, Down ? ow : ow + p,
-                                out0 + p * out_step, out_step, co0, sink);
+                                Down ? out_r + p : out_r, Down ? out_p : out_p + p, co0, sink);
         p += pixels;
     }
 }
@@ -299,7 +306,7 @@ void block_rows(const ConvGeometry& g, const std::uint8_t* image, const std::int
         if (!all_kernel_rows(r)) {
             live_taps(oh0 + r, g.stride_h, g.dilation_h, g.pad_h, g.in_h, g.kernel_h, &taps.kh_begin, &taps.kh_end);
             tap_starts<B>(g, w_sums, tap_border.data(), &taps, start);
-            pixels<B, false>(g, image, w, taps, oh0 + r, ow0, count, r * count, 1, co0, sink);
+            pixels<B, false>(g, image, w, taps, oh0 + r, ow0, count, r, 0, co0, sink);
             ++r;
             continue;
         }
@@ -308,8 +315,7 @@ void block_rows(const ConvGeometry& g, const std::uint8_t* image, const std::int
         taps.kh_end = g.kernel_h;
         tap_starts<B>(g, w_sums, tap_border.data(), &taps, start);
         for (std::size_t row = r; row < end; ++row) {
-            pixels<B, false>(g, image, w, taps, oh0 + row, left, right - left, row * count + left - ow0, 1, co0,
-                             sink);
+            pixels<B, false>(g, image, w, taps, oh0 + row, left, right - left, row, left - ow0, co0, sink);
         }
         for (std::size_t ow = ow0; ow < ow0 + count; ++ow) {
             if (ow == left) ow = right;
@@ -317,7 +323,7 @@ void block_rows(const ConvGeometry& g, const std::uint8_t* image, const std::int
             Taps column{0, g.kernel_h, 0, 0, nullptr};
             live_taps(ow, g.stride_w, g.dilation_w, g.pad_w, g.in_w, g.kernel_w, &column.kw_begin, &column.kw_end);
             tap_starts<B>(g, w_sums, tap_border.data(), &column, start_column);
-            pixels<B, true>(g, image, w, column, oh0 + r, ow, end - r, r * count + ow - ow0, count, co0, sink);
+            pixels<B, true>(g, image, w, column, oh0 + r, ow, end - r, r, ow - ow0, co0, sink);
         }
         r = end;
     }
@@ -346,14 +352,15 @@ void rows(const ConvGeometry& g, const std::uint8_t* image, const std::int8_t* w
 void conv_row_i8(const ConvGeometry& g, const std::uint8_t* image, const std::int8_t* w,
                  const std::int32_t* w_sums, std::size_t oh, std::size_t ow0, std::size_t count,
                  std::int32_t* acc) {
-    rows(g, image, w, w_sums, oh, 1, ow0, count, StoreSums{acc, g.out_c_padded()});
+    rows(g, image, w, w_sums, oh, 1, ow0, count, StoreSums{acc, g.out_c_padded(), count * g.out_c_padded()});
 }
 
 void conv_rows_requant_i8(const ConvGeometry& g, const std::uint8_t* image, const std::int8_t* w,
                           const std::int32_t* w_sums, std::size_t oh, std::size_t row_count, std::size_t ow0,
                           std::size_t count, std::size_t n, const float* mult, const float* bias, bool relu,
-                          float inverse, std::int8_t* q) {
-    rows(g, image, w, w_sums, oh, row_count, ow0, count, Requantize{q, n, mult, bias, relu, inverse});
+                          float inverse, std::int8_t* q, std::size_t q_row_stride, std::uint8_t flip) {
+    rows(g, image, w, w_sums, oh, row_count, ow0, count,
+         Requantize{q, n, mult, bias, relu, inverse, q_row_stride, flip});
 }
 
 // Channel planes (conv_planes_layout), for layers of few output channels or a count that is not
@@ -418,7 +425,7 @@ void transpose_outputs(const __m128i* bytes, std::size_t pixels, std::size_t n, 
 template <int C>
 void planar_chunk(const ConvGeometry& g, const std::uint8_t* planes, const std::int8_t* w, const std::int32_t* w_sums,
                   std::size_t oh, std::size_t x0, std::size_t pixels, std::size_t n, std::size_t stride,
-                  const float* mult, const float* bias, bool relu, float inverse, std::int8_t* q) {
+                  const float* mult, const float* bias, bool relu, float inverse, std::uint8_t flip, std::int8_t* q) {
     const std::size_t groups = g.channels() / kConvChannelGroup, plane_bytes = conv_plane_width(g) * 4;
     const std::size_t block_bytes = g.kernel_h * g.kernel_w * g.channels() * kConvCoBlock;
     const __mmask16 m = tail_mask(pixels);
@@ -460,14 +467,14 @@ void planar_chunk(const ConvGeometry& g, const std::uint8_t* planes, const std::
         if (bias) y = _mm512_add_ps(y, _mm512_set1_ps(bias[c]));
         if (relu) y = _mm512_max_ps(_mm512_setzero_ps(), y);
         const __m512 clamped = _mm512_min_ps(_mm512_max_ps(_mm512_mul_ps(y, inv), lo), hi);
-        bytes[c] = _mm512_cvtsepi32_epi8(_mm512_cvtps_epi32(clamped));
+        bytes[c] = _mm_xor_si128(_mm512_cvtsepi32_epi8(_mm512_cvtps_epi32(clamped)), _mm_set1_epi8(static_cast<char>(flip)));
     }
     transpose_outputs<C>(bytes, pixels, n, stride, q);
 }
 
 using PlanarChunk = void (*)(const ConvGeometry&, const std::uint8_t*, const std::int8_t*, const std::int32_t*,
                              std::size_t, std::size_t, std::size_t, std::size_t, std::size_t, const float*,
-                             const float*, bool, float, std::int8_t*);
+                             const float*, bool, float, std::uint8_t, std::int8_t*);
 
 // The chunk kernel of a pass of `channels` (1 .. kPassChannels): C = channels rounded up to 4.
 PlanarChunk chunk_for(std::size_t channels) {
@@ -479,7 +486,7 @@ PlanarChunk chunk_for(std::size_t channels) {
 void conv_row_planar_requant_i8(const ConvGeometry& g, const std::uint8_t* planes, const std::int8_t* w,
                                 const std::int32_t* w_sums, std::size_t oh, std::size_t ow0, std::size_t count,
                                 std::size_t n, const float* mult, const float* bias, bool relu, float inverse,
-                                std::int8_t* q) {
+                                std::int8_t* q, std::uint8_t flip) {
     if (n == 0 || n > kPlanarMaxChannels) return;  // the core does not call it so
     const std::size_t block_bytes = g.kernel_h * g.kernel_w * g.channels() * kConvCoBlock;
     for (std::size_t p = 0; p < count; p += kConvPlanePixels) {
@@ -488,7 +495,7 @@ void conv_row_planar_requant_i8(const ConvGeometry& g, const std::uint8_t* plane
             const std::size_t left = n - co0;
             const std::size_t channels = left > kPassChannels ? kConvCoBlock : left;
             chunk_for(channels)(g, planes, w + co0 / kConvCoBlock * block_bytes, w_sums + co0, oh, ow0 + p, pixels,
-                                channels, n, mult + co0, bias ? bias + co0 : nullptr, relu, inverse,
+                                channels, n, mult + co0, bias ? bias + co0 : nullptr, relu, inverse, flip,
                                 q + p * n + co0);
             co0 += channels;
         }
