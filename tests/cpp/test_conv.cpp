@@ -110,6 +110,25 @@ void zero_border(const ConvGeometry& g, std::vector<std::uint8_t>& image) {
     }
 }
 
+// A layer's random inputs as the row kernels take them: the padded image (any bytes inside a
+// border of 128), weights anywhere in [-128, 127] in the blocked layout, and their sums.
+struct RowInputs {
+    std::vector<std::uint8_t> image;
+    std::vector<std::int8_t> blocked;
+    std::vector<std::int32_t> sums;
+};
+
+RowInputs random_row_inputs(const ConvGeometry& g) {
+    RowInputs inputs{std::vector<std::uint8_t>(g.padded_h() * g.padded_w() * g.channels()),
+                     std::vector<std::int8_t>(g.out_c_padded() * g.reduction()),
+                     std::vector<std::int32_t>(g.out_c_padded())};
+    for (auto& b : inputs.image) b = static_cast<std::uint8_t>(rng()());
+    zero_border(g, inputs.image);
+    const std::vector<std::int8_t> w = random_weights(g, -128, 127);
+    codl::conv_block_weights(g, w.data(), inputs.blocked.data(), inputs.sums.data());
+    return inputs;
+}
+
 // Independent oracle: int64 sums over the unpadded NHWC input, skipping taps outside it.
 std::vector<std::int64_t> oracle(const ConvGeometry& g, std::size_t batch, const std::vector<std::int8_t>& x,
                                  const std::vector<std::int8_t>& w) {
@@ -185,13 +204,10 @@ TEST_CASE("conv_rows_requant_i8 on one row equals conv_row_i8 then epilogue_i8 o
     for (const Shape& shape : shapes()) {
         const ConvGeometry& g = shape.g;
         const std::size_t co_pad = g.out_c_padded(), ow = g.out_w(), n = g.out_c;
-        std::vector<std::uint8_t> image(g.padded_h() * g.padded_w() * g.channels());
-        for (auto& b : image) b = static_cast<std::uint8_t>(rng()());
-        zero_border(g, image);
-        const std::vector<std::int8_t> w = random_weights(g, -128, 127);
-        std::vector<std::int8_t> blocked(co_pad * g.reduction());
-        std::vector<std::int32_t> sums(co_pad);
-        codl::conv_block_weights(g, w.data(), blocked.data(), sums.data());
+        const RowInputs inputs = random_row_inputs(g);
+        const std::vector<std::uint8_t>& image = inputs.image;
+        const std::vector<std::int8_t>& blocked = inputs.blocked;
+        const std::vector<std::int32_t>& sums = inputs.sums;
         std::vector<float> mult(n), bias(n);
         for (std::size_t i = 0; i < n; ++i) {
             mult[i] = scale(rng());
@@ -243,14 +259,11 @@ TEST_CASE("conv_rows_requant_i8 over many rows equals the reference row by row, 
     std::size_t checked = 0, between = 0, outputs = 0;
     for (const Shape& shape : shapes()) {
         const ConvGeometry& g = shape.g;
-        const std::size_t co_pad = g.out_c_padded(), ow = g.out_w(), oh = g.out_h(), n = g.out_c;
-        std::vector<std::uint8_t> image(g.padded_h() * g.padded_w() * g.channels());
-        for (auto& b : image) b = static_cast<std::uint8_t>(rng()());
-        zero_border(g, image);
-        const std::vector<std::int8_t> w = random_weights(g, -128, 127);
-        std::vector<std::int8_t> blocked(co_pad * g.reduction());
-        std::vector<std::int32_t> sums(co_pad);
-        codl::conv_block_weights(g, w.data(), blocked.data(), sums.data());
+        const std::size_t ow = g.out_w(), oh = g.out_h(), n = g.out_c;
+        const RowInputs inputs = random_row_inputs(g);
+        const std::vector<std::uint8_t>& image = inputs.image;
+        const std::vector<std::int8_t>& blocked = inputs.blocked;
+        const std::vector<std::int32_t>& sums = inputs.sums;
         std::vector<float> mult(n), bias(n);
         for (std::size_t i = 0; i < n; ++i) {
             mult[i] = 0.05f * scale(rng());
