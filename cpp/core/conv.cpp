@@ -233,11 +233,10 @@ void epilogue_column(const std::int32_t* __restrict acc, std::size_t stride, flo
 }
 
 
-// y = max(a, b, c, d) elementwise. Flipping the sign bit maps int8 order onto uint8 order,
+// y[i] = max(a[i], b[i], c[i], d[i]), as int8 (shifted 0) or as the value plus 128 (shifted
+// 0x80: the byte of a padded image). Flipping the sign bit maps int8 order onto uint8 order,
 // whose max baseline x86-64 (SSE2) has as one instruction and the compiler vectorizes; int8 max
 // needs SSE4.1, so the plain form ran scalar.
-// y[i] = max(a[i], b[i], c[i], d[i]), as int8 (shifted 0) or as the value plus 128 (shifted
-// 0x80: the byte of a padded image).
 void max4_i8(const std::int8_t* __restrict a, const std::int8_t* __restrict b, const std::int8_t* __restrict c,
              const std::int8_t* __restrict d, std::size_t n, std::int8_t* __restrict y, std::uint8_t shifted) {
     const std::uint8_t back = static_cast<std::uint8_t>(0x80u ^ shifted);
