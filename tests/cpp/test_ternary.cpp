@@ -123,6 +123,29 @@ TEST_CASE("dot_i8_t2 equals the reference and an int64 dot of the unpacked codes
     });
 }
 
+// The AVX-512 tiles keep planes 1 and 3 as their fields times 4 and divide the lanes that sum
+// them by 4 at the end: at the extremes (every activation -128 or 127, every code -1 or +1, long
+// rows) those lanes hold their largest sums, and each must still come back exact.
+TEST_CASE("dot_i8_t2 at the extremes (activations -128 and 127, codes all -1 or all +1, k 16384)") {
+    const std::size_t kp = 16384;
+    for (const std::int8_t code : {std::int8_t{-1}, std::int8_t{1}}) {
+        for (const std::int8_t value : {std::int8_t{-128}, std::int8_t{127}}) {
+            const std::size_t rows = 5, w_rows = 9;  // a 4 x 4 tile, and remainders of each
+            const std::vector<std::uint8_t> packed = pack_rows(std::vector<std::int8_t>(w_rows * kp, code));
+            const std::vector<std::int8_t> a(rows * kp, value);
+            const std::vector<std::int32_t> sums(rows, static_cast<std::int32_t>(value) * static_cast<std::int32_t>(kp));
+            const std::int32_t exact = static_cast<std::int32_t>(value) * code * static_cast<std::int32_t>(kp);
+            codl_test::for_each_isa([&](IsaLevel isa, const codl::KernelTable&) {
+                std::vector<std::int32_t> got(rows * w_rows, 0);
+                of(isa).dot_i8_t2(a.data(), rows, kp, sums.data(), packed.data(), w_rows, got.data(), w_rows);
+                CHECK_MSG(got == std::vector<std::int32_t>(rows * w_rows, exact),
+                          std::string(codl::isa_name(isa)) + " code=" + std::to_string(code) +
+                              " value=" + std::to_string(value) + " got " + std::to_string(got[0]));
+            });
+        }
+    }
+}
+
 // The AMX kernel works in 16 x 16 tiles of (activation rows, weight rows) and 64-value K steps:
 // rows from 1 to 70 cross its forwarding threshold, whole and partial groups of 16 and a second
 // 64-row chunk; weight rows not a multiple of 16 leave tile columns empty. Weights and
