@@ -27,6 +27,11 @@ same load. codl's own row is its pairing with torch fp32 eager. Each row shows t
 interquartile range, the 1-minute load average, and "loaded" when that exceeds :data:`LOADED`
 (1.5, the rule for figures taken on this shared 2-core machine).
 
+GMAC/s: the float model's convolution and linear multiply-adds per image times the batch, over
+the median time. Before the models, the run times codl's ternary GEMM (4096 x 4096, batch 64, hot)
+at each thread count: on an AVX-512 VNNI core that is the int8 multiply-add ceiling the runtimes
+share, the rate a compute-bound model can approach but not pass without skipping work.
+
 Accuracy, per model and runtime, in the same table: Fashion-MNIST test accuracy (%) for the
 classifiers; for the counting nets the relative error of the summed density map (the count)
 against the torch fp32 model's, averaged over a few images.
@@ -55,6 +60,7 @@ from torch import nn
 
 import codl
 from codl import _ops
+from codl.bench.ternary import gemm_gmacs_per_s
 from codl.bench.timing import Timing, measure, measure_pair
 from codl.data import load_split
 from codl.models import MCNN, CSRNet, FashionCNN, LeNet5
@@ -134,6 +140,8 @@ class Row:
     #: Test accuracy (%) for a classifier; count relative error against fp32 for a counting net.
     accuracy: float | None = None
     skipped: str | None = None
+    #: The float model's convolution and linear multiply-adds per second, in billions.
+    gmacs_per_s: float | None = None
 
     @property
     def loaded(self) -> bool:
@@ -441,6 +449,29 @@ def significant(value: float, digits: int = 6) -> float:
     return float(f"{value:.{digits}g}")
 
 
+def multiply_adds(model: nn.Module, shape: tuple[int, int, int]) -> int:
+    """Multiply-adds of one image of ``shape`` through ``model``'s convolutions and linear
+    layers (the work every runtime does, whatever it skips or fuses)."""
+    total = 0
+
+    def count(module: nn.Module, inputs: tuple[torch.Tensor, ...], output: torch.Tensor) -> None:
+        nonlocal total
+        assert isinstance(module, (nn.Conv2d, nn.Linear))
+        # An output value of a convolution sums (in_channels / groups) x kernel products.
+        per_output = module.weight[0].numel()
+        total += output[0].numel() * per_output
+
+    layers = [m for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+    hooks = [layer.register_forward_hook(count) for layer in layers]
+    try:
+        with torch.no_grad():
+            model(torch.zeros(1, *shape))
+    finally:
+        for hook in hooks:
+            hook.remove()
+    return total
+
+
 def _row(
     prepared: Prepared,
     runtime: str,
@@ -449,6 +480,7 @@ def _row(
     timing: Timing,
     codl_x: float | None,
     score: float | None,
+    macs: int,
 ) -> Row:
     return Row(
         model=prepared.name,
@@ -462,6 +494,7 @@ def _row(
         cpu_wait=None if timing.cpu_wait is None else round(timing.cpu_wait, 3),
         codl_x=None if codl_x is None else round(codl_x, 3),
         accuracy=None if score is None else round(score, 4),
+        gmacs_per_s=significant(macs * batch / (timing.median_ms * 1e-3) / 1e9, 4),
     )
 
 
@@ -479,6 +512,7 @@ def bench_model(
     rows: list[Row] = []
     scores: dict[str, float | None] = {}
     _, shape, _ = MODELS[prepared.name]
+    macs = multiply_adds(prepared.float_model, shape)
     for threads in threads_list:
         with _ops.using_threads(threads):
             # Inductor bakes the thread count into its kernels: compile afresh per count.
@@ -514,18 +548,45 @@ def bench_model(
                         if codl_timing is None:
                             codl_timing = ours
                             rows.append(
-                                _row(prepared, "codl", threads, batch, ours, 1.0, scores["codl"])
+                                _row(
+                                    prepared,
+                                    "codl",
+                                    threads,
+                                    batch,
+                                    ours,
+                                    1.0,
+                                    scores["codl"],
+                                    macs,
+                                )
                             )
                         codl_x = theirs.median_ms / ours.median_ms
                         rows.append(
-                            _row(prepared, runtime, threads, batch, theirs, codl_x, scores[runtime])
+                            _row(
+                                prepared,
+                                runtime,
+                                threads,
+                                batch,
+                                theirs,
+                                codl_x,
+                                scores[runtime],
+                                macs,
+                            )
                         )
                     else:
                         timing = measure(fn, repeat)
                         if runtime == "codl":
                             codl_timing = timing
                         rows.append(
-                            _row(prepared, runtime, threads, batch, timing, None, scores[runtime])
+                            _row(
+                                prepared,
+                                runtime,
+                                threads,
+                                batch,
+                                timing,
+                                None,
+                                scores[runtime],
+                                macs,
+                            )
                         )
     order = {name: index for index, name in enumerate(RUNTIMES)}
     rows.sort(key=lambda r: (r.threads, r.batch, order[r.runtime]))
@@ -542,24 +603,25 @@ def _inputs(prepared: Prepared, batch: int, shape: tuple[int, int, int]) -> torc
 def format_table(rows: Sequence[Row]) -> str:
     """A Markdown table: one line per model, threads, batch and runtime."""
     lines = [
-        "| model | threads | batch | runtime | median ms | IQR ms | images/s | codl x | "
+        "| model | threads | batch | runtime | median ms | IQR ms | images/s | GMAC/s | codl x | "
         "accuracy | load |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         label = MODELS[r.model][0]
         head = f"| {label} | {r.threads} | {r.batch} | {RUNTIMES[r.runtime]} |"
         if r.skipped is not None:
-            lines.append(f"{head} skipped: {r.skipped} | | | | | |")
+            lines.append(f"{head} skipped: {r.skipped} | | | | | | |")
             continue
         score = ""
         if r.accuracy is not None:
             score = f"{r.accuracy:.2f}%" if MODELS[r.model][2] else f"count err {r.accuracy:.2%}"
         codl_x = "" if r.codl_x is None else f"{r.codl_x:.2f}"
         load = f"{r.load_average:.2f}" + (" loaded" if r.loaded else "")
+        rate = "" if r.gmacs_per_s is None else f"{r.gmacs_per_s:,.1f}"
         lines.append(
-            f"{head} {r.median_ms:.3f} | {r.iqr_ms:.3f} | {r.images_per_s:,.1f} | {codl_x} | "
-            f"{score} | {load} |"
+            f"{head} {r.median_ms:.3f} | {r.iqr_ms:.3f} | {r.images_per_s:,.1f} | {rate} | "
+            f"{codl_x} | {score} | {load} |"
         )
     return "\n".join(lines)
 
@@ -663,11 +725,18 @@ def main(argv: Sequence[str] | None = None, *, results_dir: Path | None = None) 
     skipped = [r for r in args.runtimes if not installed(r)]
     if skipped:
         print(f"not installed, skipped: {skipped}", flush=True)
+    # The int8 multiply-add rate of this core, for the GMAC/s column to be read against.
+    gemm_rates = {threads: round(gemm_gmacs_per_s(threads), 1) for threads in args.threads}
 
     def write(rows: list[Row]) -> None:
         table = format_table(rows)
         print(table, flush=True)
         print(f"load average now {os.getloadavg()[0]:.2f}; codl x: runtime time / codl time")
+        for threads, rate in gemm_rates.items():
+            print(
+                f"codl's ternary GEMM (4096 x 4096, batch 64, hot) at {threads} thread(s): "
+                f"{rate:,.1f} GMAC/s"
+            )
         args.out.parent.mkdir(parents=True, exist_ok=True)
         payload = {
             "machine": machine(),
@@ -675,6 +744,7 @@ def main(argv: Sequence[str] | None = None, *, results_dir: Path | None = None) 
             "argv": list(argv) if argv is not None else None,
             "rows": [asdict(r) for r in rows],
             "table": table,
+            "ternary_gemm_gmacs_per_s": {str(t): rate for t, rate in gemm_rates.items()},
         }
         args.out.write_text(json.dumps(payload, indent=2, default=_finite) + "\n")
 

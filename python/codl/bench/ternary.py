@@ -22,6 +22,7 @@ from pathlib import Path
 
 import torch
 
+from codl._ops import using_threads
 from codl.bench import Case, Result, run_cases
 from codl.ternary.packed import PackedTernaryWeight, pack_weight, ternary_linear
 
@@ -67,6 +68,29 @@ def read_bandwidth_bytes_per_s(megabytes: int = 1024) -> float:
         source.sum()
         best = min(best, time.perf_counter() - start)
     return source.numel() * 4 / best
+
+
+def gemm_gmacs_per_s(
+    threads: int, side: int = DEFAULT_SIDE, batch: int = 64, repeat: int = 15
+) -> float:
+    """Billions of multiply-adds a second of codl's ternary GEMM (a ``side`` x ``side`` weight,
+    ``batch`` rows, hot cache; median of ``repeat`` calls) at ``threads`` threads. On an
+    AVX-512 VNNI core it runs at the vpdpbusd rate (64 int8 multiply-adds an instruction), the
+    ceiling every int8 runtime on the core shares: a whole model's rate against it says how
+    much of a gap is left to close by running faster rather than by doing fewer multiply-adds."""
+    generator = torch.Generator().manual_seed(0)
+    codes = torch.randint(-1, 2, (side, side), dtype=torch.int8, generator=generator)
+    weight = pack_weight(codes, torch.ones(side))
+    x = torch.randn(batch, side, generator=generator)
+    times = []
+    with using_threads(threads):
+        ternary_linear(x, weight)
+        for _ in range(repeat):
+            start = time.perf_counter()
+            ternary_linear(x, weight)
+            times.append(time.perf_counter() - start)
+    times.sort()
+    return batch * side * side / times[len(times) // 2] / 1e9
 
 
 def copies_to_overflow(bytes_each: int) -> int:

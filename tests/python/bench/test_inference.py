@@ -93,12 +93,30 @@ def test_table_marks_loaded_rows_and_skipped_runtimes() -> None:
     rows = [
         inference.Row("lenet5", "torch", 1, 1, 1.0, 0.1, 1000.0, 2.0, None, 0.5, 88.0),
         inference.Row("lenet5", "ort", 1, 1, skipped="not installed (pip install onnxruntime)"),
-        inference.Row("mcnn", "codl", 1, 1, 10.0, 0.1, 100.0, 0.4, None, 1.0, 0.0123),
+        inference.Row("mcnn", "codl", 1, 1, 10.0, 0.1, 100.0, 0.4, None, 1.0, 0.0123, None, 1.5),
     ]
     lines = inference.format_table(rows).splitlines()
     assert "88.00%" in lines[2] and "2.00 loaded" in lines[2] and "| 0.50 |" in lines[2]
     assert "skipped: not installed (pip install onnxruntime)" in lines[3]
     assert "count err 1.23%" in lines[4] and "loaded" not in lines[4]
+    assert "| 100.0 | 1.5 | 1.00 |" in lines[4]
+    # Every line has the header's columns.
+    assert len({line.count("|") for line in lines}) == 1
+
+
+def test_multiply_adds_count_each_convolution_and_linear_layer() -> None:
+    model = torch.nn.Sequential(
+        torch.nn.Conv2d(3, 8, 3, padding=1),
+        torch.nn.ReLU(),
+        torch.nn.Conv2d(8, 4, 3, stride=2, padding=1, groups=2),
+        torch.nn.Flatten(),
+        torch.nn.Linear(4 * 8 * 8, 10),
+    )
+    # 16x16 outputs of 8 channels over 3x3x3 inputs; 8x8 of 4 over 3x3x(8 / 2); 256 x 10.
+    expected = 16 * 16 * 8 * 27 + 8 * 8 * 4 * 36 + 256 * 10
+    assert inference.multiply_adds(model, (3, 16, 16)) == expected
+    # The counting hooks are gone afterwards.
+    assert all(not m._forward_hooks for m in model.modules())
 
 
 @pytest.fixture(scope="module")
