@@ -186,6 +186,37 @@ TEST_CASE("corrupt row pointers and block columns: kernels clamp alike and the c
     });
 }
 
+// The AVX-512 batch-1 kernel fetches a group of 16 blocks from a 128-column window of the
+// activations when the group fits in it, and gathers it otherwise: long rows whose blocks are out
+// of column order, repeat a column, or name columns past the row (clamped) must give what the
+// reference gives, at every density from windows always fitting to never.
+TEST_CASE("gemv_i8_b4 on long rows with block columns out of order, repeated or out of range") {
+    const std::size_t n = 12, k = 4 * 700;
+    for (double density : {1.0, 0.1, 0.03}) {
+        Weight w = random_weight(n, k, density, false);
+        const std::vector<std::int8_t> a = random_activations(1, k, w.k_blocks);
+        for (std::size_t j = 0; j < n; ++j) {
+            const std::size_t begin = w.row_ptr[j], end = w.row_ptr[j + 1];
+            if (end - begin < 40) continue;
+            if (j % 3 == 0) std::reverse(w.cols.begin() + begin, w.cols.begin() + end);  // values stay put
+            if (j % 3 == 1) {
+                w.cols[begin + 5] = 60000;  // clamped to the last column
+                w.cols[begin + 20] = w.cols[begin + 3];
+            }
+            if (j % 3 == 2) std::swap(w.cols[begin + 1], w.cols[end - 2]);  // one group spans the row
+        }
+        std::vector<std::int32_t> want(n);
+        ref().gemv_i8_b4(a.data(), w.k_blocks, w.row_ptr.data(), w.cols.size(), w.cols.data(), w.values.data(), 0,
+                         n, want.data());
+        codl_test::for_each_isa([&](IsaLevel isa, const codl::KernelTable& table) {
+            std::vector<std::int32_t> got(n, -1);
+            table.sparse->gemv_i8_b4(a.data(), w.k_blocks, w.row_ptr.data(), w.cols.size(), w.cols.data(),
+                                     w.values.data(), 0, n, got.data());
+            CHECK_MSG(got == want, std::string(codl::isa_name(isa)) + " density=" + std::to_string(density));
+        });
+    }
+}
+
 TEST_CASE("sparse_linear_f32 and sparse_gemm_i32 agree across ISAs, batch sizes and threads") {
     const IsaLevel original = codl::active_isa();
     for (std::size_t m : {1, 2, 3, 4, 20, 64, 65, 150}) {
