@@ -8,10 +8,11 @@
 //
 // Why 1x4 blocks: 4 consecutive int8 products are one 32-bit lane of vpdpbusd / pmaddubsw / sdot,
 // so a block costs one lane of one instruction, and the activation 4-tuple a block needs is one
-// 32-bit load (a gather lane at batch 1, a broadcast at larger batches). Scalar CSR (one uint16
-// index per int8 value) stores fewer zeros (at 90% unstructured sparsity a kept block holds
-// ~1.2 nonzeros) but spends a scalar multiply-add and an index per value; it is not built yet,
-// so the choice is by this argument, not by measurement (benchmarks/README.md, "Sparse linear").
+// 32-bit load (a gather lane at batch 1, a broadcast at larger batches). CSR (one uint16 index
+// per int8 value) stores fewer zeros (at 90% unstructured sparsity a kept block holds ~1.2
+// nonzeros) but fetches an activation per value: an AVX-512 CSR kernel measured against this
+// one on Zen 5 (benchmarks/README.md, "CSR, measured") was 1.5-2.1x slower at 80-95% zeros and
+// faster only at 99%.
 //
 // Declarations only (ISA translation units include it).
 #pragma once

@@ -75,9 +75,9 @@ def gemm_gmacs_per_s(
 ) -> float:
     """Billions of multiply-adds a second of codl's ternary GEMM (a ``side`` x ``side`` weight,
     ``batch`` rows, hot cache; median of ``repeat`` calls) at ``threads`` threads. On an
-    AVX-512 VNNI core it runs at the vpdpbusd rate (64 int8 multiply-adds an instruction), the
-    ceiling every int8 runtime on the core shares: a whole model's rate against it says how
-    much of a gap is left to close by running faster rather than by doing fewer multiply-adds."""
+    AVX-512 VNNI core the kernel alone runs at vpdpbusd's rate (64 int8 multiply-adds an
+    instruction), and the call within about 10% of it: a whole model's rate against it says how
+    much is left to gain by running faster rather than by doing fewer multiply-adds."""
     generator = torch.Generator().manual_seed(0)
     codes = torch.randint(-1, 2, (side, side), dtype=torch.int8, generator=generator)
     weight = pack_weight(codes, torch.ones(side))

@@ -30,7 +30,11 @@ def reference(x: torch.Tensor, packed: SparseWeight, bias: torch.Tensor | None) 
     int8 values, scaled as the kernel does (float32 product of the two scales, then bias)."""
     rows = x.reshape(-1, packed.in_features)
     absmax = rows.abs().amax(dim=1)
-    inverse = torch.where(absmax > 0, 127.0 / absmax, torch.zeros_like(absmax))
+    # A true division, as the kernel's: torch computes 127.0 / t as t.reciprocal() * 127, which
+    # is an ulp off at times and then rounds a product that lands on a tie the other way.
+    inverse = torch.where(
+        absmax > 0, torch.full_like(absmax, 127.0) / absmax, torch.zeros_like(absmax)
+    )
     q = torch.round(rows * inverse[:, None]).to(torch.int64)
     x_scale = torch.where(absmax > 0, absmax / 127.0, torch.ones_like(absmax))
     codes = torch.round(dequantize_sparse(packed) / packed.scale[:, None]).to(torch.int64)

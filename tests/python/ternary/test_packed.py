@@ -28,7 +28,11 @@ def quantized_reference(
     """Per-row absmax int8 quantization (round half to even), exact integer products, float64."""
     rows = x.reshape(-1, x.shape[-1])
     absmax = rows.abs().amax(dim=1, keepdim=True)
-    inverse = torch.where(absmax > 0, 127.0 / absmax, torch.zeros_like(absmax))
+    # A true division, as the kernel's: torch computes 127.0 / t as t.reciprocal() * 127, which
+    # is an ulp off at times and then rounds a product that lands on a tie the other way.
+    inverse = torch.where(
+        absmax > 0, torch.full_like(absmax, 127.0) / absmax, torch.zeros_like(absmax)
+    )
     q = torch.round(rows * inverse).to(torch.int64)
     scale = torch.where(absmax > 0, absmax / 127.0, torch.ones_like(absmax)).to(torch.float64)
     dots = (q @ codes.to(torch.int64).T).to(torch.float64)
