@@ -9,7 +9,7 @@
 // Files: src/ggml-common.h, src/ggml-quants.c, src/ggml-cpu/arch/x86/quants.c,
 //        src/ggml-cpu/simd-mappings.h, src/ggml-cpu/ggml-cpu.c.
 // Changes to the copied code: C -> C++ casts of void pointers, GGML_RESTRICT -> __restrict__,
-// nothing else in the kernel bodies.
+// nothing else in the kernel bodies; the scalar fallback of ggml_vec_dot_tq2_0_q8_K is left out.
 //
 // Built with the C++ tests (CMake target codl_tq2_0_gemv, x86 with AVX-512); run it as
 // build/<dir>/codl_tq2_0_gemv [copies rounds calls] (defaults 12 7 200): see benchmarks/README.md.
@@ -174,45 +174,12 @@ static inline float hsum_float_8(const __m256 x) {
 }
 #endif
 
-// ggml-cpu/quants.c (the fallback; not compiled in when __AVX2__ is defined)
-void ggml_vec_dot_tq2_0_q8_K_generic(int n, float * GGML_RESTRICT s, size_t bs, const void * GGML_RESTRICT vx, size_t bx, const void * GGML_RESTRICT vy, size_t by, int nrc) {
-    assert(nrc == 1);
-    UNUSED(nrc);
-    UNUSED(bx);
-    UNUSED(by);
-    UNUSED(bs);
-
-    const block_tq2_0 * GGML_RESTRICT x = (const block_tq2_0 *)vx;
-    const block_q8_K  * GGML_RESTRICT y = (const block_q8_K *)vy;
-
-    const int nb = n / QK_K;
-
-    float sumf = 0.0f;
-
-    for (int i = 0; i < nb; ++i) {
-        int32_t sumi = 0;
-
-        for (size_t j = 0; j < sizeof(x->qs); j += 32) {
-            for (size_t l = 0; l < 4; ++l) {
-                for (size_t k = 0; k < 32; ++k) {
-                    sumi += y[i].qs[j*4 + l*32 + k] * (((x[i].qs[j + k] >> (l*2)) & 3) - 1);
-                }
-            }
-        }
-
-        const float d = y[i].d * GGML_CPU_FP16_TO_FP32(x[i].d);
-
-        sumf += (float) sumi * d;
-    }
-
-    *s = sumf;
-}
-
-#if defined(__AVX2__)
-static const char* kTq2Path = "AVX2 (#if defined(__AVX2__) branch; ggml has no AVX-512 branch for tq2_0)";
-#else
-static const char* kTq2Path = "generic scalar";
+// The baseline is the kernel llama.cpp runs on x86: ggml's AVX2 branch (it has no AVX-512 one
+// for TQ2_0); its scalar fallback is not copied.
+#if !defined(__AVX2__)
+#error "build with -mavx2: the TQ2_0 baseline is ggml's AVX2 kernel"
 #endif
+static const char* kTq2Path = "AVX2 (#if defined(__AVX2__) branch; ggml has no AVX-512 branch for tq2_0)";
 
 // ggml-cpu/arch/x86/quants.c
 void ggml_vec_dot_tq2_0_q8_K(int n, float * GGML_RESTRICT s, size_t bs, const void * GGML_RESTRICT vx, size_t bx, const void * GGML_RESTRICT vy, size_t by, int nrc) {
@@ -272,12 +239,6 @@ void ggml_vec_dot_tq2_0_q8_K(int n, float * GGML_RESTRICT s, size_t bs, const vo
     }
 
     *s = hsum_float_8(sumf);
-
-#else
-    UNUSED(x);
-    UNUSED(y);
-    UNUSED(nb);
-    ggml_vec_dot_tq2_0_q8_K_generic(n, s, bs, vx, bx, vy, by, nrc);
 #endif
 }
 
