@@ -130,7 +130,20 @@ public:
             std::lock_guard<std::mutex> lock(mutex_);
             held_.store(hold);
         }
-        if (!hold) wake_.notify_all();
+        if (!hold) {
+            wake_.notify_all();
+            return;
+        }
+        // Returns once every worker sleeps: one that read held_ just before the store could
+        // otherwise still claim a chunk of the next job (seen under qemu, whose threads stall
+        // for long stretches). A sleeper wakes only to find may_take() false while held.
+        for (;;) {
+            {
+                std::lock_guard<std::mutex> lock(mutex_);
+                if (static_cast<std::size_t>(sleepers_.load()) == workers_.size()) return;
+            }
+            std::this_thread::yield();
+        }
     }
 
 private:
