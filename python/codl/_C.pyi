@@ -40,6 +40,21 @@ def sparse_linear_f32(
     out: Buffer,
     num_threads: int = 1,
 ) -> None: ...
+def first_invalid_sparse_panel(
+    masks: Buffer, starts: Buffer, values: Buffer, in_features: int, out_features: int
+) -> int: ...
+def sparse_panel_linear_f32(
+    x: Buffer,
+    rows: int,
+    in_features: int,
+    masks: Buffer,
+    starts: Buffer,
+    values: Buffer,
+    scale: Buffer,
+    bias: Buffer | None,
+    out: Buffer,
+    num_threads: int = 1,
+) -> None: ...
 def ternary_linear_f32(
     x: Buffer,
     rows: int,

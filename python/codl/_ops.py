@@ -366,8 +366,24 @@ def ternary_linear_f32act(
     _ternary_linear(_C.ternary_linear_f32act, x, packed, alpha, bias, out)
 
 
-# --- sparse linear (1x4 blocks: int32 row pointers, uint16 block columns, int8 values)
+# --- sparse linear: 1x4 blocks (int32 row pointers, uint16 block columns, int8 values) or row
+# panels (uint16 masks, int32 starts, int8 values)
 _VALID_SPARSE: dict[int, tuple[weakref.ref[torch.Tensor], tuple[object, ...]]] = {}
+
+
+def _check_once(
+    tensors: tuple[torch.Tensor, ...], sizes: tuple[int, ...], check: Callable[[], None]
+) -> None:
+    """Run ``check`` (which raises) the first time these tensors are seen with these sizes and
+    after each in-place write to one of them; then a lookup. Keyed on the first tensor."""
+    stamp = tuple((t.data_ptr(), t._version) for t in tensors) + sizes
+    anchor = tensors[0]
+    key = id(anchor)
+    seen = _VALID_SPARSE.get(key)
+    if seen is not None and seen[0]() is anchor and seen[1] == stamp:
+        return
+    check()
+    _VALID_SPARSE[key] = (weakref.ref(anchor, lambda _: _VALID_SPARSE.pop(key, None)), stamp)
 
 
 def check_sparse_blocks(
@@ -381,22 +397,17 @@ def check_sparse_blocks(
     from 0 to the block count or whose block columns reach past ``in_features``. One pass the
     first time these tensors are seen and after each in-place write to them; then a lookup.
     (The kernels clamp bad indices, so an unchecked call reads no memory out of bounds.)"""
-    stamp = (
-        row_ptr.data_ptr(), row_ptr._version, cols.data_ptr(), cols._version,
-        values.data_ptr(), in_features, out_features,
-    )  # fmt: skip
-    key = id(cols)
-    seen = _VALID_SPARSE.get(key)
-    if seen is not None and seen[0]() is cols and seen[1] == stamp:
-        return
-    first = _C.first_invalid_sparse_row(
-        as_buffer(row_ptr, "row_ptr", torch.int32),
-        as_buffer(cols, "cols", torch.uint16),
-        as_buffer(values, "values", torch.int8),
-        in_features,
-        out_features,
-    )
-    if first >= 0:
+
+    def check() -> None:
+        first = _C.first_invalid_sparse_row(
+            as_buffer(row_ptr, "row_ptr", torch.int32),
+            as_buffer(cols, "cols", torch.uint16),
+            as_buffer(values, "values", torch.int8),
+            in_features,
+            out_features,
+        )
+        if first < 0:
+            return
         lo, hi = int(row_ptr[first]), int(row_ptr[first + 1])
         row_cols = cols[max(lo, 0) : max(hi, lo)].to(torch.int32)
         raise ValueError(
@@ -409,7 +420,38 @@ def check_sparse_blocks(
                 else ""
             )
         )
-    _VALID_SPARSE[key] = (weakref.ref(cols, lambda _: _VALID_SPARSE.pop(key, None)), stamp)
+
+    _check_once((cols, row_ptr, values), (in_features, out_features), check)
+
+
+def check_sparse_panels(
+    masks: torch.Tensor,
+    starts: torch.Tensor,
+    values: torch.Tensor,
+    in_features: int,
+    out_features: int,
+) -> None:
+    """Raise ``ValueError`` naming the first panel of 4 rows whose starts are not the running
+    count of kept blocks, whose masks name rows or columns past the weight's, or (the last
+    panel) whose blocks do not add up to ``values``; checked once per tensor version, as above."""
+
+    def check() -> None:
+        first = _C.first_invalid_sparse_panel(
+            as_buffer(masks, "masks", torch.uint16),
+            as_buffer(starts, "starts", torch.int32),
+            as_buffer(values, "values", torch.int8),
+            in_features,
+            out_features,
+        )
+        if first >= 0:
+            raise ValueError(
+                f"masks, starts: expected each step's start to count the blocks kept before it,"
+                f" masks naming rows below {out_features} and block columns below"
+                f" {(in_features + 3) // 4}, and {values.numel() // 4} blocks in all, received"
+                f" panel {first} (rows {4 * first}..{4 * first + 3})"
+            )
+
+    _check_once((masks, starts, values), (in_features, out_features), check)
 
 
 def sparse_linear_f32(
@@ -429,6 +471,32 @@ def sparse_linear_f32(
         in_features,
         as_buffer(row_ptr, "row_ptr", torch.int32),
         as_buffer(cols, "cols", torch.uint16),
+        as_buffer(values, "values", torch.int8),
+        as_buffer(scale, "scale", torch.float32),
+        None if bias is None else as_buffer(bias, "bias", torch.float32),
+        _output(out, torch.float32),
+        get_num_threads(),
+    )
+
+
+def sparse_panel_linear_f32(
+    x: torch.Tensor,
+    masks: torch.Tensor,
+    starts: torch.Tensor,
+    values: torch.Tensor,
+    scale: torch.Tensor,
+    bias: torch.Tensor | None,
+    out: torch.Tensor,
+) -> None:
+    """out (M, N) = int8-quantized x (M, K) times the row-panel sparse weight, scaled, plus
+    bias."""
+    rows, in_features = x.shape
+    _C.sparse_panel_linear_f32(
+        as_buffer(x, "x", torch.float32),
+        rows,
+        in_features,
+        as_buffer(masks, "masks", torch.uint16),
+        as_buffer(starts, "starts", torch.int32),
         as_buffer(values, "values", torch.int8),
         as_buffer(scale, "scale", torch.float32),
         None if bias is None else as_buffer(bias, "bias", torch.float32),

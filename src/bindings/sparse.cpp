@@ -65,6 +65,65 @@ SparseWeight checked_weight(const py::buffer& row_ptr, const py::buffer& cols, c
             static_cast<const std::int8_t*>(vl.data), cl.size, out_features, k_blocks};
 }
 
+// The float side of a sparse linear call, either layout: x (rows x in_features), the per-row
+// weight scales (their count is out_features), an optional bias and the output.
+struct LinearIo {
+    const float* x;
+    const float* scale;
+    const float* bias;
+    float* out;
+    std::size_t out_features;
+};
+
+LinearIo checked_io(const py::buffer& x, std::size_t rows, std::size_t in_features, const py::buffer& scale,
+                    const std::optional<py::buffer>& bias, const py::buffer& out) {
+    const Buffer input = checked_buffer(x, "x", 'f', false);
+    const Buffer scales = checked_buffer(scale, "scale", 'f', false);
+    const Buffer result = checked_buffer(out, "out", 'f', true);
+    const std::size_t out_features = scales.size;
+    require_exact(input, "x", rows * in_features, "elements (rows * in_features)");
+    require_exact(result, "out", rows * out_features, "elements (rows * out_features)");
+    const float* bias_data = nullptr;
+    if (bias) {
+        const Buffer b = checked_buffer(*bias, "bias", 'f', false);
+        require_exact(b, "bias", out_features, "elements (out_features)");
+        bias_data = static_cast<const float*>(b.data);
+    }
+    return {static_cast<const float*>(input.data), static_cast<const float*>(scales.data), bias_data,
+            static_cast<float*>(result.data), out_features};
+}
+
+struct PanelWeight {
+    const std::uint16_t* masks;
+    const std::int32_t* starts;
+    const std::int8_t* values;
+    std::size_t blocks, n, k_blocks;
+};
+
+// The panel layout's buffers and their lengths (one mask and one start per panel and block
+// column); the starts themselves are checked by first_invalid_sparse_panel (the kernels clamp).
+PanelWeight checked_panels(const py::buffer& masks, const py::buffer& starts, const py::buffer& values,
+                           std::size_t in_features, std::size_t out_features) {
+    const Buffer mk = checked_index_buffer(masks, "masks", 'H', 2, "uint16");
+    const Buffer st = checked_index_buffer(starts, "starts", 'i', 4, "int32");
+    const Buffer vl = checked_buffer(values, "values", 'b', false);
+    if (in_features == 0 || out_features == 0) {
+        throw py::value_error("in_features, out_features: expected a non-empty weight, received " +
+                              std::to_string(out_features) + " x " + std::to_string(in_features));
+    }
+    const std::size_t k_blocks = codl::sparse_blocks(in_features);
+    const std::size_t steps = codl::sparse_panels(out_features) * codl::sparse_steps(k_blocks);
+    require_exact(mk, "masks", steps, "elements (one per panel of 4 rows and step of 4 block columns)");
+    require_exact(st, "starts", steps, "elements (one per panel of 4 rows and step of 4 block columns)");
+    if (vl.size % 4 != 0) {
+        throw py::value_error("values: expected a multiple of 4 elements (4 per kept block), received " +
+                              std::to_string(vl.size));
+    }
+    if (vl.size / 4 > 0x7FFFFFFF) throw py::value_error("values: expected at most 2^31 - 1 blocks (int32 starts)");
+    return {static_cast<const std::uint16_t*>(mk.data), static_cast<const std::int32_t*>(st.data),
+            static_cast<const std::int8_t*>(vl.data), vl.size / 4, out_features, k_blocks};
+}
+
 }  // namespace
 
 void register_sparse(py::module_& m) {
@@ -83,31 +142,51 @@ void register_sparse(py::module_& m) {
         py::arg("row_ptr"), py::arg("cols"), py::arg("values"), py::arg("in_features"), py::arg("out_features"),
         "The first output row whose row pointers or block columns are malformed, or -1 if none is.");
     m.def(
-        "sparse_linear_f32",
-        [](const py::buffer& x, std::size_t rows, std::size_t in_features, const py::buffer& row_ptr,
-           const py::buffer& cols, const py::buffer& values, const py::buffer& scale,
-           const std::optional<py::buffer>& bias, const py::buffer& out, int num_threads) {
-            const Buffer input = checked_buffer(x, "x", 'f', false);
-            const Buffer scales = checked_buffer(scale, "scale", 'f', false);
-            const Buffer result = checked_buffer(out, "out", 'f', true);
-            const std::size_t out_features = scales.size;
-            const SparseWeight w = checked_weight(row_ptr, cols, values, in_features, out_features);
-            require_exact(input, "x", rows * in_features, "elements (rows * in_features)");
-            require_exact(result, "out", rows * out_features, "elements (rows * out_features)");
-            const float* bias_data = nullptr;
-            if (bias) {
-                const Buffer b = checked_buffer(*bias, "bias", 'f', false);
-                require_exact(b, "bias", out_features, "elements (out_features)");
-                bias_data = static_cast<const float*>(b.data);
+        "first_invalid_sparse_panel",
+        [](const py::buffer& masks, const py::buffer& starts, const py::buffer& values, std::size_t in_features,
+           std::size_t out_features) {
+            const PanelWeight w = checked_panels(masks, starts, values, in_features, out_features);
+            std::size_t first;
+            {
+                py::gil_scoped_release release;
+                first = codl::first_invalid_sparse_panel(w.masks, w.starts, w.n, w.k_blocks, w.blocks);
             }
+            return first == codl::sparse_panels(w.n) ? -1 : static_cast<long long>(first);
+        },
+        py::arg("masks"), py::arg("starts"), py::arg("values"), py::arg("in_features"), py::arg("out_features"),
+        "The first panel of 4 rows whose masks or starts are malformed, or -1 if none is.");
+    m.def(
+        "sparse_panel_linear_f32",
+        [](const py::buffer& x, std::size_t rows, std::size_t in_features, const py::buffer& masks,
+           const py::buffer& starts, const py::buffer& values, const py::buffer& scale,
+           const std::optional<py::buffer>& bias, const py::buffer& out, int num_threads) {
+            const LinearIo io = checked_io(x, rows, in_features, scale, bias, out);
+            const PanelWeight w = checked_panels(masks, starts, values, in_features, io.out_features);
             checked_threads(num_threads);
             bool finite;
             {
                 py::gil_scoped_release release;
-                finite = codl::sparse_linear_f32(static_cast<const float*>(input.data), rows, in_features, w.row_ptr,
-                                                 w.cols, w.values, w.blocks, static_cast<const float*>(scales.data),
-                                                 out_features, bias_data, static_cast<float*>(result.data),
-                                                 num_threads);
+                finite = codl::sparse_panel_linear_f32(io.x, rows, in_features, w.masks, w.starts, w.values, w.blocks,
+                                                       io.scale, io.out_features, io.bias, io.out, num_threads);
+            }
+            if (!finite) throw py::value_error("x: expected finite values, received NaN or Inf");
+        },
+        py::arg("x"), py::arg("rows"), py::arg("in_features"), py::arg("masks"), py::arg("starts"), py::arg("values"),
+        py::arg("scale"), py::arg("bias"), py::arg("out"), py::arg("num_threads") = 1,
+        "out = quantize_int8(x) @ (scale * W).T + bias for W in row panels (uint16 masks, int32 starts, int8 values).");
+    m.def(
+        "sparse_linear_f32",
+        [](const py::buffer& x, std::size_t rows, std::size_t in_features, const py::buffer& row_ptr,
+           const py::buffer& cols, const py::buffer& values, const py::buffer& scale,
+           const std::optional<py::buffer>& bias, const py::buffer& out, int num_threads) {
+            const LinearIo io = checked_io(x, rows, in_features, scale, bias, out);
+            const SparseWeight w = checked_weight(row_ptr, cols, values, in_features, io.out_features);
+            checked_threads(num_threads);
+            bool finite;
+            {
+                py::gil_scoped_release release;
+                finite = codl::sparse_linear_f32(io.x, rows, in_features, w.row_ptr, w.cols, w.values, w.blocks,
+                                                 io.scale, io.out_features, io.bias, io.out, num_threads);
             }
             if (!finite) throw py::value_error("x: expected finite values, received NaN or Inf");
         },

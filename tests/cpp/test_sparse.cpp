@@ -56,6 +56,49 @@ Weight random_weight(std::size_t n, std::size_t k, double density, bool ternary)
     return w;
 }
 
+// The same weight in the panel layout (codl/sparse.h), built straight from the dense rows.
+struct Panels {
+    std::vector<std::uint16_t> masks;
+    std::vector<std::int32_t> starts;
+    std::vector<std::int8_t> values;
+};
+
+Panels panels_of(const Weight& w) {
+    Panels out;
+    const std::size_t panels = codl::sparse_panels(w.n), steps = codl::sparse_steps(w.k_blocks);
+    for (std::size_t p = 0; p < panels; ++p) {
+        for (std::size_t g = 0; g < steps; ++g) {
+            out.starts.push_back(static_cast<std::int32_t>(out.values.size() / 4));
+            std::uint16_t mask = 0;
+            for (std::size_t lane = 0; lane < 16; ++lane) {
+                const std::size_t j = 4 * p + lane / 4, c = 4 * g + lane % 4;
+                if (j >= w.n || c >= w.k_blocks) continue;
+                std::int8_t block[4] = {0, 0, 0, 0};
+                bool any = false;
+                for (std::size_t t = 0; t < 4 && 4 * c + t < w.k; ++t) {
+                    block[t] = w.dense[j * w.k + 4 * c + t];
+                    any = any || block[t] != 0;
+                }
+                if (!any) continue;
+                mask = static_cast<std::uint16_t>(mask | (1u << lane));
+                out.values.insert(out.values.end(), block, block + 4);
+            }
+            out.masks.push_back(mask);
+        }
+    }
+    return out;
+}
+
+// m rows of 4 * k_blocks activations repadded to the panel kernels' 16 * steps (zeros after).
+std::vector<std::int8_t> panel_rows(const std::vector<std::int8_t>& a, std::size_t m, std::size_t k_blocks) {
+    const std::size_t width = 16 * codl::sparse_steps(k_blocks);
+    std::vector<std::int8_t> out(m * width, 0);
+    for (std::size_t i = 0; i < m; ++i) {
+        std::copy(a.begin() + i * 4 * k_blocks, a.begin() + (i + 1) * 4 * k_blocks, out.begin() + i * width);
+    }
+    return out;
+}
+
 // m rows of 4 * k_blocks int8 activations in [-127, 127], zero past k.
 std::vector<std::int8_t> random_activations(std::size_t m, std::size_t k, std::size_t k_blocks) {
     std::vector<std::int8_t> a(m * k_blocks * 4, 0);
@@ -217,11 +260,98 @@ TEST_CASE("gemv_i8_b4 on long rows with block columns out of order, repeated or 
     }
 }
 
+TEST_CASE("gemm_i8_p4x4: every ISA equals the reference and the int64 dense product") {
+    for (std::size_t n : {1, 4, 5, 19}) {
+        for (std::size_t k : kLengths) {
+            for (double density : {0.02, 0.1, 0.3, 1.0}) {
+                const Weight w = random_weight(n, k, density, density == 0.3);
+                const Panels pw = panels_of(w);
+                const std::size_t panels = codl::sparse_panels(n), blocks = pw.values.size() / 4;
+                CHECK(codl::first_invalid_sparse_panel(pw.masks.data(), pw.starts.data(), n, w.k_blocks, blocks) ==
+                      panels);
+                const Shifted values(pw.values);
+                for (std::size_t m : {1, 2, 3, 4, 5, 9, 17}) {
+                    const std::vector<std::int8_t> a = random_activations(m, k, w.k_blocks);
+                    const std::vector<std::int8_t> qa = panel_rows(a, m, w.k_blocks);
+                    std::vector<std::int32_t> want(panels * m * 4, -1);
+                    ref().gemm_i8_p4x4(qa.data(), m, w.k_blocks, pw.masks.data(), pw.starts.data(), values.data,
+                                       blocks, 0, panels, want.data());
+                    for (std::size_t i = 0; i < m; ++i) {
+                        for (std::size_t j = 0; j < panels * 4; ++j) {
+                            const std::int64_t dense = j < n ? dense_dot(w, a.data() + i * w.k_blocks * 4, j) : 0;
+                            CHECK(want[((j / 4) * m + i) * 4 + j % 4] == dense);
+                        }
+                    }
+                    codl_test::for_each_isa([&](IsaLevel isa, const codl::KernelTable& table) {
+                        // one panel range that starts past 0, as a thread's share does
+                        const std::size_t begin = panels / 2;
+                        std::vector<std::int32_t> got((panels - begin) * m * 4, -1);
+                        table.sparse->gemm_i8_p4x4(qa.data(), m, w.k_blocks, pw.masks.data(), pw.starts.data(),
+                                                   values.data, blocks, begin, panels, got.data());
+                        const std::string at = std::string(codl::isa_name(isa)) + " n=" + std::to_string(n) +
+                                               " k=" + std::to_string(k) + " m=" + std::to_string(m) +
+                                               " density=" + std::to_string(density);
+                        CHECK_MSG(std::equal(got.begin(), got.end(), want.begin() + begin * m * 4), at);
+                    });
+                }
+            }
+        }
+    }
+}
+
+TEST_CASE("corrupt panel masks and starts: kernels clamp alike and the check names the panel") {
+    const std::size_t n = 14, k = 4 * 50;  // 4 panels (the last with 2 rows), 13 steps (the last with 2 columns)
+    const Weight w = random_weight(n, k, 0.2, false);
+    const Panels good = panels_of(w);
+    const std::size_t blocks = good.values.size() / 4, kb = w.k_blocks, steps = codl::sparse_steps(kb);
+    const auto first_invalid = [&](const Panels& p) {
+        return codl::first_invalid_sparse_panel(p.masks.data(), p.starts.data(), n, kb, blocks);
+    };
+    Panels bad = good;
+    bad.starts[steps + 7] += 1;  // panel 1: a start that is not the count before it
+    CHECK(first_invalid(bad) == 1);
+    Panels past_rows = good;
+    past_rows.masks[3 * steps + 3] |= 0x0100;  // lane 8: row 14 of a weight with 14
+    CHECK(first_invalid(past_rows) == 3);
+    Panels past_columns = good;
+    past_columns.masks[steps - 1] |= 0x0008;  // lane 3 of the last step: block column 51 of 50
+    CHECK(first_invalid(past_columns) == 0);
+    Panels short_total = good;
+    const std::uint16_t dropped = short_total.masks[2 * steps + 1];
+    short_total.masks[2 * steps + 1] = 0;  // fewer blocks kept than `blocks`: the starts after follow
+    for (std::size_t s = 2 * steps + 2; s < 4 * steps; ++s) {
+        short_total.starts[s] = short_total.starts[s - 1] + __builtin_popcount(short_total.masks[s - 1]);
+    }
+    CHECK(first_invalid(short_total) == (dropped ? 3u : 4u));
+    // wild starts (negative, past the end), full masks reading past the values and naming rows
+    // and columns past the weight's: clamped alike; panel 2 only has starts in range, out of
+    // order (the AVX-512 kernel's unclamped path)
+    bad.starts[3] = -1000;
+    bad.starts[steps + 9] = static_cast<std::int32_t>(blocks) - 2;
+    bad.masks[steps + 9] = 0xFFFF;
+    bad.starts[2 * steps - 1] = 1 << 30;
+    bad.masks[2 * steps + 5] = 0xFFFF;
+    bad.starts[2 * steps + 4] = 0;
+    bad.masks[steps - 1] = 0xFFFF;
+    const std::vector<std::int8_t> a = panel_rows(random_activations(3, k, kb), 3, kb);
+    codl_test::for_each_isa([&](IsaLevel isa, const codl::KernelTable& table) {
+        for (std::size_t m : {1, 3}) {
+            std::vector<std::int32_t> want(4 * m * 4), got(4 * m * 4, -1);
+            ref().gemm_i8_p4x4(a.data(), m, kb, bad.masks.data(), bad.starts.data(), bad.values.data(), blocks, 0, 4,
+                               want.data());
+            table.sparse->gemm_i8_p4x4(a.data(), m, kb, bad.masks.data(), bad.starts.data(), bad.values.data(),
+                                       blocks, 0, 4, got.data());
+            CHECK_MSG(got == want, std::string(codl::isa_name(isa)) + " m=" + std::to_string(m));
+        }
+    });
+}
+
 TEST_CASE("sparse_linear_f32 and sparse_gemm_i32 agree across ISAs, batch sizes and threads") {
     const IsaLevel original = codl::active_isa();
     for (std::size_t m : {1, 2, 3, 4, 20, 64, 65, 150}) {
         const std::size_t k = 1 + rng()() % 300, n = 1 + rng()() % 100;
         const Weight w = random_weight(n, k, 0.1, false);
+        const Panels pw = panels_of(w);
         std::vector<float> x(m * k), scale(n), bias(n);
         std::normal_distribution<float> normal(0.0f, 1.0f);
         for (auto& v : x) v = normal(rng());
@@ -253,12 +383,24 @@ TEST_CASE("sparse_linear_f32 and sparse_gemm_i32 agree across ISAs, batch sizes 
                                        " threads=" + std::to_string(threads);
                 CHECK_MSG(y == y_ref, at);
                 CHECK_MSG(dots == dots_ref, at);
+                std::fill(y.begin(), y.end(), 0.0f);
+                std::fill(dots.begin(), dots.end(), 0);
+                CHECK(codl::sparse_panel_linear_f32(x.data(), m, k, pw.masks.data(), pw.starts.data(),
+                                                    pw.values.data(), pw.values.size() / 4, scale.data(), n,
+                                                    bias.data(), y.data(), threads));
+                codl::sparse_panel_gemm_i32(panel_rows(a, m, w.k_blocks).data(), m, w.k_blocks, pw.masks.data(),
+                                            pw.starts.data(), pw.values.data(), pw.values.size() / 4, n, dots.data(),
+                                            threads);
+                CHECK_MSG(y == y_ref, at + " panels");
+                CHECK_MSG(dots == dots_ref, at + " panels");
             }
         }
         x[m * k / 2] = std::numeric_limits<float>::quiet_NaN();
         std::vector<float> y(m * n);
         CHECK(!codl::sparse_linear_f32(x.data(), m, k, w.row_ptr.data(), w.cols.data(), w.values.data(),
                                        w.cols.size(), scale.data(), n, nullptr, y.data(), 2));
+        CHECK(!codl::sparse_panel_linear_f32(x.data(), m, k, pw.masks.data(), pw.starts.data(), pw.values.data(),
+                                             pw.values.size() / 4, scale.data(), n, nullptr, y.data(), 2));
     }
     CHECK(codl::select_isa(original).empty());
 }

@@ -181,7 +181,7 @@ MICROBENCHMARKS: dict[str, tuple[str, str]] = {
         "values per case (default 16M)",
     ),
     "sparse": (
-        "sparse (1x4 int8 block) linear layers against torch dynamic int8 and float32",
+        "sparse int8 linear layers (1x4 blocks, row panels) against torch dynamic int8 and float32",
         "largest input features of the layer shapes (default: all, up to 4096)",
     ),
     "ternary": (

@@ -1,9 +1,11 @@
-"""Sparse linear layers (``codl.kernels.sparse_linear``, 1x4 int8 blocks) against torch dynamic
-int8 (``quantize_dynamic``, fbgemm: what a pruned model runs at today, zeros stored densely) and
-torch float32 ``x @ W.T``, on the weights of LeNet-300-100 (784->300, 300->100), FashionCNN's
-fc (3136->256) and a 4096x4096 layer, magnitude-pruned to 50..99% zeros, at batch 1, 8 and 64.
-Hot cache (the same weight every call). The crossover is the lowest sparsity at which the sparse
-kernel beats dynamic int8; the notes give the sparse weight's bytes against the dense int8's.
+"""Sparse linear layers (``codl.kernels.sparse_linear``, int8 weights in 1x4 blocks and in row
+panels) against torch dynamic int8 (``quantize_dynamic``, fbgemm: what a pruned model runs at
+today, zeros stored densely) and torch float32 ``x @ W.T``, on the weights of LeNet-300-100
+(784->300, 300->100), FashionCNN's fc (3136->256) and a 4096x4096 layer, magnitude-pruned to
+50..99% zeros, at batch 1, 8 and 64.
+Hot cache (the same weight every call). Against int8 each layout runs (``codl blocks``, ``codl
+panels``); against float32 the layout ``pack_sparse`` picks. The crossover is the lowest sparsity
+at which a layout beats dynamic int8.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ from collections.abc import Iterator
 import torch
 
 from codl.bench import Case, Result, run_cases
-from codl.kernels.sparse import SparseWeight, pack_sparse, sparse_linear
+from codl.kernels.sparse import PanelSparseWeight, SparseWeight, pack_sparse, sparse_linear
 
 SHAPES = {  # name: (out_features, in_features)
     "LeNet-300-100 fc1": (300, 784),
@@ -23,6 +25,7 @@ SHAPES = {  # name: (out_features, in_features)
 }
 SPARSITIES = (0.5, 0.7, 0.8, 0.9, 0.95, 0.99)
 BATCHES = (1, 8, 64)
+LAYOUTS = ("blocks", "panels")
 
 
 def pruned_linear(out_features: int, in_features: int, sparsity: float) -> torch.nn.Linear:
@@ -44,9 +47,9 @@ def _close(a: torch.Tensor, b: torch.Tensor) -> bool:
 
 
 def cases(baseline: str, shapes: dict[str, tuple[int, int]]) -> Iterator[Case]:
+    layouts = LAYOUTS if baseline == "int8" else ("auto",)
     for (name, (n, k)), sparsity in ((s, p) for s in shapes.items() for p in SPARSITIES):
         linear = pruned_linear(n, k, sparsity)
-        packed = pack_sparse(linear.weight)
         bias = linear.bias.detach()
         if baseline == "int8":
             dense = torch.ao.quantization.quantize_dynamic(  # type: ignore[no-untyped-call]
@@ -54,34 +57,38 @@ def cases(baseline: str, shapes: dict[str, tuple[int, int]]) -> Iterator[Case]:
             )
         else:
             dense = linear
-        for batch in BATCHES:
-            x = torch.randn(batch, k, generator=torch.Generator().manual_seed(1))
+        for layout in layouts:
+            packed = pack_sparse(linear.weight, layout=layout)
+            for batch in BATCHES:
+                x = torch.randn(batch, k, generator=torch.Generator().manual_seed(1))
 
-            def ours(
-                x: torch.Tensor = x, packed: SparseWeight = packed, bias: torch.Tensor = bias
-            ) -> torch.Tensor:
-                return sparse_linear(x, packed, bias)
+                def ours(
+                    x: torch.Tensor = x,
+                    packed: SparseWeight | PanelSparseWeight = packed,
+                    bias: torch.Tensor = bias,
+                ) -> torch.Tensor:
+                    return sparse_linear(x, packed, bias)
 
-            def theirs(x: torch.Tensor = x, dense: torch.nn.Module = dense) -> torch.Tensor:
-                with torch.no_grad():
-                    return dense(x)  # type: ignore[no-any-return]
+                def theirs(x: torch.Tensor = x, dense: torch.nn.Module = dense) -> torch.Tensor:
+                    with torch.no_grad():
+                        return dense(x)  # type: ignore[no-any-return]
 
-            label = f"{name} {sparsity:.0%} batch {batch} vs {baseline}"
-            yield Case(label, batch * n * k, ours, theirs, _close)
+                label = f"{name} {sparsity:.0%} batch {batch} {layout} vs {baseline}"
+                yield Case(label, batch * n * k, ours, theirs, _close)
 
 
 def crossover(results: list[Result]) -> dict[str, float | None]:
-    """Per shape and batch: the lowest sparsity at which codl beat dynamic int8 (and did at
-    every higher sparsity), None if it never did."""
+    """Per shape and batch: the lowest sparsity at which one of codl's layouts beat dynamic int8
+    (and one did at every higher sparsity), None if none ever did."""
     found: dict[str, float | None] = {}
     for name in SHAPES:
         for batch in BATCHES:
             wins = []
             for sparsity in SPARSITIES:
-                label = f"{name} {sparsity:.0%} batch {batch} vs int8"
-                match = [r for r in results if r.case == label]
+                labels = [f"{name} {sparsity:.0%} batch {batch} {lay} vs int8" for lay in LAYOUTS]
+                match = [r for r in results if r.case in labels]
                 if match:
-                    wins.append((sparsity, match[0].baseline_ms > match[0].codl_ms))
+                    wins.append((sparsity, any(r.baseline_ms > r.codl_ms for r in match)))
             lowest = None
             for sparsity, won in reversed(wins):
                 if not won:

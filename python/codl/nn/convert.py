@@ -265,7 +265,8 @@ def freeze(
 
     A float ``nn.Linear`` with at least :data:`codl.kernels.sparse.SPARSE_MIN_SPARSITY` (90%)
     zero weights (magnitude-pruned, ``torch.nn.utils.prune`` included) becomes a
-    :class:`codl.prune.SparseLinear` (1x4 int8 blocks, values quantized per row), where the
+    :class:`codl.prune.SparseLinear` (int8 values quantized per row, in 1x4 blocks or row panels
+    by the sparsity), where the
     sparse kernel is faster than the dense ones. Layers codl has no kernel for stay torch float:
     a grouped or depthwise ``nn.Conv2d`` or one with a padding mode other than zeros raises a
     ``UserWarning`` naming it.
@@ -570,7 +571,7 @@ def frozen_summary(model: nn.Module) -> list[FrozenLayer]:
                 FrozenLayer(
                     name=name,
                     layer=f"SparseLinear {module.in_features}->{module.out_features}",
-                    runs_on=f"codl sparse int8 (1x4 blocks), {module.sparsity:.1%} zeros",
+                    runs_on=f"codl sparse int8 ({module.layout}), {module.sparsity:.1%} zeros",
                     weight_bytes=sum(
                         b.numel() * b.element_size() for b in module.buffers() if b is not None
                     ),

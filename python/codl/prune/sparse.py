@@ -1,7 +1,8 @@
 """Pruned Linear layers that run sparse: :func:`to_sparse` turns a ``Linear`` whose weight is
 mostly zeros (after :func:`codl.prune.magnitude_`) into a :class:`SparseLinear` that stores and
 multiplies only the nonzero 1x4 blocks (:mod:`codl.kernels.sparse`: int8 values, per-row scale,
-int8 activations, exact int32 sums). Below :data:`codl.kernels.sparse.SPARSE_MIN_SPARSITY` the
+int8 activations, exact int32 sums), in 1x4-block rows or in row panels, whichever is faster at
+the weight's sparsity. Below :data:`codl.kernels.sparse.SPARSE_MIN_SPARSITY` the
 dense kernels are faster, so :func:`to_sparse` refuses unless told ``force=True``.
 """
 
@@ -12,6 +13,7 @@ from torch import nn
 
 from codl.kernels.sparse import (
     SPARSE_MIN_SPARSITY,
+    PanelSparseWeight,
     SparseWeight,
     dequantize_sparse,
     pack_sparse,
@@ -22,26 +24,38 @@ __all__ = ["SparseLinear", "to_sparse"]
 
 
 class SparseLinear(nn.Module):
-    """Inference-only ``Linear`` over a :class:`~codl.kernels.sparse.SparseWeight`."""
+    """Inference-only ``Linear`` over a :class:`~codl.kernels.sparse.SparseWeight` (buffers
+    ``row_ptr``, ``cols``) or a :class:`~codl.kernels.sparse.PanelSparseWeight` (``masks``,
+    ``starts``), with ``values``, ``scale`` and ``bias``; ``layout`` says which."""
 
-    row_ptr: torch.Tensor
-    cols: torch.Tensor
     values: torch.Tensor
     scale: torch.Tensor
     bias: torch.Tensor | None
+    # the index buffers of one layout or the other (see ``layout``)
+    row_ptr: torch.Tensor
+    cols: torch.Tensor
+    masks: torch.Tensor
+    starts: torch.Tensor
 
-    def __init__(self, packed: SparseWeight, bias: torch.Tensor | None = None) -> None:
+    def __init__(
+        self, packed: SparseWeight | PanelSparseWeight, bias: torch.Tensor | None = None
+    ) -> None:
         super().__init__()
-        if not isinstance(packed, SparseWeight):
+        if not isinstance(packed, (SparseWeight, PanelSparseWeight)):
             raise TypeError(
-                "packed: expected a SparseWeight (from pack_sparse), "
+                "packed: expected a SparseWeight or PanelSparseWeight (from pack_sparse), "
                 f"received {type(packed).__name__}"
             )
         self.in_features = packed.in_features
         self.out_features = packed.out_features
+        self.layout = "blocks" if isinstance(packed, SparseWeight) else "panels"
         # Buffers, so state_dict() and .to() see them; the kernel reads them in place.
-        self.register_buffer("row_ptr", packed.row_ptr)
-        self.register_buffer("cols", packed.cols)
+        if isinstance(packed, SparseWeight):
+            self.register_buffer("row_ptr", packed.row_ptr)
+            self.register_buffer("cols", packed.cols)
+        else:
+            self.register_buffer("masks", packed.masks)
+            self.register_buffer("starts", packed.starts)
         self.register_buffer("values", packed.values)
         self.register_buffer("scale", packed.scale)
         self.register_buffer(
@@ -49,10 +63,11 @@ class SparseLinear(nn.Module):
         )
 
     @property
-    def packed(self) -> SparseWeight:
-        return SparseWeight(
-            self.row_ptr, self.cols, self.values, self.scale, self.in_features, self.out_features
-        )
+    def packed(self) -> SparseWeight | PanelSparseWeight:
+        n, k = self.out_features, self.in_features
+        if self.layout == "blocks":
+            return SparseWeight(self.row_ptr, self.cols, self.values, self.scale, k, n)
+        return PanelSparseWeight(self.masks, self.starts, self.values, self.scale, k, n)
 
     @property
     def sparsity(self) -> float:
@@ -69,12 +84,14 @@ class SparseLinear(nn.Module):
     def extra_repr(self) -> str:
         return (
             f"in_features={self.in_features}, out_features={self.out_features}, "
-            f"blocks={self.cols.numel()}, sparsity={self.sparsity:.3f}"
+            f"layout={self.layout}, blocks={self.values.numel() // 4}, "
+            f"sparsity={self.sparsity:.3f}"
         )
 
 
-def to_sparse(linear: nn.Linear, *, force: bool = False) -> SparseLinear:
-    """A :class:`SparseLinear` computing ``linear`` with its weight quantized per row to int8.
+def to_sparse(linear: nn.Linear, *, force: bool = False, layout: str = "auto") -> SparseLinear:
+    """A :class:`SparseLinear` computing ``linear`` with its weight quantized per row to int8,
+    packed in ``layout`` (see :func:`~codl.kernels.sparse.pack_sparse`).
 
     Raises ``ValueError`` when fewer than :data:`SPARSE_MIN_SPARSITY` of the weights are zero
     (the dense kernels are faster there; ``force=True`` converts anyway).
@@ -88,4 +105,4 @@ def to_sparse(linear: nn.Linear, *, force: bool = False) -> SparseLinear:
             f"linear: expected at least {SPARSE_MIN_SPARSITY:.0%} zero weights for the sparse "
             f"kernel to pay, received {sparsity:.1%} (prune first, or pass force=True)"
         )
-    return SparseLinear(pack_sparse(weight), linear.bias)
+    return SparseLinear(pack_sparse(weight, layout=layout), linear.bias)
