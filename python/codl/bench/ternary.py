@@ -24,6 +24,7 @@ import torch
 
 from codl._ops import using_threads
 from codl.bench import Case, Result, run_cases
+from codl.bench.timing import measure
 from codl.ternary.packed import PackedTernaryWeight, pack_weight, ternary_linear
 
 DEFAULT_SIDE = 4096
@@ -77,20 +78,15 @@ def gemm_gmacs_per_s(
     ``batch`` rows, hot cache; median of ``repeat`` calls) at ``threads`` threads. On an
     AVX-512 VNNI core the kernel alone runs at vpdpbusd's rate (64 int8 multiply-adds an
     instruction), and the call within about 10% of it: a whole model's rate against it says how
-    much is left to gain by running faster rather than by doing fewer multiply-adds."""
+    much is left to gain by running faster rather than by doing fewer multiply-adds. Timed by
+    :func:`codl.bench.timing.measure` (at least ``repeat`` blocks, their median)."""
     generator = torch.Generator().manual_seed(0)
     codes = torch.randint(-1, 2, (side, side), dtype=torch.int8, generator=generator)
     weight = pack_weight(codes, torch.ones(side))
     x = torch.randn(batch, side, generator=generator)
-    times = []
     with using_threads(threads):
-        ternary_linear(x, weight)
-        for _ in range(repeat):
-            start = time.perf_counter()
-            ternary_linear(x, weight)
-            times.append(time.perf_counter() - start)
-    times.sort()
-    return batch * side * side / times[len(times) // 2] / 1e9
+        timing = measure(partial(ternary_linear, x, weight), repeat)
+    return batch * side * side / (timing.median_ms * 1e-3) / 1e9
 
 
 def copies_to_overflow(bytes_each: int) -> int:

@@ -12,15 +12,16 @@ block columns by 4: per panel step (4 x 4 block positions) a uint16 mask of the 
 keep a block (bit ``4 * r + t``: row ``4 * panel + r``, block column ``4 * step + t``) and the
 index of the first such block; the kept blocks' values follow in that order. A call broadcasts a
 step's activations once per row and expands the step's blocks into their lanes, at a cost that
-does not depend on the sparsity: faster than 1x4 blocks at batch 1 from 80% to about
-:data:`PANEL_MAX_SPARSITY` zeros, slower above. ``pack_sparse(..., layout="auto")`` picks by the
+does not depend on the sparsity: faster than 1x4 blocks at batch 1 up to about
+:data:`PANEL_MAX_SPARSITY` zeros (1.6x at 90%), and at batch 8 and 64 up to 95%; slower above. ``pack_sparse(..., layout="auto")`` picks by the
 weight's sparsity; both layouts give the same outputs bit for bit.
 
 The kernel quantizes each row of ``x`` to int8 with its absmax (as the ternary layers do) and
 sums int8 products exactly in int32, so every ISA gives the same output bit for bit. Measured
-against torch dynamic int8 (benchmarks/README.md, "Sparse linear"; a loaded machine, so
-rough): at batch 1 it pays from about 90% zeros, at batch 8 and 64 from about 95%; below, a
-dense kernel is faster. :func:`pack_sparse` does not choose for you: :func:`worth_sparse` says.
+against torch dynamic int8 on a 4096 x 4096 layer (benchmarks/README.md, "Row panels"; Zen 5):
+at batch 1 and 1 thread it pays from about 80-90% zeros, at 2 threads and at batch 8 and 64
+from about 95%; below, a dense kernel is faster. :func:`pack_sparse` does not choose between
+sparse and dense for you: :func:`worth_sparse` says.
 """
 
 from __future__ import annotations

@@ -18,6 +18,7 @@ from codl.kernels.sparse import (
     worth_sparse,
 )
 from codl.prune import SparseLinear, to_sparse
+from int8_reference import quantize_rows_int8
 
 
 def pruned(out_features: int, in_features: int, sparsity: float, seed: int = 0) -> torch.Tensor:
@@ -32,18 +33,10 @@ def reference(
 ) -> torch.Tensor:
     """Per-row absmax int8 quantization of x (round half to even), exact int64 products with the
     int8 values, scaled as the kernel does (float32 product of the two scales, then bias)."""
-    rows = x.reshape(-1, packed.in_features)
-    absmax = rows.abs().amax(dim=1)
-    # A true division, as the kernel's: torch computes 127.0 / t as t.reciprocal() * 127, which
-    # is an ulp off at times and then rounds a product that lands on a tie the other way.
-    inverse = torch.where(
-        absmax > 0, torch.full_like(absmax, 127.0) / absmax, torch.zeros_like(absmax)
-    )
-    q = torch.round(rows * inverse[:, None]).to(torch.int64)
-    x_scale = torch.where(absmax > 0, absmax / 127.0, torch.ones_like(absmax))
+    q, x_scale = quantize_rows_int8(x.reshape(-1, packed.in_features))
     codes = torch.round(dequantize_sparse(packed) / packed.scale[:, None]).to(torch.int64)
     dots = (q @ codes.T).float()
-    y = dots * (x_scale[:, None] * packed.scale[None, :])
+    y = dots * (x_scale * packed.scale[None, :])
     return y if bias is None else y + bias
 
 

@@ -9,6 +9,7 @@ import torch
 import codl
 from codl import _ops
 from codl.ternary.packed import PackedTernaryWeight, pack_weight, ternary_conv2d, ternary_linear
+from int8_reference import quantize_rows_int8
 
 LEVELS = list(_ops.native_info()["isas_runnable"])  # type: ignore[call-overload]
 
@@ -26,15 +27,8 @@ def quantized_reference(
     x: torch.Tensor, codes: torch.Tensor, alpha: torch.Tensor, bias: torch.Tensor | None
 ) -> torch.Tensor:
     """Per-row absmax int8 quantization (round half to even), exact integer products, float64."""
-    rows = x.reshape(-1, x.shape[-1])
-    absmax = rows.abs().amax(dim=1, keepdim=True)
-    # A true division, as the kernel's: torch computes 127.0 / t as t.reciprocal() * 127, which
-    # is an ulp off at times and then rounds a product that lands on a tie the other way.
-    inverse = torch.where(
-        absmax > 0, torch.full_like(absmax, 127.0) / absmax, torch.zeros_like(absmax)
-    )
-    q = torch.round(rows * inverse).to(torch.int64)
-    scale = torch.where(absmax > 0, absmax / 127.0, torch.ones_like(absmax)).to(torch.float64)
+    q, scale = quantize_rows_int8(x.reshape(-1, x.shape[-1]))
+    scale = scale.to(torch.float64)
     dots = (q @ codes.to(torch.int64).T).to(torch.float64)
     y = scale * alpha.to(torch.float64) * dots
     if bias is not None:

@@ -21,6 +21,7 @@ from codl.ternary.packed import (
     ternary_conv2d,
     ternary_linear,
 )
+from int8_reference import quantize_rows_int8
 
 LEVELS = list(_ops.native_info()["isas_runnable"])  # type: ignore[call-overload]
 
@@ -38,15 +39,8 @@ def int64_reference(
     x: torch.Tensor, codes: torch.Tensor, alpha: torch.Tensor, bias: torch.Tensor | None
 ) -> torch.Tensor:
     """Per-row absmax int8 quantization (round half to even), int64 dots, float64 scaling."""
-    absmax = x.abs().amax(dim=1, keepdim=True)
-    # A true division, as the kernel's: torch computes 127.0 / t as t.reciprocal() * 127, which
-    # is an ulp off at times and then rounds a product that lands on a tie the other way.
-    inverse = torch.where(
-        absmax > 0, torch.full_like(absmax, 127.0) / absmax, torch.zeros_like(absmax)
-    )
-    q = torch.round(x * inverse).to(torch.int64)
-    scale = torch.where(absmax > 0, absmax / 127.0, torch.ones_like(absmax)).double()
-    y = scale * alpha.double() * (q @ codes.to(torch.int64).T).double()
+    q, scale = quantize_rows_int8(x)
+    y = scale.double() * alpha.double() * (q @ codes.to(torch.int64).T).double()
     return y if bias is None else y + bias.double()
 
 
