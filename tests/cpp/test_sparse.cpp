@@ -230,10 +230,11 @@ TEST_CASE("corrupt row pointers and block columns: kernels clamp alike and the c
 }
 
 // The AVX-512 batch-1 kernel fetches a group of 16 blocks from a 128-column window of the
-// activations when the group fits in it, and gathers it otherwise: long rows whose blocks are out
+// activations when the group fits in it, and gathers it otherwise. Long rows whose blocks are out
 // of column order, repeat a column, or name columns past the row (clamped) must give what the
-// reference gives, at every density from windows always fitting to never.
-TEST_CASE("gemv_i8_b4 on long rows with block columns out of order, repeated or out of range") {
+// reference gives, at every density from windows always fitting to never, in the batch-1 kernel
+// and in the batched one.
+TEST_CASE("gemv_i8_b4, gemm_i8_b4: long rows with block columns out of order, repeated or out of range") {
     const std::size_t n = 12, k = 4 * 700;
     for (double density : {1.0, 0.1, 0.03}) {
         Weight w = random_weight(n, k, density, false);
@@ -251,11 +252,20 @@ TEST_CASE("gemv_i8_b4 on long rows with block columns out of order, repeated or 
         std::vector<std::int32_t> want(n);
         ref().gemv_i8_b4(a.data(), w.k_blocks, w.row_ptr.data(), w.cols.size(), w.cols.data(), w.values.data(), 0,
                          n, want.data());
+        // and the batched kernel
+        const std::vector<std::int8_t> xt = transposed(random_activations(64, k, w.k_blocks), 64, 64, w.k_blocks);
+        std::vector<std::int32_t> want_t(n * 64);
+        ref().gemm_i8_b4(xt.data(), 64, w.k_blocks, w.row_ptr.data(), w.cols.size(), w.cols.data(), w.values.data(), 0,
+                         n, want_t.data());
         codl_test::for_each_isa([&](IsaLevel isa, const codl::KernelTable& table) {
-            std::vector<std::int32_t> got(n, -1);
+            std::vector<std::int32_t> got(n, -1), got_t(n * 64, -1);
             table.sparse->gemv_i8_b4(a.data(), w.k_blocks, w.row_ptr.data(), w.cols.size(), w.cols.data(),
                                      w.values.data(), 0, n, got.data());
+            table.sparse->gemm_i8_b4(xt.data(), 64, w.k_blocks, w.row_ptr.data(), w.cols.size(), w.cols.data(),
+                                     w.values.data(), 0, n, got_t.data());
             CHECK_MSG(got == want, std::string(codl::isa_name(isa)) + " density=" + std::to_string(density));
+            CHECK_MSG(got_t == want_t,
+                      std::string(codl::isa_name(isa)) + " batched, density=" + std::to_string(density));
         });
     }
 }

@@ -52,7 +52,9 @@ constexpr std::size_t sparse_blocks(std::size_t k) { return (k + 3) / 4; }
 constexpr std::size_t kSparsePanelRows = 4;
 constexpr std::size_t kSparseStepBlocks = 4;
 constexpr std::size_t sparse_panels(std::size_t n) { return (n + kSparsePanelRows - 1) / kSparsePanelRows; }
-constexpr std::size_t sparse_steps(std::size_t k_blocks) { return (k_blocks + kSparseStepBlocks - 1) / kSparseStepBlocks; }
+constexpr std::size_t sparse_steps(std::size_t k_blocks) {
+    return (k_blocks + kSparseStepBlocks - 1) / kSparseStepBlocks;
+}
 
 // The first kept block of a panel step under the memory-safety contract: starts[s] read as
 // unsigned (a negative start is past every block) and clamped to `blocks`. A kept block whose
