@@ -464,19 +464,13 @@ def sparse_linear_f32(
     out: torch.Tensor,
 ) -> None:
     """out (M, N) = int8-quantized x (M, K) times the 1x4-block sparse rows, scaled, plus bias."""
-    rows, in_features = x.shape
-    _C.sparse_linear_f32(
-        as_buffer(x, "x", torch.float32),
-        rows,
-        in_features,
+    _sparse_linear(
+        _C.sparse_linear_f32,
+        x,
         as_buffer(row_ptr, "row_ptr", torch.int32),
         as_buffer(cols, "cols", torch.uint16),
-        as_buffer(values, "values", torch.int8),
-        as_buffer(scale, "scale", torch.float32),
-        None if bias is None else as_buffer(bias, "bias", torch.float32),
-        _output(out, torch.float32),
-        get_num_threads(),
-    )
+        values, scale, bias, out,
+    )  # fmt: skip
 
 
 def sparse_panel_linear_f32(
@@ -490,13 +484,33 @@ def sparse_panel_linear_f32(
 ) -> None:
     """out (M, N) = int8-quantized x (M, K) times the row-panel sparse weight, scaled, plus
     bias."""
+    _sparse_linear(
+        _C.sparse_panel_linear_f32,
+        x,
+        as_buffer(masks, "masks", torch.uint16),
+        as_buffer(starts, "starts", torch.int32),
+        values, scale, bias, out,
+    )  # fmt: skip
+
+
+def _sparse_linear(
+    kernel: Callable[..., None],
+    x: torch.Tensor,
+    first_index: np.ndarray,
+    second_index: np.ndarray,
+    values: torch.Tensor,
+    scale: torch.Tensor,
+    bias: torch.Tensor | None,
+    out: torch.Tensor,
+) -> None:
+    """The hand-off both layouts share: x, the layout's two index buffers, values, scales, bias."""
     rows, in_features = x.shape
-    _C.sparse_panel_linear_f32(
+    kernel(
         as_buffer(x, "x", torch.float32),
         rows,
         in_features,
-        as_buffer(masks, "masks", torch.uint16),
-        as_buffer(starts, "starts", torch.int32),
+        first_index,
+        second_index,
         as_buffer(values, "values", torch.int8),
         as_buffer(scale, "scale", torch.float32),
         None if bias is None else as_buffer(bias, "bias", torch.float32),

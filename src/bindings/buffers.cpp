@@ -68,6 +68,13 @@ void require_exact(const Buffer& buffer, const char* name, std::size_t expected,
     }
 }
 
+const float* checked_bias(const std::optional<py::buffer>& bias, std::size_t count, const char* what) {
+    if (!bias) return nullptr;
+    const Buffer b = checked_buffer(*bias, "bias", 'f', false);
+    require_exact(b, "bias", count, what);
+    return static_cast<const float*>(b.data);
+}
+
 int checked_threads(int num_threads) {
     if (num_threads < 1) {
         throw py::value_error("num_threads: expected a positive count, received " + std::to_string(num_threads));

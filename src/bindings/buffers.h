@@ -6,6 +6,7 @@
 #include <pybind11/pybind11.h>
 
 #include <cstddef>
+#include <optional>
 #include <string>
 
 namespace codl_bindings {
@@ -27,6 +28,23 @@ void require_size(const Buffer& buffer, const char* name, std::size_t needed, co
 void require_exact(const Buffer& buffer, const char* name, std::size_t expected, const char* what);
 
 int checked_threads(int num_threads);
+
+// An optional float32 bias of exactly `count` elements ("<what>" names where the count comes
+// from, e.g. "elements (out_features)"), or null when none was given.
+const float* checked_bias(const std::optional<py::buffer>& bias, std::size_t count, const char* what);
+
+// Runs a layer call that returns false on NaN or Inf in its input x, without the GIL, after
+// checking the thread count; raises ValueError if it returned false.
+template <typename Call>
+void run_released(int num_threads, Call call) {
+    checked_threads(num_threads);
+    bool finite;
+    {
+        py::gil_scoped_release release;
+        finite = call();
+    }
+    if (!finite) throw py::value_error("x: expected finite values, received NaN or Inf");
+}
 
 // One per kernel family of codl/kernel_families.def (src/bindings/<family>.cpp), plus the
 // .codl file format.

@@ -251,11 +251,7 @@ void register_conv(py::module_& m) {
             }
             const Buffer scales = checked_buffer(weight_scale, "weight_scale", 'f', false);
             require_exact(scales, "weight_scale", g.out_c, "elements (out_channels)");
-            if (bias) {
-                const Buffer b = checked_buffer(*bias, "bias", 'f', false);
-                require_exact(b, "bias", g.out_c, "elements (out_channels)");
-                a.bias = static_cast<const float*>(b.data);
-            }
+            a.bias = checked_bias(bias, g.out_c, "elements (out_channels)");
             const Buffer result = checked_buffer(out, "out", int8_out ? 'b' : 'f', true);
             require_exact(result, "out", a.batch * g.out_c * g.out_h() * g.out_w(),
                           "elements (N * out_channels * out_h * out_w)");

@@ -83,12 +83,7 @@ LinearIo checked_io(const py::buffer& x, std::size_t rows, std::size_t in_featur
     const std::size_t out_features = scales.size;
     require_exact(input, "x", rows * in_features, "elements (rows * in_features)");
     require_exact(result, "out", rows * out_features, "elements (rows * out_features)");
-    const float* bias_data = nullptr;
-    if (bias) {
-        const Buffer b = checked_buffer(*bias, "bias", 'f', false);
-        require_exact(b, "bias", out_features, "elements (out_features)");
-        bias_data = static_cast<const float*>(b.data);
-    }
+    const float* bias_data = checked_bias(bias, out_features, "elements (out_features)");
     return {static_cast<const float*>(input.data), static_cast<const float*>(scales.data), bias_data,
             static_cast<float*>(result.data), out_features};
 }
@@ -162,14 +157,10 @@ void register_sparse(py::module_& m) {
            const std::optional<py::buffer>& bias, const py::buffer& out, int num_threads) {
             const LinearIo io = checked_io(x, rows, in_features, scale, bias, out);
             const PanelWeight w = checked_panels(masks, starts, values, in_features, io.out_features);
-            checked_threads(num_threads);
-            bool finite;
-            {
-                py::gil_scoped_release release;
-                finite = codl::sparse_panel_linear_f32(io.x, rows, in_features, w.masks, w.starts, w.values, w.blocks,
-                                                       io.scale, io.out_features, io.bias, io.out, num_threads);
-            }
-            if (!finite) throw py::value_error("x: expected finite values, received NaN or Inf");
+            run_released(num_threads, [&] {
+                return codl::sparse_panel_linear_f32(io.x, rows, in_features, w.masks, w.starts, w.values, w.blocks,
+                                                     io.scale, io.out_features, io.bias, io.out, num_threads);
+            });
         },
         py::arg("x"), py::arg("rows"), py::arg("in_features"), py::arg("masks"), py::arg("starts"), py::arg("values"),
         py::arg("scale"), py::arg("bias"), py::arg("out"), py::arg("num_threads") = 1,
@@ -181,14 +172,10 @@ void register_sparse(py::module_& m) {
            const std::optional<py::buffer>& bias, const py::buffer& out, int num_threads) {
             const LinearIo io = checked_io(x, rows, in_features, scale, bias, out);
             const SparseWeight w = checked_weight(row_ptr, cols, values, in_features, io.out_features);
-            checked_threads(num_threads);
-            bool finite;
-            {
-                py::gil_scoped_release release;
-                finite = codl::sparse_linear_f32(io.x, rows, in_features, w.row_ptr, w.cols, w.values, w.blocks,
-                                                 io.scale, io.out_features, io.bias, io.out, num_threads);
-            }
-            if (!finite) throw py::value_error("x: expected finite values, received NaN or Inf");
+            run_released(num_threads, [&] {
+                return codl::sparse_linear_f32(io.x, rows, in_features, w.row_ptr, w.cols, w.values, w.blocks,
+                                               io.scale, io.out_features, io.bias, io.out, num_threads);
+            });
         },
         py::arg("x"), py::arg("rows"), py::arg("in_features"), py::arg("row_ptr"), py::arg("cols"), py::arg("values"),
         py::arg("scale"), py::arg("bias"), py::arg("out"), py::arg("num_threads") = 1,

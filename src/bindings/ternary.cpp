@@ -36,21 +36,12 @@ void define_linear(py::module_& m, const char* name, LinearKernel kernel, std::s
             require_exact(weight, "packed", out_features * padded_k(in_features) / values_per_byte,
                           packed_what);
             require_exact(result, "out", rows * out_features, "elements (rows * out_features)");
-            const float* bias_data = nullptr;
-            if (bias) {
-                const Buffer b = checked_buffer(*bias, "bias", 'f', false);
-                require_exact(b, "bias", out_features, "elements (out_features)");
-                bias_data = static_cast<const float*>(b.data);
-            }
-            checked_threads(num_threads);
-            bool finite;
-            {
-                py::gil_scoped_release release;
-                finite = kernel(static_cast<const float*>(input.data), rows, in_features,
-                                static_cast<const std::uint8_t*>(weight.data), static_cast<const float*>(scales.data),
-                                out_features, bias_data, static_cast<float*>(result.data), num_threads);
-            }
-            if (!finite) throw py::value_error("x: expected finite values, received NaN or Inf");
+            const float* bias_data = checked_bias(bias, out_features, "elements (out_features)");
+            run_released(num_threads, [&] {
+                return kernel(static_cast<const float*>(input.data), rows, in_features,
+                              static_cast<const std::uint8_t*>(weight.data), static_cast<const float*>(scales.data),
+                              out_features, bias_data, static_cast<float*>(result.data), num_threads);
+            });
         },
         py::arg("x"), py::arg("rows"), py::arg("in_features"), py::arg("packed"), py::arg("alpha"),
         py::arg("bias"), py::arg("out"), py::arg("num_threads") = 1, doc);

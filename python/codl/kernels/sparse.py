@@ -13,8 +13,9 @@ keep a block (bit ``4 * r + t``: row ``4 * panel + r``, block column ``4 * step 
 index of the first such block; the kept blocks' values follow in that order. A call broadcasts a
 step's activations once per row and expands the step's blocks into their lanes, at a cost that
 does not depend on the sparsity: faster than 1x4 blocks at batch 1 up to about
-:data:`PANEL_MAX_SPARSITY` zeros (1.6x at 90%), and at batch 8 and 64 up to 95%; slower above. ``pack_sparse(..., layout="auto")`` picks by the
-weight's sparsity; both layouts give the same outputs bit for bit.
+:data:`PANEL_MAX_SPARSITY` zeros (1.6x at 90%), and at batch 8 and 64 up to 95%; slower
+above. ``pack_sparse(..., layout="auto")`` picks by the weight's sparsity; both layouts give the
+same outputs bit for bit.
 
 The kernel quantizes each row of ``x`` to int8 with its absmax (as the ternary layers do) and
 sums int8 products exactly in int32, so every ISA gives the same output bit for bit. Measured
@@ -56,8 +57,16 @@ _PANEL_ROWS = 4  # output rows per panel
 _STEP_BLOCKS = 4  # block columns per step
 
 
+class _PackedTensors:
+    @property
+    def nbytes(self) -> int:
+        """Bytes of the weight's tensors: what a call reads of it."""
+        tensors = [t for t in vars(self).values() if isinstance(t, torch.Tensor)]
+        return sum(t.numel() * t.element_size() for t in tensors)
+
+
 @dataclass(frozen=True)
-class SparseWeight:
+class SparseWeight(_PackedTensors):
     """A weight in 1x4 blocks; see the module docstring. Built by :func:`pack_sparse`."""
 
     row_ptr: torch.Tensor  # int32, (out_features + 1,)
@@ -71,16 +80,9 @@ class SparseWeight:
     def blocks(self) -> int:
         return self.cols.numel()
 
-    @property
-    def nbytes(self) -> int:
-        """Bytes of the four tensors: what a call reads of the weight."""
-        return sum(
-            t.numel() * t.element_size() for t in (self.row_ptr, self.cols, self.values, self.scale)
-        )
-
 
 @dataclass(frozen=True)
-class PanelSparseWeight:
+class PanelSparseWeight(_PackedTensors):
     """A weight in row panels; see the module docstring. Built by :func:`pack_sparse`."""
 
     masks: torch.Tensor  # uint16, (panels * steps,): bit 4 * r + t for row 4 * panel + r and
@@ -94,13 +96,6 @@ class PanelSparseWeight:
     @property
     def blocks(self) -> int:
         return self.values.numel() // 4
-
-    @property
-    def nbytes(self) -> int:
-        """Bytes of the four tensors: what a call reads of the weight."""
-        return sum(
-            t.numel() * t.element_size() for t in (self.masks, self.starts, self.values, self.scale)
-        )
 
 
 def worth_sparse(weight: torch.Tensor) -> bool:
